@@ -1,0 +1,1 @@
+//! The kubelet HTTP API the apiserver calls: logs, exec, attach, stats.

@@ -1,0 +1,1 @@
+//! The plugin runtime: loads provider components, calls them in fresh stores, hot-reloads them.

@@ -1,0 +1,1 @@
+//! The pod controller: resolves pods, drives the provider, writes status.

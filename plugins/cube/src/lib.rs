@@ -1,0 +1,1 @@
+//! cube provider (placeholder until its issue lands).

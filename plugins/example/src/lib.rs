@@ -1,0 +1,1 @@
+//! example provider (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! faulty provider (placeholder until its issue lands).

@@ -1,0 +1,4 @@
+//go:build tools
+
+// Package tools pins the etcd server this module builds; see ../build.
+package tools

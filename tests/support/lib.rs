@@ -1,0 +1,1 @@
+//! Test support: one real control plane per test binary, a namespace per test.
