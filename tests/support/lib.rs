@@ -1,1 +1,165 @@
-//! Test support: one real control plane per test binary, a namespace per test.
+//! Test support: one real control plane per test binary (started by `tests/cluster/up`, stopped by
+//! its watchdog when the binary exits, even on a panic or a kill), a fresh namespace per test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// A running control plane, shared by every test of one test binary.
+pub struct Cluster {
+    /// Folder holding the cluster's state, certificates and logs.
+    pub dir: PathBuf,
+    /// Admin kubeconfig (`system:masters`).
+    pub kubeconfig: PathBuf,
+    /// The `kubectl` built from the same Kubernetes release as the server.
+    pub kubectl: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub apiserver: String,
+    /// Everything `up` wrote to `cluster.env` (CA and kubelet-client certificate paths, versions).
+    pub env: HashMap<String, String>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The control plane of this test binary, started on first use. Extra apiserver flags may be
+/// given through `VKCUBE_APISERVER_FLAGS` before the first call.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| start_cluster(&[]))
+}
+
+/// Like [`cluster`], but the first caller decides extra kube-apiserver flags (for example a
+/// feature gate); later callers get the same cluster.
+pub fn cluster_with_apiserver_flags(flags: &[&str]) -> &'static Cluster {
+    CLUSTER.get_or_init(|| start_cluster(flags))
+}
+
+fn start_cluster(apiserver_flags: &[&str]) -> Cluster {
+    let dir = std::env::temp_dir().join(format!("vkcube-cluster-{}", std::process::id()));
+    let up = repo_root().join("tests/cluster/up");
+    let started = Instant::now();
+    let mut cmd = Command::new(&up);
+    cmd.arg(&dir).env("VKCUBE_OWNER_PID", std::process::id().to_string());
+    if !apiserver_flags.is_empty() {
+        let mut flags = std::env::var("VKCUBE_APISERVER_FLAGS").unwrap_or_default();
+        for f in apiserver_flags {
+            flags.push(' ');
+            flags.push_str(f);
+        }
+        cmd.env("VKCUBE_APISERVER_FLAGS", flags);
+    }
+    let out = cmd.output().expect("run tests/cluster/up");
+    if !out.status.success() {
+        panic!(
+            "tests/cluster/up failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("control plane up in {:.1}s at {}", started.elapsed().as_secs_f64(), dir.display());
+    let env: HashMap<String, String> = std::fs::read_to_string(dir.join("cluster.env"))
+        .expect("cluster.env written by up")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Cluster {
+        kubeconfig: PathBuf::from(&env["KUBECONFIG"]),
+        kubectl: PathBuf::from(&env["KUBECTL"]),
+        apiserver: env["APISERVER"].clone(),
+        dir,
+        env,
+    }
+}
+
+impl Cluster {
+    /// An admin client.
+    pub async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Runs the real `kubectl` against this cluster; returns (exit code, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.kubectl_command(args).output().expect("run kubectl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A `kubectl` command with the cluster's kubeconfig set, for tests that need stdin or
+    /// streaming.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd
+    }
+
+    /// A new namespace for one test, with its `default` ServiceAccount in place (pods cannot be
+    /// created before the controller-manager makes it).
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let client = self.client().await;
+        let suffix: String = (0..5)
+            .map(|_| {
+                let chars = b"abcdefghijklmnopqrstuvwxyz0123456789";
+                chars[rand::random_range(0..chars.len())] as char
+            })
+            .collect();
+        let name = format!("{prefix}-{suffix}");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for(Duration::from_secs(60), "default ServiceAccount", || async {
+            sas.get_opt("default").await.ok().flatten().map(|_| ())
+        })
+        .await;
+        TestNamespace { name, client }
+    }
+}
+
+/// A namespace owned by one test.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+/// Polls `probe` every 100 ms until it yields a value; panics naming `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
