@@ -1,0 +1,290 @@
+//! The Cube pod YAML dialect: what CreateCubePod/RenewCubePod take (base64 YAML in `Pod`) and what
+//! GetCubePod/ListCubePod give back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The annotation that ties an instance to the virtual node that made it.
+pub const NODE_ANNOTATION: &str = "vk.cube.ucloud.cn/node";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CubePod {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    pub containers: Vec<Container>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    pub restart_policy: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<PullSecret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resources {
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    pub cpu: String,
+    pub memory: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostAlias {
+    pub ip: String,
+    pub hostnames: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsConfig {
+    pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullSecret {
+    pub registry_server: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub password: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub registryaddr: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub vpc_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Volume {
+    pub name: String,
+    #[serde(flatten)]
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VolumeSource {
+    Nfs(Nfs),
+    Udisk(Udisk),
+    /// Inline files: path → UTF-8 content.
+    ConfigMap(BTreeMap<String, String>),
+    /// Inline files: path → base64 content.
+    Secret(BTreeMap<String, String>),
+    EmptyDir(EmptyDir),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nfs {
+    /// `server:/path`.
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount_option: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Udisk {
+    pub id: String,
+    pub fs: String,
+    pub force_format: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EmptyDir {}
+
+impl CubePod {
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("the Cube pod is plain data and always serialises")
+    }
+}
+
+// ---- What the service gives back (GetCubePod / ListCubePod / CreateCubePod answers) ----
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Returned {
+    pub metadata: ReturnedMeta,
+    pub spec: ReturnedSpec,
+    pub status: ReturnedStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedMeta {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub cube_id: String,
+    pub group: String,
+    pub creation_timestamp: Option<String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedSpec {
+    pub containers: Option<Vec<ReturnedContainer>>,
+    pub init_containers: Option<Vec<ReturnedContainer>>,
+    pub volumes: Option<Vec<ReturnedVolume>>,
+    pub restart_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedContainer {
+    pub name: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedVolume {
+    pub name: String,
+    pub udisk: Option<ReturnedUdisk>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedUdisk {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedStatus {
+    pub phase: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    #[serde(alias = "podIP")]
+    pub pod_ip: Option<String>,
+    pub start_time: Option<String>,
+    pub container_statuses: Option<Vec<ReturnedContainerStatus>>,
+    pub init_container_statuses: Option<Vec<ReturnedContainerStatus>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedContainerStatus {
+    pub name: String,
+    pub image: Option<String>,
+    pub ready: Option<bool>,
+    pub restart_count: Option<u32>,
+    pub state: Option<ReturnedState>,
+    pub last_state: Option<ReturnedState>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedState {
+    pub waiting: Option<ReturnedWaiting>,
+    pub running: Option<ReturnedRunning>,
+    pub terminated: Option<ReturnedTerminated>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedWaiting {
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedRunning {
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ReturnedTerminated {
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl Returned {
+    /// Decodes the base64 YAML the service returns in `Pod` / `Pods[]`.
+    pub fn decode(base64_yaml: &str) -> Result<Returned, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(base64_yaml.trim())
+            .map_err(|e| format!("the Cube pod is not base64: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|e| format!("the Cube pod is not UTF-8: {e}"))?;
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("the Cube pod is not YAML of a pod: {e}"))
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    pub fn udisk_ids(&self) -> Vec<String> {
+        self.spec.volumes.iter().flatten().filter_map(|v| v.udisk.as_ref()).map(|u| u.id.clone()).collect()
+    }
+}

@@ -1,0 +1,195 @@
+//! Registries (P6, P7): Cube pulls only from UHub and the self-hosted registries the node allows;
+//! image pull secrets become Cube `imagePullSecrets` carrying the registry's private address and VPC.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use crate::contract::{Event, ResolvedPod};
+use crate::cube_pod::PullSecret;
+use crate::error::InvalidInput;
+use crate::k8s::LocalRef;
+
+/// The registry host of an image reference; `docker.io` for Docker Hub short names.
+pub fn registry_of(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_ascii_lowercase(),
+        _ => "docker.io".into(),
+    }
+}
+
+/// Refuses images from registries the node does not allow.
+pub fn check_image(image: &str, field: &str, allowed: &[String]) -> Result<(), InvalidInput> {
+    if image.trim().is_empty() {
+        return Err(InvalidInput::new("InvalidImage", field, "the container has no image"));
+    }
+    let host = registry_of(image);
+    if allowed.iter().any(|a| *a == host) {
+        return Ok(());
+    }
+    let from = if host == "docker.io" { "Docker Hub (docker.io)".to_string() } else { host };
+    Err(InvalidInput::new(
+        "ImageRegistryNotAllowed",
+        field,
+        format!(
+            "image {image:?} is from {from}, but Cube pulls images only from {}; push it to UHub or add a self-hosted registry of the region to the node's registries",
+            allowed.join(", ")
+        ),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuthEntry {
+    username: String,
+    password: String,
+    auth: String,
+    registryaddr: String,
+    vpcid: String,
+}
+
+/// The pod's image pull secrets in the Cube dialect; secrets that do not exist are skipped with a
+/// warning (the pull may still work without them, as in Kubernetes).
+pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<PullSecret>, Vec<Event>), InvalidInput> {
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        let field = format!("spec.imagePullSecrets[{i}]");
+        let Some(secret) = resolved.secrets.iter().find(|s| s.name == r.name) else {
+            events.push(Event::warning("FailedToRetrieveImagePullSecret", format!("image pull secret {:?} does not exist; pulling without it", r.name)));
+            continue;
+        };
+        let data = |key: &str| secret.data.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
+        let auths: BTreeMap<String, AuthEntry> = if let Some(raw) = data(".dockerconfigjson") {
+            #[derive(Deserialize)]
+            struct DockerConfig {
+                #[serde(default)]
+                auths: BTreeMap<String, AuthEntry>,
+            }
+            serde_json::from_slice::<DockerConfig>(raw).map(|c| c.auths)
+        } else if let Some(raw) = data(".dockercfg") {
+            serde_json::from_slice(raw)
+        } else {
+            return Err(InvalidInput::new(
+                "InvalidImagePullSecret",
+                field,
+                format!("Secret {} (type {}) has no .dockerconfigjson; image pull secrets must be of type kubernetes.io/dockerconfigjson", r.name, secret.kind),
+            ));
+        }
+        .map_err(|e| InvalidInput::new("InvalidImagePullSecret", &field, format!("Secret {} is not a docker config: {e}", r.name)))?;
+        for (server, entry) in auths {
+            let (mut username, mut password) = (entry.username, entry.password);
+            if username.is_empty() && !entry.auth.is_empty() {
+                let decoded = B64.decode(entry.auth.trim()).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
+                    InvalidInput::new("InvalidImagePullSecret", &field, format!("Secret {}: auth of {server} is not base64 of user:password", r.name))
+                })?;
+                let (u, p) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
+                (username, password) = (u.to_string(), p.to_string());
+            }
+            out.push(PullSecret {
+                registry_server: registry_server(&server),
+                username,
+                password,
+                registryaddr: entry.registryaddr,
+                vpc_id: entry.vpcid,
+            });
+        }
+    }
+    Ok((out, events))
+}
+
+/// `https://myhub.example.com/v1/` → `myhub.example.com`.
+fn registry_server(server: &str) -> String {
+    let s = server.trim();
+    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    s.split('/').next().unwrap_or(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Secret;
+
+    #[test]
+    fn finds_the_registry_of_an_image() {
+        for (image, host) in [
+            ("nginx", "docker.io"),
+            ("library/nginx:1.25", "docker.io"),
+            ("uhub.service.ucloud.cn/ucloud/nginx:latest", "uhub.service.ucloud.cn"),
+            ("myhub.an-link.com/test/nginx:latest", "myhub.an-link.com"),
+            ("10.0.0.5:5000/app@sha256:abc", "10.0.0.5:5000"),
+            ("localhost/x", "localhost"),
+            ("UHub.Service.UCloud.cn/a/b", "uhub.service.ucloud.cn"),
+        ] {
+            assert_eq!(registry_of(image), host, "{image}");
+        }
+    }
+
+    #[test]
+    fn refuses_images_from_registries_the_node_does_not_allow() {
+        let allowed = vec!["uhub.service.ucloud.cn".to_string(), "myhub.an-link.com".to_string()];
+        assert!(check_image("uhub.service.ucloud.cn/ucloud/nginx:latest", "f", &allowed).is_ok());
+        assert!(check_image("myhub.an-link.com/test/nginx:latest", "f", &allowed).is_ok());
+        let err = check_image("nginx", "spec.containers[0].image", &allowed).unwrap_err();
+        assert_eq!(err.field, "spec.containers[0].image");
+        assert!(err.message.contains("Docker Hub") && err.message.contains("uhub.service.ucloud.cn, myhub.an-link.com"), "{}", err.message);
+        let err = check_image("quay.io/x/y", "f", &allowed).unwrap_err();
+        assert!(err.message.contains("quay.io"));
+        assert_eq!(check_image("", "f", &allowed).unwrap_err().reason, "InvalidImage");
+    }
+
+    fn pod_with(secrets: Vec<Secret>) -> ResolvedPod {
+        ResolvedPod { secrets, ..Default::default() }
+    }
+
+    #[test]
+    fn turns_docker_configs_into_cube_pull_secrets() {
+        let guide = br#"{"auths":{"myhub.an-link.com":{"username":"user-xxx","password":"passwd-yyy","registryaddr":"10.9.8.7","vpcid":"uvnet-xxx"}}}"#;
+        let auth_only = br#"{"auths":{"https://uhub.service.ucloud.cn/v1/":{"auth":"dTE6cDE6eA=="}}}"#;
+        let legacy = br#"{"old.example.com":{"username":"a","password":"b"}}"#;
+        let resolved = pod_with(vec![
+            Secret { name: "myhub".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), guide.to_vec())] },
+            Secret { name: "uhub".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), auth_only.to_vec())] },
+            Secret { name: "old".into(), kind: "kubernetes.io/dockercfg".into(), data: vec![(".dockercfg".into(), legacy.to_vec())] },
+        ]);
+        let refs: Vec<LocalRef> = ["myhub", "uhub", "old", "missing"].iter().map(|n| LocalRef { name: n.to_string() }).collect();
+        let (secrets, events) = pull_secrets(&refs, &resolved).unwrap();
+        assert_eq!(
+            secrets,
+            vec![
+                PullSecret {
+                    registry_server: "myhub.an-link.com".into(),
+                    username: "user-xxx".into(),
+                    password: "passwd-yyy".into(),
+                    registryaddr: "10.9.8.7".into(),
+                    vpc_id: "uvnet-xxx".into()
+                },
+                PullSecret {
+                    registry_server: "uhub.service.ucloud.cn".into(),
+                    username: "u1".into(),
+                    password: "p1:x".into(),
+                    registryaddr: "".into(),
+                    vpc_id: "".into()
+                },
+                PullSecret { registry_server: "old.example.com".into(), username: "a".into(), password: "b".into(), registryaddr: "".into(), vpc_id: "".into() },
+            ]
+        );
+        assert_eq!(events.len(), 1);
+        assert!(events[0].message.contains("missing"));
+    }
+
+    #[test]
+    fn refuses_pull_secrets_that_are_not_docker_configs() {
+        let resolved = pod_with(vec![
+            Secret { name: "opaque".into(), kind: "Opaque".into(), data: vec![("x".into(), b"y".to_vec())] },
+            Secret { name: "broken".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), b"{".to_vec())] },
+            Secret { name: "badauth".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), br#"{"auths":{"h":{"auth":"%%%"}}}"#.to_vec())] },
+        ]);
+        for (name, needle) in [("opaque", "has no .dockerconfigjson"), ("broken", "not a docker config"), ("badauth", "not base64")] {
+            let err = pull_secrets(&[LocalRef { name: name.into() }], &resolved).unwrap_err();
+            assert_eq!((err.reason.as_str(), err.field.as_str()), ("InvalidImagePullSecret", "spec.imagePullSecrets[0]"));
+            assert!(err.message.contains(needle), "{}", err.message);
+        }
+    }
+}
