@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// The annotation that ties an instance to the virtual node that made it.
 pub const NODE_ANNOTATION: &str = "vk.cube.ucloud.cn/node";
+/// A digest of the pod as sent, so `update` renews the instance only when something changed.
+pub const SPEC_HASH_ANNOTATION: &str = "vk.cube.ucloud.cn/spec-hash";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -160,6 +162,15 @@ pub struct EmptyDir {}
 impl CubePod {
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).expect("the Cube pod is plain data and always serialises")
+    }
+
+    /// Records the digest of the pod (without the digest itself) in its annotations.
+    pub fn stamp_spec_hash(&mut self) -> String {
+        use sha1::{Digest, Sha1};
+        self.metadata.annotations.remove(SPEC_HASH_ANNOTATION);
+        let hash = hex::encode(Sha1::digest(self.to_yaml().as_bytes()));
+        self.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), hash.clone());
+        hash
     }
 }
 

@@ -3,15 +3,22 @@
 //! client. The pure core (`translate`) is callable natively, e.g. by `vkhost translate`.
 
 pub mod annotations;
+pub mod api;
 pub mod config;
 pub mod contract;
 pub mod cube_pod;
+pub mod eip;
 pub mod error;
+pub mod host;
+pub mod instances;
 pub mod k8s;
+pub mod node;
 pub mod registries;
 pub mod restrictions;
 pub mod service_account;
 pub mod sizes;
+pub mod status;
+pub mod streams;
 pub mod translate;
 pub mod volumes;
 

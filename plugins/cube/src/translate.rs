@@ -28,6 +28,8 @@ pub struct CreateRequest {
     /// The Cube pod, readable.
     pub pod: CubePod,
     pub pod_yaml: String,
+    /// Digest of the pod, recorded in it: an unchanged pod is not renewed.
+    pub spec_hash: String,
     pub size: Size,
     /// Billing and EIP settings from the annotations.
     pub settings: CubeSettings,
@@ -127,7 +129,7 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
     cube_annotations.insert(NODE_ANNOTATION.into(), node_name.into());
     cube_annotations.insert(annotations::SIZE.into(), size.to_string());
 
-    let cube = CubePod {
+    let mut cube = CubePod {
         api_version: "v1".into(),
         kind: "Pod".into(),
         metadata: cube_pod::Metadata {
@@ -158,6 +160,7 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
             image_pull_secrets: pull_secrets,
         },
     };
+    let spec_hash = cube.stamp_spec_hash();
     let pod_yaml = cube.to_yaml();
 
     let mut params = BTreeMap::new();
@@ -187,6 +190,7 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
         params,
         pod: cube,
         pod_yaml,
+        spec_hash,
         size,
         settings,
         annotations: vec![(annotations::SIZE.into(), size.to_string())],

@@ -1,0 +1,45 @@
+//! The one way out of the sandbox: an HTTP exchange the host performs. In the guest it is the WIT
+//! `http` import; in tests it is a scripted double.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The contract's `http-error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The URL is outside the plugin's allowlist.
+    Denied(String),
+    Timeout,
+    Transport(String),
+    InvalidRequest(String),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Denied(url) => write!(f, "the host denied {url}: it is outside the plugin's allowlist"),
+            HttpError::Timeout => write!(f, "timed out"),
+            HttpError::Transport(e) => write!(f, "transport error: {e}"),
+            HttpError::InvalidRequest(e) => write!(f, "invalid request: {e}"),
+        }
+    }
+}
+
+pub trait Transport {
+    fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError>;
+}

@@ -1,0 +1,215 @@
+//! Logs, exec, attach and usage (P8). No byte passes through the plugin: it fetches a short-lived
+//! token and tells the host where to connect. The stream endpoints are not public; this follows the
+//! simulator's contract and is kept small so it can be swapped.
+
+use serde_json::Value;
+
+use crate::api::Params;
+use crate::api::form::urlencode;
+use crate::contract::{ContainerUsage, ExecOptions, LogOptions, PodRef, PodUsage, StreamProtocol, StreamTarget};
+use crate::error::ProviderError;
+use crate::host::Host;
+use crate::instances::Cube;
+
+/// The metrics asked of GetCubeMetrics, in this order.
+pub const METRICS: [&str; 4] = ["CPUUsageCoreNanoSeconds", "CPUUsageNanoCores", "MemoryWorkingSetBytes", "MemoryUsageBytes"];
+/// How far back usage samples are asked for.
+const USAGE_WINDOW_SECS: i64 = 300;
+
+/// The log stream URL for a token.
+pub fn logs_url(api_url: &str, token: &str, o: &LogOptions) -> String {
+    let mut url = format!("{api_url}/cube-stream/logs?token={}&follow={}", urlencode(token), o.follow);
+    if let Some(n) = o.tail_lines {
+        url.push_str(&format!("&tailLines={n}"));
+    }
+    if let Some(n) = o.since_seconds {
+        url.push_str(&format!("&sinceSeconds={n}"));
+    }
+    if let Some(t) = &o.since_time {
+        url.push_str(&format!("&sinceTime={}", urlencode(t)));
+    }
+    if o.timestamps {
+        url.push_str("&timestamps=true");
+    }
+    if let Some(n) = o.limit_bytes {
+        url.push_str(&format!("&limitBytes={n}"));
+    }
+    if o.previous {
+        url.push_str("&previous=true");
+    }
+    url
+}
+
+/// The exec (or attach) WebSocket URL: the terminal URL with the command and stream flags.
+pub fn exec_url(terminal_url: &str, o: &ExecOptions, attach: bool) -> String {
+    let mut url = terminal_url.to_string();
+    let sep = |u: &String| if u.contains('?') { '&' } else { '?' };
+    if attach {
+        url.push(sep(&url));
+        url.push_str("attach=1");
+    } else {
+        for arg in &o.command {
+            url.push(sep(&url));
+            url.push_str(&format!("command={}", urlencode(arg)));
+        }
+    }
+    for (flag, on) in [("stdin", o.stdin), ("stdout", o.stdout), ("stderr", o.stderr), ("tty", o.tty)] {
+        if on {
+            url.push(sep(&url));
+            url.push_str(&format!("{flag}=1"));
+        }
+    }
+    url
+}
+
+fn token_params<H: Host + ?Sized>(cube: &Cube<H>, pod: &PodRef, container: &str) -> Params {
+    cube.common().set("Uid", &pod.uid).set("ContainerName", container)
+}
+
+fn field(v: &Value, key: &str, action: &str) -> Result<String, ProviderError> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ProviderError::Internal(format!("{action} answered without {key}: {v}")))
+}
+
+pub fn logs<H: Host + ?Sized>(cube: &Cube<H>, pod: &PodRef, container: &str, o: &LogOptions) -> Result<StreamTarget, ProviderError> {
+    let v = cube.client.call("GetCubeToken", &token_params(cube, pod, container))?;
+    let token = field(&v, "Token", "GetCubeToken")?;
+    Ok(StreamTarget { url: logs_url(cube.client.api_url(), &token, o), headers: vec![], protocol: StreamProtocol::HttpBody })
+}
+
+pub fn exec<H: Host + ?Sized>(cube: &Cube<H>, pod: &PodRef, container: &str, o: &ExecOptions, attach: bool) -> Result<StreamTarget, ProviderError> {
+    if !attach && o.command.is_empty() {
+        return Err(crate::error::InvalidInput::new("InvalidExec", "command", "exec needs a command").into());
+    }
+    let v = cube.client.call("GetCubeExecToken", &token_params(cube, pod, container))?;
+    let terminal = field(&v, "TerminalUrl", "GetCubeExecToken")?;
+    Ok(StreamTarget { url: exec_url(&terminal, o, attach), headers: vec![], protocol: StreamProtocol::WebsocketChannels })
+}
+
+/// The latest value of each metric in a GetCubeMetrics answer.
+pub fn latest(v: &Value) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for set in v.get("DataSets").and_then(Value::as_array).into_iter().flatten() {
+        let name = set.get("MetricName").and_then(Value::as_str).unwrap_or_default();
+        let Some(i) = METRICS.iter().position(|m| *m == name) else { continue };
+        let newest = set
+            .get("Values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p.get("Timestamp")?.as_i64()?, p.get("Value")?.as_f64()?)))
+            .max_by_key(|(t, _)| *t);
+        if let Some((_, value)) = newest {
+            out[i] = value.max(0.0).round() as u64;
+        }
+    }
+    out
+}
+
+/// Usage of the pods that have instances.
+pub fn usage<H: Host + ?Sized>(cube: &Cube<H>, pods: &[PodRef]) -> Result<Vec<PodUsage>, ProviderError> {
+    let now = cube.host.now_unix();
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some((cube_id, p)) = cube.find(&pod.uid)? else { continue };
+        let status = crate::status::pod_status(&p);
+        let mut containers = Vec::new();
+        for c in &status.container_statuses {
+            let params = cube
+                .common()
+                .set("ResourceId", &cube_id)
+                .set("ContainerName", &c.name)
+                .list("MetricName", METRICS)
+                .set("BeginTime", now - USAGE_WINDOW_SECS)
+                .set("EndTime", now);
+            let [cpu_total, cpu_rate, working_set, usage] = latest(&cube.client.call("GetCubeMetrics", &params)?);
+            let start_time = match &c.state {
+                crate::contract::ContainerState::Running { started_at } => started_at.clone(),
+                _ => status.start_time.clone().unwrap_or_default(),
+            };
+            containers.push(ContainerUsage {
+                name: c.name.clone(),
+                cpu_usage_core_nano_seconds: cpu_total,
+                cpu_usage_nano_cores: cpu_rate,
+                memory_working_set_bytes: working_set,
+                memory_usage_bytes: usage,
+                start_time,
+            });
+        }
+        out.push(PodUsage { pod: pod.clone(), timestamp: rfc3339(now), containers });
+    }
+    Ok(out)
+}
+
+/// RFC 3339 (UTC, seconds) of a Unix time.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn log_urls_carry_only_the_options_set() {
+        let cases = [
+            (LogOptions::default(), "https://api.x/cube-stream/logs?token=T%2B1&follow=false"),
+            (
+                LogOptions {
+                    follow: true,
+                    tail_lines: Some(10),
+                    since_seconds: Some(60),
+                    since_time: Some("2026-11-26T16:00:00Z".into()),
+                    timestamps: true,
+                    limit_bytes: Some(4096),
+                    previous: true,
+                },
+                "https://api.x/cube-stream/logs?token=T%2B1&follow=true&tailLines=10&sinceSeconds=60&sinceTime=2026-11-26T16%3A00%3A00Z&timestamps=true&limitBytes=4096&previous=true",
+            ),
+        ];
+        for (o, want) in cases {
+            assert_eq!(logs_url("https://api.x", "T+1", &o), want);
+        }
+    }
+
+    #[test]
+    fn exec_urls_add_command_args_and_flags() {
+        let t = "ws://127.0.0.1:9/cube-stream/exec?token=T";
+        let o = ExecOptions { command: vec!["sh".into(), "-c".into(), "echo a&b".into()], stdin: true, stdout: true, stderr: false, tty: true };
+        assert_eq!(exec_url(t, &o, false), format!("{t}&command=sh&command=-c&command=echo%20a%26b&stdin=1&stdout=1&tty=1"));
+        assert_eq!(exec_url(t, &o, true), format!("{t}&attach=1&stdin=1&stdout=1&tty=1"));
+    }
+
+    #[test]
+    fn takes_the_latest_value_of_each_metric() {
+        let v = json!({"DataSets": [
+            {"MetricName": "CPUUsageNanoCores", "Values": [{"Timestamp": 20, "Value": 5.0}, {"Timestamp": 30, "Value": 250000000.4}, {"Timestamp": 10, "Value": 9.0}]},
+            {"MetricName": "MemoryUsageBytes", "Values": [{"Timestamp": 30, "Value": 1048576}]},
+            {"MetricName": "Other", "Values": [{"Timestamp": 30, "Value": 1}]},
+        ]});
+        assert_eq!(latest(&v), [0, 250_000_000, 0, 1_048_576]);
+    }
+
+    #[test]
+    fn formats_unix_times_as_rfc3339() {
+        for (t, s) in [(0, "1970-01-01T00:00:00Z"), (1_795_708_800, "2026-11-26T16:00:00Z"), (951_782_400, "2000-02-29T00:00:00Z")] {
+            assert_eq!(rfc3339(t), s);
+        }
+    }
+}
