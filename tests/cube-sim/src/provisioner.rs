@@ -1,0 +1,4 @@
+//! placeholder
+#[derive(clap::Args)]
+pub struct ProvisionerArgs {}
+pub async fn run(_a: ProvisionerArgs) -> anyhow::Result<()> { Ok(()) }
