@@ -25,3 +25,6 @@ pub mod volumes;
 pub use contract::ResolvedPod;
 pub use error::{InvalidInput, ProviderError, TranslateError};
 pub use translate::{CreateRequest, translate};
+
+#[cfg(target_arch = "wasm32")]
+mod guest;
