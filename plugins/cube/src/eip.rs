@@ -128,7 +128,7 @@ fn allocate<T: Transport + ?Sized>(
 }
 
 fn find_by_name<T: Transport + ?Sized>(client: &Client<T>, common: &Params, name: &str) -> Option<BoundEip> {
-    let v = client.call("DescribeEIP", common).ok()?;
+    let v = client.call("DescribeEIP", &common.clone().set("Limit", 100)).ok()?;
     let set = v.get("EIPSet")?.as_array()?;
     let e = set.iter().find(|e| e.get("Name").and_then(Value::as_str) == Some(name))?;
     Some(BoundEip { id: e.get("EIPId")?.as_str()?.to_string(), address: first_ip(e), allocated: true })

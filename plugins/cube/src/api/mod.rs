@@ -86,8 +86,12 @@ impl ApiError {
         }
     }
 
+    /// No such object. Product RetCodes (≥ 2000) are recognised by code or message; gateway codes
+    /// below 2000 never mean that (161 "Action not found" is our bug, not a missing instance).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ApiError::RetCode { code, message, .. } if NOT_FOUND.contains(code) || message.to_ascii_lowercase().contains("not found") || message.to_ascii_lowercase().contains("not exist"))
+        let ApiError::RetCode { code, message, .. } = self else { return false };
+        let lower = message.to_ascii_lowercase();
+        NOT_FOUND.contains(code) || (*code >= 2000 && (lower.contains("not found") || lower.contains("not exist")))
     }
 }
 
