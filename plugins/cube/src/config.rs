@@ -51,6 +51,7 @@ impl fmt::Debug for NodeConfig {
             .field("max_pods", &self.max_pods)
             .field("registries", &self.registries)
             .field("cluster_ip_support", &self.cluster_ip_support)
+            .field("kubeconfig", &self.kubeconfig.as_ref().map(|_| "<redacted>"))
             .field("delete_disks_with_node", &self.delete_disks_with_node)
             .field("eip_operator", &self.eip_operator)
             .finish()
@@ -194,6 +195,19 @@ impl NodeConfig {
         };
 
         let eip_operator = string(&obj, "eip_operator")?.unwrap_or_else(|| "Bgp".into());
+        let cluster_ip_support = boolean(&obj, "cluster_ip_support", false)?;
+        let kubeconfig = string(&obj, "kubeconfig")?.map(|k| {
+            // Cube takes it base64-encoded; accept it either way.
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            if b64.decode(&k).is_ok() { k } else { b64.encode(k) }
+        });
+        if cluster_ip_support && kubeconfig.is_none() {
+            return Err(bad(
+                "kubeconfig",
+                "kubeconfig is missing, but cluster_ip_support = true needs it: Cube watches the cluster's Services with it (a kubeconfig, plain or base64)",
+            ));
+        }
         Ok(NodeConfig {
             api_url,
             region,
@@ -206,8 +220,8 @@ impl NodeConfig {
             default_size,
             max_pods,
             registries,
-            cluster_ip_support: boolean(&obj, "cluster_ip_support", false)?,
-            kubeconfig: string(&obj, "kubeconfig")?,
+            cluster_ip_support,
+            kubeconfig,
             delete_disks_with_node: boolean(&obj, "delete_disks_with_node", true)?,
             eip_operator,
         })
@@ -294,7 +308,12 @@ pub(crate) mod tests {
         assert_eq!(c.default_size.to_string(), "500m-512Mi");
         assert_eq!(c.registries, vec!["myhub.an-link.com", "10.0.0.5:5000"]);
         assert!(!c.delete_disks_with_node);
+        assert_eq!(c.kubeconfig.as_deref(), Some("YQ=="));
         assert!(!format!("{c:?}").contains("\"k\""));
+        let mut plain = json.clone();
+        plain["kubeconfig"] = json!("apiVersion: v1\nkind: Config\n");
+        let c = NodeConfig::parse(&plain.to_string()).unwrap();
+        assert_eq!(c.kubeconfig.as_deref(), Some("YXBpVmVyc2lvbjogdjEKa2luZDogQ29uZmln"));
     }
 
     #[test]
@@ -315,6 +334,7 @@ pub(crate) mod tests {
             ("cluster_ip_support", json!("yes"), "config.cluster_ip_support", "true or false"),
             ("delete_disks_with_node", json!(1), "config.delete_disks_with_node", "true or false"),
             ("project_id", json!("p-1"), "config.project_id", "org-"),
+            ("cluster_ip_support", json!(true), "config.kubeconfig", "cluster_ip_support = true needs it"),
         ];
         for (key, value, field, needle) in cases {
             let err = NodeConfig::parse(&with(key, value.clone())).unwrap_err();

@@ -12,6 +12,7 @@ pub mod error;
 pub mod host;
 pub mod instances;
 pub mod k8s;
+pub mod manifest;
 pub mod node;
 pub mod registries;
 pub mod restrictions;
@@ -24,6 +25,7 @@ pub mod volumes;
 
 pub use contract::ResolvedPod;
 pub use error::{InvalidInput, ProviderError, TranslateError};
+pub use manifest::pod_from_manifest;
 pub use translate::{CreateRequest, translate};
 
 #[cfg(target_arch = "wasm32")]

@@ -76,8 +76,3 @@ pub fn project(
     }
     Ok(files)
 }
-
-/// The earliest expiry of the tokens mounted in the pod, for logs and events.
-pub fn earliest_expiry(resolved: &ResolvedPod) -> Option<&str> {
-    resolved.tokens.iter().map(|t| t.expires_at.as_str()).min()
-}

@@ -477,3 +477,32 @@ fn translation_is_deterministic() {
     assert_eq!(a.params, b.params);
     assert!(a.render().contains("Action: CreateCubePod") && a.render().contains("  kind: Pod"));
 }
+
+#[test]
+fn the_guides_manifests_translate_as_written() {
+    let udisk = {
+        let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-udisk.yaml")).unwrap();
+        r.claims.push(VolumeClaim { claim_name: "logdisk-claim".into(), claim: fixture("guide-pvc-udisk.json"), volume: Some(fixture("guide-pv-udisk.json")) });
+        r
+    };
+    let sa = {
+        let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-deployment-sa.yaml")).unwrap();
+        r.secrets.push(secret("default-token", "kubernetes.io/service-account-token", &[("token", b"t"), ("ca.crt", b"c"), ("namespace", b"default")]));
+        r
+    };
+    let myhub = {
+        let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-myhub.yaml")).unwrap();
+        r.secrets.push(secret("myhub", "kubernetes.io/dockerconfigjson", &[(".dockerconfigjson", fixture("guide-dockerconfig.json").as_bytes())]));
+        r
+    };
+    let cases = [(udisk, "nginx", "udisk"), (sa, "nginx-deployment-dryrun", "secret"), (myhub, "nginx-myhub-deployment-dryrun", "")];
+    for (pod, name, volume) in cases {
+        let req = ok(&pod);
+        let p = cube_pod(&req);
+        assert_eq!(p["metadata"]["name"], name);
+        assert_eq!(req.size.to_string(), "1-2Gi", "{name}: the node's default size");
+        if !volume.is_empty() {
+            assert!(p["spec"]["volumes"][0].get(volume).is_some(), "{name}: {}", p["spec"]["volumes"]);
+        }
+    }
+}
