@@ -430,7 +430,7 @@ mod tests {
     fn accepts_every_size_in_the_table() {
         for (cpu, mems) in SIZES {
             for mem in *mems {
-                let p = check(&pod(&c("a", &format!("{cpu}m"), &format!("{mem}Mi")), "  []")).unwrap();
+                let p = check(&pod(&c("a", &format!("{cpu}m"), &format!("{mem}Mi")), "    []")).unwrap();
                 assert_eq!((p.cpu_millis, p.memory_mib), (*cpu, *mem));
             }
         }
@@ -439,30 +439,30 @@ mod tests {
     #[test]
     fn sums_container_limits_before_matching_the_size_table() {
         let two = format!("{}\n{}", c("a", "250m", "256Mi"), c("b", "250m", "256Mi"));
-        assert_eq!(check(&pod(&two, "  []")).unwrap().cpu_millis, 500);
+        assert_eq!(check(&pod(&two, "    []")).unwrap().cpu_millis, 500);
     }
 
     #[test]
     fn rejects_sizes_outside_the_table() {
         for (cpu, mem) in [("1", "8Gi"), ("8", "4Gi"), ("3", "4Gi"), ("16", "32Gi"), ("500m", "4Gi")] {
-            let err = check(&pod(&c("a", cpu, mem), "  []")).unwrap_err();
+            let err = check(&pod(&c("a", cpu, mem), "    []")).unwrap_err();
             assert_eq!(err.ret_code(), 8201, "{cpu}/{mem}");
         }
     }
 
     #[test]
     fn requires_cpu_and_memory_limits() {
-        let y = pod(&format!("  - name: a\n    image: {UHUB}/x/y:1\n    resources:\n      limits:\n        cpu: 1"), "  []");
+        let y = pod(&format!("  - name: a\n    image: {UHUB}/x/y:1\n    resources:\n      limits:\n        cpu: 1"), "    []");
         assert!(check(&y).unwrap_err().to_string().contains("limits.memory is required"));
     }
 
     #[test]
     fn rejects_container_names_outside_the_pattern() {
         for bad in ["a.b", "", "x234567890123456789012345678901234"] {
-            let y = pod(&c(&format!("\"{bad}\""), "1", "1Gi"), "  []");
+            let y = pod(&c(&format!("\"{bad}\""), "1", "1Gi"), "    []");
             assert!(check(&y).is_err(), "{bad}");
         }
-        assert!(check(&pod(&c("Good_name-1", "1", "1Gi"), "  []")).is_ok());
+        assert!(check(&pod(&c("Good_name-1", "1", "1Gi"), "    []")).is_ok());
     }
 
     #[test]
@@ -482,13 +482,13 @@ mod tests {
 
     #[test]
     fn rejects_docker_hub_images() {
-        let y = pod("  - name: a\n    image: nginx:1\n    resources:\n      limits:\n        cpu: 1\n        memory: 1Gi", "  []");
+        let y = pod("  - name: a\n    image: nginx:1\n    resources:\n      limits:\n        cpu: 1\n        memory: 1Gi", "    []");
         assert!(check(&y).unwrap_err().to_string().contains("Docker Hub"));
     }
 
     #[test]
     fn rejects_pull_secrets_with_the_dockerconfig_spelling_of_vpc_id() {
-        let y = pod(&c("a", "1", "1Gi"), "  []")
+        let y = pod(&c("a", "1", "1Gi"), "    []")
             + "  imagePullSecrets:\n  - registryServer: uhub.service.ucloud.cn\n    username: u\n    password: p\n    vpcid: uvnet-1\n";
         assert!(check(&y).unwrap_err().to_string().contains("vpcid"));
     }
