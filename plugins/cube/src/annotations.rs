@@ -276,6 +276,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // tables of cases
 mod tests {
     use super::*;
 

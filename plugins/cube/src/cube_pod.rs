@@ -25,8 +25,6 @@ pub struct Metadata {
     pub name: String,
     pub namespace: String,
     pub uid: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }
 

@@ -25,7 +25,7 @@ pub fn check_image(image: &str, field: &str, allowed: &[String]) -> Result<(), I
         return Err(InvalidInput::new("InvalidImage", field, "the container has no image"));
     }
     let host = registry_of(image);
-    if allowed.iter().any(|a| *a == host) {
+    if allowed.contains(&host) {
         return Ok(());
     }
     let from = if host == "docker.io" { "Docker Hub (docker.io)".to_string() } else { host };

@@ -54,7 +54,7 @@ impl Size {
     pub fn from_quantities(cpu: &str, memory: &str) -> Option<Size> {
         let cpu_millis = parse_cpu_millis(cpu)?;
         let bytes = parse_memory_bytes(memory)?;
-        (bytes % MI == 0).then_some(Size { cpu_millis, memory_mib: bytes / MI })
+        (bytes.is_multiple_of(MI)).then_some(Size { cpu_millis, memory_mib: bytes / MI })
     }
     /// The table as people read it: `500m/512Mi, 500m/1Gi, …`.
     pub fn table() -> String {
@@ -71,17 +71,17 @@ impl fmt::Display for Size {
 
 /// CPU as Kubernetes writes it: whole cores plain, else millicores.
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 { format!("{}", millis / 1000) } else { format!("{millis}m") }
+    if millis.is_multiple_of(1000) { format!("{}", millis / 1000) } else { format!("{millis}m") }
 }
 
 /// Memory in the largest binary unit that divides it exactly.
 pub fn format_memory(bytes: u64) -> String {
     const GI: u64 = 1024 * MI;
-    if bytes > 0 && bytes % GI == 0 {
+    if bytes > 0 && bytes.is_multiple_of(GI) {
         format!("{}Gi", bytes / GI)
-    } else if bytes > 0 && bytes % MI == 0 {
+    } else if bytes > 0 && bytes.is_multiple_of(MI) {
         format!("{}Mi", bytes / MI)
-    } else if bytes > 0 && bytes % 1024 == 0 {
+    } else if bytes > 0 && bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         format!("{bytes}")
@@ -247,6 +247,7 @@ fn split(total: u64, asked: &[u64], unit: u64) -> Vec<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // tables of cases
 mod tests {
     use super::*;
 

@@ -89,20 +89,14 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
         registries::check_image(&c.image, &format!("{field}.image"), &allowed)?;
     }
 
-    let demand_of = |c: &k8s::Container, field: &str| demand(c, field);
-    let app: Vec<Demand> = pod
-        .spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| demand_of(c, &format!("spec.containers[{i}]")))
-        .collect::<Result<_, _>>()?;
+    let app: Vec<Demand> =
+        pod.spec.containers.iter().enumerate().map(|(i, c)| demand(c, &format!("spec.containers[{i}]"))).collect::<Result<_, _>>()?;
     let init: Vec<Demand> = pod
         .spec
         .init_containers
         .iter()
         .enumerate()
-        .map(|(i, c)| demand_of(c, &format!("spec.initContainers[{i}]")))
+        .map(|(i, c)| demand(c, &format!("spec.initContainers[{i}]")))
         .collect::<Result<_, _>>()?;
     let choice = sizes::choose_size(sizes::effective_demand(&app, &init), config.default_size)?;
     let size = choice.size;
@@ -124,8 +118,14 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
         init_containers.push(container(c, &format!("spec.initContainers[{i}]"), whole, resolved, &vols.volumes)?);
     }
 
-    let mut cube_annotations: BTreeMap<String, String> =
-        meta.annotations.iter().filter(|(k, _)| k.starts_with(annotations::PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    // Only the user's Cube settings travel with the instance: annotations the host writes back on
+    // the pod (size, EIP address) or other tools' must not make an unchanged pod look changed.
+    let mut cube_annotations: BTreeMap<String, String> = meta
+        .annotations
+        .iter()
+        .filter(|(k, _)| k.strip_prefix(annotations::PREFIX).is_some_and(|name| annotations::KNOWN.contains(&name)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     cube_annotations.insert(NODE_ANNOTATION.into(), node_name.into());
     cube_annotations.insert(annotations::SIZE.into(), size.to_string());
 
@@ -136,7 +136,6 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
             name: meta.name.clone(),
             namespace: meta.namespace.clone(),
             uid: meta.uid.clone(),
-            labels: meta.labels.clone(),
             annotations: cube_annotations,
         },
         spec: cube_pod::Spec {

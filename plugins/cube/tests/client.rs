@@ -1,5 +1,7 @@
 //! The API client over a scripted transport: signing, the envelope, retries and error mapping.
 
+#![allow(clippy::type_complexity)] // tables of cases
+
 mod support;
 
 use cube_provider::api::signature::sign;

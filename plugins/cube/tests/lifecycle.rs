@@ -1,6 +1,8 @@
 //! The provider's operations against an in-memory cloud: idempotent and lost creates, EIP binding
 //! and its compensation, renewals, deletes (EIP release, node deletion with UDisks), list, streams.
 
+#![allow(clippy::type_complexity)] // tables of cases
+
 mod support;
 
 use cube_provider::api::HttpError;
@@ -288,6 +290,17 @@ fn update_renews_the_instance_only_when_the_pod_changed() {
     use base64::Engine;
     assert!(yaml.contains(&base64::engine::general_purpose::STANDARD.encode("token-2")), "{yaml}");
     cube.update(&with_token("token-2")).unwrap();
+    assert_eq!(host.count("RenewCubePod"), 1);
+    // What the host writes back on the pod (size, EIP address), labels and other tools'
+    // annotations do not make the pod look changed.
+    let mut touched = with_token("token-2");
+    let mut pod: Value = serde_json::from_str(&touched.pod).unwrap();
+    pod["metadata"]["annotations"]["cube.ucloud.cn/size"] = json!("500m-1Gi");
+    pod["metadata"]["annotations"]["cube.ucloud.cn/eip-address"] = json!("1.2.3.4");
+    pod["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+    pod["metadata"]["labels"] = json!({"version": "2"});
+    touched.pod = pod.to_string();
+    cube.update(&touched).unwrap();
     assert_eq!(host.count("RenewCubePod"), 1);
 }
 

@@ -1,6 +1,8 @@
 //! The translation of the guide's manifests (and harder pods) into CreateCubePod requests, and every
 //! way a pod is refused before anything is created.
 
+#![allow(clippy::type_complexity)] // tables of cases
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cube_provider::contract::{ConfigMap, ContainerEnv, ResolvedPod, Secret, ServiceAccountToken, VolumeClaim};
@@ -113,7 +115,6 @@ fn guide_service_account_secret_is_mounted_inline() {
     assert_eq!(req.size.to_string(), "1-2Gi");
     assert_eq!(reasons(&req), vec!["DefaultSize"]);
     assert_eq!(limits(&p, "containers"), vec![("1".into(), "2Gi".into())]);
-    assert_eq!(p["metadata"]["labels"]["app"], "nginx");
 }
 
 #[test]
@@ -320,6 +321,7 @@ fn every_field_of_the_cube_dialect_is_carried() {
     assert_eq!(ann["cube.ucloud.cn/cube-eip-release"], "false");
     assert_eq!(ann["cube.ucloud.cn/size"], "1-2Gi");
     assert!(ann.get("kubectl.kubernetes.io/last-applied-configuration").is_none());
+    assert!(p["metadata"].get("labels").is_none());
     let eip = req.settings.eip.as_ref().unwrap();
     assert_eq!((eip.bandwidth, eip.pay_mode.api(), eip.charge_type.api(), eip.quantity), (5, "Traffic", "Month", 0));
 }
