@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cloud;
+pub mod tcp;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
