@@ -109,13 +109,27 @@ pub fn latest(v: &Value) -> [u64; 4] {
     out
 }
 
+/// Above this many pods, one ListCubePod sweep is cheaper than a GetCubePod per pod.
+const LIST_ABOVE: usize = 2;
+
 /// Usage of the pods that have instances.
 pub fn usage<H: Host + ?Sized>(cube: &Cube<H>, pods: &[PodRef]) -> Result<Vec<PodUsage>, ProviderError> {
     let now = cube.host.now_unix();
+    let instances: Vec<(&PodRef, String, crate::contract::PodStatus)> = if pods.len() > LIST_ABOVE {
+        let mut by_uid: std::collections::HashMap<String, (String, crate::contract::PodStatus)> =
+            cube.list()?.into_iter().map(|i| (i.pod.uid, (i.instance_id, i.status))).collect();
+        pods.iter().filter_map(|p| by_uid.remove(&p.uid).map(|(id, s)| (p, id, s))).collect()
+    } else {
+        let mut found = Vec::new();
+        for p in pods {
+            if let Some((id, returned)) = cube.find(&p.uid)? {
+                found.push((p, id, crate::status::pod_status(&returned)));
+            }
+        }
+        found
+    };
     let mut out = Vec::new();
-    for pod in pods {
-        let Some((cube_id, p)) = cube.find(&pod.uid)? else { continue };
-        let status = crate::status::pod_status(&p);
+    for (pod, cube_id, status) in instances {
         let mut containers = Vec::new();
         for c in &status.container_statuses {
             let params = cube

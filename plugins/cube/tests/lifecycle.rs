@@ -381,3 +381,23 @@ fn usage_takes_the_latest_sample_of_each_metric_and_skips_pods_without_instance(
     assert_eq!(p["MetricName.0"], "CPUUsageCoreNanoSeconds");
     assert_eq!(p["MetricName.3"], "MemoryUsageBytes");
 }
+
+#[test]
+fn usage_of_many_pods_sweeps_the_list_instead_of_one_lookup_each() {
+    let (host, _) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    let mut refs = Vec::new();
+    for i in 0..4 {
+        let mut pod: Value = serde_yaml_ng::from_str(&fixture("guide-pod-nginx.yaml")).unwrap();
+        pod["metadata"]["uid"] = json!(format!("uid-{i}"));
+        cube.create(&ResolvedPod::from_pod_json(pod.to_string())).unwrap();
+        refs.push(PodRef { uid: format!("uid-{i}"), ..pod_ref() });
+    }
+    refs.push(PodRef { uid: "no-instance".into(), ..pod_ref() });
+    let before = host.count("GetCubePod");
+    let usage = streams::usage(&cube, &refs).unwrap();
+    assert_eq!(usage.iter().map(|u| u.pod.uid.as_str()).collect::<Vec<_>>(), vec!["uid-0", "uid-1", "uid-2", "uid-3"]);
+    assert_eq!(host.count("GetCubePod"), before);
+    assert_eq!(host.count("ListCubePod"), 1);
+    assert_eq!(host.count("GetCubeMetrics"), 4);
+}
