@@ -226,7 +226,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         ChargeType::Month => EipChargeType::Month,
         ChargeType::Postpay => EipChargeType::Dynamic,
     });
-    let eip_quantity = eip_quantity.unwrap_or(quantity);
+    let eip_quantity = match eip_quantity {
+        Some(q) => q,
+        // "Until the end of the month" carries over only to a monthly EIP.
+        None if quantity == 0 && eip_charge_type != EipChargeType::Month => 1,
+        None => quantity,
+    };
     if eip_quantity == 0 && eip_charge_type != EipChargeType::Month {
         return Err(invalid("cube-eip-quantity", "0", "0 (until the end of the month) is only accepted when cube-eip-chargetype is month"));
     }
@@ -309,6 +314,9 @@ mod tests {
         let s = parse(&ann(&[("cube-eip", "true"), ("cube-chargetype", "month"), ("cube-quantity", "0")])).unwrap();
         let e = s.eip.unwrap();
         assert_eq!((e.charge_type, e.quantity), (EipChargeType::Month, 0));
+        let s = parse(&ann(&[("cube-eip", "true"), ("cube-chargetype", "month"), ("cube-quantity", "0"), ("cube-eip-chargetype", "dynamic")])).unwrap();
+        let e = s.eip.unwrap();
+        assert_eq!((e.charge_type, e.quantity), (EipChargeType::Dynamic, 1));
         let s = parse(&ann(&[("cube-eip", "true"), ("cube-chargetype", "year"), ("cube-quantity", "2")])).unwrap();
         let e = s.eip.unwrap();
         assert_eq!((e.charge_type, e.quantity), (EipChargeType::Year, 2));

@@ -191,7 +191,28 @@ pub struct ReturnedMeta {
     pub cube_id: String,
     pub group: String,
     pub creation_timestamp: Option<String>,
+    #[serde(deserialize_with = "scalars_as_strings")]
     pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Annotation values come back as YAML scalars; a service that unquotes `"true"` or `"5"` must not
+/// make the instance unreadable.
+fn scalars_as_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    let raw = Option::<BTreeMap<String, serde_yaml_ng::Value>>::deserialize(d)?;
+    Ok(raw.map(|m| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_yaml_ng::Value::String(s) => s,
+                    serde_yaml_ng::Value::Bool(b) => b.to_string(),
+                    serde_yaml_ng::Value::Number(n) => n.to_string(),
+                    serde_yaml_ng::Value::Null => String::new(),
+                    other => serde_yaml_ng::to_string(&other).unwrap_or_default().trim().to_string(),
+                };
+                (k, s)
+            })
+            .collect()
+    }))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -295,5 +316,26 @@ impl Returned {
 
     pub fn udisk_ids(&self) -> Vec<String> {
         self.spec.volumes.iter().flatten().filter_map(|v| v.udisk.as_ref()).map(|u| u.id.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_annotations_a_service_unquoted() {
+        let r: Returned = serde_yaml_ng::from_str(
+            "metadata:\n  cubeId: cube-1\n  annotations:\n    cube.ucloud.cn/cube-eip-release: false\n    cube.ucloud.cn/cube-quantity: 3\n    vk.cube.ucloud.cn/node: n\nspec:\n  volumes:\n  - {name: a, udisk: {id: bs-1, fs: ext4}}\n  - {name: b, emptyDir: {}}\n",
+        )
+        .unwrap();
+        assert_eq!(r.annotation("cube.ucloud.cn/cube-eip-release"), Some("false"));
+        assert_eq!(r.annotation("cube.ucloud.cn/cube-quantity"), Some("3"));
+        assert_eq!(r.udisk_ids(), vec!["bs-1".to_string()]);
+    }
+
+    #[test]
+    fn undecodable_pods_say_why() {
+        assert!(Returned::decode("%%%").unwrap_err().contains("not base64"));
     }
 }
