@@ -390,6 +390,13 @@ fn pods_cube_cannot_run_are_refused_naming_the_field() {
         ("too large", |p| p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("9"), "PodTooLarge", "spec.containers[*].resources.requests"),
         ("too much memory", |p| p["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = json!("17Gi"), "PodTooLarge", "spec.containers[*].resources.requests"),
         ("bad quantity", |p| p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("lots"), "InvalidResources", "spec.containers[0].resources.requests.cpu"),
+        ("bad memory", |p| p["spec"]["containers"][1]["resources"]["requests"]["memory"] = json!("1 GB"), "InvalidResources", "spec.containers[1].resources.requests.memory"),
+        ("bad limit standing in", |p| p["spec"]["containers"][1]["resources"] = json!({"limits": {"cpu": "x"}}), "InvalidResources", "spec.containers[1].resources.limits.cpu"),
+        ("bad ephemeral storage", |p| p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("lots"), "InvalidResources", "spec.containers[0].resources.limits.ephemeral-storage"),
+        ("ephemeral request", |p| p["spec"]["containers"][1]["resources"]["requests"]["ephemeral-storage"] = json!("11Gi"), "EphemeralStorageTooLarge", "spec.containers[1].resources.requests.ephemeral-storage"),
+        ("privileged init", |p| p["spec"]["initContainers"][0]["securityContext"] = json!({"privileged": true}), "UnsupportedField", "spec.initContainers[0].securityContext.privileged"),
+        ("resourceFieldRef", |p| p["spec"]["volumes"][3] = json!({"name": "cache", "projected": {"sources": [{"downwardAPI": {"items": [{"path": "cpu", "resourceFieldRef": {"resource": "limits.cpu"}}]}}]}}), "UnsupportedProjection", "spec.volumes[3].projected.sources[0].downwardAPI.items[0].resourceFieldRef"),
+        ("empty image", |p| p["spec"]["containers"][1]["image"] = json!(""), "InvalidImage", "spec.containers[1].image"),
         ("bad annotation", |p| p["metadata"]["annotations"]["cube.ucloud.cn/cube-eip-paymode"] = json!("sharebandwidth"), "InvalidAnnotation", "metadata.annotations[cube.ucloud.cn/cube-eip-bandwidth]"),
         ("no uid", |p| p["metadata"]["uid"] = json!(""), "InvalidPod", "metadata.uid"),
         ("no containers", |p| p["spec"]["containers"] = json!([]), "InvalidPod", "spec.containers"),
@@ -507,4 +514,37 @@ fn the_guides_manifests_translate_as_written() {
             assert!(p["spec"]["volumes"][0].get(volume).is_some(), "{name}: {}", p["spec"]["volumes"]);
         }
     }
+}
+
+#[test]
+fn an_unreadable_pod_is_refused() {
+    let r = ResolvedPod::from_pod_json("{\"spec\": {\"containers\": 3}}");
+    let TranslateError::Invalid(e) = translate(NODE, &config(), &r).unwrap_err() else { panic!() };
+    assert_eq!((e.reason.as_str(), e.field.as_str()), ("InvalidPod", "pod"));
+}
+
+#[test]
+fn a_missing_config_map_key_waits_unless_optional() {
+    let mut r = everything();
+    r.config_maps[0].data.retain(|(k, _)| k != "web.conf");
+    let err = translate(NODE, &config(), &r).unwrap_err();
+    assert!(matches!(&err, TranslateError::NotReady(m) if m.contains("has no key web.conf")), "{err:?}");
+    let mut p: Value = serde_json::from_str(&r.pod).unwrap();
+    p["spec"]["volumes"][0]["configMap"]["optional"] = json!(true);
+    r.pod = p.to_string();
+    assert_eq!(cube_pod(&ok(&r))["spec"]["volumes"][0]["configMap"], json!({}));
+}
+
+#[test]
+fn dns_searches_and_options_are_ignored_with_a_warning() {
+    let mut r = everything();
+    let mut p: Value = serde_json::from_str(&r.pod).unwrap();
+    p["spec"]["dnsConfig"] = json!({"nameservers": ["10.0.0.2"], "searches": ["svc.cluster.local"], "options": [{"name": "ndots", "value": "2"}]});
+    r.pod = p.to_string();
+    let req = ok(&r);
+    let warning = req.events.iter().find(|e| e.reason == "FieldsIgnored").unwrap();
+    assert_eq!(warning.kind, "Warning");
+    assert!(warning.message.contains("spec.dnsConfig.searches") && warning.message.contains("spec.dnsConfig.options"));
+    assert!(warning.message.contains("spec.containers[0].readinessProbe"));
+    assert_eq!(cube_pod(&req)["spec"]["dnsConfig"], json!({"nameservers": ["10.0.0.2"]}));
 }
