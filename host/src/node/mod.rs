@@ -1,1 +1,291 @@
-//! The virtual node: registration, lease, status heartbeats, operations.
+//! The virtual node: one runner per configured node. A runner first wins the node's election
+//! Lease (so of several daemon replicas exactly one acts), then registers the Node, keeps its
+//! heartbeat Lease and status fresh, serves the kubelet API and runs the pod controller; it stops
+//! acting the moment it loses the election.
+
+pub mod lease;
+pub mod naming;
+pub mod ops;
+pub mod registration;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DaemonConfig, NodeSettings};
+use crate::kubelet::KubeletServer;
+use crate::metrics::Metrics;
+use crate::plugin::{CallContext, Plugin};
+use crate::pods::{self, NodeBackend, NodeContext};
+use lease::Claim;
+use registration::{NodeShape, DISABLED_ANNOTATION};
+
+/// Annotation on an election Lease saying the node was deleted on purpose: do not recreate it.
+pub const DELETED_ANNOTATION: &str = "vkcube.io/node-deleted";
+
+/// Everything the node runners share.
+pub struct Shared {
+    pub client: Client,
+    pub plugin: Arc<Plugin>,
+    pub config: DaemonConfig,
+    pub identity: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Name of the election Lease of a config node.
+pub fn election_lease_name(cluster_id: &str, node_id: &str) -> String {
+    format!("vkcube-{cluster_id}-{node_id}")
+}
+
+/// Runs one configured node until `shutdown`: waits for leadership, acts while it holds it.
+pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: CancellationToken) {
+    let ha = shared.config.ha.clone();
+    let lease_name = election_lease_name(&shared.config.cluster_id, &settings.id);
+    let renew = Duration::from_secs((ha.lease_duration_seconds / 3).max(1) as u64);
+    let mut waiting_logged = false;
+    loop {
+        // Wait to become the actor for this node.
+        loop {
+            match lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds).await {
+                Ok(Claim::Held) => break,
+                Ok(Claim::HeldBy(holder)) => {
+                    if !waiting_logged {
+                        tracing::info!(node = %settings.id, %holder, "standing by: another replica acts for this node");
+                        waiting_logged = true;
+                    }
+                }
+                Err(e) => tracing::warn!(node = %settings.id, error = %e, "election lease"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(renew) => {}
+            }
+        }
+        waiting_logged = false;
+        tracing::info!(node = %settings.id, identity = %shared.identity, "acting for node");
+        let term = shutdown.child_token();
+        let acting = tokio::spawn(act(shared.clone(), settings.clone(), term.clone()));
+        // Keep the claim; step down when it cannot be renewed before it lapses.
+        let mut last_renewed = tokio::time::Instant::now();
+        let lost = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break false,
+                _ = term.cancelled() => break false,
+                _ = tokio::time::sleep(renew) => {}
+            }
+            match lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds).await {
+                Ok(Claim::Held) => last_renewed = tokio::time::Instant::now(),
+                Ok(Claim::HeldBy(holder)) => {
+                    tracing::warn!(node = %settings.id, %holder, "lost the election lease; stepping down");
+                    break true;
+                }
+                Err(e) => {
+                    if last_renewed.elapsed() > Duration::from_secs(ha.lease_duration_seconds as u64) - renew {
+                        tracing::warn!(node = %settings.id, error = %e, "cannot renew the election lease; stepping down");
+                        break true;
+                    }
+                }
+            }
+        };
+        term.cancel();
+        match acting.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(node = %settings.id, error = %e, "node runner failed"),
+            Err(e) => tracing::error!(node = %settings.id, error = %e, "node runner panicked"),
+        }
+        if shutdown.is_cancelled() {
+            // Hand over at once instead of making a standby wait out the lease.
+            let _ = lease::release(&shared.client, &ha.namespace, &lease_name, &shared.identity).await;
+            return;
+        }
+        if !lost && node_was_deleted(&shared, &lease_name).await {
+            tracing::info!(node = %settings.id, "node was deleted with `vkhost node delete`; not acting for it any more");
+            return;
+        }
+    }
+}
+
+async fn node_was_deleted(shared: &Shared, lease_name: &str) -> bool {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(shared.client.clone(), &shared.config.ha.namespace);
+    leases
+        .get_opt(lease_name)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.metadata.annotations.unwrap_or_default().contains_key(DELETED_ANNOTATION))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {node}: provider config: {message}")]
+    Config { node: String, message: String },
+    #[error("node {node}: provider: {source}")]
+    Provider { node: String, source: crate::plugin::CallError },
+    #[error(transparent)]
+    Registration(#[from] registration::RegistrationError),
+    #[error("node {node}: kubelet API: {message}")]
+    Kubelet { node: String, message: String },
+    #[error("node {node}: {source}")]
+    Kube { node: String, source: kube::Error },
+}
+
+/// Acting for a node while we hold its election: registration, heartbeats, kubelet API, pods.
+async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToken) -> Result<(), NodeError> {
+    let client = shared.client.clone();
+    let config_json = settings
+        .provider_json()
+        .map_err(|e| NodeError::Config { node: settings.id.clone(), message: e.to_string() })?
+        .to_string();
+    let normalised = shared
+        .plugin
+        .validate_config(&settings.id, &config_json)
+        .await
+        .map_err(|source| NodeError::Provider { node: settings.id.clone(), source })?;
+    let plugin_info = shared.plugin.info();
+
+    // The name is needed for the call context, but the offer is needed to create the node: ask
+    // the provider with the config id first, then with the real name.
+    let probe = CallContext { node_name: settings.id.clone(), config: normalised.clone() };
+    let offer = shared
+        .plugin
+        .describe_node(&probe)
+        .await
+        .map_err(|source| NodeError::Provider { node: settings.id.clone(), source })?;
+    let kubelet_cfg = shared.config.kubelet.clone();
+    let mut shape = NodeShape {
+        cluster_id: shared.config.cluster_id.clone(),
+        node_id: settings.id.clone(),
+        labels: settings.labels.clone(),
+        taint_value: settings.taint_value.clone().unwrap_or_else(|| plugin_info.name.clone()),
+        max_pods: settings.max_pods,
+        address: kubelet_cfg.address.to_string(),
+        kubelet_port: 0,
+        plugin: plugin_info.clone(),
+        offer,
+    };
+    let name = registration::find_or_create(&client, &shape).await?;
+    let ctx = NodeContext::new(
+        client.clone(),
+        shared.plugin.clone(),
+        name.clone(),
+        normalised.clone(),
+        shape.address.clone(),
+        shared.config.pods.clone(),
+        shared.metrics.clone(),
+    );
+    let server = KubeletServer::start(kubelet_cfg, Arc::new(NodeBackend(ctx.clone())), client.clone(), term.clone())
+        .await
+        .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
+    shape.kubelet_port = server.port();
+    registration::reconcile_metadata(&client, &name, &shape).await?;
+    registration::patch_status(&client, &name, &shape)
+        .await
+        .map_err(|source| NodeError::Kube { node: name.clone(), source })?;
+    tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %registration::plugin_label(&plugin_info), "virtual node registered");
+
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone()));
+    let reloads = tokio::spawn(report_reloads(shared.clone(), name.clone(), term.clone()));
+    pods::run(ctx, term.clone()).await;
+    term.cancel();
+    let _ = heartbeat.await;
+    let _ = reloads.await;
+    drop(server);
+    Ok(())
+}
+
+/// Every 10 s: renew the node Lease, refresh the status from the provider, notice a disabled
+/// or deleted node (and recreate a Node someone deleted).
+async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeShape, term: CancellationToken) {
+    let nodes: Api<Node> = Api::all(shared.client.clone());
+    let lease_name = election_lease_name(&shared.config.cluster_id, &shape.node_id);
+    let mut status_age = 0u32;
+    loop {
+        match nodes.get_opt(&ctx.node_name).await {
+            Ok(Some(node)) => {
+                let uid = node.metadata.uid.clone().unwrap_or_default();
+                if let Err(e) = lease::renew_node_lease(&shared.client, &ctx.node_name, &uid).await {
+                    tracing::warn!(node = %ctx.node_name, error = %e, "node lease renewal failed");
+                }
+                let disabled = node.metadata.annotations.as_ref().is_some_and(|a| a.get(DISABLED_ANNOTATION).map(String::as_str) == Some("true"));
+                ctx.disabled.store(disabled, Ordering::Relaxed);
+                if let Ok(offer) = shared.plugin.describe_node(&ctx.call).await {
+                    shape.offer = offer;
+                }
+                shape.plugin = shared.plugin.info();
+                // Status on every beat is cheap for a handful of nodes and keeps the
+                // conditions' heartbeat times honest; the Lease is what liveness rests on.
+                status_age += 1;
+                if status_age >= 1 {
+                    status_age = 0;
+                    if let Err(e) = registration::patch_status(&shared.client, &ctx.node_name, &shape).await {
+                        tracing::warn!(node = %ctx.node_name, error = %e, "node status update failed");
+                    }
+                }
+            }
+            Ok(None) => {
+                if node_was_deleted(&shared, &lease_name).await {
+                    tracing::info!(node = %ctx.node_name, "node deleted on purpose; stopping");
+                    term.cancel();
+                    return;
+                }
+                tracing::warn!(node = %ctx.node_name, "the Node object was deleted by someone; recreating it");
+                if let Err(e) = registration::create(&shared.client, &ctx.node_name, &shape).await {
+                    tracing::warn!(node = %ctx.node_name, error = %e, "recreating the node failed");
+                } else {
+                    let _ = registration::reconcile_metadata(&shared.client, &ctx.node_name, &shape).await;
+                    let _ = registration::patch_status(&shared.client, &ctx.node_name, &shape).await;
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(node = %ctx.node_name, error = %e, "reading the node failed"),
+        }
+        tokio::select! {
+            _ = term.cancelled() => return,
+            _ = tokio::time::sleep(lease::NODE_LEASE_RENEW) => {}
+        }
+    }
+}
+
+/// Turns plugin reload attempts into Node Events, the plugin annotation and metrics.
+async fn report_reloads(shared: Arc<Shared>, node: String, term: CancellationToken) {
+    let mut events = shared.plugin.subscribe();
+    let recorder = Recorder::new(shared.client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
+    let nodes: Api<Node> = Api::all(shared.client.clone());
+    loop {
+        let ev = tokio::select! {
+            _ = term.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        shared.metrics.reload(ev.is_ok());
+        let (type_, reason, note) = match &ev.outcome {
+            Ok(new) => (
+                EventType::Normal,
+                "PluginReloaded",
+                format!("provider plugin {} replaced by {}", registration::plugin_label(&ev.old), registration::plugin_label(new)),
+            ),
+            Err(why) => (
+                EventType::Warning,
+                "PluginReloadRefused",
+                format!("new provider plugin refused, {} keeps serving: {why}", registration::plugin_label(&ev.old)),
+            ),
+        };
+        if let Ok(Some(n)) = nodes.get_opt(&node).await {
+            let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reload".into(), secondary: None };
+            let _ = recorder.publish(&event, &n.object_ref(&())).await;
+        }
+        if let Ok(new) = &ev.outcome {
+            let _ = registration::annotate_plugin(&shared.client, &node, new).await;
+        }
+    }
+}

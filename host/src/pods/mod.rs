@@ -1,1 +1,10 @@
-//! The pod controller: resolves pods, drives the provider, writes status.
+//! The pod controller: resolves pods bound to a virtual node, drives the provider, writes status,
+//! deletes promptly, adopts and sweeps instances; and the kubelet API's view of those pods.
+
+pub mod backend;
+pub mod controller;
+pub mod resolve;
+pub mod status;
+
+pub use backend::NodeBackend;
+pub use controller::{run, NodeContext, INSTANCE_ANNOTATION};

@@ -1,0 +1,118 @@
+//! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
+//! plugin reloads, pods by phase, instances held, orphans deleted. Served on the admin endpoint.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    sync_seconds: Histogram,
+    sync_results: Family<Labels, Counter>,
+    pub orphans_deleted: Counter,
+    pods_by_phase: Family<Labels, Gauge>,
+    provider_calls: Family<Labels, Gauge>,
+    plugin_reloads: Family<Labels, Counter>,
+    known_phases: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vkhost");
+        let sync_seconds = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+        registry.register("pod_sync_duration_seconds", "Time of one pod sync (reconcile)", sync_seconds.clone());
+        let sync_results = Family::<Labels, Counter>::default();
+        registry.register("pod_syncs", "Pod syncs by result", sync_results.clone());
+        let orphans_deleted = Counter::default();
+        registry.register("orphans_deleted", "Instances deleted because no pod owned them", orphans_deleted.clone());
+        let pods_by_phase = Family::<Labels, Gauge>::default();
+        registry.register("instances_by_phase", "Instances the provider holds (billed) by node and pod phase", pods_by_phase.clone());
+        let provider_calls = Family::<Labels, Gauge>::default();
+        registry.register("provider_calls", "Provider plugin calls by export and outcome (cumulative)", provider_calls.clone());
+        let plugin_reloads = Family::<Labels, Counter>::default();
+        registry.register("plugin_reloads", "Plugin reload attempts by result", plugin_reloads.clone());
+        Self {
+            registry,
+            sync_seconds,
+            sync_results,
+            orphans_deleted,
+            pods_by_phase,
+            provider_calls,
+            plugin_reloads,
+            known_phases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn observe_sync(&self, took: Duration, ok: bool) {
+        self.sync_seconds.observe(took.as_secs_f64());
+        let result = if ok { "ok" } else { "error" };
+        self.sync_results.get_or_create(&vec![("result".into(), result.into())]).inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.plugin_reloads.get_or_create(&vec![("result".into(), result.into())]).inc();
+    }
+
+    /// Sets the instance count per phase of one node (phases that disappeared drop to 0).
+    pub fn set_phases(&self, node: &str, phases: &HashMap<String, u64>) {
+        let mut known = self.known_phases.lock().unwrap();
+        let seen = known.entry(node.to_string()).or_default();
+        for p in phases.keys() {
+            if !seen.contains(p) {
+                seen.push(p.clone());
+            }
+        }
+        for p in seen.iter() {
+            let labels = vec![("node".into(), node.to_string()), ("phase".into(), p.clone())];
+            self.pods_by_phase.get_or_create(&labels).set(*phases.get(p).unwrap_or(&0) as i64);
+        }
+    }
+
+    /// Copies the plugin's call counters (kept by the runtime) into the registry.
+    pub fn set_provider_calls(&self, calls: impl IntoIterator<Item = (String, String, u64)>) {
+        for (export, outcome, n) in calls {
+            let labels = vec![("export".into(), export), ("outcome".into(), outcome)];
+            self.provider_calls.get_or_create(&labels).set(n as i64);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("encode metrics");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_sync_histogram_phases_and_reloads() {
+        let m = Metrics::new();
+        m.observe_sync(Duration::from_millis(20), true);
+        m.reload(false);
+        m.set_phases("n1", &HashMap::from([("Running".to_string(), 3)]));
+        let text = m.render();
+        assert!(text.contains("vkhost_pod_sync_duration_seconds_count 1"), "{text}");
+        assert!(text.contains("vkhost_plugin_reloads_total{result=\"refused\"} 1"), "{text}");
+        assert!(text.contains("vkhost_instances_by_phase{node=\"n1\",phase=\"Running\"} 3"), "{text}");
+    }
+}

@@ -1,0 +1,130 @@
+//! The kubelet API's view of a node: its pods from the controller's cache, and stream targets and
+//! usage asked of the provider plugin. Translates plugin types to the kubelet module's own.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use super::controller::NodeContext;
+use crate::kubelet::{BackendError, ContainerUsage, ExecQuery, KubeletBackend, LogQuery, PodUsage, StreamProtocol, StreamTarget};
+use crate::plugin::{self, CallError, ProviderError};
+
+/// A [`KubeletBackend`] over one node's context.
+pub struct NodeBackend(pub Arc<NodeContext>);
+
+impl NodeBackend {
+    fn pod_ref(&self, namespace: &str, name: &str) -> Result<plugin::PodRef, BackendError> {
+        let pod = self
+            .0
+            .pods()
+            .into_iter()
+            .find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
+            .ok_or_else(|| BackendError::NotFound(format!("pod {namespace}/{name} is not on node {}", self.0.node_name)))?;
+        Ok(plugin::PodRef { namespace: namespace.into(), name: name.into(), uid: pod.uid().unwrap_or_default() })
+    }
+}
+
+fn backend_error(e: CallError) -> BackendError {
+    match e {
+        CallError::Provider(ProviderError::NotFound(m)) => BackendError::NotFound(m),
+        CallError::Provider(ProviderError::Invalid(i)) => BackendError::BadRequest(format!("{}: {}", i.field, i.message)),
+        CallError::StreamTargetDenied { .. } => BackendError::BadRequest(e.to_string()),
+        other => BackendError::Unavailable(other.to_string()),
+    }
+}
+
+fn target(t: plugin::StreamTarget) -> StreamTarget {
+    StreamTarget {
+        url: t.url,
+        headers: t.headers.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        protocol: match t.protocol {
+            plugin::StreamProtocol::HttpBody => StreamProtocol::HttpBody,
+            plugin::StreamProtocol::WebsocketChannels => StreamProtocol::WebSocketChannels,
+        },
+    }
+}
+
+fn exec_options(q: &ExecQuery) -> plugin::ExecOptions {
+    plugin::ExecOptions { command: q.command.clone(), stdin: q.stdin, stdout: q.stdout, stderr: q.stderr, tty: q.tty }
+}
+
+impl KubeletBackend for NodeBackend {
+    fn node_name(&self) -> String {
+        self.0.node_name.clone()
+    }
+
+    fn pods(&self) -> Vec<Pod> {
+        self.0.pods().into_iter().map(|p| (*p).clone()).collect()
+    }
+
+    fn logs<'a>(&'a self, namespace: &'a str, pod: &'a str, container: &'a str, opts: LogQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        async move {
+            let pref = self.pod_ref(namespace, pod)?;
+            let o = plugin::LogOptions {
+                follow: opts.follow,
+                tail_lines: opts.tail_lines,
+                since_seconds: opts.since_seconds,
+                since_time: opts.since_time,
+                timestamps: opts.timestamps,
+                limit_bytes: opts.limit_bytes,
+                previous: opts.previous,
+            };
+            self.0.plugin.logs(&self.0.call, &pref, container, &o).await.map(target).map_err(backend_error)
+        }
+        .boxed()
+    }
+
+    fn exec<'a>(&'a self, namespace: &'a str, pod: &'a str, container: &'a str, opts: ExecQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        async move {
+            let pref = self.pod_ref(namespace, pod)?;
+            self.0.plugin.exec(&self.0.call, &pref, container, &exec_options(&opts)).await.map(target).map_err(backend_error)
+        }
+        .boxed()
+    }
+
+    fn attach<'a>(&'a self, namespace: &'a str, pod: &'a str, container: &'a str, opts: ExecQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        async move {
+            let pref = self.pod_ref(namespace, pod)?;
+            self.0.plugin.attach(&self.0.call, &pref, container, &exec_options(&opts)).await.map(target).map_err(backend_error)
+        }
+        .boxed()
+    }
+
+    fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>> {
+        async move {
+            let refs: Vec<plugin::PodRef> = self
+                .0
+                .pods()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| plugin::PodRef { namespace: p.namespace().unwrap_or_default(), name: p.name_any(), uid: p.uid().unwrap_or_default() })
+                .collect();
+            let usage = self.0.plugin.usage(&self.0.call, &refs).await.map_err(backend_error)?;
+            Ok(usage
+                .into_iter()
+                .map(|u| PodUsage {
+                    namespace: u.pod.namespace,
+                    name: u.pod.name,
+                    uid: u.pod.uid,
+                    timestamp: u.timestamp,
+                    containers: u
+                        .containers
+                        .into_iter()
+                        .map(|c| ContainerUsage {
+                            name: c.name,
+                            cpu_usage_core_nano_seconds: c.cpu_usage_core_nano_seconds,
+                            cpu_usage_nano_cores: c.cpu_usage_nano_cores,
+                            memory_working_set_bytes: c.memory_working_set_bytes,
+                            memory_usage_bytes: c.memory_usage_bytes,
+                            start_time: c.start_time,
+                        })
+                        .collect(),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,576 @@
+//! The pod controller of one virtual node: a reconcile function over pods bound to the node
+//! (kube-runtime's `Controller` runs it concurrently across pods and serially per pod), with an
+//! explicit error policy — transient provider failures retried with capped exponential backoff
+//! (upstream never retries), user errors shown on the pod and never retried.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::resolve::{self, Missing};
+use super::status;
+use crate::config::PodSettings;
+use crate::metrics::Metrics;
+use crate::plugin::{CallContext, CallError, DeleteReason, Deletion, Plugin, PodRef, ProviderError};
+
+/// Annotation recording the backend instance of a pod.
+pub const INSTANCE_ANNOTATION: &str = "vkcube.io/instance-id";
+
+/// What the daemon knows about one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub pod: PodRef,
+    /// When we created or first saw it (protects fresh instances from the orphan sweep).
+    pub seen_at: Instant,
+    /// When the pod's minted service-account tokens need renewing.
+    pub refresh_at: Option<Instant>,
+}
+
+/// Everything the controller, the status sync and the kubelet API share for one node.
+pub struct NodeContext {
+    pub client: Client,
+    pub plugin: Arc<Plugin>,
+    pub node_name: String,
+    pub call: CallContext,
+    /// The node's InternalIP, shown as the pods' hostIP.
+    pub host_ip: String,
+    pub recorder: Recorder,
+    pub settings: PodSettings,
+    pub metrics: Arc<Metrics>,
+    /// Instances by pod UID.
+    pub instances: Mutex<HashMap<String, InstanceRecord>>,
+    /// Set while the node is disabled (N6): no new instances.
+    pub disabled: AtomicBool,
+    /// Retry attempts by pod UID, for the backoff.
+    attempts: Mutex<HashMap<String, u32>>,
+    /// Pods already told about a missing object (one Event, not one per retry).
+    told_missing: Mutex<HashMap<String, String>>,
+    store: Mutex<Option<Store<Pod>>>,
+}
+
+impl NodeContext {
+    pub fn new(
+        client: Client,
+        plugin: Arc<Plugin>,
+        node_name: String,
+        config_json: String,
+        host_ip: String,
+        settings: PodSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) },
+        );
+        Arc::new(Self {
+            call: CallContext { node_name: node_name.clone(), config: config_json },
+            client,
+            plugin,
+            node_name,
+            host_ip,
+            recorder,
+            settings,
+            metrics,
+            instances: Mutex::new(HashMap::new()),
+            disabled: AtomicBool::new(false),
+            attempts: Mutex::new(HashMap::new()),
+            told_missing: Mutex::new(HashMap::new()),
+            store: Mutex::new(None),
+        })
+    }
+
+    /// Pods bound to this node, as the controller's cache holds them.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.store.lock().unwrap().as_ref().map(|s| s.state()).unwrap_or_default()
+    }
+
+    /// Records an Event on a pod; failures to record are logged, never fatal.
+    pub async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &pod.object_ref(&())).await {
+            tracing::debug!(pod = %key(pod), error = %e, "event not recorded");
+        }
+    }
+
+    fn pod_ref(pod: &Pod) -> PodRef {
+        PodRef {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+        }
+    }
+
+    fn backoff(&self, uid: &str) -> Duration {
+        let mut attempts = self.attempts.lock().unwrap();
+        let n = attempts.entry(uid.to_string()).or_insert(0);
+        *n += 1;
+        let secs = 2u64.saturating_pow((*n).min(16) - 1).min(self.settings.max_backoff_seconds.max(1));
+        Duration::from_millis(if *n == 1 { 500 } else { secs * 1000 })
+    }
+
+    fn reset_backoff(&self, uid: &str) {
+        self.attempts.lock().unwrap().remove(uid);
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+pub fn key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// Why one sync of a pod did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("pod {pod}: provider: {source}")]
+    Provider { pod: String, source: CallError },
+    #[error("pod {pod}: {source}")]
+    Kube { pod: String, source: kube::Error },
+    #[error("pod {pod}: {source}")]
+    Fetch { pod: String, source: resolve::FetchError },
+}
+
+/// Runs the controller until `shutdown`; in-flight syncs finish first.
+pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
+    adopt(&ctx).await;
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let controller = Controller::new(pods, wc)
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
+    *ctx.store.lock().unwrap() = Some(controller.store());
+    let store = controller.store();
+    let sync_ctx = ctx.clone();
+    let sync_shutdown = shutdown.clone();
+    let sync = tokio::spawn(async move { status_sync_loop(sync_ctx, store, sync_shutdown).await });
+    let token = shutdown.clone();
+    controller
+        .graceful_shutdown_on(async move { token.cancelled().await })
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "pod controller");
+            }
+        })
+        .await;
+    let _ = sync.await;
+}
+
+/// At start: learn the instances the provider already holds, so no pod gets a second one.
+async fn adopt(ctx: &NodeContext) {
+    match ctx.plugin.list(&ctx.call).await {
+        Ok(list) => {
+            let mut map = ctx.instances.lock().unwrap();
+            for inst in list {
+                map.insert(
+                    inst.pod.uid.clone(),
+                    InstanceRecord { instance_id: inst.instance_id, pod: inst.pod, seen_at: Instant::now(), refresh_at: None },
+                );
+            }
+            tracing::info!(node = %ctx.node_name, instances = map.len(), "adopted existing instances");
+        }
+        Err(e) => tracing::warn!(node = %ctx.node_name, error = %e, "listing instances at start failed; creates stay idempotent by pod UID"),
+    }
+}
+
+async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
+    let started = Instant::now();
+    let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
+    let _enter = span.enter();
+    drop(_enter);
+    let result = sync(&pod, &ctx).await;
+    ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
+    result
+}
+
+async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+    let uid = pod.uid().unwrap_or_default();
+    if pod.metadata.deletion_timestamp.is_some() {
+        return delete(pod, ctx).await;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let known = ctx.instances.lock().unwrap().get(&uid).cloned();
+    if let Some(record) = known {
+        if record.refresh_at.is_some_and(|t| t <= Instant::now()) {
+            return refresh(pod, ctx).await;
+        }
+        return refresh_status(pod, ctx).await;
+    }
+    if let Some(instance) = pod.annotations().get(INSTANCE_ANNOTATION).cloned() {
+        // We made an instance for this pod before (another replica, or before a restart) but
+        // the provider's list did not show it: ask for it directly before deciding.
+        return recover(pod, ctx, instance).await;
+    }
+    if phase == "Succeeded" || phase == "Failed" {
+        return Ok(Action::await_change());
+    }
+    if is_rejected(pod) {
+        // The provider refused this pod as invalid: nothing to retry until the pod changes.
+        return Ok(Action::await_change());
+    }
+    if ctx.disabled.load(Ordering::Relaxed) {
+        let msg = format!("node {} is disabled: no new instances are created through it (`vkhost node enable {}`)", ctx.node_name, ctx.node_name);
+        write_status(pod, ctx, status::waiting_status("Pending", "NodeDisabled", &msg)).await?;
+        return Ok(Action::requeue(Duration::from_secs(15)));
+    }
+    create(pod, ctx).await
+}
+
+/// Annotation marking a pod the provider refused (value: the reason).
+const REJECTED_ANNOTATION: &str = "vkcube.io/rejected";
+
+fn is_rejected(pod: &Pod) -> bool {
+    pod.annotations().contains_key(REJECTED_ANNOTATION)
+}
+
+async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+    let k = key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let refs = resolve::fetch(&ctx.client, pod).await.map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
+    let resolution = match resolve::resolve(pod, &refs) {
+        Ok(r) => r,
+        Err(missing) => return wait_for_missing(pod, ctx, missing).await,
+    };
+    ctx.told_missing.lock().unwrap().remove(&uid);
+    for (reason, note) in &resolution.warnings {
+        ctx.event(pod, true, reason, note.clone()).await;
+    }
+    let outcome = match ctx.plugin.create(&ctx.call, &resolution.pod).await {
+        Ok(o) => o,
+        Err(CallError::Provider(ProviderError::Invalid(inv))) => {
+            let message = format!("{}: {}", inv.field, inv.message);
+            tracing::info!(pod = %k, reason = %inv.reason, %message, "provider refused the pod");
+            ctx.event(pod, true, &inv.reason, message.clone()).await;
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+            let patch = json!({"metadata": {"annotations": {REJECTED_ANNOTATION: inv.reason}}});
+            api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+            write_status(pod, ctx, status::rejected_status(pod, &inv.reason, &message)).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => {
+            let (reason, phase_reason) = match &e {
+                CallError::Provider(ProviderError::QuotaExceeded(_)) => ("ProviderQuotaExceeded", "ProviderQuotaExceeded"),
+                _ => ("ProviderCreateFailed", "ProviderFailed"),
+            };
+            ctx.event(pod, true, reason, format!("{e}; retrying")).await;
+            write_status(pod, ctx, status::waiting_status("Pending", phase_reason, &e.to_string())).await?;
+            return Err(SyncError::Provider { pod: k, source: e });
+        }
+    };
+    ctx.reset_backoff(&uid);
+    let refresh_at = token_refresh_at(&resolution.pod.tokens);
+    ctx.instances.lock().unwrap().insert(
+        uid.clone(),
+        InstanceRecord {
+            instance_id: outcome.instance_id.clone(),
+            pod: NodeContext::pod_ref(pod),
+            seen_at: Instant::now(),
+            refresh_at,
+        },
+    );
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(INSTANCE_ANNOTATION.into(), json!(outcome.instance_id));
+    for kv in &outcome.annotations {
+        annotations.insert(kv.key.clone(), json!(kv.value));
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": annotations}})))
+        .await
+        .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+    ctx.event(pod, false, "ProviderCreateSuccess", format!("created instance {} with {}", outcome.instance_id, crate::node::registration::plugin_label(&ctx.plugin.info()))).await;
+    for ev in &outcome.events {
+        ctx.event(pod, ev.kind == "Warning", &ev.reason, ev.message.clone()).await;
+    }
+    let next = status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+    write_status(pod, ctx, next).await?;
+    Ok(next_poll(&outcome.status.phase, refresh_at))
+}
+
+/// A mandatory object is missing: say so once, create nothing, look again shortly.
+async fn wait_for_missing(pod: &Pod, ctx: &NodeContext, missing: Missing) -> Result<Action, SyncError> {
+    let uid = pod.uid().unwrap_or_default();
+    let message = missing.to_string();
+    let first = ctx.told_missing.lock().unwrap().insert(uid, message.clone()).as_ref() != Some(&message);
+    if first {
+        ctx.event(pod, true, &missing.reason(), message.clone()).await;
+        write_status(pod, ctx, status::waiting_status("Pending", "CreateContainerConfigError", &message)).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// The next look at a pod's status: soon while it is starting, rarely once it runs (the
+/// periodic status sync covers running pods).
+fn next_poll(phase: &str, refresh_at: Option<Instant>) -> Action {
+    let base = if phase == "Pending" { Duration::from_millis(1000) } else { Duration::from_secs(300) };
+    match refresh_at {
+        Some(t) => Action::requeue(base.min(t.saturating_duration_since(Instant::now()))),
+        None => Action::requeue(base),
+    }
+}
+
+fn token_refresh_at(tokens: &[crate::plugin::ServiceAccountToken]) -> Option<Instant> {
+    tokens
+        .iter()
+        .filter_map(|t| t.expires_at.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|exp| {
+            let left = exp.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+            // Renew at 80% of the remaining lifetime, as the kubelet does.
+            Instant::now() + Duration::from_secs((left.max(0) as u64) * 4 / 5)
+        })
+        .min()
+}
+
+/// Fresh tokens (and whatever else changed) pushed to the instance through `update`.
+async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+    let k = key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let refs = resolve::fetch(&ctx.client, pod).await.map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
+    let Ok(resolution) = resolve::resolve(pod, &refs) else {
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    let outcome = ctx.plugin.update(&ctx.call, &resolution.pod).await.map_err(|source| SyncError::Provider { pod: k.clone(), source })?;
+    let refresh_at = token_refresh_at(&resolution.pod.tokens);
+    if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
+        r.refresh_at = refresh_at;
+    }
+    ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
+    let next = status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+    write_status(pod, ctx, next).await?;
+    Ok(next_poll(&outcome.status.phase, refresh_at))
+}
+
+async fn recover(pod: &Pod, ctx: &NodeContext, instance_id: String) -> Result<Action, SyncError> {
+    let k = key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    match ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await {
+        Ok(report) => {
+            ctx.instances.lock().unwrap().insert(
+                uid,
+                InstanceRecord { instance_id: instance_id.clone(), pod: NodeContext::pod_ref(pod), seen_at: Instant::now(), refresh_at: None },
+            );
+            let next = status::pod_status_json(&report, &ctx.host_ip, &instance_id, pod_status_value(pod).as_ref());
+            write_status(pod, ctx, next).await?;
+            Ok(next_poll(&report.phase, None))
+        }
+        Err(CallError::Provider(ProviderError::NotFound(_))) => {
+            if phase != "Succeeded" && phase != "Failed" {
+                let message = format!("instance {instance_id} of this pod no longer exists in the provider");
+                ctx.event(pod, true, "ProviderInstanceLost", message.clone()).await;
+                write_status(pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await?;
+            }
+            Ok(Action::await_change())
+        }
+        Err(source) => Err(SyncError::Provider { pod: k, source }),
+    }
+}
+
+async fn refresh_status(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+    let k = key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let record = ctx.instances.lock().unwrap().get(&uid).cloned();
+    match ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await {
+        Ok(report) => {
+            let instance = record.map(|r| r.instance_id).unwrap_or_default();
+            let next = status::pod_status_json(&report, &ctx.host_ip, &instance, pod_status_value(pod).as_ref());
+            write_status(pod, ctx, next).await?;
+            ctx.reset_backoff(&uid);
+            Ok(next_poll(&report.phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
+        }
+        Err(CallError::Provider(ProviderError::NotFound(_))) => {
+            // The status sync decides about vanished instances (it sees the whole list at once).
+            Ok(Action::requeue(Duration::from_secs(ctx.settings.status_sync_seconds)))
+        }
+        Err(source) => Err(SyncError::Provider { pod: k, source }),
+    }
+}
+
+/// Deletes the instance, then the pod object (grace 0, UID precondition) as soon as the provider
+/// says the instance is gone — not after the whole grace period.
+async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+    let k = key(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let had_instance = ctx.instances.lock().unwrap().contains_key(&uid) || pod.annotations().contains_key(INSTANCE_ANNOTATION);
+    if had_instance {
+        let pref = NodeContext::pod_ref(pod);
+        match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
+            Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => {}
+            Ok(Deletion::InProgress) => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut wait = Duration::from_millis(50);
+                loop {
+                    match ctx.plugin.status(&ctx.call, &pref).await {
+                        Err(CallError::Provider(ProviderError::NotFound(_))) => break,
+                        _ if Instant::now() > deadline => return Ok(Action::requeue(Duration::from_secs(1))),
+                        _ => {
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.event(pod, true, "ProviderDeleteFailed", format!("{e}; retrying")).await;
+                return Err(SyncError::Provider { pod: k, source: e });
+            }
+        }
+        ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
+    }
+    ctx.instances.lock().unwrap().remove(&uid);
+    ctx.reset_backoff(&uid);
+    ctx.told_missing.lock().unwrap().remove(&uid);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&pod.name_any(), &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(source) => return Err(SyncError::Kube { pod: k, source }),
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(pod: Arc<Pod>, err: &SyncError, ctx: Arc<NodeContext>) -> Action {
+    let wait = ctx.backoff(&pod.uid().unwrap_or_default());
+    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "pod sync failed");
+    Action::requeue(wait)
+}
+
+fn pod_status_value(pod: &Pod) -> Option<Value> {
+    pod.status.as_ref().and_then(|s| serde_json::to_value(s).ok())
+}
+
+/// Writes `next` to the pod's status subresource unless it shows nothing new.
+async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), SyncError> {
+    let current = pod_status_value(pod);
+    if !status::differs(current.as_ref(), &next) {
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": next}))).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(SyncError::Kube { pod: key(pod), source }),
+    }
+}
+
+/// Every few seconds: one `list` call brings every pod's status up to date, marks pods whose
+/// instance vanished, and (less often) deletes instances no pod owns — they cost money.
+async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: CancellationToken) {
+    if tokio::select! { _ = shutdown.cancelled() => true, r = store.wait_until_ready() => r.is_err() } {
+        return;
+    }
+    let mut last_sweep: Option<Instant> = None;
+    let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
+    loop {
+        let sweep_due = last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
+        if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
+            tracing::warn!(node = %ctx.node_name, error = %e, "status sync failed");
+        } else if sweep_due {
+            last_sweep = Some(Instant::now());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<(), CallError> {
+    let listed_at = Instant::now();
+    let instances = ctx.plugin.list(&ctx.call).await?;
+    let pods = store.state();
+    let by_uid: HashMap<String, Arc<Pod>> = pods.iter().map(|p| (p.uid().unwrap_or_default(), p.clone())).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut phases: HashMap<String, u64> = HashMap::new();
+    for inst in &instances {
+        seen.insert(inst.pod.uid.clone());
+        *phases.entry(inst.status.phase.clone()).or_default() += 1;
+        match by_uid.get(&inst.pod.uid) {
+            Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
+                ctx.instances.lock().unwrap().entry(inst.pod.uid.clone()).or_insert_with(|| InstanceRecord {
+                    instance_id: inst.instance_id.clone(),
+                    pod: inst.pod.clone(),
+                    seen_at: Instant::now(),
+                    refresh_at: None,
+                });
+                let next = status::pod_status_json(&inst.status, &ctx.host_ip, &inst.instance_id, pod_status_value(pod).as_ref());
+                if let Err(e) = write_status(pod, ctx, next).await {
+                    tracing::debug!(error = %e, "status write");
+                }
+            }
+            Some(_) => {}
+            None if sweep => {
+                let fresh = ctx
+                    .instances
+                    .lock()
+                    .unwrap()
+                    .get(&inst.pod.uid)
+                    .is_some_and(|r| r.seen_at.elapsed() < Duration::from_secs(30));
+                if fresh {
+                    continue;
+                }
+                tracing::warn!(node = %ctx.node_name, instance = %inst.instance_id, pod = %format!("{}/{}", inst.pod.namespace, inst.pod.name), "deleting orphaned instance: no pod owns it");
+                match ctx.plugin.delete(&ctx.call, &inst.pod, DeleteReason::Orphaned).await {
+                    Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => {
+                        ctx.instances.lock().unwrap().remove(&inst.pod.uid);
+                        ctx.metrics.orphans_deleted.inc();
+                    }
+                    Err(e) => tracing::warn!(instance = %inst.instance_id, error = %e, "orphan delete failed; next sweep retries"),
+                }
+            }
+            None => {}
+        }
+    }
+    ctx.metrics.set_phases(&ctx.node_name, &phases);
+    // Pods whose instance vanished from the backend.
+    for pod in pods {
+        let uid = pod.uid().unwrap_or_default();
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+        if seen.contains(&uid) || pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+            continue;
+        }
+        let record = ctx.instances.lock().unwrap().get(&uid).cloned();
+        let Some(record) = record else { continue };
+        if record.seen_at >= listed_at || record.seen_at.elapsed() < Duration::from_secs(10) {
+            continue;
+        }
+        ctx.instances.lock().unwrap().remove(&uid);
+        let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
+        ctx.event(&pod, true, "ProviderInstanceLost", message.clone()).await;
+        let _ = write_status(&pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await;
+    }
+    Ok(())
+}
