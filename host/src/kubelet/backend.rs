@@ -1,0 +1,136 @@
+//! What the kubelet API needs from the rest of the host: the node's pods, where to stream logs and
+//! exec sessions from, and usage samples. The server knows nothing about plugins.
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+
+/// The host side of the kubelet API; implemented by the pod controller over the provider plugin.
+pub trait KubeletBackend: Send + Sync + 'static {
+    /// Name of the virtual node this server answers for.
+    fn node_name(&self) -> String;
+
+    /// Pods bound to the node, as last seen by the host.
+    fn pods(&self) -> Vec<Pod>;
+
+    /// Where to read a container's logs (expected: [`StreamProtocol::HttpBody`]).
+    fn logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: LogQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>>;
+
+    /// Where to run a command (expected: [`StreamProtocol::WebSocketChannels`]).
+    fn exec<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: ExecQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>>;
+
+    /// Where to attach to a container's main process (expected: [`StreamProtocol::WebSocketChannels`]).
+    fn attach<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: ExecQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>>;
+
+    /// Current usage of the node's pods; pods without an instance are left out.
+    fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>>;
+}
+
+/// Where the host connects to move the bytes of a stream (mirrors WIT `stream-target`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTarget {
+    /// Absolute `http(s)://` or `ws(s)://` URL.
+    pub url: String,
+    /// Extra request headers (credentials of the backend, typically).
+    pub headers: Vec<(String, String)>,
+    pub protocol: StreamProtocol,
+}
+
+/// How the bytes at a [`StreamTarget`] are framed (mirrors WIT `stream-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamProtocol {
+    /// A plain HTTP GET whose response body is the stream.
+    HttpBody,
+    /// A WebSocket speaking the Kubernetes channel protocol (v5 or v4).
+    WebSocketChannels,
+}
+
+/// Options of a `containerLogs` request (mirrors WIT `log-options`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    pub follow: bool,
+    pub tail_lines: Option<u64>,
+    pub since_seconds: Option<u64>,
+    /// RFC 3339, already validated.
+    pub since_time: Option<String>,
+    pub timestamps: bool,
+    pub limit_bytes: Option<u64>,
+    pub previous: bool,
+}
+
+/// Options of an `exec` or `attach` request (mirrors WIT `exec-options`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecQuery {
+    /// Empty for attach.
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A usage sample of one pod (mirrors WIT `pod-usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// RFC 3339 time of the sample.
+    pub timestamp: String,
+    pub containers: Vec<ContainerUsage>,
+}
+
+/// A usage sample of one container (mirrors WIT `container-usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    pub name: String,
+    /// Cumulative CPU time.
+    pub cpu_usage_core_nano_seconds: u64,
+    /// Current CPU rate.
+    pub cpu_usage_nano_cores: u64,
+    pub memory_working_set_bytes: u64,
+    pub memory_usage_bytes: u64,
+    /// RFC 3339 start time of the container.
+    pub start_time: String,
+}
+
+/// Why the backend could not answer; each maps to the HTTP status the apiserver relays to kubectl.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// 404: no such pod, container or instance.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 400: the request cannot be served as asked (e.g. an unsupported option).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 503: the provider or its backend is not reachable right now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl BackendError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            BackendError::NotFound(_) => http::StatusCode::NOT_FOUND,
+            BackendError::BadRequest(_) => http::StatusCode::BAD_REQUEST,
+            BackendError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}

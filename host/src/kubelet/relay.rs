@@ -1,0 +1,156 @@
+//! Moves an exec/attach session between the client-facing protocol (WebSocket or SPDY) and the
+//! backend's channel-protocol WebSocket, so both front ends share one relay.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::backend::{StreamProtocol, StreamTarget};
+use super::channel;
+
+/// What the client sends towards the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientInput {
+    Stdin(Bytes),
+    /// The client will send no more stdin.
+    StdinClosed,
+    /// A `{"Width":w,"Height":h}` document.
+    Resize(Bytes),
+}
+
+/// What the command sends towards the client; the channel closes after `Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOutput {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// A `metav1.Status` JSON document: the session's outcome.
+    Status(Bytes),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("stream target {url} is {protocol:?}, but exec and attach need a websocket-channels target")]
+    WrongProtocol { url: String, protocol: StreamProtocol },
+    #[error("stream target {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    #[error("stream target {url}: header {name}: {why}")]
+    Header { url: String, name: String, why: String },
+}
+
+/// A connected backend session.
+pub struct Upstream {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    v5: bool,
+}
+
+/// Connects to the backend's channel WebSocket, offering v5 then v4.
+pub async fn connect(target: &StreamTarget, tls: Arc<rustls::ClientConfig>) -> Result<Upstream, RelayError> {
+    if target.protocol != StreamProtocol::WebSocketChannels {
+        return Err(RelayError::WrongProtocol { url: target.url.clone(), protocol: target.protocol });
+    }
+    let connect_err = |e| RelayError::Connect { url: target.url.clone(), source: Box::new(e) };
+    let mut req = target.url.as_str().into_client_request().map_err(connect_err)?;
+    for (name, value) in &target.headers {
+        let header_err = |why: String| RelayError::Header { url: target.url.clone(), name: name.clone(), why };
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| header_err(e.to_string()))?;
+        let value = HeaderValue::from_str(value).map_err(|e| header_err(e.to_string()))?;
+        req.headers_mut().append(name, value);
+    }
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"),
+    );
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
+    let (ws, resp) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+        .await
+        .map_err(connect_err)?;
+    let v5 = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.trim() == channel::V5);
+    Ok(Upstream { ws, v5 })
+}
+
+/// Runs the session until the backend ends it or the client goes away. Always ends by sending
+/// one `Status` unless the client is gone.
+pub async fn run(upstream: Upstream, mut input: mpsc::Receiver<ClientInput>, output: mpsc::Sender<ClientOutput>) {
+    let Upstream { mut ws, v5 } = upstream;
+    let mut input_open = true;
+    let status = loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let data = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Text(t))) => Bytes::copy_from_slice(t.as_bytes()),
+                    Some(Ok(Message::Close(_))) | None => {
+                        break channel::failure_status("the backend ended the session without reporting an exit status");
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break channel::failure_status(&format!("backend session failed: {e}")),
+                };
+                let out = match channel::decode(&data, v5) {
+                    Some(channel::Frame::Data { channel: channel::STDOUT, data }) => ClientOutput::Stdout(data),
+                    Some(channel::Frame::Data { channel: channel::STDERR, data }) => ClientOutput::Stderr(data),
+                    Some(channel::Frame::Data { channel: channel::ERROR, data }) => break data,
+                    _ => continue,
+                };
+                if output.send(out).await.is_err() {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+            _ = output.closed() => {
+                // The client front end is gone: nothing will read our output any more.
+                let _ = ws.close(None).await;
+                return;
+            }
+            inp = input.recv(), if input_open => {
+                let msg = match inp {
+                    Some(ClientInput::Stdin(data)) => channel::encode(channel::STDIN, &data),
+                    Some(ClientInput::Resize(doc)) => channel::encode(channel::RESIZE, &doc),
+                    Some(ClientInput::StdinClosed) if v5 => channel::encode_close(channel::STDIN),
+                    // v4 cannot say "end of stdin"; the backend sees it when the session ends.
+                    Some(ClientInput::StdinClosed) => continue,
+                    None => {
+                        input_open = false;
+                        continue;
+                    }
+                };
+                if let Err(e) = ws.send(Message::Binary(msg.into())).await {
+                    break channel::failure_status(&format!("backend session failed: {e}"));
+                }
+            }
+        }
+    };
+    let _ = output.send(ClientOutput::Status(status)).await;
+    let _ = ws.close(None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn http_body_targets_are_refused_for_exec() {
+        let target = StreamTarget {
+            url: "http://127.0.0.1:1/logs".into(),
+            headers: vec![],
+            protocol: StreamProtocol::HttpBody,
+        };
+        let tls = Arc::new(super::super::tls::client_config());
+        assert!(matches!(connect(&target, tls).await, Err(RelayError::WrongProtocol { .. })));
+    }
+}
