@@ -56,7 +56,9 @@ pub async fn serve(socket: WebSocket, v5: bool, upstream: Upstream, sessions: Ta
         }
     }
     drop(input_tx);
-    let _ = sink.send(Message::Close(None)).await;
+    // A close without a status code reads as an error to client-go; 1000 is its end of stream.
+    let normal = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
+    let _ = sink.send(Message::Close(Some(normal))).await;
     // Let the client read everything and answer the close; bounded so a silent peer cannot
     // hold the session open.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {

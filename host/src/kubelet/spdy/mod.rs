@@ -539,13 +539,18 @@ mod tests {
         c.send(Frame::Data { stream_id: 3, flags: FLAG_FIN, data: Bytes::from_static(b"hi") }).await;
         assert_eq!(in_rx.recv().await, Some(ClientInput::Stdin(Bytes::from_static(b"hi"))));
         assert_eq!(in_rx.recv().await, Some(ClientInput::StdinClosed));
+        c.send(Frame::Ping { id: 1 }).await;
+        let mut pings = 0;
+        while pings == 0 {
+            if let Some(Frame::Ping { id: 1 }) = c.next().await {
+                pings += 1;
+            }
+        }
         out_tx.send(ClientOutput::Stdout(Bytes::from_static(b"hi"))).await.unwrap();
         out_tx.send(ClientOutput::Status(channel::exit_code_status(3))).await.unwrap();
         let mut stdout = Vec::new();
         let mut error = Vec::new();
         let mut fins = Vec::new();
-        let mut pings = 0;
-        c.send(Frame::Ping { id: 1 }).await;
         while let Some(f) = c.next().await {
             match f {
                 Frame::Data { stream_id: 5, flags, data } => {
@@ -557,9 +562,12 @@ mod tests {
                     if flags & FLAG_FIN != 0 { fins.push(1) }
                 }
                 Frame::Data { stream_id, flags, .. } if flags & FLAG_FIN != 0 => fins.push(stream_id),
-                Frame::Ping { id: 1 } => pings += 1,
                 Frame::GoAway { .. } => break,
                 _ => {}
+            }
+            // Like spdystream: done once the error and output streams have ended.
+            if [1, 5, 7].iter().all(|id| fins.contains(id)) {
+                break;
             }
         }
         assert_eq!(stdout, b"hi");
