@@ -375,11 +375,17 @@ impl Fixture {
         )
     }
 
+    /// Deletes the node and stops the server, checking that it really stops listening.
     async fn teardown(self) {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let _ = nodes.delete(&self.node, &DeleteParams::default()).await;
+        let addr = self.server.local_addr();
         self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.server.wait()).await;
+        tokio::time::timeout(Duration::from_secs(15), self.server.wait())
+            .await
+            .expect("kubelet API stops within 15s of shutdown")
+            .expect("kubelet API task ends cleanly");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "{addr} still accepts connections after shutdown");
     }
 }
 

@@ -54,7 +54,8 @@ pub struct Upstream {
     v5: bool,
 }
 
-/// Connects to the backend's channel WebSocket, offering v5 then v4.
+/// Connects to the backend's channel WebSocket, offering v5 then v4; the backend must pick one
+/// (a handshake without a subprotocol is refused, as the framing would be ambiguous).
 pub async fn connect(target: &StreamTarget, tls: Arc<rustls::ClientConfig>) -> Result<Upstream, RelayError> {
     if target.protocol != StreamProtocol::WebSocketChannels {
         return Err(RelayError::WrongProtocol { url: target.url.clone(), protocol: target.protocol });
@@ -140,8 +141,114 @@ pub async fn run(upstream: Upstream, mut input: mpsc::Receiver<ClientInput>, out
 }
 
 #[cfg(test)]
+// tungstenite's handshake callback type fixes the large error type.
+#[allow(clippy::result_large_err)]
 mod tests {
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
     use super::*;
+
+    /// A backend that speaks v5 when `v5`, records what it receives until stdin closes (or the
+    /// third message on v4), then answers `ok` on stdout and a success status.
+    async fn backend(v5: bool) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/session", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                assert_eq!(req.headers()["x-backend-key"], "k1");
+                let offered = req.headers()["Sec-WebSocket-Protocol"].to_str().unwrap().to_string();
+                assert!(offered.starts_with(channel::V5), "{offered}");
+                let chosen = if v5 { channel::V5 } else { channel::V4 };
+                resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(chosen));
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+            let mut got = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Binary(b) = msg {
+                    got.push(b.to_vec());
+                    if b[..] == [channel::CLOSE, channel::STDIN] || (!v5 && got.len() == 2) {
+                        break;
+                    }
+                }
+            }
+            ws.send(Message::Binary(channel::encode(channel::STDOUT, b"ok").into())).await.unwrap();
+            ws.send(Message::Binary(channel::encode(channel::ERROR, &channel::success_status()).into())).await.unwrap();
+            let _ = ws.close(None).await;
+            got
+        });
+        (url, task)
+    }
+
+    fn target(url: String) -> StreamTarget {
+        StreamTarget {
+            url,
+            headers: vec![("x-backend-key".into(), "k1".into())],
+            protocol: StreamProtocol::WebSocketChannels,
+        }
+    }
+
+    #[tokio::test]
+    async fn relay_carries_stdin_resize_and_the_v5_close_and_passes_the_status_through() {
+        let (url, backend) = backend(true).await;
+        let upstream = connect(&target(url), Arc::new(super::super::tls::client_config())).await.unwrap();
+        assert!(upstream.v5);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        let relay = tokio::spawn(run(upstream, in_rx, out_tx));
+        in_tx.send(ClientInput::Stdin(Bytes::from_static(b"hi"))).await.unwrap();
+        in_tx.send(ClientInput::Resize(Bytes::from_static(br#"{"Width":80,"Height":24}"#))).await.unwrap();
+        in_tx.send(ClientInput::StdinClosed).await.unwrap();
+        assert_eq!(out_rx.recv().await, Some(ClientOutput::Stdout(Bytes::from_static(b"ok"))));
+        assert_eq!(out_rx.recv().await, Some(ClientOutput::Status(channel::success_status())));
+        assert_eq!(out_rx.recv().await, None);
+        assert_eq!(
+            backend.await.unwrap(),
+            vec![b"\x00hi".to_vec(), b"\x04{\"Width\":80,\"Height\":24}".to_vec(), vec![255, 0]]
+        );
+        relay.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn v4_backends_get_no_close_message() {
+        let (url, backend) = backend(false).await;
+        let upstream = connect(&target(url), Arc::new(super::super::tls::client_config())).await.unwrap();
+        assert!(!upstream.v5);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        let relay = tokio::spawn(run(upstream, in_rx, out_tx));
+        in_tx.send(ClientInput::Stdin(Bytes::from_static(b"a"))).await.unwrap();
+        in_tx.send(ClientInput::StdinClosed).await.unwrap();
+        in_tx.send(ClientInput::Stdin(Bytes::from_static(b"b"))).await.unwrap();
+        assert_eq!(out_rx.recv().await, Some(ClientOutput::Stdout(Bytes::from_static(b"ok"))));
+        assert_eq!(backend.await.unwrap(), vec![b"\x00a".to_vec(), b"\x00b".to_vec()]);
+        relay.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn backend_that_ends_without_a_status_reports_a_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let callback = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(channel::V5));
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+            let _ = ws.close(None).await;
+        });
+        let upstream = connect(&target(url), Arc::new(super::super::tls::client_config())).await.unwrap();
+        let (_in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        tokio::spawn(run(upstream, in_rx, out_tx));
+        let got = out_rx.recv().await;
+        let Some(ClientOutput::Status(status)) = got else { panic!("expected a status, got {got:?}") };
+        let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(v["status"], "Failure");
+    }
 
     #[tokio::test]
     async fn http_body_targets_are_refused_for_exec() {

@@ -228,10 +228,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     fn send(&mut self, kind: StreamType, data: Bytes) {
-        if let Some(&id) = self.ids.get(&kind) {
-            if !data.is_empty() {
-                self.pending.push_back(Pending::Data(id, data));
-            }
+        if let Some(&id) = self.ids.get(&kind)
+            && !data.is_empty()
+        {
+            self.pending.push_back(Pending::Data(id, data));
         }
     }
 
@@ -254,11 +254,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         self.pump();
     }
 
-    async fn to_relay(&mut self, msg: ClientInput) {
-        if let Some(tx) = &self.input {
-            if tx.send(msg).await.is_err() {
-                self.input = None;
-            }
+    /// Hands client input to the relay; once the relay is gone, input is dropped.
+    async fn forward(&mut self, msg: ClientInput) {
+        if let Some(tx) = &self.input
+            && tx.send(msg).await.is_err()
+        {
+            self.input = None;
         }
     }
 
@@ -276,7 +277,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                         let block = self.compressor.compress(&[])?;
                         self.queue(&Frame::SynReply { stream_id, flags: 0, header_block: block });
                         if kind == StreamType::Stdin && flags & FLAG_FIN != 0 {
-                            self.to_relay(ClientInput::StdinClosed).await;
+                            self.forward(ClientInput::StdinClosed).await;
                         }
                     }
                     _ => self.queue(&Frame::RstStream { stream_id, status: frame::RST_REFUSED_STREAM }),
@@ -292,16 +293,16 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 match self.types.get(&stream_id) {
                     Some(StreamType::Stdin) => {
                         if !data.is_empty() {
-                            self.to_relay(ClientInput::Stdin(data)).await;
+                            self.forward(ClientInput::Stdin(data)).await;
                         }
                         if flags & FLAG_FIN != 0 {
-                            self.to_relay(ClientInput::StdinClosed).await;
+                            self.forward(ClientInput::StdinClosed).await;
                         }
                     }
                     Some(StreamType::Resize) => {
                         self.resize_buf.extend_from_slice(&data);
                         for doc in take_json_documents(&mut self.resize_buf) {
-                            self.to_relay(ClientInput::Resize(doc)).await;
+                            self.forward(ClientInput::Resize(doc)).await;
                         }
                     }
                     _ => {}
@@ -311,7 +312,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 if let Some(kind) = self.types.remove(&stream_id) {
                     self.ids.remove(&kind);
                     if kind == StreamType::Stdin {
-                        self.to_relay(ClientInput::StdinClosed).await;
+                        self.forward(ClientInput::StdinClosed).await;
                     }
                 }
             }
@@ -579,6 +580,40 @@ mod tests {
         assert_eq!(pings, 1);
         drop(c);
         server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn older_protocols_get_error_text_and_nothing_on_success() {
+        for (status, expected) in [
+            (channel::exit_code_status(2), Some("command terminated with non-zero exit code: 2")),
+            (channel::success_status(), None),
+        ] {
+            let (server_io, client_io) = tokio::io::duplex(1 << 16);
+            let (in_tx, _in_rx) = mpsc::channel(16);
+            let (out_tx, out_rx) = mpsc::channel(16);
+            let opts = ExecQuery { command: vec!["x".into()], stdin: false, stdout: true, stderr: false, tty: false };
+            let server = tokio::spawn(async move { serve(server_io, StreamVersion::V3, &opts, in_tx, out_rx).await });
+            let mut c = client(client_io);
+            c.open(1, "error").await;
+            c.open(3, "stdout").await;
+            out_tx.send(ClientOutput::Status(status)).await.unwrap();
+            let mut error = Vec::new();
+            loop {
+                match c.next().await {
+                    Some(Frame::Data { stream_id: 1, flags, data }) => {
+                        error.extend_from_slice(&data);
+                        if flags & FLAG_FIN != 0 {
+                            break;
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("connection ended before the error stream"),
+                }
+            }
+            assert_eq!(String::from_utf8(error).unwrap(), expected.unwrap_or(""));
+            drop(c);
+            server.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]
