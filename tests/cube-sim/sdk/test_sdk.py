@@ -176,7 +176,7 @@ def test_eip_and_firewall_through_the_unet_client(sim_url):
         unet.release_eip({"EIPId": eip})
     assert e.value.code == 4155
     unet.grant_firewall({"FWId": "firewall-sdk", "ResourceType": "cube", "ResourceId": cube_id})
-    unet.unbind_eip({"EIPId": eip, "ResourceType": "cube", "ResourceId": cube_id})
+    unet.un_bind_eip({"EIPId": eip, "ResourceType": "cube", "ResourceId": cube_id})
     unet.release_eip({"EIPId": eip})
     assert unet.describe_eip({"EIPIds": [eip]})["TotalCount"] == 0
     c.cube().delete_cube_pod({"Zone": ZONE, "CubeId": cube_id})
