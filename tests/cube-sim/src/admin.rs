@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::actions::udisk::DiskRequest;
 use crate::app::{LiveFaults, Shared};
 use crate::config::Faults;
 use crate::lifecycle::{observe, render};
@@ -147,7 +148,8 @@ fn default_zone() -> String {
 async fn create_disk(State(sim): State<Shared>, Json(req): Json<NewDisk>) -> Response {
     let made = {
         let mut state = sim.state.lock();
-        crate::actions::udisk::make_disk(&mut state, sim.cfg.quotas.max_disks, &req.region, &req.zone, &req.name, req.size_gb, &req.disk_type, Utc::now())
+        let ask = DiskRequest { region: &req.region, zone: &req.zone, name: &req.name, size: req.size_gb, disk_type: &req.disk_type };
+        crate::actions::udisk::make_disk(&mut state, sim.cfg.quotas.max_disks, ask, Utc::now())
     };
     match made {
         Ok(d) => {

@@ -27,8 +27,10 @@ pub struct BenchArgs {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Region of the benchmark instance.
     #[arg(long, default_value = "cn-bj2")]
     pub region: String,
+    /// Zone of the benchmark instance.
     #[arg(long, default_value = "cn-bj2-05")]
     pub zone: String,
 }

@@ -46,22 +46,19 @@ pub async fn handle(State(sim): State<Shared>, conn: Option<Extension<ConnContro
         let hit = |map_rate: Option<f64>, rng: &mut rand::rngs::ThreadRng| map_rate.is_some_and(|r| rng.random::<f64>() < r);
         let drop = hit(f.drop_rate.get(&action).or(f.drop_rate.get("*")).copied(), &mut rng);
         let mut injected = None;
-        if let Some(b) = &f.burst {
-            if live.burst_left > 0 && (b.actions.is_empty() || b.actions.contains(&action)) {
+        if let Some(b) = &f.burst
+            && live.burst_left > 0 && (b.actions.is_empty() || b.actions.contains(&action)) {
                 live.burst_left -= 1;
                 injected = Some(burst_error(b.ret_code));
             }
-        }
-        if injected.is_none() {
-            if let Some(e) = f.errors.get(&action).or(f.errors.get("*")) {
-                if rng.random::<f64>() < e.rate {
+        if injected.is_none()
+            && let Some(e) = f.errors.get(&action).or(f.errors.get("*"))
+                && rng.random::<f64>() < e.rate {
                     injected = Some(match &e.message {
                         Some(m) => ApiError::Injected { ret_code: e.ret_code, message: m.clone() },
                         None => burst_error(e.ret_code),
                     });
                 }
-            }
-        }
         let mut timeout = None;
         if action == "CreateCubePod" && injected.is_none() && !drop && live.timeouts_left > 0 {
             live.timeouts_left -= 1;
@@ -128,16 +125,14 @@ fn check_scope(sim: &Shared, params: &Params) -> Result<(), ApiError> {
     let Some(r) = regions.iter().find(|r| r.name == region) else {
         return Err(ApiError::invalid("Region", format!("{region:?} is not a region of this cloud")));
     };
-    if let Some(zone) = params.get("Zone") {
-        if !r.zones.iter().any(|z| z == zone) {
+    if let Some(zone) = params.get("Zone")
+        && !r.zones.iter().any(|z| z == zone) {
             return Err(ApiError::ZoneDenied(zone.to_string()));
         }
-    }
-    if let Some(project) = params.get("ProjectId") {
-        if !sim.cfg.projects.is_empty() && !sim.cfg.projects.iter().any(|p| p == project) {
+    if let Some(project) = params.get("ProjectId")
+        && !sim.cfg.projects.is_empty() && !sim.cfg.projects.iter().any(|p| p == project) {
             return Err(ApiError::NoSuchProject(project.to_string()));
         }
-    }
     Ok(())
 }
 

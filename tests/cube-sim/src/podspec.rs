@@ -188,11 +188,10 @@ fn validate(spec: &Spec, cfg: &Config) -> Result<(u64, u64), ApiError> {
     if spec.host_network == Some(true) {
         return Err(ApiError::pod("spec.hostNetwork is not supported by Cube"));
     }
-    if let Some(policy) = &spec.restart_policy {
-        if !matches!(policy.as_str(), "Always" | "OnFailure" | "Never") {
+    if let Some(policy) = &spec.restart_policy
+        && !matches!(policy.as_str(), "Always" | "OnFailure" | "Never") {
             return Err(ApiError::pod(format!("spec.restartPolicy is {policy:?}, but must be Always, OnFailure or Never")));
         }
-    }
     let volume_names = validate_volumes(spec, cfg)?;
     let mut seen = std::collections::BTreeSet::new();
     let (mut cpu_sum, mut mem_sum, mut cpu_init, mut mem_init) = (0u64, 0u64, 0u64, 0u64);
@@ -285,11 +284,10 @@ fn validate_volumes(spec: &Spec, cfg: &Config) -> Result<Vec<String>, ApiError> 
                 if !(id.starts_with("bs-") || id.starts_with("bsm-") || id.starts_with("bsr-")) {
                     return Err(ApiError::pod(format!("{at}: udisk.id {id:?} is not a UDisk id (bs-…, bsm-…, bsr-…)")));
                 }
-                if let Some(fs) = body.get("fs").and_then(Value::as_str) {
-                    if fs != "ext4" {
+                if let Some(fs) = body.get("fs").and_then(Value::as_str)
+                    && fs != "ext4" {
                         return Err(ApiError::pod(format!("{at}: udisk.fs {fs:?} is not supported; Cube formats UDisks as ext4 only")));
                     }
-                }
             }
             "configMap" => {
                 let Value::Mapping(data) = body else {
@@ -352,11 +350,10 @@ fn validate_pull_secrets(spec: &Spec) -> Result<(), ApiError> {
                 return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].registryaddr {addr:?} must be a private IP (optionally :port)")));
             }
         }
-        if let Some(vpc) = s.get("vpcId").and_then(Value::as_str) {
-            if !vpc.starts_with("uvnet-") {
+        if let Some(vpc) = s.get("vpcId").and_then(Value::as_str)
+            && !vpc.starts_with("uvnet-") {
                 return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].vpcId {vpc:?} must be a VPC id (uvnet-…)")));
             }
-        }
     }
     Ok(())
 }

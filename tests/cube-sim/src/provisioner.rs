@@ -37,6 +37,7 @@ pub struct ProvisionerArgs {
     /// A key pair the simulator accepts.
     #[arg(long, value_name = "PUBLIC:PRIVATE")]
     pub key: KeyPair,
+    /// Region the disks are made in.
     #[arg(long, default_value = "cn-bj2")]
     pub region: String,
     /// Zone for disks when the selected node carries no topology.kubernetes.io/zone label.

@@ -68,11 +68,10 @@ fn attach_disks(state: &mut State, ctx: &Ctx, pod: &CubePod, cube_id: &str) -> R
     let ids = pod.udisk_ids();
     for id in &ids {
         let disk = state.disks.get(id).filter(|d| !d.deleted && d.region == ctx.region).ok_or_else(|| ApiError::DiskNotFound(id.clone()))?;
-        if let Some(other) = &disk.attached_to {
-            if other != cube_id {
+        if let Some(other) = &disk.attached_to
+            && other != cube_id {
                 return Err(ApiError::DiskInUse(id.clone(), other.clone()));
             }
-        }
     }
     for id in ids {
         if let Some(d) = state.disks.get_mut(&id) {
@@ -109,11 +108,10 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     let uid = pod.metadata_str("uid");
     let mut state = ctx.sim.state.lock();
     // A retried create (same pod UID) answers with the instance the first one made.
-    if let Some(uid) = &uid {
-        if let Some(existing) = state.instances.values().find(|i| i.live() && i.region == ctx.region && i.uid.as_deref() == Some(uid)) {
+    if let Some(uid) = &uid
+        && let Some(existing) = state.instances.values().find(|i| i.live() && i.region == ctx.region && i.uid.as_deref() == Some(uid)) {
             return Ok(fields(json!({"CubeId": existing.cube_id, "Pod": render_base64(existing, ctx.cfg, ctx.now)})));
         }
-    }
     let live: Vec<&Instance> = state.instances.values().filter(|i| i.live()).collect();
     if live.len() >= ctx.cfg.quotas.max_instances {
         return Err(ApiError::QuotaExceeded(format!("at most {} Cube instances", ctx.cfg.quotas.max_instances)));
@@ -185,12 +183,11 @@ pub fn delete(ctx: &Ctx, p: &Params) -> Answer {
     let mut state = ctx.sim.state.lock();
     let id = lookup_id(ctx, &state, p)?;
     let eip = state.instances.get(&id).and_then(|i| i.eip_id.clone());
-    if let Some(eip_id) = eip {
-        if let Some(e) = state.eips.get_mut(&eip_id) {
+    if let Some(eip_id) = eip
+        && let Some(e) = state.eips.get_mut(&eip_id) {
             e.bound_to = None;
             e.released = release;
         }
-    }
     detach_disks(&mut state, &id);
     state.firewalls.retain(|f| f.resource_id != id);
     if let Some(i) = state.instances.get_mut(&id) {
@@ -247,7 +244,7 @@ pub fn extend_info(ctx: &Ctx, p: &Params) -> Answer {
                 .eip_id
                 .as_ref()
                 .and_then(|id| state.eips.get(id))
-                .map(|e| super::unet::eip_brief(e))
+                .map(super::unet::eip_brief)
                 .into_iter()
                 .collect();
             let expiration = match i.charge_type.as_str() {

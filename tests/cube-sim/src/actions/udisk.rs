@@ -10,8 +10,18 @@ use crate::state::{Disk, State, new_id};
 
 pub const DISK_TYPES: &[&str] = &["DataDisk", "SSDDataDisk", "RSSDDataDisk", "EfficiencyDataDisk"];
 
+/// What a new disk is asked to be.
+pub struct DiskRequest<'a> {
+    pub region: &'a str,
+    pub zone: &'a str,
+    pub name: &'a str,
+    pub size: i64,
+    pub disk_type: &'a str,
+}
+
 /// Creates a disk record; shared by CreateUDisk and `POST /_sim/disks`.
-pub fn make_disk(state: &mut State, max: usize, region: &str, zone: &str, name: &str, size: i64, disk_type: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Disk, ApiError> {
+pub fn make_disk(state: &mut State, max: usize, req: DiskRequest, now: chrono::DateTime<chrono::Utc>) -> Result<Disk, ApiError> {
+    let DiskRequest { region, zone, name, size, disk_type } = req;
     if !DISK_TYPES.contains(&disk_type) {
         return Err(ApiError::invalid("DiskType", format!("{disk_type:?} is not one of {}", DISK_TYPES.join(", "))));
     }
@@ -43,7 +53,7 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     let size = p.int("Size")?.ok_or_else(|| ApiError::MissingParam("Size".into()))?;
     let disk_type = p.get("DiskType").unwrap_or("DataDisk");
     let mut state = ctx.sim.state.lock();
-    let d = make_disk(&mut state, ctx.cfg.quotas.max_disks, &ctx.region, zone, name, size, disk_type, ctx.now)?;
+    let d = make_disk(&mut state, ctx.cfg.quotas.max_disks, DiskRequest { region: &ctx.region, zone, name, size, disk_type }, ctx.now)?;
     Ok(fields(json!({"UDiskId": [d.udisk_id]})))
 }
 

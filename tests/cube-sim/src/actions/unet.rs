@@ -110,11 +110,10 @@ pub fn bind(ctx: &Ctx, p: &Params) -> Answer {
         return Err(ApiError::EipInUse(eip_id, format!("{t} {id}")));
     }
     eip.bound_to = Some((rtype.clone(), rid.clone()));
-    if rtype == "cube" {
-        if let Some(i) = state.instances.get_mut(&rid) {
+    if rtype == "cube"
+        && let Some(i) = state.instances.get_mut(&rid) {
             i.eip_id = Some(eip_id);
         }
-    }
     Ok(fields(json!({})))
 }
 
