@@ -1,1 +1,43 @@
 //! The plugin runtime: loads provider components, calls them in fresh stores, hot-reloads them.
+//!
+//! Rooms: `runtime` (engine, epoch ticker, linker), `contract` (version read before compiling),
+//! `cache` (compiled components on disk), `loaded` (one checked version and how a call runs),
+//! `handle` + `calls` + `watcher` (the hot-swappable `Plugin`), `imports` (what a guest can reach),
+//! `since_v0_1_0` (the bindings of each contract version), `check` + `cli` (`vkhost plugin check`),
+//! `admin` (HTTP routes), `stats` (counters), `settings` (the `[plugin]` table), `error`.
+
+mod admin;
+mod cache;
+mod calls;
+pub mod check;
+pub mod cli;
+pub mod contract;
+mod error;
+mod handle;
+mod imports;
+mod loaded;
+mod runtime;
+pub mod settings;
+pub mod since_v0_1_0;
+mod stats;
+mod watcher;
+
+pub use admin::admin_router;
+pub use cache::Origin;
+pub use check::{CheckReport, SmokeResult, check};
+pub use cli::{CheckArgs, run_check};
+pub use error::{CallError, Export, LoadError, describe_provider_error};
+pub use handle::{ActiveSummary, Plugin, ReloadEvent, ReloadTrigger};
+pub use loaded::{LoadReport, host_contracts};
+pub use runtime::PluginRuntime;
+pub use settings::{Limits, PluginSettings};
+pub use stats::{CallCount, PluginStats, StatsSnapshot};
+
+// The contract's types, so callers write `plugin::ResolvedPod`.
+pub use since_v0_1_0::{
+    BinaryEntry, CallContext, ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage,
+    DeleteReason, Deletion, Event, ExecOptions, Instance, InvalidInput, KeyValue, LogOptions, NodeCondition,
+    NodeOffer, PluginInfo, PodOutcome, PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret,
+    ServiceAccountToken, StateRunning, StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint,
+    VolumeClaim,
+};

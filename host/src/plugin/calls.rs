@@ -1,0 +1,126 @@
+//! The provider exports as async methods of `Plugin`: each call runs on the version active when
+//! it starts, in a fresh instance, and is counted in the stats.
+
+use std::time::Instant;
+
+use crate::plugin::error::{CallError, Export};
+use crate::plugin::handle::Plugin;
+use crate::plugin::since_v0_1_0::{
+    CallContext, DeleteReason, Deletion, ExecOptions, Instance, LogOptions, NodeOffer, PodOutcome, PodRef,
+    PodStatus, PodUsage, ResolvedPod, StreamTarget,
+};
+
+/// Calls `$iface.$func` with the store first and the given arguments, on the active version.
+macro_rules! call_export {
+    ($self:ident, $export:expr, $iface:ident . $func:ident ( $($arg:expr),* )) => {{
+        let export = $export;
+        // Our own Arc: a concurrent reload swaps the pointer, never this call's version.
+        let loaded = $self.active.load_full();
+        let started = Instant::now();
+        let result = loaded
+            .call(export, |guest, mut store| async move {
+                let r = guest.$iface().$func(&mut store, $($arg),*).await;
+                (store, r)
+            })
+            .await;
+        (loaded, export, started, result)
+    }};
+}
+
+impl Plugin {
+    fn finish<T>(&self, export: Export, started: Instant, result: Result<T, CallError>) -> Result<T, CallError> {
+        self.stats.record_call(export, &result, started.elapsed());
+        if let Err(e) = &result
+            && !matches!(e, CallError::Provider(_))
+        {
+            tracing::warn!(error = %e, "plugin call failed");
+        }
+        result
+    }
+
+    /// Checks a node's provider config; returns it normalised.
+    pub async fn validate_config(&self, node: &str, config_json: &str) -> Result<String, CallError> {
+        let loaded = self.active.load_full();
+        let started = Instant::now();
+        let result = loaded.validate_config(node, config_json).await;
+        self.finish(Export::ValidateConfig, started, result)
+    }
+
+    pub async fn describe_node(&self, ctx: &CallContext) -> Result<NodeOffer, CallError> {
+        let (_, export, started, result) = call_export!(self, Export::Describe, vk_provider_node.call_describe(ctx));
+        self.finish(export, started, result)
+    }
+
+    pub async fn create(&self, ctx: &CallContext, pod: &ResolvedPod) -> Result<PodOutcome, CallError> {
+        let (_, export, started, result) = call_export!(self, Export::Create, vk_provider_pods.call_create(ctx, pod));
+        self.finish(export, started, result)
+    }
+
+    pub async fn update(&self, ctx: &CallContext, pod: &ResolvedPod) -> Result<PodOutcome, CallError> {
+        let (_, export, started, result) = call_export!(self, Export::Update, vk_provider_pods.call_update(ctx, pod));
+        self.finish(export, started, result)
+    }
+
+    pub async fn delete(&self, ctx: &CallContext, pod: &PodRef, reason: DeleteReason) -> Result<Deletion, CallError> {
+        let (_, export, started, result) =
+            call_export!(self, Export::Delete, vk_provider_pods.call_delete(ctx, pod, reason));
+        self.finish(export, started, result)
+    }
+
+    pub async fn status(&self, ctx: &CallContext, pod: &PodRef) -> Result<PodStatus, CallError> {
+        let (_, export, started, result) = call_export!(self, Export::Status, vk_provider_pods.call_status(ctx, pod));
+        self.finish(export, started, result)
+    }
+
+    pub async fn list(&self, ctx: &CallContext) -> Result<Vec<Instance>, CallError> {
+        let (_, export, started, result) = call_export!(self, Export::List, vk_provider_pods.call_list(ctx));
+        self.finish(export, started, result)
+    }
+
+    /// Where to read a container's logs; the URL is vetted against the plugin's allowlist.
+    pub async fn logs(
+        &self,
+        ctx: &CallContext,
+        pod: &PodRef,
+        container: &str,
+        opts: &LogOptions,
+    ) -> Result<StreamTarget, CallError> {
+        let (loaded, export, started, result) =
+            call_export!(self, Export::Logs, vk_provider_pods.call_logs(ctx, pod, container, opts));
+        let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
+        self.finish(export, started, result)
+    }
+
+    /// Where to run a command; the URL is vetted against the plugin's allowlist.
+    pub async fn exec(
+        &self,
+        ctx: &CallContext,
+        pod: &PodRef,
+        container: &str,
+        opts: &ExecOptions,
+    ) -> Result<StreamTarget, CallError> {
+        let (loaded, export, started, result) =
+            call_export!(self, Export::Exec, vk_provider_pods.call_exec(ctx, pod, container, opts));
+        let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
+        self.finish(export, started, result)
+    }
+
+    /// Where to attach; the URL is vetted against the plugin's allowlist.
+    pub async fn attach(
+        &self,
+        ctx: &CallContext,
+        pod: &PodRef,
+        container: &str,
+        opts: &ExecOptions,
+    ) -> Result<StreamTarget, CallError> {
+        let (loaded, export, started, result) =
+            call_export!(self, Export::Attach, vk_provider_pods.call_attach(ctx, pod, container, opts));
+        let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
+        self.finish(export, started, result)
+    }
+
+    pub async fn usage(&self, ctx: &CallContext, pods: &[PodRef]) -> Result<Vec<PodUsage>, CallError> {
+        let (_, export, started, result) = call_export!(self, Export::Usage, vk_provider_pods.call_usage(ctx, pods));
+        self.finish(export, started, result)
+    }
+}

@@ -1,0 +1,174 @@
+//! `Plugin`, the handle the rest of the daemon holds: the active version behind an `ArcSwap`,
+//! replaced atomically by `reload` after the new file passed every check. A call takes its own
+//! `Arc` of the version it started on, so in-flight calls finish on the old version.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::plugin::error::LoadError;
+use crate::plugin::loaded::{self, LoadReport, Loaded};
+use crate::plugin::runtime::PluginRuntime;
+use crate::plugin::settings::PluginSettings;
+use crate::plugin::since_v0_1_0::PluginInfo;
+use crate::plugin::stats::{PluginStats, StatsSnapshot};
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadTrigger {
+    /// `Plugin::reload` (the admin endpoint, tests).
+    Request,
+    /// The watcher saw the file change.
+    FileChanged,
+    /// SIGHUP.
+    Signal,
+}
+
+/// One reload attempt, successful or not, for node Events and annotations.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadEvent {
+    pub at: SystemTime,
+    pub trigger: ReloadTrigger,
+    /// The version active before the attempt (still active if it failed).
+    pub old: PluginInfo,
+    /// The new version's info, or why it was refused.
+    pub outcome: Result<PluginInfo, String>,
+    pub took_ms: f64,
+}
+
+impl ReloadEvent {
+    pub fn is_ok(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// The active plugin's description for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveSummary {
+    pub info: PluginInfo,
+    pub load: LoadReport,
+    pub stats: StatsSnapshot,
+}
+
+/// A hot-swappable provider plugin.
+pub struct Plugin {
+    pub(crate) rt: Arc<PluginRuntime>,
+    pub(crate) settings: PluginSettings,
+    smoke_configs: Mutex<Vec<(String, String)>>,
+    pub(crate) active: ArcSwap<Loaded>,
+    // Reloads are serialised: two racing reloads could otherwise swap in the older file last.
+    reloading: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<ReloadEvent>,
+    pub(crate) stats: PluginStats,
+}
+
+impl Plugin {
+    /// Loads the plugin at `settings.path` and validates each `(node, config json)` with it; any
+    /// failure refuses the load.
+    pub async fn load(
+        rt: Arc<PluginRuntime>,
+        settings: PluginSettings,
+        smoke_configs: Vec<(String, String)>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let loaded = loaded::load(&rt, &settings).await?;
+        loaded.smoke_test(&smoke_configs).await?;
+        tracing::info!(
+            plugin = %loaded.info.name, version = %loaded.info.version, contract = %loaded.report.contract,
+            compile_ms = loaded.report.compile_ms, origin = ?loaded.report.origin, "plugin loaded"
+        );
+        let (events, _) = broadcast::channel(64);
+        Ok(Arc::new(Plugin {
+            rt,
+            settings,
+            smoke_configs: Mutex::new(smoke_configs),
+            active: ArcSwap::from_pointee(loaded),
+            reloading: tokio::sync::Mutex::new(()),
+            events,
+            stats: PluginStats::default(),
+        }))
+    }
+
+    /// The active version's metadata.
+    pub fn info(&self) -> PluginInfo {
+        self.active.load().info.clone()
+    }
+
+    /// The active version's metadata, load report and counters.
+    pub fn summary(&self) -> ActiveSummary {
+        let active = self.active.load();
+        ActiveSummary { info: active.info.clone(), load: active.report.clone(), stats: self.stats.snapshot() }
+    }
+
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    pub fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
+    /// Replaces the node configs a reload must validate (nodes were added or reconfigured).
+    pub fn set_smoke_configs(&self, configs: Vec<(String, String)>) {
+        *self.smoke_configs.lock().unwrap() = configs;
+    }
+
+    /// Every reload attempt from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.events.subscribe()
+    }
+
+    /// Re-reads the file, compiles, typechecks and smoke-tests it, then swaps it in. On any
+    /// failure the active version stays.
+    pub async fn reload(&self) -> Result<PluginInfo, LoadError> {
+        self.reload_by(ReloadTrigger::Request).await.map(|info| info.unwrap_or_else(|| self.info()))
+    }
+
+    /// `Ok(None)` when the watcher's file change turned out to leave the bytes unchanged.
+    pub(crate) async fn reload_by(&self, trigger: ReloadTrigger) -> Result<Option<PluginInfo>, LoadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let started = Instant::now();
+        let old = self.active.load_full();
+        let attempt = async {
+            let new = loaded::load(&self.rt, &self.settings).await?;
+            if trigger == ReloadTrigger::FileChanged && new.report.sha256 == old.report.sha256 {
+                return Ok(None);
+            }
+            let smoke = self.smoke_configs.lock().unwrap().clone();
+            new.smoke_test(&smoke).await?;
+            Ok(Some(new))
+        };
+        let result: Result<Option<Loaded>, LoadError> = attempt.await;
+        let outcome = match result {
+            Ok(None) => return Ok(None),
+            Ok(Some(new)) => {
+                let info = new.info.clone();
+                self.active.store(Arc::new(new));
+                tracing::info!(
+                    plugin = %info.name, from = %old.info.version, to = %info.version, ?trigger,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3, "plugin reloaded"
+                );
+                Ok(info)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    plugin = %old.info.name, active = %old.info.version, ?trigger, error = %e,
+                    "plugin reload refused; the active version stays"
+                );
+                Err(e)
+            }
+        };
+        self.stats.record_reload(outcome.is_ok());
+        let _ = self.events.send(ReloadEvent {
+            at: SystemTime::now(),
+            trigger,
+            old: old.info.clone(),
+            outcome: outcome.as_ref().map(Clone::clone).map_err(ToString::to_string),
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        });
+        outcome.map(Some)
+    }
+}

@@ -1,0 +1,176 @@
+//! What a plugin's guest code can reach: the state of one call's store and the host side of the
+//! contract's imports (`http`, `log`, `kv`), plus WASI with nothing granted.
+
+pub mod http;
+pub mod kv;
+mod log;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::http::{Egress, Refusal};
+use self::kv::KvStore;
+use crate::plugin::since_v0_1_0::vk::provider as wit;
+use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
+
+/// Who is calling, for logs and error messages.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub version: String,
+}
+
+/// The data of one store, i.e. of one call: built fresh, dropped after the call.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) identity: Arc<Identity>,
+    kv: Arc<KvStore>,
+    egress: Arc<Egress>,
+    pub(crate) guard: Guard,
+}
+
+/// Accounting of the limits the store enforces, read back to name the limit a failed call hit.
+pub(crate) struct Guard {
+    limits: StoreLimits,
+    memory_cap: usize,
+    pub memory_exceeded: bool,
+    pub cpu_exceeded: bool,
+    started: Instant,
+    /// Wall time spent in host I/O, which does not count against the CPU deadline.
+    host_io: Duration,
+    /// Nanoseconds spent yielded to the executor (other tasks ran), likewise not the guest's.
+    /// Shared with the yield futures, which cannot borrow the store.
+    pub yielded_nanos: Arc<AtomicU64>,
+    pub cpu_deadline: Duration,
+}
+
+impl Guard {
+    /// Guest time used so far: wall time since the call began minus host I/O and yields.
+    pub fn guest_time(&self) -> Duration {
+        let yielded = Duration::from_nanos(self.yielded_nanos.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(self.host_io).saturating_sub(yielded)
+    }
+}
+
+impl HostState {
+    pub(crate) fn new(
+        identity: Arc<Identity>,
+        kv: Arc<KvStore>,
+        egress: Arc<Egress>,
+        memory_cap: usize,
+        cpu_deadline: Duration,
+    ) -> Self {
+        // wasm32-wasip2 guests import WASI (clocks, random, and stdio through std) even when they
+        // never touch it; an empty context satisfies the imports while granting nothing: no
+        // preopened directories, no env, no args, no sockets, no name lookup.
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            identity,
+            kv,
+            egress,
+            guard: Guard {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(memory_cap)
+                    .instances(64)
+                    .tables(64)
+                    .memories(8)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_cap,
+                memory_exceeded: false,
+                cpu_exceeded: false,
+                started: Instant::now(),
+                host_io: Duration::ZERO,
+                yielded_nanos: Arc::new(AtomicU64::new(0)),
+                cpu_deadline,
+            },
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Delegates to wasmtime's `StoreLimits` and remembers that the memory cap was what failed, so
+/// the resulting trap becomes `CallError::MemoryExceeded`.
+impl ResourceLimiter for HostState {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let verdict = self.guard.limits.memory_growing(current, desired, maximum);
+        if desired > self.guard.memory_cap && !matches!(verdict, Ok(true)) {
+            self.guard.memory_exceeded = true;
+        }
+        verdict
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.guard.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.guard.limits.instances()
+    }
+    fn tables(&self) -> usize {
+        self.guard.limits.tables()
+    }
+    fn memories(&self) -> usize {
+        self.guard.limits.memories()
+    }
+}
+
+impl wit::types::Host for HostState {}
+
+impl wit::http::Host for HostState {
+    async fn send(&mut self, req: HttpRequest) -> wasmtime::Result<Result<HttpResponse, HttpError>> {
+        let began = Instant::now();
+        let method = req.method.clone();
+        let result = self.egress.send(req).await;
+        self.guard.host_io += began.elapsed();
+        Ok(match result {
+            Ok(resp) => Ok(resp),
+            Err(Refusal::Denied(url)) => {
+                tracing::warn!(
+                    plugin = %self.identity.name,
+                    version = %self.identity.version,
+                    %method,
+                    %url,
+                    "plugin tried to reach a URL outside its allowed_urls; refused"
+                );
+                Err(HttpError::Denied(url))
+            }
+            Err(Refusal::Other(e)) => Err(e),
+        })
+    }
+}
+
+impl wit::log::Host for HostState {
+    async fn emit(&mut self, level: LogLevel, message: String, fields: Vec<KeyValue>) -> wasmtime::Result<()> {
+        log::emit(&self.identity, level, &message, &fields);
+        Ok(())
+    }
+}
+
+impl wit::kv::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(&key))
+    }
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<bool> {
+        Ok(self.kv.set(&key, value, ttl_ms.map(Duration::from_millis)))
+    }
+    async fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        Ok(self.kv.delete(&key))
+    }
+    async fn keys(&mut self, prefix: String) -> wasmtime::Result<Vec<String>> {
+        Ok(self.kv.keys(&prefix))
+    }
+}

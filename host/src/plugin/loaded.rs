@@ -1,0 +1,315 @@
+//! One loaded plugin version: its file read, contract checked, compiled (or taken from the cache),
+//! typechecked once, asked for its metadata; and how a call runs against it in a fresh store under
+//! its limits.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use crate::plugin::cache::{self, Origin};
+use crate::plugin::contract::{self, Contract, Version};
+use crate::plugin::error::{CallError, Export, LoadError};
+use crate::plugin::imports::http::{Allowlist, Egress};
+use crate::plugin::imports::kv::KvStore;
+use crate::plugin::imports::{HostState, Identity};
+use crate::plugin::runtime::{self, PluginRuntime};
+use crate::plugin::settings::{Limits, PluginSettings};
+use crate::plugin::since_v0_1_0::{self, PluginInfo, Provider, ProviderError, ProviderPre};
+
+/// How the load went, for `vkhost plugin check` and the reload events.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size_bytes: usize,
+    pub contract: String,
+    pub origin: Origin,
+    pub compile_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A compiled, typechecked plugin version ready to be called. Immutable; shared by `Arc` with
+/// every call in flight, so a replaced version lives until its last call returns.
+pub struct Loaded {
+    pub info: PluginInfo,
+    pub report: LoadReport,
+    pub(crate) identity: Arc<Identity>,
+    engine: Engine,
+    // Contract-versioned bindings. Only 0.1.x exists; an older contract would get its own
+    // variant here and an adapter in its `since_vX_Y_Z` folder.
+    pre: Bindings,
+    kv: Arc<KvStore>,
+    egress: Arc<Egress>,
+    limits: Limits,
+}
+
+enum Bindings {
+    V0_1(ProviderPre<HostState>),
+}
+
+/// The contracts this host implements, newest first.
+pub fn host_contracts() -> Vec<Version> {
+    vec![since_v0_1_0::CONTRACT]
+}
+
+fn contract_range(v: &Version) -> String {
+    if v.major == 0 { format!("{}.{}.x", v.major, v.minor) } else { format!("{}.x (up to {}.{})", v.major, v.major, v.minor) }
+}
+
+/// Reads, checks, compiles and typechecks the file named by `settings`, then asks the plugin who
+/// it is. Nothing here touches the active version.
+pub(crate) async fn load(rt: &Arc<PluginRuntime>, settings: &PluginSettings) -> Result<Loaded, LoadError> {
+    let started = Instant::now();
+    let path = settings.path.clone();
+    let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Io { path: path.clone(), source })?;
+    load_bytes(rt, settings, &path, bytes, started).await
+}
+
+async fn load_bytes(
+    rt: &Arc<PluginRuntime>,
+    settings: &PluginSettings,
+    path: &Path,
+    bytes: Vec<u8>,
+    started: Instant,
+) -> Result<Loaded, LoadError> {
+    let path = path.to_path_buf();
+    // The contract version is read from the bytes before anything is compiled or instantiated,
+    // so an incompatible plugin is refused with both versions named, not with a link error.
+    let plugin_contract = match contract::read(&bytes) {
+        Contract::Version(v) => v,
+        Contract::NotAComponent(reason) => return Err(LoadError::NotAComponent { path, reason }),
+        Contract::NoProviderExports(reason) => return Err(LoadError::NotAProvider { path, reason }),
+    };
+    let host = since_v0_1_0::CONTRACT;
+    if !contract::compatible(&host, &plugin_contract) {
+        return Err(LoadError::IncompatibleContract {
+            path,
+            plugin_contract: plugin_contract.to_string(),
+            host_contract: host.to_string(),
+            host_contract_range: contract_range(&host),
+        });
+    }
+
+    let allow = Allowlist::parse(&settings.allowed_urls).map_err(LoadError::Settings)?;
+    let egress = Arc::new(Egress::new(allow, settings.limits.call_timeout()).map_err(LoadError::Settings)?);
+
+    let size_bytes = bytes.len();
+    let engine = rt.engine.clone();
+    let cache_dir = settings.effective_cache_dir();
+    let compiled = tokio::task::spawn_blocking(move || cache::load_or_compile(&engine, &bytes, cache_dir.as_deref()))
+        .await
+        .map_err(|e| LoadError::Runtime(format!("compile task: {e}")))?
+        .map_err(|message| LoadError::Compile { path: path.clone(), message })?;
+
+    let typecheck = |e: wasmtime::Error| LoadError::Typecheck {
+        path: path.clone(),
+        contract: plugin_contract.to_string(),
+        message: format!("{e:#}"),
+    };
+    let instance_pre = rt.linker.instantiate_pre(&compiled.component).map_err(typecheck)?;
+    let pre = ProviderPre::new(instance_pre).map_err(typecheck)?;
+
+    let mut loaded = Loaded {
+        info: PluginInfo {
+            name: path.display().to_string(),
+            version: "?".into(),
+            contract_version: plugin_contract.to_string(),
+            description: String::new(),
+        },
+        report: LoadReport {
+            path: path.clone(),
+            sha256: compiled.sha256,
+            size_bytes,
+            contract: plugin_contract.to_string(),
+            origin: compiled.origin,
+            compile_ms: compiled.took.as_secs_f64() * 1e3,
+            total_ms: 0.0,
+        },
+        identity: Arc::new(Identity { name: path.display().to_string(), version: "?".into() }),
+        engine: rt.engine.clone(),
+        pre: Bindings::V0_1(pre),
+        // `info` must not call imports; a private store keeps a misbehaving one harmless.
+        kv: Arc::new(KvStore::new(0)),
+        egress,
+        limits: settings.limits.clone(),
+    };
+    let info = loaded.info().await.map_err(|source| LoadError::Info { path: path.clone(), source })?;
+    if info.contract_version != plugin_contract.to_string() {
+        tracing::warn!(
+            plugin = %info.name, version = %info.version, declared = %info.contract_version,
+            exported = %plugin_contract,
+            "plugin declares a contract version different from the one its exports carry; trusting the exports"
+        );
+    }
+    loaded.identity = Arc::new(Identity { name: info.name.clone(), version: info.version.clone() });
+    loaded.kv = rt.kv_for(&info.name, settings.limits.kv_max_bytes);
+    loaded.info = info;
+    loaded.report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(loaded)
+}
+
+/// Epoch ticks a guest runs between yields to the async executor (and deadline checks).
+const YIELD_SLICE_TICKS: u64 = 2;
+
+/// Which limit stopped a call, read from the store after the fact.
+struct Verdict {
+    memory_exceeded: bool,
+    cpu_exceeded: bool,
+}
+
+impl Loaded {
+    /// A fresh store for one call: limits armed, nothing shared with any other call but `kv`.
+    fn new_store(&self) -> Store<HostState> {
+        let cpu = self.limits.cpu_deadline();
+        let state =
+            HostState::new(self.identity.clone(), self.kv.clone(), self.egress.clone(), self.limits.memory_bytes(), cpu);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        // The first check comes after one slice, not after the whole budget, so the guest yields
+        // to tokio regularly from the start.
+        store.set_epoch_deadline(YIELD_SLICE_TICKS);
+        // The deadline is checked against guest time (wall time minus host I/O and yields), so a slow but
+        // legitimate HTTP exchange does not count as CPU. Between checks the guest yields to tokio,
+        // so a spinning plugin never starves the daemon's other tasks.
+        store.epoch_deadline_callback(|mut ctx| {
+            let guard = &mut ctx.data_mut().guard;
+            let used = guard.guest_time();
+            if used >= guard.cpu_deadline {
+                guard.cpu_exceeded = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let left = runtime::ticks(guard.cpu_deadline - used).min(YIELD_SLICE_TICKS);
+            let yielded = guard.yielded_nanos.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                left,
+                Box::pin(async move {
+                    let since = Instant::now();
+                    tokio::task::yield_now().await;
+                    yielded.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }),
+            ))
+        });
+        store
+    }
+
+    fn verdict(store: &Store<HostState>) -> Verdict {
+        let g = &store.data().guard;
+        Verdict { memory_exceeded: g.memory_exceeded, cpu_exceeded: g.cpu_exceeded }
+    }
+
+    /// Turns a wasmtime failure into the typed error naming the limit that was hit.
+    fn classify(&self, export: Export, error: wasmtime::Error, verdict: Verdict, instantiating: bool) -> CallError {
+        let (plugin, version) = (self.identity.name.clone(), self.identity.version.clone());
+        if verdict.memory_exceeded {
+            return CallError::MemoryExceeded { plugin, version, export, limit_mib: self.limits.memory_mib };
+        }
+        if verdict.cpu_exceeded || matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return CallError::CpuDeadline { plugin, version, export, deadline_ms: self.limits.cpu_deadline_ms };
+        }
+        let message = match error.downcast_ref::<Trap>() {
+            // The trap kind is what an author needs first; the backtrace follows.
+            Some(trap) => format!("{trap}; {}", first_line_backtrace(&error)),
+            None => format!("{error:#}"),
+        };
+        if instantiating {
+            CallError::Instantiate { plugin, version, export, message }
+        } else {
+            CallError::Trap { plugin, version, export, message }
+        }
+    }
+
+    /// Runs one call: a fresh instance, the export, the wall-clock bound, the error mapping.
+    /// `invoke` receives the instance and the store, performs the export call and hands the
+    /// store back (by value, which keeps borrowck simple for callers' borrowed arguments).
+    pub(crate) async fn call<T, F, Fut>(&self, export: Export, invoke: F) -> Result<T, CallError>
+    where
+        F: FnOnce(Provider, Store<HostState>) -> Fut,
+        Fut: Future<Output = (Store<HostState>, wasmtime::Result<Result<T, ProviderError>>)>,
+    {
+        let timeout = self.limits.call_timeout();
+        let work = async {
+            let mut store = self.new_store();
+            let Bindings::V0_1(pre) = &self.pre;
+            let guest = match pre.instantiate_async(&mut store).await {
+                Ok(guest) => guest,
+                Err(e) => {
+                    let verdict = Self::verdict(&store);
+                    return Err(self.classify(export, e, verdict, true));
+                }
+            };
+            let (store, outcome) = invoke(guest, store).await;
+            match outcome {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(provider)) => Err(CallError::Provider(provider)),
+                Err(e) => {
+                    let verdict = Self::verdict(&store);
+                    Err(self.classify(export, e, verdict, false))
+                }
+            }
+        };
+        // Dropping the future on timeout drops the store and its instance with it.
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                plugin: self.identity.name.clone(),
+                version: self.identity.version.clone(),
+                export,
+                timeout_ms: self.limits.call_timeout_ms,
+            }),
+        }
+    }
+
+    pub(crate) async fn info(&self) -> Result<PluginInfo, CallError> {
+        self.call(Export::Info, |g, mut s| async move {
+            let r = g.vk_provider_metadata().call_info(&mut s).await.map(Ok);
+            (s, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn validate_config(&self, node: &str, config: &str) -> Result<String, CallError> {
+        self.call(Export::ValidateConfig, |g, mut s| async move {
+            let r = g.vk_provider_metadata().call_validate_config(&mut s, node, config).await;
+            (s, r)
+        })
+        .await
+    }
+
+    /// Validates every smoke config in throwaway stores; the first rejection refuses the load.
+    pub(crate) async fn smoke_test(&self, configs: &[(String, String)]) -> Result<(), LoadError> {
+        for (node, config) in configs {
+            self.validate_config(node, config).await.map_err(|source| LoadError::ConfigRejected {
+                plugin: self.info.name.clone(),
+                version: self.info.version.clone(),
+                node: node.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the host may connect to a stream target the plugin returned.
+    pub(crate) fn vet_stream_url(&self, export: Export, url: &str) -> Result<(), CallError> {
+        if self.egress.allow.allows_str(url) {
+            return Ok(());
+        }
+        Err(CallError::StreamTargetDenied {
+            plugin: self.identity.name.clone(),
+            version: self.identity.version.clone(),
+            export,
+            url: url.to_owned(),
+        })
+    }
+}
+
+fn first_line_backtrace(error: &wasmtime::Error) -> String {
+    // wasmtime renders "error while executing at wasm backtrace:\n  0: ...\n  1: ..."; the first
+    // few frames name the guest function that failed.
+    let text = format!("{error:?}");
+    let frames: Vec<&str> = text.lines().map(str::trim).filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit()).take(4).collect();
+    if frames.is_empty() { "no backtrace".into() } else { format!("backtrace: {}", frames.join(" | ")) }
+}

@@ -1,0 +1,145 @@
+//! Hot reload under load: while tasks call the plugin steadily, v1 is replaced by v2 and then by
+//! a broken v3. No call fails, every call is answered by v1 or v2, v3 is refused with its reason,
+//! and v2 stays active. Also the file watcher and the admin routes.
+
+#[path = "plugin_support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{ctx, install, plugin, resolved_pod, scratch_dir, settings};
+use tokio_util::sync::CancellationToken;
+use vkhost::plugin::{Plugin, PluginRuntime, ReloadTrigger};
+
+const CALLERS: usize = 4;
+
+fn answered_by(outcome: &vkhost::plugin::PodOutcome) -> String {
+    outcome.annotations.iter().find(|kv| kv.key == "faulty/answered-by").unwrap().value.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_v1_v2_and_a_broken_v3_under_load_loses_no_call() {
+    let dir = scratch_dir("reload");
+    let path = dir.join("provider.wasm");
+    install(&plugin("faulty-v1.wasm"), &path);
+    let rt = PluginRuntime::new().unwrap();
+    let p = Plugin::load(rt, settings(&path), vec![("node-a".into(), "{}".into())]).await.unwrap();
+    assert_eq!(p.info().version, "1.0.0");
+    let mut events = p.subscribe();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let (p, stop) = (p.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+                let mut failures = Vec::new();
+                let pod = resolved_pod(&format!("steady-{i}"), &format!("uid-{i}"));
+                while !stop.load(Ordering::Relaxed) {
+                    match p.create(&ctx("node-a", "{}"), &pod).await {
+                        Ok(out) => *answers.entry(answered_by(&out)).or_default() += 1,
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    install(&plugin("faulty-v2.wasm"), &path);
+    let info = p.reload().await.expect("v2 loads");
+    assert_eq!(info.version, "2.0.0");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    install(&plugin("faulty-broken.wasm"), &path);
+    let refusal = p.reload().await.expect_err("the broken v3 must be refused").to_string();
+    assert!(refusal.contains("plugin faulty version 3.0.0 rejects the config of node node-a"), "{refusal}");
+    assert!(refusal.contains("trapped"), "{refusal}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for caller in callers {
+        let (answers, failures) = caller.await.unwrap();
+        assert!(failures.is_empty(), "calls failed during reload: {failures:?}");
+        for (version, n) in answers {
+            *total.entry(version).or_default() += n;
+        }
+    }
+    eprintln!("answers by version: {total:?}");
+    assert_eq!(total.keys().cloned().collect::<Vec<_>>(), vec!["1.0.0".to_string(), "2.0.0".to_string()]);
+    assert!(total.values().all(|n| *n > 0));
+    assert_eq!(p.info().version, "2.0.0");
+
+    let ok = events.recv().await.unwrap();
+    assert_eq!((ok.old.version.as_str(), ok.outcome.as_ref().unwrap().version.as_str()), ("1.0.0", "2.0.0"));
+    let refused = events.recv().await.unwrap();
+    assert_eq!(refused.old.version, "2.0.0");
+    assert!(refused.outcome.unwrap_err().contains("3.0.0"));
+    let stats = p.stats().snapshot();
+    assert_eq!((stats.reloads_ok, stats.reloads_failed), (1, 1));
+}
+
+#[tokio::test]
+async fn the_watcher_swaps_in_a_new_file_and_keeps_the_old_version_for_a_bad_one() {
+    let dir = scratch_dir("watch");
+    let path = dir.join("provider.wasm");
+    install(&plugin("faulty-v1.wasm"), &path);
+    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![("n".into(), "{}".into())]).await.unwrap();
+    let mut events = p.subscribe();
+    let shutdown = CancellationToken::new();
+    let watcher = p.spawn_watcher(shutdown.clone());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let started = Instant::now();
+    install(&plugin("faulty-v2.wasm"), &path);
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    eprintln!("file to swap: {:?}", started.elapsed());
+    assert_eq!(event.trigger, ReloadTrigger::FileChanged);
+    assert_eq!(event.outcome.unwrap().version, "2.0.0");
+    assert_eq!(p.info().version, "2.0.0");
+
+    std::fs::write(dir.join("junk"), b"not wasm").unwrap();
+    install(&dir.join("junk"), &path);
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    assert!(event.outcome.unwrap_err().contains("not a WebAssembly component"));
+    assert_eq!(p.info().version, "2.0.0");
+    p.create(&ctx("n", "{}"), &resolved_pod("behave", "u")).await.unwrap();
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), watcher).await.expect("watcher stops on shutdown").unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_routes_show_and_reload_the_plugin() {
+    let dir = scratch_dir("admin");
+    let path = dir.join("provider.wasm");
+    install(&plugin("faulty-v1.wasm"), &path);
+    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = vkhost::plugin::admin_router(p.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+
+    let active: serde_json::Value = http.get(format!("{base}/plugin")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(active["info"]["version"], "1.0.0");
+
+    install(&plugin("faulty-v2.wasm"), &path);
+    let resp = http.post(format!("{base}/plugin/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["active"]["version"], "2.0.0");
+
+    std::fs::write(&path, b"garbage").unwrap();
+    let resp = http.post(format!("{base}/plugin/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reloaded"], false);
+    assert!(body["error"].as_str().unwrap().contains("not a WebAssembly component"));
+    assert_eq!(body["active"]["version"], "2.0.0");
+}

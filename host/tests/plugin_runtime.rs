@@ -1,0 +1,360 @@
+//! The plugin runtime against real components built by `plugins/build`: every export of the
+//! example provider, and each way a plugin can fail (trap, endless loop, memory blow-up, URL
+//! outside its allowlist, wrong contract, not a component) turning into a typed error while the
+//! next call still succeeds.
+
+#[path = "plugin_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{ctx, plugin, pod_ref, resolved_pod, scratch_dir, settings};
+use vkhost::plugin::{
+    CallError, ContainerState, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions, Origin, Plugin,
+    PluginRuntime, ProviderError,
+};
+
+const UID: &str = "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01";
+
+fn log_opts() -> LogOptions {
+    LogOptions {
+        follow: false,
+        tail_lines: Some(10),
+        since_seconds: None,
+        since_time: None,
+        timestamps: false,
+        limit_bytes: None,
+        previous: false,
+    }
+}
+
+fn exec_opts() -> ExecOptions {
+    ExecOptions { command: vec!["sh".into()], stdin: true, stdout: true, stderr: true, tty: false }
+}
+
+fn annotation(outcome: &vkhost::plugin::PodOutcome, key: &str) -> String {
+    outcome.annotations.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone()).unwrap_or_default()
+}
+
+async fn faulty(limits: impl FnOnce(&mut vkhost::plugin::PluginSettings)) -> std::sync::Arc<Plugin> {
+    let rt = PluginRuntime::new().unwrap();
+    let mut s = settings(plugin("faulty-v1.wasm"));
+    limits(&mut s);
+    Plugin::load(rt, s, vec![]).await.unwrap()
+}
+
+/// The next call after a failure gets a fresh instance and succeeds.
+async fn assert_next_call_succeeds(p: &Plugin) {
+    let ok = p.create(&ctx("n1", "{}"), &resolved_pod("behave", UID)).await.expect("the next call must succeed");
+    assert_eq!(annotation(&ok, "faulty/answered-by"), "1.0.0");
+}
+
+#[tokio::test]
+async fn example_provider_answers_every_export() {
+    let rt = PluginRuntime::new().unwrap();
+    let p = Plugin::load(rt, settings(plugin("example.wasm")), vec![("n1".into(), r#"{"max_pods": 50}"#.into())])
+        .await
+        .unwrap();
+    let info = p.info();
+    assert_eq!((info.name.as_str(), info.contract_version.as_str()), ("example", "0.1.0"));
+
+    // metadata
+    assert_eq!(p.validate_config("n1", "{}").await.unwrap(), r#"{"max_pods":200}"#);
+    let err = p.validate_config("n1", r#"{"max_pod": 3}"#).await.unwrap_err();
+    assert!(matches!(&err, CallError::Provider(ProviderError::Invalid(i)) if i.message.contains("max_pod")), "{err:?}");
+    assert!(!err.is_retryable());
+
+    // node
+    let c = ctx("n1", r#"{"max_pods": 50}"#);
+    let offer = p.describe_node(&c).await.unwrap();
+    let cap = |k: &str| offer.capacity.iter().find(|kv| kv.key == k).unwrap().value.clone();
+    assert_eq!((cap("cpu"), cap("memory"), cap("pods")), ("1000".into(), "4Ti".into(), "50".into()));
+    assert_eq!((offer.operating_system.as_str(), offer.architecture.as_str()), ("linux", "amd64"));
+
+    // pods: create is idempotent by uid
+    let pod = resolved_pod("web-0", UID);
+    let first = p.create(&c, &pod).await.unwrap();
+    assert_eq!(first.status.phase, "Running");
+    assert!(first.status.pod_ip.as_deref().unwrap().starts_with("10."));
+    assert_eq!(first.status.container_statuses.len(), 2);
+    assert!(first.status.container_statuses.iter().all(|s| s.ready && matches!(s.state, ContainerState::Running(_))));
+    let again = p.create(&c, &pod).await.unwrap();
+    assert_eq!(again.instance_id, first.instance_id);
+    assert_eq!(again.status, first.status);
+
+    let r = pod_ref("web-0", UID);
+    assert_eq!(p.status(&c, &r).await.unwrap(), first.status);
+    assert_eq!(p.update(&c, &pod).await.unwrap().instance_id, first.instance_id);
+    let listed = p.list(&c).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].pod, r);
+    assert!(p.list(&ctx("other-node", "{}")).await.unwrap().is_empty());
+
+    let usage = p.usage(&c, &[r.clone(), pod_ref("ghost", "no-such-uid")]).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].containers.len(), 2);
+
+    for result in [
+        p.logs(&c, &r, "web", &log_opts()).await,
+        p.exec(&c, &r, "web", &exec_opts()).await,
+        p.attach(&c, &r, "web", &exec_opts()).await,
+    ] {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, CallError::Provider(ProviderError::Invalid(i)) if i.message.contains("example provider has no")),
+            "{err:?}"
+        );
+    }
+
+    assert_eq!(p.delete(&c, &r, DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
+    assert!(matches!(p.status(&c, &r).await, Err(CallError::Provider(ProviderError::NotFound(_)))));
+    let err = p.delete(&c, &r, DeleteReason::Orphaned).await.unwrap_err();
+    assert!(matches!(err, CallError::Provider(ProviderError::NotFound(_))) && !err.is_retryable());
+
+    let stats = p.stats();
+    assert_eq!(stats.calls(Export::Create, "ok"), 2);
+    assert_eq!(stats.calls(Export::Logs, "invalid"), 1);
+}
+
+#[tokio::test]
+async fn a_trap_is_a_typed_error_naming_plugin_version_and_export_and_the_next_call_succeeds() {
+    let p = faulty(|_| {}).await;
+    for mode in ["trap", "unreachable"] {
+        let err = p.create(&ctx("n1", "{}"), &resolved_pod(mode, UID)).await.unwrap_err();
+        let CallError::Trap { plugin, version, export, message } = &err else { panic!("{mode}: {err:?}") };
+        assert_eq!((plugin.as_str(), version.as_str(), *export), ("faulty", "1.0.0", Export::Create));
+        assert!(message.contains("unreachable"), "{message}");
+        assert!(err.to_string().contains("plugin faulty version 1.0.0: pods.create trapped"), "{err}");
+        assert!(err.is_retryable());
+        assert_next_call_succeeds(&p).await;
+    }
+    assert_eq!(p.stats().calls(Export::Create, "trap"), 2);
+}
+
+#[tokio::test]
+async fn an_endless_loop_hits_the_cpu_deadline_and_the_next_call_succeeds() {
+    let p = faulty(|s| s.limits.cpu_deadline_ms = 200).await;
+    let started = Instant::now();
+    let err = p.status(&ctx("n1", "{}"), &pod_ref("loop", UID)).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&err, CallError::CpuDeadline { plugin, export: Export::Status, deadline_ms: 200, .. } if plugin == "faulty"),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_next_call_succeeds(&p).await;
+}
+
+#[tokio::test]
+async fn a_spinning_plugin_does_not_starve_other_tasks() {
+    // The guest yields to tokio at every epoch check, so a timer on the same single thread fires.
+    let p = faulty(|s| s.limits.cpu_deadline_ms = 600).await;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let t = ticks.clone();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let err = p.status(&ctx("n1", "{}"), &pod_ref("loop", UID)).await.unwrap_err();
+            assert!(matches!(err, CallError::CpuDeadline { .. }), "{err:?}");
+            ticker.abort();
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) >= 5, "the other task starved");
+}
+
+#[tokio::test]
+async fn growing_memory_past_the_cap_is_a_typed_error_and_the_next_call_succeeds() {
+    let p = faulty(|s| s.limits.memory_mib = 24).await;
+    let err = p.create(&ctx("n1", "{}"), &resolved_pod("oom", UID)).await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::MemoryExceeded { version, export: Export::Create, limit_mib: 24, .. } if version == "1.0.0"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("exceeded its memory cap of 24 MiB"), "{err}");
+    assert_next_call_succeeds(&p).await;
+}
+
+#[tokio::test]
+async fn a_url_outside_the_allowlist_is_denied_and_the_next_call_succeeds() {
+    let p = faulty(|s| s.allowed_urls = vec!["https://api.example.com/v1/".into()]).await;
+    let err = p.create(&ctx("n1", "{}"), &resolved_pod("denied", UID)).await.unwrap_err();
+    // The host answers `http-error::denied(url)`; the fixture reports it as an internal error.
+    assert!(
+        matches!(&err, CallError::Provider(ProviderError::Internal(m)) if m == "http denied: http://forbidden.example.invalid/steal"),
+        "{err:?}"
+    );
+    assert_next_call_succeeds(&p).await;
+}
+
+#[tokio::test]
+async fn stream_targets_outside_the_allowlist_are_refused() {
+    let p = faulty(|s| s.allowed_urls = vec!["https://api.example.com/v1/".into()]).await;
+    let c = ctx("n1", "{}");
+    let r = pod_ref("behave", UID);
+    let ok = p.logs(&c, &r, "https://api.example.com/v1/logs/x", &log_opts()).await.unwrap();
+    assert_eq!(ok.url, "https://api.example.com/v1/logs/x");
+    p.exec(&c, &r, "wss://api.example.com/v1/exec/x", &exec_opts()).await.unwrap();
+    for url in ["https://evil.example.net/v1/", "https://api.example.com/v2/exec", "wss://api.example.com.evil.net/v1/"] {
+        let err = p.attach(&c, &r, url, &exec_opts()).await.unwrap_err();
+        assert!(matches!(&err, CallError::StreamTargetDenied { export: Export::Attach, .. }), "{url}: {err:?}");
+        assert!(!err.is_retryable());
+    }
+}
+
+/// A tiny HTTP server for the fixture to call: `POST /echo` returns the body, `GET /sleep` hangs.
+async fn echo_server() -> String {
+    use axum::routing::{get, post};
+    let app = axum::Router::new().route("/echo", post(|body: String| async move { body })).route(
+        "/echo/sleep",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_allowed_url_is_fetched_for_the_plugin() {
+    let base = echo_server().await;
+    let p = faulty(|s| s.allowed_urls = vec![format!("{base}/echo")]).await;
+    let config = format!(r#"{{"echo_url": "{base}/echo"}}"#);
+    let out = p.create(&ctx("n1", &config), &resolved_pod("echo", UID)).await.unwrap();
+    assert_eq!(annotation(&out, "faulty/echo"), "ping from 1.0.0");
+}
+
+#[tokio::test]
+async fn a_hanging_backend_is_cut_off_by_the_call_timeout_and_the_next_call_succeeds() {
+    let base = echo_server().await;
+    let p = faulty(|s| {
+        s.allowed_urls = vec![format!("{base}/")];
+        s.limits.call_timeout_ms = 400;
+    })
+    .await;
+    let config = format!(r#"{{"mode": "sleep-http", "echo_url": "{base}/echo"}}"#);
+    let started = Instant::now();
+    let err = p.describe_node(&ctx("n1", &config)).await.unwrap_err();
+    // Whichever bound fires first: the host's ceiling on the exchange or the call's deadline.
+    assert!(
+        matches!(&err, CallError::Timeout { timeout_ms: 400, .. } | CallError::Provider(ProviderError::Transient(_))),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(err.is_retryable());
+    assert_next_call_succeeds(&p).await;
+}
+
+/// The example component with every `vk:provider/...@0.1.0` rewritten to `@{version}` (same
+/// length, so the binary stays well-formed): a plugin built against another contract.
+fn with_contract(version: &str) -> std::path::PathBuf {
+    assert_eq!(version.len(), 5);
+    let mut bytes = std::fs::read(plugin("example.wasm")).unwrap();
+    let needle = b"@0.1.0";
+    let mut i = 0;
+    while let Some(pos) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
+        bytes[i + pos + 1..i + pos + 6].copy_from_slice(version.as_bytes());
+        i += pos + needle.len();
+    }
+    let path = scratch_dir("contract").join(format!("example-{version}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
+    for version in ["0.2.0", "1.0.0"] {
+        let s = settings(with_contract(version));
+        let cache = s.cache_dir.clone().unwrap();
+        let err = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.err().unwrap();
+        assert!(matches!(&err, LoadError::IncompatibleContract { plugin_contract, .. } if plugin_contract == version), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.0"), "{text}");
+        // Refused from the bytes alone: nothing was compiled into the cache.
+        assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_component_is_refused() {
+    let dir = scratch_dir("not-component");
+    for (name, bytes) in [("text.wasm", &b"#!/bin/sh\necho hi\n"[..]), ("core.wasm", &b"\0asm\x01\0\0\0"[..])] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.err().unwrap();
+        assert!(matches!(err, LoadError::NotAComponent { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains("is not a WebAssembly component"), "{err}");
+    }
+    let err = Plugin::load(PluginRuntime::new().unwrap(), settings(dir.join("absent.wasm")), vec![]).await.err().unwrap();
+    assert!(matches!(err, LoadError::Io { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_config_the_plugin_rejects_refuses_the_load_naming_plugin_and_node() {
+    let rt = PluginRuntime::new().unwrap();
+    let err = Plugin::load(rt, settings(plugin("faulty-v1.wasm")), vec![("node-7".into(), r#"{"mode":"reject"}"#.into())])
+        .await
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(text.starts_with("plugin faulty version 1.0.0 rejects the config of node node-7"), "{text}");
+    assert!(text.contains("mode is reject"), "{text}");
+}
+
+#[tokio::test]
+async fn a_malformed_allowlist_refuses_the_load() {
+    let mut s = settings(plugin("example.wasm"));
+    s.allowed_urls = vec!["api.example.com".into()];
+    let err = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.err().unwrap();
+    assert!(matches!(&err, LoadError::Settings(m) if m.contains("api.example.com")), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_compiled_component_is_reused_from_the_disk_cache() {
+    let s = settings(plugin("example.wasm"));
+    let first = Plugin::load(PluginRuntime::new().unwrap(), s.clone(), vec![]).await.unwrap();
+    assert_eq!(first.summary().load.origin, Origin::Compiled);
+    // A new runtime (as after a daemon restart) finds the compiled artefact.
+    let second = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.unwrap();
+    assert_eq!(second.summary().load.origin, Origin::Cache);
+    assert_eq!(second.info(), first.info());
+}
+
+#[tokio::test]
+async fn plugin_check_reports_a_good_plugin_and_refuses_a_bad_config() {
+    let report = vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"max_pods": 10})), "n1")
+        .await
+        .unwrap();
+    assert_eq!(report.info.name, "example");
+    assert_eq!(report.smoke.as_ref().unwrap().normalized, r#"{"max_pods":10}"#);
+    let text = report.to_string();
+    assert!(text.contains("vk:provider@0.1.0") && text.contains("result      OK"), "{text}");
+
+    let err = vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"pods": 10})), "n1")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::ConfigRejected { .. }), "{err:?}");
+    let err = vkhost::plugin::check(&plugin("faulty-broken.wasm"), Some(serde_json::json!({})), "n1").await.unwrap_err();
+    assert!(err.to_string().contains("trapped"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cube_plugin_loads_when_it_is_built() {
+    let path = support::plugin_dir().join("cube.wasm");
+    if !path.is_file() {
+        eprintln!("cube.wasm not built; skipping");
+        return;
+    }
+    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
+    assert_eq!(p.info().contract_version, "0.1.0");
+}

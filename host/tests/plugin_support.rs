@@ -1,0 +1,134 @@
+//! Shared by the plugin runtime tests (included with `#[path]`): where the built plugins are,
+//! scratch directories, and realistic inputs (a resolved pod as the pod controller passes it).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use vkhost::plugin::{CallContext, ContainerEnv, KeyValue, PluginSettings, PodRef, ResolvedPod, Secret, BinaryEntry};
+
+/// `$VKCUBE_PLUGIN_DIR`, else `${CARGO_TARGET_DIR:-<repo>/target}/plugins`.
+pub fn plugin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VKCUBE_PLUGIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("plugins")
+}
+
+/// A built plugin; panics with the fix when it is missing.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `plugins/build` first (with the same CARGO_TARGET_DIR), or set VKCUBE_PLUGIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty directory under the system temp dir, unique per call.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vkcube-plugin-test-{}-{}-{label}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Settings for `path` with a private compile cache.
+pub fn settings(path: impl Into<PathBuf>) -> PluginSettings {
+    let mut s = PluginSettings::new(path);
+    s.cache_dir = Some(scratch_dir("cache"));
+    s
+}
+
+pub fn ctx(node: &str, config: &str) -> CallContext {
+    CallContext { node_name: node.into(), config: config.into() }
+}
+
+pub fn pod_ref(name: &str, uid: &str) -> PodRef {
+    PodRef { namespace: "default".into(), name: name.into(), uid: uid.into() }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue { key: key.into(), value: value.into() }
+}
+
+/// A pod the size of a real one: two containers, an init container, resolved env, a
+/// ConfigMap, an image pull Secret and a projected token, as the pod controller passes it.
+pub fn resolved_pod(name: &str, uid: &str) -> ResolvedPod {
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "default", "uid": uid,
+            "labels": {"app": "web", "pod-template-hash": "7d4b9c"},
+            "annotations": {"cube.ucloud.cn/cube-tag": "team-a", "cube.ucloud.cn/cube-eip": "false"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c", "uid": "rs-1", "controller": true}]
+        },
+        "spec": {
+            "nodeName": "uk8s-abcdefgh-vk-x7k2p",
+            "nodeSelector": {"type": "virtual-kubelet"},
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}],
+            "initContainers": [{"name": "init", "image": "uhub.example.com/team/init:1.0", "command": ["sh", "-c", "true"]}],
+            "containers": [
+                {"name": "web", "image": "uhub.example.com/team/web:2.3.1",
+                 "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                 "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+                 "volumeMounts": [{"name": "conf", "mountPath": "/etc/web"}, {"name": "kube-api-access-x7k2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5}},
+                {"name": "sidecar", "image": "uhub.example.com/team/proxy:0.9", "args": ["--listen", ":9000"]}
+            ],
+            "volumes": [
+                {"name": "conf", "configMap": {"name": "web-conf"}},
+                {"name": "kube-api-access-x7k2p", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}
+            ],
+            "imagePullSecrets": [{"name": "uhub"}],
+            "restartPolicy": "Always"
+        },
+        "status": {"phase": "Pending", "qosClass": "Burstable"}
+    });
+    let env = |c: &str| ContainerEnv {
+        container: c.into(),
+        vars: (0..12).map(|i| kv(&format!("VAR_{i}"), &format!("value-{i}-{c}"))).collect(),
+    };
+    ResolvedPod {
+        pod: pod.to_string(),
+        env: vec![env("init"), env("web"), env("sidecar")],
+        config_maps: vec![vkhost::plugin::ConfigMap {
+            name: "web-conf".into(),
+            data: vec![kv("app.yaml", &"listen: 8080\nworkers: 4\n".repeat(20))],
+            binary_data: vec![],
+        }],
+        secrets: vec![Secret {
+            name: "uhub".into(),
+            kind: "kubernetes.io/dockerconfigjson".into(),
+            data: vec![BinaryEntry {
+                key: ".dockerconfigjson".into(),
+                value: br#"{"auths":{"uhub.example.com":{"username":"u","password":"p"}}}"#.to_vec(),
+            }],
+        }],
+        claims: vec![],
+        tokens: vec![vkhost::plugin::ServiceAccountToken {
+            volume_name: "kube-api-access-x7k2p".into(),
+            path: "token".into(),
+            token: "eyJhbGciOiJSUzI1NiJ9.".to_string() + &"x".repeat(700),
+            expires_at: "2026-11-26T18:00:00Z".into(),
+            audience: "https://kubernetes.default.svc".into(),
+        }],
+    }
+}
+
+/// Replaces `path` with `from` atomically (write beside, rename over), as an operator should.
+pub fn install(from: &Path, path: &Path) {
+    let tmp = path.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
