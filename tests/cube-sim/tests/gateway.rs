@@ -188,3 +188,39 @@ async fn adds_configured_latency() {
     let _ = PUBLIC;
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn json_bodies_with_arrays_are_signed_over_their_flattened_keys() {
+    let f = Fixture::start().await;
+    let eip = f.ok("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2")]).await["EIPSet"][0]["EIPId"].as_str().unwrap().to_string();
+    // Sign the flattened form (EIPIds.0), send the nested JSON form.
+    let pairs = Fixture::signed("DescribeEIP", &[("EIPIds.0", &eip), ("Limit", "10")]);
+    let mut body = serde_json::Map::new();
+    for (k, v) in &pairs {
+        if k == "EIPIds.0" {
+            body.insert("EIPIds".into(), json!([v]));
+        } else if k == "Limit" {
+            body.insert("Limit".into(), json!(10.0));
+        } else {
+            body.insert(k.clone(), json!(v));
+        }
+    }
+    let v: serde_json::Value = f.http.post(format!("{}/", f.url())).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["RetCode"], 0, "{v}");
+    assert_eq!(v["EIPSet"][0]["EIPId"], eip.as_str());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_closes_open_streams() {
+    let f = Fixture::start().await;
+    f.create(&fixture::simple_pod("uid-shut")).await;
+    let t = f.ok("GetCubeToken", &[("Uid", "uid-shut"), ("ContainerName", "app")]).await["Token"].as_str().unwrap().to_string();
+    let stream = f.http.get(format!("{}/cube-stream/logs?token={t}&follow=true", f.url())).send().await.unwrap();
+    let url = f.url();
+    let http = f.http.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(5), f.shutdown()).await.expect("shutdown does not wait for the open stream");
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), stream.bytes()).await.expect("stream ends");
+    let _ = rest; // ended (cleanly or not): the point is that it ended
+    assert!(http.post(format!("{url}/")).send().await.is_err(), "nothing listens any more");
+}
