@@ -56,6 +56,17 @@ pub async fn handle(State(sim): State<Shared>, RawQuery(q): RawQuery, ws: Result
         let Some(container) = inst.pod.container(&t.container).cloned() else {
             return (StatusCode::NOT_FOUND, format!("container {} not found\n", t.container)).into_response();
         };
+        // Like the kubelet: exec and attach need a running container.
+        let view = crate::lifecycle::observe(inst, &sim.cfg, now);
+        let current = view.containers.iter().find(|c| c.name == container.name).map(|c| c.state.clone());
+        if !matches!(current, Some(crate::lifecycle::ContainerState::Running { .. })) {
+            let why = match current {
+                Some(crate::lifecycle::ContainerState::Waiting { reason }) => reason,
+                Some(crate::lifecycle::ContainerState::Terminated { reason, .. }) => reason,
+                _ => "not started".into(),
+            };
+            return (StatusCode::BAD_REQUEST, format!("container {} is not running ({why})\n", container.name)).into_response();
+        }
         let files = inst.pod.mounted_files(&container).into_iter().map(|f| (f.path, f.content)).collect();
         ExecRequest {
             cube_id: inst.cube_id.clone(),

@@ -249,3 +249,17 @@ async fn attach_streams_the_main_process_output() {
     assert!(text(&b[1..]).contains("cube-sim: app tick"));
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn exec_needs_a_running_container() {
+    let mut cfg = fixture::config();
+    cfg.lifecycle.pending_ms = 60_000;
+    let f = Fixture::with(cfg).await;
+    f.create(&exec_pod("uid-x8")).await;
+    let v = f.ok("GetCubeExecToken", &[("Uid", "uid-x8"), ("ContainerName", "app")]).await;
+    let url = v["TerminalUrl"].as_str().unwrap().replacen("ws://", "http://", 1) + "&command=ls";
+    let resp = f.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("not running"));
+    f.shutdown().await;
+}
