@@ -270,3 +270,92 @@ pub fn render_base64(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> Strin
     let yaml = serde_yaml_ng::to_string(&render(inst, cfg, now)).unwrap_or_default();
     B64.encode(yaml)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::podspec::CubePod;
+
+    fn instance(command: &str, policy: &str, cfg: &Config) -> Instance {
+        let yaml = format!(
+            "metadata: {{name: p, uid: u}}\nspec:\n  restartPolicy: {policy}\n  containers:\n  - name: app\n    image: uhub.service.ucloud.cn/x/y:1\n    command: {command}\n    resources: {{limits: {{cpu: 1, memory: 1Gi}}}}\n"
+        );
+        let t0 = DateTime::parse_from_rfc3339("2026-11-26T16:00:00Z").unwrap().with_timezone(&Utc);
+        Instance {
+            cube_id: "cube-test".into(),
+            uid: Some("u".into()),
+            region: "cn-bj2".into(),
+            zone: "cn-bj2-05".into(),
+            project_id: String::new(),
+            vpc_id: "uvnet-1".into(),
+            subnet_id: "subnet-1".into(),
+            group: None,
+            deployment_id: None,
+            name: "p".into(),
+            tag: "Default".into(),
+            charge_type: "Postpay".into(),
+            quantity: 1,
+            cpu_platform: "Auto".into(),
+            pod: CubePod::from_yaml(&yaml, cfg).unwrap(),
+            created_at: t0,
+            started_at: t0,
+            reboots: 0,
+            pod_ip: "10.23.0.2".into(),
+            eip_id: None,
+            deleted_at: None,
+        }
+    }
+
+    fn at(inst: &Instance, secs: i64) -> DateTime<Utc> {
+        inst.started_at + Duration::seconds(secs)
+    }
+
+    #[test]
+    fn restart_policy_decides_between_terminated_and_crash_loop() {
+        let mut cfg = Config::default();
+        cfg.lifecycle.pending_ms = 0;
+        cfg.lifecycle.creating_ms = 0;
+        cfg.lifecycle.crash_interval_secs = 10;
+        let cases = [
+            ("[echo, hi]", "Never", 5, "Completed", 0),
+            ("[sh, -c, 'exit 2']", "Never", 5, "Error", 0),
+            ("[echo, hi]", "OnFailure", 5, "Completed", 0),
+            ("[sh, -c, 'exit 2']", "OnFailure", 5, "CrashLoopBackOff", 0),
+            ("[sh, -c, 'exit 2']", "OnFailure", 25, "CrashLoopBackOff", 2),
+            ("[echo, hi]", "Always", 15, "CrashLoopBackOff", 1),
+            ("[sh, -c, 'sleep 30']", "Always", 5, "Running", 0),
+            ("[sh, -c, 'sleep 30']", "Always", 45, "Running", 1),
+            ("[nginx]", "Always", 500, "Running", 0),
+        ];
+        for (command, policy, secs, phase, restarts) in cases {
+            let inst = instance(command, policy, &cfg);
+            let view = observe(&inst, &cfg, at(&inst, secs));
+            assert_eq!((view.phase, view.containers[0].restart_count), (phase, restarts), "{command} {policy} at {secs}s");
+        }
+    }
+
+    #[test]
+    fn pending_and_creating_come_before_running() {
+        let mut cfg = Config::default();
+        cfg.lifecycle.pending_ms = 1000;
+        cfg.lifecycle.creating_ms = 2000;
+        let inst = instance("[nginx]", "Always", &cfg);
+        assert_eq!(observe(&inst, &cfg, at(&inst, 0)).phase, "Pending");
+        assert_eq!(observe(&inst, &cfg, at(&inst, 2)).phase, "ContainerCreating");
+        let running = observe(&inst, &cfg, at(&inst, 3));
+        assert_eq!(running.phase, "Running");
+        assert_eq!(running.start_time, Some(at(&inst, 3)));
+    }
+
+    #[test]
+    fn render_keeps_client_metadata_and_adds_cube_fields() {
+        let cfg = Config::default();
+        let inst = instance("[nginx]", "Always", &cfg);
+        let doc = render(&inst, &cfg, at(&inst, 60));
+        assert_eq!(doc["metadata"]["uid"].as_str(), Some("u"));
+        assert_eq!(doc["metadata"]["cubeId"].as_str(), Some("cube-test"));
+        assert_eq!(doc["metadata"]["provider"]["zone"].as_str(), Some("cn-bj2-05"));
+        assert_eq!(doc["status"]["phase"].as_str(), Some("Running"));
+        assert_eq!(doc["status"]["podIp"].as_str(), Some("10.23.0.2"));
+    }
+}
