@@ -19,6 +19,8 @@ pub struct Sim {
     /// `http://127.0.0.1:PORT`, for TerminalUrl.
     pub base_url: String,
     pub shutdown: CancellationToken,
+    /// Serialises saves so two concurrent writers never interleave in the temp file.
+    pub saving: Mutex<()>,
 }
 
 /// Faults plus what is left of the counted ones (bursts, create timeouts).
@@ -43,6 +45,7 @@ impl Sim {
     /// Saves the records when a state file is configured. Called after mutating actions.
     pub fn persist(&self) {
         if let Some(path) = &self.cfg.state_file {
+            let _one_writer = self.saving.lock();
             let bytes = self.state.lock().snapshot();
             if let Err(e) = crate::state::save_to(path, &bytes) {
                 tracing::warn!(error = %e, path = %path.display(), "could not save simulator state");

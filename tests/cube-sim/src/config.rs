@@ -217,6 +217,19 @@ impl Config {
             .collect()
     }
 
+    /// Adds an accepted key pair (builder style, for in-process tests).
+    pub fn with_key(mut self, public: &str, private: &str) -> Self {
+        self.keys.push(KeyPair { public: public.to_string(), private: private.to_string() });
+        self
+    }
+
+    /// Instances go Running at once (no Pending/ContainerCreating phase).
+    pub fn without_delays(mut self) -> Self {
+        self.lifecycle.pending_ms = 0;
+        self.lifecycle.creating_ms = 0;
+        self
+    }
+
     pub fn private_key_of(&self, public: &str) -> Option<&str> {
         self.keys.iter().find(|k| k.public == public).map(|k| k.private.as_str())
     }

@@ -69,6 +69,7 @@ impl Simulator {
             state: Mutex::new(state),
             base_url: url.clone(),
             shutdown: shutdown.clone(),
+            saving: Mutex::new(()),
         });
         let tracker = TaskTracker::new();
         let accept = tokio::spawn(server::serve(listener, app::router(sim.clone()), shutdown.clone(), tracker.clone()));
