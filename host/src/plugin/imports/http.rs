@@ -37,15 +37,17 @@ fn http_scheme(scheme: &str) -> Option<&'static str> {
 }
 
 impl Allowlist {
-    /// Parses the operator's prefixes; an entry that is not an absolute http(s) URL is refused so
+    /// Parses the operator's prefixes; an entry that is not an absolute http(s)/ws(s) URL is refused so
     /// a typo does not silently deny (or grant) more than meant.
     pub fn parse(entries: &[String]) -> Result<Self, String> {
         let mut prefixes = Vec::new();
         for entry in entries {
             let url = Url::parse(entry).map_err(|e| format!("allowed_urls entry {entry:?}: {e}"))?;
-            let scheme = http_scheme(url.scheme())
-                .filter(|s| *s == url.scheme())
-                .ok_or_else(|| format!("allowed_urls entry {entry:?}: only http:// and https:// are accepted"))?;
+            // `wss://host/` and `https://host/` name the same endpoint (a WebSocket is an HTTP
+            // upgrade), so either spelling grants both.
+            let scheme = http_scheme(url.scheme()).ok_or_else(|| {
+                format!("allowed_urls entry {entry:?}: only http://, https://, ws:// and wss:// are accepted")
+            })?;
             let host = url.host_str().ok_or_else(|| format!("allowed_urls entry {entry:?}: no host"))?;
             if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
                 return Err(format!("allowed_urls entry {entry:?}: must not carry credentials or a query"));
@@ -210,6 +212,14 @@ mod tests {
         assert!(!a.allows_str("https://api.example.com/v1/%2e%2e/admin"));
         assert!(!a.allows_str("file:///etc/passwd"));
         assert!(!a.allows_str("not a url"));
+    }
+
+    #[test]
+    fn a_websocket_entry_grants_the_same_endpoint() {
+        let a = list(&["wss://api.example.com/"]);
+        assert!(a.allows_str("wss://api.example.com/exec"));
+        assert!(a.allows_str("https://api.example.com/logs"));
+        assert!(!a.allows_str("http://api.example.com/logs"));
     }
 
     #[test]
