@@ -357,6 +357,15 @@ id = "bj"
 "#;
 
     #[test]
+    fn the_documented_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+        let c = DaemonConfig::load(&path).unwrap();
+        assert_eq!(c.nodes[0].taint_value.as_deref(), Some("cube"));
+        assert_eq!(c.nodes[0].provider["zone"].as_str(), Some("cn-bj2-05"));
+        assert!(c.nodes[0].secrets.contains_key("private_key"));
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = DaemonConfig::parse(MINIMAL, Path::new("t.toml")).unwrap();
         assert_eq!(c.nodes[0].max_pods, 200);

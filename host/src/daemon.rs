@@ -23,7 +23,10 @@ pub fn identity(config: &DaemonConfig) -> String {
 
 /// Loads the plugin with every node's config as its smoke test.
 pub async fn load_plugin(config: &DaemonConfig) -> anyhow::Result<Arc<Plugin>> {
-    let rt = PluginRuntime::new()?;
+    load_plugin_with(config, PluginRuntime::new()?).await
+}
+
+async fn load_plugin_with(config: &DaemonConfig, rt: Arc<PluginRuntime>) -> anyhow::Result<Arc<Plugin>> {
     let mut smoke = Vec::new();
     for n in &config.nodes {
         smoke.push((n.id.clone(), n.provider_json()?.to_string()));
@@ -31,28 +34,66 @@ pub async fn load_plugin(config: &DaemonConfig) -> anyhow::Result<Arc<Plugin>> {
     Ok(Plugin::load(rt, config.plugin.clone(), smoke).await?)
 }
 
+/// A running daemon: its node runners, plugin watcher and admin endpoint, owned by one token.
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    /// Where the admin endpoint listens, if enabled.
+    pub admin_addr: Option<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Loads the plugin and starts everything; `runtime` lets several daemons in one process
+    /// share a plugin runtime (and so the plugins' key-value stores).
+    pub async fn start(config: DaemonConfig, runtime: Option<Arc<PluginRuntime>>) -> anyhow::Result<Daemon> {
+        let client = crate::apiclient::client(config.kubeconfig.as_deref(), &config.api).await?;
+        let rt = match runtime {
+            Some(rt) => rt,
+            None => PluginRuntime::new()?,
+        };
+        let plugin = load_plugin_with(&config, rt).await?;
+        let info = plugin.info();
+        tracing::info!(plugin = %info.name, version = %info.version, contract = %info.contract_version, "provider plugin loaded");
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let mut tasks = vec![plugin.spawn_watcher(shutdown.clone())];
+        let (admin_addr, admin) = start_admin(&config, plugin.clone(), metrics.clone(), shutdown.clone()).await?;
+        tasks.extend(admin);
+        let shared = Arc::new(Shared { client, plugin, identity: identity(&config), metrics, config: config.clone() });
+        for n in &config.nodes {
+            tasks.push(tokio::spawn(node::run(shared.clone(), n.clone(), shutdown.clone())));
+        }
+        Ok(Daemon { shared, admin_addr, shutdown, tasks })
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.shared.plugin
+    }
+
+    /// Graceful stop: no new work, in-flight syncs finish, election leases are handed over;
+    /// instances keep running.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("stopped; instances keep running");
+    }
+
+    /// Stops everything at once without handing anything over, as a crash would.
+    pub fn abort(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = crate::apiclient::client(config.kubeconfig.as_deref(), &config.api).await?;
-    let plugin = load_plugin(&config).await?;
-    let info = plugin.info();
-    tracing::info!(plugin = %info.name, version = %info.version, contract = %info.contract_version, "provider plugin loaded");
-    let metrics = Arc::new(Metrics::new());
-    let watcher = plugin.spawn_watcher(shutdown.clone());
-    let admin = start_admin(&config, plugin.clone(), metrics.clone(), shutdown.clone()).await?;
-    let shared = Arc::new(Shared { client, plugin, identity: identity(&config), metrics, config: config.clone() });
-    let mut runners = Vec::new();
-    for n in &config.nodes {
-        runners.push(tokio::spawn(node::run(shared.clone(), n.clone(), shutdown.clone())));
-    }
-    for r in runners {
-        let _ = r.await;
-    }
-    let _ = watcher.await;
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
-    tracing::info!("stopped; instances keep running");
+    let daemon = Daemon::start(config, None).await?;
+    shutdown.cancelled().await;
+    daemon.stop().await;
     Ok(())
 }
 
@@ -61,14 +102,15 @@ async fn start_admin(
     plugin: Arc<Plugin>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<(Option<std::net::SocketAddr>, Option<tokio::task::JoinHandle<()>>)> {
     if config.admin.listen.is_empty() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let listener = tokio::net::TcpListener::bind(&config.admin.listen)
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", config.admin.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "admin endpoint (/metrics, /plugin/reload)");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "admin endpoint (/metrics, /plugin/reload)");
     let metrics_plugin = plugin.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -84,7 +126,8 @@ async fn start_admin(
             }),
         )
         .merge(crate::plugin::admin_router(plugin));
-    Ok(Some(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-    })))
+    });
+    Ok((Some(addr), Some(task)))
 }

@@ -36,6 +36,7 @@ pub fn repo_root() -> PathBuf {
 /// The control plane of this test binary, started on first use. Extra apiserver flags may be
 /// given through `VKCUBE_APISERVER_FLAGS` before the first call.
 pub fn cluster() -> &'static Cluster {
+    init_tracing();
     CLUSTER.get_or_init(|| start_cluster(&[]))
 }
 
@@ -43,6 +44,12 @@ pub fn cluster() -> &'static Cluster {
 /// feature gate); later callers get the same cluster.
 pub fn cluster_with_apiserver_flags(flags: &[&str]) -> &'static Cluster {
     CLUSTER.get_or_init(|| start_cluster(flags))
+}
+
+/// Daemon logs in test output, filtered by `RUST_LOG` (quiet by default).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
 }
 
 fn start_cluster(apiserver_flags: &[&str]) -> Cluster {
@@ -163,3 +170,5 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+pub mod daemon;

@@ -169,7 +169,7 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         plugin: plugin_info.clone(),
         offer,
     };
-    let name = registration::find_or_create(&client, &shape).await?;
+    let (name, exists) = registration::find_or_name(&client, &shape).await?;
     let ctx = NodeContext::new(
         client.clone(),
         shared.plugin.clone(),
@@ -183,6 +183,9 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         .await
         .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
     shape.kubelet_port = server.port();
+    if !exists {
+        registration::create(&client, &name, &shape).await?;
+    }
     registration::reconcile_metadata(&client, &name, &shape).await?;
     registration::patch_status(&client, &name, &shape)
         .await

@@ -45,9 +45,9 @@ pub struct NodeShape {
     pub offer: NodeOffer,
 }
 
-/// Finds this config node's Node by its identity labels, or creates it under a fresh name.
-/// Returns the node name.
-pub async fn find_or_create(client: &Client, shape: &NodeShape) -> Result<String, RegistrationError> {
+/// Finds this config node's Node by its identity labels (`true`), or mints a fresh name for it
+/// (`false`) once the cluster's limit of virtual nodes allows one more.
+pub async fn find_or_name(client: &Client, shape: &NodeShape) -> Result<(String, bool), RegistrationError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let api_err = |node: &str| {
         let node = node.to_string();
@@ -61,7 +61,7 @@ pub async fn find_or_create(client: &Client, shape: &NodeShape) -> Result<String
         .items;
     mine.sort_by_key(|n| n.metadata.creation_timestamp.clone().map(|t| t.0));
     if let Some(existing) = mine.into_iter().next() {
-        return Ok(existing.metadata.name.unwrap_or_default());
+        return Ok((existing.metadata.name.unwrap_or_default(), true));
     }
     let virtual_nodes = nodes
         .list(&ListParams::default().labels(&format!("{}={}", TYPE_LABEL.0, TYPE_LABEL.1)))
@@ -72,9 +72,7 @@ pub async fn find_or_create(client: &Client, shape: &NodeShape) -> Result<String
         let names: Vec<String> = virtual_nodes.iter().filter_map(|n| n.metadata.name.clone()).collect();
         return Err(RegistrationError::TooManyNodes { existing: names.len(), names: names.join(", ") });
     }
-    let name = naming::new_node_name(&shape.cluster_id);
-    create(client, &name, shape).await?;
-    Ok(name)
+    Ok((naming::new_node_name(&shape.cluster_id), false))
 }
 
 /// Creates the Node object (metadata, spec and status) under `name`.

@@ -2,7 +2,7 @@
 //! validation) on one file, outside any daemon, with a report an author can read.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -50,8 +50,12 @@ pub async fn check_with(
         Some(config) => {
             let config = config.to_string();
             let started = Instant::now();
-            loaded.smoke_test(&[(node.to_owned(), config.clone())]).await?;
-            let normalized = loaded.validate_config(node, &config).await.unwrap_or_default();
+            let normalized = loaded.validate_config(node, &config).await.map_err(|source| LoadError::ConfigRejected {
+                plugin: loaded.info.name.clone(),
+                version: loaded.info.version.clone(),
+                node: node.to_owned(),
+                source,
+            })?;
             Some(SmokeResult { node: node.to_owned(), normalized, took_ms: started.elapsed().as_secs_f64() * 1e3 })
         }
     };
@@ -101,7 +105,7 @@ pub fn read_config_file(path: &Path) -> Result<serde_json::Value, String> {
 }
 
 /// Used by the CLI to say which file a failure concerns when the error itself does not.
-pub fn describe_failure(path: &PathBuf, error: &LoadError) -> String {
+pub fn describe_failure(path: &Path, error: &LoadError) -> String {
     match error {
         LoadError::Settings(_) | LoadError::Runtime(_) => format!("{}: {error}", path.display()),
         _ => error.to_string(),

@@ -171,15 +171,28 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let sync_shutdown = shutdown.clone();
     let sync = tokio::spawn(async move { status_sync_loop(sync_ctx, store, sync_shutdown).await });
     let token = shutdown.clone();
-    controller
+    let running = controller
         .graceful_shutdown_on(async move { token.cancelled().await })
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "pod controller");
             }
-        })
-        .await;
+        });
+    // Graceful shutdown lets in-flight syncs finish; but kube-runtime's controller never ends
+    // when stopped before its cache is ready, so bound the wait.
+    let ready_store = ctx.store.lock().unwrap().clone().expect("store set above");
+    let deadline = async {
+        shutdown.cancelled().await;
+        let ready = futures::FutureExt::now_or_never(ready_store.wait_until_ready()).is_some();
+        if ready {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    };
+    tokio::select! {
+        _ = running => {}
+        _ = deadline => tracing::info!(node = %ctx.node_name, "pod controller stopped without waiting for the rest of its syncs"),
+    }
     let _ = sync.await;
 }
 

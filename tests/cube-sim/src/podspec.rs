@@ -339,10 +339,14 @@ fn validate_pull_secrets(spec: &Spec) -> Result<(), ApiError> {
                 return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}]: unknown field {key:?}; allowed: {}", FIELDS.join(", "))));
             }
         }
-        for required in ["registryServer", "username", "password"] {
-            if s.get(required).and_then(Value::as_str).unwrap_or_default().is_empty() {
-                return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].{required} is required")));
-            }
+        // Credentials are optional (a registry reached inside the VPC may need none); a
+        // username without its password is not.
+        if s.get("registryServer").and_then(Value::as_str).unwrap_or_default().is_empty() {
+            return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].registryServer is required")));
+        }
+        let has = |k: &str| !s.get(k).and_then(Value::as_str).unwrap_or_default().is_empty();
+        if has("username") != has("password") {
+            return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}]: username and password go together")));
         }
         if let Some(addr) = s.get("registryaddr").and_then(Value::as_str) {
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
@@ -481,6 +485,15 @@ mod tests {
     fn rejects_docker_hub_images() {
         let y = pod("  - name: a\n    image: nginx:1\n    resources:\n      limits:\n        cpu: 1\n        memory: 1Gi", "    []");
         assert!(check(&y).unwrap_err().to_string().contains("Docker Hub"));
+    }
+
+    #[test]
+    fn accepts_pull_secrets_without_credentials_but_not_half_of_them() {
+        let base = pod(&c("a", "1", "1Gi"), "    []");
+        let none = base.clone() + "  imagePullSecrets:\n  - registryServer: uhub.service.ucloud.cn\n";
+        assert!(check(&none).is_ok());
+        let half = base + "  imagePullSecrets:\n  - registryServer: uhub.service.ucloud.cn\n    username: u\n";
+        assert!(check(&half).unwrap_err().to_string().contains("go together"));
     }
 
     #[test]

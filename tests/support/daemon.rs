@@ -1,0 +1,91 @@
+//! Running the vkhost daemon in a test: built plugins, per-test configs (a fresh cluster id so
+//! node names never collide), in-process daemons with crash-like abort.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use vkhost::config::DaemonConfig;
+use vkhost::daemon::Daemon;
+use vkhost::plugin::PluginRuntime;
+
+use crate::{wait_for, Cluster};
+
+/// Where `plugins/build` put the plugins (`$VKCUBE_PLUGIN_DIR` overrides).
+pub fn plugin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VKCUBE_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::repo_root().join("target"))
+            .join("plugins")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `plugins/build` (or `make test`) first", path.display());
+    path
+}
+
+/// A cluster id no other test uses.
+pub fn fresh_cluster_id() -> String {
+    let chars = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let tail: String = (0..8).map(|_| chars[rand::random_range(0..chars.len())] as char).collect();
+    format!("uk8s-{tail}")
+}
+
+/// One plugin runtime for the whole test binary: daemons in one process then share the plugins'
+/// key-value stores, as replicas share a real backend.
+pub fn shared_runtime() -> Arc<PluginRuntime> {
+    static RT: OnceLock<Arc<PluginRuntime>> = OnceLock::new();
+    RT.get_or_init(|| PluginRuntime::new().expect("plugin runtime")).clone()
+}
+
+/// A daemon config for the example provider with one node labelled `vkcube-test=<label>`,
+/// tainted like the guide's nodes (`virtual-kubelet.io/provider=cube`).
+pub fn example_config(cluster: &Cluster, cluster_id: &str, label: &str, extra: &str) -> String {
+    format!(
+        r#"
+cluster_id = "{cluster_id}"
+kubeconfig = "{kubeconfig}"
+{extra}
+[plugin]
+path = "{plugin}"
+[pods]
+status_sync_seconds = 2
+orphan_sweep_seconds = 5
+[ha]
+lease_duration_seconds = 6
+[admin]
+listen = "127.0.0.1:0"
+[[nodes]]
+id = "n1"
+taint_value = "cube"
+labels = {{ "vkcube-test" = "{label}" }}
+"#,
+        kubeconfig = cluster.kubeconfig.display(),
+        plugin = plugin_path("example").display(),
+    )
+}
+
+/// Starts a daemon in this process.
+pub async fn start(config: &str) -> Daemon {
+    let cfg = DaemonConfig::parse(config, std::path::Path::new("test.toml")).expect("test config");
+    Daemon::start(cfg, Some(shared_runtime())).await.expect("daemon start")
+}
+
+/// The node a daemon registered for config node `n1` of `cluster_id`, once it is Ready.
+pub async fn node_of(client: &Client, cluster_id: &str) -> Node {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let selector = format!("vkcube.io/cluster-id={cluster_id},vkcube.io/node-id=n1");
+    wait_for(Duration::from_secs(60), "virtual node Ready", || async {
+        let list = nodes.list(&ListParams::default().labels(&selector)).await.ok()?;
+        list.items.into_iter().find(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    })
+    .await
+}
