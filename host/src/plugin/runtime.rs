@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::plugin::error::LoadError;
 use crate::plugin::imports::HostState;
@@ -36,7 +36,18 @@ impl PluginRuntime {
         // The contract has no component-model-async functions; the concurrent machinery would
         // only add cost to every call.
         config.concurrency_support(false);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Runtime(format!("creating the engine: {e:#}")))?;
+        // Every call instantiates afresh, so instances come from a pool of pre-reserved slots
+        // (reused with a cheap reset) instead of an mmap/munmap per call. The pool needs a large
+        // virtual address space; where it cannot be reserved, fall back to on-demand allocation.
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config()));
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(error = %e, "instance pool unavailable; allocating instances on demand");
+                Engine::new(&config).map_err(|e| LoadError::Runtime(format!("creating the engine: {e:#}")))?
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -88,6 +99,26 @@ impl Drop for PluginRuntime {
             let _ = handle.join();
         }
     }
+}
+
+/// Calls in flight at once, across all plugins and versions; a call beyond it fails to
+/// instantiate (a retryable error) rather than exhausting memory.
+pub const MAX_CONCURRENT_CALLS: u32 = 256;
+
+fn pool_config() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    // A Rust wasm32-wasip2 component has a handful of core instances and one memory; the
+    // per-plugin memory cap is enforced by the store limiter, below this slot size.
+    pool.total_component_instances(MAX_CONCURRENT_CALLS)
+        .total_core_instances(MAX_CONCURRENT_CALLS * 8)
+        .max_core_instances_per_component(16)
+        .total_memories(MAX_CONCURRENT_CALLS * 2)
+        .max_memories_per_component(4)
+        .total_tables(MAX_CONCURRENT_CALLS * 4)
+        .max_tables_per_component(8)
+        .total_stacks(MAX_CONCURRENT_CALLS)
+        .max_memory_size(4 << 30);
+    pool
 }
 
 /// Epoch ticks covering `d`, at least one.
