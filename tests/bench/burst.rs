@@ -1,0 +1,712 @@
+//! The pod-burst benchmark: one real control plane, `vkhost` (or the upstream Go virtual-kubelet,
+//! the baseline) as a subprocess, `cube-sim` for the Cube provider, N replicas created at once and
+//! every pod followed by a watch; prints startup latency percentiles, burst and teardown times, and
+//! the daemon's memory and CPU.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::ResourceExt;
+use serde_json::json;
+use vkcube_e2e::daemon::{fresh_cluster_id, plugin_path};
+
+const USAGE: &str = "\
+pod-burst benchmark: vkhost (a subprocess) against a real control plane on loopback
+
+usage:
+  cargo build --release -p vkhost -p cube-sim && plugins/build example cube
+  cargo run --release -p vkcube-e2e --example burst -- [--pods N] [--provider example|cube] [--nodes N]
+                                                       [--timeout SECS] [--daemon vkhost|upstream]
+
+  --pods N        replicas in the burst (default 200; at most 200 per node)
+  --provider P    example (instances in memory, Running at once) or cube (cube-sim with zero
+                  provisioning delay) (default example)
+  --nodes N       virtual nodes (1..=8); one Deployment of pods/N replicas per node (default 1)
+  --timeout SECS  bound on each phase: nodes Ready, all Running, all gone (default 600)
+  --daemon D      vkhost (default), or upstream: the Go virtual-kubelet v1.14.1 with an in-memory
+                  mock provider, the baseline (build it with tests/bench/upstream-vk/build;
+                  binary ~/.cache/vkcube/upstream-vk/virtual-kubelet, or --upstream-bin PATH);
+                  upstream implies --provider example semantics (pods Running at once)
+
+Run with the same CARGO_TARGET_DIR as the builds. Binaries come from ${CARGO_TARGET_DIR:-<repo>/target}/release/{vkhost,cube-sim} and plugins from
+${CARGO_TARGET_DIR:-<repo>/target}/plugins (override with VKCUBE_PLUGIN_DIR). The control plane is
+built by tests/cluster/build on first use (make cluster-binaries).";
+
+const APP: &str = "burst";
+const SIM_PUBLIC: &str = "burst-public";
+const SIM_PRIVATE: &str = "burst-private-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Provider {
+    Example,
+    Cube,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DaemonKind {
+    Vkhost,
+    Upstream,
+}
+
+#[derive(Debug)]
+struct Args {
+    daemon: DaemonKind,
+    upstream_bin: Option<PathBuf>,
+    pods: usize,
+    nodes: usize,
+    provider: Provider,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args { daemon: DaemonKind::Vkhost, upstream_bin: None, pods: 200, nodes: 1, provider: Provider::Example, timeout: Duration::from_secs(600) };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n\n{USAGE}"));
+        match flag.as_str() {
+            "--pods" => args.pods = value("--pods")?.parse().context("--pods must be a positive integer")?,
+            "--nodes" => args.nodes = value("--nodes")?.parse().context("--nodes must be an integer from 1 to 8")?,
+            "--timeout" => args.timeout = Duration::from_secs(value("--timeout")?.parse().context("--timeout must be seconds")?),
+            "--provider" => {
+                args.provider = match value("--provider")?.as_str() {
+                    "example" => Provider::Example,
+                    "cube" => Provider::Cube,
+                    other => bail!("--provider is {other:?}, but must be example or cube"),
+                }
+            }
+            "--daemon" => {
+                args.daemon = match value("--daemon")?.as_str() {
+                    "vkhost" => DaemonKind::Vkhost,
+                    "upstream" => DaemonKind::Upstream,
+                    other => bail!("--daemon is {other:?}, but must be vkhost or upstream"),
+                }
+            }
+            "--upstream-bin" => args.upstream_bin = Some(PathBuf::from(value("--upstream-bin")?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    if !(1..=8).contains(&args.nodes) {
+        bail!("--nodes is {}, but must be from 1 to 8 (a daemon serves at most 8 virtual nodes)", args.nodes);
+    }
+    if args.pods == 0 || args.pods > 200 * args.nodes {
+        bail!("--pods is {}, but must be from 1 to {} (200 per node with --nodes {})", args.pods, 200 * args.nodes, args.nodes);
+    }
+    if args.daemon == DaemonKind::Upstream && args.provider == Provider::Cube {
+        bail!("--daemon upstream runs the upstream mock provider only; leave out --provider cube");
+    }
+    Ok(args)
+}
+
+fn upstream_binary(args: &Args) -> Result<PathBuf> {
+    let path = match &args.upstream_bin {
+        Some(p) => p.clone(),
+        None => {
+            let cache = std::env::var_os("VKCUBE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vkcube"));
+            cache.join("upstream-vk/virtual-kubelet")
+        }
+    };
+    if !path.exists() {
+        bail!("{} is missing: run tests/bench/upstream-vk/build first", path.display());
+    }
+    Ok(path)
+}
+
+fn release_binary(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| vkcube_e2e::repo_root().join("target"));
+    let path = target.join("release").join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --release -p {name}` first (same CARGO_TARGET_DIR)", path.display());
+    }
+    Ok(path)
+}
+
+/// A subprocess stopped with SIGTERM (then SIGKILL after 10 s) when dropped, so a failed run
+/// leaves nothing behind.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop within 10 s of SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Fails naming the log file if the process has exited.
+    fn ensure_alive(&mut self, log: &Path) -> Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!("{} exited ({status}); see {}", self.name, log.display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts cube-sim with no provisioning delay; returns it and its URL (`http://127.0.0.1:PORT`).
+fn start_sim(run_dir: &Path) -> Result<(Proc, String)> {
+    let bin = release_binary("cube-sim")?;
+    let log = std::fs::File::create(run_dir.join("cube-sim.log"))?;
+    let mut child = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--key", &format!("{SIM_PUBLIC}:{SIM_PRIVATE}"), "--pending-ms", "0", "--creating-ms", "0"])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let proc = Proc { name: "cube-sim", child };
+    let first = lines.next().context("cube-sim printed nothing")??;
+    let url = first
+        .strip_prefix("listening on ")
+        .with_context(|| format!("cube-sim's first line is {first:?}, expected `listening on http://127.0.0.1:PORT`"))?
+        .trim()
+        .to_string();
+    // Keep draining stdout so the simulator never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((proc, url))
+}
+
+/// The daemon config: `nodes` virtual nodes labelled `vkcube-bench=<run>-<i>`, tainted like the
+/// guide's nodes; settings left at their defaults except the admin port (any free one).
+fn daemon_config(args: &Args, kubeconfig: &Path, cluster_id: &str, run: &str, sim_url: Option<&str>) -> Result<String> {
+    let plugin = plugin_path(match args.provider {
+        Provider::Example => "example",
+        Provider::Cube => "cube",
+    });
+    let mut cfg = format!(
+        "cluster_id = \"{cluster_id}\"\nkubeconfig = \"{}\"\n\n[plugin]\npath = \"{}\"\n",
+        kubeconfig.display(),
+        plugin.display()
+    );
+    if let Some(url) = sim_url {
+        let ws = url.replacen("http://", "ws://", 1);
+        cfg.push_str(&format!("allowed_urls = [\"{url}/\", \"{ws}/\"]\n"));
+    }
+    cfg.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for i in 0..args.nodes {
+        let share = pods_on_node(args, i);
+        cfg.push_str(&format!(
+            "\n[[nodes]]\nid = \"n{}\"\nmax_pods = {}\ntaint_value = \"cube\"\nlabels = {{ \"vkcube-bench\" = \"{run}-{i}\" }}\n",
+            i + 1,
+            share.max(1)
+        ));
+        if let Some(url) = sim_url {
+            cfg.push_str(&format!(
+                "[nodes.provider]\napi_url = \"{url}\"\nregion = \"cn-bj2\"\nzone = \"cn-bj2-05\"\n\
+                 vpc_id = \"uvnet-burst\"\nsubnet_id = \"subnet-burst\"\nmax_pods = {}\n\
+                 [nodes.secrets]\npublic_key = {{ env = \"CUBE_PUBLIC_KEY\" }}\nprivate_key = {{ env = \"CUBE_PRIVATE_KEY\" }}\n",
+                share.max(1)
+            ));
+        }
+    }
+    Ok(cfg)
+}
+
+/// Replicas of the Deployment pinned to node `i`: the pods split as evenly as possible.
+fn pods_on_node(args: &Args, i: usize) -> usize {
+    args.pods / args.nodes + usize::from(i < args.pods % args.nodes)
+}
+
+fn deployment(name: &str, node_label: &str, replicas: usize) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": APP, "deployment": name}},
+            "template": {
+                "metadata": {"labels": {"app": APP, "deployment": name}},
+                "spec": {
+                    "nodeSelector": {"type": "virtual-kubelet", "vkcube-bench": node_label},
+                    "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "cube", "effect": "NoSchedule"}],
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "nginx", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
+                                    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
+                }
+            }
+        }
+    }))
+    .expect("static deployment")
+}
+
+/// What the watch saw of one pod, in monotonic time (`Instant`) and in the server's timestamps
+/// (milliseconds since the epoch; whole seconds, the API's resolution).
+#[derive(Debug, Default)]
+struct PodTimes {
+    seen: Option<Instant>,
+    bound: Option<Instant>,
+    ready: Option<Instant>,
+    deleting: Option<Instant>,
+    gone: Option<Instant>,
+    created_ms: Option<i64>,
+    ready_transition_ms: Option<i64>,
+}
+
+#[derive(Default)]
+struct Observed {
+    pods: HashMap<String, PodTimes>,
+    live: HashSet<String>,
+}
+
+impl Observed {
+    fn apply(&mut self, pod: &Pod, now: Instant) {
+        let uid = pod.uid().unwrap_or_default();
+        self.live.insert(uid.clone());
+        let t = self.pods.entry(uid).or_default();
+        t.seen.get_or_insert(now);
+        if t.created_ms.is_none() {
+            t.created_ms = pod.metadata.creation_timestamp.as_ref().map(|c| c.0.as_millisecond());
+        }
+        if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+            t.bound.get_or_insert(now);
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            t.deleting.get_or_insert(now);
+        }
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"));
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if let (Some(c), true) = (ready, running) {
+            if t.ready.is_none() {
+                t.ready = Some(now);
+                t.ready_transition_ms = c.last_transition_time.as_ref().map(|l| l.0.as_millisecond());
+            }
+        }
+    }
+
+    fn gone(&mut self, uid: &str, now: Instant) {
+        self.live.remove(uid);
+        if let Some(t) = self.pods.get_mut(uid) {
+            t.gone.get_or_insert(now);
+        }
+    }
+
+    fn ready_count(&self) -> usize {
+        self.live.iter().filter(|u| self.pods[*u].ready.is_some()).count()
+    }
+}
+
+/// Follows the watch until `done` holds; the watch restarting (relist) is handled: pods missing
+/// from the relist count as gone when it completes.
+async fn watch_until<S>(stream: &mut S, seen: &mut Observed, timeout: Duration, what: &str, done: impl Fn(&Observed) -> bool) -> Result<Instant>
+where
+    S: futures::Stream<Item = Result<Event<Pod>, watcher::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut relisted: Option<HashSet<String>> = None;
+    while !done(seen) {
+        let event = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => bail!(
+                "timed out after {timeout:?} waiting for {what} ({} pods live, {} Ready)",
+                seen.live.len(),
+                seen.ready_count()
+            ),
+            Ok(None) => bail!("the pod watch ended"),
+            Ok(Some(e)) => e.context("pod watch")?,
+        };
+        let now = Instant::now();
+        match event {
+            Event::Apply(p) => seen.apply(&p, now),
+            Event::Delete(p) => seen.gone(&p.uid().unwrap_or_default(), now),
+            Event::Init => relisted = Some(HashSet::new()),
+            Event::InitApply(p) => {
+                if let Some(r) = relisted.as_mut() {
+                    r.insert(p.uid().unwrap_or_default());
+                }
+                seen.apply(&p, now);
+            }
+            Event::InitDone => {
+                if let Some(r) = relisted.take() {
+                    let vanished: Vec<String> = seen.live.difference(&r).cloned().collect();
+                    for uid in vanished {
+                        seen.gone(&uid, now);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Instant::now())
+}
+
+/// The daemon's resident memory, sampled every 200 ms by a task this struct owns.
+struct RssSampler {
+    peak_kib: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let peak_kib = Arc::new(AtomicU64::new(0));
+        let peak = peak_kib.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(kib) = proc_status_kib(pid, "VmRSS") {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        RssSampler { peak_kib, task }
+    }
+
+    fn stop(self) -> u64 {
+        self.task.abort();
+        self.peak_kib.load(Ordering::Relaxed)
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32, clk_tck: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clk_tck)
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Dist {
+    label: &'static str,
+    unit: &'static str,
+    values: Vec<f64>,
+}
+
+impl Dist {
+    fn new(label: &'static str, unit: &'static str, mut values: Vec<f64>) -> Self {
+        values.sort_by(|a, b| a.total_cmp(b));
+        Dist { label, unit, values }
+    }
+    fn p(&self, p: f64) -> f64 {
+        percentile(&self.values, p)
+    }
+}
+
+fn ms_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
+    Some(b?.saturating_duration_since(a?).as_secs_f64() * 1000.0)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let daemon_bin = match args.daemon {
+        DaemonKind::Vkhost => {
+            // Fail before the control plane starts when a plugin is missing.
+            let _ = plugin_path(if args.provider == Provider::Cube { "cube" } else { "example" });
+            release_binary("vkhost")?
+        }
+        DaemonKind::Upstream => upstream_binary(&args)?,
+    };
+    if args.provider == Provider::Cube {
+        release_binary("cube-sim")?;
+    }
+    eprintln!("starting the control plane (tests/cluster/up)…");
+    let cluster = vkcube_e2e::cluster();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(args, daemon_bin, cluster))
+}
+
+async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> Result<()> {
+    let load_before = loadavg();
+    let run_dir = std::env::temp_dir().join(format!("vkcube-burst-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let ns = cluster.namespace("burst").await;
+    let client = ns.client.clone();
+    let cluster_id = fresh_cluster_id();
+    let run_label = ns.name.clone();
+
+    let mut sim = None;
+    let sim_url = if args.provider == Provider::Cube {
+        let (proc, url) = start_sim(&run_dir)?;
+        eprintln!("cube-sim at {url} (pid {})", proc.pid());
+        sim = Some(proc);
+        Some(url)
+    } else {
+        None
+    };
+
+    let daemon_log = run_dir.join("daemon.log");
+    let log = std::fs::File::create(&daemon_log)?;
+    let mut cmd = Command::new(&daemon_bin);
+    match args.daemon {
+        DaemonKind::Vkhost => {
+            let config = daemon_config(&args, &cluster.kubeconfig, &cluster_id, &run_label, sim_url.as_deref())?;
+            let config_path = run_dir.join("vkhost.toml");
+            std::fs::write(&config_path, &config)?;
+            cmd.arg("run").arg("--config").arg(&config_path);
+            cmd.env("CUBE_PUBLIC_KEY", SIM_PUBLIC).env("CUBE_PRIVATE_KEY", SIM_PRIVATE);
+            eprintln!("vkhost config {}", config_path.display());
+        }
+        DaemonKind::Upstream => {
+            cmd.arg("--kubeconfig").arg(&cluster.kubeconfig);
+            cmd.args((0..args.nodes).map(|i| format!("{cluster_id}-up-{i}={run_label}-{i}")));
+        }
+    }
+    let daemon_name = match args.daemon {
+        DaemonKind::Vkhost => "vkhost",
+        DaemonKind::Upstream => "virtual-kubelet (upstream)",
+    };
+    let mut daemon = Proc {
+        name: daemon_name,
+        child: cmd
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", daemon_bin.display()))?,
+    };
+    let pid = daemon.pid();
+    eprintln!("{daemon_name} pid {pid}, log {}", daemon_log.display());
+
+    // Every configured node registered and Ready.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_labels: Vec<String> = (0..args.nodes).map(|i| format!("{run_label}-{i}")).collect();
+    let selector = format!("vkcube-bench in ({})", node_labels.join(","));
+    let started = Instant::now();
+    loop {
+        daemon.ensure_alive(&daemon_log)?;
+        let ready = nodes
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|n| {
+                        n.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if ready == args.nodes {
+            break;
+        }
+        if started.elapsed() > args.timeout.min(Duration::from_secs(120)) {
+            bail!("{ready} of {} virtual nodes Ready after {:?}; see {}", args.nodes, started.elapsed(), daemon_log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{} virtual node(s) Ready {:.1}s after the daemon started", args.nodes, started.elapsed().as_secs_f64());
+
+    let tck = clk_tck();
+    let idle_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    let cpu_before = cpu_seconds(pid, tck).unwrap_or(0.0);
+    let sampler = RssSampler::start(pid);
+
+    // The watch runs before anything is created, so every pod is seen as it is added.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut stream = watcher(pods, watcher::Config::default().labels(&format!("app={APP}"))).boxed();
+    let mut seen = Observed::default();
+    // Prime the watch: read until its first list is done (the namespace is still empty).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.try_next()).await {
+            Ok(Ok(Some(Event::InitDone))) => break,
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => bail!("the pod watch ended before listing"),
+            Ok(Err(e)) => return Err(e).context("pod watch"),
+            Err(_) => bail!("the pod watch did not list within 30 s"),
+        }
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let names: Vec<String> = (0..args.nodes).map(|i| format!("{APP}-{i}")).collect();
+    let t_create = Instant::now();
+    for (i, name) in names.iter().enumerate() {
+        deployments
+            .create(&PostParams::default(), &deployment(name, &format!("{run_label}-{i}"), pods_on_node(&args, i)))
+            .await
+            .with_context(|| format!("create Deployment {name}"))?;
+    }
+    let want = args.pods;
+    let t_all_ready = watch_until(&mut stream, &mut seen, args.timeout, "every pod Running and Ready", |s| {
+        s.ready_count() >= want
+    })
+    .await;
+    daemon.ensure_alive(&daemon_log)?;
+    let t_all_ready = t_all_ready.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
+    let cpu_ready = cpu_seconds(pid, tck).unwrap_or(0.0);
+    eprintln!("all {want} pods Running+Ready after {:.2}s; scaling to 0", (t_all_ready - t_create).as_secs_f64());
+
+    let t_scale = Instant::now();
+    for name in &names {
+        deployments
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}})))
+            .await
+            .with_context(|| format!("scale Deployment {name} to 0"))?;
+    }
+    let t_all_gone = watch_until(&mut stream, &mut seen, args.timeout, "every pod object gone", |s| s.live.is_empty()).await;
+    daemon.ensure_alive(&daemon_log)?;
+    let t_all_gone = t_all_gone.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
+
+    let cpu_end = cpu_seconds(pid, tck).unwrap_or(0.0);
+    let hwm_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
+    let sampled_peak_kib = sampler.stop();
+    let load_after = loadavg();
+    drop(stream);
+    daemon.stop();
+    if let Some(mut s) = sim.take() {
+        s.stop();
+    }
+
+    // Only pods of the burst itself (a replacement created later would skew the figures).
+    let times: Vec<&PodTimes> = seen.pods.values().filter(|t| t.ready.is_some()).collect();
+    let startup = Dist::new("startup, watch: added -> Running+Ready", "ms", times.iter().filter_map(|t| ms_between(t.seen, t.ready)).collect());
+    let scheduling = Dist::new("  scheduling: added -> bound to node", "ms", times.iter().filter_map(|t| ms_between(t.seen, t.bound)).collect());
+    let on_node = Dist::new("  daemon: bound -> Running+Ready", "ms", times.iter().filter_map(|t| ms_between(t.bound, t.ready)).collect());
+    let from_create = Dist::new(
+        "startup, from Deployment create -> Ready",
+        "ms",
+        times.iter().filter_map(|t| ms_between(Some(t_create), t.ready)).collect(),
+    );
+    let server = Dist::new(
+        "startup, creationTimestamp -> Ready.lastTransitionTime (1 s res.)",
+        "s",
+        times
+            .iter()
+            .filter_map(|t| Some((t.ready_transition_ms? - t.created_ms?) as f64 / 1000.0))
+            .collect(),
+    );
+    let deletes = Dist::new(
+        "delete, watch: deletionTimestamp -> gone",
+        "ms",
+        seen.pods.values().filter_map(|t| ms_between(t.deleting, t.gone)).collect(),
+    );
+    let burst_s = (t_all_ready - t_create).as_secs_f64();
+    let provider = match (args.daemon, args.provider) {
+        (DaemonKind::Upstream, _) => "mock",
+        (_, Provider::Cube) => "cube",
+        (_, Provider::Example) => "example",
+    };
+    let teardown_s = (t_all_gone - t_scale).as_secs_f64();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+
+    println!();
+    println!(
+        "vkcube pod burst: daemon={daemon_name} provider={provider} pods={} nodes={} cpus={} ({})",
+        args.pods,
+        args.nodes,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        daemon_bin.display()
+    );
+    println!("load average (1/5/15 min): before {load_before}, after {load_after}");
+    println!();
+    println!("{:<66} {:>9} {:>9} {:>9} {:>9}  {}", "per pod", "p50", "p90", "p99", "max", "n");
+    for d in [&startup, &scheduling, &on_node, &from_create, &server, &deletes] {
+        let f = |v: f64| if d.unit == "s" { format!("{v:.0} s") } else { format!("{v:.0} ms") };
+        println!(
+            "{:<66} {:>9} {:>9} {:>9} {:>9}  {}",
+            d.label,
+            f(d.p(50.0)),
+            f(d.p(90.0)),
+            f(d.p(99.0)),
+            f(d.p(100.0)),
+            d.values.len()
+        );
+    }
+    println!();
+    println!("{:<66} {:>9.2} s", "Deployment create -> all Running+Ready", burst_s);
+    println!("{:<66} {:>9.2} s", "scale to 0 -> all pod objects gone", teardown_s);
+    println!("{:<66} {:>9.1} MiB", "daemon peak RSS (VmHWM, whole life)", mib(hwm_kib));
+    println!("{:<66} {:>9.1} MiB", "daemon peak RSS (VmRSS sampled every 200 ms during the burst)", mib(sampled_peak_kib));
+    println!("{:<66} {:>9.1} MiB", "daemon RSS with nodes Ready, before the burst", mib(idle_rss_kib));
+    println!("{:<66} {:>9.2} s", "daemon CPU (user+sys), start -> nodes Ready", cpu_before);
+    println!("{:<66} {:>9.2} s", "daemon CPU during create -> all Ready", cpu_ready - cpu_before);
+    println!("{:<66} {:>9.2} s", "daemon CPU during scale to 0 -> all gone", cpu_end - cpu_ready);
+    println!("{:<66} {:>9.2} s", "daemon CPU total", cpu_end);
+    println!();
+    let round = |v: f64| (v * 10.0).round() / 10.0;
+    let round2 = |v: f64| (v * 100.0).round() / 100.0;
+    let summary = json!({
+        "bench": "burst",
+        "daemon": if args.daemon == DaemonKind::Upstream { "upstream-vk-v1.14.1" } else { "vkhost" },
+        "provider": provider,
+        "pods": args.pods,
+        "nodes": args.nodes,
+        "startup_p50_ms": round(startup.p(50.0)),
+        "startup_p99_ms": round(startup.p(99.0)),
+        "startup_server_p50_s": server.p(50.0),
+        "startup_server_p99_s": server.p(99.0),
+        "all_running_s": round2(burst_s),
+        "all_gone_s": round2(teardown_s),
+        "peak_rss_mib": round(mib(hwm_kib)),
+        "sampled_peak_rss_mib": round(mib(sampled_peak_kib)),
+        "cpu_s": round2(cpu_end),
+        "cpu_burst_s": round2(cpu_end - cpu_before),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    });
+    println!("{summary}");
+    Ok(())
+}
