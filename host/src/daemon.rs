@@ -81,7 +81,8 @@ impl Daemon {
         tracing::info!("stopped; instances keep running");
     }
 
-    /// Stops everything at once without handing anything over, as a crash would.
+    /// Stops everything at once without handing anything over, as a crash would (the tasks a
+    /// node runner spawned are aborted with it).
     pub fn abort(self) {
         for t in &self.tasks {
             t.abort();

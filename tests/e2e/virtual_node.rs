@@ -67,7 +67,7 @@ async fn events_for(client: &kube::Client, ns: &str, pod: &str) -> Vec<(String, 
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guide_deployment_runs_on_the_virtual_node_and_scales_to_zero() {
     let cluster = cluster();
     let ns = cluster.namespace("deploy").await;
@@ -98,7 +98,7 @@ async fn guide_deployment_runs_on_the_virtual_node_and_scales_to_zero() {
     daemon.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_delete_with_30s_grace_finishes_in_under_2s() {
     let cluster = cluster();
     let ns = cluster.namespace("grace").await;
@@ -120,7 +120,7 @@ async fn graceful_delete_with_30s_grace_finishes_in_under_2s() {
     daemon.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_one_only_warns() {
     let cluster = cluster();
     let ns = cluster.namespace("missing").await;
@@ -166,7 +166,7 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
     daemon.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_keeps_its_name_renews_its_lease_goes_notready_when_stopped_and_comes_back_when_deleted() {
     let cluster = cluster();
     let ns = cluster.namespace("node").await;
@@ -222,7 +222,7 @@ async fn node_keeps_its_name_renews_its_lease_goes_notready_when_stopped_and_com
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disabled_node_creates_no_instances_and_keeps_existing_ones() {
     let cluster = cluster();
     let ns = cluster.namespace("disable").await;

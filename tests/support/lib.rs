@@ -172,3 +172,4 @@ where
 }
 
 pub mod daemon;
+pub mod cube;

@@ -17,6 +17,7 @@ use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{DaemonConfig, NodeSettings};
 use crate::kubelet::KubeletServer;
@@ -70,7 +71,8 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
         waiting_logged = false;
         tracing::info!(node = %settings.id, identity = %shared.identity, "acting for node");
         let term = shutdown.child_token();
-        let acting = tokio::spawn(act(shared.clone(), settings.clone(), term.clone()));
+        // Aborted with this runner, so a crashed (aborted) daemon stops acting at once.
+        let mut acting = AbortOnDropHandle::new(tokio::spawn(act(shared.clone(), settings.clone(), term.clone())));
         // Keep the claim; step down when it cannot be renewed before it lapses.
         let mut last_renewed = tokio::time::Instant::now();
         let lost = loop {
@@ -94,7 +96,7 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
             }
         };
         term.cancel();
-        match acting.await {
+        match (&mut acting).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(node = %settings.id, error = %e, "node runner failed"),
             Err(e) => tracing::error!(node = %settings.id, error = %e, "node runner panicked"),
@@ -183,6 +185,7 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         .await
         .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
     shape.kubelet_port = server.port();
+    let _server = AbortOnDropHandle::new(server.into_join_handle());
     if !exists {
         registration::create(&client, &name, &shape).await?;
     }
@@ -192,13 +195,12 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         .map_err(|source| NodeError::Kube { node: name.clone(), source })?;
     tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %registration::plugin_label(&plugin_info), "virtual node registered");
 
-    let heartbeat = tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone()));
-    let reloads = tokio::spawn(report_reloads(shared.clone(), name.clone(), term.clone()));
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone())));
+    let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(shared.clone(), name.clone(), term.clone())));
     pods::run(ctx, term.clone()).await;
     term.cancel();
     let _ = heartbeat.await;
     let _ = reloads.await;
-    drop(server);
     Ok(())
 }
 

@@ -169,7 +169,9 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let store = controller.store();
     let sync_ctx = ctx.clone();
     let sync_shutdown = shutdown.clone();
-    let sync = tokio::spawn(async move { status_sync_loop(sync_ctx, store, sync_shutdown).await });
+    let sync = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        status_sync_loop(sync_ctx, store, sync_shutdown).await
+    }));
     let token = shutdown.clone();
     let running = controller
         .graceful_shutdown_on(async move { token.cancelled().await })

@@ -1,0 +1,319 @@
+//! cube.wasm in the daemon against the simulator, on the real control plane: annotations become
+//! exactly the expected instance, EIP and firewall binding; a wrong annotation fails the pod and
+//! creates nothing; `vkhost node delete` leaves nothing billed; a daemon crash mid-burst and a
+//! replica failover leave exactly one instance per pod.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use serde_json::{json, Value};
+use vkcube_e2e::cube::CubeEnv;
+use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
+use vkcube_e2e::{cluster, wait_for};
+use vkhost::config::DaemonConfig;
+
+fn pod(name: &str, node: &str, annotations: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+            "containers": [{"name": "web", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
+                            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]
+        }
+    }))
+    .unwrap()
+}
+
+fn deployment(name: &str, label: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {"type": "virtual-kubelet", "vkcube-test": label},
+                    "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "cube", "effect": "NoSchedule"}],
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "nginx", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
+                                    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+fn running_ready(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        && p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until `n` pods of the app run, and returns their UIDs.
+async fn wait_running(pods: &Api<Pod>, app: &str, n: usize) -> Vec<String> {
+    wait_for(Duration::from_secs(120), &format!("{n} pods of {app} Running"), || async {
+        let list = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.ok()?;
+        let live: Vec<&Pod> = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        (live.len() == n && live.iter().all(|p| running_ready(p))).then(|| live.iter().map(|p| p.uid().unwrap()).collect())
+    })
+    .await
+}
+
+/// UID → number of live instances the simulator holds for it.
+async fn instances_by_uid(env: &CubeEnv) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for i in env.live_instances().await {
+        *m.entry(i["uid"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_annotation_becomes_the_expected_instance_eip_and_firewall_binding() {
+    let cluster = cluster();
+    let ns = cluster.namespace("annot").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let daemon = start(&env.daemon_config(cluster, &cid, &ns.name, "")).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+
+    let annotations = json!({
+        "cube.ucloud.cn/cube-tag": "shop",
+        "cube.ucloud.cn/cube-chargetype": "month",
+        "cube.ucloud.cn/cube-quantity": "2",
+        "cube.ucloud.cn/cube-eip": "true",
+        "cube.ucloud.cn/cube-eip-paymode": "traffic",
+        "cube.ucloud.cn/cube-eip-bandwidth": "5",
+        "cube.ucloud.cn/cube-eip-chargetype": "month",
+        "cube.ucloud.cn/cube-eip-quantity": "2",
+        "cube.ucloud.cn/cube-eip-release": "true",
+        "cube.ucloud.cn/cube-eip-security-group-id": "firewall-web01",
+    });
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("shop", &node, annotations)).await.unwrap();
+    let p = wait_for(Duration::from_secs(90), "annotated pod Running", || async { pods.get("shop").await.ok().filter(running_ready) }).await;
+
+    let instances = env.live_instances().await;
+    assert_eq!(instances.len(), 1, "{instances:#?}");
+    let inst = &instances[0];
+    assert_eq!(inst["uid"], p.uid().unwrap().as_str());
+    assert_eq!(inst["tag"], "shop");
+    assert_eq!(inst["charge_type"], "Month");
+    assert_eq!((inst["cpu_millis"].as_u64(), inst["memory_mib"].as_u64()), (Some(1000), Some(2048)));
+
+    let eips: Vec<Value> = env.inspect("eips").await.into_iter().filter(|e| e["released"] == false).collect();
+    assert_eq!(eips.len(), 1, "{eips:#?}");
+    let eip = &eips[0];
+    assert_eq!(eip["pay_mode"], "Traffic");
+    assert_eq!(eip["bandwidth"].as_u64(), Some(5));
+    assert_eq!(eip["charge_type"], "Month");
+    assert_eq!(eip["bound_to"]["resource_type"], "cube");
+    assert_eq!(eip["bound_to"]["resource_id"], inst["cube_id"]);
+    assert_eq!(p.annotations().get("cube.ucloud.cn/eip-address").map(String::as_str), eip["ip"].as_str());
+
+    let firewalls = env.inspect("firewalls").await;
+    assert_eq!(firewalls.len(), 1, "{firewalls:#?}");
+    assert_eq!(firewalls[0]["fw_id"], "firewall-web01");
+    assert_eq!(firewalls[0]["resource_id"], inst["cube_id"]);
+
+    // Deleting the pod deletes the instance and, per cube-eip-release, releases the EIP.
+    pods.delete("shop", &DeleteParams::default()).await.unwrap();
+    wait_for(Duration::from_secs(60), "instance gone and EIP released", || async {
+        let live = env.live_instances().await;
+        let held = env.inspect("eips").await.into_iter().filter(|e| e["released"] == false).count();
+        (live.is_empty() && held == 0).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_annotation_fails_the_pod_naming_it_and_creates_nothing_in_the_cloud() {
+    let cluster = cluster();
+    let ns = cluster.namespace("wrong").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let daemon = start(&env.daemon_config(cluster, &cid, &ns.name, "")).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+
+    let annotations = json!({
+        "cube.ucloud.cn/cube-eip": "true",
+        "cube.ucloud.cn/cube-eip-paymode": "sharebandwidth",
+        "cube.ucloud.cn/cube-eip-share-bandwidth-id": "bwshare-abc",
+        "cube.ucloud.cn/cube-eip-bandwidth": "5",
+    });
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("bad", &node, annotations)).await.unwrap();
+    let status = wait_for(Duration::from_secs(60), "pod Failed", || async {
+        let p = pods.get("bad").await.ok()?;
+        let s = p.status?;
+        (s.phase.as_deref() == Some("Failed")).then_some(s)
+    })
+    .await;
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("cube.ucloud.cn/cube-eip-bandwidth") && message.contains("sharebandwidth"), "{message}");
+    assert_eq!(status.reason.as_deref(), Some("InvalidAnnotation"));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.inspect("instances").await.is_empty(), "no instance created");
+    assert!(env.inspect("eips").await.is_empty(), "no EIP allocated");
+    let requests = serde_json::to_string(&env.inspect("requests").await).unwrap();
+    assert!(!requests.contains("CreateCubePod") && !requests.contains("AllocateEIP"), "{requests}");
+    daemon.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_delete_leaves_no_instance_eip_or_udisk_behind() {
+    let cluster = cluster();
+    let ns = cluster.namespace("nodedel").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let config = env.daemon_config(cluster, &cid, &ns.name, "");
+    let daemon = start(&config).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+
+    // A pre-provisioned UDisk bound statically to a PVC.
+    let disk: Value = reqwest::Client::new()
+        .post(format!("{}/_sim/disks", env.url()))
+        .json(&json!({"size_gb": 20, "name": "data", "zone": "cn-bj2-05"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let disk_id = disk["udisk_id"].as_str().expect("udisk id").to_string();
+    let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("pv-{}", ns.name)},
+        "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                 "storageClassName": "", "csi": {"driver": "udisk.csi.ucloud.cn", "volumeHandle": disk_id, "fsType": "ext4"},
+                 "claimRef": {"namespace": ns.name, "name": "data"}}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("pv-{}", ns.name),
+                 "resources": {"requests": {"storage": "20Gi"}}}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name).create(&PostParams::default(), &pvc).await.unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"}))).await.unwrap();
+    let mut with_disk = pod("with-disk", &node, json!({}));
+    let spec = with_disk.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap()]);
+    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
+    pods.create(&PostParams::default(), &with_disk).await.unwrap();
+    for name in ["with-eip", "with-disk"] {
+        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async { pods.get(name).await.ok().filter(running_ready) }).await;
+    }
+    assert_eq!(env.live_instances().await.len(), 2);
+
+    let cfg = DaemonConfig::parse(&config, std::path::Path::new("t.toml")).unwrap();
+    let report = vkhost::node::ops::delete(&ns.client, daemon.plugin(), &cfg, &node).await.unwrap();
+    assert_eq!(report.instances_deleted, 2);
+
+    assert!(env.live_instances().await.is_empty(), "no instance left");
+    let eips = env.inspect("eips").await;
+    assert!(eips.iter().all(|e| e["released"] == true), "EIP released: {eips:#?}");
+    wait_for(Duration::from_secs(30), "UDisk deleted with the node", || async {
+        let disks = env.inspect("disks").await;
+        disks.iter().all(|d| d["status"] == "Deleted").then_some(())
+    })
+    .await;
+    // The Node is gone and the daemon does not bring it back.
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(nodes.get_opt(&node).await.unwrap().is_none(), "node stays deleted");
+    daemon.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemon_killed_mid_burst_and_restarted_leaves_exactly_one_instance_per_pod() {
+    let cluster = cluster();
+    let ns = cluster.namespace("crash").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let config = env.daemon_config(cluster, &cid, &ns.name, "");
+    let daemon = start(&config).await;
+    node_of(&ns.client, &cid).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    deployments.create(&PostParams::default(), &deployment("burst", &ns.name, 30)).await.unwrap();
+    // Kill the daemon once some, but not all, instances exist.
+    wait_for(Duration::from_secs(60), "a few instances created", || async {
+        let n = env.live_instances().await.len();
+        (n >= 3).then_some(())
+    })
+    .await;
+    daemon.abort();
+    let at_kill = env.live_instances().await.len();
+
+    let daemon = start(&config).await;
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let uids = wait_running(&pods, "burst", 30).await;
+    let by_uid = instances_by_uid(&env).await;
+    assert_eq!(by_uid.len(), 30, "instances: {by_uid:?} (at kill: {at_kill})");
+    for uid in &uids {
+        assert_eq!(by_uid.get(uid), Some(&1), "exactly one instance for pod {uid}");
+    }
+    // No orphans: every instance belongs to a live pod.
+    assert!(by_uid.keys().all(|u| uids.contains(u)));
+    daemon.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_replica_takes_over_when_the_acting_one_dies_without_duplicates() {
+    let cluster = cluster();
+    let ns = cluster.namespace("failover").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let with_identity = |id: &str| env.daemon_config(cluster, &cid, &ns.name, "").replace("[ha]\n", &format!("[ha]\nidentity = \"{id}\"\n"));
+    let a = start(&with_identity("replica-a")).await;
+    node_of(&ns.client, &cid).await;
+    let b = start(&with_identity("replica-b")).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    deployments.create(&PostParams::default(), &deployment("ha", &ns.name, 5)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let before = wait_running(&pods, "ha", 5).await;
+
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), "kube-node-lease");
+    let lease_name = vkhost::node::election_lease_name(&cid, "n1");
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    assert_eq!(holder(leases.get(&lease_name).await.unwrap()), "replica-a");
+
+    let t0 = std::time::Instant::now();
+    a.abort();
+    wait_for(Duration::from_secs(30), "replica-b holds the election lease", || async {
+        (holder(leases.get(&lease_name).await.ok()?) == "replica-b").then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(took <= Duration::from_secs(6 + 3), "takeover took {took:?}, lease is 6 s");
+
+    // Pods kept their state and instances; new work is done by the new actor.
+    let after = wait_running(&pods, "ha", 5).await;
+    assert_eq!(before.iter().collect::<std::collections::BTreeSet<_>>(), after.iter().collect());
+    deployments.patch("ha", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}}))).await.unwrap();
+    let uids = wait_running(&pods, "ha", 7).await;
+    let by_uid = instances_by_uid(&env).await;
+    assert_eq!(by_uid.len(), 7, "{by_uid:?}");
+    assert!(uids.iter().all(|u| by_uid.get(u) == Some(&1)));
+    b.stop().await;
+    env.stop().await;
+}
