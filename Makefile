@@ -16,7 +16,8 @@ plugins: toolchain
 
 test: toolchain cluster-binaries plugins
 	cargo test --workspace --no-fail-fast
-	@if [ -d tests/cube-sim/sdk ]; then tests/cube-sim/sdk/run; fi
+	cargo build -p cube-sim
+	python3 -m pytest -q tests/cube-sim/sdk
 
 demo: toolchain cluster-binaries plugins
 	@tests/demo/run
