@@ -218,9 +218,7 @@ async fn adopt(ctx: &NodeContext) {
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
     let started = Instant::now();
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
-    let _enter = span.enter();
-    drop(_enter);
-    let result = sync(&pod, &ctx).await;
+    let result = tracing::Instrument::instrument(sync(&pod, &ctx), span).await;
     ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
     result
 }
