@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 use vkcube_e2e::cube::CubeEnv;
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
-use vkcube_e2e::{cluster, wait_for};
+use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
 
 fn pod(name: &str, node: &str, annotations: Value) -> Pod {
@@ -31,31 +31,7 @@ fn pod(name: &str, node: &str, annotations: Value) -> Pod {
     .unwrap()
 }
 
-fn deployment(name: &str, label: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"type": "virtual-kubelet", "vkcube-test": label},
-                    "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "cube", "effect": "NoSchedule"}],
-                    "automountServiceAccountToken": false,
-                    "containers": [{"name": "nginx", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
-                                    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
-                }
-            }
-        }
-    }))
-    .unwrap()
-}
 
-fn running_ready(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 /// Waits until `n` pods of the app run, and returns their UIDs.
 async fn wait_running(pods: &Api<Pod>, app: &str, n: usize) -> Vec<String> {
@@ -99,7 +75,7 @@ async fn every_annotation_becomes_the_expected_instance_eip_and_firewall_binding
     });
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     pods.create(&PostParams::default(), &pod("shop", &node, annotations)).await.unwrap();
-    let p = wait_for(Duration::from_secs(90), "annotated pod Running", || async { pods.get("shop").await.ok().filter(running_ready) }).await;
+    let p = wait_for(Duration::from_secs(90), "annotated pod Running", || async { pods.get("shop").await.ok().filter(|p| running_ready(p)) }).await;
 
     let instances = env.live_instances().await;
     assert_eq!(instances.len(), 1, "{instances:#?}");
@@ -217,7 +193,7 @@ async fn node_delete_leaves_no_instance_eip_or_udisk_behind() {
     spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
     pods.create(&PostParams::default(), &with_disk).await.unwrap();
     for name in ["with-eip", "with-disk"] {
-        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async { pods.get(name).await.ok().filter(running_ready) }).await;
+        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async { pods.get(name).await.ok().filter(|p| running_ready(p)) }).await;
     }
     assert_eq!(env.live_instances().await.len(), 2);
 

@@ -11,29 +11,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::json;
 use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start};
-use vkcube_e2e::{cluster, wait_for};
+use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 use vkhost::plugin::CallContext;
 
-fn deployment(name: &str, label: &str, replicas: i32) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"type": "virtual-kubelet", "vkcube-test": label},
-                    "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "cube", "effect": "NoSchedule"}],
-                    "automountServiceAccountToken": false,
-                    "containers": [{"name": "nginx", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
-                                    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
-                }
-            }
-        }
-    }))
-    .unwrap()
-}
 
 fn bare_pod(name: &str, node: &str, extra_spec: serde_json::Value) -> Pod {
     let mut spec = json!({
@@ -48,11 +28,6 @@ fn bare_pod(name: &str, node: &str, extra_spec: serde_json::Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
 
-fn is_running_ready(p: &Pod) -> bool {
-    let s = p.status.as_ref();
-    s.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && s.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 async fn events_for(client: &kube::Client, ns: &str, pod: &str) -> Vec<(String, String)> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
@@ -81,7 +56,7 @@ async fn guide_deployment_runs_on_the_virtual_node_and_scales_to_zero() {
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     wait_for(Duration::from_secs(90), "3 pods Running and Ready on the virtual node", || async {
         let list = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
-        let ok = list.items.iter().filter(|p| is_running_ready(p) && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node_name)).count();
+        let ok = list.items.iter().filter(|p| running_ready(p) && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node_name)).count();
         (ok == 3).then_some(())
     })
     .await;
@@ -107,7 +82,7 @@ async fn graceful_delete_with_30s_grace_finishes_in_under_2s() {
     let node_name = node_of(&ns.client, &cid).await.name_any();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     pods.create(&PostParams::default(), &bare_pod("slowstop", &node_name, json!({"terminationGracePeriodSeconds": 30}))).await.unwrap();
-    wait_for(Duration::from_secs(60), "pod Running", || async { pods.get("slowstop").await.ok().filter(is_running_ready) }).await;
+    wait_for(Duration::from_secs(60), "pod Running", || async { pods.get("slowstop").await.ok().filter(|p| running_ready(p)) }).await;
 
     let t0 = Instant::now();
     pods.delete("slowstop", &DeleteParams::default()).await.unwrap();
@@ -145,7 +120,7 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
     })
     .await;
     wait_for(Duration::from_secs(60), "optional pod Running with a warning", || async {
-        let running = pods.get("optional-cm").await.ok().filter(is_running_ready)?;
+        let running = pods.get("optional-cm").await.ok().filter(|p| running_ready(p))?;
         let warned = events_for(&ns.client, &ns.name, "optional-cm").await.into_iter().any(|(r, _)| r == "OptionalConfigMapNotFound");
         warned.then_some(running)
     })
@@ -160,7 +135,7 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
     let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "db-creds"}, "stringData": {"password": "pw"}})).unwrap();
     Api::<Secret>::namespaced(ns.client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
     wait_for(Duration::from_secs(60), "pod Running once the secret exists", || async {
-        pods.get("needs-secret").await.ok().filter(is_running_ready)
+        pods.get("needs-secret").await.ok().filter(|p| running_ready(p))
     })
     .await;
     daemon.stop().await;
@@ -231,7 +206,7 @@ async fn disabled_node_creates_no_instances_and_keeps_existing_ones() {
     let node_name = node_of(&ns.client, &cid).await.name_any();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     pods.create(&PostParams::default(), &bare_pod("before", &node_name, json!({}))).await.unwrap();
-    wait_for(Duration::from_secs(60), "first pod Running", || async { pods.get("before").await.ok().filter(is_running_ready) }).await;
+    wait_for(Duration::from_secs(60), "first pod Running", || async { pods.get("before").await.ok().filter(|p| running_ready(p)) }).await;
 
     vkhost::node::ops::disable(&ns.client, &node_name).await.unwrap();
     let nodes: Api<Node> = Api::all(ns.client.clone());
@@ -245,9 +220,9 @@ async fn disabled_node_creates_no_instances_and_keeps_existing_ones() {
     })
     .await;
     assert!(!p.annotations().contains_key("vkcube.io/instance-id"));
-    assert!(is_running_ready(&pods.get("before").await.unwrap()), "existing pod untouched");
+    assert!(running_ready(&pods.get("before").await.unwrap()), "existing pod untouched");
 
     vkhost::node::ops::enable(&ns.client, &node_name).await.unwrap();
-    wait_for(Duration::from_secs(40), "second pod Running after enable", || async { pods.get("after").await.ok().filter(is_running_ready) }).await;
+    wait_for(Duration::from_secs(40), "second pod Running after enable", || async { pods.get("after").await.ok().filter(|p| running_ready(p)) }).await;
     daemon.stop().await;
 }

@@ -173,3 +173,33 @@ where
 
 pub mod daemon;
 pub mod cube;
+
+/// The guide's Deployment shape (nodeSelector `type: virtual-kubelet` plus the test's
+/// `vkcube-test` label, the `virtual-kubelet.io/provider=cube` toleration, 500m / 512Mi).
+pub fn deployment(name: &str, label: &str, replicas: i32) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {"type": "virtual-kubelet", "vkcube-test": label},
+                    "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Equal", "value": "cube", "effect": "NoSchedule"}],
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "nginx", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
+                                    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// Phase Running and condition Ready=True.
+pub fn running_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let s = p.status.as_ref();
+    s.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && s.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
