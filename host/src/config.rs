@@ -101,10 +101,10 @@ pub struct ApiLimits {
 }
 
 fn default_qps() -> u32 {
-    100
+    500
 }
 fn default_burst() -> u32 {
-    200
+    1000
 }
 
 impl Default for ApiLimits {
@@ -369,7 +369,7 @@ id = "bj"
     fn minimal_config_gets_defaults() {
         let c = DaemonConfig::parse(MINIMAL, Path::new("t.toml")).unwrap();
         assert_eq!(c.nodes[0].max_pods, 200);
-        assert_eq!(c.api.qps, 100);
+        assert_eq!(c.api.qps, 500);
         assert_eq!(c.log.format, LogFormat::Text);
     }
 
