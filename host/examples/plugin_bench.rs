@@ -26,7 +26,11 @@ fn row(label: &str, samples: &mut [Duration]) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     let fmt = |d: Duration| {
-        if d < Duration::from_millis(1) { format!("{:.1} µs", d.as_secs_f64() * 1e6) } else { format!("{:.1} ms", d.as_secs_f64() * 1e3) }
+        if d < Duration::from_millis(1) {
+            format!("{:.1} µs", d.as_secs_f64() * 1e6)
+        } else {
+            format!("{:.1} ms", d.as_secs_f64() * 1e3)
+        }
     };
     println!(
         "{label:<52} n={:<6} median {:>10}  p99 {:>10}  max {:>10}",
@@ -119,7 +123,8 @@ async fn bench_reloads(label: &str, wasm: &Path, smoke: Vec<(String, String)>, r
 
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim();
+    let model =
+        cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores, {model}")
 }
@@ -153,13 +158,25 @@ fn main() {
         p.create(&c, &pod).await.unwrap();
         let r = pod_ref("web-0", "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01");
 
-        let mut s = time_calls(calls, || async { p.validate_config("bench-node", node_config).await.unwrap(); }).await;
+        let mut s = time_calls(calls, || async {
+            p.validate_config("bench-node", node_config).await.unwrap();
+        })
+        .await;
         row("example: metadata.validate-config (fresh instance)", &mut s);
-        let mut s = time_calls(calls, || async { p.create(&c, &pod).await.unwrap(); }).await;
+        let mut s = time_calls(calls, || async {
+            p.create(&c, &pod).await.unwrap();
+        })
+        .await;
         row("example: pods.create, resolved pod (fresh instance)", &mut s);
-        let mut s = time_calls(calls, || async { p.status(&c, &r).await.unwrap(); }).await;
+        let mut s = time_calls(calls, || async {
+            p.status(&c, &r).await.unwrap();
+        })
+        .await;
         row("example: pods.status (fresh instance)", &mut s);
-        let mut s = time_calls(calls, || async { p.describe_node(&c).await.unwrap(); }).await;
+        let mut s = time_calls(calls, || async {
+            p.describe_node(&c).await.unwrap();
+        })
+        .await;
         row("example: node.describe (fresh instance)", &mut s);
 
         bench_reloads("example", &example, vec![("bench-node".into(), node_config.into())], reloads).await;

@@ -28,7 +28,9 @@ pub async fn client(kubeconfig: Option<&Path>, limits: &ApiLimits) -> Result<Cli
         Some(path) => {
             let kc_err = |message: String| ClientError::Kubeconfig { path: path.display().to_string(), message };
             let kc = Kubeconfig::read_from(path).map_err(|e| kc_err(e.to_string()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| kc_err(e.to_string()))?
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| kc_err(e.to_string()))?
         }
         None => Config::infer().await.map_err(|e| ClientError::Infer(e.to_string()))?,
     };

@@ -179,11 +179,7 @@ fn default_lease_seconds() -> u32 {
 
 impl Default for HaSettings {
     fn default() -> Self {
-        Self {
-            namespace: default_ha_namespace(),
-            lease_duration_seconds: default_lease_seconds(),
-            identity: None,
-        }
+        Self { namespace: default_ha_namespace(), lease_duration_seconds: default_lease_seconds(), identity: None }
     }
 }
 
@@ -237,25 +233,20 @@ impl Default for AdminSettings {
 impl DaemonConfig {
     /// Reads, parses and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and checks config text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: DaemonConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let config: DaemonConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         config.check(path)?;
         Ok(config)
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            path: path.into(),
-            key: key.into(),
-            message,
-        };
+        let invalid = |key: &str, message: String| ConfigError::Invalid { path: path.into(), key: key.into(), message };
         if !is_cluster_id(&self.cluster_id) {
             return Err(invalid(
                 "cluster_id",
@@ -389,9 +380,7 @@ id = "bj"
 
     #[test]
     fn rejects_unknown_keys_and_bad_enum_values_naming_the_accepted_ones() {
-        let err = DaemonConfig::parse(&format!("{MINIMAL}colour = 1\n"), Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = DaemonConfig::parse(&format!("{MINIMAL}colour = 1\n"), Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
         let text = MINIMAL.replace("[plugin]", "[log]\nformat = \"xml\"\n[plugin]");
         let err = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap_err().to_string();

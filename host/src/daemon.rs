@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::routing::get;
 use axum::Router;
+use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DaemonConfig;
@@ -16,7 +16,9 @@ use crate::plugin::{Plugin, PluginRuntime};
 /// This replica's identity for leader election.
 pub fn identity(config: &DaemonConfig) -> String {
     config.ha.identity.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
         format!("{host}-{}", std::process::id())
     })
 }
@@ -121,7 +123,13 @@ async fn start_admin(
                 let m = metrics.clone();
                 let p = metrics_plugin.clone();
                 async move {
-                    m.set_provider_calls(p.stats().snapshot().calls.into_iter().map(|c| (c.export.to_string(), c.outcome.to_string(), c.count)));
+                    m.set_provider_calls(
+                        p.stats()
+                            .snapshot()
+                            .calls
+                            .into_iter()
+                            .map(|c| (c.export.to_string(), c.outcome.to_string(), c.count)),
+                    );
                     m.render()
                 }
             }),

@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use vkhost::config::{DaemonConfig, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "vkhost", version, about = "A virtual kubelet whose provider logic runs as sandboxed WebAssembly components")]
+#[command(
+    name = "vkhost",
+    version,
+    about = "A virtual kubelet whose provider logic runs as sandboxed WebAssembly components"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,18 +60,32 @@ enum PluginCommand {
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Cordon the node: no new instances are created through it; existing ones are kept.
-    Disable { name: String, #[arg(long, short, env = "VKHOST_CONFIG")] config: PathBuf },
+    Disable {
+        name: String,
+        #[arg(long, short, env = "VKHOST_CONFIG")]
+        config: PathBuf,
+    },
     /// Undo `disable`.
-    Enable { name: String, #[arg(long, short, env = "VKHOST_CONFIG")] config: PathBuf },
+    Enable {
+        name: String,
+        #[arg(long, short, env = "VKHOST_CONFIG")]
+        config: PathBuf,
+    },
     /// Delete every instance of the node (and the volumes the provider deletes with them), then the Node.
-    Delete { name: String, #[arg(long, short, env = "VKHOST_CONFIG")] config: PathBuf },
+    Delete {
+        name: String,
+        #[arg(long, short, env = "VKHOST_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// `vkhost translate`: the Cube plugin's pure translation, run natively.
 fn translate(config: &PathBuf, node: Option<&str>, manifest: &PathBuf) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     let settings = match node {
-        Some(id) => cfg.nodes.iter().find(|n| n.id == id).with_context(|| format!("no node {id:?} in {}", config.display()))?,
+        Some(id) => {
+            cfg.nodes.iter().find(|n| n.id == id).with_context(|| format!("no node {id:?} in {}", config.display()))?
+        }
         None => &cfg.nodes[0],
     };
     // Credentials are not needed to translate: stand in for the ones not at hand.
@@ -119,7 +137,7 @@ fn load(config: &PathBuf) -> anyhow::Result<DaemonConfig> {
 }
 
 async fn shutdown_signal(token: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -159,7 +177,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node { command } => {
             init_logging(LogFormat::Text, "warn");
             let (name, config) = match &command {
-                NodeCommand::Disable { name, config } | NodeCommand::Enable { name, config } | NodeCommand::Delete { name, config } => (name.clone(), config.clone()),
+                NodeCommand::Disable { name, config }
+                | NodeCommand::Enable { name, config }
+                | NodeCommand::Delete { name, config } => (name.clone(), config.clone()),
             };
             let cfg = load(&config)?;
             let client = vkhost::apiclient::client(cfg.kubeconfig.as_deref(), &cfg.api).await?;

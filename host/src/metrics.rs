@@ -34,16 +34,25 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("vkhost");
-        let sync_seconds = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+        let sync_seconds =
+            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
         registry.register("pod_sync_duration_seconds", "Time of one pod sync (reconcile)", sync_seconds.clone());
         let sync_results = Family::<Labels, Counter>::default();
         registry.register("pod_syncs", "Pod syncs by result", sync_results.clone());
         let orphans_deleted = Counter::default();
         registry.register("orphans_deleted", "Instances deleted because no pod owned them", orphans_deleted.clone());
         let pods_by_phase = Family::<Labels, Gauge>::default();
-        registry.register("instances_by_phase", "Instances the provider holds (billed) by node and pod phase", pods_by_phase.clone());
+        registry.register(
+            "instances_by_phase",
+            "Instances the provider holds (billed) by node and pod phase",
+            pods_by_phase.clone(),
+        );
         let provider_calls = Family::<Labels, Gauge>::default();
-        registry.register("provider_calls", "Provider plugin calls by export and outcome (cumulative)", provider_calls.clone());
+        registry.register(
+            "provider_calls",
+            "Provider plugin calls by export and outcome (cumulative)",
+            provider_calls.clone(),
+        );
         let plugin_reloads = Family::<Labels, Counter>::default();
         registry.register("plugin_reloads", "Plugin reload attempts by result", plugin_reloads.clone());
         Self {

@@ -89,7 +89,8 @@ async fn the_watcher_swaps_in_a_new_file_and_keeps_the_old_version_for_a_bad_one
     let dir = scratch_dir("watch");
     let path = dir.join("provider.wasm");
     install(&plugin("faulty-v1.wasm"), &path);
-    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![("n".into(), "{}".into())]).await.unwrap();
+    let p =
+        Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![("n".into(), "{}".into())]).await.unwrap();
     let mut events = p.subscribe();
     let shutdown = CancellationToken::new();
     let watcher = p.spawn_watcher(shutdown.clone());

@@ -202,7 +202,8 @@ async fn stream_targets_outside_the_allowlist_are_refused() {
     let ok = p.logs(&c, &r, "https://api.example.com/v1/logs/x", &log_opts()).await.unwrap();
     assert_eq!(ok.url, "https://api.example.com/v1/logs/x");
     p.exec(&c, &r, "wss://api.example.com/v1/exec/x", &exec_opts()).await.unwrap();
-    for url in ["https://evil.example.net/v1/", "https://api.example.com/v2/exec", "wss://api.example.com.evil.net/v1/"] {
+    for url in ["https://evil.example.net/v1/", "https://api.example.com/v2/exec", "wss://api.example.com.evil.net/v1/"]
+    {
         let err = p.attach(&c, &r, url, &exec_opts()).await.unwrap_err();
         assert!(matches!(&err, CallError::StreamTargetDenied { export: Export::Attach, .. }), "{url}: {err:?}");
         assert!(!err.is_retryable());
@@ -277,7 +278,10 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
         let s = settings(with_contract(version));
         let cache = s.cache_dir.clone().unwrap();
         let err = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.err().unwrap();
-        assert!(matches!(&err, LoadError::IncompatibleContract { plugin_contract, .. } if plugin_contract == version), "{err:?}");
+        assert!(
+            matches!(&err, LoadError::IncompatibleContract { plugin_contract, .. } if plugin_contract == version),
+            "{err:?}"
+        );
         let text = err.to_string();
         assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.0"), "{text}");
         // Refused from the bytes alone: nothing was compiled into the cache.
@@ -295,17 +299,19 @@ async fn a_file_that_is_not_a_component_is_refused() {
         assert!(matches!(err, LoadError::NotAComponent { .. }), "{name}: {err:?}");
         assert!(err.to_string().contains("is not a WebAssembly component"), "{err}");
     }
-    let err = Plugin::load(PluginRuntime::new().unwrap(), settings(dir.join("absent.wasm")), vec![]).await.err().unwrap();
+    let err =
+        Plugin::load(PluginRuntime::new().unwrap(), settings(dir.join("absent.wasm")), vec![]).await.err().unwrap();
     assert!(matches!(err, LoadError::Io { .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn a_config_the_plugin_rejects_refuses_the_load_naming_plugin_and_node() {
     let rt = PluginRuntime::new().unwrap();
-    let err = Plugin::load(rt, settings(plugin("faulty-v1.wasm")), vec![("node-7".into(), r#"{"mode":"reject"}"#.into())])
-        .await
-        .err()
-        .unwrap();
+    let err =
+        Plugin::load(rt, settings(plugin("faulty-v1.wasm")), vec![("node-7".into(), r#"{"mode":"reject"}"#.into())])
+            .await
+            .err()
+            .unwrap();
     let text = err.to_string();
     assert!(text.starts_with("plugin faulty version 1.0.0 rejects the config of node node-7"), "{text}");
     assert!(text.contains("mode is reject"), "{text}");
@@ -332,19 +338,18 @@ async fn a_compiled_component_is_reused_from_the_disk_cache() {
 
 #[tokio::test]
 async fn plugin_check_reports_a_good_plugin_and_refuses_a_bad_config() {
-    let report = vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"max_pods": 10})), "n1")
-        .await
-        .unwrap();
+    let report =
+        vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"max_pods": 10})), "n1").await.unwrap();
     assert_eq!(report.info.name, "example");
     assert_eq!(report.smoke.as_ref().unwrap().normalized, r#"{"max_pods":10}"#);
     let text = report.to_string();
     assert!(text.contains("vk:provider@0.1.0") && text.contains("result      OK"), "{text}");
 
-    let err = vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"pods": 10})), "n1")
-        .await
-        .unwrap_err();
+    let err =
+        vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"pods": 10})), "n1").await.unwrap_err();
     assert!(matches!(err, LoadError::ConfigRejected { .. }), "{err:?}");
-    let err = vkhost::plugin::check(&plugin("faulty-broken.wasm"), Some(serde_json::json!({})), "n1").await.unwrap_err();
+    let err =
+        vkhost::plugin::check(&plugin("faulty-broken.wasm"), Some(serde_json::json!({})), "n1").await.unwrap_err();
     assert!(err.to_string().contains("trapped"), "{err}");
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vkhost::plugin::{CallContext, ContainerEnv, KeyValue, PluginSettings, PodRef, ResolvedPod, Secret, BinaryEntry};
+use vkhost::plugin::{BinaryEntry, CallContext, ContainerEnv, KeyValue, PluginSettings, PodRef, ResolvedPod, Secret};
 
 /// `$VKCUBE_PLUGIN_DIR`, else `${CARGO_TARGET_DIR:-<repo>/target}/plugins`.
 pub fn plugin_dir() -> PathBuf {

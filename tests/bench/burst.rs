@@ -7,17 +7,17 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher::{self, watcher, Event};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::json;
 use vkcube_e2e::daemon::{fresh_cluster_id, plugin_path};
 
@@ -70,14 +70,23 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { daemon: DaemonKind::Vkhost, upstream_bin: None, pods: 200, nodes: 1, provider: Provider::Example, timeout: Duration::from_secs(600) };
+    let mut args = Args {
+        daemon: DaemonKind::Vkhost,
+        upstream_bin: None,
+        pods: 200,
+        nodes: 1,
+        provider: Provider::Example,
+        timeout: Duration::from_secs(600),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n\n{USAGE}"));
         match flag.as_str() {
             "--pods" => args.pods = value("--pods")?.parse().context("--pods must be a positive integer")?,
             "--nodes" => args.nodes = value("--nodes")?.parse().context("--nodes must be an integer from 1 to 8")?,
-            "--timeout" => args.timeout = Duration::from_secs(value("--timeout")?.parse().context("--timeout must be seconds")?),
+            "--timeout" => {
+                args.timeout = Duration::from_secs(value("--timeout")?.parse().context("--timeout must be seconds")?)
+            }
             "--provider" => {
                 args.provider = match value("--provider")?.as_str() {
                     "example" => Provider::Example,
@@ -104,7 +113,12 @@ fn parse_args() -> Result<Args> {
         bail!("--nodes is {}, but must be from 1 to 8 (a daemon serves at most 8 virtual nodes)", args.nodes);
     }
     if args.pods == 0 || args.pods > 200 * args.nodes {
-        bail!("--pods is {}, but must be from 1 to {} (200 per node with --nodes {})", args.pods, 200 * args.nodes, args.nodes);
+        bail!(
+            "--pods is {}, but must be from 1 to {} (200 per node with --nodes {})",
+            args.pods,
+            200 * args.nodes,
+            args.nodes
+        );
     }
     if args.daemon == DaemonKind::Upstream && args.provider == Provider::Cube {
         bail!("--daemon upstream runs the upstream mock provider only; leave out --provider cube");
@@ -188,7 +202,16 @@ fn start_sim(run_dir: &Path) -> Result<(Proc, String)> {
     let bin = release_binary("cube-sim")?;
     let log = std::fs::File::create(run_dir.join("cube-sim.log"))?;
     let mut child = Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0", "--key", &format!("{SIM_PUBLIC}:{SIM_PRIVATE}"), "--pending-ms", "0", "--creating-ms", "0"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &format!("{SIM_PUBLIC}:{SIM_PRIVATE}"),
+            "--pending-ms",
+            "0",
+            "--creating-ms",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -330,7 +353,13 @@ impl Observed {
 
 /// Follows the watch until `done` holds; the watch restarting (relist) is handled: pods missing
 /// from the relist count as gone when it completes.
-async fn watch_until<S>(stream: &mut S, seen: &mut Observed, timeout: Duration, what: &str, done: impl Fn(&Observed) -> bool) -> Result<Instant>
+async fn watch_until<S>(
+    stream: &mut S,
+    seen: &mut Observed,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Observed) -> bool,
+) -> Result<Instant>
 where
     S: futures::Stream<Item = Result<Event<Pod>, watcher::Error>> + Unpin,
 {
@@ -554,7 +583,12 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
             break;
         }
         if started.elapsed() > args.timeout.min(Duration::from_secs(120)) {
-            bail!("{ready} of {} virtual nodes Ready after {:?}; see {}", args.nodes, started.elapsed(), daemon_log.display());
+            bail!(
+                "{ready} of {} virtual nodes Ready after {:?}; see {}",
+                args.nodes,
+                started.elapsed(),
+                daemon_log.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -590,10 +624,9 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
             .with_context(|| format!("create Deployment {name}"))?;
     }
     let want = args.pods;
-    let t_all_ready = watch_until(&mut stream, &mut seen, args.timeout, "every pod Running and Ready", |s| {
-        s.ready_count() >= want
-    })
-    .await;
+    let t_all_ready =
+        watch_until(&mut stream, &mut seen, args.timeout, "every pod Running and Ready", |s| s.ready_count() >= want)
+            .await;
     daemon.ensure_alive(&daemon_log)?;
     let t_all_ready = t_all_ready.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
     let cpu_ready = cpu_seconds(pid, tck).unwrap_or(0.0);
@@ -606,7 +639,8 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
             .await
             .with_context(|| format!("scale Deployment {name} to 0"))?;
     }
-    let t_all_gone = watch_until(&mut stream, &mut seen, args.timeout, "every pod object gone", |s| s.live.is_empty()).await;
+    let t_all_gone =
+        watch_until(&mut stream, &mut seen, args.timeout, "every pod object gone", |s| s.live.is_empty()).await;
     daemon.ensure_alive(&daemon_log)?;
     let t_all_gone = t_all_gone.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
 
@@ -622,9 +656,21 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
 
     // Only pods of the burst itself (a replacement created later would skew the figures).
     let times: Vec<&PodTimes> = seen.pods.values().filter(|t| t.ready.is_some()).collect();
-    let startup = Dist::new("startup, watch: added -> Running+Ready", "ms", times.iter().filter_map(|t| ms_between(t.seen, t.ready)).collect());
-    let scheduling = Dist::new("  scheduling: added -> bound to node", "ms", times.iter().filter_map(|t| ms_between(t.seen, t.bound)).collect());
-    let on_node = Dist::new("  daemon: bound -> Running+Ready", "ms", times.iter().filter_map(|t| ms_between(t.bound, t.ready)).collect());
+    let startup = Dist::new(
+        "startup, watch: added -> Running+Ready",
+        "ms",
+        times.iter().filter_map(|t| ms_between(t.seen, t.ready)).collect(),
+    );
+    let scheduling = Dist::new(
+        "  scheduling: added -> bound to node",
+        "ms",
+        times.iter().filter_map(|t| ms_between(t.seen, t.bound)).collect(),
+    );
+    let on_node = Dist::new(
+        "  daemon: bound -> Running+Ready",
+        "ms",
+        times.iter().filter_map(|t| ms_between(t.bound, t.ready)).collect(),
+    );
     let from_create = Dist::new(
         "startup, from Deployment create -> Ready",
         "ms",
@@ -633,10 +679,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let server = Dist::new(
         "startup, creationTimestamp -> Ready.lastTransitionTime (1 s res.)",
         "s",
-        times
-            .iter()
-            .filter_map(|t| Some((t.ready_transition_ms? - t.created_ms?) as f64 / 1000.0))
-            .collect(),
+        times.iter().filter_map(|t| Some((t.ready_transition_ms? - t.created_ms?) as f64 / 1000.0)).collect(),
     );
     let deletes = Dist::new(
         "delete, watch: deletionTimestamp -> gone",
@@ -679,7 +722,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     println!("{:<66} {:>9.2} s", "Deployment create -> all Running+Ready", burst_s);
     println!("{:<66} {:>9.2} s", "scale to 0 -> all pod objects gone", teardown_s);
     println!("{:<66} {:>9.1} MiB", "daemon peak RSS (VmHWM, whole life)", mib(hwm_kib));
-    println!("{:<66} {:>9.1} MiB", "daemon peak RSS (VmRSS sampled every 200 ms during the burst)", mib(sampled_peak_kib));
+    println!(
+        "{:<66} {:>9.1} MiB",
+        "daemon peak RSS (VmRSS sampled every 200 ms during the burst)",
+        mib(sampled_peak_kib)
+    );
     println!("{:<66} {:>9.1} MiB", "daemon RSS with nodes Ready, before the burst", mib(idle_rss_kib));
     println!("{:<66} {:>9.2} s", "daemon CPU (user+sys), start -> nodes Ready", cpu_before);
     println!("{:<66} {:>9.2} s", "daemon CPU during create -> all Ready", cpu_ready - cpu_before);

@@ -46,10 +46,7 @@ async fn deployment_waits_unscheduled_until_a_virtual_node_appears_then_binds_to
     let client = ns.client.clone();
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    deployments
-        .create(&PostParams::default(), &guide_deployment("web", 3))
-        .await
-        .expect("create deployment");
+    deployments.create(&PostParams::default(), &guide_deployment("web", 3)).await.expect("create deployment");
 
     // The controller-manager turns the Deployment into a ReplicaSet and three pods.
     let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns.name);
@@ -69,10 +66,7 @@ async fn deployment_waits_unscheduled_until_a_virtual_node_appears_then_binds_to
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     let message = wait_for(Duration::from_secs(60), "FailedScheduling event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
-            .and_then(|e| e.message)
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedScheduling")).and_then(|e| e.message)
     })
     .await;
     assert!(message.contains("node"), "scheduler message: {message}");
@@ -127,9 +121,6 @@ fn kubectl_reports_the_built_kubernetes_version() {
 }
 
 fn chrono_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     k8s_openapi::jiff::Timestamp::from_second(secs).unwrap().to_string()
 }

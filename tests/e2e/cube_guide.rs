@@ -6,14 +6,17 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use vkcube_e2e::cube::CubeEnv;
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, repo_root, wait_for};
 
 fn ready(p: &Pod) -> bool {
-    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -30,16 +33,17 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
     assert_eq!(code, 0, "kubectl apply: {out}{err}");
 
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let running = wait_for(Duration::from_secs(120), "the guide's 5 pods Running and Ready on the Cube node", || async {
-        let list = pods.list(&ListParams::default()).await.ok()?;
-        let ok: Vec<Pod> = list
-            .items
-            .into_iter()
-            .filter(|p| ready(p) && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
-            .collect();
-        (ok.len() == 5).then_some(ok)
-    })
-    .await;
+    let running =
+        wait_for(Duration::from_secs(120), "the guide's 5 pods Running and Ready on the Cube node", || async {
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            let ok: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| ready(p) && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+                .collect();
+            (ok.len() == 5).then_some(ok)
+        })
+        .await;
 
     // Exactly one instance per pod, sized as Cube sizes them.
     let instances = env.live_instances().await;
@@ -52,7 +56,10 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
     let nginx_uid = pods.get("nginx").await.unwrap().uid().unwrap();
     let nginx = instances.iter().find(|i| i["uid"] == nginx_uid.as_str()).unwrap();
     assert_eq!((nginx["cpu_millis"].as_u64(), nginx["memory_mib"].as_u64()), (Some(2000), Some(2048)));
-    assert_eq!(pods.get("nginx").await.unwrap().annotations().get("cube.ucloud.cn/size").map(String::is_empty), Some(false));
+    assert_eq!(
+        pods.get("nginx").await.unwrap().annotations().get("cube.ucloud.cn/size").map(String::is_empty),
+        Some(false)
+    );
 
     // The PVC was provisioned as a UDisk and the disk is attached to the pod's instance.
     let udisk_uid = pods.get("nginx-udisk").await.unwrap().uid().unwrap();
@@ -65,12 +72,24 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
 
     // The pod without the workaround got a minted token, mounted where Kubernetes mounts it.
     let (code, out, err) = cluster.kubectl(&[
-        "exec", "-n", &ns.name, "nginx-token", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+        "exec",
+        "-n",
+        &ns.name,
+        "nginx-token",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
     ]);
     assert_eq!(code, 0, "kubectl exec: {err}");
     assert_eq!(out.trim(), ns.name);
     let (code, out, _) = cluster.kubectl(&[
-        "exec", "-n", &ns.name, "nginx-token", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "exec",
+        "-n",
+        &ns.name,
+        "nginx-token",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
     ]);
     assert_eq!(code, 0);
     assert_eq!(out.trim().split('.').count(), 3, "a JWT: {out}");

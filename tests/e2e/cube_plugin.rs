@@ -9,9 +9,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 use vkcube_e2e::cube::CubeEnv;
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
@@ -31,14 +31,13 @@ fn pod(name: &str, node: &str, annotations: Value) -> Pod {
     .unwrap()
 }
 
-
-
 /// Waits until `n` pods of the app run, and returns their UIDs.
 async fn wait_running(pods: &Api<Pod>, app: &str, n: usize) -> Vec<String> {
     wait_for(Duration::from_secs(120), &format!("{n} pods of {app} Running"), || async {
         let list = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.ok()?;
         let live: Vec<&Pod> = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
-        (live.len() == n && live.iter().all(|p| running_ready(p))).then(|| live.iter().map(|p| p.uid().unwrap()).collect())
+        (live.len() == n && live.iter().all(|p| running_ready(p)))
+            .then(|| live.iter().map(|p| p.uid().unwrap()).collect())
     })
     .await
 }
@@ -75,7 +74,10 @@ async fn every_annotation_becomes_the_expected_instance_eip_and_firewall_binding
     });
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     pods.create(&PostParams::default(), &pod("shop", &node, annotations)).await.unwrap();
-    let p = wait_for(Duration::from_secs(90), "annotated pod Running", || async { pods.get("shop").await.ok().filter(|p| running_ready(p)) }).await;
+    let p = wait_for(Duration::from_secs(90), "annotated pod Running", || async {
+        pods.get("shop").await.ok().filter(|p| running_ready(p))
+    })
+    .await;
 
     let instances = env.live_instances().await;
     assert_eq!(instances.len(), 1, "{instances:#?}");
@@ -176,24 +178,38 @@ async fn node_delete_leaves_no_instance_eip_or_udisk_behind() {
                  "claimRef": {"namespace": ns.name, "name": "data"}}
     }))
     .unwrap();
-    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .unwrap();
     let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
         "metadata": {"name": "data"},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("pv-{}", ns.name),
                  "resources": {"requests": {"storage": "20Gi"}}}
     }))
     .unwrap();
-    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name).create(&PostParams::default(), &pvc).await.unwrap();
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
 
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"}))).await.unwrap();
+    pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"})))
+        .await
+        .unwrap();
     let mut with_disk = pod("with-disk", &node, json!({}));
     let spec = with_disk.spec.as_mut().unwrap();
-    spec.volumes = Some(vec![serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap()]);
-    spec.containers[0].volume_mounts = Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap(),
+    ]);
+    spec.containers[0].volume_mounts =
+        Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
     pods.create(&PostParams::default(), &with_disk).await.unwrap();
     for name in ["with-eip", "with-disk"] {
-        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async { pods.get(name).await.ok().filter(|p| running_ready(p)) }).await;
+        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
+            pods.get(name).await.ok().filter(|p| running_ready(p))
+        })
+        .await;
     }
     assert_eq!(env.live_instances().await.len(), 2);
 
@@ -258,7 +274,9 @@ async fn standby_replica_takes_over_when_the_acting_one_dies_without_duplicates(
     let ns = cluster.namespace("failover").await;
     let env = CubeEnv::start(cluster, false).await;
     let cid = fresh_cluster_id();
-    let with_identity = |id: &str| env.daemon_config(cluster, &cid, &ns.name, "").replace("[ha]\n", &format!("[ha]\nidentity = \"{id}\"\n"));
+    let with_identity = |id: &str| {
+        env.daemon_config(cluster, &cid, &ns.name, "").replace("[ha]\n", &format!("[ha]\nidentity = \"{id}\"\n"))
+    };
     let a = start(&with_identity("replica-a")).await;
     node_of(&ns.client, &cid).await;
     let b = start(&with_identity("replica-b")).await;

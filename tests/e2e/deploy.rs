@@ -13,7 +13,12 @@ fn deploy_manifests_pass_server_side_dry_run() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = cluster.kubectl(&["apply", "--dry-run=server", "-f", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "dry run refused: {err}");
-    for object in ["serviceaccount/vkhost", "clusterrole.rbac.authorization.k8s.io/vkhost", "deployment.apps/vkhost", "configmap/vkhost-config"] {
+    for object in [
+        "serviceaccount/vkhost",
+        "clusterrole.rbac.authorization.k8s.io/vkhost",
+        "deployment.apps/vkhost",
+        "configmap/vkhost-config",
+    ] {
         assert!(out.contains(object), "{object} missing from: {out}");
     }
 }
@@ -22,7 +27,13 @@ fn deploy_manifests_pass_server_side_dry_run() {
 fn the_daemon_identity_may_do_what_vkhost_does_and_no_more() {
     let cluster = cluster();
     let dir = repo_root().join("deploy");
-    let (code, _, err) = cluster.kubectl(&["apply", "-f", dir.join("00-namespace.yaml").to_str().unwrap(), "-f", dir.join("10-rbac.yaml").to_str().unwrap()]);
+    let (code, _, err) = cluster.kubectl(&[
+        "apply",
+        "-f",
+        dir.join("00-namespace.yaml").to_str().unwrap(),
+        "-f",
+        dir.join("10-rbac.yaml").to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let sa = "system:serviceaccount:vkhost-system:vkhost";
     // `resource` may carry a subresource after a `/` (kubectl reads `a/b` as a name otherwise).
@@ -42,7 +53,22 @@ fn the_daemon_identity_may_do_what_vkhost_does_and_no_more() {
     assert!(can("create", "serviceaccounts/token", Some("default")));
     assert!(can("create", "tokenreviews.authentication.k8s.io", None));
     assert!(can("update", "leases.coordination.k8s.io", Some("kube-node-lease")));
-    assert!(cluster.kubectl(&["auth", "can-i", "get", "configmaps/extension-apiserver-authentication", "--as", sa, "-n", "kube-system"]).1.trim() == "yes");
+    assert!(
+        cluster
+            .kubectl(&[
+                "auth",
+                "can-i",
+                "get",
+                "configmaps/extension-apiserver-authentication",
+                "--as",
+                sa,
+                "-n",
+                "kube-system"
+            ])
+            .1
+            .trim()
+            == "yes"
+    );
     assert!(!can("create", "pods/exec", Some("default")), "no exec into pods");
     assert!(!can("create", "pods", Some("default")), "vkhost never creates pods");
     assert!(!can("delete", "secrets", Some("default")), "vkhost never changes secrets");

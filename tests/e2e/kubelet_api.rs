@@ -16,14 +16,14 @@ use axum::extract::{Path, Query};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::future::BoxFuture;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use vkcube_e2e::{cluster, wait_for, Cluster};
+use vkcube_e2e::{Cluster, cluster, wait_for};
 use vkhost::kubelet::{
     BackendError, ContainerUsage, ExecQuery, KubeletBackend, KubeletConfig, KubeletServer, LogQuery, PodUsage,
     ServingTls, StreamProtocol, StreamTarget,
@@ -59,7 +59,11 @@ struct LogParams {
 }
 
 /// Ten lines one minute apart, the last one "now"; `since` keeps the lines inside the window.
-async fn backend_logs(Path((_ns, pod, container)): Path<(String, String, String)>, Query(p): Query<LogParams>, headers: HeaderMap) -> Response {
+async fn backend_logs(
+    Path((_ns, pod, container)): Path<(String, String, String)>,
+    Query(p): Query<LogParams>,
+    headers: HeaderMap,
+) -> Response {
     if headers.get("x-backend-token").and_then(|v| v.to_str().ok()) != Some(BACKEND_TOKEN) {
         return (axum::http::StatusCode::UNAUTHORIZED, "no backend token").into_response();
     }
@@ -198,7 +202,12 @@ impl TestBackend {
     fn session(&self, path: &str, ns: &str, pod: &str, opts: &ExecQuery) -> Result<StreamTarget, BackendError> {
         self.known(ns, pod)?;
         let cmd = serde_json::to_string(&opts.command).unwrap();
-        let query = serde_urlencoded::to_string([("cmd", cmd), ("stdin", opts.stdin.to_string()), ("tty", opts.tty.to_string())]).unwrap();
+        let query = serde_urlencoded::to_string([
+            ("cmd", cmd),
+            ("stdin", opts.stdin.to_string()),
+            ("tty", opts.tty.to_string()),
+        ])
+        .unwrap();
         Ok(StreamTarget {
             url: format!("ws://{}/{path}?{query}", self.upstream),
             headers: vec![],
@@ -216,7 +225,13 @@ impl KubeletBackend for TestBackend {
         self.pods.lock().unwrap().clone()
     }
 
-    fn logs<'a>(&'a self, ns: &'a str, pod: &'a str, container: &'a str, opts: LogQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+    fn logs<'a>(
+        &'a self,
+        ns: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: LogQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         Box::pin(async move {
             self.known(ns, pod)?;
             let mut query = vec![("follow", opts.follow.to_string()), ("timestamps", opts.timestamps.to_string())];
@@ -228,18 +243,34 @@ impl KubeletBackend for TestBackend {
             }
             // limitBytes is deliberately not passed on: the host must enforce it itself.
             Ok(StreamTarget {
-                url: format!("http://{}/logs/{ns}/{pod}/{container}?{}", self.upstream, serde_urlencoded::to_string(&query).unwrap()),
+                url: format!(
+                    "http://{}/logs/{ns}/{pod}/{container}?{}",
+                    self.upstream,
+                    serde_urlencoded::to_string(&query).unwrap()
+                ),
                 headers: vec![("x-backend-token".into(), BACKEND_TOKEN.into())],
                 protocol: StreamProtocol::HttpBody,
             })
         })
     }
 
-    fn exec<'a>(&'a self, ns: &'a str, pod: &'a str, _container: &'a str, opts: ExecQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+    fn exec<'a>(
+        &'a self,
+        ns: &'a str,
+        pod: &'a str,
+        _container: &'a str,
+        opts: ExecQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         Box::pin(async move { self.session("exec", ns, pod, &opts) })
     }
 
-    fn attach<'a>(&'a self, ns: &'a str, pod: &'a str, _container: &'a str, opts: ExecQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+    fn attach<'a>(
+        &'a self,
+        ns: &'a str,
+        pod: &'a str,
+        _container: &'a str,
+        opts: ExecQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         Box::pin(async move { self.session("attach", ns, pod, &opts) })
     }
 
@@ -315,10 +346,7 @@ impl Fixture {
         if websockets {
             status["status"]["declaredFeatures"] = json!(["ExtendWebSocketsToKubelet"]);
         }
-        nodes
-            .patch_status(&node, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .expect("patch node status");
+        nodes.patch_status(&node, &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch node status");
 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
         let pod_obj: Pod = serde_json::from_value(json!({
@@ -334,10 +362,8 @@ impl Fixture {
             "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "image": "example.invalid/app:1",
                                    "imageID": "", "started": true, "state": {"running": {"startedAt": now}}}]
         }});
-        let pod_now = pods
-            .patch_status(&pod, &PatchParams::default(), &Patch::Merge(&running))
-            .await
-            .expect("set pod running");
+        let pod_now =
+            pods.patch_status(&pod, &PatchParams::default(), &Patch::Merge(&running)).await.expect("set pod running");
         backend.pods.lock().unwrap().push(pod_now);
         Fixture { cluster, ns: ns.name, node, pod, server, client, shutdown }
     }
@@ -470,14 +496,16 @@ async fn exec_checks(fx: &Fixture) {
     assert_eq!(code, 7, "kubectl should exit with the command's code; stderr: {err}");
     assert!(err.contains("exiting with 7"), "{err}");
 
-    let (code, out, err) = fx.kubectl_with_input(&["exec", "-i", "-n", ns, pod, "--", "cat"], b"line one\nline two\n").await;
+    let (code, out, err) =
+        fx.kubectl_with_input(&["exec", "-i", "-n", ns, pod, "--", "cat"], b"line one\nline two\n").await;
     assert_eq!((code, out.as_str()), (0, "line one\nline two\n"), "stderr: {err}");
 
     let (code, out, err) = fx.kubectl(&["attach", "-n", ns, pod, "-c", "app"]).await;
     assert_eq!(code, 0, "kubectl attach: {err}");
     assert!(out.contains("attached to app"), "{out}");
 
-    let (code, out, err) = fx.kubectl_with_input(&["attach", "-i", "-n", ns, pod, "-c", "app"], b"to the main process\n").await;
+    let (code, out, err) =
+        fx.kubectl_with_input(&["attach", "-i", "-n", ns, pod, "-c", "app"], b"to the main process\n").await;
     assert_eq!(code, 0, "kubectl attach -i: {err}");
     assert!(out.contains("attached to app\nto the main process\n"), "{out}");
 
@@ -497,15 +525,24 @@ async fn exec_checks(fx: &Fixture) {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut screen = Vec::new();
-    screen = tokio::time::timeout(Duration::from_secs(30), read_until("resize 101x41", std::mem::take(&mut screen), &mut stdout))
-        .await
-        .expect("the TTY size should reach the command as a resize");
+    screen = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_until("resize 101x41", std::mem::take(&mut screen), &mut stdout),
+    )
+    .await
+    .expect("the TTY size should reach the command as a resize");
     stdin.write_all(b"typed text").await.unwrap();
-    screen = tokio::time::timeout(Duration::from_secs(30), read_until("typed text", std::mem::take(&mut screen), &mut stdout))
-        .await
-        .expect("TTY input should echo");
+    screen = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_until("typed text", std::mem::take(&mut screen), &mut stdout),
+    )
+    .await
+    .expect("TTY input should echo");
     stdin.write_all(b" exit").await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("kubectl exec -it should end").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("kubectl exec -it should end")
+        .unwrap();
     assert!(status.success(), "kubectl exec -it: {status}; screen: {}", String::from_utf8_lossy(&screen));
 }
 
@@ -623,7 +660,13 @@ async fn direct_requests_need_credentials_and_rbac() {
     let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/stats"]).await;
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = fx
-        .kubectl(&["create", "clusterrolebinding", &role, &format!("--clusterrole={role}"), &format!("--serviceaccount={ns}:reader")])
+        .kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:reader"),
+        ])
         .await;
     assert_eq!(code, 0, "{err}");
     let resp = wait_for(Duration::from_secs(60), "RBAC grant to take effect past the decision cache", || async {
@@ -639,7 +682,8 @@ async fn direct_requests_need_credentials_and_rbac() {
     let apiserver = apiserver_client(fx.cluster);
     let resp = apiserver.get(format!("{base}/pods")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = apiserver.get(format!("{base}/containerLogs/{ns}/web/app?tailLines=1&limitBytes=5")).send().await.unwrap();
+    let resp =
+        apiserver.get(format!("{base}/containerLogs/{ns}/web/app?tailLines=1&limitBytes=5")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "web/a");
     let resp = apiserver.get(format!("{base}/containerLogs/{ns}/web/app?tailLines=x")).send().await.unwrap();
@@ -668,11 +712,7 @@ async fn serving_certificate_can_come_from_the_kubelet_serving_signer() {
     assert_eq!(fx.server.ca_pem(), None, "a signer-issued certificate is not its own CA");
     // Verified against the cluster CA, with 127.0.0.1 as a SAN.
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&fx.cluster.env["CA_CRT"]).unwrap()).unwrap();
-    let verified = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let verified = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(20)).build().unwrap();
     let resp = verified
         .get(format!("https://127.0.0.1:{}/healthz", fx.server.port()))
         .send()

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 use vkhost::plugin::CallContext;
-
 
 fn bare_pod(name: &str, node: &str, extra_spec: serde_json::Value) -> Pod {
     let mut spec = json!({
@@ -27,7 +26,6 @@ fn bare_pod(name: &str, node: &str, extra_spec: serde_json::Value) -> Pod {
     }
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
-
 
 async fn events_for(client: &kube::Client, ns: &str, pod: &str) -> Vec<(String, String)> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
@@ -56,7 +54,11 @@ async fn guide_deployment_runs_on_the_virtual_node_and_scales_to_zero() {
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     wait_for(Duration::from_secs(90), "3 pods Running and Ready on the virtual node", || async {
         let list = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
-        let ok = list.items.iter().filter(|p| running_ready(p) && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node_name)).count();
+        let ok = list
+            .items
+            .iter()
+            .filter(|p| running_ready(p) && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node_name))
+            .count();
         (ok == 3).then_some(())
     })
     .await;
@@ -81,8 +83,16 @@ async fn graceful_delete_with_30s_grace_finishes_in_under_2s() {
     let daemon = start(&example_config(cluster, &cid, &ns.name, "")).await;
     let node_name = node_of(&ns.client, &cid).await.name_any();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    pods.create(&PostParams::default(), &bare_pod("slowstop", &node_name, json!({"terminationGracePeriodSeconds": 30}))).await.unwrap();
-    wait_for(Duration::from_secs(60), "pod Running", || async { pods.get("slowstop").await.ok().filter(|p| running_ready(p)) }).await;
+    pods.create(
+        &PostParams::default(),
+        &bare_pod("slowstop", &node_name, json!({"terminationGracePeriodSeconds": 30})),
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(60), "pod Running", || async {
+        pods.get("slowstop").await.ok().filter(|p| running_ready(p))
+    })
+    .await;
 
     let t0 = Instant::now();
     pods.delete("slowstop", &DeleteParams::default()).await.unwrap();
@@ -103,16 +113,24 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
     let daemon = start(&example_config(cluster, &cid, &ns.name, "")).await;
     let node_name = node_of(&ns.client, &cid).await.name_any();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let with_secret = bare_pod("needs-secret", &node_name, json!({
-        "volumes": [{"name": "creds", "secret": {"secretName": "db-creds"}}],
-        "containers": [{"name": "app", "image": "uhub.service.ucloud.cn/library/busybox",
-                        "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}]
-    }));
+    let with_secret = bare_pod(
+        "needs-secret",
+        &node_name,
+        json!({
+            "volumes": [{"name": "creds", "secret": {"secretName": "db-creds"}}],
+            "containers": [{"name": "app", "image": "uhub.service.ucloud.cn/library/busybox",
+                            "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}]
+        }),
+    );
     pods.create(&PostParams::default(), &with_secret).await.unwrap();
-    let optional = bare_pod("optional-cm", &node_name, json!({
-        "containers": [{"name": "app", "image": "uhub.service.ucloud.cn/library/busybox",
-                        "envFrom": [{"configMapRef": {"name": "nowhere", "optional": true}}]}]
-    }));
+    let optional = bare_pod(
+        "optional-cm",
+        &node_name,
+        json!({
+            "containers": [{"name": "app", "image": "uhub.service.ucloud.cn/library/busybox",
+                            "envFrom": [{"configMapRef": {"name": "nowhere", "optional": true}}]}]
+        }),
+    );
     pods.create(&PostParams::default(), &optional).await.unwrap();
 
     wait_for(Duration::from_secs(60), "MandatorySecretNotFound event", || async {
@@ -121,7 +139,10 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
     .await;
     wait_for(Duration::from_secs(60), "optional pod Running with a warning", || async {
         let running = pods.get("optional-cm").await.ok().filter(|p| running_ready(p))?;
-        let warned = events_for(&ns.client, &ns.name, "optional-cm").await.into_iter().any(|(r, _)| r == "OptionalConfigMapNotFound");
+        let warned = events_for(&ns.client, &ns.name, "optional-cm")
+            .await
+            .into_iter()
+            .any(|(r, _)| r == "OptionalConfigMapNotFound");
         warned.then_some(running)
     })
     .await;
@@ -132,7 +153,8 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
     let uid = p.uid().unwrap();
     assert!(daemon.plugin().list(&ctx).await.unwrap().iter().all(|i| i.pod.uid != uid));
 
-    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "db-creds"}, "stringData": {"password": "pw"}})).unwrap();
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "db-creds"}, "stringData": {"password": "pw"}})).unwrap();
     Api::<Secret>::namespaced(ns.client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
     wait_for(Duration::from_secs(60), "pod Running once the secret exists", || async {
         pods.get("needs-secret").await.ok().filter(|p| running_ready(p))
@@ -154,7 +176,9 @@ async fn node_keeps_its_name_renews_its_lease_goes_notready_when_stopped_and_com
     let labels = node.labels();
     assert_eq!(labels.get("type").map(String::as_str), Some("virtual-kubelet"));
     let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    assert!(taints.iter().any(|t| t.key == "virtual-kubelet.io/provider" && t.value.as_deref() == Some("cube") && t.effect == "NoSchedule"));
+    assert!(taints.iter().any(|t| t.key == "virtual-kubelet.io/provider"
+        && t.value.as_deref() == Some("cube")
+        && t.effect == "NoSchedule"));
     let status = node.status.clone().unwrap();
     assert_eq!(status.addresses.unwrap()[0].type_, "InternalIP");
     assert!(status.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port > 0);
@@ -206,7 +230,10 @@ async fn disabled_node_creates_no_instances_and_keeps_existing_ones() {
     let node_name = node_of(&ns.client, &cid).await.name_any();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     pods.create(&PostParams::default(), &bare_pod("before", &node_name, json!({}))).await.unwrap();
-    wait_for(Duration::from_secs(60), "first pod Running", || async { pods.get("before").await.ok().filter(|p| running_ready(p)) }).await;
+    wait_for(Duration::from_secs(60), "first pod Running", || async {
+        pods.get("before").await.ok().filter(|p| running_ready(p))
+    })
+    .await;
 
     vkhost::node::ops::disable(&ns.client, &node_name).await.unwrap();
     let nodes: Api<Node> = Api::all(ns.client.clone());
@@ -223,6 +250,9 @@ async fn disabled_node_creates_no_instances_and_keeps_existing_ones() {
     assert!(running_ready(&pods.get("before").await.unwrap()), "existing pod untouched");
 
     vkhost::node::ops::enable(&ns.client, &node_name).await.unwrap();
-    wait_for(Duration::from_secs(40), "second pod Running after enable", || async { pods.get("after").await.ok().filter(|p| running_ready(p)) }).await;
+    wait_for(Duration::from_secs(40), "second pod Running after enable", || async {
+        pods.get("after").await.ok().filter(|p| running_ready(p))
+    })
+    .await;
     daemon.stop().await;
 }

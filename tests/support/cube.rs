@@ -8,8 +8,8 @@ use cube_sim::{Config as SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::plugin_path;
 use crate::Cluster;
+use crate::daemon::plugin_path;
 
 pub const PUBLIC_KEY: &str = "vkcube-test-public";
 pub const PRIVATE_KEY: &str = "vkcube-test-private";

@@ -6,13 +6,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
 use kube::Client;
+use kube::api::{Api, ListParams};
 use vkhost::config::DaemonConfig;
 use vkhost::daemon::Daemon;
 use vkhost::plugin::PluginRuntime;
 
-use crate::{wait_for, Cluster};
+use crate::{Cluster, wait_for};
 
 /// Where `plugins/build` put the plugins (`$VKCUBE_PLUGIN_DIR` overrides).
 pub fn plugin_path(name: &str) -> PathBuf {

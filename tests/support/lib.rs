@@ -68,11 +68,7 @@ fn start_cluster(apiserver_flags: &[&str]) -> Cluster {
     }
     let out = cmd.output().expect("run tests/cluster/up");
     if !out.status.success() {
-        panic!(
-            "tests/cluster/up failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("tests/cluster/up failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     eprintln!("control plane up in {:.1}s at {}", started.elapsed().as_secs_f64(), dir.display());
     let env: HashMap<String, String> = std::fs::read_to_string(dir.join("cluster.env"))
@@ -95,9 +91,7 @@ impl Cluster {
     /// An admin client.
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
         Client::try_from(config).expect("client")
     }
 
@@ -134,10 +128,7 @@ impl Cluster {
             "metadata": {"name": name}
         }))
         .unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
         wait_for(Duration::from_secs(60), "default ServiceAccount", || async {
             sas.get_opt("default").await.ok().flatten().map(|_| ())
@@ -171,8 +162,8 @@ where
     }
 }
 
-pub mod daemon;
 pub mod cube;
+pub mod daemon;
 
 /// The guide's Deployment shape (nodeSelector `type: virtual-kubelet` plus the test's
 /// `vkcube-test` label, the `virtual-kubelet.io/provider=cube` toleration, 500m / 512Mi).
@@ -201,5 +192,6 @@ pub fn deployment(name: &str, label: &str, replicas: i32) -> k8s_openapi::api::a
 pub fn running_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
     let s = p.status.as_ref();
     s.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && s.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && s.and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

@@ -26,11 +26,7 @@ pub struct UserInfo {
 pub fn user_from_certificate(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    let groups = cert
-        .subject()
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
+    let groups = cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
     Some(UserInfo { name, groups, ..UserInfo::default() })
 }
 
@@ -137,12 +133,7 @@ pub struct Authorizer {
 
 impl Authorizer {
     pub fn new(kube: kube::Client, node: String, ttl: Duration, capacity: usize) -> Self {
-        Self {
-            kube,
-            node,
-            tokens: TtlCache::new(ttl, capacity),
-            decisions: TtlCache::new(ttl, capacity),
-        }
+        Self { kube, node, tokens: TtlCache::new(ttl, capacity), decisions: TtlCache::new(ttl, capacity) }
     }
 
     /// The user behind a bearer token; `None` when the apiserver does not know the token.
@@ -157,20 +148,14 @@ impl Authorizer {
             ..TokenReview::default()
         };
         let api: kube::Api<TokenReview> = kube::Api::all(self.kube.clone());
-        let result = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| AuthError::TokenReview(e.to_string()))?;
-        let user = result
-            .status
-            .filter(|s| s.authenticated == Some(true))
-            .and_then(|s| s.user)
-            .map(|u| UserInfo {
-                name: u.username.unwrap_or_default(),
-                uid: u.uid.unwrap_or_default(),
-                groups: u.groups.unwrap_or_default(),
-                extra: u.extra.unwrap_or_default(),
-            });
+        let result =
+            api.create(&PostParams::default(), &review).await.map_err(|e| AuthError::TokenReview(e.to_string()))?;
+        let user = result.status.filter(|s| s.authenticated == Some(true)).and_then(|s| s.user).map(|u| UserInfo {
+            name: u.username.unwrap_or_default(),
+            uid: u.uid.unwrap_or_default(),
+            groups: u.groups.unwrap_or_default(),
+            extra: u.extra.unwrap_or_default(),
+        });
         self.tokens.insert(key, user.clone());
         Ok(user)
     }

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 
 use super::tls::{self, ServingCert, TlsError};
@@ -22,7 +22,9 @@ pub enum CsrError {
     Create { node: String, source: kube::Error },
     #[error("CertificateSigningRequest {name} was denied or failed: {reason}")]
     Refused { name: String, reason: String },
-    #[error("CertificateSigningRequest {name} was not issued within {waited:?} (approve it with `kubectl certificate approve {name}`)")]
+    #[error(
+        "CertificateSigningRequest {name} was not issued within {waited:?} (approve it with `kubectl certificate approve {name}`)"
+    )]
     Timeout { name: String, waited: Duration },
     #[error("reading CertificateSigningRequest {name}: {source}")]
     Read { name: String, source: kube::Error },
@@ -67,7 +69,9 @@ pub async fn request(
         }]}});
         // The controller-manager never approves kubelet-serving CSRs; without RBAC for it we
         // wait for an administrator instead.
-        if let Err(e) = api.patch_subresource("approval", &name, &PatchParams::default(), &Patch::Merge(&approval)).await {
+        if let Err(e) =
+            api.patch_subresource("approval", &name, &PatchParams::default(), &Patch::Merge(&approval)).await
+        {
             tracing::warn!(csr = %name, error = %e, "cannot approve our own serving CSR; waiting for an administrator");
         }
     }

@@ -75,12 +75,8 @@ enum Upgrade {
 }
 
 fn negotiate(req: &Request) -> Result<Upgrade, String> {
-    let upgrade = req
-        .headers()
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let upgrade =
+        req.headers().get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if upgrade.contains("websocket") {
         let offered: Vec<String> = req
             .headers()
@@ -153,7 +149,10 @@ async fn session(
     let upstream = match relay::connect(&target, state.ws_tls.clone()).await {
         Ok(u) => u,
         Err(e) => {
-            return error_response(StatusCode::BAD_GATEWAY, format!("pod {namespace}/{pod} container {container}: {e}"));
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                format!("pod {namespace}/{pod} container {container}: {e}"),
+            );
         }
     };
     let session_name = format!("{namespace}/{pod}/{container}");
@@ -181,6 +180,8 @@ async fn session(
                 tracing::debug!(session = %session_name, "kubelet API: websocket session ended");
             })
         }
-        Upgrade::Spdy { version } => spdy::upgrade(req, version, opts, upstream, state.sessions.clone(), state.shutdown.clone(), session_name),
+        Upgrade::Spdy { version } => {
+            spdy::upgrade(req, version, opts, upstream, state.sessions.clone(), state.shutdown.clone(), session_name)
+        }
     }
 }

@@ -31,7 +31,10 @@ pub async fn container_logs(
     if target.protocol != StreamProtocol::HttpBody {
         return error_response(
             StatusCode::BAD_GATEWAY,
-            format!("the provider returned a {:?} log target at {}, but logs need an http-body target", target.protocol, target.url),
+            format!(
+                "the provider returned a {:?} log target at {}, but logs need an http-body target",
+                target.protocol, target.url
+            ),
         );
     }
     let mut req = state.http.get(&target.url);
@@ -50,7 +53,8 @@ pub async fn container_logs(
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let code = if status == reqwest::StatusCode::NOT_FOUND { StatusCode::NOT_FOUND } else { StatusCode::BAD_GATEWAY };
+        let code =
+            if status == reqwest::StatusCode::NOT_FOUND { StatusCode::NOT_FOUND } else { StatusCode::BAD_GATEWAY };
         return error_response(
             code,
             format!("pod {namespace}/{pod} container {container}: log stream answered {status}: {}", text.trim()),

@@ -25,7 +25,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use backend::{BackendError, ContainerUsage, ExecQuery, KubeletBackend, LogQuery, PodUsage, StreamProtocol, StreamTarget};
+pub use backend::{
+    BackendError, ContainerUsage, ExecQuery, KubeletBackend, LogQuery, PodUsage, StreamProtocol, StreamTarget,
+};
 pub use settings::{KubeletConfig, ServingTls};
 
 /// Why the kubelet API could not start.
@@ -87,12 +89,16 @@ impl KubeletServer {
             tracing::warn!(node = %node, "kubelet API: no client CA; only bearer tokens are accepted");
         }
         let server_cfg = tls::server_config(certs.clone(), client_ca).map_err(tls_err)?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| KubeletError::Bind { node: node.clone(), listen: cfg.listen, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| KubeletError::Bind { node: node.clone(), listen: cfg.listen, source })?;
+        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| KubeletError::Bind {
+            node: node.clone(),
+            listen: cfg.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| KubeletError::Bind {
+            node: node.clone(),
+            listen: cfg.listen,
+            source,
+        })?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -116,10 +122,7 @@ impl KubeletServer {
         let renewal = renew_loop(cfg, kube, node, hostname, certs.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
             let connections = TaskTracker::new();
-            tokio::join!(
-                server::accept_loop(listener, acceptor, router, connections.clone(), shutdown),
-                renewal
-            );
+            tokio::join!(server::accept_loop(listener, acceptor, router, connections.clone(), shutdown), renewal);
             connections.close();
             sessions.close();
             connections.wait().await;
@@ -173,7 +176,12 @@ impl KubeletServer {
 
 /// The certificate to start with. A CSR that is not issued in time
 /// falls back to a self-signed certificate, and the renewal loop keeps asking.
-async fn initial_cert(cfg: &KubeletConfig, kube: &kube::Client, node: &str, hostname: &str) -> Result<tls::ServingCert, tls::TlsError> {
+async fn initial_cert(
+    cfg: &KubeletConfig,
+    kube: &kube::Client,
+    node: &str,
+    hostname: &str,
+) -> Result<tls::ServingCert, tls::TlsError> {
     match &cfg.tls {
         ServingTls::SelfSigned => tls::self_signed(node, hostname, cfg.address),
         ServingTls::Csr { self_approve, lifetime, wait } => {
@@ -229,7 +237,9 @@ async fn renew_loop(
                 tracing::info!(node = %node, "kubelet API: serving certificate renewed");
                 certs.replace(cert);
             }
-            Err(e) => tracing::warn!(node = %node, error = %e, "kubelet API: serving certificate renewal failed; retrying"),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "kubelet API: serving certificate renewal failed; retrying")
+            }
         }
     }
 }

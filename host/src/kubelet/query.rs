@@ -70,7 +70,11 @@ pub fn log_query(raw: Option<&str>) -> Result<LogQuery, QueryError> {
         }
     }
     if q.since_seconds.is_some() && q.since_time.is_some() {
-        return Err(bad("sinceTime", q.since_time.as_deref().unwrap_or(""), "at most one of sinceTime or sinceSeconds may be set"));
+        return Err(bad(
+            "sinceTime",
+            q.since_time.as_deref().unwrap_or(""),
+            "at most one of sinceTime or sinceSeconds may be set",
+        ));
     }
     Ok(q)
 }
@@ -153,7 +157,8 @@ mod tests {
 
     #[test]
     fn exec_query_collects_repeated_commands_in_order() {
-        let q = exec_query(Some("command=sh&command=-c&command=echo+hi%3Bexit+3&input=1&output=1&error=1"), false).unwrap();
+        let q =
+            exec_query(Some("command=sh&command=-c&command=echo+hi%3Bexit+3&input=1&output=1&error=1"), false).unwrap();
         assert_eq!(q.command, vec!["sh", "-c", "echo hi;exit 3"]);
         assert!(q.stdin && q.stdout && q.stderr && !q.tty);
     }

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::backend::{StreamProtocol, StreamTarget};
@@ -69,10 +69,8 @@ pub async fn connect(target: &StreamTarget, tls: Arc<rustls::ClientConfig>) -> R
         let value = HeaderValue::from_str(value).map_err(|e| header_err(e.to_string()))?;
         req.headers_mut().append(name, value);
     }
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"),
-    );
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"));
     let connector = tokio_tungstenite::Connector::Rustls(tls);
     let (ws, resp) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
         .await
@@ -252,11 +250,8 @@ mod tests {
 
     #[tokio::test]
     async fn http_body_targets_are_refused_for_exec() {
-        let target = StreamTarget {
-            url: "http://127.0.0.1:1/logs".into(),
-            headers: vec![],
-            protocol: StreamProtocol::HttpBody,
-        };
+        let target =
+            StreamTarget { url: "http://127.0.0.1:1/logs".into(), headers: vec![], protocol: StreamProtocol::HttpBody };
         let tls = Arc::new(super::super::tls::client_config());
         assert!(matches!(connect(&target, tls).await, Err(RelayError::WrongProtocol { .. })));
     }

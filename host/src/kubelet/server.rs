@@ -116,7 +116,13 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until shutdown; each connection runs on the tracker.
-pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Router, connections: TaskTracker, shutdown: CancellationToken) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+) {
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -154,9 +160,8 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: R
                 let mut router = router.clone();
                 async move { tower_service::Service::call(&mut router, req).await }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).with_upgrades();
             tokio::select! {
                 result = conn => if let Err(e) = result {
                     tracing::debug!(%remote, error = %e, "kubelet API: connection ended with an error");

@@ -27,7 +27,8 @@ pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
 
 pub async fn summary(State(state): State<Arc<ApiState>>) -> Response {
     match state.backend.usage().await {
-        Ok(usage) => axum::Json(build_summary(&state.node, state.started, Utc::now(), &usage, &state.backend.pods())).into_response(),
+        Ok(usage) => axum::Json(build_summary(&state.node, state.started, Utc::now(), &usage, &state.backend.pods()))
+            .into_response(),
         Err(e) => error_response(e.status(), format!("usage of node {}: {e}", state.node)),
     }
 }
@@ -107,7 +108,13 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// Builds the Summary: container samples as given, pods and the node as their sums.
-pub fn build_summary(node: &str, started: DateTime<Utc>, now: DateTime<Utc>, usage: &[PodUsage], pods: &[Pod]) -> Summary {
+pub fn build_summary(
+    node: &str,
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+    usage: &[PodUsage],
+    pods: &[Pod],
+) -> Summary {
     let now_s = rfc3339(now);
     let pod_start: HashMap<(String, String), (String, Option<String>)> = pods
         .iter()
@@ -213,7 +220,11 @@ pub fn render_metrics(now: DateTime<Utc>, usage: &[PodUsage], scrape_error: bool
         }
     };
     // Each metric family's rows are written as "<name>" + the row, so build the row text first.
-    let family = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&super::backend::ContainerUsage) -> String| {
+    let family = |out: &mut String,
+                  name: &str,
+                  kind: &str,
+                  help: &str,
+                  value: &dyn Fn(&super::backend::ContainerUsage) -> String| {
         header(out, name, kind, help);
         let mut rows = String::new();
         container_rows(&mut rows, value);
@@ -221,38 +232,77 @@ pub fn render_metrics(now: DateTime<Utc>, usage: &[PodUsage], scrape_error: bool
             let _ = writeln!(out, "{name}{row}");
         }
     };
-    family(&mut out, "container_cpu_usage_seconds_total", "counter",
+    family(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "counter",
         "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
-        &|c| seconds(c.cpu_usage_core_nano_seconds).to_string());
-    family(&mut out, "container_memory_working_set_bytes", "gauge",
+        &|c| seconds(c.cpu_usage_core_nano_seconds).to_string(),
+    );
+    family(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "gauge",
         "[STABLE] Current working set of the container in bytes",
-        &|c| c.memory_working_set_bytes.to_string());
-    family(&mut out, "container_start_time_seconds", "gauge",
+        &|c| c.memory_working_set_bytes.to_string(),
+    );
+    family(
+        &mut out,
+        "container_start_time_seconds",
+        "gauge",
         "[STABLE] Start time of the container since unix epoch in seconds",
-        &|c| (millis(&c.start_time, 0) as f64 / 1000.0).to_string());
+        &|c| (millis(&c.start_time, 0) as f64 / 1000.0).to_string(),
+    );
 
     let (mut node_cpu, mut node_mem) = (0u64, 0u64);
-    header(&mut out, "pod_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the pod in core-seconds");
+    header(
+        &mut out,
+        "pod_cpu_usage_seconds_total",
+        "counter",
+        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+    );
     for pod in usage {
         let cpu: u64 = pod.containers.iter().map(|c| c.cpu_usage_core_nano_seconds).sum();
         node_cpu += cpu;
-        let _ = writeln!(out, "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {}",
-            label(&pod.namespace), label(&pod.name), seconds(cpu), millis(&pod.timestamp, now_ms));
+        let _ = writeln!(
+            out,
+            "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {}",
+            label(&pod.namespace),
+            label(&pod.name),
+            seconds(cpu),
+            millis(&pod.timestamp, now_ms)
+        );
     }
     header(&mut out, "pod_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the pod in bytes");
     for pod in usage {
         let mem: u64 = pod.containers.iter().map(|c| c.memory_working_set_bytes).sum();
         node_mem += mem;
-        let _ = writeln!(out, "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {}",
-            label(&pod.namespace), label(&pod.name), mem, millis(&pod.timestamp, now_ms));
+        let _ = writeln!(
+            out,
+            "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {}",
+            label(&pod.namespace),
+            label(&pod.name),
+            mem,
+            millis(&pod.timestamp, now_ms)
+        );
     }
     if !scrape_error {
-        header(&mut out, "node_cpu_usage_seconds_total", "counter", "[STABLE] Cumulative cpu time consumed by the node in core-seconds");
+        header(
+            &mut out,
+            "node_cpu_usage_seconds_total",
+            "counter",
+            "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+        );
         let _ = writeln!(out, "node_cpu_usage_seconds_total {} {now_ms}", seconds(node_cpu));
         header(&mut out, "node_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the node in bytes");
         let _ = writeln!(out, "node_memory_working_set_bytes {node_mem} {now_ms}");
     }
-    header(&mut out, "scrape_error", "gauge", "[ALPHA] 1 if there was an error while getting container metrics, 0 otherwise");
+    header(
+        &mut out,
+        "scrape_error",
+        "gauge",
+        "[ALPHA] 1 if there was an error while getting container metrics, 0 otherwise",
+    );
     let _ = writeln!(out, "scrape_error {}", u8::from(scrape_error));
     out
 }
@@ -311,8 +361,14 @@ mod tests {
         assert!(text.contains(
             "container_cpu_usage_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 2.5 1795708800000"
         ), "{text}");
-        assert!(text.contains("container_memory_working_set_bytes{container=\"side\\\"car\",namespace=\"default\",pod=\"web\"} 24 "));
-        assert!(text.contains("container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 1795705200 "));
+        assert!(text.contains(
+            "container_memory_working_set_bytes{container=\"side\\\"car\",namespace=\"default\",pod=\"web\"} 24 "
+        ));
+        assert!(
+            text.contains(
+                "container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 1795705200 "
+            )
+        );
         assert!(text.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 3 "));
         assert!(text.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 1024 "));
         assert!(text.contains("node_cpu_usage_seconds_total 3 "));

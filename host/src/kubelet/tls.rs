@@ -98,8 +98,8 @@ pub fn issued_chain(pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, SystemT
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::IssuedCertificate(e.to_string()))?;
     let leaf = chain.first().ok_or_else(|| TlsError::IssuedCertificate("no certificate in PEM".into()))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| TlsError::IssuedCertificate(e.to_string()))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| TlsError::IssuedCertificate(e.to_string()))?;
     let secs = parsed.validity().not_after.timestamp();
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
     Ok((chain, not_after))
@@ -133,12 +133,15 @@ impl ResolvesServerCert for CertStore {
 
 /// Reads the client CA: the configured file, else the cluster's published one. `None` when the
 /// cluster publishes none (client certificates are then not accepted; tokens still are).
-pub async fn client_ca(file: Option<&Path>, kube: &kube::Client) -> Result<Option<Vec<CertificateDer<'static>>>, TlsError> {
+pub async fn client_ca(
+    file: Option<&Path>,
+    kube: &kube::Client,
+) -> Result<Option<Vec<CertificateDer<'static>>>, TlsError> {
     let pem = match file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| TlsError::ClientCaFile {
-            path: path.display().to_string(),
-            why: e.to_string(),
-        })?),
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| TlsError::ClientCaFile { path: path.display().to_string(), why: e.to_string() })?,
+        ),
         None => {
             let api: kube::Api<ConfigMap> = kube::Api::namespaced(kube.clone(), "kube-system");
             let cm = api
@@ -160,9 +163,11 @@ pub async fn client_ca(file: Option<&Path>, kube: &kube::Client) -> Result<Optio
 
 /// The server configuration: certificates from the store; client certificates optional (bearer
 /// tokens are the other way in) but, when presented, verified against the client CA.
-pub fn server_config(store: Arc<CertStore>, client_ca: Option<Vec<CertificateDer<'static>>>) -> Result<rustls::ServerConfig, TlsError> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?;
+pub fn server_config(
+    store: Arc<CertStore>,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(certs) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -206,10 +211,7 @@ mod tests {
         let cert = self_signed("vk-1", "vk-1.example", "127.0.0.1".parse().unwrap()).unwrap();
         let (chain, not_after) = issued_chain(cert.cert_pem.as_bytes()).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
-        assert_eq!(
-            parsed.subject().iter_common_name().next().unwrap().as_str().unwrap(),
-            "system:node:vk-1"
-        );
+        assert_eq!(parsed.subject().iter_common_name().next().unwrap().as_str().unwrap(), "system:node:vk-1");
         let sans = format!("{:?}", parsed.subject_alternative_name().unwrap().unwrap().value.general_names);
         assert!(sans.contains("vk-1.example"), "{sans}");
         assert!(sans.contains("127.0.0.1") || sans.contains("[127, 0, 0, 1]"), "{sans}");

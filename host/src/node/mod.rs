@@ -8,8 +8,8 @@ pub mod naming;
 pub mod ops;
 pub mod registration;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{CallContext, Plugin};
 use crate::pods::{self, NodeBackend, NodeContext};
 use lease::Claim;
-use registration::{NodeShape, DISABLED_ANNOTATION};
+use registration::{DISABLED_ANNOTATION, NodeShape};
 
 /// Annotation on an election Lease saying the node was deleted on purpose: do not recreate it.
 pub const DELETED_ANNOTATION: &str = "vkcube.io/node-deleted";
@@ -53,7 +53,15 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
     loop {
         // Wait to become the actor for this node.
         loop {
-            match lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds).await {
+            match lease::try_claim(
+                &shared.client,
+                &ha.namespace,
+                &lease_name,
+                &shared.identity,
+                ha.lease_duration_seconds,
+            )
+            .await
+            {
                 Ok(Claim::Held) => break,
                 Ok(Claim::HeldBy(holder)) => {
                     if !waiting_logged {
@@ -81,7 +89,15 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
                 _ = term.cancelled() => break false,
                 _ = tokio::time::sleep(renew) => {}
             }
-            match lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds).await {
+            match lease::try_claim(
+                &shared.client,
+                &ha.namespace,
+                &lease_name,
+                &shared.identity,
+                ha.lease_duration_seconds,
+            )
+            .await
+            {
                 Ok(Claim::Held) => last_renewed = tokio::time::Instant::now(),
                 Ok(Claim::HeldBy(holder)) => {
                     tracing::warn!(node = %settings.id, %holder, "lost the election lease; stepping down");
@@ -114,7 +130,8 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
 }
 
 async fn node_was_deleted(shared: &Shared, lease_name: &str) -> bool {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(shared.client.clone(), &shared.config.ha.namespace);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(shared.client.clone(), &shared.config.ha.namespace);
     leases
         .get_opt(lease_name)
         .await
@@ -195,7 +212,8 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         .map_err(|source| NodeError::Kube { node: name.clone(), source })?;
     tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %registration::plugin_label(&plugin_info), "virtual node registered");
 
-    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone())));
+    let heartbeat =
+        AbortOnDropHandle::new(tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone())));
     let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(shared.clone(), name.clone(), term.clone())));
     pods::run(ctx, term.clone()).await;
     term.cancel();
@@ -216,7 +234,11 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
                 if let Err(e) = lease::renew_node_lease(&shared.client, &ctx.node_name, &uid).await {
                     tracing::warn!(node = %ctx.node_name, error = %e, "node lease renewal failed");
                 }
-                let disabled = node.metadata.annotations.as_ref().is_some_and(|a| a.get(DISABLED_ANNOTATION).map(String::as_str) == Some("true"));
+                let disabled = node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.get(DISABLED_ANNOTATION).map(String::as_str) == Some("true"));
                 ctx.disabled.store(disabled, Ordering::Relaxed);
                 if let Ok(offer) = shared.plugin.describe_node(&ctx.call).await {
                     shape.offer = offer;
@@ -255,7 +277,8 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
 /// Turns plugin reload attempts into Node Events, the plugin annotation and metrics.
 async fn report_reloads(shared: Arc<Shared>, node: String, term: CancellationToken) {
     let mut events = shared.plugin.subscribe();
-    let recorder = Recorder::new(shared.client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
+    let recorder =
+        Recorder::new(shared.client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
     let nodes: Api<Node> = Api::all(shared.client.clone());
     loop {
         let ev = tokio::select! {
@@ -272,7 +295,11 @@ async fn report_reloads(shared: Arc<Shared>, node: String, term: CancellationTok
             Ok(new) => (
                 EventType::Normal,
                 "PluginReloaded",
-                format!("provider plugin {} replaced by {}", registration::plugin_label(&ev.old), registration::plugin_label(new)),
+                format!(
+                    "provider plugin {} replaced by {}",
+                    registration::plugin_label(&ev.old),
+                    registration::plugin_label(new)
+                ),
             ),
             Err(why) => (
                 EventType::Warning,
@@ -281,7 +308,8 @@ async fn report_reloads(shared: Arc<Shared>, node: String, term: CancellationTok
             ),
         };
         if let Ok(Some(n)) = nodes.get_opt(&node).await {
-            let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reload".into(), secondary: None };
+            let event =
+                Event { type_, reason: reason.into(), note: Some(note), action: "Reload".into(), secondary: None };
             let _ = recorder.publish(&event, &n.object_ref(&())).await;
         }
         if let Ok(new) = &ev.outcome {

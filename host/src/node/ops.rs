@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::naming::NODE_ID_LABEL;
 use super::registration::DISABLED_ANNOTATION;
-use super::{election_lease_name, DELETED_ANNOTATION};
+use super::{DELETED_ANNOTATION, election_lease_name};
 use crate::config::DaemonConfig;
 use crate::plugin::{CallContext, CallError, DeleteReason, Plugin, ProviderError};
 
@@ -64,7 +64,12 @@ pub struct DeleteReport {
 
 /// Deletes every instance of the node through the provider, waits until they are gone, marks
 /// the node deleted for the daemon, then deletes the Node and its heartbeat Lease.
-pub async fn delete(client: &Client, plugin: &Plugin, config: &DaemonConfig, name: &str) -> Result<DeleteReport, OpsError> {
+pub async fn delete(
+    client: &Client,
+    plugin: &Plugin,
+    config: &DaemonConfig,
+    name: &str,
+) -> Result<DeleteReport, OpsError> {
     let err = |source| OpsError::Kube { node: name.into(), source };
     let nodes: Api<Node> = Api::all(client.clone());
     let node = nodes.get_opt(name).await.map_err(err)?.ok_or_else(|| OpsError::NoSuchNode(name.into()))?;
@@ -74,8 +79,12 @@ pub async fn delete(client: &Client, plugin: &Plugin, config: &DaemonConfig, nam
         .iter()
         .find(|n| n.id == id)
         .ok_or_else(|| OpsError::NotConfigured { node: name.into(), id: id.clone() })?;
-    let json = settings.provider_json().map_err(|e| OpsError::Other { node: name.into(), message: e.to_string() })?.to_string();
-    let normalised = plugin.validate_config(&id, &json).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
+    let json = settings
+        .provider_json()
+        .map_err(|e| OpsError::Other { node: name.into(), message: e.to_string() })?
+        .to_string();
+    let normalised =
+        plugin.validate_config(&id, &json).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
     let call = CallContext { node_name: name.into(), config: normalised };
 
     // Stop the daemon from acting for (and recreating) the node first.
@@ -85,7 +94,10 @@ pub async fn delete(client: &Client, plugin: &Plugin, config: &DaemonConfig, nam
     match leases.patch(&lease_name, &PatchParams::default(), &Patch::Merge(&mark)).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            let lease: Lease = serde_json::from_value(json!({"metadata": {"name": lease_name, "annotations": {DELETED_ANNOTATION: "true"}}, "spec": {}})).unwrap();
+            let lease: Lease = serde_json::from_value(
+                json!({"metadata": {"name": lease_name, "annotations": {DELETED_ANNOTATION: "true"}}, "spec": {}}),
+            )
+            .unwrap();
             leases.create(&PostParams::default(), &lease).await.map_err(err)?;
         }
         Err(e) => return Err(err(e)),
@@ -107,7 +119,10 @@ pub async fn delete(client: &Client, plugin: &Plugin, config: &DaemonConfig, nam
             break;
         }
         if Instant::now() > deadline {
-            return Err(OpsError::Other { node: name.into(), message: format!("{} instances still exist after 120 s", left.len()) });
+            return Err(OpsError::Other {
+                node: name.into(),
+                message: format!("{} instances still exist after 120 s", left.len()),
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
-use serde_json::{json, Value};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 
 use super::naming::{self, CLUSTER_LABEL, NODE_ID_LABEL, PROVIDER_TAINT, TYPE_LABEL};
 use crate::config::MAX_VIRTUAL_NODES;
@@ -54,11 +54,7 @@ pub async fn find_or_name(client: &Client, shape: &NodeShape) -> Result<(String,
         move |source| RegistrationError::Api { node: node.clone(), source }
     };
     let selector = naming::identity_selector(&shape.cluster_id, &shape.node_id);
-    let mut mine = nodes
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(api_err(&selector))?
-        .items;
+    let mut mine = nodes.list(&ListParams::default().labels(&selector)).await.map_err(api_err(&selector))?.items;
     mine.sort_by_key(|n| n.metadata.creation_timestamp.clone().map(|t| t.0));
     if let Some(existing) = mine.into_iter().next() {
         return Ok((existing.metadata.name.unwrap_or_default(), true));
@@ -124,9 +120,7 @@ pub async fn reconcile_metadata(client: &Client, name: &str, shape: &NodeShape) 
 /// Writes the node status (capacity, addresses, kubelet endpoint, node info, conditions).
 pub async fn patch_status(client: &Client, name: &str, shape: &NodeShape) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status_json(shape)})))
-        .await?;
+    nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status_json(shape)}))).await?;
     Ok(())
 }
 

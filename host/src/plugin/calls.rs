@@ -6,8 +6,8 @@ use std::time::Instant;
 use crate::plugin::error::{CallError, Export};
 use crate::plugin::handle::Plugin;
 use crate::plugin::since_v0_1_0::{
-    CallContext, DeleteReason, Deletion, ExecOptions, Instance, LogOptions, NodeOffer, PodOutcome, PodRef,
-    PodStatus, PodUsage, ResolvedPod, StreamTarget,
+    CallContext, DeleteReason, Deletion, ExecOptions, Instance, LogOptions, NodeOffer, PodOutcome, PodRef, PodStatus,
+    PodUsage, ResolvedPod, StreamTarget,
 };
 
 /// Calls `$iface.$func` with the store first and the given arguments, on the active version.

@@ -50,12 +50,13 @@ pub async fn check_with(
         Some(config) => {
             let config = config.to_string();
             let started = Instant::now();
-            let normalized = loaded.validate_config(node, &config).await.map_err(|source| LoadError::ConfigRejected {
-                plugin: loaded.info.name.clone(),
-                version: loaded.info.version.clone(),
-                node: node.to_owned(),
-                source,
-            })?;
+            let normalized =
+                loaded.validate_config(node, &config).await.map_err(|source| LoadError::ConfigRejected {
+                    plugin: loaded.info.name.clone(),
+                    version: loaded.info.version.clone(),
+                    node: node.to_owned(),
+                    source,
+                })?;
             Some(SmokeResult { node: node.to_owned(), normalized, took_ms: started.elapsed().as_secs_f64() * 1e3 })
         }
     };
@@ -87,7 +88,9 @@ impl fmt::Display for CheckReport {
         writeln!(f, "compile     {:.1} ms ({origin}); load total {:.1} ms", l.compile_ms, l.total_ms)?;
         match &self.smoke {
             None => writeln!(f, "config      not checked (pass --config FILE.toml)")?,
-            Some(s) => writeln!(f, "config      accepted for node {} in {:.1} ms: {}", s.node, s.took_ms, s.normalized)?,
+            Some(s) => {
+                writeln!(f, "config      accepted for node {} in {:.1} ms: {}", s.node, s.took_ms, s.normalized)?
+            }
         }
         write!(f, "result      OK")
     }

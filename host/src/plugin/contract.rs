@@ -91,8 +91,7 @@ pub fn read(bytes: &[u8]) -> Contract {
             _ => {}
         }
     }
-    let missing: Vec<&str> =
-        EXPORTED.iter().copied().filter(|i| !versions.iter().any(|(name, _)| name == i)).collect();
+    let missing: Vec<&str> = EXPORTED.iter().copied().filter(|i| !versions.iter().any(|(name, _)| name == i)).collect();
     if !missing.is_empty() {
         return Contract::NoProviderExports(format!(
             "does not export {} (exports: {})",

@@ -57,7 +57,11 @@ pub fn host_contracts() -> Vec<Version> {
 }
 
 fn contract_range(v: &Version) -> String {
-    if v.major == 0 { format!("{}.{}.x", v.major, v.minor) } else { format!("{}.x (up to {}.{})", v.major, v.major, v.minor) }
+    if v.major == 0 {
+        format!("{}.{}.x", v.major, v.minor)
+    } else {
+        format!("{}.x (up to {}.{})", v.major, v.major, v.minor)
+    }
 }
 
 /// Reads, checks, compiles and typechecks the file named by `settings`, then asks the plugin who
@@ -165,8 +169,13 @@ impl Loaded {
     /// A fresh store for one call: limits armed, nothing shared with any other call but `kv`.
     fn new_store(&self) -> Store<HostState> {
         let cpu = self.limits.cpu_deadline();
-        let state =
-            HostState::new(self.identity.clone(), self.kv.clone(), self.egress.clone(), self.limits.memory_bytes(), cpu);
+        let state = HostState::new(
+            self.identity.clone(),
+            self.kv.clone(),
+            self.egress.clone(),
+            self.limits.memory_bytes(),
+            cpu,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         // The first check comes after one slice, not after the whole budget, so the guest yields
@@ -310,6 +319,7 @@ fn first_line_backtrace(error: &wasmtime::Error) -> String {
     // wasmtime renders "error while executing at wasm backtrace:\n  0: ...\n  1: ..."; the first
     // few frames name the guest function that failed.
     let text = format!("{error:?}");
-    let frames: Vec<&str> = text.lines().map(str::trim).filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit()).take(4).collect();
+    let frames: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit()).take(4).collect();
     if frames.is_empty() { "no backtrace".into() } else { format!("backtrace: {}", frames.join(" | ")) }
 }

@@ -35,9 +35,8 @@ pub use stats::{CallCount, PluginStats, StatsSnapshot};
 
 // The contract's types, so callers write `plugin::ResolvedPod`.
 pub use since_v0_1_0::{
-    BinaryEntry, CallContext, ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage,
-    DeleteReason, Deletion, Event, ExecOptions, Instance, InvalidInput, KeyValue, LogOptions, NodeCondition,
-    NodeOffer, PluginInfo, PodOutcome, PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret,
-    ServiceAccountToken, StateRunning, StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint,
-    VolumeClaim,
+    BinaryEntry, CallContext, ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage, DeleteReason,
+    Deletion, Event, ExecOptions, Instance, InvalidInput, KeyValue, LogOptions, NodeCondition, NodeOffer, PluginInfo,
+    PodOutcome, PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret, ServiceAccountToken, StateRunning,
+    StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint, VolumeClaim,
 };

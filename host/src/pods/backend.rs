@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::controller::NodeContext;
-use crate::kubelet::{BackendError, ContainerUsage, ExecQuery, KubeletBackend, LogQuery, PodUsage, StreamProtocol, StreamTarget};
+use crate::kubelet::{
+    BackendError, ContainerUsage, ExecQuery, KubeletBackend, LogQuery, PodUsage, StreamProtocol, StreamTarget,
+};
 use crate::plugin::{self, CallError, ProviderError};
 
 /// A [`KubeletBackend`] over one node's context.
@@ -22,7 +24,9 @@ impl NodeBackend {
             .pods()
             .into_iter()
             .find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
-            .ok_or_else(|| BackendError::NotFound(format!("pod {namespace}/{name} is not on node {}", self.0.node_name)))?;
+            .ok_or_else(|| {
+                BackendError::NotFound(format!("pod {namespace}/{name} is not on node {}", self.0.node_name))
+            })?;
         Ok(plugin::PodRef { namespace: namespace.into(), name: name.into(), uid: pod.uid().unwrap_or_default() })
     }
 }
@@ -30,7 +34,9 @@ impl NodeBackend {
 fn backend_error(e: CallError) -> BackendError {
     match e {
         CallError::Provider(ProviderError::NotFound(m)) => BackendError::NotFound(m),
-        CallError::Provider(ProviderError::Invalid(i)) => BackendError::BadRequest(format!("{}: {}", i.field, i.message)),
+        CallError::Provider(ProviderError::Invalid(i)) => {
+            BackendError::BadRequest(format!("{}: {}", i.field, i.message))
+        }
         CallError::StreamTargetDenied { .. } => BackendError::BadRequest(e.to_string()),
         other => BackendError::Unavailable(other.to_string()),
     }
@@ -60,7 +66,13 @@ impl KubeletBackend for NodeBackend {
         self.0.pods().into_iter().map(|p| (*p).clone()).collect()
     }
 
-    fn logs<'a>(&'a self, namespace: &'a str, pod: &'a str, container: &'a str, opts: LogQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+    fn logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: LogQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         async move {
             let pref = self.pod_ref(namespace, pod)?;
             let o = plugin::LogOptions {
@@ -77,18 +89,40 @@ impl KubeletBackend for NodeBackend {
         .boxed()
     }
 
-    fn exec<'a>(&'a self, namespace: &'a str, pod: &'a str, container: &'a str, opts: ExecQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+    fn exec<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: ExecQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         async move {
             let pref = self.pod_ref(namespace, pod)?;
-            self.0.plugin.exec(&self.0.call, &pref, container, &exec_options(&opts)).await.map(target).map_err(backend_error)
+            self.0
+                .plugin
+                .exec(&self.0.call, &pref, container, &exec_options(&opts))
+                .await
+                .map(target)
+                .map_err(backend_error)
         }
         .boxed()
     }
 
-    fn attach<'a>(&'a self, namespace: &'a str, pod: &'a str, container: &'a str, opts: ExecQuery) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+    fn attach<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        container: &'a str,
+        opts: ExecQuery,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         async move {
             let pref = self.pod_ref(namespace, pod)?;
-            self.0.plugin.attach(&self.0.call, &pref, container, &exec_options(&opts)).await.map(target).map_err(backend_error)
+            self.0
+                .plugin
+                .attach(&self.0.call, &pref, container, &exec_options(&opts))
+                .await
+                .map(target)
+                .map_err(backend_error)
         }
         .boxed()
     }
@@ -100,7 +134,11 @@ impl KubeletBackend for NodeBackend {
                 .pods()
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .map(|p| plugin::PodRef { namespace: p.namespace().unwrap_or_default(), name: p.name_any(), uid: p.uid().unwrap_or_default() })
+                .map(|p| plugin::PodRef {
+                    namespace: p.namespace().unwrap_or_default(),
+                    name: p.name_any(),
+                    uid: p.uid().unwrap_or_default(),
+                })
                 .collect();
             let usage = self.0.plugin.usage(&self.0.call, &refs).await.map_err(backend_error)?;
             Ok(usage

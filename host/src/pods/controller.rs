@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::resolve::{self, Missing};
@@ -71,10 +71,8 @@ impl NodeContext {
         settings: PodSettings,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) },
-        );
+        let recorder =
+            Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
         Arc::new(Self {
             call: CallContext { node_name: node_name.clone(), config: config_json },
             client,
@@ -163,8 +161,8 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     adopt(&ctx).await;
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
-    let controller = Controller::new(pods, wc)
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
+    let controller =
+        Controller::new(pods, wc).with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
     *ctx.store.lock().unwrap() = Some(controller.store());
     let store = controller.store();
     let sync_ctx = ctx.clone();
@@ -206,12 +204,19 @@ async fn adopt(ctx: &NodeContext) {
             for inst in list {
                 map.insert(
                     inst.pod.uid.clone(),
-                    InstanceRecord { instance_id: inst.instance_id, pod: inst.pod, seen_at: Instant::now(), refresh_at: None },
+                    InstanceRecord {
+                        instance_id: inst.instance_id,
+                        pod: inst.pod,
+                        seen_at: Instant::now(),
+                        refresh_at: None,
+                    },
                 );
             }
             tracing::info!(node = %ctx.node_name, instances = map.len(), "adopted existing instances");
         }
-        Err(e) => tracing::warn!(node = %ctx.node_name, error = %e, "listing instances at start failed; creates stay idempotent by pod UID"),
+        Err(e) => {
+            tracing::warn!(node = %ctx.node_name, error = %e, "listing instances at start failed; creates stay idempotent by pod UID")
+        }
     }
 }
 
@@ -249,7 +254,10 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         return Ok(Action::await_change());
     }
     if ctx.disabled.load(Ordering::Relaxed) {
-        let msg = format!("node {} is disabled: no new instances are created through it (`vkhost node enable {}`)", ctx.node_name, ctx.node_name);
+        let msg = format!(
+            "node {} is disabled: no new instances are created through it (`vkhost node enable {}`)",
+            ctx.node_name, ctx.node_name
+        );
         write_status(pod, ctx, status::waiting_status("Pending", "NodeDisabled", &msg)).await?;
         return Ok(Action::requeue(Duration::from_secs(15)));
     }
@@ -291,7 +299,9 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         }
         Err(e) => {
             let (reason, phase_reason) = match &e {
-                CallError::Provider(ProviderError::QuotaExceeded(_)) => ("ProviderQuotaExceeded", "ProviderQuotaExceeded"),
+                CallError::Provider(ProviderError::QuotaExceeded(_)) => {
+                    ("ProviderQuotaExceeded", "ProviderQuotaExceeded")
+                }
                 _ => ("ProviderCreateFailed", "ProviderFailed"),
             };
             ctx.event(pod, true, reason, format!("{e}; retrying")).await;
@@ -316,14 +326,29 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": annotations}})))
-        .await
-        .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
-    ctx.event(pod, false, "ProviderCreateSuccess", format!("created instance {} with {}", outcome.instance_id, crate::node::registration::plugin_label(&ctx.plugin.info()))).await;
+    api.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+    )
+    .await
+    .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+    ctx.event(
+        pod,
+        false,
+        "ProviderCreateSuccess",
+        format!(
+            "created instance {} with {}",
+            outcome.instance_id,
+            crate::node::registration::plugin_label(&ctx.plugin.info())
+        ),
+    )
+    .await;
     for ev in &outcome.events {
         ctx.event(pod, ev.kind == "Warning", &ev.reason, ev.message.clone()).await;
     }
-    let next = status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+    let next =
+        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
     write_status(pod, ctx, next).await?;
     Ok(next_poll(&outcome.status.phase, refresh_at))
 }
@@ -370,13 +395,18 @@ async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let Ok(resolution) = resolve::resolve(pod, &refs) else {
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    let outcome = ctx.plugin.update(&ctx.call, &resolution.pod).await.map_err(|source| SyncError::Provider { pod: k.clone(), source })?;
+    let outcome = ctx
+        .plugin
+        .update(&ctx.call, &resolution.pod)
+        .await
+        .map_err(|source| SyncError::Provider { pod: k.clone(), source })?;
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
         r.refresh_at = refresh_at;
     }
     ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
-    let next = status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+    let next =
+        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
     write_status(pod, ctx, next).await?;
     Ok(next_poll(&outcome.status.phase, refresh_at))
 }
@@ -389,7 +419,12 @@ async fn recover(pod: &Pod, ctx: &NodeContext, instance_id: String) -> Result<Ac
         Ok(report) => {
             ctx.instances.lock().unwrap().insert(
                 uid,
-                InstanceRecord { instance_id: instance_id.clone(), pod: NodeContext::pod_ref(pod), seen_at: Instant::now(), refresh_at: None },
+                InstanceRecord {
+                    instance_id: instance_id.clone(),
+                    pod: NodeContext::pod_ref(pod),
+                    seen_at: Instant::now(),
+                    refresh_at: None,
+                },
             );
             let next = status::pod_status_json(&report, &ctx.host_ip, &instance_id, pod_status_value(pod).as_ref());
             write_status(pod, ctx, next).await?;
@@ -432,7 +467,8 @@ async fn refresh_status(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncErro
 async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let had_instance = ctx.instances.lock().unwrap().contains_key(&uid) || pod.annotations().contains_key(INSTANCE_ANNOTATION);
+    let had_instance =
+        ctx.instances.lock().unwrap().contains_key(&uid) || pod.annotations().contains_key(INSTANCE_ANNOTATION);
     if had_instance {
         let pref = NodeContext::pod_ref(pod);
         match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
@@ -508,7 +544,8 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
     let mut last_sweep: Option<Instant> = None;
     let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
     loop {
-        let sweep_due = last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
+        let sweep_due =
+            last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
         if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
             tracing::warn!(node = %ctx.node_name, error = %e, "status sync failed");
         } else if sweep_due {
@@ -539,7 +576,12 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
                     seen_at: Instant::now(),
                     refresh_at: None,
                 });
-                let next = status::pod_status_json(&inst.status, &ctx.host_ip, &inst.instance_id, pod_status_value(pod).as_ref());
+                let next = status::pod_status_json(
+                    &inst.status,
+                    &ctx.host_ip,
+                    &inst.instance_id,
+                    pod_status_value(pod).as_ref(),
+                );
                 if let Err(e) = write_status(pod, ctx, next).await {
                     tracing::debug!(error = %e, "status write");
                 }
@@ -561,7 +603,9 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
                         ctx.instances.lock().unwrap().remove(&inst.pod.uid);
                         ctx.metrics.orphans_deleted.inc();
                     }
-                    Err(e) => tracing::warn!(instance = %inst.instance_id, error = %e, "orphan delete failed; next sweep retries"),
+                    Err(e) => {
+                        tracing::warn!(instance = %inst.instance_id, error = %e, "orphan delete failed; next sweep retries")
+                    }
                 }
             }
             None => {}
@@ -572,7 +616,8 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
     for pod in pods {
         let uid = pod.uid().unwrap_or_default();
         let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-        if seen.contains(&uid) || pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+        if seen.contains(&uid) || pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed"
+        {
             continue;
         }
         let record = ctx.instances.lock().unwrap().get(&uid).cloned();

@@ -7,4 +7,4 @@ pub mod resolve;
 pub mod status;
 
 pub use backend::NodeBackend;
-pub use controller::{run, NodeContext, INSTANCE_ANNOTATION};
+pub use controller::{INSTANCE_ANNOTATION, NodeContext, run};

@@ -9,8 +9,8 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
-use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use crate::plugin::{self, BinaryEntry, ContainerEnv, KeyValue, ResolvedPod};
@@ -241,7 +241,10 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                 if !optional {
                     return Err(missing("ConfigMap", &cm.name, format!("spec.volumes[{i}].configMap")));
                 }
-                warnings.push(("OptionalConfigMapNotFound".into(), format!("ConfigMap {ns}/{} (volume {}) not found; mounting it empty", cm.name, v.name)));
+                warnings.push((
+                    "OptionalConfigMapNotFound".into(),
+                    format!("ConfigMap {ns}/{} (volume {}) not found; mounting it empty", cm.name, v.name),
+                ));
             } else {
                 used_cms.insert(cm.name.clone());
             }
@@ -252,7 +255,10 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                 if !s.optional.unwrap_or(false) {
                     return Err(missing("Secret", &name, format!("spec.volumes[{i}].secret")));
                 }
-                warnings.push(("OptionalSecretNotFound".into(), format!("Secret {ns}/{name} (volume {}) not found; mounting it empty", v.name)));
+                warnings.push((
+                    "OptionalSecretNotFound".into(),
+                    format!("Secret {ns}/{name} (volume {}) not found; mounting it empty", v.name),
+                ));
             } else {
                 used_secrets.insert(name);
             }
@@ -263,7 +269,11 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                     if cm_data(&cm.name).is_some() {
                         used_cms.insert(cm.name.clone());
                     } else if !cm.optional.unwrap_or(false) {
-                        return Err(missing("ConfigMap", &cm.name, format!("spec.volumes[{i}].projected.sources.configMap")));
+                        return Err(missing(
+                            "ConfigMap",
+                            &cm.name,
+                            format!("spec.volumes[{i}].projected.sources.configMap"),
+                        ));
                     }
                 }
                 if let Some(s) = &src.secret {
@@ -277,7 +287,11 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
         }
         if let Some(c) = &v.persistent_volume_claim {
             if refs.claims.get(&c.claim_name).cloned().flatten().is_none() {
-                return Err(missing("PersistentVolumeClaim", &c.claim_name, format!("spec.volumes[{i}].persistentVolumeClaim")));
+                return Err(missing(
+                    "PersistentVolumeClaim",
+                    &c.claim_name,
+                    format!("spec.volumes[{i}].persistentVolumeClaim"),
+                ));
             }
         }
     }
@@ -286,7 +300,10 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
             used_secrets.insert(s.name.clone());
         } else {
             // The kubelet only warns about a missing pull secret; the pull itself may still work.
-            warnings.push(("FailedToRetrieveImagePullSecret".into(), format!("Secret {ns}/{} (spec.imagePullSecrets[{i}]) not found; pulling without it", s.name)));
+            warnings.push((
+                "FailedToRetrieveImagePullSecret".into(),
+                format!("Secret {ns}/{} (spec.imagePullSecrets[{i}]) not found; pulling without it", s.name),
+            ));
         }
     }
 
@@ -294,7 +311,9 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
     let service_env = service_link_env(&refs.services, spec.enable_service_links.unwrap_or(true), &ns);
     let mut env = Vec::new();
     for (ci, c) in all_containers(pod).iter().enumerate() {
-        let field = |rest: String| format!("spec.containers[{}].{rest}", c.name).replace(&format!("[{}]", c.name), &format!("[{ci}]"));
+        let field = |rest: String| {
+            format!("spec.containers[{}].{rest}", c.name).replace(&format!("[{}]", c.name), &format!("[{ci}]"))
+        };
         let mut vars: Vec<(String, String)> = service_env.clone();
         for (fi, f) in c.env_from.iter().flatten().enumerate() {
             let prefix = f.prefix.clone().unwrap_or_default();
@@ -304,7 +323,10 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                         used_cms.insert(r.name.clone());
                         vars.extend(data.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
                     }
-                    None if r.optional.unwrap_or(false) => warnings.push(("OptionalConfigMapNotFound".into(), format!("ConfigMap {ns}/{} (envFrom of container {}) not found; skipped", r.name, c.name))),
+                    None if r.optional.unwrap_or(false) => warnings.push((
+                        "OptionalConfigMapNotFound".into(),
+                        format!("ConfigMap {ns}/{} (envFrom of container {}) not found; skipped", r.name, c.name),
+                    )),
                     None => return Err(missing("ConfigMap", &r.name, field(format!("envFrom[{fi}].configMapRef")))),
                 }
             }
@@ -312,9 +334,15 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                 match secret_data(&r.name) {
                     Some(data) => {
                         used_secrets.insert(r.name.clone());
-                        vars.extend(data.into_iter().map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned())));
+                        vars.extend(
+                            data.into_iter()
+                                .map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned())),
+                        );
                     }
-                    None if r.optional.unwrap_or(false) => warnings.push(("OptionalSecretNotFound".into(), format!("Secret {ns}/{} (envFrom of container {}) not found; skipped", r.name, c.name))),
+                    None if r.optional.unwrap_or(false) => warnings.push((
+                        "OptionalSecretNotFound".into(),
+                        format!("Secret {ns}/{} (envFrom of container {}) not found; skipped", r.name, c.name),
+                    )),
                     None => return Err(missing("Secret", &r.name, field(format!("envFrom[{fi}].secretRef")))),
                 }
             }
@@ -328,10 +356,22 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                             Some(v)
                         }
                         None if r.optional.unwrap_or(false) => {
-                            warnings.push(("OptionalConfigMapNotFound".into(), format!("ConfigMap key {ns}/{}[{}] (env {} of container {}) not found; skipped", r.name, r.key, e.name, c.name)));
+                            warnings.push((
+                                "OptionalConfigMapNotFound".into(),
+                                format!(
+                                    "ConfigMap key {ns}/{}[{}] (env {} of container {}) not found; skipped",
+                                    r.name, r.key, e.name, c.name
+                                ),
+                            ));
                             None
                         }
-                        None => return Err(missing("ConfigMap", &r.name, field(format!("env[{ei}].valueFrom.configMapKeyRef (key {})", r.key)))),
+                        None => {
+                            return Err(missing(
+                                "ConfigMap",
+                                &r.name,
+                                field(format!("env[{ei}].valueFrom.configMapKeyRef (key {})", r.key)),
+                            ));
+                        }
                     }
                 } else if let Some(r) = &vf.secret_key_ref {
                     match secret_data(&r.name).and_then(|d| d.get(&r.key).cloned()) {
@@ -340,15 +380,33 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
                             Some(String::from_utf8_lossy(&v).into_owned())
                         }
                         None if r.optional.unwrap_or(false) => {
-                            warnings.push(("OptionalSecretNotFound".into(), format!("Secret key {ns}/{}[{}] (env {} of container {}) not found; skipped", r.name, r.key, e.name, c.name)));
+                            warnings.push((
+                                "OptionalSecretNotFound".into(),
+                                format!(
+                                    "Secret key {ns}/{}[{}] (env {} of container {}) not found; skipped",
+                                    r.name, r.key, e.name, c.name
+                                ),
+                            ));
                             None
                         }
-                        None => return Err(missing("Secret", &r.name, field(format!("env[{ei}].valueFrom.secretKeyRef (key {})", r.key)))),
+                        None => {
+                            return Err(missing(
+                                "Secret",
+                                &r.name,
+                                field(format!("env[{ei}].valueFrom.secretKeyRef (key {})", r.key)),
+                            ));
+                        }
                     }
                 } else if let Some(f) = &vf.field_ref {
                     Some(downward_field(pod, &f.field_path))
                 } else if let Some(r) = &vf.resource_field_ref {
-                    Some(resource_field(pod, c, r.container_name.as_deref(), &r.resource, r.divisor.as_ref().map(|q| q.0.as_str())))
+                    Some(resource_field(
+                        pod,
+                        c,
+                        r.container_name.as_deref(),
+                        &r.resource,
+                        r.divisor.as_ref().map(|q| q.0.as_str()),
+                    ))
                 } else {
                     None
                 }
@@ -380,7 +438,12 @@ pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {
         .map(|cm| plugin::ConfigMap {
             name: cm.metadata.name.clone().unwrap_or_default(),
             data: cm.data.unwrap_or_default().into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
-            binary_data: cm.binary_data.unwrap_or_default().into_iter().map(|(key, v)| BinaryEntry { key, value: v.0 }).collect(),
+            binary_data: cm
+                .binary_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, v)| BinaryEntry { key, value: v.0 })
+                .collect(),
         })
         .collect();
     let secrets = used_secrets
@@ -463,11 +526,7 @@ fn expand(value: &str, vars: &[(String, String)]) -> String {
 
 fn downward_field(pod: &Pod, path: &str) -> String {
     let meta = &pod.metadata;
-    let bracket = |p: &str, prefix: &str| {
-        p.strip_prefix(prefix)
-            .and_then(|r| r.strip_suffix("']"))
-            .map(str::to_string)
-    };
+    let bracket = |p: &str, prefix: &str| p.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(str::to_string);
     match path {
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
@@ -488,7 +547,13 @@ fn downward_field(pod: &Pod, path: &str) -> String {
     }
 }
 
-fn resource_field(pod: &Pod, current: &Container, container: Option<&str>, resource: &str, divisor: Option<&str>) -> String {
+fn resource_field(
+    pod: &Pod,
+    current: &Container,
+    container: Option<&str>,
+    resource: &str,
+    divisor: Option<&str>,
+) -> String {
     let c = container
         .filter(|n| !n.is_empty())
         .and_then(|n| all_containers(pod).into_iter().find(|c| c.name == n))
@@ -511,9 +576,19 @@ fn resource_field(pod: &Pod, current: &Container, container: Option<&str>, resou
 pub fn parse_quantity(q: &str) -> Option<f64> {
     let q = q.trim();
     let suffixes: [(&str, f64); 13] = [
-        ("Ki", 1024f64), ("Mi", 1024f64.powi(2)), ("Gi", 1024f64.powi(3)), ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)), ("Ei", 1024f64.powi(6)), ("n", 1e-9), ("u", 1e-6), ("m", 1e-3),
-        ("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12),
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
     ];
     for (s, mult) in suffixes {
         if let Some(num) = q.strip_suffix(s) {
@@ -529,7 +604,11 @@ fn service_link_env(services: &[Service], links: bool, ns: &str) -> Vec<(String,
     let mut out = Vec::new();
     let mut sorted: Vec<&Service> = services
         .iter()
-        .filter(|s| links || (s.metadata.name.as_deref() == Some("kubernetes") && s.metadata.namespace.as_deref() == Some("default")))
+        .filter(|s| {
+            links
+                || (s.metadata.name.as_deref() == Some("kubernetes")
+                    && s.metadata.namespace.as_deref() == Some("default"))
+        })
         .filter(|s| s.metadata.namespace.as_deref() == Some(ns) || s.metadata.name.as_deref() == Some("kubernetes"))
         .collect();
     sorted.sort_by_key(|s| s.metadata.name.clone());
@@ -581,7 +660,15 @@ mod tests {
     }
 
     fn env_of(r: &Resolution, container: &str) -> Vec<(String, String)> {
-        r.pod.env.iter().find(|e| e.container == container).unwrap().vars.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect()
+        r.pod
+            .env
+            .iter()
+            .find(|e| e.container == container)
+            .unwrap()
+            .vars
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect()
     }
 
     #[test]
@@ -622,7 +709,9 @@ mod tests {
 
     #[test]
     fn missing_optional_configmap_is_skipped_with_a_warning() {
-        let p = pod(json!({"containers": [{"name": "c", "image": "i", "envFrom": [{"configMapRef": {"name": "opt", "optional": true}}]}]}));
+        let p = pod(
+            json!({"containers": [{"name": "c", "image": "i", "envFrom": [{"configMapRef": {"name": "opt", "optional": true}}]}]}),
+        );
         let mut refs = References::default();
         refs.config_maps.insert("opt".into(), None);
         let r = resolve(&p, &refs).unwrap();
@@ -632,10 +721,15 @@ mod tests {
 
     #[test]
     fn service_links_are_injected_and_container_env_wins() {
-        let p = pod(json!({"containers": [{"name": "c", "image": "i", "env": [{"name": "DB_SERVICE_PORT", "value": "override"}]}]}));
+        let p = pod(
+            json!({"containers": [{"name": "c", "image": "i", "env": [{"name": "DB_SERVICE_PORT", "value": "override"}]}]}),
+        );
         let mut refs = References::default();
-        refs.services.push(serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "ns1"},
-            "spec": {"clusterIP": "10.0.0.9", "ports": [{"port": 5432, "protocol": "TCP"}]}})).unwrap());
+        refs.services.push(
+            serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "ns1"},
+            "spec": {"clusterIP": "10.0.0.9", "ports": [{"port": 5432, "protocol": "TCP"}]}}))
+            .unwrap(),
+        );
         let env = env_of(&resolve(&p, &refs).unwrap(), "c");
         assert!(env.contains(&("DB_SERVICE_HOST".into(), "10.0.0.9".into())));
         assert!(env.contains(&("DB_PORT_5432_TCP_ADDR".into(), "10.0.0.9".into())));

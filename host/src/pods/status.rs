@@ -1,7 +1,7 @@
 //! Pod status as Kubernetes shows it, made from the provider's report: phase, the four standard
 //! conditions, container states, IPs and times. Pure functions; the controller decides when to write.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::plugin::{ContainerState, ContainerStatus, PodStatus};
 
@@ -16,9 +16,10 @@ pub fn now_rfc3339() -> String {
 pub fn pod_status_json(report: &PodStatus, host_ip: &str, instance_id: &str, previous: Option<&Value>) -> Value {
     let now = now_rfc3339();
     let all_ready = !report.container_statuses.is_empty() && report.container_statuses.iter().all(|c| c.ready);
-    let initialized = report.init_container_statuses.iter().all(|c| {
-        matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0)
-    });
+    let initialized = report
+        .init_container_statuses
+        .iter()
+        .all(|c| matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0));
     let running = report.phase == "Running" || report.phase == "Succeeded";
     let bool_status = |b: bool| if b { "True" } else { "False" };
     let ready_reason = if all_ready { "" } else { "ContainersNotReady" };
@@ -67,10 +68,8 @@ pub fn pod_status_json(report: &PodStatus, host_ip: &str, instance_id: &str, pre
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{"ip": ip}]);
     }
-    let start = report
-        .start_time
-        .clone()
-        .or_else(|| previous.and_then(|p| p["startTime"].as_str()).map(str::to_string));
+    let start =
+        report.start_time.clone().or_else(|| previous.and_then(|p| p["startTime"].as_str()).map(str::to_string));
     if let Some(start) = start {
         status["startTime"] = json!(start);
     }
@@ -124,7 +123,17 @@ pub fn differs(current: Option<&Value>, next: &Value) -> bool {
         v
     };
     let (a, b) = (strip(current), strip(next));
-    for key in ["phase", "reason", "message", "podIP", "conditions", "containerStatuses", "initContainerStatuses", "startTime", "hostIP"] {
+    for key in [
+        "phase",
+        "reason",
+        "message",
+        "podIP",
+        "conditions",
+        "containerStatuses",
+        "initContainerStatuses",
+        "startTime",
+        "hostIP",
+    ] {
         let na = normalize(a.get(key));
         let nb = normalize(b.get(key));
         if na != nb {
@@ -156,11 +165,8 @@ fn normalize(v: Option<&Value>) -> Value {
 /// the controller does not churn out failing replacements; any other pod ends Failed.
 pub fn rejected_status(pod: &k8s_openapi::api::core::v1::Pod, reason: &str, message: &str) -> Value {
     let restart_always = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always") == "Always";
-    let controlled = pod
-        .metadata
-        .owner_references
-        .as_ref()
-        .is_some_and(|o| o.iter().any(|r| r.controller == Some(true)));
+    let controlled =
+        pod.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.controller == Some(true)));
     let phase = if restart_always && controlled { "Pending" } else { "Failed" };
     waiting_status(phase, reason, message)
 }

@@ -167,11 +167,18 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
 
     let tag = r.raw("cube-tag").filter(|t| !t.is_empty()).map(str::to_string);
     let charge_type = r
-        .choice("cube-chargetype", &[("year", ChargeType::Year), ("month", ChargeType::Month), ("postpay", ChargeType::Postpay)])?
+        .choice(
+            "cube-chargetype",
+            &[("year", ChargeType::Year), ("month", ChargeType::Month), ("postpay", ChargeType::Postpay)],
+        )?
         .unwrap_or(ChargeType::Postpay);
     let quantity = r.int("cube-quantity")?.unwrap_or(1);
     if quantity == 0 && charge_type != ChargeType::Month {
-        return Err(invalid("cube-quantity", "0", "0 (until the end of the month) is only accepted when cube-chargetype is month"));
+        return Err(invalid(
+            "cube-quantity",
+            "0",
+            "0 (until the end of the month) is only accepted when cube-chargetype is month",
+        ));
     }
 
     let eip = r.bool("cube-eip")?.unwrap_or(false);
@@ -179,7 +186,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
     let pay_mode = r
         .choice(
             "cube-eip-paymode",
-            &[("traffic", PayMode::Traffic), ("bandwidth", PayMode::Bandwidth), ("sharebandwidth", PayMode::ShareBandwidth)],
+            &[
+                ("traffic", PayMode::Traffic),
+                ("bandwidth", PayMode::Bandwidth),
+                ("sharebandwidth", PayMode::ShareBandwidth),
+            ],
         )?
         .unwrap_or(PayMode::Bandwidth);
     let share_bandwidth_id = r.id("cube-eip-share-bandwidth-id", "bwshare-")?;
@@ -200,25 +211,39 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
     if let Some(bw) = &share_bandwidth_id
         && pay_mode != PayMode::ShareBandwidth
     {
-        return Err(invalid("cube-eip-share-bandwidth-id", bw, "is only accepted when cube-eip-paymode is sharebandwidth"));
+        return Err(invalid(
+            "cube-eip-share-bandwidth-id",
+            bw,
+            "is only accepted when cube-eip-paymode is sharebandwidth",
+        ));
     }
     let bandwidth = match (pay_mode, bandwidth) {
         (PayMode::ShareBandwidth, Some(b)) if b != 0 => {
             return Err(InvalidInput::new(
                 "InvalidAnnotation",
                 field("cube-eip-bandwidth"),
-                format!("annotation {PREFIX}cube-eip-bandwidth is {b}, but must be 0 when cube-eip-paymode is sharebandwidth"),
+                format!(
+                    "annotation {PREFIX}cube-eip-bandwidth is {b}, but must be 0 when cube-eip-paymode is sharebandwidth"
+                ),
             ));
         }
         (PayMode::ShareBandwidth, _) => 0,
-        (_, Some(0)) => return Err(invalid("cube-eip-bandwidth", "0", "must be at least 1 Mbps unless cube-eip-paymode is sharebandwidth")),
+        (_, Some(0)) => {
+            return Err(invalid(
+                "cube-eip-bandwidth",
+                "0",
+                "must be at least 1 Mbps unless cube-eip-paymode is sharebandwidth",
+            ));
+        }
         (_, b) => b.unwrap_or(2),
     };
     if eip && id.is_none() && pay_mode == PayMode::ShareBandwidth && share_bandwidth_id.is_none() {
         return Err(InvalidInput::new(
             "InvalidAnnotation",
             field("cube-eip-share-bandwidth-id"),
-            format!("annotation {PREFIX}cube-eip-share-bandwidth-id is missing, but a new EIP with cube-eip-paymode sharebandwidth needs the shared bandwidth id (bwshare-…)"),
+            format!(
+                "annotation {PREFIX}cube-eip-share-bandwidth-id is missing, but a new EIP with cube-eip-paymode sharebandwidth needs the shared bandwidth id (bwshare-…)"
+            ),
         ));
     }
     let eip_charge_type = eip_charge_type.unwrap_or(match charge_type {
@@ -233,7 +258,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         None => quantity,
     };
     if eip_quantity == 0 && eip_charge_type != EipChargeType::Month {
-        return Err(invalid("cube-eip-quantity", "0", "0 (until the end of the month) is only accepted when cube-eip-chargetype is month"));
+        return Err(invalid(
+            "cube-eip-quantity",
+            "0",
+            "0 (until the end of the month) is only accepted when cube-eip-chargetype is month",
+        ));
     }
 
     Ok(CubeSettings {
@@ -292,7 +321,10 @@ mod tests {
     #[test]
     fn defaults_apply_without_annotations() {
         let s = parse(&BTreeMap::new()).unwrap();
-        assert_eq!(s, CubeSettings { tag: None, charge_type: ChargeType::Postpay, quantity: 1, eip: None, events: vec![] });
+        assert_eq!(
+            s,
+            CubeSettings { tag: None, charge_type: ChargeType::Postpay, quantity: 1, eip: None, events: vec![] }
+        );
     }
 
     #[test]
@@ -314,7 +346,13 @@ mod tests {
         let s = parse(&ann(&[("cube-eip", "true"), ("cube-chargetype", "month"), ("cube-quantity", "0")])).unwrap();
         let e = s.eip.unwrap();
         assert_eq!((e.charge_type, e.quantity), (EipChargeType::Month, 0));
-        let s = parse(&ann(&[("cube-eip", "true"), ("cube-chargetype", "month"), ("cube-quantity", "0"), ("cube-eip-chargetype", "dynamic")])).unwrap();
+        let s = parse(&ann(&[
+            ("cube-eip", "true"),
+            ("cube-chargetype", "month"),
+            ("cube-quantity", "0"),
+            ("cube-eip-chargetype", "dynamic"),
+        ]))
+        .unwrap();
         let e = s.eip.unwrap();
         assert_eq!((e.charge_type, e.quantity), (EipChargeType::Dynamic, 1));
         let s = parse(&ann(&[("cube-eip", "true"), ("cube-chargetype", "year"), ("cube-quantity", "2")])).unwrap();
@@ -371,17 +409,45 @@ mod tests {
             (&[("cube-eip", "yes")], "cube-eip", "must be one of true, false"),
             (&[("cube-eip-id", "eip-1")], "cube-eip-id", "only accepted when cube-eip is \"true\""),
             (&[("cube-eip", "true"), ("cube-eip-id", "abc")], "cube-eip-id", "eip-xxxxxxxx"),
-            (&[("cube-eip", "true"), ("cube-eip-paymode", "free")], "cube-eip-paymode", "traffic, bandwidth, sharebandwidth"),
-            (&[("cube-eip", "true"), ("cube-eip-share-bandwidth-id", "bwshare-1")], "cube-eip-share-bandwidth-id", "sharebandwidth"),
-            (&[("cube-eip", "true"), ("cube-eip-paymode", "sharebandwidth"), ("cube-eip-share-bandwidth-id", "bw-1")], "cube-eip-share-bandwidth-id", "bwshare-"),
-            (&[("cube-eip", "true"), ("cube-eip-paymode", "sharebandwidth")], "cube-eip-share-bandwidth-id", "is missing"),
+            (
+                &[("cube-eip", "true"), ("cube-eip-paymode", "free")],
+                "cube-eip-paymode",
+                "traffic, bandwidth, sharebandwidth",
+            ),
+            (
+                &[("cube-eip", "true"), ("cube-eip-share-bandwidth-id", "bwshare-1")],
+                "cube-eip-share-bandwidth-id",
+                "sharebandwidth",
+            ),
+            (
+                &[
+                    ("cube-eip", "true"),
+                    ("cube-eip-paymode", "sharebandwidth"),
+                    ("cube-eip-share-bandwidth-id", "bw-1"),
+                ],
+                "cube-eip-share-bandwidth-id",
+                "bwshare-",
+            ),
+            (
+                &[("cube-eip", "true"), ("cube-eip-paymode", "sharebandwidth")],
+                "cube-eip-share-bandwidth-id",
+                "is missing",
+            ),
             (&[("cube-eip", "true"), ("cube-eip-bandwidth", "fast")], "cube-eip-bandwidth", "whole number"),
             (&[("cube-eip", "true"), ("cube-eip-bandwidth", "0")], "cube-eip-bandwidth", "at least 1 Mbps"),
-            (&[("cube-eip", "true"), ("cube-eip-chargetype", "postpay")], "cube-eip-chargetype", "year, month, dynamic"),
+            (
+                &[("cube-eip", "true"), ("cube-eip-chargetype", "postpay")],
+                "cube-eip-chargetype",
+                "year, month, dynamic",
+            ),
             (&[("cube-eip", "true"), ("cube-eip-quantity", "x")], "cube-eip-quantity", "whole number"),
             (&[("cube-eip", "true"), ("cube-eip-quantity", "0")], "cube-eip-quantity", "cube-eip-chargetype is month"),
             (&[("cube-eip", "true"), ("cube-eip-release", "no")], "cube-eip-release", "true, false"),
-            (&[("cube-eip", "true"), ("cube-eip-security-group-id", "sg-1")], "cube-eip-security-group-id", "firewall-xxxxxxxx"),
+            (
+                &[("cube-eip", "true"), ("cube-eip-security-group-id", "sg-1")],
+                "cube-eip-security-group-id",
+                "firewall-xxxxxxxx",
+            ),
         ];
         for (pairs, name, needle) in cases {
             let err = parse(&ann(pairs)).unwrap_err();
@@ -400,23 +466,39 @@ mod tests {
             ("cube-eip-bandwidth", "5"),
         ]))
         .unwrap_err();
-        assert_eq!(err.message, "annotation cube.ucloud.cn/cube-eip-bandwidth is 5, but must be 0 when cube-eip-paymode is sharebandwidth");
+        assert_eq!(
+            err.message,
+            "annotation cube.ucloud.cn/cube-eip-bandwidth is 5, but must be 0 when cube-eip-paymode is sharebandwidth"
+        );
     }
 
     #[test]
     fn misspelt_annotations_warn_with_the_closest_name() {
-        let s = parse(&ann(&[("cube-eip-bandwith", "5"), ("cube-charge-type", "year"), ("size", "1-2Gi"), ("zzz", "1")])).unwrap();
+        let s =
+            parse(&ann(&[("cube-eip-bandwith", "5"), ("cube-charge-type", "year"), ("size", "1-2Gi"), ("zzz", "1")]))
+                .unwrap();
         let messages: Vec<&str> = s.events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(s.events.len(), 3, "{messages:?}");
         assert!(s.events.iter().all(|e| e.kind == "Warning" && e.reason == "UnknownAnnotation"));
-        assert!(messages.iter().any(|m| m.contains("cube-charge-type") && m.contains("did you mean cube.ucloud.cn/cube-chargetype?")));
-        assert!(messages.iter().any(|m| m.contains("cube-eip-bandwith") && m.contains("did you mean cube.ucloud.cn/cube-eip-bandwidth?")));
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("cube-charge-type") && m.contains("did you mean cube.ucloud.cn/cube-chargetype?"))
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("cube-eip-bandwith")
+                    && m.contains("did you mean cube.ucloud.cn/cube-eip-bandwidth?"))
+        );
         assert!(messages.iter().any(|m| m.contains("zzz") && !m.contains("did you mean")));
     }
 
     #[test]
     fn edit_distance_counts_single_edits() {
-        for (a, b, d) in [("", "abc", 3), ("kitten", "sitting", 3), ("cube-eip", "cube-eip", 0), ("cube-tga", "cube-tag", 2)] {
+        for (a, b, d) in
+            [("", "abc", 3), ("kitten", "sitting", 3), ("cube-eip", "cube-eip", 0), ("cube-tga", "cube-tag", 2)]
+        {
             assert_eq!(edit_distance(a, b), d, "{a} {b}");
         }
     }

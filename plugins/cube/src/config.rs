@@ -112,25 +112,35 @@ fn boolean(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, I
 impl NodeConfig {
     /// Parses and checks a node's provider config.
     pub fn parse(json: &str) -> Result<NodeConfig, InvalidInput> {
-        let value: Value = serde_json::from_str(json)
-            .map_err(|e| InvalidInput::new("InvalidConfig", "config", format!("the provider config is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(json).map_err(|e| {
+            InvalidInput::new("InvalidConfig", "config", format!("the provider config is not valid JSON: {e}"))
+        })?;
         let Value::Object(obj) = value else {
             return Err(InvalidInput::new("InvalidConfig", "config", "the provider config must be a table of keys"));
         };
         if let Some(key) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            let hint = crate::annotations::closest(key, KEYS).map(|c| format!(" (did you mean {c}?)")).unwrap_or_default();
+            let hint =
+                crate::annotations::closest(key, KEYS).map(|c| format!(" (did you mean {c}?)")).unwrap_or_default();
             return Err(bad(key, format!("unknown key {key}{hint}; accepted keys: {}", KEYS.join(", "))));
         }
 
         let api_url = string(&obj, "api_url")?.unwrap_or_else(|| DEFAULT_API_URL.to_string());
         if !(api_url.starts_with("http://") || api_url.starts_with("https://")) || api_url.contains('?') {
-            return Err(bad("api_url", format!("api_url is {api_url:?}, but must be an http:// or https:// URL such as {DEFAULT_API_URL}")));
+            return Err(bad(
+                "api_url",
+                format!("api_url is {api_url:?}, but must be an http:// or https:// URL such as {DEFAULT_API_URL}"),
+            ));
         }
         let api_url = api_url.trim_end_matches('/').to_string();
         let region = required(&obj, "region", "the cluster's region, e.g. cn-bj2")?;
         let zone = required(&obj, "zone", "a Cube zone of the region, e.g. cn-bj2-05 or cn-gd-02")?;
         if !zone.starts_with(&format!("{region}-")) {
-            return Err(bad("zone", format!("zone is {zone:?}, but must be a zone of region {region} (e.g. {region}-05; Cube zones: cn-bj2-05, cn-gd-02)")));
+            return Err(bad(
+                "zone",
+                format!(
+                    "zone is {zone:?}, but must be a zone of region {region} (e.g. {region}-05; Cube zones: cn-bj2-05, cn-gd-02)"
+                ),
+            ));
         }
         let vpc_id = prefixed("vpc_id", required(&obj, "vpc_id", "the VPC id (uvnet-…)")?, "uvnet-")?;
         let subnet_id = prefixed("subnet_id", required(&obj, "subnet_id", "the subnet id (subnet-…)")?, "subnet-")?;
@@ -142,7 +152,10 @@ impl NodeConfig {
             None | Some(Value::Null) => Size { cpu_millis: 1000, memory_mib: 2048 },
             Some(Value::Object(s)) => {
                 if let Some(k) = s.keys().find(|k| *k != "cpu" && *k != "memory") {
-                    return Err(bad("default_size", format!("default_size has unknown key {k}; accepted keys: cpu, memory")));
+                    return Err(bad(
+                        "default_size",
+                        format!("default_size has unknown key {k}; accepted keys: cpu, memory"),
+                    ));
                 }
                 let q = |k: &str| match s.get(k) {
                     Some(Value::String(v)) => Ok(v.clone()),
@@ -155,19 +168,32 @@ impl NodeConfig {
                     _ => {
                         return Err(bad(
                             "default_size",
-                            format!("default_size is cpu {cpu:?} memory {memory:?}, but must be one of the Cube sizes: {}", Size::table()),
+                            format!(
+                                "default_size is cpu {cpu:?} memory {memory:?}, but must be one of the Cube sizes: {}",
+                                Size::table()
+                            ),
                         ));
                     }
                 }
             }
-            Some(other) => return Err(bad("default_size", format!("default_size is {other}, but must be a table {{cpu = \"1\", memory = \"2Gi\"}}"))),
+            Some(other) => {
+                return Err(bad(
+                    "default_size",
+                    format!("default_size is {other}, but must be a table {{cpu = \"1\", memory = \"2Gi\"}}"),
+                ));
+            }
         };
 
         let max_pods = match obj.get("max_pods") {
             None | Some(Value::Null) => MAX_PODS_LIMIT,
             Some(v) => match v.as_u64() {
                 Some(n @ 1..=200) => n as u32,
-                _ => return Err(bad("max_pods", format!("max_pods is {v}, but must be an integer from 1 to {MAX_PODS_LIMIT}"))),
+                _ => {
+                    return Err(bad(
+                        "max_pods",
+                        format!("max_pods is {v}, but must be an integer from 1 to {MAX_PODS_LIMIT}"),
+                    ));
+                }
             },
         };
 
@@ -184,14 +210,21 @@ impl NodeConfig {
                     if !valid {
                         return Err(bad(
                             &format!("registries[{i}]"),
-                            format!("registries[{i}] is {item}, but must be a registry host name such as myhub.example.com (no scheme, no path)"),
+                            format!(
+                                "registries[{i}] is {item}, but must be a registry host name such as myhub.example.com (no scheme, no path)"
+                            ),
                         ));
                     }
                     out.push(host.to_ascii_lowercase());
                 }
                 out
             }
-            Some(other) => return Err(bad("registries", format!("registries is {other}, but must be a list of registry host names"))),
+            Some(other) => {
+                return Err(bad(
+                    "registries",
+                    format!("registries is {other}, but must be a list of registry host names"),
+                ));
+            }
         };
 
         let eip_operator = string(&obj, "eip_operator")?.unwrap_or_else(|| "Bgp".into());

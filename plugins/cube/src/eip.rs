@@ -76,7 +76,11 @@ pub fn attach<T: Transport + ?Sized>(
     Ok(eip)
 }
 
-fn describe<T: Transport + ?Sized>(client: &Client<T>, common: &Params, id: &str) -> Result<Option<String>, ProviderError> {
+fn describe<T: Transport + ?Sized>(
+    client: &Client<T>,
+    common: &Params,
+    id: &str,
+) -> Result<Option<String>, ProviderError> {
     match client.call("DescribeEIP", &common.clone().list("EIPIds", [id])) {
         Ok(v) => {
             let set = v.get("EIPSet").and_then(Value::as_array);
@@ -114,7 +118,9 @@ fn allocate<T: Transport + ?Sized>(
             // The EIP may exist: find it by its name before anyone allocates another.
             return match find_by_name(client, common, &name) {
                 Some(found) => Ok(found),
-                None => Err(ProviderError::Transient(format!("{e}; no EIP named {name} exists, the allocation will be retried"))),
+                None => Err(ProviderError::Transient(format!(
+                    "{e}; no EIP named {name} exists, the allocation will be retried"
+                ))),
             };
         }
         Err(e) => return Err(e.into()),
@@ -149,9 +155,16 @@ fn undo<T: Transport + ?Sized>(client: &Client<T>, common: &Params, eip: &BoundE
 }
 
 /// The EIP bound to an instance, from GetCubeExtendInfo.
-pub fn bound_to<T: Transport + ?Sized>(client: &Client<T>, common: &Params, cube_id: &str) -> Result<Option<BoundEip>, ApiError> {
+pub fn bound_to<T: Transport + ?Sized>(
+    client: &Client<T>,
+    common: &Params,
+    cube_id: &str,
+) -> Result<Option<BoundEip>, ApiError> {
     let v = client.call("GetCubeExtendInfo", &common.clone().set("CubeIds", cube_id))?;
-    let info = v.get("ExtendInfo").and_then(Value::as_array).and_then(|l| l.iter().find(|i| i.get("CubeId").and_then(Value::as_str) == Some(cube_id)));
+    let info = v
+        .get("ExtendInfo")
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().find(|i| i.get("CubeId").and_then(Value::as_str) == Some(cube_id)));
     let eip = info.and_then(|i| i.get("Eip")).and_then(Value::as_array).and_then(|l| l.first());
     Ok(eip.and_then(|e| {
         Some(BoundEip { id: e.get("EIPId")?.as_str()?.to_string(), address: first_ip(e), allocated: false })

@@ -63,7 +63,8 @@ impl Host for WitHost {
             Level::Warn => log::Level::Warn,
             Level::Error => log::Level::Error,
         };
-        let fields: Vec<wit::KeyValue> = fields.iter().map(|(k, v)| wit::KeyValue { key: k.to_string(), value: v.to_string() }).collect();
+        let fields: Vec<wit::KeyValue> =
+            fields.iter().map(|(k, v)| wit::KeyValue { key: k.to_string(), value: v.to_string() }).collect();
         log::emit(level, message, &fields);
     }
 }
@@ -72,7 +73,9 @@ impl Host for WitHost {
 
 fn err(e: ProviderError) -> wit::ProviderError {
     match e {
-        ProviderError::Invalid(InvalidInput { reason, field, message }) => wit::ProviderError::Invalid(wit::InvalidInput { reason, field, message }),
+        ProviderError::Invalid(InvalidInput { reason, field, message }) => {
+            wit::ProviderError::Invalid(wit::InvalidInput { reason, field, message })
+        }
         ProviderError::NotFound(m) => wit::ProviderError::NotFound(m),
         ProviderError::Transient(m) => wit::ProviderError::Transient(m),
         ProviderError::QuotaExceeded(m) => wit::ProviderError::QuotaExceeded(m),
@@ -99,7 +102,14 @@ fn wit_pod_ref(p: c::PodRef) -> wit::PodRef {
 fn resolved(p: pods::ResolvedPod) -> c::ResolvedPod {
     c::ResolvedPod {
         pod: p.pod,
-        env: p.env.into_iter().map(|e| c::ContainerEnv { container: e.container, vars: e.vars.into_iter().map(|kv| (kv.key, kv.value)).collect() }).collect(),
+        env: p
+            .env
+            .into_iter()
+            .map(|e| c::ContainerEnv {
+                container: e.container,
+                vars: e.vars.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            })
+            .collect(),
         config_maps: p
             .config_maps
             .into_iter()
@@ -112,23 +122,45 @@ fn resolved(p: pods::ResolvedPod) -> c::ResolvedPod {
         secrets: p
             .secrets
             .into_iter()
-            .map(|s| c::Secret { name: s.name, kind: s.kind, data: s.data.into_iter().map(|b| (b.key, b.value)).collect() })
+            .map(|s| c::Secret {
+                name: s.name,
+                kind: s.kind,
+                data: s.data.into_iter().map(|b| (b.key, b.value)).collect(),
+            })
             .collect(),
-        claims: p.claims.into_iter().map(|v| c::VolumeClaim { claim_name: v.claim_name, claim: v.claim, volume: v.volume }).collect(),
+        claims: p
+            .claims
+            .into_iter()
+            .map(|v| c::VolumeClaim { claim_name: v.claim_name, claim: v.claim, volume: v.volume })
+            .collect(),
         tokens: p
             .tokens
             .into_iter()
-            .map(|t| c::ServiceAccountToken { volume_name: t.volume_name, path: t.path, token: t.token, expires_at: t.expires_at, audience: t.audience })
+            .map(|t| c::ServiceAccountToken {
+                volume_name: t.volume_name,
+                path: t.path,
+                token: t.token,
+                expires_at: t.expires_at,
+                audience: t.audience,
+            })
             .collect(),
     }
 }
 
 fn state(s: c::ContainerState) -> pods::ContainerState {
     match s {
-        c::ContainerState::Waiting { reason, message } => pods::ContainerState::Waiting(pods::StateWaiting { reason, message }),
+        c::ContainerState::Waiting { reason, message } => {
+            pods::ContainerState::Waiting(pods::StateWaiting { reason, message })
+        }
         c::ContainerState::Running { started_at } => pods::ContainerState::Running(pods::StateRunning { started_at }),
         c::ContainerState::Terminated { exit_code, reason, message, started_at, finished_at } => {
-            pods::ContainerState::Terminated(pods::StateTerminated { exit_code, reason, message, started_at, finished_at })
+            pods::ContainerState::Terminated(pods::StateTerminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            })
         }
     }
 }
@@ -161,7 +193,11 @@ fn outcome(o: c::PodOutcome) -> pods::PodOutcome {
         instance_id: o.instance_id,
         status: status(o.status),
         annotations: kvs(o.annotations),
-        events: o.events.into_iter().map(|e| wit::Event { kind: e.kind, reason: e.reason, message: e.message }).collect(),
+        events: o
+            .events
+            .into_iter()
+            .map(|e| wit::Event { kind: e.kind, reason: e.reason, message: e.message })
+            .collect(),
     }
 }
 
@@ -180,7 +216,10 @@ fn exec_options(o: pods::ExecOptions) -> c::ExecOptions {
     c::ExecOptions { command: o.command, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr, tty: o.tty }
 }
 
-fn with_cube<T>(x: wit::CallContext, f: impl FnOnce(&Cube<WitHost>) -> Result<T, ProviderError>) -> Result<T, wit::ProviderError> {
+fn with_cube<T>(
+    x: wit::CallContext,
+    f: impl FnOnce(&Cube<WitHost>) -> Result<T, ProviderError>,
+) -> Result<T, wit::ProviderError> {
     let cube = Cube::new(&WitHost, &ctx(x)).map_err(err)?;
     f(&cube).map_err(err)
 }
@@ -212,7 +251,11 @@ impl node::Guest for Provider {
             capacity: kvs(o.capacity),
             allocatable: kvs(o.allocatable),
             labels: kvs(o.labels),
-            taints: o.taints.into_iter().map(|t| node::Taint { key: t.key, value: t.value, effect: t.effect }).collect(),
+            taints: o
+                .taints
+                .into_iter()
+                .map(|t| node::Taint { key: t.key, value: t.value, effect: t.effect })
+                .collect(),
             conditions: o
                 .conditions
                 .into_iter()
@@ -233,7 +276,11 @@ impl pods::Guest for Provider {
         with_cube(x, |cube| cube.update(&resolved(pod))).map(outcome)
     }
 
-    fn delete(x: wit::CallContext, pod: wit::PodRef, reason: pods::DeleteReason) -> Result<pods::Deletion, wit::ProviderError> {
+    fn delete(
+        x: wit::CallContext,
+        pod: wit::PodRef,
+        reason: pods::DeleteReason,
+    ) -> Result<pods::Deletion, wit::ProviderError> {
         let reason = match reason {
             pods::DeleteReason::PodDeleted => c::DeleteReason::PodDeleted,
             pods::DeleteReason::Orphaned => c::DeleteReason::Orphaned,
@@ -251,11 +298,22 @@ impl pods::Guest for Provider {
 
     fn list(x: wit::CallContext) -> Result<Vec<pods::Instance>, wit::ProviderError> {
         with_cube(x, |cube| cube.list()).map(|list| {
-            list.into_iter().map(|i| pods::Instance { pod: wit_pod_ref(i.pod), instance_id: i.instance_id, status: status(i.status) }).collect()
+            list.into_iter()
+                .map(|i| pods::Instance {
+                    pod: wit_pod_ref(i.pod),
+                    instance_id: i.instance_id,
+                    status: status(i.status),
+                })
+                .collect()
         })
     }
 
-    fn logs(x: wit::CallContext, pod: wit::PodRef, container: String, o: pods::LogOptions) -> Result<pods::StreamTarget, wit::ProviderError> {
+    fn logs(
+        x: wit::CallContext,
+        pod: wit::PodRef,
+        container: String,
+        o: pods::LogOptions,
+    ) -> Result<pods::StreamTarget, wit::ProviderError> {
         let o = c::LogOptions {
             follow: o.follow,
             tail_lines: o.tail_lines,
@@ -268,12 +326,22 @@ impl pods::Guest for Provider {
         with_cube(x, |cube| crate::streams::logs(cube, &pod_ref(pod), &container, &o)).map(target)
     }
 
-    fn exec(x: wit::CallContext, pod: wit::PodRef, container: String, o: pods::ExecOptions) -> Result<pods::StreamTarget, wit::ProviderError> {
+    fn exec(
+        x: wit::CallContext,
+        pod: wit::PodRef,
+        container: String,
+        o: pods::ExecOptions,
+    ) -> Result<pods::StreamTarget, wit::ProviderError> {
         let o = exec_options(o);
         with_cube(x, |cube| crate::streams::exec(cube, &pod_ref(pod), &container, &o, false)).map(target)
     }
 
-    fn attach(x: wit::CallContext, pod: wit::PodRef, container: String, o: pods::ExecOptions) -> Result<pods::StreamTarget, wit::ProviderError> {
+    fn attach(
+        x: wit::CallContext,
+        pod: wit::PodRef,
+        container: String,
+        o: pods::ExecOptions,
+    ) -> Result<pods::StreamTarget, wit::ProviderError> {
         let o = exec_options(o);
         with_cube(x, |cube| crate::streams::exec(cube, &pod_ref(pod), &container, &o, true)).map(target)
     }

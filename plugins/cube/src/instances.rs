@@ -7,7 +7,9 @@ use serde_json::Value;
 use crate::annotations::{self, EIP_ADDRESS, EIP_ID};
 use crate::api::{Client, Params};
 use crate::config::NodeConfig;
-use crate::contract::{CallContext, DeleteReason, Deletion, Event, Instance, PodOutcome, PodRef, PodStatus, ResolvedPod};
+use crate::contract::{
+    CallContext, DeleteReason, Deletion, Event, Instance, PodOutcome, PodRef, PodStatus, ResolvedPod,
+};
 use crate::cube_pod::{NODE_ANNOTATION, Returned, SPEC_HASH_ANNOTATION};
 use crate::eip::{self, BoundEip};
 use crate::error::ProviderError;
@@ -73,7 +75,9 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
                     Ok(v) => {
                         let id = v.get("CubeId").and_then(Value::as_str).unwrap_or_default().to_string();
                         if id.is_empty() {
-                            return Err(ProviderError::Internal(format!("CreateCubePod answered without a CubeId: {v}")));
+                            return Err(ProviderError::Internal(format!(
+                                "CreateCubePod answered without a CubeId: {v}"
+                            )));
                         }
                         let pod = decode_pod(&v)?.unwrap_or_default();
                         (id, pod, true)
@@ -93,7 +97,15 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
                 }
             }
         };
-        self.host.log(Level::Info, "cube instance ready", &[("pod", &req.pod_ref.to_string()), ("cube_id", &cube_id), ("created", if created { "true" } else { "false" })]);
+        self.host.log(
+            Level::Info,
+            "cube instance ready",
+            &[
+                ("pod", &req.pod_ref.to_string()),
+                ("cube_id", &cube_id),
+                ("created", if created { "true" } else { "false" }),
+            ],
+        );
         let bound = match &req.settings.eip {
             Some(settings) => Some(self.ensure_eip(&req, &cube_id, settings)?),
             None => None,
@@ -103,18 +115,44 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
 
     /// Binds the pod's EIP unless one is bound already; when that fails the instance is deleted
     /// too, so nothing billed is left behind.
-    fn ensure_eip(&self, req: &CreateRequest, cube_id: &str, settings: &annotations::EipSettings) -> Result<BoundEip, ProviderError> {
+    fn ensure_eip(
+        &self,
+        req: &CreateRequest,
+        cube_id: &str,
+        settings: &annotations::EipSettings,
+    ) -> Result<BoundEip, ProviderError> {
         let common = self.common();
         if let Some(bound) = eip::bound_to(&self.client, &common, cube_id)? {
             return Ok(bound);
         }
-        eip::attach(&self.client, &common, cube_id, settings, &self.config.eip_operator, req.settings.tag.as_deref(), &req.pod_ref.uid).inspect_err(|e| {
-            self.host.log(Level::Warn, "EIP failed; deleting the instance", &[("pod", &req.pod_ref.to_string()), ("cube_id", cube_id), ("error", &e.to_string())]);
-            let _ = self.client.call("DeleteCubePod", &common.clone().set("CubeId", cube_id).set("ReleaseEIP", "false"));
+        eip::attach(
+            &self.client,
+            &common,
+            cube_id,
+            settings,
+            &self.config.eip_operator,
+            req.settings.tag.as_deref(),
+            &req.pod_ref.uid,
+        )
+        .inspect_err(|e| {
+            self.host.log(
+                Level::Warn,
+                "EIP failed; deleting the instance",
+                &[("pod", &req.pod_ref.to_string()), ("cube_id", cube_id), ("error", &e.to_string())],
+            );
+            let _ =
+                self.client.call("DeleteCubePod", &common.clone().set("CubeId", cube_id).set("ReleaseEIP", "false"));
         })
     }
 
-    fn outcome(&self, req: &CreateRequest, cube_id: String, pod: &Returned, eip: Option<BoundEip>, created: bool) -> PodOutcome {
+    fn outcome(
+        &self,
+        req: &CreateRequest,
+        cube_id: String,
+        pod: &Returned,
+        eip: Option<BoundEip>,
+        created: bool,
+    ) -> PodOutcome {
         let mut annotations = req.annotations.clone();
         let mut events = req.events.clone();
         if created {
@@ -126,7 +164,10 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
                 annotations.push((EIP_ADDRESS.into(), addr.clone()));
             }
             if created {
-                events.push(Event::normal("EIPBound", format!("EIP {} ({}) bound to {cube_id}", e.id, e.address.as_deref().unwrap_or("no address yet"))));
+                events.push(Event::normal(
+                    "EIPBound",
+                    format!("EIP {} ({}) bound to {cube_id}", e.id, e.address.as_deref().unwrap_or("no address yet")),
+                ));
             }
         }
         PodOutcome { instance_id: cube_id, status: pod_status(pod), annotations, events }
@@ -136,7 +177,10 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
     pub fn update(&self, resolved: &ResolvedPod) -> Result<PodOutcome, ProviderError> {
         let req = translate_with(&self.node, &self.config, resolved)?;
         let Some((cube_id, current)) = self.find(&req.pod_ref.uid)? else {
-            return Err(ProviderError::NotFound(format!("no Cube instance for pod {} (uid {})", req.pod_ref, req.pod_ref.uid)));
+            return Err(ProviderError::NotFound(format!(
+                "no Cube instance for pod {} (uid {})",
+                req.pod_ref, req.pod_ref.uid
+            )));
         };
         let mut events = Vec::new();
         let pod = if current.annotation(SPEC_HASH_ANNOTATION) == Some(req.spec_hash.as_str()) {
@@ -162,7 +206,11 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
             return Err(ProviderError::NotFound(format!("no Cube instance for pod {pod} (uid {})", pod.uid)));
         };
         let release = current.annotation(&format!("{}cube-eip-release", annotations::PREFIX)) != Some("false");
-        let disks = if reason == DeleteReason::NodeDeleted && self.config.delete_disks_with_node { current.udisk_ids() } else { vec![] };
+        let disks = if reason == DeleteReason::NodeDeleted && self.config.delete_disks_with_node {
+            current.udisk_ids()
+        } else {
+            vec![]
+        };
         if !disks.is_empty() {
             // Remembered first: the disks go once the instance is gone, possibly in a later call.
             self.host.kv_set(&format!("{DISKS_KEY}{}", pod.uid), disks.join(",").as_bytes(), Some(24 * 3600 * 1000));
@@ -223,7 +271,11 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
                     continue;
                 }
                 out.push(Instance {
-                    pod: PodRef { namespace: p.metadata.namespace.clone(), name: p.metadata.name.clone(), uid: p.metadata.uid.clone() },
+                    pod: PodRef {
+                        namespace: p.metadata.namespace.clone(),
+                        name: p.metadata.name.clone(),
+                        uid: p.metadata.uid.clone(),
+                    },
                     instance_id: p.metadata.cube_id.clone(),
                     status: pod_status(&p),
                 });

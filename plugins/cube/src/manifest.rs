@@ -81,10 +81,18 @@ mod tests {
     #[test]
     fn reads_pods_and_pod_templates() {
         let p = pod("kind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: a, image: b}]}");
-        assert_eq!((p["metadata"]["name"].as_str(), p["metadata"]["namespace"].as_str()), (Some("web"), Some("default")));
+        assert_eq!(
+            (p["metadata"]["name"].as_str(), p["metadata"]["namespace"].as_str()),
+            (Some("web"), Some("default"))
+        );
         assert_eq!(p["metadata"]["uid"], DRY_RUN_UID);
-        let d = pod("kind: Deployment\nmetadata: {name: nginx, namespace: shop}\nspec:\n  template:\n    metadata: {annotations: {x: y}}\n    spec: {containers: [{name: a, image: b}]}");
-        assert_eq!((d["metadata"]["name"].as_str(), d["metadata"]["namespace"].as_str()), (Some("nginx-dryrun"), Some("shop")));
+        let d = pod(
+            "kind: Deployment\nmetadata: {name: nginx, namespace: shop}\nspec:\n  template:\n    metadata: {annotations: {x: y}}\n    spec: {containers: [{name: a, image: b}]}",
+        );
+        assert_eq!(
+            (d["metadata"]["name"].as_str(), d["metadata"]["namespace"].as_str()),
+            (Some("nginx-dryrun"), Some("shop"))
+        );
         assert_eq!(d["metadata"]["annotations"]["x"], "y");
         assert_eq!(d["spec"]["containers"][0]["name"], "a");
         let s = pod("kind: StatefulSet\nmetadata: {name: db}\nspec: {template: {spec: {containers: []}}}");

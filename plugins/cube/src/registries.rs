@@ -14,7 +14,9 @@ use crate::k8s::LocalRef;
 /// The registry host of an image reference; `docker.io` for Docker Hub short names.
 pub fn registry_of(image: &str) -> String {
     match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_ascii_lowercase(),
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_ascii_lowercase()
+        }
         _ => "docker.io".into(),
     }
 }
@@ -57,7 +59,10 @@ pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<Pu
     for (i, r) in refs.iter().enumerate() {
         let field = format!("spec.imagePullSecrets[{i}]");
         let Some(secret) = resolved.secrets.iter().find(|s| s.name == r.name) else {
-            events.push(Event::warning("FailedToRetrieveImagePullSecret", format!("image pull secret {:?} does not exist; pulling without it", r.name)));
+            events.push(Event::warning(
+                "FailedToRetrieveImagePullSecret",
+                format!("image pull secret {:?} does not exist; pulling without it", r.name),
+            ));
             continue;
         };
         let data = |key: &str| secret.data.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
@@ -81,9 +86,14 @@ pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<Pu
         for (server, entry) in auths {
             let (mut username, mut password) = (entry.username, entry.password);
             if username.is_empty() && !entry.auth.is_empty() {
-                let decoded = B64.decode(entry.auth.trim()).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
-                    InvalidInput::new("InvalidImagePullSecret", &field, format!("Secret {}: auth of {server} is not base64 of user:password", r.name))
-                })?;
+                let decoded =
+                    B64.decode(entry.auth.trim()).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
+                        InvalidInput::new(
+                            "InvalidImagePullSecret",
+                            &field,
+                            format!("Secret {}: auth of {server} is not base64 of user:password", r.name),
+                        )
+                    })?;
                 let (u, p) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
                 (username, password) = (u.to_string(), p.to_string());
             }
@@ -133,7 +143,11 @@ mod tests {
         assert!(check_image("myhub.an-link.com/test/nginx:latest", "f", &allowed).is_ok());
         let err = check_image("nginx", "spec.containers[0].image", &allowed).unwrap_err();
         assert_eq!(err.field, "spec.containers[0].image");
-        assert!(err.message.contains("Docker Hub") && err.message.contains("uhub.service.ucloud.cn, myhub.an-link.com"), "{}", err.message);
+        assert!(
+            err.message.contains("Docker Hub") && err.message.contains("uhub.service.ucloud.cn, myhub.an-link.com"),
+            "{}",
+            err.message
+        );
         let err = check_image("quay.io/x/y", "f", &allowed).unwrap_err();
         assert!(err.message.contains("quay.io"));
         assert_eq!(check_image("", "f", &allowed).unwrap_err().reason, "InvalidImage");
@@ -149,11 +163,24 @@ mod tests {
         let auth_only = br#"{"auths":{"https://uhub.service.ucloud.cn/v1/":{"auth":"dTE6cDE6eA=="}}}"#;
         let legacy = br#"{"old.example.com":{"username":"a","password":"b"}}"#;
         let resolved = pod_with(vec![
-            Secret { name: "myhub".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), guide.to_vec())] },
-            Secret { name: "uhub".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), auth_only.to_vec())] },
-            Secret { name: "old".into(), kind: "kubernetes.io/dockercfg".into(), data: vec![(".dockercfg".into(), legacy.to_vec())] },
+            Secret {
+                name: "myhub".into(),
+                kind: "kubernetes.io/dockerconfigjson".into(),
+                data: vec![(".dockerconfigjson".into(), guide.to_vec())],
+            },
+            Secret {
+                name: "uhub".into(),
+                kind: "kubernetes.io/dockerconfigjson".into(),
+                data: vec![(".dockerconfigjson".into(), auth_only.to_vec())],
+            },
+            Secret {
+                name: "old".into(),
+                kind: "kubernetes.io/dockercfg".into(),
+                data: vec![(".dockercfg".into(), legacy.to_vec())],
+            },
         ]);
-        let refs: Vec<LocalRef> = ["myhub", "uhub", "old", "missing"].iter().map(|n| LocalRef { name: n.to_string() }).collect();
+        let refs: Vec<LocalRef> =
+            ["myhub", "uhub", "old", "missing"].iter().map(|n| LocalRef { name: n.to_string() }).collect();
         let (secrets, events) = pull_secrets(&refs, &resolved).unwrap();
         assert_eq!(
             secrets,
@@ -172,7 +199,13 @@ mod tests {
                     registryaddr: "".into(),
                     vpc_id: "".into()
                 },
-                PullSecret { registry_server: "old.example.com".into(), username: "a".into(), password: "b".into(), registryaddr: "".into(), vpc_id: "".into() },
+                PullSecret {
+                    registry_server: "old.example.com".into(),
+                    username: "a".into(),
+                    password: "b".into(),
+                    registryaddr: "".into(),
+                    vpc_id: "".into()
+                },
             ]
         );
         assert_eq!(events.len(), 1);
@@ -183,12 +216,25 @@ mod tests {
     fn refuses_pull_secrets_that_are_not_docker_configs() {
         let resolved = pod_with(vec![
             Secret { name: "opaque".into(), kind: "Opaque".into(), data: vec![("x".into(), b"y".to_vec())] },
-            Secret { name: "broken".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), b"{".to_vec())] },
-            Secret { name: "badauth".into(), kind: "kubernetes.io/dockerconfigjson".into(), data: vec![(".dockerconfigjson".into(), br#"{"auths":{"h":{"auth":"%%%"}}}"#.to_vec())] },
+            Secret {
+                name: "broken".into(),
+                kind: "kubernetes.io/dockerconfigjson".into(),
+                data: vec![(".dockerconfigjson".into(), b"{".to_vec())],
+            },
+            Secret {
+                name: "badauth".into(),
+                kind: "kubernetes.io/dockerconfigjson".into(),
+                data: vec![(".dockerconfigjson".into(), br#"{"auths":{"h":{"auth":"%%%"}}}"#.to_vec())],
+            },
         ]);
-        for (name, needle) in [("opaque", "has no .dockerconfigjson"), ("broken", "not a docker config"), ("badauth", "not base64")] {
+        for (name, needle) in
+            [("opaque", "has no .dockerconfigjson"), ("broken", "not a docker config"), ("badauth", "not base64")]
+        {
             let err = pull_secrets(&[LocalRef { name: name.into() }], &resolved).unwrap_err();
-            assert_eq!((err.reason.as_str(), err.field.as_str()), ("InvalidImagePullSecret", "spec.imagePullSecrets[0]"));
+            assert_eq!(
+                (err.reason.as_str(), err.field.as_str()),
+                ("InvalidImagePullSecret", "spec.imagePullSecrets[0]")
+            );
             assert!(err.message.contains(needle), "{}", err.message);
         }
     }

@@ -18,16 +18,32 @@ fn refuse(reason: &str, field: impl Into<String>, message: impl Into<String>) ->
 pub fn check(pod: &Pod) -> Result<Vec<Event>, InvalidInput> {
     let spec = &pod.spec;
     if spec.host_network {
-        return Err(refuse("UnsupportedField", "spec.hostNetwork", "hostNetwork is true, but Cube pods have their own VPC address; remove hostNetwork"));
+        return Err(refuse(
+            "UnsupportedField",
+            "spec.hostNetwork",
+            "hostNetwork is true, but Cube pods have their own VPC address; remove hostNetwork",
+        ));
     }
     if spec.host_pid {
-        return Err(refuse("UnsupportedField", "spec.hostPID", "hostPID is true, but a Cube pod has no host to share processes with"));
+        return Err(refuse(
+            "UnsupportedField",
+            "spec.hostPID",
+            "hostPID is true, but a Cube pod has no host to share processes with",
+        ));
     }
     if spec.host_ipc {
-        return Err(refuse("UnsupportedField", "spec.hostIPC", "hostIPC is true, but a Cube pod has no host to share IPC with"));
+        return Err(refuse(
+            "UnsupportedField",
+            "spec.hostIPC",
+            "hostIPC is true, but a Cube pod has no host to share IPC with",
+        ));
     }
     if spec.share_process_namespace == Some(true) {
-        return Err(refuse("UnsupportedField", "spec.shareProcessNamespace", "shareProcessNamespace is true, which Cube cannot honour"));
+        return Err(refuse(
+            "UnsupportedField",
+            "spec.shareProcessNamespace",
+            "shareProcessNamespace is true, which Cube cannot honour",
+        ));
     }
     if spec.containers.is_empty() {
         return Err(refuse("InvalidPod", "spec.containers", "the pod has no containers"));
@@ -35,7 +51,11 @@ pub fn check(pod: &Pod) -> Result<Vec<Event>, InvalidInput> {
     if let Some(policy) = &spec.restart_policy
         && !["Always", "OnFailure", "Never"].contains(&policy.as_str())
     {
-        return Err(refuse("InvalidPod", "spec.restartPolicy", format!("restartPolicy is {policy:?}, but must be Always, OnFailure or Never")));
+        return Err(refuse(
+            "InvalidPod",
+            "spec.restartPolicy",
+            format!("restartPolicy is {policy:?}, but must be Always, OnFailure or Never"),
+        ));
     }
 
     let mut events = Vec::new();
@@ -68,13 +88,17 @@ pub fn check(pod: &Pod) -> Result<Vec<Event>, InvalidInput> {
         }
     }
     if !ignored.is_empty() {
-        events.push(Event::warning("FieldsIgnored", format!("Cube does not support and ignores: {}", ignored.join(", "))));
+        events.push(Event::warning(
+            "FieldsIgnored",
+            format!("Cube does not support and ignores: {}", ignored.join(", ")),
+        ));
     }
     Ok(events)
 }
 
 fn check_container(field: &str, c: &Container, init: bool) -> Result<(), InvalidInput> {
-    let valid_name = (1..=32).contains(&c.name.len()) && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+    let valid_name = (1..=32).contains(&c.name.len())
+        && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
     if !valid_name {
         return Err(refuse(
             "InvalidContainerName",
@@ -83,10 +107,18 @@ fn check_container(field: &str, c: &Container, init: bool) -> Result<(), Invalid
         ));
     }
     if init && c.restart_policy.as_deref() == Some("Always") {
-        return Err(refuse("UnsupportedField", format!("{field}.restartPolicy"), "sidecar init containers (restartPolicy: Always) are not supported by Cube"));
+        return Err(refuse(
+            "UnsupportedField",
+            format!("{field}.restartPolicy"),
+            "sidecar init containers (restartPolicy: Always) are not supported by Cube",
+        ));
     }
     if c.security_context.as_ref().and_then(|s| s.privileged) == Some(true) {
-        return Err(refuse("UnsupportedField", format!("{field}.securityContext.privileged"), "privileged containers are not supported by Cube"));
+        return Err(refuse(
+            "UnsupportedField",
+            format!("{field}.securityContext.privileged"),
+            "privileged containers are not supported by Cube",
+        ));
     }
     for (j, p) in c.ports.iter().enumerate() {
         if let Some(hp) = p.host_port.filter(|hp| *hp != 0) {
@@ -98,18 +130,26 @@ fn check_container(field: &str, c: &Container, init: bool) -> Result<(), Invalid
         }
     }
     if !c.volume_devices.is_empty() {
-        return Err(refuse("UnsupportedField", format!("{field}.volumeDevices"), "raw block volumeDevices are not supported by Cube; mount the UDisk as a filesystem"));
+        return Err(refuse(
+            "UnsupportedField",
+            format!("{field}.volumeDevices"),
+            "raw block volumeDevices are not supported by Cube; mount the UDisk as a filesystem",
+        ));
     }
     for kind in ["requests", "limits"] {
         let map = if kind == "requests" { &c.resources.requests } else { &c.resources.limits };
         if let Some(q) = map.get("ephemeral-storage") {
             let f = format!("{field}.resources.{kind}.ephemeral-storage");
-            let bytes = parse_memory_bytes(q).ok_or_else(|| refuse("InvalidResources", &f, format!("{q:?} is not a quantity")))?;
+            let bytes = parse_memory_bytes(q)
+                .ok_or_else(|| refuse("InvalidResources", &f, format!("{q:?} is not a quantity")))?;
             if bytes > MAX_EPHEMERAL_BYTES {
                 return Err(refuse(
                     "EphemeralStorageTooLarge",
                     f,
-                    format!("ephemeral-storage is {q}, but Cube gives each container at most {} (mount a UDisk for more)", format_memory(MAX_EPHEMERAL_BYTES)),
+                    format!(
+                        "ephemeral-storage is {q}, but Cube gives each container at most {} (mount a UDisk for more)",
+                        format_memory(MAX_EPHEMERAL_BYTES)
+                    ),
                 ));
             }
         }

@@ -32,7 +32,9 @@ pub fn project(
                 .find(|tok| tok.volume_name == volume && tok.path == t.path)
                 .or_else(|| resolved.tokens.iter().find(|tok| tok.volume_name == volume))
                 .ok_or_else(|| {
-                    TranslateError::NotReady(format!("{field}.serviceAccountToken: no token minted yet for volume {volume:?}"))
+                    TranslateError::NotReady(format!(
+                        "{field}.serviceAccountToken: no token minted yet for volume {volume:?}"
+                    ))
                 })?;
             files.insert(t.path.clone(), token.token.clone().into_bytes());
         } else if let Some(cm) = &source.config_map {
@@ -52,7 +54,9 @@ pub fn project(
                     Some(other) => {
                         return Err(unsupported(
                             format!("{f}.fieldRef.fieldPath"),
-                            format!("projected downward API field {other} is not supported; accepted: metadata.namespace, metadata.name, metadata.uid"),
+                            format!(
+                                "projected downward API field {other} is not supported; accepted: metadata.namespace, metadata.name, metadata.uid"
+                            ),
                         ));
                     }
                     None => {

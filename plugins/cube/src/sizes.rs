@@ -179,9 +179,8 @@ pub fn choose_size(demand: Demand, default: Size) -> Result<SizeChoice, InvalidI
             )),
         });
     }
-    let Some(size) = SIZES
-        .iter()
-        .find(|s| s.cpu_millis >= demand.cpu_millis && s.memory_bytes() >= demand.memory_bytes)
+    let Some(size) =
+        SIZES.iter().find(|s| s.cpu_millis >= demand.cpu_millis && s.memory_bytes() >= demand.memory_bytes)
     else {
         return Err(InvalidInput::new(
             "PodTooLarge",

@@ -27,16 +27,21 @@ pub fn pod_status(pod: &Returned) -> PodStatus {
     let (phase, reason) = phase_of(word);
     let reason = pod.status.reason.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| reason.to_string());
     let message = pod.status.message.clone().unwrap_or_default();
-    let message = if message.is_empty() && phase == "Unknown" { format!("Cube reports status {word:?}") } else { message };
+    let message =
+        if message.is_empty() && phase == "Unknown" { format!("Cube reports status {word:?}") } else { message };
 
     let spec_containers = pod.spec.containers.clone().unwrap_or_default();
     let container_statuses = match &pod.status.container_statuses {
-        Some(list) if !list.is_empty() => list.iter().map(|c| container_status(c, &spec_image(&spec_containers, &c.name))).collect(),
+        Some(list) if !list.is_empty() => {
+            list.iter().map(|c| container_status(c, &spec_image(&spec_containers, &c.name))).collect()
+        }
         _ => spec_containers.iter().map(|c| synthesized(&c.name, &c.image, word, &message)).collect(),
     };
     let spec_inits = pod.spec.init_containers.clone().unwrap_or_default();
     let init_container_statuses = match &pod.status.init_container_statuses {
-        Some(list) if !list.is_empty() => list.iter().map(|c| container_status(c, &spec_image(&spec_inits, &c.name))).collect(),
+        Some(list) if !list.is_empty() => {
+            list.iter().map(|c| container_status(c, &spec_image(&spec_inits, &c.name))).collect()
+        }
         _ => spec_inits
             .iter()
             .map(|c| {
@@ -51,7 +56,14 @@ pub fn pod_status(pod: &Returned) -> PodStatus {
                 } else {
                     ContainerState::Waiting { reason: "PodInitializing".into(), message: String::new() }
                 };
-                ContainerStatus { name: c.name.clone(), image: c.image.clone(), ready: matches!(phase, "Running" | "Succeeded"), restart_count: 0, state, last_state: None }
+                ContainerStatus {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    ready: matches!(phase, "Running" | "Succeeded"),
+                    restart_count: 0,
+                    state,
+                    last_state: None,
+                }
             })
             .collect(),
     };
@@ -76,7 +88,10 @@ fn state(s: &ReturnedState) -> Option<ContainerState> {
         let exit_code = t.exit_code.unwrap_or(0);
         return Some(ContainerState::Terminated {
             exit_code,
-            reason: t.reason.clone().unwrap_or_else(|| if exit_code == 0 { "Completed".into() } else { "Error".into() }),
+            reason: t
+                .reason
+                .clone()
+                .unwrap_or_else(|| if exit_code == 0 { "Completed".into() } else { "Error".into() }),
             message: t.message.clone().unwrap_or_default(),
             started_at: t.started_at.clone().unwrap_or_default(),
             finished_at: t.finished_at.clone().unwrap_or_default(),
@@ -92,7 +107,11 @@ fn state(s: &ReturnedState) -> Option<ContainerState> {
 }
 
 fn container_status(c: &ReturnedContainerStatus, spec_image: &str) -> ContainerStatus {
-    let current = c.state.as_ref().and_then(state).unwrap_or(ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() });
+    let current = c
+        .state
+        .as_ref()
+        .and_then(state)
+        .unwrap_or(ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() });
     let ready = c.ready.unwrap_or(matches!(current, ContainerState::Running { .. }));
     ContainerStatus {
         name: c.name.clone(),
@@ -218,7 +237,10 @@ status:
                 finished_at: "2026-11-26T16:01:01Z".into()
             })
         );
-        assert_eq!(s.container_statuses[1].state, ContainerState::Running { started_at: "2026-11-26T16:00:05Z".into() });
+        assert_eq!(
+            s.container_statuses[1].state,
+            ContainerState::Running { started_at: "2026-11-26T16:00:05Z".into() }
+        );
         assert!(s.container_statuses[1].ready);
         // Init containers of a running pod have completed.
         assert!(matches!(&s.init_container_statuses[0].state, ContainerState::Terminated { exit_code: 0, .. }));

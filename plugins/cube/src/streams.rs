@@ -12,7 +12,8 @@ use crate::host::Host;
 use crate::instances::Cube;
 
 /// The metrics asked of GetCubeMetrics, in this order.
-pub const METRICS: [&str; 4] = ["CPUUsageCoreNanoSeconds", "CPUUsageNanoCores", "MemoryWorkingSetBytes", "MemoryUsageBytes"];
+pub const METRICS: [&str; 4] =
+    ["CPUUsageCoreNanoSeconds", "CPUUsageNanoCores", "MemoryWorkingSetBytes", "MemoryUsageBytes"];
 /// How far back usage samples are asked for.
 const USAGE_WINDOW_SECS: i64 = 300;
 
@@ -74,19 +75,38 @@ fn field(v: &Value, key: &str, action: &str) -> Result<String, ProviderError> {
         .ok_or_else(|| ProviderError::Internal(format!("{action} answered without {key}: {v}")))
 }
 
-pub fn logs<H: Host + ?Sized>(cube: &Cube<H>, pod: &PodRef, container: &str, o: &LogOptions) -> Result<StreamTarget, ProviderError> {
+pub fn logs<H: Host + ?Sized>(
+    cube: &Cube<H>,
+    pod: &PodRef,
+    container: &str,
+    o: &LogOptions,
+) -> Result<StreamTarget, ProviderError> {
     let v = cube.client.call("GetCubeToken", &token_params(cube, pod, container))?;
     let token = field(&v, "Token", "GetCubeToken")?;
-    Ok(StreamTarget { url: logs_url(cube.client.api_url(), &token, o), headers: vec![], protocol: StreamProtocol::HttpBody })
+    Ok(StreamTarget {
+        url: logs_url(cube.client.api_url(), &token, o),
+        headers: vec![],
+        protocol: StreamProtocol::HttpBody,
+    })
 }
 
-pub fn exec<H: Host + ?Sized>(cube: &Cube<H>, pod: &PodRef, container: &str, o: &ExecOptions, attach: bool) -> Result<StreamTarget, ProviderError> {
+pub fn exec<H: Host + ?Sized>(
+    cube: &Cube<H>,
+    pod: &PodRef,
+    container: &str,
+    o: &ExecOptions,
+    attach: bool,
+) -> Result<StreamTarget, ProviderError> {
     if !attach && o.command.is_empty() {
         return Err(crate::error::InvalidInput::new("InvalidExec", "command", "exec needs a command").into());
     }
     let v = cube.client.call("GetCubeExecToken", &token_params(cube, pod, container))?;
     let terminal = field(&v, "TerminalUrl", "GetCubeExecToken")?;
-    Ok(StreamTarget { url: exec_url(&terminal, o, attach), headers: vec![], protocol: StreamProtocol::WebsocketChannels })
+    Ok(StreamTarget {
+        url: exec_url(&terminal, o, attach),
+        headers: vec![],
+        protocol: StreamProtocol::WebsocketChannels,
+    })
 }
 
 /// The latest value of each metric in a GetCubeMetrics answer.
@@ -205,8 +225,17 @@ mod tests {
     #[test]
     fn exec_urls_add_command_args_and_flags() {
         let t = "ws://127.0.0.1:9/cube-stream/exec?token=T";
-        let o = ExecOptions { command: vec!["sh".into(), "-c".into(), "echo a&b".into()], stdin: true, stdout: true, stderr: false, tty: true };
-        assert_eq!(exec_url(t, &o, false), format!("{t}&command=sh&command=-c&command=echo%20a%26b&stdin=1&stdout=1&tty=1"));
+        let o = ExecOptions {
+            command: vec!["sh".into(), "-c".into(), "echo a&b".into()],
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        assert_eq!(
+            exec_url(t, &o, false),
+            format!("{t}&command=sh&command=-c&command=echo%20a%26b&stdin=1&stdout=1&tty=1")
+        );
         assert_eq!(exec_url(t, &o, true), format!("{t}&attach=1&stdin=1&stdout=1&tty=1"));
     }
 
@@ -222,7 +251,11 @@ mod tests {
 
     #[test]
     fn formats_unix_times_as_rfc3339() {
-        for (t, s) in [(0, "1970-01-01T00:00:00Z"), (1_795_708_800, "2026-11-26T16:00:00Z"), (951_782_400, "2000-02-29T00:00:00Z")] {
+        for (t, s) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (1_795_708_800, "2026-11-26T16:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+        ] {
             assert_eq!(rfc3339(t), s);
         }
     }

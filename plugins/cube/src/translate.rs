@@ -71,12 +71,21 @@ pub fn translate(node_name: &str, config_json: &str, pod: &ResolvedPod) -> Resul
     translate_with(node_name, &config, pod)
 }
 
-pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedPod) -> Result<CreateRequest, TranslateError> {
+pub fn translate_with(
+    node_name: &str,
+    config: &NodeConfig,
+    resolved: &ResolvedPod,
+) -> Result<CreateRequest, TranslateError> {
     let pod: k8s::Pod = serde_json::from_str(&resolved.pod)
         .map_err(|e| InvalidInput::new("InvalidPod", "pod", format!("the pod cannot be read: {e}")))?;
     let meta = &pod.metadata;
     if meta.uid.is_empty() {
-        return Err(InvalidInput::new("InvalidPod", "metadata.uid", "the pod has no uid; Cube instances are keyed by it").into());
+        return Err(InvalidInput::new(
+            "InvalidPod",
+            "metadata.uid",
+            "the pod has no uid; Cube instances are keyed by it",
+        )
+        .into());
     }
     let pod_ref = PodRef { namespace: meta.namespace.clone(), name: meta.name.clone(), uid: meta.uid.clone() };
 
@@ -89,8 +98,13 @@ pub fn translate_with(node_name: &str, config: &NodeConfig, resolved: &ResolvedP
         registries::check_image(&c.image, &format!("{field}.image"), &allowed)?;
     }
 
-    let app: Vec<Demand> =
-        pod.spec.containers.iter().enumerate().map(|(i, c)| demand(c, &format!("spec.containers[{i}]"))).collect::<Result<_, _>>()?;
+    let app: Vec<Demand> = pod
+        .spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| demand(c, &format!("spec.containers[{i}]")))
+        .collect::<Result<_, _>>()?;
     let init: Vec<Demand> = pod
         .spec
         .init_containers
@@ -215,11 +229,13 @@ fn demand(c: &k8s::Container, field: &str) -> Result<Demand, InvalidInput> {
         Ok(c.resources.limits.get(resource).map(|q| (format!("{field}.resources.limits.{resource}"), q)))
     };
     let cpu = match get("cpu")? {
-        Some((f, q)) => sizes::parse_cpu_millis(q).ok_or_else(|| InvalidInput::new("InvalidResources", f, format!("cpu {q:?} is not a quantity")))?,
+        Some((f, q)) => sizes::parse_cpu_millis(q)
+            .ok_or_else(|| InvalidInput::new("InvalidResources", f, format!("cpu {q:?} is not a quantity")))?,
         None => 0,
     };
     let memory = match get("memory")? {
-        Some((f, q)) => sizes::parse_memory_bytes(q).ok_or_else(|| InvalidInput::new("InvalidResources", f, format!("memory {q:?} is not a quantity")))?,
+        Some((f, q)) => sizes::parse_memory_bytes(q)
+            .ok_or_else(|| InvalidInput::new("InvalidResources", f, format!("memory {q:?} is not a quantity")))?,
         None => 0,
     };
     Ok(Demand { cpu_millis: cpu, memory_bytes: memory })
@@ -238,7 +254,10 @@ fn container(
             let mut env = Vec::new();
             for (j, v) in c.env.iter().enumerate() {
                 if v.value_from.is_some() {
-                    return Err(TranslateError::NotReady(format!("{field}.env[{j}] ({}): the host has not resolved valueFrom", v.name)));
+                    return Err(TranslateError::NotReady(format!(
+                        "{field}.env[{j}] ({}): the host has not resolved valueFrom",
+                        v.name
+                    )));
                 }
                 env.push(cube_pod::EnvVar { name: v.name.clone(), value: v.value.clone().unwrap_or_default() });
             }
@@ -254,7 +273,10 @@ fn container(
         working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
         volume_mounts: volumes::mounts(c, field, volumes)?,
         resources: cube_pod::Resources {
-            limits: cube_pod::Limits { cpu: sizes::format_cpu(limit.cpu_millis), memory: sizes::format_memory(limit.memory_bytes) },
+            limits: cube_pod::Limits {
+                cpu: sizes::format_cpu(limit.cpu_millis),
+                memory: sizes::format_memory(limit.memory_bytes),
+            },
         },
     })
 }

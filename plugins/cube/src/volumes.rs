@@ -38,12 +38,24 @@ pub fn translate(pod: &k8s::Pod, resolved: &ResolvedPod) -> Result<Volumes, Tran
         let field = format!("spec.volumes[{i}]");
         let source = if let Some(cm) = &v.config_map {
             check_modes(&mut out.events, &v.name, cm.default_mode, &cm.items);
-            let files = config_map_files(resolved, &cm.name, &cm.items, cm.optional.unwrap_or(false), &format!("{field}.configMap"))?;
+            let files = config_map_files(
+                resolved,
+                &cm.name,
+                &cm.items,
+                cm.optional.unwrap_or(false),
+                &format!("{field}.configMap"),
+            )?;
             inline_bytes += files.values().map(Vec::len).sum::<usize>();
             inline(files, false)
         } else if let Some(s) = &v.secret {
             check_modes(&mut out.events, &v.name, s.default_mode, &s.items);
-            let files = secret_files(resolved, &s.secret_name, &s.items, s.optional.unwrap_or(false), &format!("{field}.secret"))?;
+            let files = secret_files(
+                resolved,
+                &s.secret_name,
+                &s.items,
+                s.optional.unwrap_or(false),
+                &format!("{field}.secret"),
+            )?;
             inline_bytes += files.values().map(Vec::len).sum::<usize>();
             inline(files, true)
         } else if let Some(p) = &v.projected {
@@ -185,7 +197,9 @@ fn select(
 /// A PVC's bound PV as a Cube volume: a UDisk (ext4) or an NFS share.
 fn claim_source(resolved: &ResolvedPod, claim_name: &str, field: &str) -> Result<VolumeSource, TranslateError> {
     let Some(claim) = resolved.claims.iter().find(|c| c.claim_name == claim_name) else {
-        return Err(TranslateError::NotReady(format!("{field}: PersistentVolumeClaim {claim_name} does not exist (yet)")));
+        return Err(TranslateError::NotReady(format!(
+            "{field}: PersistentVolumeClaim {claim_name} does not exist (yet)"
+        )));
     };
     let Some(pv_json) = &claim.volume else {
         return Err(TranslateError::NotReady(format!(
@@ -193,14 +207,21 @@ fn claim_source(resolved: &ResolvedPod, claim_name: &str, field: &str) -> Result
         )));
     };
     let pv: k8s::PersistentVolume = serde_json::from_str(pv_json).map_err(|e| {
-        TranslateError::Invalid(InvalidInput::new("InvalidVolume", field, format!("the PV bound to claim {claim_name} cannot be read: {e}")))
+        TranslateError::Invalid(InvalidInput::new(
+            "InvalidVolume",
+            field,
+            format!("the PV bound to claim {claim_name} cannot be read: {e}"),
+        ))
     })?;
     let pv_name = &pv.metadata.name;
     if let Some(csi) = &pv.spec.csi {
         if csi.driver != UDISK_DRIVER {
             return Err(unsupported(
                 field.to_string(),
-                format!("claim {claim_name} is bound to PV {pv_name} of CSI driver {}; Cube mounts only {UDISK_DRIVER} disks and NFS", csi.driver),
+                format!(
+                    "claim {claim_name} is bound to PV {pv_name} of CSI driver {}; Cube mounts only {UDISK_DRIVER} disks and NFS",
+                    csi.driver
+                ),
             ));
         }
         let fs = csi.fs_type.as_deref().filter(|f| !f.is_empty()).unwrap_or("ext4");
@@ -221,16 +242,44 @@ fn claim_source(resolved: &ResolvedPod, claim_name: &str, field: &str) -> Result
             mount_option: (!options.is_empty()).then_some(options),
         }));
     }
-    const SOURCES: &[&str] = &["hostPath", "local", "iscsi", "rbd", "cephfs", "fc", "flexVolume", "glusterfs", "awsElasticBlockStore", "gcePersistentDisk", "azureDisk", "azureFile", "cinder", "vsphereVolume", "portworxVolume", "quobyte", "scaleIO", "storageos", "photonPersistentDisk", "flocker"];
-    let kind = pv.spec.other.keys().find(|k| SOURCES.contains(&k.as_str())).cloned().unwrap_or_else(|| "unknown".into());
+    const SOURCES: &[&str] = &[
+        "hostPath",
+        "local",
+        "iscsi",
+        "rbd",
+        "cephfs",
+        "fc",
+        "flexVolume",
+        "glusterfs",
+        "awsElasticBlockStore",
+        "gcePersistentDisk",
+        "azureDisk",
+        "azureFile",
+        "cinder",
+        "vsphereVolume",
+        "portworxVolume",
+        "quobyte",
+        "scaleIO",
+        "storageos",
+        "photonPersistentDisk",
+        "flocker",
+    ];
+    let kind =
+        pv.spec.other.keys().find(|k| SOURCES.contains(&k.as_str())).cloned().unwrap_or_else(|| "unknown".into());
     Err(unsupported(
         field.to_string(),
-        format!("claim {claim_name} is bound to PV {pv_name} of type {kind}; Cube mounts only {UDISK_DRIVER} disks and NFS"),
+        format!(
+            "claim {claim_name} is bound to PV {pv_name} of type {kind}; Cube mounts only {UDISK_DRIVER} disks and NFS"
+        ),
     ))
 }
 
 /// A container's mounts in the Cube dialect.
-pub fn mounts(container: &k8s::Container, field: &str, volumes: &[cube_pod::Volume]) -> Result<Vec<cube_pod::VolumeMount>, InvalidInput> {
+pub fn mounts(
+    container: &k8s::Container,
+    field: &str,
+    volumes: &[cube_pod::Volume],
+) -> Result<Vec<cube_pod::VolumeMount>, InvalidInput> {
     container
         .volume_mounts
         .iter()
@@ -238,10 +287,18 @@ pub fn mounts(container: &k8s::Container, field: &str, volumes: &[cube_pod::Volu
         .map(|(j, m)| {
             let f = format!("{field}.volumeMounts[{j}]");
             if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) {
-                return Err(InvalidInput::new("UnsupportedVolumeMount", format!("{f}.subPathExpr"), "Cube cannot expand subPathExpr; use subPath"));
+                return Err(InvalidInput::new(
+                    "UnsupportedVolumeMount",
+                    format!("{f}.subPathExpr"),
+                    "Cube cannot expand subPathExpr; use subPath",
+                ));
             }
             if !volumes.iter().any(|v| v.name == m.name) {
-                return Err(InvalidInput::new("InvalidVolumeMount", format!("{f}.name"), format!("mount {:?} names no volume of the pod", m.name)));
+                return Err(InvalidInput::new(
+                    "InvalidVolumeMount",
+                    format!("{f}.name"),
+                    format!("mount {:?} names no volume of the pod", m.name),
+                ));
             }
             Ok(cube_pod::VolumeMount {
                 name: m.name.clone(),

@@ -40,7 +40,10 @@ fn the_envelope_accepts_string_retcodes_and_reports_failures() {
     let cases: Vec<(Answer, Result<(), &str>)> = vec![
         (Ok(resp(r#"{"RetCode": "0", "Action": "XResponse", "Pod": "p"}"#)), Ok(())),
         (Ok(resp(r#"{"RetCode": 0}"#)), Ok(())),
-        (Ok(resp(r#"{"RetCode": "171", "Message": "Signature verification failed"}"#)), Err("internal: GetCubePod answered RetCode 171: Signature verification failed")),
+        (
+            Ok(resp(r#"{"RetCode": "171", "Message": "Signature verification failed"}"#)),
+            Err("internal: GetCubePod answered RetCode 171: Signature verification failed"),
+        ),
         (Ok(resp(r#"{"Message": "?"}"#)), Err("internal: GetCubePod: unreadable answer: no RetCode in the answer")),
         (Ok(resp("<html>")), Err("internal: GetCubePod: unreadable answer")),
         (http(404), Err("internal: GetCubePod: HTTP 404")),
@@ -49,7 +52,10 @@ fn the_envelope_accepts_string_retcodes_and_reports_failures() {
     for (answer, want) in cases {
         let mut once = Some(answer);
         let host = FakeHost::new(move |_, _| once.take().expect("called once"));
-        let got = client(&host).call("GetCubePod", &Params::new()).map(|_| ()).map_err(|e| ProviderError::from(e).to_string());
+        let got = client(&host)
+            .call("GetCubePod", &Params::new())
+            .map(|_| ())
+            .map_err(|e| ProviderError::from(e).to_string());
         match (got, want) {
             (Ok(()), Ok(())) => {}
             (Err(e), Err(prefix)) => assert!(e.starts_with(prefix), "{e} does not start with {prefix}"),
@@ -146,7 +152,13 @@ fn creates_are_never_repeated_once_the_answer_may_have_been_lost() {
     let mut n = 0;
     let host = FakeHost::new(move |a, _| {
         n += 1;
-        if n == 1 { fail(a, 153, "rate") } else if n == 2 { http(503) } else { ok(a, json!({"CubeId": "cube-1"})) }
+        if n == 1 {
+            fail(a, 153, "rate")
+        } else if n == 2 {
+            http(503)
+        } else {
+            ok(a, json!({"CubeId": "cube-1"}))
+        }
     });
     assert!(client(&host).create("CreateCubePod", &Params::new()).is_ok());
     assert_eq!(host.count("CreateCubePod"), 3);

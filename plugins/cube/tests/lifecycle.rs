@@ -6,7 +6,10 @@
 mod support;
 
 use cube_provider::api::HttpError;
-use cube_provider::contract::{DeleteReason, Deletion, ExecOptions, LogOptions, PodRef, ResolvedPod, ServiceAccountToken, StreamProtocol, VolumeClaim};
+use cube_provider::contract::{
+    DeleteReason, Deletion, ExecOptions, LogOptions, PodRef, ResolvedPod, ServiceAccountToken, StreamProtocol,
+    VolumeClaim,
+};
 use cube_provider::error::ProviderError;
 use cube_provider::instances::Cube;
 use cube_provider::streams;
@@ -43,7 +46,10 @@ fn create_makes_one_instance_per_pod_uid() {
     assert_eq!(host.count("CreateCubePod"), 1);
     assert_eq!(cloud.borrow().live().len(), 1);
     let create = host.params("CreateCubePod", 0);
-    assert_eq!((create["Group"].as_str(), create["VPCId"].as_str(), create["Region"].as_str()), (NODE, "uvnet-abc", "cn-bj2"));
+    assert_eq!(
+        (create["Group"].as_str(), create["VPCId"].as_str(), create["Region"].as_str()),
+        (NODE, "uvnet-abc", "cn-bj2")
+    );
     assert_eq!(annotation(&first.annotations, "cube.ucloud.cn/size"), Some("2-2Gi"));
     assert!(first.events.iter().any(|e| e.reason == "CubeCreated"));
     assert!(again.events.iter().all(|e| e.reason != "CubeCreated"));
@@ -117,7 +123,10 @@ fn an_eip_is_allocated_bound_granted_and_shown_on_the_pod() {
         ]
     );
     let bind = host.params("BindEIP", 0);
-    assert_eq!((bind["EIPId"].as_str(), bind["ResourceType"].as_str(), bind["ResourceId"].as_str()), ("eip-1", "cube", "cube-1"));
+    assert_eq!(
+        (bind["EIPId"].as_str(), bind["ResourceType"].as_str(), bind["ResourceId"].as_str()),
+        ("eip-1", "cube", "cube-1")
+    );
     assert_eq!(host.params("GrantFirewall", 0)["FWId"], "firewall-web");
     assert_eq!(cloud.borrow().eips[0].bound.as_deref(), Some("cube-1"));
     // Created again (the host retried): the bound EIP is found, not allocated twice.
@@ -143,10 +152,14 @@ fn when_binding_fails_the_eip_is_released_and_the_instance_deleted() {
 #[test]
 fn when_the_firewall_fails_the_eip_is_unbound_released_and_the_instance_deleted() {
     let (host, cloud) = host();
-    cloud.borrow_mut().fault("GrantFirewall", Fault::Answer(fail("GrantFirewall", 4210, "Firewall [firewall-x] not found")));
+    cloud
+        .borrow_mut()
+        .fault("GrantFirewall", Fault::Answer(fail("GrantFirewall", 4210, "Firewall [firewall-x] not found")));
     let cube = Cube::new(&host, &ctx()).unwrap();
     let err = cube
-        .create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true", "cube.ucloud.cn/cube-eip-security-group-id": "firewall-x"})))
+        .create(&nginx(
+            json!({"cube.ucloud.cn/cube-eip": "true", "cube.ucloud.cn/cube-eip-security-group-id": "firewall-x"}),
+        ))
         .unwrap_err();
     let ProviderError::Invalid(i) = &err else { panic!("{err:?}") };
     assert_eq!(i.field, "metadata.annotations[cube.ucloud.cn/cube-eip-security-group-id]");
@@ -161,10 +174,17 @@ fn when_the_firewall_fails_the_eip_is_unbound_released_and_the_instance_deleted(
 #[test]
 fn the_users_own_eip_is_never_released_when_binding_fails() {
     let (host, cloud) = host();
-    cloud.borrow_mut().eips.push(support::cloud::Eip { id: "eip-mine".into(), ip: "1.2.3.4".into(), name: "mine".into(), bound: None, released: false });
+    cloud.borrow_mut().eips.push(support::cloud::Eip {
+        id: "eip-mine".into(),
+        ip: "1.2.3.4".into(),
+        name: "mine".into(),
+        bound: None,
+        released: false,
+    });
     cloud.borrow_mut().fault("BindEIP", Fault::Answer(fail("BindEIP", 4155, "EIP in use")));
     let cube = Cube::new(&host, &ctx()).unwrap();
-    cube.create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true", "cube.ucloud.cn/cube-eip-id": "eip-mine"}))).unwrap_err();
+    cube.create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true", "cube.ucloud.cn/cube-eip-id": "eip-mine"})))
+        .unwrap_err();
     assert_eq!(host.count("AllocateEIP"), 0);
     assert_eq!(host.count("ReleaseEIP"), 0);
     assert_eq!(host.count("DeleteCubePod"), 1);
@@ -175,8 +195,13 @@ fn the_users_own_eip_is_never_released_when_binding_fails() {
 fn a_users_eip_that_does_not_exist_is_an_annotation_error() {
     let (host, cloud) = host();
     let cube = Cube::new(&host, &ctx()).unwrap();
-    let err = cube.create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true", "cube.ucloud.cn/cube-eip-id": "eip-nope"}))).unwrap_err();
-    assert!(matches!(&err, ProviderError::Invalid(i) if i.field == "metadata.annotations[cube.ucloud.cn/cube-eip-id]"), "{err:?}");
+    let err = cube
+        .create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true", "cube.ucloud.cn/cube-eip-id": "eip-nope"})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::Invalid(i) if i.field == "metadata.annotations[cube.ucloud.cn/cube-eip-id]"),
+        "{err:?}"
+    );
     assert!(cloud.borrow().live().is_empty());
 }
 
@@ -210,8 +235,14 @@ fn delete_releases_the_eip_as_the_annotation_says() {
 }
 
 fn udisk_pod() -> ResolvedPod {
-    let mut r = ResolvedPod::from_pod_json(serde_json::to_string(&serde_yaml_ng::from_str::<Value>(&fixture("guide-pod-udisk.yaml")).unwrap()).unwrap());
-    r.claims.push(VolumeClaim { claim_name: "logdisk-claim".into(), claim: fixture("guide-pvc-udisk.json"), volume: Some(fixture("guide-pv-udisk.json")) });
+    let mut r = ResolvedPod::from_pod_json(
+        serde_json::to_string(&serde_yaml_ng::from_str::<Value>(&fixture("guide-pod-udisk.yaml")).unwrap()).unwrap(),
+    );
+    r.claims.push(VolumeClaim {
+        claim_name: "logdisk-claim".into(),
+        claim: fixture("guide-pvc-udisk.json"),
+        volume: Some(fixture("guide-pv-udisk.json")),
+    });
     r
 }
 
@@ -262,8 +293,15 @@ fn udisks_of_a_slowly_deleted_instance_go_once_it_is_gone() {
 }
 
 fn with_token(token: &str) -> ResolvedPod {
-    let mut r = ResolvedPod::from_pod_json(serde_json::to_string(&serde_yaml_ng::from_str::<Value>(&fixture("pod-kube-api-access.yaml")).unwrap()).unwrap());
-    r.config_maps.push(cube_provider::contract::ConfigMap { name: "kube-root-ca.crt".into(), data: vec![("ca.crt".into(), "CA".into())], binary_data: vec![] });
+    let mut r = ResolvedPod::from_pod_json(
+        serde_json::to_string(&serde_yaml_ng::from_str::<Value>(&fixture("pod-kube-api-access.yaml")).unwrap())
+            .unwrap(),
+    );
+    r.config_maps.push(cube_provider::contract::ConfigMap {
+        name: "kube-root-ca.crt".into(),
+        data: vec![("ca.crt".into(), "CA".into())],
+        binary_data: vec![],
+    });
     r.tokens.push(ServiceAccountToken {
         volume_name: "kube-api-access-x7k2p".into(),
         path: "token".into(),
@@ -344,21 +382,41 @@ fn logs_exec_and_attach_point_the_host_at_the_cube_streams() {
     let (host, _) = host();
     let cube = Cube::new(&host, &ctx()).unwrap();
     cube.create(&nginx(json!({}))).unwrap();
-    let logs = streams::logs(&cube, &pod_ref(), "nginx", &LogOptions { follow: true, tail_lines: Some(5), ..Default::default() }).unwrap();
+    let logs = streams::logs(
+        &cube,
+        &pod_ref(),
+        "nginx",
+        &LogOptions { follow: true, tail_lines: Some(5), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(logs.url, "http://127.0.0.1:18080/cube-stream/logs?token=tok-logs&follow=true&tailLines=5");
     assert_eq!(logs.protocol, StreamProtocol::HttpBody);
     let p = host.params("GetCubeToken", 0);
     assert_eq!((p["Uid"].as_str(), p["ContainerName"].as_str()), (pod_ref().uid.as_str(), "nginx"));
 
-    let o = ExecOptions { command: vec!["ls".into(), "-l".into()], stdin: false, stdout: true, stderr: true, tty: false };
+    let o =
+        ExecOptions { command: vec!["ls".into(), "-l".into()], stdin: false, stdout: true, stderr: true, tty: false };
     let exec = streams::exec(&cube, &pod_ref(), "nginx", &o, false).unwrap();
-    assert_eq!(exec.url, "ws://127.0.0.1:18080/cube-stream/exec?token=tok-exec&command=ls&command=-l&stdout=1&stderr=1");
+    assert_eq!(
+        exec.url,
+        "ws://127.0.0.1:18080/cube-stream/exec?token=tok-exec&command=ls&command=-l&stdout=1&stderr=1"
+    );
     assert_eq!(exec.protocol, StreamProtocol::WebsocketChannels);
-    let attach = streams::exec(&cube, &pod_ref(), "nginx", &ExecOptions { stdin: true, stdout: true, tty: true, ..Default::default() }, true).unwrap();
+    let attach = streams::exec(
+        &cube,
+        &pod_ref(),
+        "nginx",
+        &ExecOptions { stdin: true, stdout: true, tty: true, ..Default::default() },
+        true,
+    )
+    .unwrap();
     assert_eq!(attach.url, "ws://127.0.0.1:18080/cube-stream/exec?token=tok-exec&attach=1&stdin=1&stdout=1&tty=1");
 
     let missing = PodRef { uid: "nope".into(), ..pod_ref() };
-    assert!(matches!(streams::logs(&cube, &missing, "nginx", &LogOptions::default()).unwrap_err(), ProviderError::NotFound(_)));
+    assert!(matches!(
+        streams::logs(&cube, &missing, "nginx", &LogOptions::default()).unwrap_err(),
+        ProviderError::NotFound(_)
+    ));
 }
 
 #[test]
@@ -372,12 +430,21 @@ fn usage_takes_the_latest_sample_of_each_metric_and_skips_pods_without_instance(
     assert_eq!(usage[0].timestamp, "2026-11-26T16:00:00Z");
     let c = &usage[0].containers[0];
     assert_eq!(
-        (c.name.as_str(), c.cpu_usage_core_nano_seconds, c.cpu_usage_nano_cores, c.memory_working_set_bytes, c.memory_usage_bytes),
+        (
+            c.name.as_str(),
+            c.cpu_usage_core_nano_seconds,
+            c.cpu_usage_nano_cores,
+            c.memory_working_set_bytes,
+            c.memory_usage_bytes
+        ),
         ("nginx", 1000, 2000, 3000, 4000)
     );
     assert_eq!(c.start_time, "2026-11-26T16:00:01Z");
     let p = host.params("GetCubeMetrics", 0);
-    assert_eq!((p["ResourceId"].as_str(), p["BeginTime"].as_str(), p["EndTime"].as_str()), ("cube-1", "1795708500", "1795708800"));
+    assert_eq!(
+        (p["ResourceId"].as_str(), p["BeginTime"].as_str(), p["EndTime"].as_str()),
+        ("cube-1", "1795708500", "1795708800")
+    );
     assert_eq!(p["MetricName.0"], "CPUUsageCoreNanoSeconds");
     assert_eq!(p["MetricName.3"], "MemoryUsageBytes");
 }

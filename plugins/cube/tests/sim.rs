@@ -8,7 +8,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use cube_provider::api::{HttpError, HttpRequest, HttpResponse, Transport};
-use cube_provider::contract::{CallContext, ContainerState, DeleteReason, ExecOptions, LogOptions, PodRef, ResolvedPod, VolumeClaim};
+use cube_provider::contract::{
+    CallContext, ContainerState, DeleteReason, ExecOptions, LogOptions, PodRef, ResolvedPod, VolumeClaim,
+};
 use cube_provider::error::ProviderError;
 use cube_provider::host::{Host, Level};
 use cube_provider::instances::Cube;
@@ -54,7 +56,14 @@ fn yaml_pod(name: &str, uid: &str) -> Value {
 }
 
 fn get(url: &str) -> HttpResponse {
-    support::tcp::send(&HttpRequest { method: "GET".into(), url: url.into(), headers: vec![], body: vec![], timeout_ms: 5000 }).unwrap()
+    support::tcp::send(&HttpRequest {
+        method: "GET".into(),
+        url: url.into(),
+        headers: vec![],
+        body: vec![],
+        timeout_ms: 5000,
+    })
+    .unwrap()
 }
 
 fn post_json(url: &str, body: Value) -> Value {
@@ -104,29 +113,55 @@ fn the_provider_drives_the_simulator() {
     assert!(matches!(status.container_statuses[0].state, ContainerState::Running { .. }));
 
     // Everything the dialect carries, with an EIP.
-    let mut everything = ResolvedPod::from_pod_json(yaml_pod("pod-everything.yaml", &format!("sim-{run}-web")).to_string());
-    everything.env.push(cube_provider::contract::ContainerEnv { container: "web".into(), vars: vec![("MODE".into(), "production".into())] });
-    everything.config_maps.push(cube_provider::contract::ConfigMap { name: "web-config".into(), data: vec![("web.conf".into(), "listen 8080\n".into())], binary_data: vec![] });
-    everything.secrets.push(cube_provider::contract::Secret { name: "web-tls".into(), kind: "kubernetes.io/tls".into(), data: vec![("tls.crt".into(), b"CRT".to_vec())] });
+    let mut everything =
+        ResolvedPod::from_pod_json(yaml_pod("pod-everything.yaml", &format!("sim-{run}-web")).to_string());
+    everything.env.push(cube_provider::contract::ContainerEnv {
+        container: "web".into(),
+        vars: vec![("MODE".into(), "production".into())],
+    });
+    everything.config_maps.push(cube_provider::contract::ConfigMap {
+        name: "web-config".into(),
+        data: vec![("web.conf".into(), "listen 8080\n".into())],
+        binary_data: vec![],
+    });
+    everything.secrets.push(cube_provider::contract::Secret {
+        name: "web-tls".into(),
+        kind: "kubernetes.io/tls".into(),
+        data: vec![("tls.crt".into(), b"CRT".to_vec())],
+    });
     let mut pod: Value = serde_json::from_str(&everything.pod).unwrap();
     pod["metadata"]["annotations"].as_object_mut().unwrap().remove("cube.ucloud.cn/cube-eip-security-group-id");
     everything.pod = pod.to_string();
     let web = cube.create(&everything).unwrap();
-    assert!(web.annotations.iter().any(|(k, v)| k == "cube.ucloud.cn/eip-address" && !v.is_empty()), "{:?}", web.annotations);
+    assert!(
+        web.annotations.iter().any(|(k, v)| k == "cube.ucloud.cn/eip-address" && !v.is_empty()),
+        "{:?}",
+        web.annotations
+    );
 
     // A UDisk the simulator knows, mounted through the guide's PVC.
     let disk = post_json(&format!("{url}/_sim/disks"), json!({"name": format!("log-{run}")}));
     let disk_id = disk["udisk_id"].as_str().unwrap().to_string();
     let mut pv: Value = serde_json::from_str(&fixture("guide-pv-udisk.json")).unwrap();
     pv["spec"]["csi"]["volumeHandle"] = json!(disk_id);
-    let mut udisk = ResolvedPod::from_pod_json(yaml_pod("guide-pod-udisk.yaml", &format!("sim-{run}-udisk")).to_string());
-    udisk.claims.push(VolumeClaim { claim_name: "logdisk-claim".into(), claim: fixture("guide-pvc-udisk.json"), volume: Some(pv.to_string()) });
+    let mut udisk =
+        ResolvedPod::from_pod_json(yaml_pod("guide-pod-udisk.yaml", &format!("sim-{run}-udisk")).to_string());
+    udisk.claims.push(VolumeClaim {
+        claim_name: "logdisk-claim".into(),
+        claim: fixture("guide-pvc-udisk.json"),
+        volume: Some(pv.to_string()),
+    });
     cube.create(&udisk).unwrap();
 
     // The automatic token projection, renewed in place when the token rotates.
     let api_client = |token: &str| {
-        let mut r = ResolvedPod::from_pod_json(yaml_pod("pod-kube-api-access.yaml", &format!("sim-{run}-api")).to_string());
-        r.config_maps.push(cube_provider::contract::ConfigMap { name: "kube-root-ca.crt".into(), data: vec![("ca.crt".into(), "CA".into())], binary_data: vec![] });
+        let mut r =
+            ResolvedPod::from_pod_json(yaml_pod("pod-kube-api-access.yaml", &format!("sim-{run}-api")).to_string());
+        r.config_maps.push(cube_provider::contract::ConfigMap {
+            name: "kube-root-ca.crt".into(),
+            data: vec![("ca.crt".into(), "CA".into())],
+            binary_data: vec![],
+        });
         r.tokens.push(cube_provider::contract::ServiceAccountToken {
             volume_name: "kube-api-access-x7k2p".into(),
             path: "token".into(),
@@ -145,22 +180,34 @@ fn the_provider_drives_the_simulator() {
     assert_eq!(listed.len(), 4, "{listed:?}");
 
     // Streams: the log URL answers, exec gets a terminal URL, usage has numbers.
-    let logs = streams::logs(&cube, &nginx_ref, "nginx", &LogOptions { tail_lines: Some(5), ..Default::default() }).unwrap();
+    let logs =
+        streams::logs(&cube, &nginx_ref, "nginx", &LogOptions { tail_lines: Some(5), ..Default::default() }).unwrap();
     let body = get(&logs.url);
     assert_eq!(body.status, 200, "{}", String::from_utf8_lossy(&body.body));
-    let exec = streams::exec(&cube, &nginx_ref, "nginx", &ExecOptions { command: vec!["ls".into()], stdout: true, ..Default::default() }, false).unwrap();
+    let exec = streams::exec(
+        &cube,
+        &nginx_ref,
+        "nginx",
+        &ExecOptions { command: vec!["ls".into()], stdout: true, ..Default::default() },
+        false,
+    )
+    .unwrap();
     assert!(exec.url.starts_with("ws://") && exec.url.contains("&command=ls&stdout=1"), "{}", exec.url);
     let usage = streams::usage(&cube, std::slice::from_ref(&nginx_ref)).unwrap();
     assert_eq!(usage.len(), 1);
 
     // Deleting the node: instances gone, the UDisk too, the EIP released.
     for i in cube.list().unwrap() {
-        assert!(matches!(cube.delete(&i.pod, DeleteReason::NodeDeleted).unwrap(), cube_provider::contract::Deletion::Gone));
+        assert!(matches!(
+            cube.delete(&i.pod, DeleteReason::NodeDeleted).unwrap(),
+            cube_provider::contract::Deletion::Gone
+        ));
     }
     assert!(cube.list().unwrap().is_empty());
     assert!(matches!(cube.status(&nginx_ref).unwrap_err(), ProviderError::NotFound(_)));
     let disks = get(&format!("{url}/_sim/disks"));
     let disks: Value = serde_json::from_slice(&disks.body).unwrap();
-    let ours = disks.as_array().unwrap().iter().find(|d| d["udisk_id"] == json!(disk_id) || d["UDiskId"] == json!(disk_id));
+    let ours =
+        disks.as_array().unwrap().iter().find(|d| d["udisk_id"] == json!(disk_id) || d["UDiskId"] == json!(disk_id));
     assert!(ours.is_none_or(|d| d["deleted"] == json!(true)), "{ours:?}");
 }

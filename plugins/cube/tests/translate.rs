@@ -60,13 +60,18 @@ fn reasons(req: &CreateRequest) -> Vec<&str> {
 }
 
 fn secret(name: &str, kind: &str, data: &[(&str, &[u8])]) -> Secret {
-    Secret { name: name.into(), kind: kind.into(), data: data.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect() }
+    Secret {
+        name: name.into(),
+        kind: kind.into(),
+        data: data.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+    }
 }
 
 #[test]
 fn guide_pod_becomes_a_cube_instance_of_its_exact_size() {
     let req = ok(&resolved(&pod("guide-pod-nginx.yaml")));
-    let params: Vec<(&str, &str)> = req.params.iter().filter(|(k, _)| *k != "Pod").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let params: Vec<(&str, &str)> =
+        req.params.iter().filter(|(k, _)| *k != "Pod").map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(
         params,
         vec![
@@ -141,7 +146,10 @@ fn guide_pv() -> Value {
 fn guide_udisk_claim_becomes_a_udisk_volume() {
     let req = ok(&udisk_pod(Some(guide_pv())));
     let p = cube_pod(&req);
-    assert_eq!(p["spec"]["volumes"][0], json!({"name": "log", "udisk": {"id": "bsm-2x4lqkq3", "fs": "ext4", "forceFormat": false}}));
+    assert_eq!(
+        p["spec"]["volumes"][0],
+        json!({"name": "log", "udisk": {"id": "bsm-2x4lqkq3", "fs": "ext4", "forceFormat": false}})
+    );
     assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0], json!({"name": "log", "mountPath": "/data"}));
 }
 
@@ -154,7 +162,11 @@ fn udisk_claims_are_checked_before_anything_is_created() {
     let mut host_path = guide_pv();
     host_path["spec"].as_object_mut().unwrap().remove("csi");
     host_path["spec"]["hostPath"] = json!({"path": "/mnt"});
-    let cases = [(xfs, "UnsupportedFilesystem", "fsType xfs"), (other_driver, "UnsupportedVolume", "ebs.csi.aws.com"), (host_path, "UnsupportedVolume", "type hostPath")];
+    let cases = [
+        (xfs, "UnsupportedFilesystem", "fsType xfs"),
+        (other_driver, "UnsupportedVolume", "ebs.csi.aws.com"),
+        (host_path, "UnsupportedVolume", "type hostPath"),
+    ];
     for (pv, reason, needle) in cases {
         match translate(NODE, &config(), &udisk_pod(Some(pv))).unwrap_err() {
             TranslateError::Invalid(e) => {
@@ -175,13 +187,20 @@ fn udisk_claims_are_checked_before_anything_is_created() {
 fn nfs_persistent_volumes_carry_their_mount_options() {
     let pv = json!({"metadata": {"name": "nfs-pv"}, "spec": {"nfs": {"server": "10.0.0.9", "path": "/share"}, "mountOptions": ["vers=4.0", "noresvport"]}});
     let p = cube_pod(&ok(&udisk_pod(Some(pv))));
-    assert_eq!(p["spec"]["volumes"][0], json!({"name": "log", "nfs": {"address": "10.0.0.9:/share", "mountOption": "vers=4.0,noresvport"}}));
+    assert_eq!(
+        p["spec"]["volumes"][0],
+        json!({"name": "log", "nfs": {"address": "10.0.0.9:/share", "mountOption": "vers=4.0,noresvport"}})
+    );
 }
 
 #[test]
 fn guide_self_hosted_registry_pull_secret_carries_address_and_vpc() {
     let mut r = resolved(&pod("guide-deployment-myhub.yaml"));
-    r.secrets.push(secret("myhub", "kubernetes.io/dockerconfigjson", &[(".dockerconfigjson", fixture("guide-dockerconfig.json").as_bytes())]));
+    r.secrets.push(secret(
+        "myhub",
+        "kubernetes.io/dockerconfigjson",
+        &[(".dockerconfigjson", fixture("guide-dockerconfig.json").as_bytes())],
+    ));
     let p = cube_pod(&ok(&r));
     assert_eq!(
         p["spec"]["imagePullSecrets"],
@@ -226,8 +245,10 @@ fn the_automatic_token_projection_becomes_a_secret_volume_at_the_same_path() {
     let vol = &p["spec"]["volumes"][0];
     assert_eq!(vol["name"], "kube-api-access-x7k2p");
     let files = vol["secret"].as_object().unwrap();
-    let decoded: Vec<(String, String)> =
-        files.iter().map(|(k, v)| (k.clone(), String::from_utf8(B64.decode(v.as_str().unwrap()).unwrap()).unwrap())).collect();
+    let decoded: Vec<(String, String)> = files
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8(B64.decode(v.as_str().unwrap()).unwrap()).unwrap()))
+        .collect();
     assert_eq!(
         decoded,
         vec![
@@ -236,7 +257,10 @@ fn the_automatic_token_projection_becomes_a_secret_volume_at_the_same_path() {
             ("token".into(), "eyJhbGciOiJSUzI1NiJ9.minted".into()),
         ]
     );
-    assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount");
+    assert_eq!(
+        p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
     // Limits stand in for absent requests.
     assert_eq!(req.size.to_string(), "500m-1Gi");
     assert_eq!(req.params["Tag"], "team-a");
@@ -258,10 +282,14 @@ fn projections_wait_for_their_token_and_refuse_other_sources() {
     let mut r = kube_api_access();
     r.pod = p.to_string();
     let TranslateError::Invalid(e) = translate(NODE, &config(), &r).unwrap_err() else { panic!() };
-    assert_eq!((e.reason.as_str(), e.field.as_str()), ("UnsupportedProjection", "spec.volumes[0].projected.sources[3].clusterTrustBundle"));
+    assert_eq!(
+        (e.reason.as_str(), e.field.as_str()),
+        ("UnsupportedProjection", "spec.volumes[0].projected.sources[3].clusterTrustBundle")
+    );
 
     let mut p = pod("pod-kube-api-access.yaml");
-    p["spec"]["volumes"][0]["projected"]["sources"][2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] = json!("spec.nodeName");
+    p["spec"]["volumes"][0]["projected"]["sources"][2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] =
+        json!("spec.nodeName");
     r.pod = p.to_string();
     let TranslateError::Invalid(e) = translate(NODE, &config(), &r).unwrap_err() else { panic!() };
     assert_eq!(e.field, "spec.volumes[0].projected.sources[2].downwardAPI.items[0].fieldRef.fieldPath");
@@ -296,8 +324,14 @@ fn every_field_of_the_cube_dialect_is_carried() {
     assert_eq!(web["command"], json!(["/bin/web"]));
     assert_eq!(web["args"], json!(["--port", "8080"]));
     assert_eq!(web["workingDir"], "/srv");
-    assert_eq!(web["env"], json!([{"name": "MODE", "value": "production"}, {"name": "DB_PASSWORD", "value": "s3cr3t"}]));
-    assert_eq!(web["volumeMounts"][0], json!({"name": "config", "mountPath": "/etc/web/web.conf", "subPath": "web.conf"}));
+    assert_eq!(
+        web["env"],
+        json!([{"name": "MODE", "value": "production"}, {"name": "DB_PASSWORD", "value": "s3cr3t"}])
+    );
+    assert_eq!(
+        web["volumeMounts"][0],
+        json!({"name": "config", "mountPath": "/etc/web/web.conf", "subPath": "web.conf"})
+    );
     assert_eq!(spec["initContainers"][0]["command"], json!(["/migrate"]));
     assert_eq!(spec["initContainers"][0]["args"], json!(["--up"]));
     assert_eq!(
@@ -371,36 +405,171 @@ fn pods_cube_cannot_run_are_refused_naming_the_field() {
         ("hostNetwork", |p| p["spec"]["hostNetwork"] = json!(true), "UnsupportedField", "spec.hostNetwork"),
         ("hostPID", |p| p["spec"]["hostPID"] = json!(true), "UnsupportedField", "spec.hostPID"),
         ("hostIPC", |p| p["spec"]["hostIPC"] = json!(true), "UnsupportedField", "spec.hostIPC"),
-        ("shareProcessNamespace", |p| p["spec"]["shareProcessNamespace"] = json!(true), "UnsupportedField", "spec.shareProcessNamespace"),
+        (
+            "shareProcessNamespace",
+            |p| p["spec"]["shareProcessNamespace"] = json!(true),
+            "UnsupportedField",
+            "spec.shareProcessNamespace",
+        ),
         ("restartPolicy", |p| p["spec"]["restartPolicy"] = json!("Sometimes"), "InvalidPod", "spec.restartPolicy"),
-        ("privileged", |p| p["spec"]["containers"][1]["securityContext"] = json!({"privileged": true}), "UnsupportedField", "spec.containers[1].securityContext.privileged"),
-        ("hostPort", |p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 80}]), "UnsupportedField", "spec.containers[0].ports[0].hostPort"),
-        ("volumeDevices", |p| p["spec"]["containers"][0]["volumeDevices"] = json!([{"name": "x", "devicePath": "/dev/x"}]), "UnsupportedField", "spec.containers[0].volumeDevices"),
-        ("sidecar", |p| p["spec"]["initContainers"][0]["restartPolicy"] = json!("Always"), "UnsupportedField", "spec.initContainers[0].restartPolicy"),
-        ("long container name", |p| p["spec"]["containers"][1]["name"] = json!("a-container-name-that-is-much-too-long"), "InvalidContainerName", "spec.containers[1].name"),
-        ("dotted container name", |p| p["spec"]["containers"][1]["name"] = json!("log.agent"), "InvalidContainerName", "spec.containers[1].name"),
-        ("ephemeral storage", |p| p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("20Gi"), "EphemeralStorageTooLarge", "spec.containers[0].resources.limits.ephemeral-storage"),
-        ("hostPath", |p| p["spec"]["volumes"][3] = json!({"name": "cache", "hostPath": {"path": "/var/log"}}), "UnsupportedVolume", "spec.volumes[3].hostPath"),
-        ("downwardAPI volume", |p| p["spec"]["volumes"][3] = json!({"name": "cache", "downwardAPI": {"items": []}}), "UnsupportedVolume", "spec.volumes[3].downwardAPI"),
-        ("other csi", |p| p["spec"]["volumes"][3] = json!({"name": "cache", "csi": {"driver": "x"}}), "UnsupportedVolume", "spec.volumes[3].csi"),
-        ("subPathExpr", |p| p["spec"]["containers"][0]["volumeMounts"][0]["subPathExpr"] = json!("$(POD)"), "UnsupportedVolumeMount", "spec.containers[0].volumeMounts[0].subPathExpr"),
-        ("mount of no volume", |p| p["spec"]["containers"][1]["volumeMounts"][0]["name"] = json!("nope"), "InvalidVolumeMount", "spec.containers[1].volumeMounts[0].name"),
-        ("docker hub", |p| p["spec"]["containers"][1]["image"] = json!("nginx"), "ImageRegistryNotAllowed", "spec.containers[1].image"),
-        ("foreign registry", |p| p["spec"]["initContainers"][0]["image"] = json!("ghcr.io/a/b:1"), "ImageRegistryNotAllowed", "spec.initContainers[0].image"),
-        ("too large", |p| p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("9"), "PodTooLarge", "spec.containers[*].resources.requests"),
-        ("too much memory", |p| p["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = json!("17Gi"), "PodTooLarge", "spec.containers[*].resources.requests"),
-        ("bad quantity", |p| p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("lots"), "InvalidResources", "spec.containers[0].resources.requests.cpu"),
-        ("bad memory", |p| p["spec"]["containers"][1]["resources"]["requests"]["memory"] = json!("1 GB"), "InvalidResources", "spec.containers[1].resources.requests.memory"),
-        ("bad limit standing in", |p| p["spec"]["containers"][1]["resources"] = json!({"limits": {"cpu": "x"}}), "InvalidResources", "spec.containers[1].resources.limits.cpu"),
-        ("bad ephemeral storage", |p| p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("lots"), "InvalidResources", "spec.containers[0].resources.limits.ephemeral-storage"),
-        ("ephemeral request", |p| p["spec"]["containers"][1]["resources"]["requests"]["ephemeral-storage"] = json!("11Gi"), "EphemeralStorageTooLarge", "spec.containers[1].resources.requests.ephemeral-storage"),
-        ("privileged init", |p| p["spec"]["initContainers"][0]["securityContext"] = json!({"privileged": true}), "UnsupportedField", "spec.initContainers[0].securityContext.privileged"),
-        ("resourceFieldRef", |p| p["spec"]["volumes"][3] = json!({"name": "cache", "projected": {"sources": [{"downwardAPI": {"items": [{"path": "cpu", "resourceFieldRef": {"resource": "limits.cpu"}}]}}]}}), "UnsupportedProjection", "spec.volumes[3].projected.sources[0].downwardAPI.items[0].resourceFieldRef"),
-        ("empty image", |p| p["spec"]["containers"][1]["image"] = json!(""), "InvalidImage", "spec.containers[1].image"),
-        ("bad annotation", |p| p["metadata"]["annotations"]["cube.ucloud.cn/cube-eip-paymode"] = json!("sharebandwidth"), "InvalidAnnotation", "metadata.annotations[cube.ucloud.cn/cube-eip-bandwidth]"),
+        (
+            "privileged",
+            |p| p["spec"]["containers"][1]["securityContext"] = json!({"privileged": true}),
+            "UnsupportedField",
+            "spec.containers[1].securityContext.privileged",
+        ),
+        (
+            "hostPort",
+            |p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 80}]),
+            "UnsupportedField",
+            "spec.containers[0].ports[0].hostPort",
+        ),
+        (
+            "volumeDevices",
+            |p| p["spec"]["containers"][0]["volumeDevices"] = json!([{"name": "x", "devicePath": "/dev/x"}]),
+            "UnsupportedField",
+            "spec.containers[0].volumeDevices",
+        ),
+        (
+            "sidecar",
+            |p| p["spec"]["initContainers"][0]["restartPolicy"] = json!("Always"),
+            "UnsupportedField",
+            "spec.initContainers[0].restartPolicy",
+        ),
+        (
+            "long container name",
+            |p| p["spec"]["containers"][1]["name"] = json!("a-container-name-that-is-much-too-long"),
+            "InvalidContainerName",
+            "spec.containers[1].name",
+        ),
+        (
+            "dotted container name",
+            |p| p["spec"]["containers"][1]["name"] = json!("log.agent"),
+            "InvalidContainerName",
+            "spec.containers[1].name",
+        ),
+        (
+            "ephemeral storage",
+            |p| p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("20Gi"),
+            "EphemeralStorageTooLarge",
+            "spec.containers[0].resources.limits.ephemeral-storage",
+        ),
+        (
+            "hostPath",
+            |p| p["spec"]["volumes"][3] = json!({"name": "cache", "hostPath": {"path": "/var/log"}}),
+            "UnsupportedVolume",
+            "spec.volumes[3].hostPath",
+        ),
+        (
+            "downwardAPI volume",
+            |p| p["spec"]["volumes"][3] = json!({"name": "cache", "downwardAPI": {"items": []}}),
+            "UnsupportedVolume",
+            "spec.volumes[3].downwardAPI",
+        ),
+        (
+            "other csi",
+            |p| p["spec"]["volumes"][3] = json!({"name": "cache", "csi": {"driver": "x"}}),
+            "UnsupportedVolume",
+            "spec.volumes[3].csi",
+        ),
+        (
+            "subPathExpr",
+            |p| p["spec"]["containers"][0]["volumeMounts"][0]["subPathExpr"] = json!("$(POD)"),
+            "UnsupportedVolumeMount",
+            "spec.containers[0].volumeMounts[0].subPathExpr",
+        ),
+        (
+            "mount of no volume",
+            |p| p["spec"]["containers"][1]["volumeMounts"][0]["name"] = json!("nope"),
+            "InvalidVolumeMount",
+            "spec.containers[1].volumeMounts[0].name",
+        ),
+        (
+            "docker hub",
+            |p| p["spec"]["containers"][1]["image"] = json!("nginx"),
+            "ImageRegistryNotAllowed",
+            "spec.containers[1].image",
+        ),
+        (
+            "foreign registry",
+            |p| p["spec"]["initContainers"][0]["image"] = json!("ghcr.io/a/b:1"),
+            "ImageRegistryNotAllowed",
+            "spec.initContainers[0].image",
+        ),
+        (
+            "too large",
+            |p| p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("9"),
+            "PodTooLarge",
+            "spec.containers[*].resources.requests",
+        ),
+        (
+            "too much memory",
+            |p| p["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = json!("17Gi"),
+            "PodTooLarge",
+            "spec.containers[*].resources.requests",
+        ),
+        (
+            "bad quantity",
+            |p| p["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("lots"),
+            "InvalidResources",
+            "spec.containers[0].resources.requests.cpu",
+        ),
+        (
+            "bad memory",
+            |p| p["spec"]["containers"][1]["resources"]["requests"]["memory"] = json!("1 GB"),
+            "InvalidResources",
+            "spec.containers[1].resources.requests.memory",
+        ),
+        (
+            "bad limit standing in",
+            |p| p["spec"]["containers"][1]["resources"] = json!({"limits": {"cpu": "x"}}),
+            "InvalidResources",
+            "spec.containers[1].resources.limits.cpu",
+        ),
+        (
+            "bad ephemeral storage",
+            |p| p["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("lots"),
+            "InvalidResources",
+            "spec.containers[0].resources.limits.ephemeral-storage",
+        ),
+        (
+            "ephemeral request",
+            |p| p["spec"]["containers"][1]["resources"]["requests"]["ephemeral-storage"] = json!("11Gi"),
+            "EphemeralStorageTooLarge",
+            "spec.containers[1].resources.requests.ephemeral-storage",
+        ),
+        (
+            "privileged init",
+            |p| p["spec"]["initContainers"][0]["securityContext"] = json!({"privileged": true}),
+            "UnsupportedField",
+            "spec.initContainers[0].securityContext.privileged",
+        ),
+        (
+            "resourceFieldRef",
+            |p| p["spec"]["volumes"][3] = json!({"name": "cache", "projected": {"sources": [{"downwardAPI": {"items": [{"path": "cpu", "resourceFieldRef": {"resource": "limits.cpu"}}]}}]}}),
+            "UnsupportedProjection",
+            "spec.volumes[3].projected.sources[0].downwardAPI.items[0].resourceFieldRef",
+        ),
+        (
+            "empty image",
+            |p| p["spec"]["containers"][1]["image"] = json!(""),
+            "InvalidImage",
+            "spec.containers[1].image",
+        ),
+        (
+            "bad annotation",
+            |p| p["metadata"]["annotations"]["cube.ucloud.cn/cube-eip-paymode"] = json!("sharebandwidth"),
+            "InvalidAnnotation",
+            "metadata.annotations[cube.ucloud.cn/cube-eip-bandwidth]",
+        ),
         ("no uid", |p| p["metadata"]["uid"] = json!(""), "InvalidPod", "metadata.uid"),
         ("no containers", |p| p["spec"]["containers"] = json!([]), "InvalidPod", "spec.containers"),
-        ("item path", |p| p["spec"]["volumes"][0]["configMap"]["items"][0]["path"] = json!("../x"), "InvalidVolume", "spec.volumes[0].configMap.items[0].path"),
+        (
+            "item path",
+            |p| p["spec"]["volumes"][0]["configMap"]["items"][0]["path"] = json!("../x"),
+            "InvalidVolume",
+            "spec.volumes[0].configMap.items[0].path",
+        ),
     ];
     for (name, mutate, reason, field) in cases {
         let mut r = everything();
@@ -475,7 +644,9 @@ fn unresolved_env_waits_for_the_host_and_literal_env_passes_through() {
 
 #[test]
 fn a_broken_node_config_is_reported_as_such() {
-    let TranslateError::Invalid(e) = translate(NODE, "{}", &resolved(&pod("guide-pod-nginx.yaml"))).unwrap_err() else { panic!() };
+    let TranslateError::Invalid(e) = translate(NODE, "{}", &resolved(&pod("guide-pod-nginx.yaml"))).unwrap_err() else {
+        panic!()
+    };
     assert_eq!(e.field, "config.region");
 }
 
@@ -491,20 +662,36 @@ fn translation_is_deterministic() {
 fn the_guides_manifests_translate_as_written() {
     let udisk = {
         let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-udisk.yaml")).unwrap();
-        r.claims.push(VolumeClaim { claim_name: "logdisk-claim".into(), claim: fixture("guide-pvc-udisk.json"), volume: Some(fixture("guide-pv-udisk.json")) });
+        r.claims.push(VolumeClaim {
+            claim_name: "logdisk-claim".into(),
+            claim: fixture("guide-pvc-udisk.json"),
+            volume: Some(fixture("guide-pv-udisk.json")),
+        });
         r
     };
     let sa = {
         let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-deployment-sa.yaml")).unwrap();
-        r.secrets.push(secret("default-token", "kubernetes.io/service-account-token", &[("token", b"t"), ("ca.crt", b"c"), ("namespace", b"default")]));
+        r.secrets.push(secret(
+            "default-token",
+            "kubernetes.io/service-account-token",
+            &[("token", b"t"), ("ca.crt", b"c"), ("namespace", b"default")],
+        ));
         r
     };
     let myhub = {
         let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-myhub.yaml")).unwrap();
-        r.secrets.push(secret("myhub", "kubernetes.io/dockerconfigjson", &[(".dockerconfigjson", fixture("guide-dockerconfig.json").as_bytes())]));
+        r.secrets.push(secret(
+            "myhub",
+            "kubernetes.io/dockerconfigjson",
+            &[(".dockerconfigjson", fixture("guide-dockerconfig.json").as_bytes())],
+        ));
         r
     };
-    let cases = [(udisk, "nginx", "udisk"), (sa, "nginx-deployment-dryrun", "secret"), (myhub, "nginx-myhub-deployment-dryrun", "")];
+    let cases = [
+        (udisk, "nginx", "udisk"),
+        (sa, "nginx-deployment-dryrun", "secret"),
+        (myhub, "nginx-myhub-deployment-dryrun", ""),
+    ];
     for (pod, name, volume) in cases {
         let req = ok(&pod);
         let p = cube_pod(&req);

@@ -11,8 +11,8 @@ wit_bindgen::generate!({ path: "../../wit/v0.1.0", world: "provider" });
 use exports::vk::provider::metadata::{self, PluginInfo};
 use exports::vk::provider::node::{self, NodeCondition, NodeOffer};
 use exports::vk::provider::pods::{
-    self, ContainerState, ContainerStatus, ContainerUsage, DeleteReason, Deletion, ExecOptions, Instance,
-    LogOptions, PodOutcome, PodStatus, PodUsage, ResolvedPod, StateRunning, StreamTarget,
+    self, ContainerState, ContainerStatus, ContainerUsage, DeleteReason, Deletion, ExecOptions, Instance, LogOptions,
+    PodOutcome, PodStatus, PodUsage, ResolvedPod, StateRunning, StreamTarget,
 };
 use serde::{Deserialize, Serialize};
 use vk::provider::log::{self as hostlog, Level};
@@ -181,8 +181,8 @@ struct ContainerJson {
 }
 
 fn parse_pod(pod: &ResolvedPod) -> Result<PodJson, ProviderError> {
-    let parsed: PodJson =
-        serde_json::from_str(&pod.pod).map_err(|e| invalid("InvalidPod", "pod", format!("cannot read the pod: {e}")))?;
+    let parsed: PodJson = serde_json::from_str(&pod.pod)
+        .map_err(|e| invalid("InvalidPod", "pod", format!("cannot read the pod: {e}")))?;
     if parsed.metadata.uid.is_empty() {
         return Err(invalid("InvalidPod", "metadata.uid", "the pod has no uid"));
     }
@@ -272,13 +272,21 @@ impl pods::Guest for Example {
             "created instance",
             &[kv("pod", &format!("{}/{}", record.namespace, record.name)), kv("instance", &record.instance_id)],
         );
-        let created = Event { kind: "Normal".into(), reason: "InstanceCreated".into(), message: format!("example instance {} created", record.instance_id) };
+        let created = Event {
+            kind: "Normal".into(),
+            reason: "InstanceCreated".into(),
+            message: format!("example instance {} created", record.instance_id),
+        };
         Ok(outcome(&record, vec![created]))
     }
 
     fn update(ctx: CallContext, pod: ResolvedPod) -> Result<PodOutcome, ProviderError> {
         let parsed = parse_pod(&pod)?;
-        let pod_ref = PodRef { namespace: parsed.metadata.namespace.clone(), name: parsed.metadata.name.clone(), uid: parsed.metadata.uid.clone() };
+        let pod_ref = PodRef {
+            namespace: parsed.metadata.namespace.clone(),
+            name: parsed.metadata.name.clone(),
+            uid: parsed.metadata.uid.clone(),
+        };
         let mut record = load(&ctx.node_name, &parsed.metadata.uid)?.ok_or_else(|| not_found(&pod_ref))?;
         // Only images can change on a running pod.
         record.containers = containers(&parsed.spec.containers);
@@ -304,7 +312,11 @@ impl pods::Guest for Example {
             // A record deleted between `keys` and `get` is simply not listed.
             if let Some(record) = load(&ctx.node_name, uid)? {
                 instances.push(Instance {
-                    pod: PodRef { namespace: record.namespace.clone(), name: record.name.clone(), uid: record.uid.clone() },
+                    pod: PodRef {
+                        namespace: record.namespace.clone(),
+                        name: record.name.clone(),
+                        uid: record.uid.clone(),
+                    },
                     instance_id: record.instance_id.clone(),
                     status: status(&record),
                 });

@@ -148,15 +148,27 @@ fn default_zone() -> String {
 async fn create_disk(State(sim): State<Shared>, Json(req): Json<NewDisk>) -> Response {
     let made = {
         let mut state = sim.state.lock();
-        let ask = DiskRequest { region: &req.region, zone: &req.zone, name: &req.name, size: req.size_gb, disk_type: &req.disk_type };
+        let ask = DiskRequest {
+            region: &req.region,
+            zone: &req.zone,
+            name: &req.name,
+            size: req.size_gb,
+            disk_type: &req.disk_type,
+        };
         crate::actions::udisk::make_disk(&mut state, sim.cfg.quotas.max_disks, ask, Utc::now())
     };
     match made {
         Ok(d) => {
             sim.persist();
-            (StatusCode::CREATED, Json(json!({"udisk_id": d.udisk_id, "name": d.name, "size_gb": d.size_gb, "zone": d.zone}))).into_response()
+            (
+                StatusCode::CREATED,
+                Json(json!({"udisk_id": d.udisk_id, "name": d.name, "size_gb": d.size_gb, "zone": d.zone})),
+            )
+                .into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"ret_code": e.ret_code(), "error": e.to_string()}))).into_response(),
+        Err(e) => {
+            (StatusCode::BAD_REQUEST, Json(json!({"ret_code": e.ret_code(), "error": e.to_string()}))).into_response()
+        }
     }
 }
 

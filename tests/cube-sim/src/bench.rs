@@ -86,7 +86,10 @@ pub async fn measure(url: &str, key: KeyPair, args: &BenchArgs) -> anyhow::Resul
     let client = ApiClient::new(url, key, &args.region);
     let pod = B64.encode(BENCH_POD);
     let created = client
-        .call("CreateCubePod", &[("Zone", &args.zone), ("VPCId", "uvnet-bench"), ("SubnetId", "subnet-bench"), ("Pod", &pod)])
+        .call(
+            "CreateCubePod",
+            &[("Zone", &args.zone), ("VPCId", "uvnet-bench"), ("SubnetId", "subnet-bench"), ("Pod", &pod)],
+        )
         .await
         .context("creating the benchmark instance")?;
     let cube_id = created["CubeId"].as_str().context("CreateCubePod answered no CubeId")?.to_string();
@@ -95,7 +98,8 @@ pub async fn measure(url: &str, key: KeyPair, args: &BenchArgs) -> anyhow::Resul
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency.max(1) {
-        let (client, next, cube_id, zone, total) = (client.clone(), next.clone(), cube_id.clone(), args.zone.clone(), args.calls);
+        let (client, next, cube_id, zone, total) =
+            (client.clone(), next.clone(), cube_id.clone(), args.zone.clone(), args.calls);
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0;
@@ -120,6 +124,11 @@ pub async fn measure(url: &str, key: KeyPair, args: &BenchArgs) -> anyhow::Resul
     let elapsed = started.elapsed();
     let _ = client.call("DeleteCubePod", &[("Zone", &args.zone), ("CubeId", &cube_id)]).await;
     latencies.sort();
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Ok(Report { calls: latencies.len(), errors, elapsed, p50: pick(0.50), p99: pick(0.99) })
 }

@@ -29,7 +29,8 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(url: &str, key: KeyPair, region: &str) -> Self {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("reqwest client with default TLS");
+        let http =
+            reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("reqwest client with default TLS");
         ApiClient { http, url: url.trim_end_matches('/').to_string(), key, region: region.to_string(), project: None }
     }
 
@@ -73,7 +74,11 @@ impl ApiClient {
         let v = self.call_raw(action, params).await?;
         let code = v["RetCode"].as_i64().unwrap_or(-1);
         if code != 0 {
-            return Err(ClientError::Api { action: action.into(), ret_code: code, message: v["Message"].as_str().unwrap_or_default().into() });
+            return Err(ClientError::Api {
+                action: action.into(),
+                ret_code: code,
+                message: v["Message"].as_str().unwrap_or_default().into(),
+            });
         }
         Ok(v)
     }

@@ -39,7 +39,11 @@ struct ExecRequest {
     attach: bool,
 }
 
-pub async fn handle(State(sim): State<Shared>, RawQuery(q): RawQuery, ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
+pub async fn handle(
+    State(sim): State<Shared>,
+    RawQuery(q): RawQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or_default()).unwrap_or_default();
     let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let on = |k: &str| matches!(get(k), Some("1") | Some("true"));
@@ -65,7 +69,8 @@ pub async fn handle(State(sim): State<Shared>, RawQuery(q): RawQuery, ws: Result
                 Some(crate::lifecycle::ContainerState::Terminated { reason, .. }) => reason,
                 _ => "not started".into(),
             };
-            return (StatusCode::BAD_REQUEST, format!("container {} is not running ({why})\n", container.name)).into_response();
+            return (StatusCode::BAD_REQUEST, format!("container {} is not running ({why})\n", container.name))
+                .into_response();
         }
         let files = inst.pod.mounted_files(&container).into_iter().map(|f| (f.path, f.content)).collect();
         ExecRequest {
@@ -152,7 +157,14 @@ async fn session(socket: WebSocket, sim: Shared, req: ExecRequest) {
     let (sink, mut stream) = socket.split();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(64);
     let (resize_tx, resize_rx) = watch::channel(None);
-    let mut io = Io { sink, stdin: req.stdin.then_some(stdin_rx), resize: resize_rx, tty: req.tty, stdout: req.stdout, stderr: req.stderr };
+    let mut io = Io {
+        sink,
+        stdin: req.stdin.then_some(stdin_rx),
+        resize: resize_rx,
+        tty: req.tty,
+        stdout: req.stdout,
+        stderr: req.stderr,
+    };
 
     let reader = async move {
         let mut stdin_tx = Some(stdin_tx);
@@ -185,7 +197,8 @@ async fn session(socket: WebSocket, sim: Shared, req: ExecRequest) {
     };
 
     let runner = async move {
-        let code = if req.attach { attach(&mut io, &sim, &req).await } else { run_argv(&mut io, &req, &req.command).await };
+        let code =
+            if req.attach { attach(&mut io, &sim, &req).await } else { run_argv(&mut io, &req, &req.command).await };
         let status = if code == 0 {
             json!({"metadata": {}, "status": "Success"})
         } else {
@@ -313,7 +326,8 @@ async fn run_simple(io: &mut Io, req: &ExecRequest, words: &[String]) -> Flow {
     let Some((cmd, args)) = words.split_first() else { return Flow::Next(0) };
     match base(cmd) {
         "echo" => {
-            let (newline, rest) = if args.first().map(String::as_str) == Some("-n") { (false, &args[1..]) } else { (true, args) };
+            let (newline, rest) =
+                if args.first().map(String::as_str) == Some("-n") { (false, &args[1..]) } else { (true, args) };
             let mut s = rest.join(" ");
             if newline {
                 s.push('\n');
@@ -390,7 +404,9 @@ async fn run_simple(io: &mut Io, req: &ExecRequest, words: &[String]) -> Flow {
             let mut names: Vec<String> = req
                 .files
                 .iter()
-                .filter_map(|(p, _)| p.strip_prefix(&format!("{dir}/")).map(|rest| rest.split('/').next().unwrap_or(rest).to_string()))
+                .filter_map(|(p, _)| {
+                    p.strip_prefix(&format!("{dir}/")).map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+                })
                 .collect();
             names.sort();
             names.dedup();

@@ -20,7 +20,13 @@ use crate::params::Params;
 use crate::server::ConnControl;
 use crate::signature::sign;
 
-pub async fn handle(State(sim): State<Shared>, conn: Option<Extension<ConnControl>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(sim): State<Shared>,
+    conn: Option<Extension<ConnControl>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let params = match Params::parse(uri.query(), ct, &body) {
         Ok(p) => p,
@@ -43,22 +49,26 @@ pub async fn handle(State(sim): State<Shared>, conn: Option<Extension<ConnContro
         let mut live = sim.faults.lock();
         let f = live.faults.clone();
         let mut rng = rand::rng();
-        let hit = |map_rate: Option<f64>, rng: &mut rand::rngs::ThreadRng| map_rate.is_some_and(|r| rng.random::<f64>() < r);
+        let hit =
+            |map_rate: Option<f64>, rng: &mut rand::rngs::ThreadRng| map_rate.is_some_and(|r| rng.random::<f64>() < r);
         let drop = hit(f.drop_rate.get(&action).or(f.drop_rate.get("*")).copied(), &mut rng);
         let mut injected = None;
         if let Some(b) = &f.burst
-            && live.burst_left > 0 && (b.actions.is_empty() || b.actions.contains(&action)) {
-                live.burst_left -= 1;
-                injected = Some(burst_error(b.ret_code));
-            }
+            && live.burst_left > 0
+            && (b.actions.is_empty() || b.actions.contains(&action))
+        {
+            live.burst_left -= 1;
+            injected = Some(burst_error(b.ret_code));
+        }
         if injected.is_none()
             && let Some(e) = f.errors.get(&action).or(f.errors.get("*"))
-                && rng.random::<f64>() < e.rate {
-                    injected = Some(match &e.message {
-                        Some(m) => ApiError::Injected { ret_code: e.ret_code, message: m.clone() },
-                        None => burst_error(e.ret_code),
-                    });
-                }
+            && rng.random::<f64>() < e.rate
+        {
+            injected = Some(match &e.message {
+                Some(m) => ApiError::Injected { ret_code: e.ret_code, message: m.clone() },
+                None => burst_error(e.ret_code),
+            });
+        }
         let mut timeout = None;
         if action == "CreateCubePod" && injected.is_none() && !drop && live.timeouts_left > 0 {
             live.timeouts_left -= 1;
@@ -126,13 +136,16 @@ fn check_scope(sim: &Shared, params: &Params) -> Result<(), ApiError> {
         return Err(ApiError::invalid("Region", format!("{region:?} is not a region of this cloud")));
     };
     if let Some(zone) = params.get("Zone")
-        && !r.zones.iter().any(|z| z == zone) {
-            return Err(ApiError::ZoneDenied(zone.to_string()));
-        }
+        && !r.zones.iter().any(|z| z == zone)
+    {
+        return Err(ApiError::ZoneDenied(zone.to_string()));
+    }
     if let Some(project) = params.get("ProjectId")
-        && !sim.cfg.projects.is_empty() && !sim.cfg.projects.iter().any(|p| p == project) {
-            return Err(ApiError::NoSuchProject(project.to_string()));
-        }
+        && !sim.cfg.projects.is_empty()
+        && !sim.cfg.projects.iter().any(|p| p == project)
+    {
+        return Err(ApiError::NoSuchProject(project.to_string()));
+    }
     Ok(())
 }
 

@@ -109,17 +109,32 @@ pub fn observe(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
                 }
             };
             let Some(run_ms) = run_ms else {
-                return ContainerView { ready: true, state: ContainerState::Running { started_at: run_start }, run_started_at: Some(run_start), ..base };
+                return ContainerView {
+                    ready: true,
+                    state: ContainerState::Running { started_at: run_start },
+                    run_started_at: Some(run_start),
+                    ..base
+                };
             };
             let restarts = policy == "Always" || (policy == "OnFailure" && code != 0);
             if !restarts {
                 let finished = run_start + Duration::milliseconds(run_ms);
                 if t < run_ms {
-                    return ContainerView { ready: true, state: ContainerState::Running { started_at: run_start }, run_started_at: Some(run_start), ..base };
+                    return ContainerView {
+                        ready: true,
+                        state: ContainerState::Running { started_at: run_start },
+                        run_started_at: Some(run_start),
+                        ..base
+                    };
                 }
                 let reason = if code == 0 { "Completed" } else { "Error" };
                 return ContainerView {
-                    state: ContainerState::Terminated { exit_code: code, reason: reason.into(), started_at: run_start, finished_at: finished },
+                    state: ContainerState::Terminated {
+                        exit_code: code,
+                        reason: reason.into(),
+                        started_at: run_start,
+                        finished_at: finished,
+                    },
                     run_started_at: Some(run_start),
                     last_exit: Some(code),
                     ..base
@@ -156,7 +171,9 @@ pub fn observe(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
             }
         })
         .collect();
-    let has = |reason: &str| containers.iter().any(|c| matches!(&c.state, ContainerState::Waiting { reason: r } if r == reason));
+    let has = |reason: &str| {
+        containers.iter().any(|c| matches!(&c.state, ContainerState::Waiting { reason: r } if r == reason))
+    };
     let all_done = containers.iter().all(|c| matches!(c.state, ContainerState::Terminated { .. }));
     let phase = if has("ErrImagePull") {
         "ErrImagePull"
@@ -221,7 +238,9 @@ pub fn render(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> Value {
         .map(|c| {
             let state = match &c.state {
                 ContainerState::Waiting { reason } => map(vec![("waiting", map(vec![("reason", s(reason))]))]),
-                ContainerState::Running { started_at } => map(vec![("running", map(vec![("startedAt", s(&rfc3339(*started_at)))]))]),
+                ContainerState::Running { started_at } => {
+                    map(vec![("running", map(vec![("startedAt", s(&rfc3339(*started_at)))]))])
+                }
                 ContainerState::Terminated { exit_code, reason, started_at, finished_at } => map(vec![(
                     "terminated",
                     map(vec![
@@ -330,7 +349,11 @@ mod tests {
         for (command, policy, secs, phase, restarts) in cases {
             let inst = instance(command, policy, &cfg);
             let view = observe(&inst, &cfg, at(&inst, secs));
-            assert_eq!((view.phase, view.containers[0].restart_count), (phase, restarts), "{command} {policy} at {secs}s");
+            assert_eq!(
+                (view.phase, view.containers[0].restart_count),
+                (phase, restarts),
+                "{command} {policy} at {secs}s"
+            );
         }
     }
 

@@ -104,7 +104,11 @@ pub async fn handle(State(sim): State<Shared>, Query(q): Query<HashMap<String, S
     let token = q.get("token").cloned().unwrap_or_default();
     let target = {
         let state = sim.state.lock();
-        state.tokens.get(&token).filter(|t| t.kind == TokenKind::Logs && t.expires_at > now).map(|t| (t.cube_id.clone(), t.container.clone()))
+        state
+            .tokens
+            .get(&token)
+            .filter(|t| t.kind == TokenKind::Logs && t.expires_at > now)
+            .map(|t| (t.cube_id.clone(), t.container.clone()))
     };
     let Some((cube_id, container)) = target else {
         return (StatusCode::UNAUTHORIZED, "invalid or expired token\n").into_response();
@@ -114,12 +118,22 @@ pub async fn handle(State(sim): State<Shared>, Query(q): Query<HashMap<String, S
     let previous = flag(&q, "previous");
     let run = match find_run(&sim, &cube_id, &container, previous, now) {
         Ok(r) => r,
-        Err(NoRun::Gone) => return (StatusCode::NOT_FOUND, format!("cube instance {cube_id} not found\n")).into_response(),
+        Err(NoRun::Gone) => {
+            return (StatusCode::NOT_FOUND, format!("cube instance {cube_id} not found\n")).into_response();
+        }
         Err(NoRun::Waiting(reason)) => {
-            return (StatusCode::BAD_REQUEST, format!("container \"{container}\" in pod \"{cube_id}\" is waiting to start: {reason}\n")).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("container \"{container}\" in pod \"{cube_id}\" is waiting to start: {reason}\n"),
+            )
+                .into_response();
         }
         Err(NoRun::NoPrevious) => {
-            return (StatusCode::BAD_REQUEST, format!("previous terminated container \"{container}\" in pod \"{cube_id}\" not found\n")).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container \"{container}\" in pod \"{cube_id}\" not found\n"),
+            )
+                .into_response();
         }
     };
     let upto = run.elapsed(now);
@@ -175,7 +189,8 @@ pub async fn handle(State(sim): State<Shared>, Query(q): Query<HashMap<String, S
                 return None; // restarted: the kubelet ends the stream too
             }
             let upto = run.elapsed(now);
-            let mut chunk: String = run.lines(Some(f.sent_upto), upto).iter().map(|(t, l)| format_line(*t, l, f.timestamps)).collect();
+            let mut chunk: String =
+                run.lines(Some(f.sent_upto), upto).iter().map(|(t, l)| format_line(*t, l, f.timestamps)).collect();
             f.sent_upto = upto;
             let done = run.finished(now);
             if chunk.len() >= f.budget {

@@ -10,7 +10,8 @@ use crate::params::Params;
 use crate::podspec::{parse_cpu, parse_mem_bytes};
 use crate::state::Instance;
 
-pub const METRICS: &[&str] = &["CPUUsageCoreNanoSeconds", "CPUUsageNanoCores", "MemoryWorkingSetBytes", "MemoryUsageBytes"];
+pub const METRICS: &[&str] =
+    &["CPUUsageCoreNanoSeconds", "CPUUsageNanoCores", "MemoryWorkingSetBytes", "MemoryUsageBytes"];
 
 /// Seconds between points.
 pub const STEP: i64 = 60;
@@ -83,7 +84,11 @@ pub fn get(ctx: &Ctx, p: &Params) -> Answer {
         return Err(ApiError::invalid("BeginTime", format!("{begin} is after EndTime {end}")));
     }
     let state = ctx.sim.state.lock();
-    let inst = state.instances.get(id).filter(|i| i.live() && i.region == ctx.region).ok_or_else(|| ApiError::CubeNotFound(id.to_string()))?;
+    let inst = state
+        .instances
+        .get(id)
+        .filter(|i| i.live() && i.region == ctx.region)
+        .ok_or_else(|| ApiError::CubeNotFound(id.to_string()))?;
     let (cpu, mem) = limits_of(inst, p.get("ContainerName"))?;
     let ts = timestamps(inst.created_at, ctx.now, begin, end);
     let sets: Vec<Value> = names

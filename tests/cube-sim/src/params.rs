@@ -24,8 +24,8 @@ impl Params {
         let looks_json = content_type.is_some_and(|c| c.contains("json"))
             || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if looks_json && !body.is_empty() {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;
+            let value: Value =
+                serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;
             let Value::Object(obj) = value else {
                 return Err(ApiError::invalid("body", "a JSON body must be an object"));
             };
@@ -148,7 +148,12 @@ mod tests {
 
     #[test]
     fn merges_action_from_query_with_form_body() {
-        let p = Params::parse(Some("Action=GetCubePod"), Some("application/x-www-form-urlencoded"), b"Region=cn-bj2&CubeId=cube-1").unwrap();
+        let p = Params::parse(
+            Some("Action=GetCubePod"),
+            Some("application/x-www-form-urlencoded"),
+            b"Region=cn-bj2&CubeId=cube-1",
+        )
+        .unwrap();
         assert_eq!(p.get("Action"), Some("GetCubePod"));
         assert_eq!(p.get("CubeId"), Some("cube-1"));
     }

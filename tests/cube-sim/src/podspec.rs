@@ -92,15 +92,14 @@ impl CubePod {
                 format!("is {} bytes of base64, more than the {} allowed", b64.len(), cfg.limits.max_pod_base64_bytes),
             ));
         }
-        let raw = B64
-            .decode(b64.trim())
-            .map_err(|e| ApiError::invalid("Pod", format!("is not valid base64: {e}")))?;
+        let raw = B64.decode(b64.trim()).map_err(|e| ApiError::invalid("Pod", format!("is not valid base64: {e}")))?;
         let text = String::from_utf8(raw).map_err(|_| ApiError::invalid("Pod", "is not UTF-8 YAML"))?;
         Self::from_yaml(&text, cfg)
     }
 
     pub fn from_yaml(text: &str, cfg: &Config) -> Result<Self, ApiError> {
-        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| ApiError::invalid("Pod", format!("is not valid YAML: {e}")))?;
+        let doc: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ApiError::invalid("Pod", format!("is not valid YAML: {e}")))?;
         if !doc.is_mapping() {
             return Err(ApiError::invalid("Pod", "must be a YAML mapping with metadata and spec"));
         }
@@ -122,15 +121,15 @@ impl CubePod {
     pub fn mounted_files(&self, container: &Container) -> Vec<MountedFile> {
         let mut files = Vec::new();
         for mount in &container.volume_mounts {
-            let Some(vol) = self.spec.volumes.iter().find(|v| v.get("name").and_then(Value::as_str) == Some(&mount.name)) else {
+            let Some(vol) =
+                self.spec.volumes.iter().find(|v| v.get("name").and_then(Value::as_str) == Some(&mount.name))
+            else {
                 continue;
             };
             let entries: Vec<(String, Vec<u8>)> = if let Some(Value::Mapping(m)) = vol.get("configMap") {
                 m.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.as_bytes().to_vec()))).collect()
             } else if let Some(Value::Mapping(m)) = vol.get("secret") {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.as_str()?.to_string(), B64.decode(v.as_str()?).ok()?)))
-                    .collect()
+                m.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), B64.decode(v.as_str()?).ok()?))).collect()
             } else {
                 continue;
             };
@@ -151,22 +150,14 @@ impl CubePod {
 
     /// Every UDisk id the pod mounts.
     pub fn udisk_ids(&self) -> Vec<String> {
-        self.spec
-            .volumes
-            .iter()
-            .filter_map(|v| v.get("udisk")?.get("id")?.as_str().map(str::to_string))
-            .collect()
+        self.spec.volumes.iter().filter_map(|v| v.get("udisk")?.get("id")?.as_str().map(str::to_string)).collect()
     }
 }
 
 /// The registry host of an image reference, `None` meaning Docker Hub.
 pub fn registry_of(image: &str) -> Option<&str> {
     let (first, _) = image.split_once('/')?;
-    if first.contains('.') || first.contains(':') || first == "localhost" {
-        Some(first)
-    } else {
-        None
-    }
+    if first.contains('.') || first.contains(':') || first == "localhost" { Some(first) } else { None }
 }
 
 /// Whether Cube can pull from this image's registry: UHub or a configured registry.
@@ -189,9 +180,10 @@ fn validate(spec: &Spec, cfg: &Config) -> Result<(u64, u64), ApiError> {
         return Err(ApiError::pod("spec.hostNetwork is not supported by Cube"));
     }
     if let Some(policy) = &spec.restart_policy
-        && !matches!(policy.as_str(), "Always" | "OnFailure" | "Never") {
-            return Err(ApiError::pod(format!("spec.restartPolicy is {policy:?}, but must be Always, OnFailure or Never")));
-        }
+        && !matches!(policy.as_str(), "Always" | "OnFailure" | "Never")
+    {
+        return Err(ApiError::pod(format!("spec.restartPolicy is {policy:?}, but must be Always, OnFailure or Never")));
+    }
     let volume_names = validate_volumes(spec, cfg)?;
     let mut seen = std::collections::BTreeSet::new();
     let (mut cpu_sum, mut mem_sum, mut cpu_init, mut mem_init) = (0u64, 0u64, 0u64, 0u64);
@@ -214,17 +206,26 @@ fn validate(spec: &Spec, cfg: &Config) -> Result<(u64, u64), ApiError> {
                 )));
             }
             let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
-            let cpu = limits.and_then(|l| l.get("cpu")).ok_or_else(|| ApiError::pod(format!("{at}: resources.limits.cpu is required")))?;
+            let cpu = limits
+                .and_then(|l| l.get("cpu"))
+                .ok_or_else(|| ApiError::pod(format!("{at}: resources.limits.cpu is required")))?;
             let mem = limits
                 .and_then(|l| l.get("memory"))
                 .ok_or_else(|| ApiError::pod(format!("{at}: resources.limits.memory is required")))?;
-            let cpu = parse_cpu(cpu).ok_or_else(|| ApiError::pod(format!("{at}: resources.limits.cpu {} is not a CPU quantity", show(cpu))))?;
-            let mem = parse_mem_bytes(mem)
-                .ok_or_else(|| ApiError::pod(format!("{at}: resources.limits.memory {} is not a memory quantity", show(mem))))?;
+            let cpu = parse_cpu(cpu).ok_or_else(|| {
+                ApiError::pod(format!("{at}: resources.limits.cpu {} is not a CPU quantity", show(cpu)))
+            })?;
+            let mem = parse_mem_bytes(mem).ok_or_else(|| {
+                ApiError::pod(format!("{at}: resources.limits.memory {} is not a memory quantity", show(mem)))
+            })?;
             if let Some(eph) = limits.and_then(|l| l.get("ephemeral-storage")) {
-                let bytes = parse_mem_bytes(eph).ok_or_else(|| ApiError::pod(format!("{at}: ephemeral-storage {} is not a quantity", show(eph))))?;
+                let bytes = parse_mem_bytes(eph)
+                    .ok_or_else(|| ApiError::pod(format!("{at}: ephemeral-storage {} is not a quantity", show(eph))))?;
                 if bytes > cfg.limits.max_ephemeral_bytes {
-                    return Err(ApiError::pod(format!("{at}: ephemeral-storage {} is more than the 10Gi Cube allows", show(eph))));
+                    return Err(ApiError::pod(format!(
+                        "{at}: ephemeral-storage {} is more than the 10Gi Cube allows",
+                        show(eph)
+                    )));
                 }
             }
             let mem_mib = mem.div_ceil(1 << 20);
@@ -240,7 +241,10 @@ fn validate(spec: &Spec, cfg: &Config) -> Result<(u64, u64), ApiError> {
                     return Err(ApiError::pod(format!("{at}: volumeMount {:?} names no volume", m.name)));
                 }
                 if !m.mount_path.starts_with('/') {
-                    return Err(ApiError::pod(format!("{at}: volumeMount {:?} mountPath {:?} must be absolute", m.name, m.mount_path)));
+                    return Err(ApiError::pod(format!(
+                        "{at}: volumeMount {:?} mountPath {:?} must be absolute",
+                        m.name, m.mount_path
+                    )));
                 }
             }
         }
@@ -264,7 +268,10 @@ fn validate_volumes(spec: &Spec, cfg: &Config) -> Result<Vec<String>, ApiError> 
         let Value::Mapping(map) = vol else {
             return Err(ApiError::pod(format!("spec.volumes[{i}] must be a mapping")));
         };
-        let name = vol.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::pod(format!("spec.volumes[{i}].name is required")))?;
+        let name = vol
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::pod(format!("spec.volumes[{i}].name is required")))?;
         let at = format!("spec.volumes[{name}]");
         let kinds: Vec<&str> = map.keys().filter_map(Value::as_str).filter(|k| *k != "name").collect();
         let [kind] = kinds.as_slice() else {
@@ -285,16 +292,21 @@ fn validate_volumes(spec: &Spec, cfg: &Config) -> Result<Vec<String>, ApiError> 
                     return Err(ApiError::pod(format!("{at}: udisk.id {id:?} is not a UDisk id (bs-…, bsm-…, bsr-…)")));
                 }
                 if let Some(fs) = body.get("fs").and_then(Value::as_str)
-                    && fs != "ext4" {
-                        return Err(ApiError::pod(format!("{at}: udisk.fs {fs:?} is not supported; Cube formats UDisks as ext4 only")));
-                    }
+                    && fs != "ext4"
+                {
+                    return Err(ApiError::pod(format!(
+                        "{at}: udisk.fs {fs:?} is not supported; Cube formats UDisks as ext4 only"
+                    )));
+                }
             }
             "configMap" => {
                 let Value::Mapping(data) = body else {
                     return Err(ApiError::pod(format!("{at}: configMap must be an inline map of key to UTF-8 value")));
                 };
                 for (k, v) in data {
-                    let v = v.as_str().ok_or_else(|| ApiError::pod(format!("{at}: configMap key {} must hold a string", show(k))))?;
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| ApiError::pod(format!("{at}: configMap key {} must hold a string", show(k))))?;
                     config_bytes += v.len();
                 }
             }
@@ -336,7 +348,10 @@ fn validate_pull_secrets(spec: &Spec) -> Result<(), ApiError> {
         for key in map.keys() {
             let key = key.as_str().unwrap_or_default();
             if !FIELDS.contains(&key) {
-                return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}]: unknown field {key:?}; allowed: {}", FIELDS.join(", "))));
+                return Err(ApiError::pod(format!(
+                    "spec.imagePullSecrets[{i}]: unknown field {key:?}; allowed: {}",
+                    FIELDS.join(", ")
+                )));
             }
         }
         // Credentials are optional (a registry reached inside the VPC may need none); a
@@ -351,13 +366,16 @@ fn validate_pull_secrets(spec: &Spec) -> Result<(), ApiError> {
         if let Some(addr) = s.get("registryaddr").and_then(Value::as_str) {
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
             if host.parse::<std::net::Ipv4Addr>().is_err() {
-                return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].registryaddr {addr:?} must be a private IP (optionally :port)")));
+                return Err(ApiError::pod(format!(
+                    "spec.imagePullSecrets[{i}].registryaddr {addr:?} must be a private IP (optionally :port)"
+                )));
             }
         }
         if let Some(vpc) = s.get("vpcId").and_then(Value::as_str)
-            && !vpc.starts_with("uvnet-") {
-                return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].vpcId {vpc:?} must be a VPC id (uvnet-…)")));
-            }
+            && !vpc.starts_with("uvnet-")
+        {
+            return Err(ApiError::pod(format!("spec.imagePullSecrets[{i}].vpcId {vpc:?} must be a VPC id (uvnet-…)")));
+        }
     }
     Ok(())
 }
@@ -416,11 +434,15 @@ mod tests {
     use super::*;
 
     fn pod(containers: &str, volumes: &str) -> String {
-        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\n  uid: u-1\nspec:\n  containers:\n{containers}\n  volumes:\n{volumes}\n")
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\n  uid: u-1\nspec:\n  containers:\n{containers}\n  volumes:\n{volumes}\n"
+        )
     }
 
     fn c(name: &str, cpu: &str, mem: &str) -> String {
-        format!("  - name: {name}\n    image: {UHUB}/library/nginx:1\n    resources:\n      limits:\n        cpu: \"{cpu}\"\n        memory: \"{mem}\"")
+        format!(
+            "  - name: {name}\n    image: {UHUB}/library/nginx:1\n    resources:\n      limits:\n        cpu: \"{cpu}\"\n        memory: \"{mem}\""
+        )
     }
 
     fn check(y: &str) -> Result<CubePod, ApiError> {
@@ -453,7 +475,10 @@ mod tests {
 
     #[test]
     fn requires_cpu_and_memory_limits() {
-        let y = pod(&format!("  - name: a\n    image: {UHUB}/x/y:1\n    resources:\n      limits:\n        cpu: 1"), "    []");
+        let y = pod(
+            &format!("  - name: a\n    image: {UHUB}/x/y:1\n    resources:\n      limits:\n        cpu: 1"),
+            "    []",
+        );
         assert!(check(&y).unwrap_err().to_string().contains("limits.memory is required"));
     }
 
@@ -477,13 +502,17 @@ mod tests {
     #[test]
     fn rejects_more_than_30_mib_of_config_and_secret_data() {
         let big = "x".repeat(31 << 20);
-        let err = check(&pod(&c("a", "1", "1Gi"), &format!("  - name: c\n    configMap:\n      big: {big}"))).unwrap_err();
+        let err =
+            check(&pod(&c("a", "1", "1Gi"), &format!("  - name: c\n    configMap:\n      big: {big}"))).unwrap_err();
         assert!(err.to_string().contains("30 MiB"));
     }
 
     #[test]
     fn rejects_docker_hub_images() {
-        let y = pod("  - name: a\n    image: nginx:1\n    resources:\n      limits:\n        cpu: 1\n        memory: 1Gi", "    []");
+        let y = pod(
+            "  - name: a\n    image: nginx:1\n    resources:\n      limits:\n        cpu: 1\n        memory: 1Gi",
+            "    []",
+        );
         assert!(check(&y).unwrap_err().to_string().contains("Docker Hub"));
     }
 

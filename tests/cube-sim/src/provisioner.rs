@@ -72,7 +72,11 @@ impl Provisioner {
         let kc = Kubeconfig::read_from(&args.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
         let kube = Client::try_from(config)?;
-        Ok(Provisioner { kube, cloud: ApiClient::new(&args.sim, args.key.clone(), &args.region), default_zone: args.zone.clone() })
+        Ok(Provisioner {
+            kube,
+            cloud: ApiClient::new(&args.sim, args.key.clone(), &args.region),
+            default_zone: args.zone.clone(),
+        })
     }
 
     /// Provisions every waiting claim and cleans up released volumes. Each object's failure is
@@ -90,7 +94,10 @@ impl Provisioner {
         let claims = Api::<PersistentVolumeClaim>::all(self.kube.clone()).list(&ListParams::default()).await?;
         let mut errors = Vec::new();
         for pvc in claims {
-            let Some(sc) = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_ref()).and_then(|n| classes.get(n)) else { continue };
+            let Some(sc) = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_ref()).and_then(|n| classes.get(n))
+            else {
+                continue;
+            };
             if let Err(e) = self.provision(&pvc, sc, &existing).await {
                 errors.push(e);
             }
@@ -103,7 +110,12 @@ impl Provisioner {
         Ok(errors)
     }
 
-    async fn provision(&self, pvc: &PersistentVolumeClaim, sc: &StorageClass, existing: &[PersistentVolume]) -> Result<(), ProvisionError> {
+    async fn provision(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        sc: &StorageClass,
+        existing: &[PersistentVolume],
+    ) -> Result<(), ProvisionError> {
         let bound = pvc.spec.as_ref().and_then(|s| s.volume_name.as_ref()).is_some_and(|v| !v.is_empty());
         let pending = pvc.status.as_ref().and_then(|s| s.phase.as_deref()).is_none_or(|p| p == "Pending");
         if bound || !pending || pvc.metadata.deletion_timestamp.is_some() {
@@ -125,7 +137,10 @@ impl Provisioner {
         let bytes = request
             .as_ref()
             .and_then(|q| crate::podspec::parse_mem_bytes(&serde_yaml_ng::Value::String(q.0.clone())))
-            .ok_or_else(|| ProvisionError::Claim { pvc: id.clone(), reason: "spec.resources.requests.storage is missing or not a quantity".into() })?;
+            .ok_or_else(|| ProvisionError::Claim {
+                pvc: id.clone(),
+                reason: "spec.resources.requests.storage is missing or not a quantity".into(),
+            })?;
         let size_gb = bytes.div_ceil(1 << 30).max(1);
         let params = sc.parameters.clone().unwrap_or_default();
         let disk_type = match params.get("type").map(String::as_str).unwrap_or("ssd") {
@@ -133,7 +148,12 @@ impl Provisioner {
             "ssd" => "SSDDataDisk",
             "rssd" => "RSSDDataDisk",
             "essd" => "EfficiencyDataDisk",
-            other => return Err(ProvisionError::Claim { pvc: id, reason: format!("StorageClass parameter type {other:?} is not sata, ssd, rssd or essd") }),
+            other => {
+                return Err(ProvisionError::Claim {
+                    pvc: id,
+                    reason: format!("StorageClass parameter type {other:?} is not sata, ssd, rssd or essd"),
+                });
+            }
         };
         let fs_type = params.get("fsType").cloned().unwrap_or_else(|| "ext4".into());
         let zone = match &selected {
@@ -147,19 +167,33 @@ impl Provisioner {
 
         // Idempotent across crashes: a disk named after the PV is reused, not made twice.
         let listed = self.cloud.call("DescribeUDisk", &[("Limit", "100")]).await?;
-        let found = listed["DataSet"].as_array().into_iter().flatten().find(|d| d["Name"] == pv_name.as_str()).and_then(|d| d["UDiskId"].as_str().map(str::to_string));
+        let found = listed["DataSet"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["Name"] == pv_name.as_str())
+            .and_then(|d| d["UDiskId"].as_str().map(str::to_string));
         let disk_id = match found {
             Some(d) => d,
             None => {
                 let size = size_gb.to_string();
-                let made = self.cloud.call("CreateUDisk", &[("Zone", &zone), ("Name", &pv_name), ("Size", &size), ("DiskType", disk_type)]).await?;
+                let made = self
+                    .cloud
+                    .call(
+                        "CreateUDisk",
+                        &[("Zone", &zone), ("Name", &pv_name), ("Size", &size), ("DiskType", disk_type)],
+                    )
+                    .await?;
                 made["UDiskId"][0].as_str().unwrap_or_default().to_string()
             }
         };
         let pv = PersistentVolume {
             metadata: ObjectMeta {
                 name: Some(pv_name.clone()),
-                annotations: Some(BTreeMap::from([(PROVISIONED_BY.to_string(), PROVISIONER.to_string()), (ZONE_ANNOTATION.to_string(), zone)])),
+                annotations: Some(BTreeMap::from([
+                    (PROVISIONED_BY.to_string(), PROVISIONER.to_string()),
+                    (ZONE_ANNOTATION.to_string(), zone),
+                ])),
                 ..Default::default()
             },
             spec: Some(PersistentVolumeSpec {
@@ -173,7 +207,12 @@ impl Provisioner {
                     uid: Some(uid),
                     ..Default::default()
                 }),
-                csi: Some(CSIPersistentVolumeSource { driver: PROVISIONER.into(), volume_handle: disk_id, fs_type: Some(fs_type), ..Default::default() }),
+                csi: Some(CSIPersistentVolumeSource {
+                    driver: PROVISIONER.into(),
+                    volume_handle: disk_id,
+                    fs_type: Some(fs_type),
+                    ..Default::default()
+                }),
                 persistent_volume_reclaim_policy: Some(sc.reclaim_policy.clone().unwrap_or_else(|| "Delete".into())),
                 storage_class_name: Some(sc.name_any()),
                 volume_mode: spec.volume_mode.clone(),
@@ -201,7 +240,7 @@ impl Provisioner {
             match self.cloud.call("DeleteUDisk", &[("Zone", &zone), ("UDiskId", &csi.volume_handle)]).await {
                 Ok(_) => {}
                 Err(ClientError::Api { ret_code: 17001, .. }) => {} // already gone
-                Err(e) => return Err(e.into()),                   // e.g. still mounted: next pass
+                Err(e) => return Err(e.into()),                     // e.g. still mounted: next pass
             }
         }
         match Api::<PersistentVolume>::all(self.kube.clone()).delete(&pv.name_any(), &DeleteParams::default()).await {

@@ -31,7 +31,10 @@ mod tests {
             ("PublicKey", "ucloudsomeone@example.com1296235120854146120"),
             ("Region", "cn-bj2"),
         ]);
-        assert_eq!(sign(&params, "46f09bb9fab4f12dfc160dae12273d5332b5debe"), "cba5cf5ec4d4233d206b1b54951e3787350a642f");
+        assert_eq!(
+            sign(&params, "46f09bb9fab4f12dfc160dae12273d5332b5debe"),
+            "cba5cf5ec4d4233d206b1b54951e3787350a642f"
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ async fn gets_by_cube_id_or_uid_and_reports_unknown_ones() {
     assert_eq!(f.call("GetCubePod", &[("Uid", "nobody")]).await["RetCode"], 8202);
     assert_eq!(f.call("GetCubePod", &[]).await["RetCode"], 230);
     // Instances belong to their region.
-    assert_eq!(f.call("GetCubePod", &[("CubeId", &id), ("Region", "cn-gd"), ("Zone", "cn-gd-02")]).await["RetCode"], 8202);
+    assert_eq!(
+        f.call("GetCubePod", &[("CubeId", &id), ("Region", "cn-gd"), ("Zone", "cn-gd-02")]).await["RetCode"],
+        8202
+    );
     f.shutdown().await;
 }
 
@@ -91,7 +94,12 @@ async fn lists_with_offset_limit_paging_and_filters() {
     let page = f.ok("ListCubePod", &[("Offset", "1"), ("Limit", "2")]).await;
     assert_eq!(page["TotalCount"], 5);
     assert_eq!(page["Pods"].as_array().unwrap().len(), 2);
-    let uids: Vec<String> = page["Pods"].as_array().unwrap().iter().map(|p| decode_pod(p)["metadata"]["uid"].as_str().unwrap().to_string()).collect();
+    let uids: Vec<String> = page["Pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| decode_pod(p)["metadata"]["uid"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(uids, vec!["uid-l1", "uid-l2"]);
     let even = f.ok("ListCubePod", &[("Group", "even")]).await;
     assert_eq!(even["TotalCount"], 3);
@@ -157,27 +165,51 @@ async fn extend_info_names_and_tags() {
 #[tokio::test]
 async fn prices_scale_with_size_count_and_charge_type() {
     let f = Fixture::start().await;
-    let one = f.ok("GetCubePrice", &[("ChargeType", "Postpay"), ("Count", "1"), ("Cpu", "1000"), ("Mem", "2048"), ("Quantity", "1")]).await;
-    let two = f.ok("GetCubePrice", &[("ChargeType", "Postpay"), ("Count", "2"), ("Cpu", "1000"), ("Mem", "2048"), ("Quantity", "1")]).await;
+    let one = f
+        .ok(
+            "GetCubePrice",
+            &[("ChargeType", "Postpay"), ("Count", "1"), ("Cpu", "1000"), ("Mem", "2048"), ("Quantity", "1")],
+        )
+        .await;
+    let two = f
+        .ok(
+            "GetCubePrice",
+            &[("ChargeType", "Postpay"), ("Count", "2"), ("Cpu", "1000"), ("Mem", "2048"), ("Quantity", "1")],
+        )
+        .await;
     assert_eq!(one["Price"], 15);
     assert_eq!(two["Price"], 30);
-    let month = f.ok("GetCubePrice", &[("ChargeType", "Month"), ("Count", "1"), ("Cpu", "1000"), ("Mem", "2048"), ("Quantity", "1")]).await;
+    let month = f
+        .ok(
+            "GetCubePrice",
+            &[("ChargeType", "Month"), ("Count", "1"), ("Cpu", "1000"), ("Mem", "2048"), ("Quantity", "1")],
+        )
+        .await;
     assert!(month["Price"].as_i64().unwrap() < month["OriginalPrice"].as_i64().unwrap());
-    assert_eq!(f.call("GetCubePrice", &[("ChargeType", "Weekly"), ("Count", "1"), ("Cpu", "1000"), ("Mem", "1024")]).await["RetCode"], 230);
-    assert_eq!(f.call("GetCubePrice", &[("ChargeType", "Postpay"), ("Cpu", "1000"), ("Mem", "1024")]).await["RetCode"], 230);
+    assert_eq!(
+        f.call("GetCubePrice", &[("ChargeType", "Weekly"), ("Count", "1"), ("Cpu", "1000"), ("Mem", "1024")]).await["RetCode"],
+        230
+    );
+    assert_eq!(
+        f.call("GetCubePrice", &[("ChargeType", "Postpay"), ("Cpu", "1000"), ("Mem", "1024")]).await["RetCode"],
+        230
+    );
     f.shutdown().await;
 }
 
 #[tokio::test]
 async fn rejects_pods_that_break_cube_rules_with_retcode_8201() {
     let f = Fixture::start().await;
-    let no_limits = "metadata: {name: a, uid: u}\nspec:\n  containers:\n  - name: a\n    image: uhub.service.ucloud.cn/x/y:1\n";
+    let no_limits =
+        "metadata: {name: a, uid: u}\nspec:\n  containers:\n  - name: a\n    image: uhub.service.ucloud.cn/x/y:1\n";
     let bad_name = pod_yaml("u", UHUB_IMAGE, "1", "1Gi", &[]).replace("name: app", "name: app.v1");
     let off_table = pod_yaml("u", UHUB_IMAGE, "1", "8Gi", &[]);
     let docker_hub = pod_yaml("u", "nginx:latest", "1", "1Gi", &[]);
     let host_path = simple_pod("u") + "  volumes:\n  - name: h\n    hostPath: {path: /var}\n";
-    let big_config = simple_pod("u") + &format!("  volumes:\n  - name: c\n    configMap:\n      big: {}\n", "x".repeat(31 << 20));
-    let bad_secret = simple_pod("u") + "  imagePullSecrets:\n  - registryServer: harbor.internal:5000\n    username: u\n";
+    let big_config =
+        simple_pod("u") + &format!("  volumes:\n  - name: c\n    configMap:\n      big: {}\n", "x".repeat(31 << 20));
+    let bad_secret =
+        simple_pod("u") + "  imagePullSecrets:\n  - registryServer: harbor.internal:5000\n    username: u\n";
     for (what, yaml) in [
         ("limits", no_limits.to_string()),
         ("name", bad_name),
@@ -198,7 +230,11 @@ async fn rejects_pods_that_break_cube_rules_with_retcode_8201() {
     p[0].1 = "vpc-wrong".into();
     assert_eq!(f.call("CreateCubePod", &as_refs(&p)).await["RetCode"], 230);
     let p = params(&simple_pod("u"));
-    assert_eq!(f.call("CreateCubePod", &[("VPCId", "uvnet-x"), ("Pod", p[2].1.as_str())]).await["RetCode"], 230, "SubnetId missing");
+    assert_eq!(
+        f.call("CreateCubePod", &[("VPCId", "uvnet-x"), ("Pod", p[2].1.as_str())]).await["RetCode"],
+        230,
+        "SubnetId missing"
+    );
     assert_eq!(f.ok("ListCubePod", &[]).await["TotalCount"], 0);
     f.shutdown().await;
 }
@@ -283,8 +319,10 @@ async fn configured_crashes_loop_with_growing_restart_counts() {
 #[tokio::test]
 async fn finished_commands_complete_or_error() {
     let f = Fixture::start().await;
-    let done = pod_yaml("uid-done", UHUB_IMAGE, "1", "1Gi", &["echo", "hi"]).replace("restartPolicy: Always", "restartPolicy: Never");
-    let failed = pod_yaml("uid-fail", UHUB_IMAGE, "1", "1Gi", &["sh", "-c", "exit 3"]).replace("restartPolicy: Always", "restartPolicy: Never");
+    let done = pod_yaml("uid-done", UHUB_IMAGE, "1", "1Gi", &["echo", "hi"])
+        .replace("restartPolicy: Always", "restartPolicy: Never");
+    let failed = pod_yaml("uid-fail", UHUB_IMAGE, "1", "1Gi", &["sh", "-c", "exit 3"])
+        .replace("restartPolicy: Always", "restartPolicy: Never");
     let pod = decode_pod(&f.create(&done).await["Pod"]);
     assert_eq!(phase(&pod), "Completed");
     assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"].as_str(), Some("Completed"));
@@ -314,7 +352,14 @@ async fn metrics_are_deterministic_series_per_container() {
     let v = f
         .ok(
             "GetCubeMetrics",
-            &[("ResourceId", &id), ("ContainerName", "app"), ("MetricName.0", "CPUUsageNanoCores"), ("MetricName.1", "MemoryWorkingSetBytes"), ("BeginTime", &b), ("EndTime", &e)],
+            &[
+                ("ResourceId", &id),
+                ("ContainerName", "app"),
+                ("MetricName.0", "CPUUsageNanoCores"),
+                ("MetricName.1", "MemoryWorkingSetBytes"),
+                ("BeginTime", &b),
+                ("EndTime", &e),
+            ],
         )
         .await;
     let sets = v["DataSets"].as_array().unwrap();
@@ -323,11 +368,32 @@ async fn metrics_are_deterministic_series_per_container() {
     let last = sets[0]["Values"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["Value"].as_f64(), Some(250_000_000.0));
     assert!(last["Timestamp"].as_i64().unwrap() <= now + 1);
-    let single = f.ok("GetCubeMetrics", &[("ResourceId", &id), ("ContainerName", "app"), ("MetricName", "MemoryUsageBytes"), ("BeginTime", &b), ("EndTime", &e)]).await;
+    let single = f
+        .ok(
+            "GetCubeMetrics",
+            &[
+                ("ResourceId", &id),
+                ("ContainerName", "app"),
+                ("MetricName", "MemoryUsageBytes"),
+                ("BeginTime", &b),
+                ("EndTime", &e),
+            ],
+        )
+        .await;
     assert_eq!(single["DataSets"][0]["MetricName"], "MemoryUsageBytes");
     assert_eq!(f.call("GetCubeMetrics", &[("ResourceId", &id), ("MetricName", "DiskIO")]).await["RetCode"], 230);
-    assert_eq!(f.call("GetCubeMetrics", &[("ResourceId", &id), ("ContainerName", "nope"), ("MetricName", "CPUUsageNanoCores")]).await["RetCode"], 230);
-    assert_eq!(f.call("GetCubeMetrics", &[("ResourceId", "cube-none"), ("MetricName", "CPUUsageNanoCores")]).await["RetCode"], 8202);
+    assert_eq!(
+        f.call(
+            "GetCubeMetrics",
+            &[("ResourceId", &id), ("ContainerName", "nope"), ("MetricName", "CPUUsageNanoCores")]
+        )
+        .await["RetCode"],
+        230
+    );
+    assert_eq!(
+        f.call("GetCubeMetrics", &[("ResourceId", "cube-none"), ("MetricName", "CPUUsageNanoCores")]).await["RetCode"],
+        8202
+    );
     f.shutdown().await;
 }
 

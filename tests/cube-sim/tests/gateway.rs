@@ -16,7 +16,10 @@ fn independent_signer_matches_the_published_vector() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    assert_eq!(Fixture::sign(&pairs, "46f09bb9fab4f12dfc160dae12273d5332b5debe"), "cba5cf5ec4d4233d206b1b54951e3787350a642f");
+    assert_eq!(
+        Fixture::sign(&pairs, "46f09bb9fab4f12dfc160dae12273d5332b5debe"),
+        "cba5cf5ec4d4233d206b1b54951e3787350a642f"
+    );
 }
 
 #[tokio::test]
@@ -42,7 +45,8 @@ async fn accepts_json_bodies_with_the_same_keys() {
     }
     // Numbers may arrive as JSON numbers; the gateway flattens them as the signer wrote them.
     body.insert("Limit".into(), json!(5));
-    let v: serde_json::Value = f.http.post(format!("{}/", f.url())).json(&body).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value =
+        f.http.post(format!("{}/", f.url())).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["RetCode"], 0, "{v}");
     f.shutdown().await;
 }
@@ -52,8 +56,16 @@ async fn takes_action_from_the_query_string() {
     let f = Fixture::start().await;
     let pairs: Vec<(String, String)> = Fixture::signed("ListCubePod", &[]);
     let without_action: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "Action").collect();
-    let v: serde_json::Value =
-        f.http.post(format!("{}/?Action=ListCubePod", f.url())).form(&without_action).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = f
+        .http
+        .post(format!("{}/?Action=ListCubePod", f.url()))
+        .form(&without_action)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["RetCode"], 0, "{v}");
     assert_eq!(v["Action"], "ListCubePodResponse");
     f.shutdown().await;
@@ -82,8 +94,11 @@ async fn rejects_missing_signature_with_retcode_170() {
 #[tokio::test]
 async fn rejects_unknown_public_key_with_retcode_172() {
     let f = Fixture::start().await;
-    let mut pairs: Vec<(String, String)> =
-        vec![("Action".into(), "ListCubePod".into()), ("Region".into(), "cn-bj2".into()), ("PublicKey".into(), "nobody".into())];
+    let mut pairs: Vec<(String, String)> = vec![
+        ("Action".into(), "ListCubePod".into()),
+        ("Region".into(), "cn-bj2".into()),
+        ("PublicKey".into(), "nobody".into()),
+    ];
     let sig = Fixture::sign(&pairs, PRIVATE);
     pairs.push(("Signature".into(), sig));
     assert_eq!(f.post_form(&pairs).await.1["RetCode"], 172);
@@ -130,12 +145,23 @@ async fn counts_requests_per_action_for_inspection() {
 #[tokio::test]
 async fn injects_retcode_bursts_then_recovers() {
     let f = Fixture::start().await;
-    let set = f.http.post(format!("{}/_sim/faults", f.url())).json(&json!({"burst": {"ret_code": 153, "count": 2}})).send().await.unwrap();
+    let set = f
+        .http
+        .post(format!("{}/_sim/faults", f.url()))
+        .json(&json!({"burst": {"ret_code": 153, "count": 2}}))
+        .send()
+        .await
+        .unwrap();
     assert!(set.status().is_success());
     assert_eq!(f.call("ListCubePod", &[]).await["RetCode"], 153);
     assert_eq!(f.call("ListCubePod", &[]).await["RetCode"], 153);
     assert_eq!(f.call("ListCubePod", &[]).await["RetCode"], 0);
-    f.http.post(format!("{}/_sim/faults", f.url())).json(&json!({"errors": {"GetCubePrice": {"rate": 1.0}}})).send().await.unwrap();
+    f.http
+        .post(format!("{}/_sim/faults", f.url()))
+        .json(&json!({"errors": {"GetCubePrice": {"rate": 1.0}}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(f.call("GetCubePrice", &[]).await["RetCode"], 150);
     f.shutdown().await;
 }
@@ -143,7 +169,12 @@ async fn injects_retcode_bursts_then_recovers() {
 #[tokio::test]
 async fn drops_connections_when_asked() {
     let f = Fixture::start().await;
-    f.http.post(format!("{}/_sim/faults", f.url())).json(&json!({"drop_rate": {"ListCubePod": 1.0}})).send().await.unwrap();
+    f.http
+        .post(format!("{}/_sim/faults", f.url()))
+        .json(&json!({"drop_rate": {"ListCubePod": 1.0}}))
+        .send()
+        .await
+        .unwrap();
     let err = f.http.post(format!("{}/", f.url())).form(&Fixture::signed("ListCubePod", &[])).send().await;
     assert!(err.is_err(), "expected a dropped connection, got {err:?}");
     // Other actions still answer.
@@ -154,7 +185,12 @@ async fn drops_connections_when_asked() {
 #[tokio::test]
 async fn create_that_times_out_still_makes_the_instance_and_a_retry_returns_it() {
     let f = Fixture::start().await;
-    f.http.post(format!("{}/_sim/faults", f.url())).json(&json!({"create_timeouts": {"count": 1, "mode": "drop"}})).send().await.unwrap();
+    f.http
+        .post(format!("{}/_sim/faults", f.url()))
+        .json(&json!({"create_timeouts": {"count": 1, "mode": "drop"}}))
+        .send()
+        .await
+        .unwrap();
     let yaml = fixture::simple_pod("uid-timeout");
     let params = fixture::create_params(&yaml);
     let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -170,7 +206,12 @@ async fn create_that_times_out_still_makes_the_instance_and_a_retry_returns_it()
 #[tokio::test]
 async fn delayed_create_answers_late_but_succeeds() {
     let f = Fixture::start().await;
-    f.http.post(format!("{}/_sim/faults", f.url())).json(&json!({"create_timeouts": {"count": 1, "mode": "delay", "delay_ms": 300}})).send().await.unwrap();
+    f.http
+        .post(format!("{}/_sim/faults", f.url()))
+        .json(&json!({"create_timeouts": {"count": 1, "mode": "delay", "delay_ms": 300}}))
+        .send()
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     f.create(&fixture::simple_pod("uid-delay")).await;
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
@@ -192,7 +233,10 @@ async fn adds_configured_latency() {
 #[tokio::test]
 async fn json_bodies_with_arrays_are_signed_over_their_flattened_keys() {
     let f = Fixture::start().await;
-    let eip = f.ok("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2")]).await["EIPSet"][0]["EIPId"].as_str().unwrap().to_string();
+    let eip = f.ok("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2")]).await["EIPSet"][0]["EIPId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Sign the flattened form (EIPIds.0), send the nested JSON form.
     let pairs = Fixture::signed("DescribeEIP", &[("EIPIds.0", &eip), ("Limit", "10")]);
     let mut body = serde_json::Map::new();
@@ -205,7 +249,8 @@ async fn json_bodies_with_arrays_are_signed_over_their_flattened_keys() {
             body.insert(k.clone(), json!(v));
         }
     }
-    let v: serde_json::Value = f.http.post(format!("{}/", f.url())).json(&body).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value =
+        f.http.post(format!("{}/", f.url())).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["RetCode"], 0, "{v}");
     assert_eq!(v["EIPSet"][0]["EIPId"], eip.as_str());
     f.shutdown().await;
@@ -215,11 +260,16 @@ async fn json_bodies_with_arrays_are_signed_over_their_flattened_keys() {
 async fn shutdown_stops_accepting_and_closes_open_streams() {
     let f = Fixture::start().await;
     f.create(&fixture::simple_pod("uid-shut")).await;
-    let t = f.ok("GetCubeToken", &[("Uid", "uid-shut"), ("ContainerName", "app")]).await["Token"].as_str().unwrap().to_string();
+    let t = f.ok("GetCubeToken", &[("Uid", "uid-shut"), ("ContainerName", "app")]).await["Token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let stream = f.http.get(format!("{}/cube-stream/logs?token={t}&follow=true", f.url())).send().await.unwrap();
     let url = f.url();
     let http = f.http.clone();
-    tokio::time::timeout(std::time::Duration::from_secs(5), f.shutdown()).await.expect("shutdown does not wait for the open stream");
+    tokio::time::timeout(std::time::Duration::from_secs(5), f.shutdown())
+        .await
+        .expect("shutdown does not wait for the open stream");
     let rest = tokio::time::timeout(std::time::Duration::from_secs(5), stream.bytes()).await.expect("stream ends");
     let _ = rest; // ended (cleanly or not): the point is that it ended
     assert!(http.post(format!("{url}/")).send().await.is_err(), "nothing listens any more");

@@ -24,7 +24,10 @@ fn repo() -> PathBuf {
 
 /// The control-plane binaries `tests/cluster/build` leaves in the cache, if present.
 fn cluster_binaries_built() -> bool {
-    let out = Command::new("bash").arg("-c").arg(format!(". {}/tests/cluster/versions && cluster_bin_dir", repo().display())).output();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {}/tests/cluster/versions && cluster_bin_dir", repo().display()))
+        .output();
     match out {
         Ok(o) => Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("kube-apiserver").exists(),
         Err(_) => false,
@@ -46,7 +49,11 @@ impl Cluster {
             .expect("run tests/cluster/up");
         assert!(out.status.success(), "tests/cluster/up failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let env = std::fs::read_to_string(dir.join("cluster.env")).unwrap();
-        let kubeconfig = env.lines().find_map(|l| l.strip_prefix("KUBECONFIG=")).map(PathBuf::from).expect("KUBECONFIG in cluster.env");
+        let kubeconfig = env
+            .lines()
+            .find_map(|l| l.strip_prefix("KUBECONFIG="))
+            .map(PathBuf::from)
+            .expect("KUBECONFIG in cluster.env");
         Cluster { dir, kubeconfig }
     }
 }
@@ -57,7 +64,11 @@ impl Drop for Cluster {
     }
 }
 
-async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(what: &str, limit: Duration, mut probe: impl FnMut() -> F) -> T {
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> F,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = probe().await {
@@ -108,7 +119,12 @@ async fn provisions_udisk_claims_into_bound_volumes_and_reclaims_them() {
     let provisioner = Provisioner::connect(&args).await.expect("provisioner connects");
     let stop = CancellationToken::new();
     let kube = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap(), &Default::default()).await.unwrap(),
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
     )
     .unwrap();
     let classes: Api<StorageClass> = Api::all(kube.clone());
@@ -138,7 +154,8 @@ async fn provisions_udisk_claims_into_bound_volumes_and_reclaims_them() {
         pvcs.create(&PostParams::default(), &claim("data-later", "udisk-wffc")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(f.ok("DescribeUDisk", &[]).await["TotalCount"], 1, "no disk before a node is selected");
-        let patch = json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "uk8s-abcdefgh-vk-x1y2z"}}});
+        let patch =
+            json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "uk8s-abcdefgh-vk-x1y2z"}}});
         pvcs.patch("data-later", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
         let later_pv = wait_for("data-later bound", Duration::from_secs(60), || async {
             let c = pvcs.get("data-later").await.ok()?;

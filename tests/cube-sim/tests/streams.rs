@@ -120,7 +120,8 @@ async fn exec(f: &Fixture, uid: &str, query: &str, protocol: &str, input: Vec<Ve
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket");
-    let protocol = resp.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let protocol =
+        resp.headers().get("Sec-WebSocket-Protocol").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     for msg in input {
         ws.send(Message::Binary(msg.into())).await.unwrap();
     }
@@ -159,7 +160,14 @@ async fn exec_echo_succeeds_on_v5_and_v4() {
 async fn exec_reports_non_zero_exit_codes_in_the_status() {
     let f = Fixture::start().await;
     f.create(&exec_pod("uid-x2")).await;
-    let s = exec(&f, "uid-x2", "command=sh&command=-c&command=echo%20out%3B%20exit%203&stdout=1&stderr=1", "v5.channel.k8s.io", vec![]).await;
+    let s = exec(
+        &f,
+        "uid-x2",
+        "command=sh&command=-c&command=echo%20out%3B%20exit%203&stdout=1&stderr=1",
+        "v5.channel.k8s.io",
+        vec![],
+    )
+    .await;
     assert_eq!(text(&s.stdout), "out\n");
     assert_eq!(s.status["status"], "Failure");
     assert_eq!(s.status["reason"], "NonZeroExitCode");
@@ -175,9 +183,12 @@ async fn exec_reports_non_zero_exit_codes_in_the_status() {
 async fn exec_reads_mounted_config_and_secret_files_and_env() {
     let f = Fixture::start().await;
     f.create(&exec_pod("uid-x3")).await;
-    let s = exec(&f, "uid-x3", "command=cat&command=/etc/app/app.conf&stdout=1&stderr=1", "v5.channel.k8s.io", vec![]).await;
+    let s = exec(&f, "uid-x3", "command=cat&command=/etc/app/app.conf&stdout=1&stderr=1", "v5.channel.k8s.io", vec![])
+        .await;
     assert_eq!(text(&s.stdout), "port=8080\n");
-    let s = exec(&f, "uid-x3", "command=cat&command=/run/secret/password&stdout=1&stderr=1", "v5.channel.k8s.io", vec![]).await;
+    let s =
+        exec(&f, "uid-x3", "command=cat&command=/run/secret/password&stdout=1&stderr=1", "v5.channel.k8s.io", vec![])
+            .await;
     assert_eq!(text(&s.stdout), "s3cr3t");
     let s = exec(&f, "uid-x3", "command=cat&command=/etc/passwd&stdout=1&stderr=1", "v5.channel.k8s.io", vec![]).await;
     assert!(text(&s.stderr).contains("No such file"));
@@ -206,7 +217,8 @@ async fn exec_with_tty_reports_the_resize_and_merges_stderr() {
     let f = Fixture::start().await;
     f.create(&exec_pod("uid-x5")).await;
     let resize = [vec![4u8], br#"{"Width":132,"Height":43}"#.to_vec()].concat();
-    let s = exec(&f, "uid-x5", "command=stty&command=size&stdin=1&stdout=1&tty=1", "v5.channel.k8s.io", vec![resize]).await;
+    let s =
+        exec(&f, "uid-x5", "command=stty&command=size&stdin=1&stdout=1&tty=1", "v5.channel.k8s.io", vec![resize]).await;
     assert_eq!(text(&s.stdout), "43 132\r\n");
     let s = exec(&f, "uid-x5", "command=nope&stdout=1&stderr=1&tty=1", "v5.channel.k8s.io", vec![]).await;
     assert_eq!(text(&s.stdout), "nope: not found\r\n");

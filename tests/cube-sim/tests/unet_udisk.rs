@@ -6,7 +6,12 @@ use fixture::{Fixture, simple_pod};
 use serde_json::json;
 
 async fn allocate(f: &Fixture) -> String {
-    let v = f.ok("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2"), ("ChargeType", "Dynamic"), ("PayMode", "Bandwidth")]).await;
+    let v = f
+        .ok(
+            "AllocateEIP",
+            &[("OperatorName", "Bgp"), ("Bandwidth", "2"), ("ChargeType", "Dynamic"), ("PayMode", "Bandwidth")],
+        )
+        .await;
     let set = &v["EIPSet"][0];
     assert!(set["EIPAddr"][0]["IP"].is_string());
     assert_eq!(set["EIPAddr"][0]["OperatorName"], "Bgp");
@@ -27,7 +32,10 @@ async fn binds_an_eip_to_a_cube_and_releases_it_with_the_instance() {
     assert_eq!(info["ExtendInfo"][0]["Eip"][0]["EIPId"], eip.as_str());
     // One EIP per instance.
     let other = allocate(&f).await;
-    assert_eq!(f.call("BindEIP", &[("EIPId", &other), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"], 4154);
+    assert_eq!(
+        f.call("BindEIP", &[("EIPId", &other), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"],
+        4154
+    );
     // A bound EIP cannot be released.
     assert_eq!(f.call("ReleaseEIP", &[("EIPId", &eip)]).await["RetCode"], 4155);
     f.ok("DeleteCubePod", &[("CubeId", &id), ("ReleaseEIP", "true")]).await;
@@ -57,9 +65,18 @@ async fn unbind_requires_the_binding_and_bind_requires_a_live_cube() {
     let f = Fixture::start().await;
     let id = f.create(&simple_pod("uid-unbind")).await["CubeId"].as_str().unwrap().to_string();
     let eip = allocate(&f).await;
-    assert_eq!(f.call("UnBindEIP", &[("EIPId", &eip), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"], 4156);
-    assert_eq!(f.call("BindEIP", &[("EIPId", &eip), ("ResourceType", "cube"), ("ResourceId", "cube-none")]).await["RetCode"], 230);
-    assert_eq!(f.call("BindEIP", &[("EIPId", "eip-none"), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"], 4001);
+    assert_eq!(
+        f.call("UnBindEIP", &[("EIPId", &eip), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"],
+        4156
+    );
+    assert_eq!(
+        f.call("BindEIP", &[("EIPId", &eip), ("ResourceType", "cube"), ("ResourceId", "cube-none")]).await["RetCode"],
+        230
+    );
+    assert_eq!(
+        f.call("BindEIP", &[("EIPId", "eip-none"), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"],
+        4001
+    );
     f.ok("BindEIP", &[("EIPId", &eip), ("ResourceType", "cube"), ("ResourceId", &id)]).await;
     f.ok("UnBindEIP", &[("EIPId", &eip), ("ResourceType", "cube"), ("ResourceId", &id)]).await;
     assert_eq!(f.ok("DescribeEIP", &[]).await["UnbindCount"], 1);
@@ -71,11 +88,38 @@ async fn allocate_checks_pay_mode_bandwidth_and_quota() {
     let mut cfg = fixture::config();
     cfg.quotas.max_eips = 1;
     let f = Fixture::with(cfg).await;
-    assert_eq!(f.call("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2"), ("PayMode", "ShareBandwidth"), ("ShareBandwidthId", "bwshare-1")]).await["RetCode"], 230);
-    assert_eq!(f.call("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "0"), ("PayMode", "ShareBandwidth")]).await["RetCode"], 230);
-    assert_eq!(f.call("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2"), ("PayMode", "Monthly")]).await["RetCode"], 230);
+    assert_eq!(
+        f.call(
+            "AllocateEIP",
+            &[
+                ("OperatorName", "Bgp"),
+                ("Bandwidth", "2"),
+                ("PayMode", "ShareBandwidth"),
+                ("ShareBandwidthId", "bwshare-1")
+            ]
+        )
+        .await["RetCode"],
+        230
+    );
+    assert_eq!(
+        f.call("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "0"), ("PayMode", "ShareBandwidth")]).await["RetCode"],
+        230
+    );
+    assert_eq!(
+        f.call("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2"), ("PayMode", "Monthly")]).await["RetCode"],
+        230
+    );
     assert_eq!(f.call("AllocateEIP", &[("Bandwidth", "2")]).await["RetCode"], 230);
-    f.ok("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "0"), ("PayMode", "ShareBandwidth"), ("ShareBandwidthId", "bwshare-1")]).await;
+    f.ok(
+        "AllocateEIP",
+        &[
+            ("OperatorName", "Bgp"),
+            ("Bandwidth", "0"),
+            ("PayMode", "ShareBandwidth"),
+            ("ShareBandwidthId", "bwshare-1"),
+        ],
+    )
+    .await;
     assert_eq!(f.call("AllocateEIP", &[("OperatorName", "Bgp"), ("Bandwidth", "2")]).await["RetCode"], 4207);
     f.shutdown().await;
 }
@@ -88,13 +132,21 @@ async fn grants_firewalls_to_cube_instances() {
     f.ok("GrantFirewall", &[("FWId", "firewall-def"), ("ResourceType", "cube"), ("ResourceId", &id)]).await;
     let fws = f.admin("firewalls").await;
     assert_eq!(fws, json!([{"fw_id": "firewall-def", "resource_type": "cube", "resource_id": id}]));
-    assert_eq!(f.call("GrantFirewall", &[("FWId", "sg-1"), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"], 4210);
-    assert_eq!(f.call("GrantFirewall", &[("FWId", "firewall-abc"), ("ResourceType", "cube"), ("ResourceId", "cube-none")]).await["RetCode"], 230);
+    assert_eq!(
+        f.call("GrantFirewall", &[("FWId", "sg-1"), ("ResourceType", "cube"), ("ResourceId", &id)]).await["RetCode"],
+        4210
+    );
+    assert_eq!(
+        f.call("GrantFirewall", &[("FWId", "firewall-abc"), ("ResourceType", "cube"), ("ResourceId", "cube-none")])
+            .await["RetCode"],
+        230
+    );
     f.shutdown().await;
 }
 
 fn udisk_pod(uid: &str, disk: &str) -> String {
-    simple_pod(uid).replace("    resources:", "    volumeMounts:\n    - name: data\n      mountPath: /data\n    resources:")
+    simple_pod(uid)
+        .replace("    resources:", "    volumeMounts:\n    - name: data\n      mountPath: /data\n    resources:")
         + &format!("  volumes:\n  - name: data\n    udisk:\n      id: {disk}\n      fs: ext4\n")
 }
 
@@ -112,7 +164,17 @@ async fn disks_attach_to_the_cube_that_mounts_them_and_detach_on_delete() {
     assert_eq!(d["DataSet"][0]["Status"], "InUse");
     assert_eq!(d["DataSet"][0]["UHostId"], id.as_str());
     // A disk mounted by one instance cannot be mounted by another, nor deleted.
-    assert_eq!(f.call("CreateCubePod", &fixture::create_params(&udisk_pod("uid-disk2", &disk)).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await["RetCode"], 17002);
+    assert_eq!(
+        f.call(
+            "CreateCubePod",
+            &fixture::create_params(&udisk_pod("uid-disk2", &disk))
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>()
+        )
+        .await["RetCode"],
+        17002
+    );
     assert_eq!(f.call("DeleteUDisk", &[("UDiskId", &disk)]).await["RetCode"], 17002);
     f.ok("DeleteCubePod", &[("CubeId", &id)]).await;
     assert_eq!(f.ok("DescribeUDisk", &[("UDiskId", &disk)]).await["DataSet"][0]["Status"], "Available");
@@ -125,10 +187,21 @@ async fn disks_attach_to_the_cube_that_mounts_them_and_detach_on_delete() {
 #[tokio::test]
 async fn pods_naming_unknown_disks_are_refused() {
     let f = Fixture::start().await;
-    let v = f.call("CreateCubePod", &fixture::create_params(&udisk_pod("uid-nodisk", "bs-missing")).iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
+    let v = f
+        .call(
+            "CreateCubePod",
+            &fixture::create_params(&udisk_pod("uid-nodisk", "bs-missing"))
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .await;
     assert_eq!(v["RetCode"], 17001);
     assert_eq!(f.call("CreateUDisk", &[("Name", "x"), ("Size", "0")]).await["RetCode"], 230);
-    assert_eq!(f.call("CreateUDisk", &[("Name", "x"), ("Size", "10"), ("DiskType", "FloppyDisk")]).await["RetCode"], 230);
+    assert_eq!(
+        f.call("CreateUDisk", &[("Name", "x"), ("Size", "10"), ("DiskType", "FloppyDisk")]).await["RetCode"],
+        230
+    );
     assert_eq!(f.call("CreateUDisk", &[("Size", "10")]).await["RetCode"], 230);
     f.shutdown().await;
 }
@@ -136,7 +209,13 @@ async fn pods_naming_unknown_disks_are_refused() {
 #[tokio::test]
 async fn admin_endpoint_creates_disks() {
     let f = Fixture::start().await;
-    let resp = f.http.post(format!("{}/_sim/disks", f.url())).json(&json!({"name": "pre-made", "size_gb": 5})).send().await.unwrap();
+    let resp = f
+        .http
+        .post(format!("{}/_sim/disks", f.url()))
+        .json(&json!({"name": "pre-made", "size_gb": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     let made: serde_json::Value = resp.json().await.unwrap();
     let id = made["udisk_id"].as_str().unwrap();

@@ -24,17 +24,50 @@ pub const RST_REFUSED_STREAM: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    SynStream { stream_id: u32, associated_to: u32, priority: u8, flags: u8, header_block: Bytes },
-    SynReply { stream_id: u32, flags: u8, header_block: Bytes },
-    RstStream { stream_id: u32, status: u32 },
-    Settings { entries: Vec<(u8, u32, u32)> },
-    Ping { id: u32 },
-    GoAway { last_good_stream_id: u32, status: u32 },
-    Headers { stream_id: u32, flags: u8, header_block: Bytes },
-    WindowUpdate { stream_id: u32, delta: u32 },
-    Data { stream_id: u32, flags: u8, data: Bytes },
+    SynStream {
+        stream_id: u32,
+        associated_to: u32,
+        priority: u8,
+        flags: u8,
+        header_block: Bytes,
+    },
+    SynReply {
+        stream_id: u32,
+        flags: u8,
+        header_block: Bytes,
+    },
+    RstStream {
+        stream_id: u32,
+        status: u32,
+    },
+    Settings {
+        entries: Vec<(u8, u32, u32)>,
+    },
+    Ping {
+        id: u32,
+    },
+    GoAway {
+        last_good_stream_id: u32,
+        status: u32,
+    },
+    Headers {
+        stream_id: u32,
+        flags: u8,
+        header_block: Bytes,
+    },
+    WindowUpdate {
+        stream_id: u32,
+        delta: u32,
+    },
+    Data {
+        stream_id: u32,
+        flags: u8,
+        data: Bytes,
+    },
     /// A control frame of a type we do not know; SPDY says to ignore it.
-    Unknown { kind: u16 },
+    Unknown {
+        kind: u16,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -205,7 +238,13 @@ mod tests {
 
     #[test]
     fn every_frame_kind_round_trips() {
-        round_trip(Frame::SynStream { stream_id: 1, associated_to: 0, priority: 3, flags: FLAG_FIN, header_block: Bytes::from_static(b"hdr") });
+        round_trip(Frame::SynStream {
+            stream_id: 1,
+            associated_to: 0,
+            priority: 3,
+            flags: FLAG_FIN,
+            header_block: Bytes::from_static(b"hdr"),
+        });
         round_trip(Frame::SynReply { stream_id: 3, flags: 0, header_block: Bytes::from_static(b"x") });
         round_trip(Frame::RstStream { stream_id: 5, status: RST_REFUSED_STREAM });
         round_trip(Frame::Settings { entries: vec![(0, SETTINGS_INITIAL_WINDOW_SIZE, 65536)] });

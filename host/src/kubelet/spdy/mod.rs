@@ -499,7 +499,8 @@ mod tests {
 
         async fn open(&mut self, id: u32, kind: &str) {
             let block = self.c.compress(&[("streamtype", kind)]).unwrap();
-            self.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, header_block: block }).await;
+            self.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, header_block: block })
+                .await;
             match self.next().await.unwrap() {
                 Frame::SynReply { stream_id, header_block, .. } => {
                     assert_eq!(stream_id, id);
@@ -556,11 +557,15 @@ mod tests {
             match f {
                 Frame::Data { stream_id: 5, flags, data } => {
                     stdout.extend_from_slice(&data);
-                    if flags & FLAG_FIN != 0 { fins.push(5) }
+                    if flags & FLAG_FIN != 0 {
+                        fins.push(5)
+                    }
                 }
                 Frame::Data { stream_id: 1, flags, data } => {
                     error.extend_from_slice(&data);
-                    if flags & FLAG_FIN != 0 { fins.push(1) }
+                    if flags & FLAG_FIN != 0 {
+                        fins.push(1)
+                    }
                 }
                 Frame::Data { stream_id, flags, .. } if flags & FLAG_FIN != 0 => fins.push(stream_id),
                 Frame::GoAway { .. } => break,

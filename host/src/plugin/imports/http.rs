@@ -69,9 +69,9 @@ impl Allowlist {
             return false;
         }
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return false };
-        self.prefixes.iter().any(|p| {
-            p.scheme == scheme && p.host == host && p.port == port && path_under(url.path(), &p.path)
-        })
+        self.prefixes
+            .iter()
+            .any(|p| p.scheme == scheme && p.host == host && p.port == port && path_under(url.path(), &p.path))
     }
 
     pub fn allows_str(&self, url: &str) -> bool {
@@ -145,7 +145,10 @@ impl Egress {
             let headers = resp
                 .headers()
                 .iter()
-                .map(|(k, v)| KeyValue { key: k.as_str().to_owned(), value: String::from_utf8_lossy(v.as_bytes()).into_owned() })
+                .map(|(k, v)| KeyValue {
+                    key: k.as_str().to_owned(),
+                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                })
                 .collect();
             let mut resp = resp;
             let mut body = Vec::new();

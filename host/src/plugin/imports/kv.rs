@@ -37,8 +37,7 @@ impl Inner {
     }
 
     fn purge_expired(&mut self, now: Instant) {
-        let dead: Vec<String> =
-            self.entries.iter().filter(|(_, e)| !e.live(now)).map(|(k, _)| k.clone()).collect();
+        let dead: Vec<String> = self.entries.iter().filter(|(_, e)| !e.live(now)).map(|(k, _)| k.clone()).collect();
         for key in dead {
             self.remove(&key);
         }

@@ -18,13 +18,10 @@ pub const CONTRACT: crate::plugin::contract::Version = crate::plugin::contract::
 pub use exports::vk::provider::metadata::PluginInfo;
 pub use exports::vk::provider::node::{NodeCondition, NodeOffer, Taint};
 pub use exports::vk::provider::pods::{
-    ConfigMap, ContainerEnv, ContainerState, ContainerStatus,
-    ContainerUsage, DeleteReason, Deletion, ExecOptions, Instance, LogOptions, PodOutcome, PodStatus,
-    PodUsage, ResolvedPod, Secret, ServiceAccountToken, StateRunning, StateTerminated, StateWaiting,
-    StreamProtocol, StreamTarget, VolumeClaim,
+    ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage, DeleteReason, Deletion, ExecOptions,
+    Instance, LogOptions, PodOutcome, PodStatus, PodUsage, ResolvedPod, Secret, ServiceAccountToken, StateRunning,
+    StateTerminated, StateWaiting, StreamProtocol, StreamTarget, VolumeClaim,
 };
 pub use vk::provider::http::{HttpError, Request as HttpRequest, Response as HttpResponse};
 pub use vk::provider::log::Level as LogLevel;
-pub use vk::provider::types::{
-    BinaryEntry, CallContext, Event, InvalidInput, KeyValue, PodRef, ProviderError,
-};
+pub use vk::provider::types::{BinaryEntry, CallContext, Event, InvalidInput, KeyValue, PodRef, ProviderError};

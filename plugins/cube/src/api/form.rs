@@ -101,7 +101,10 @@ mod tests {
             .set_opt("Missing", None::<String>)
             .set("Limit", 10)
             .list("EIPIds", ["eip-a", "eip-b"])
-            .structs("Tags", &[vec![("Key", "a".into()), ("Value", "1".into())], vec![("Key", "b".into()), ("Value", "".into())]]);
+            .structs(
+                "Tags",
+                &[vec![("Key", "a".into()), ("Value", "1".into())], vec![("Key", "b".into()), ("Value", "".into())]],
+            );
         let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, vec!["Action", "EIPIds.0", "EIPIds.1", "Limit", "Tags.0.Key", "Tags.0.Value", "Tags.1.Key"]);
     }

@@ -63,9 +63,7 @@ impl ApiError {
         match self {
             ApiError::Http { error, .. } => matches!(error, HttpError::Timeout | HttpError::Transport(_)),
             ApiError::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-            ApiError::RetCode { code, .. } => {
-                matches!(code, 110 | 150 | 153) || (*code >= 2000 && !self.definitive())
-            }
+            ApiError::RetCode { code, .. } => matches!(code, 110 | 150 | 153) || (*code >= 2000 && !self.definitive()),
             ApiError::Decode { .. } => false,
         }
     }
@@ -99,7 +97,9 @@ impl From<ApiError> for ProviderError {
     fn from(e: ApiError) -> Self {
         let text = e.to_string();
         match &e {
-            ApiError::Http { error: HttpError::Denied(_) | HttpError::InvalidRequest(_), .. } => ProviderError::Internal(text),
+            ApiError::Http { error: HttpError::Denied(_) | HttpError::InvalidRequest(_), .. } => {
+                ProviderError::Internal(text)
+            }
             ApiError::Http { .. } => ProviderError::Transient(text),
             ApiError::Status { status, .. } if *status == 429 || *status >= 500 => ProviderError::Transient(text),
             ApiError::Status { .. } => ProviderError::Internal(text),
@@ -110,7 +110,11 @@ impl From<ApiError> for ProviderError {
                 } else if e.is_not_found() {
                     ProviderError::NotFound(text)
                 } else if REJECTED.contains(code) {
-                    ProviderError::Invalid(InvalidInput::new("CubeRejected", action.clone(), format!("Cube refused the request: {message} (RetCode {code})")))
+                    ProviderError::Invalid(InvalidInput::new(
+                        "CubeRejected",
+                        action.clone(),
+                        format!("Cube refused the request: {message} (RetCode {code})"),
+                    ))
                 } else if e.retryable() {
                     ProviderError::Transient(text)
                 } else {
@@ -204,7 +208,8 @@ impl<'t, T: Transport + ?Sized> Client<'t, T> {
 
 /// Reads `{"Action": "...Response", "RetCode": 0, "Message": ..., ...}`; RetCode may be a string.
 pub fn envelope(action: &str, body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::Decode { action: action.into(), message: e.to_string() })?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::Decode { action: action.into(), message: e.to_string() })?;
     let code = match v.get("RetCode") {
         Some(Value::Number(n)) => n.as_i64(),
         Some(Value::String(s)) => s.trim().parse().ok(),

@@ -65,7 +65,8 @@ impl Cloud {
     fn find(&mut self, p: &BTreeMap<String, String>) -> Option<&mut Inst> {
         let linger = &mut self.linger;
         let inst = self.instances.iter_mut().find(|i| {
-            !i.deleted && (p.get("CubeId") == Some(&i.cube_id) || (p.get("CubeId").is_none() && p.get("Uid") == Some(&i.uid)))
+            !i.deleted
+                && (p.get("CubeId") == Some(&i.cube_id) || (p.get("CubeId").is_none() && p.get("Uid") == Some(&i.uid)))
         })?;
         if inst.terminating {
             if *linger == 0 {
@@ -137,14 +138,28 @@ impl Cloud {
             "ListCubePod" => {
                 let offset: usize = p.get("Offset").map(|s| s.parse().unwrap()).unwrap_or(0);
                 let limit: usize = p.get("Limit").map(|s| s.parse().unwrap()).unwrap_or(20).min(self.page_cap.max(1));
-                let matching: Vec<&Inst> = self.instances.iter().filter(|i| !i.deleted && p.get("Group").is_none_or(|g| *g == i.group)).collect();
-                let pods: Vec<String> =
-                    matching.iter().skip(offset).take(limit).map(|i| returned(&i.yaml, &i.cube_id, "Running")).collect();
+                let matching: Vec<&Inst> = self
+                    .instances
+                    .iter()
+                    .filter(|i| !i.deleted && p.get("Group").is_none_or(|g| *g == i.group))
+                    .collect();
+                let pods: Vec<String> = matching
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|i| returned(&i.yaml, &i.cube_id, "Running"))
+                    .collect();
                 ok(a, json!({"Pods": pods, "TotalCount": matching.len()}))
             }
             "AllocateEIP" => {
                 let n = self.eips.len() + 1;
-                let e = Eip { id: format!("eip-{n}"), ip: format!("106.75.0.{n}"), name: p.get("Name").cloned().unwrap_or_default(), bound: None, released: false };
+                let e = Eip {
+                    id: format!("eip-{n}"),
+                    ip: format!("106.75.0.{n}"),
+                    name: p.get("Name").cloned().unwrap_or_default(),
+                    bound: None,
+                    released: false,
+                };
                 self.eips.push(e.clone());
                 ok(a, json!({"EIPSet": [{"EIPId": e.id, "EIPAddr": [{"IP": e.ip, "OperatorName": "Bgp"}]}]}))
             }
@@ -160,7 +175,9 @@ impl Cloud {
             "BindEIP" => {
                 assert_eq!(p["ResourceType"], "cube");
                 let (id, res) = (p["EIPId"].clone(), p["ResourceId"].clone());
-                let Some(e) = self.eips.iter_mut().find(|e| e.id == id && !e.released) else { return fail(a, 4001, "EIP not found") };
+                let Some(e) = self.eips.iter_mut().find(|e| e.id == id && !e.released) else {
+                    return fail(a, 4001, "EIP not found");
+                };
                 if e.bound.is_some() {
                     return fail(a, 4155, "EIP already bound");
                 }
@@ -221,7 +238,10 @@ impl Cloud {
                 None => fail(a, 8202, "Cube instance not found"),
             },
             "GetCubeExecToken" => match self.find(p) {
-                Some(_) => ok(a, json!({"Token": "tok-exec", "TerminalUrl": "ws://127.0.0.1:18080/cube-stream/exec?token=tok-exec"})),
+                Some(_) => ok(
+                    a,
+                    json!({"Token": "tok-exec", "TerminalUrl": "ws://127.0.0.1:18080/cube-stream/exec?token=tok-exec"}),
+                ),
                 None => fail(a, 8202, "Cube instance not found"),
             },
             "GetCubeMetrics" => {

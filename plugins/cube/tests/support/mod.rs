@@ -52,7 +52,14 @@ impl FakeHost {
 
     /// The parameters of the n-th call of an action.
     pub fn params(&self, action: &str, n: usize) -> BTreeMap<String, String> {
-        self.calls.borrow().iter().filter(|(a, _)| a == action).nth(n).unwrap_or_else(|| panic!("no call {n} of {action}")).1.clone()
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|(a, _)| a == action)
+            .nth(n)
+            .unwrap_or_else(|| panic!("no call {n} of {action}"))
+            .1
+            .clone()
     }
 }
 
@@ -126,7 +133,9 @@ pub fn fail(action: &str, code: i64, message: &str) -> Answer {
     Ok(HttpResponse {
         status: 200,
         headers: vec![],
-        body: json!({"Action": format!("{action}Response"), "RetCode": code, "Message": message}).to_string().into_bytes(),
+        body: json!({"Action": format!("{action}Response"), "RetCode": code, "Message": message})
+            .to_string()
+            .into_bytes(),
     })
 }
 

@@ -43,12 +43,16 @@ fn lookup_id(ctx: &Ctx, state: &State, p: &Params) -> Result<String, ApiError> {
 fn check_vpc(ctx: &Ctx, p: &Params) -> Result<(String, String), ApiError> {
     let vpc = p.required("VPCId")?;
     let subnet = p.required("SubnetId")?;
-    let vpc_ok = if ctx.cfg.vpcs.is_empty() { vpc.starts_with("uvnet-") } else { ctx.cfg.vpcs.iter().any(|v| v == vpc) };
+    let vpc_ok =
+        if ctx.cfg.vpcs.is_empty() { vpc.starts_with("uvnet-") } else { ctx.cfg.vpcs.iter().any(|v| v == vpc) };
     if !vpc_ok {
         return Err(ApiError::invalid("VPCId", format!("{vpc:?} is not a VPC of this project")));
     }
-    let subnet_ok =
-        if ctx.cfg.subnets.is_empty() { subnet.starts_with("subnet-") } else { ctx.cfg.subnets.iter().any(|s| s == subnet) };
+    let subnet_ok = if ctx.cfg.subnets.is_empty() {
+        subnet.starts_with("subnet-")
+    } else {
+        ctx.cfg.subnets.iter().any(|s| s == subnet)
+    };
     if !subnet_ok {
         return Err(ApiError::invalid("SubnetId", format!("{subnet:?} is not a subnet of {vpc}")));
     }
@@ -67,11 +71,16 @@ fn one_of(p: &Params, key: &str, allowed: &[&str], default: &str) -> Result<Stri
 fn attach_disks(state: &mut State, ctx: &Ctx, pod: &CubePod, cube_id: &str) -> Result<(), ApiError> {
     let ids = pod.udisk_ids();
     for id in &ids {
-        let disk = state.disks.get(id).filter(|d| !d.deleted && d.region == ctx.region).ok_or_else(|| ApiError::DiskNotFound(id.clone()))?;
+        let disk = state
+            .disks
+            .get(id)
+            .filter(|d| !d.deleted && d.region == ctx.region)
+            .ok_or_else(|| ApiError::DiskNotFound(id.clone()))?;
         if let Some(other) = &disk.attached_to
-            && other != cube_id {
-                return Err(ApiError::DiskInUse(id.clone(), other.clone()));
-            }
+            && other != cube_id
+        {
+            return Err(ApiError::DiskInUse(id.clone(), other.clone()));
+        }
     }
     for id in ids {
         if let Some(d) = state.disks.get_mut(&id) {
@@ -95,7 +104,10 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     let pod = CubePod::from_base64(p.required("Pod")?, ctx.cfg)?;
     if let Some(kc) = p.get("KubeConfig") {
         if kc.len() > ctx.cfg.limits.max_kubeconfig_base64_bytes {
-            return Err(ApiError::invalid("KubeConfig", format!("is {} bytes of base64, more than {}", kc.len(), ctx.cfg.limits.max_kubeconfig_base64_bytes)));
+            return Err(ApiError::invalid(
+                "KubeConfig",
+                format!("is {} bytes of base64, more than {}", kc.len(), ctx.cfg.limits.max_kubeconfig_base64_bytes),
+            ));
         }
         B64.decode(kc).map_err(|e| ApiError::invalid("KubeConfig", format!("is not valid base64: {e}")))?;
     }
@@ -109,9 +121,11 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     let mut state = ctx.sim.state.lock();
     // A retried create (same pod UID) answers with the instance the first one made.
     if let Some(uid) = &uid
-        && let Some(existing) = state.instances.values().find(|i| i.live() && i.region == ctx.region && i.uid.as_deref() == Some(uid)) {
-            return Ok(fields(json!({"CubeId": existing.cube_id, "Pod": render_base64(existing, ctx.cfg, ctx.now)})));
-        }
+        && let Some(existing) =
+            state.instances.values().find(|i| i.live() && i.region == ctx.region && i.uid.as_deref() == Some(uid))
+    {
+        return Ok(fields(json!({"CubeId": existing.cube_id, "Pod": render_base64(existing, ctx.cfg, ctx.now)})));
+    }
     let live: Vec<&Instance> = state.instances.values().filter(|i| i.live()).collect();
     if live.len() >= ctx.cfg.quotas.max_instances {
         return Err(ApiError::QuotaExceeded(format!("at most {} Cube instances", ctx.cfg.quotas.max_instances)));
@@ -126,7 +140,8 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     let cube_id = new_id("cube");
     attach_disks(&mut state, ctx, &pod, &cube_id)?;
     let n = state.next_counter();
-    let name = p.get("Name").map(str::to_string).or_else(|| pod.metadata_str("name")).unwrap_or_else(|| cube_id.clone());
+    let name =
+        p.get("Name").map(str::to_string).or_else(|| pod.metadata_str("name")).unwrap_or_else(|| cube_id.clone());
     let inst = Instance {
         cube_id: cube_id.clone(),
         uid,
@@ -184,10 +199,11 @@ pub fn delete(ctx: &Ctx, p: &Params) -> Answer {
     let id = lookup_id(ctx, &state, p)?;
     let eip = state.instances.get(&id).and_then(|i| i.eip_id.clone());
     if let Some(eip_id) = eip
-        && let Some(e) = state.eips.get_mut(&eip_id) {
-            e.bound_to = None;
-            e.released = release;
-        }
+        && let Some(e) = state.eips.get_mut(&eip_id)
+    {
+        e.bound_to = None;
+        e.released = release;
+    }
     detach_disks(&mut state, &id);
     state.firewalls.retain(|f| f.resource_id != id);
     if let Some(i) = state.instances.get_mut(&id) {
@@ -233,20 +249,16 @@ pub fn reboot(ctx: &Ctx, p: &Params) -> Answer {
 
 pub fn extend_info(ctx: &Ctx, p: &Params) -> Answer {
     let state = ctx.sim.state.lock();
-    let wanted: Option<Vec<String>> = p.get("CubeIds").map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect());
+    let wanted: Option<Vec<String>> =
+        p.get("CubeIds").map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect());
     let infos: Vec<serde_json::Value> = state
         .instances
         .values()
         .filter(|i| i.live() && i.region == ctx.region)
         .filter(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.cube_id)))
         .map(|i| {
-            let eips: Vec<serde_json::Value> = i
-                .eip_id
-                .as_ref()
-                .and_then(|id| state.eips.get(id))
-                .map(super::unet::eip_brief)
-                .into_iter()
-                .collect();
+            let eips: Vec<serde_json::Value> =
+                i.eip_id.as_ref().and_then(|id| state.eips.get(id)).map(super::unet::eip_brief).into_iter().collect();
             let expiration = match i.charge_type.as_str() {
                 "Month" => (i.created_at + Duration::days(30 * i.quantity.max(1))).timestamp(),
                 "Year" => (i.created_at + Duration::days(365 * i.quantity.max(1))).timestamp(),
@@ -307,7 +319,10 @@ fn token(ctx: &Ctx, p: &Params, kind: TokenKind) -> Result<(String, String), Api
     let mut state = ctx.sim.state.lock();
     let inst = find(ctx, &state, p)?;
     if inst.pod.container(&container).is_none() {
-        return Err(ApiError::invalid("ContainerName", format!("{container:?} is not a container of {}", inst.cube_id)));
+        return Err(ApiError::invalid(
+            "ContainerName",
+            format!("{container:?} is not a container of {}", inst.cube_id),
+        ));
     }
     let cube_id = inst.cube_id.clone();
     let now = ctx.now;

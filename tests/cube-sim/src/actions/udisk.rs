@@ -20,7 +20,12 @@ pub struct DiskRequest<'a> {
 }
 
 /// Creates a disk record; shared by CreateUDisk and `POST /_sim/disks`.
-pub fn make_disk(state: &mut State, max: usize, req: DiskRequest, now: chrono::DateTime<chrono::Utc>) -> Result<Disk, ApiError> {
+pub fn make_disk(
+    state: &mut State,
+    max: usize,
+    req: DiskRequest,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Disk, ApiError> {
     let DiskRequest { region, zone, name, size, disk_type } = req;
     if !DISK_TYPES.contains(&disk_type) {
         return Err(ApiError::invalid("DiskType", format!("{disk_type:?} is not one of {}", DISK_TYPES.join(", "))));
@@ -53,7 +58,12 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     let size = p.int("Size")?.ok_or_else(|| ApiError::MissingParam("Size".into()))?;
     let disk_type = p.get("DiskType").unwrap_or("DataDisk");
     let mut state = ctx.sim.state.lock();
-    let d = make_disk(&mut state, ctx.cfg.quotas.max_disks, DiskRequest { region: &ctx.region, zone, name, size, disk_type }, ctx.now)?;
+    let d = make_disk(
+        &mut state,
+        ctx.cfg.quotas.max_disks,
+        DiskRequest { region: &ctx.region, zone, name, size, disk_type },
+        ctx.now,
+    )?;
     Ok(fields(json!({"UDiskId": [d.udisk_id]})))
 }
 
@@ -95,7 +105,11 @@ pub fn describe(ctx: &Ctx, p: &Params) -> Answer {
 pub fn delete(ctx: &Ctx, p: &Params) -> Answer {
     let id = p.required("UDiskId")?.to_string();
     let mut state = ctx.sim.state.lock();
-    let d = state.disks.get_mut(&id).filter(|d| !d.deleted && d.region == ctx.region).ok_or_else(|| ApiError::DiskNotFound(id.clone()))?;
+    let d = state
+        .disks
+        .get_mut(&id)
+        .filter(|d| !d.deleted && d.region == ctx.region)
+        .ok_or_else(|| ApiError::DiskNotFound(id.clone()))?;
     if let Some(cube) = &d.attached_to {
         return Err(ApiError::DiskInUse(id, cube.clone()));
     }

@@ -36,7 +36,10 @@ pub fn allocate(ctx: &Ctx, p: &Params) -> Answer {
     let bandwidth = p.int("Bandwidth")?.ok_or_else(|| ApiError::MissingParam("Bandwidth".into()))?;
     let pay_mode = p.get("PayMode").unwrap_or("Bandwidth").to_string();
     if !matches!(pay_mode.as_str(), "Traffic" | "Bandwidth" | "ShareBandwidth" | "PostAccurateBandwidth") {
-        return Err(ApiError::invalid("PayMode", format!("{pay_mode:?} is not one of Traffic, Bandwidth, ShareBandwidth")));
+        return Err(ApiError::invalid(
+            "PayMode",
+            format!("{pay_mode:?} is not one of Traffic, Bandwidth, ShareBandwidth"),
+        ));
     }
     let charge_type = p.get("ChargeType").unwrap_or("Month").to_string();
     if !matches!(charge_type.as_str(), "Year" | "Month" | "Dynamic") {
@@ -84,7 +87,11 @@ pub fn allocate(ctx: &Ctx, p: &Params) -> Answer {
 }
 
 fn live_eip<'s>(ctx: &Ctx, state: &'s mut crate::state::State, id: &str) -> Result<&'s mut Eip, ApiError> {
-    state.eips.get_mut(id).filter(|e| !e.released && e.region == ctx.region).ok_or_else(|| ApiError::EipNotFound(id.to_string()))
+    state
+        .eips
+        .get_mut(id)
+        .filter(|e| !e.released && e.region == ctx.region)
+        .ok_or_else(|| ApiError::EipNotFound(id.to_string()))
 }
 
 pub fn bind(ctx: &Ctx, p: &Params) -> Answer {
@@ -111,9 +118,10 @@ pub fn bind(ctx: &Ctx, p: &Params) -> Answer {
     }
     eip.bound_to = Some((rtype.clone(), rid.clone()));
     if rtype == "cube"
-        && let Some(i) = state.instances.get_mut(&rid) {
-            i.eip_id = Some(eip_id);
-        }
+        && let Some(i) = state.instances.get_mut(&rid)
+    {
+        i.eip_id = Some(eip_id);
+    }
     Ok(fields(json!({})))
 }
 
