@@ -144,3 +144,21 @@ async fn the_admin_routes_show_and_reload_the_plugin() {
     assert!(body["error"].as_str().unwrap().contains("not a WebAssembly component"));
     assert_eq!(body["active"]["version"], "2.0.0");
 }
+
+#[tokio::test]
+async fn an_optimized_build_never_replaces_a_newer_version() {
+    let dir = scratch_dir("tier-race");
+    let live = dir.join("provider.wasm");
+    install(&plugin("faulty-v1.wasm"), &live);
+    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&live), vec![]).await.unwrap();
+    // v2 arrives while v1's Cranelift build is (most likely) still running.
+    install(&plugin("faulty-v2.wasm"), &live);
+    assert_eq!(p.reload().await.unwrap().version, "2.0.0");
+    assert!(p.optimized_within(Duration::from_secs(120)).await, "no optimized build");
+    // Let a late v1 build finish too: it must find itself superseded.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.info().version, "2.0.0");
+    let outcome = p.create(&ctx("n1", "{}"), &resolved_pod("after", "uid-after")).await.unwrap();
+    assert_eq!(answered_by(&outcome), "2.0.0");
+    assert!(p.stats().snapshot().optimized_swaps <= 1, "only v2's build may have been swapped in");
+}

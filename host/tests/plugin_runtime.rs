@@ -329,11 +329,42 @@ async fn a_malformed_allowlist_refuses_the_load() {
 async fn a_compiled_component_is_reused_from_the_disk_cache() {
     let s = settings(plugin("example.wasm"));
     let first = Plugin::load(PluginRuntime::new().unwrap(), s.clone(), vec![]).await.unwrap();
+    assert!(first.optimized_within(Duration::from_secs(120)).await, "no optimized build");
     assert_eq!(first.summary().load.origin, Origin::Compiled);
     // A new runtime (as after a daemon restart) finds the compiled artefact.
     let second = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.unwrap();
     assert_eq!(second.summary().load.origin, Origin::Cache);
     assert_eq!(second.info(), first.info());
+}
+
+#[tokio::test]
+async fn a_new_file_serves_from_the_baseline_build_until_the_optimized_build_replaces_it() {
+    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(plugin("example.wasm")), vec![]).await.unwrap();
+    let mut reloads = p.subscribe();
+    // x86_64 and aarch64 have the baseline compiler (Winch): a file the cache has not seen is
+    // served by its build first, every export working.
+    assert_eq!(p.origin(), Origin::Baseline);
+    let c = ctx("n1", "{}");
+    let made = p.create(&c, &resolved_pod("web-0", UID)).await.expect("create on the baseline build");
+    assert_eq!(made.instance_id, "example-6f1c7a7e");
+    let info = p.info();
+
+    assert!(p.optimized_within(Duration::from_secs(120)).await, "no optimized build");
+    assert_eq!(p.origin(), Origin::Compiled);
+    assert_eq!(p.stats().snapshot().optimized_swaps, 1);
+    // Same bytes, same version, same state: not a reload.
+    assert_eq!(p.info(), info);
+    assert!(matches!(p.status(&c, &pod_ref("web-0", UID)).await, Ok(s) if s.phase == "Running"));
+    assert!(reloads.try_recv().is_err(), "swapping in the optimized build is not a reload event");
+}
+
+#[tokio::test]
+async fn without_the_baseline_compiler_a_new_file_waits_for_cranelift() {
+    let mut s = settings(plugin("example.wasm"));
+    s.baseline_compile = false;
+    let p = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.unwrap();
+    assert_eq!(p.origin(), Origin::Compiled);
+    assert_eq!(p.stats().snapshot().optimized_swaps, 0);
 }
 
 #[tokio::test]

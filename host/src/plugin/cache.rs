@@ -14,8 +14,13 @@ use wasmtime::component::Component;
 /// How a component was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Origin {
+    /// Compiled by Cranelift (and written to the cache).
     Compiled,
+    /// Read from the cache (a Cranelift build).
     Cache,
+    /// Compiled by the baseline compiler (Winch), not cached: a stand-in until the Cranelift
+    /// build is ready.
+    Baseline,
 }
 
 #[derive(Debug, Clone)]
@@ -42,9 +47,16 @@ fn entry_path(dir: &Path, sha256: &str, engine: &Engine) -> PathBuf {
     dir.join(format!("{sha256}-{}.cwasm", engine_key(engine)))
 }
 
-/// Returns the compiled component, from the cache when possible. Blocking (Cranelift): call it
-/// from `spawn_blocking`. A cache that cannot be read or written only costs a compile.
-pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Result<Compiled, String> {
+/// Returns the compiled component, from the cache when possible, else compiled by `baseline`
+/// when given (falling back to `engine` if the baseline compiler cannot take the component),
+/// else by `engine`, the optimizing one. Blocking: call it from `spawn_blocking`. A cache that
+/// cannot be read or written only costs a compile.
+pub fn load_or_compile(
+    engine: &Engine,
+    baseline: Option<&Engine>,
+    bytes: &[u8],
+    dir: Option<&Path>,
+) -> Result<Compiled, String> {
     let started = Instant::now();
     let sha256 = sha256_hex(bytes);
     if let Some(dir) = dir {
@@ -57,6 +69,16 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Res
                     return Ok(Compiled { component, origin: Origin::Cache, took: started.elapsed(), sha256 });
                 }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"),
+            }
+        }
+    }
+    if let Some(baseline) = baseline {
+        match Component::new(baseline, bytes) {
+            Ok(component) => {
+                return Ok(Compiled { component, origin: Origin::Baseline, took: started.elapsed(), sha256 });
+            }
+            Err(e) => {
+                tracing::info!(error = %format!("{e:#}"), "baseline compiler refused the component; using Cranelift")
             }
         }
     }

@@ -3,23 +3,29 @@
 
 use std::time::Instant;
 
+use wasmtime::component::TypedFunc;
+
 use crate::plugin::error::{CallError, Export};
 use crate::plugin::handle::Plugin;
 use crate::plugin::since_v0_1_0::{
     CallContext, DeleteReason, Deletion, ExecOptions, Instance, LogOptions, NodeOffer, PodOutcome, PodRef, PodStatus,
-    PodUsage, ResolvedPod, StreamTarget,
+    PodUsage, ProviderError, ResolvedPod, StreamTarget,
 };
 
-/// Calls `$iface.$func` with the store first and the given arguments, on the active version.
+/// Calls `$export`, whose WIT signature is `($params) -> result<$ok, provider-error>` in the
+/// bindings, with the given arguments on the active version.
 macro_rules! call_export {
-    ($self:ident, $export:expr, $iface:ident . $func:ident ( $($arg:expr),* )) => {{
+    ($self:ident, $export:expr, ($($param:ty),*) -> $ok:ty, ($($arg:expr),*)) => {{
         let export = $export;
         // Our own Arc: a concurrent reload swaps the pointer, never this call's version.
         let loaded = $self.active.load_full();
         let started = Instant::now();
         let result = loaded
-            .call(export, |guest, mut store| async move {
-                let r = guest.$iface().$func(&mut store, $($arg),*).await;
+            .call(export, |func, mut store| async move {
+                // SAFETY: `Loaded` typechecked every export against these types at load (see
+                // `Loaded::call`); the signatures here are the bindings' own.
+                let func = unsafe { TypedFunc::<($($param,)*), (Result<$ok, ProviderError>,)>::new_unchecked(func) };
+                let r = func.call_async(&mut store, ($($arg,)*)).await.map(|(r,)| r);
                 (store, r)
             })
             .await;
@@ -47,33 +53,36 @@ impl Plugin {
     }
 
     pub async fn describe_node(&self, ctx: &CallContext) -> Result<NodeOffer, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::Describe, vk_provider_node.call_describe(ctx));
+        let (_, export, started, result) = call_export!(self, Export::Describe, (&CallContext) -> NodeOffer, (ctx));
         self.finish(export, started, result)
     }
 
     pub async fn create(&self, ctx: &CallContext, pod: &ResolvedPod) -> Result<PodOutcome, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::Create, vk_provider_pods.call_create(ctx, pod));
+        let (_, export, started, result) =
+            call_export!(self, Export::Create, (&CallContext, &ResolvedPod) -> PodOutcome, (ctx, pod));
         self.finish(export, started, result)
     }
 
     pub async fn update(&self, ctx: &CallContext, pod: &ResolvedPod) -> Result<PodOutcome, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::Update, vk_provider_pods.call_update(ctx, pod));
+        let (_, export, started, result) =
+            call_export!(self, Export::Update, (&CallContext, &ResolvedPod) -> PodOutcome, (ctx, pod));
         self.finish(export, started, result)
     }
 
     pub async fn delete(&self, ctx: &CallContext, pod: &PodRef, reason: DeleteReason) -> Result<Deletion, CallError> {
         let (_, export, started, result) =
-            call_export!(self, Export::Delete, vk_provider_pods.call_delete(ctx, pod, reason));
+            call_export!(self, Export::Delete, (&CallContext, &PodRef, DeleteReason) -> Deletion, (ctx, pod, reason));
         self.finish(export, started, result)
     }
 
     pub async fn status(&self, ctx: &CallContext, pod: &PodRef) -> Result<PodStatus, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::Status, vk_provider_pods.call_status(ctx, pod));
+        let (_, export, started, result) =
+            call_export!(self, Export::Status, (&CallContext, &PodRef) -> PodStatus, (ctx, pod));
         self.finish(export, started, result)
     }
 
     pub async fn list(&self, ctx: &CallContext) -> Result<Vec<Instance>, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::List, vk_provider_pods.call_list(ctx));
+        let (_, export, started, result) = call_export!(self, Export::List, (&CallContext) -> Vec<Instance>, (ctx));
         self.finish(export, started, result)
     }
 
@@ -85,8 +94,7 @@ impl Plugin {
         container: &str,
         opts: &LogOptions,
     ) -> Result<StreamTarget, CallError> {
-        let (loaded, export, started, result) =
-            call_export!(self, Export::Logs, vk_provider_pods.call_logs(ctx, pod, container, opts));
+        let (loaded, export, started, result) = call_export!(self, Export::Logs, (&CallContext, &PodRef, &str, &LogOptions) -> StreamTarget, (ctx, pod, container, opts));
         let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
         self.finish(export, started, result)
     }
@@ -99,8 +107,7 @@ impl Plugin {
         container: &str,
         opts: &ExecOptions,
     ) -> Result<StreamTarget, CallError> {
-        let (loaded, export, started, result) =
-            call_export!(self, Export::Exec, vk_provider_pods.call_exec(ctx, pod, container, opts));
+        let (loaded, export, started, result) = call_export!(self, Export::Exec, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
         let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
         self.finish(export, started, result)
     }
@@ -113,14 +120,14 @@ impl Plugin {
         container: &str,
         opts: &ExecOptions,
     ) -> Result<StreamTarget, CallError> {
-        let (loaded, export, started, result) =
-            call_export!(self, Export::Attach, vk_provider_pods.call_attach(ctx, pod, container, opts));
+        let (loaded, export, started, result) = call_export!(self, Export::Attach, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
         let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
         self.finish(export, started, result)
     }
 
     pub async fn usage(&self, ctx: &CallContext, pods: &[PodRef]) -> Result<Vec<PodUsage>, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::Usage, vk_provider_pods.call_usage(ctx, pods));
+        let (_, export, started, result) =
+            call_export!(self, Export::Usage, (&CallContext, &[PodRef]) -> Vec<PodUsage>, (ctx, pods));
         self.finish(export, started, result)
     }
 }

@@ -2,15 +2,16 @@
 //! replaced atomically by `reload` after the new file passed every check. A call takes its own
 //! `Arc` of the version it started on, so in-flight calls finish on the old version.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::plugin::cache::Origin;
 use crate::plugin::error::LoadError;
-use crate::plugin::loaded::{self, LoadReport, Loaded};
+use crate::plugin::loaded::{self, Compile, LoadReport, Loaded};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::settings::PluginSettings;
 use crate::plugin::since_v0_1_0::PluginInfo;
@@ -55,7 +56,12 @@ pub struct ActiveSummary {
 }
 
 /// A hot-swappable provider plugin.
+///
+/// A file the disk cache has not seen is compiled by the baseline compiler when the platform has
+/// one (and `baseline_compile` is on), so a load or reload is quick; the Cranelift build then
+/// replaces that version in the background, same bytes, same version, without a reload event.
 pub struct Plugin {
+    me: Weak<Plugin>,
     pub(crate) rt: Arc<PluginRuntime>,
     pub(crate) settings: PluginSettings,
     smoke_configs: Mutex<Vec<(String, String)>>,
@@ -74,14 +80,15 @@ impl Plugin {
         settings: PluginSettings,
         smoke_configs: Vec<(String, String)>,
     ) -> Result<Arc<Plugin>, LoadError> {
-        let loaded = loaded::load(&rt, &settings).await?;
+        let loaded = loaded::load(&rt, &settings, compile_mode(&settings)).await?;
         loaded.smoke_test(&smoke_configs).await?;
         tracing::info!(
             plugin = %loaded.info.name, version = %loaded.info.version, contract = %loaded.report.contract,
             compile_ms = loaded.report.compile_ms, origin = ?loaded.report.origin, "plugin loaded"
         );
         let (events, _) = broadcast::channel(64);
-        Ok(Arc::new(Plugin {
+        let plugin = Arc::new_cyclic(|me| Plugin {
+            me: me.clone(),
             rt,
             settings,
             smoke_configs: Mutex::new(smoke_configs),
@@ -89,7 +96,42 @@ impl Plugin {
             reloading: tokio::sync::Mutex::new(()),
             events,
             stats: PluginStats::default(),
-        }))
+        });
+        plugin.spawn_optimized_build(&plugin.active.load());
+        Ok(plugin)
+    }
+
+    /// When `baseline` is a baseline build, compiles its bytes with Cranelift off the hot path and
+    /// swaps the result in if that version is still the active one by then. A failure leaves the
+    /// baseline build serving (it passed every check), with a warning.
+    fn spawn_optimized_build(&self, baseline: &Loaded) {
+        let Some(bytes) = baseline.baseline_source.clone() else { return };
+        let (me, rt, settings) = (self.me.clone(), self.rt.clone(), self.settings.clone());
+        let sha256 = baseline.report.sha256.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let built = loaded::load_bytes(&rt, &settings, &settings.path, bytes, started, Compile::Optimized).await;
+            let Some(plugin) = me.upgrade() else { return };
+            let _one_at_a_time = plugin.reloading.lock().await;
+            let active = plugin.active.load_full();
+            if active.report.sha256 != sha256 || active.baseline_source.is_none() {
+                return; // replaced by a newer file meanwhile
+            }
+            match built {
+                Ok(optimized) => {
+                    tracing::info!(
+                        plugin = %optimized.info.name, version = %optimized.info.version,
+                        compile_ms = optimized.report.compile_ms, "optimized build of the plugin swapped in"
+                    );
+                    plugin.active.store(Arc::new(optimized));
+                    plugin.stats.record_optimized_swap();
+                }
+                Err(e) => tracing::warn!(
+                    plugin = %active.info.name, version = %active.info.version, error = %e,
+                    "optimized build of the plugin failed; the baseline build keeps serving"
+                ),
+            }
+        });
     }
 
     /// The active version's metadata.
@@ -101,6 +143,24 @@ impl Plugin {
     pub fn summary(&self) -> ActiveSummary {
         let active = self.active.load();
         ActiveSummary { info: active.info.clone(), load: active.report.clone(), stats: self.stats.snapshot() }
+    }
+
+    /// How the active version was compiled; `Origin::Baseline` until its optimized build is in.
+    pub fn origin(&self) -> Origin {
+        self.active.load().report.origin
+    }
+
+    /// Waits until the active version is an optimized (Cranelift) build, or `timeout` passes;
+    /// returns whether it is.
+    pub async fn optimized_within(&self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.origin() == Origin::Baseline {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     pub fn stats(&self) -> &PluginStats {
@@ -133,7 +193,7 @@ impl Plugin {
         let started = Instant::now();
         let old = self.active.load_full();
         let attempt = async {
-            let new = loaded::load(&self.rt, &self.settings).await?;
+            let new = loaded::load(&self.rt, &self.settings, compile_mode(&self.settings)).await?;
             if trigger == ReloadTrigger::FileChanged && new.report.sha256 == old.report.sha256 {
                 return Ok(None);
             }
@@ -146,7 +206,9 @@ impl Plugin {
             Ok(None) => return Ok(None),
             Ok(Some(new)) => {
                 let info = new.info.clone();
-                self.active.store(Arc::new(new));
+                let new = Arc::new(new);
+                self.active.store(new.clone());
+                self.spawn_optimized_build(&new);
                 tracing::info!(
                     plugin = %info.name, from = %old.info.version, to = %info.version, ?trigger,
                     took_ms = started.elapsed().as_secs_f64() * 1e3, "plugin reloaded"
@@ -171,4 +233,8 @@ impl Plugin {
         });
         outcome.map(Some)
     }
+}
+
+fn compile_mode(settings: &PluginSettings) -> Compile {
+    if settings.baseline_compile { Compile::BaselineFirst } else { Compile::Optimized }
 }

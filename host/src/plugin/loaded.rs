@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use wasmtime::component::{Component, ComponentExportIndex, Func, TypedFunc};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::plugin::cache::{self, Origin};
@@ -39,9 +40,13 @@ pub struct Loaded {
     pub report: LoadReport,
     pub(crate) identity: Arc<Identity>,
     engine: Engine,
+    /// The component's bytes while this is a baseline build, for the optimized build to come.
+    pub(crate) baseline_source: Option<Arc<[u8]>>,
     // Contract-versioned bindings. Only 0.1.x exists; an older contract would get its own
     // variant here and an adapter in its `since_vX_Y_Z` folder.
     pre: Bindings,
+    /// Where each export sits in the component, looked up once.
+    exports: ExportIndices,
     kv: Arc<KvStore>,
     egress: Arc<Egress>,
     limits: Limits,
@@ -49,6 +54,34 @@ pub struct Loaded {
 
 enum Bindings {
     V0_1(ProviderPre<HostState>),
+}
+
+/// The component's export index of every provider export, by `Export as usize`.
+struct ExportIndices([ComponentExportIndex; Export::ALL.len()]);
+
+impl ExportIndices {
+    fn lookup(component: &Component) -> Result<Self, String> {
+        let one = |export: Export| {
+            let (interface, function) = export.wit_name().split_once('.').expect("wit names are interface.function");
+            let interface = format!("vk:provider/{interface}@{}", since_v0_1_0::CONTRACT);
+            let instance = component
+                .get_export_index(None, &interface)
+                .ok_or_else(|| format!("no exported instance named `{interface}`"))?;
+            component
+                .get_export_index(Some(&instance), function)
+                .ok_or_else(|| format!("`{interface}` does not export `{function}`"))
+        };
+        let mut indices = Vec::with_capacity(Export::ALL.len());
+        for export in Export::ALL {
+            debug_assert_eq!(export as usize, indices.len());
+            indices.push(one(export)?);
+        }
+        Ok(ExportIndices(indices.try_into().expect("one index per export")))
+    }
+
+    fn get(&self, export: Export) -> &ComponentExportIndex {
+        &self.0[export as usize]
+    }
 }
 
 /// The contracts this host implements, newest first.
@@ -64,21 +97,36 @@ fn contract_range(v: &Version) -> String {
     }
 }
 
+/// Which compiler a load may use when the cache does not have the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compile {
+    /// The baseline compiler, if the platform has it: fast to load, to be replaced.
+    BaselineFirst,
+    /// Cranelift.
+    Optimized,
+}
+
 /// Reads, checks, compiles and typechecks the file named by `settings`, then asks the plugin who
 /// it is. Nothing here touches the active version.
-pub(crate) async fn load(rt: &Arc<PluginRuntime>, settings: &PluginSettings) -> Result<Loaded, LoadError> {
+pub(crate) async fn load(
+    rt: &Arc<PluginRuntime>,
+    settings: &PluginSettings,
+    compile: Compile,
+) -> Result<Loaded, LoadError> {
     let started = Instant::now();
     let path = settings.path.clone();
     let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Io { path: path.clone(), source })?;
-    load_bytes(rt, settings, &path, bytes, started).await
+    load_bytes(rt, settings, &path, bytes.into(), started, compile).await
 }
 
-async fn load_bytes(
+/// `load` of bytes already read, e.g. the optimized build of a baseline version's bytes.
+pub(crate) async fn load_bytes(
     rt: &Arc<PluginRuntime>,
     settings: &PluginSettings,
     path: &Path,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     started: Instant,
+    compile: Compile,
 ) -> Result<Loaded, LoadError> {
     let path = path.to_path_buf();
     // The contract version is read from the bytes before anything is compiled or instantiated,
@@ -102,20 +150,32 @@ async fn load_bytes(
     let egress = Arc::new(Egress::new(allow, settings.limits.call_timeout()).map_err(LoadError::Settings)?);
 
     let size_bytes = bytes.len();
-    let engine = rt.engine.clone();
+    let engine = rt.optimizing.engine.clone();
+    let baseline = match compile {
+        Compile::BaselineFirst => rt.baseline.as_ref().map(|tier| tier.engine.clone()),
+        Compile::Optimized => None,
+    };
     let cache_dir = settings.effective_cache_dir();
-    let compiled = tokio::task::spawn_blocking(move || cache::load_or_compile(&engine, &bytes, cache_dir.as_deref()))
-        .await
-        .map_err(|e| LoadError::Runtime(format!("compile task: {e}")))?
-        .map_err(|message| LoadError::Compile { path: path.clone(), message })?;
+    let source = bytes.clone();
+    let compiled = tokio::task::spawn_blocking(move || {
+        cache::load_or_compile(&engine, baseline.as_ref(), &source, cache_dir.as_deref())
+    })
+    .await
+    .map_err(|e| LoadError::Runtime(format!("compile task: {e}")))?
+    .map_err(|message| LoadError::Compile { path: path.clone(), message })?;
+    let (tier, baseline_source) = match compiled.origin {
+        Origin::Baseline => (rt.baseline.as_ref().expect("baseline builds come from the baseline tier"), Some(bytes)),
+        Origin::Compiled | Origin::Cache => (&rt.optimizing, None),
+    };
 
     let typecheck = |e: wasmtime::Error| LoadError::Typecheck {
         path: path.clone(),
         contract: plugin_contract.to_string(),
         message: format!("{e:#}"),
     };
-    let instance_pre = rt.linker.instantiate_pre(&compiled.component).map_err(typecheck)?;
+    let instance_pre = tier.linker.instantiate_pre(&compiled.component).map_err(typecheck)?;
     let pre = ProviderPre::new(instance_pre).map_err(typecheck)?;
+    let exports = ExportIndices::lookup(&compiled.component).map_err(|e| typecheck(wasmtime::Error::msg(e)))?;
 
     let mut loaded = Loaded {
         info: PluginInfo {
@@ -134,13 +194,16 @@ async fn load_bytes(
             total_ms: 0.0,
         },
         identity: Arc::new(Identity { name: path.display().to_string(), version: "?".into() }),
-        engine: rt.engine.clone(),
+        engine: tier.engine.clone(),
+        baseline_source,
         pre: Bindings::V0_1(pre),
+        exports,
         // `info` must not call imports; a private store keeps a misbehaving one harmless.
         kv: Arc::new(KvStore::new(0)),
         egress,
         limits: settings.limits.clone(),
     };
+    loaded.typecheck_exports().await.map_err(typecheck)?;
     let info = loaded.info().await.map_err(|source| LoadError::Info { path: path.clone(), source })?;
     if info.contract_version != plugin_contract.to_string() {
         tracing::warn!(
@@ -231,26 +294,42 @@ impl Loaded {
         }
     }
 
+    /// Typechecks every export against the host's bindings, once per version: the generated
+    /// bindings do so when they instantiate. After this, `call` may skip the check (see there).
+    async fn typecheck_exports(&self) -> wasmtime::Result<()> {
+        let mut store = self.new_store();
+        let Bindings::V0_1(pre) = &self.pre;
+        let _: Provider = pre.instantiate_async(&mut store).await?;
+        Ok(())
+    }
+
     /// Runs one call: a fresh instance, the export, the wall-clock bound, the error mapping.
-    /// `invoke` receives the instance and the store, performs the export call and hands the
+    /// `invoke` receives the export's function and the store, performs the call and hands the
     /// store back (by value, which keeps borrowck simple for callers' borrowed arguments).
+    ///
+    /// The function comes untyped: `invoke` types it with `TypedFunc::new_unchecked`, which is
+    /// sound because `typecheck_exports` checked every export against the same Rust types when
+    /// this version was loaded. Typing each call's function again (what the generated
+    /// `instantiate` does for all twelve exports) cost about a tenth of a call.
     pub(crate) async fn call<T, F, Fut>(&self, export: Export, invoke: F) -> Result<T, CallError>
     where
-        F: FnOnce(Provider, Store<HostState>) -> Fut,
+        F: FnOnce(Func, Store<HostState>) -> Fut,
         Fut: Future<Output = (Store<HostState>, wasmtime::Result<Result<T, ProviderError>>)>,
     {
         let timeout = self.limits.call_timeout();
         let work = async {
             let mut store = self.new_store();
             let Bindings::V0_1(pre) = &self.pre;
-            let guest = match pre.instantiate_async(&mut store).await {
-                Ok(guest) => guest,
+            let instance = match pre.instance_pre().instantiate_async(&mut store).await {
+                Ok(instance) => instance,
                 Err(e) => {
                     let verdict = Self::verdict(&store);
                     return Err(self.classify(export, e, verdict, true));
                 }
             };
-            let (store, outcome) = invoke(guest, store).await;
+            let func =
+                instance.get_func(&mut store, self.exports.get(export)).expect("export indices are looked up at load");
+            let (store, outcome) = invoke(func, store).await;
             match outcome {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(provider)) => Err(CallError::Provider(provider)),
@@ -273,16 +352,20 @@ impl Loaded {
     }
 
     pub(crate) async fn info(&self) -> Result<PluginInfo, CallError> {
-        self.call(Export::Info, |g, mut s| async move {
-            let r = g.vk_provider_metadata().call_info(&mut s).await.map(Ok);
+        self.call(Export::Info, |f, mut s| async move {
+            // SAFETY: the types of `metadata.info` in the bindings; see `call`.
+            let f = unsafe { TypedFunc::<(), (PluginInfo,)>::new_unchecked(f) };
+            let r = f.call_async(&mut s, ()).await.map(|(info,)| Ok(info));
             (s, r)
         })
         .await
     }
 
     pub(crate) async fn validate_config(&self, node: &str, config: &str) -> Result<String, CallError> {
-        self.call(Export::ValidateConfig, |g, mut s| async move {
-            let r = g.vk_provider_metadata().call_validate_config(&mut s, node, config).await;
+        self.call(Export::ValidateConfig, |f, mut s| async move {
+            // SAFETY: the types of `metadata.validate-config` in the bindings; see `call`.
+            let f = unsafe { TypedFunc::<(&str, &str), (Result<String, ProviderError>,)>::new_unchecked(f) };
+            let r = f.call_async(&mut s, (node, config)).await.map(|(r,)| r);
             (s, r)
         })
         .await

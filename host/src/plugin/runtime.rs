@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use crate::plugin::error::LoadError;
 use crate::plugin::imports::HostState;
@@ -18,10 +18,21 @@ use crate::plugin::since_v0_1_0;
 /// The epoch period: the granularity of CPU deadlines and of the guest's yields to tokio.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// One compiler's engine and the linker of host imports made for it.
+pub(crate) struct Tier {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+}
+
 /// Shared by every plugin (and every version of one) in the process.
+///
+/// Two tiers: Cranelift (`optimizing`) for the code that serves, and Winch (`baseline`), a
+/// single-pass compiler about five times faster to compile (the Cube plugin: 0.14 s against
+/// 0.7 s) whose code runs slower. A new file is compiled by the baseline first so a reload swaps
+/// in fast; the optimized build replaces it in the background (see `Plugin`).
 pub struct PluginRuntime {
-    pub(crate) engine: Engine,
-    pub(crate) linker: Linker<HostState>,
+    pub(crate) optimizing: Tier,
+    pub(crate) baseline: Option<Tier>,
     kv: Mutex<HashMap<String, Arc<KvStore>>>,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
@@ -36,45 +47,39 @@ impl PluginRuntime {
         // The contract has no component-model-async functions; the concurrent machinery would
         // only add cost to every call.
         config.concurrency_support(false);
-        // Every call instantiates afresh, so instances come from a pool of pre-reserved slots
-        // (reused with a cheap reset) instead of an mmap/munmap per call. The pool needs a large
-        // virtual address space; where it cannot be reserved, fall back to on-demand allocation.
-        let mut pooled = config.clone();
-        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config()));
-        let engine = match Engine::new(&pooled) {
-            Ok(engine) => engine,
+        let optimizing = Tier::new(config.clone())?;
+        let mut winch = config;
+        winch.strategy(Strategy::Winch);
+        let baseline = match Tier::new(winch) {
+            Ok(tier) => Some(tier),
             Err(e) => {
-                tracing::warn!(error = %e, "instance pool unavailable; allocating instances on demand");
-                Engine::new(&config).map_err(|e| LoadError::Runtime(format!("creating the engine: {e:#}")))?
+                tracing::info!(error = %e, "no baseline compiler on this platform; every load compiles with Cranelift");
+                None
             }
         };
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Runtime(format!("linking WASI: {e:#}")))?;
-        since_v0_1_0::Provider::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|e| LoadError::Runtime(format!("linking the vk:provider imports: {e:#}")))?;
-
         let stop = Arc::new(AtomicBool::new(false));
-        // The ticker holds only a weak engine so it never keeps the engine alive by itself.
-        let weak = engine.weak();
+        // The ticker holds only weak engines so it never keeps an engine alive by itself.
+        let weak: Vec<_> = std::iter::once(&optimizing).chain(&baseline).map(|t| t.engine.weak()).collect();
         let stop_flag = stop.clone();
         let ticker = std::thread::Builder::new()
             .name("vkhost-epoch".into())
             .spawn(move || {
                 while !stop_flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
+                    for engine in &weak {
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => return,
+                        }
                     }
                 }
             })
             .map_err(|e| LoadError::Runtime(format!("starting the epoch ticker: {e}")))?;
 
         Ok(Arc::new(PluginRuntime {
-            engine,
-            linker,
+            optimizing,
+            baseline,
             kv: Mutex::new(HashMap::new()),
             stop,
             ticker: Mutex::new(Some(ticker)),
@@ -87,8 +92,32 @@ impl PluginRuntime {
         self.kv.lock().unwrap().entry(plugin.to_owned()).or_insert_with(|| Arc::new(KvStore::new(max_bytes))).clone()
     }
 
+    /// The engine of the optimizing tier, the one the disk cache holds artefacts of.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.optimizing.engine
+    }
+}
+
+impl Tier {
+    fn new(config: Config) -> Result<Self, LoadError> {
+        // Every call instantiates afresh, so instances come from a pool of pre-reserved slots
+        // (reused with a cheap reset) instead of an mmap/munmap per call. The pool needs a large
+        // virtual address space; where it cannot be reserved, fall back to on-demand allocation.
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config()));
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(error = %e, "instance pool unavailable; allocating instances on demand");
+                Engine::new(&config).map_err(|e| LoadError::Runtime(format!("creating the engine: {e:#}")))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Runtime(format!("linking WASI: {e:#}")))?;
+        since_v0_1_0::Provider::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Runtime(format!("linking the vk:provider imports: {e:#}")))?;
+        Ok(Tier { engine, linker })
     }
 }
 
@@ -105,6 +134,11 @@ impl Drop for PluginRuntime {
 /// instantiate (a retryable error) rather than exhausting memory.
 pub const MAX_CONCURRENT_CALLS: u32 = 256;
 
+/// Bytes of each linear memory kept resident (reset in place) between calls.
+const KEEP_RESIDENT: usize = 2 << 20;
+/// Idle pool slots kept warm (with their resident pages) for reuse.
+const WARM_SLOTS: u32 = 16;
+
 fn pool_config() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     // A Rust wasm32-wasip2 component has a handful of core instances and one memory; the
@@ -117,7 +151,16 @@ fn pool_config() -> PoolingAllocationConfig {
         .total_tables(MAX_CONCURRENT_CALLS * 4)
         .max_tables_per_component(8)
         .total_stacks(MAX_CONCURRENT_CALLS)
-        .max_memory_size(4 << 30);
+        .max_memory_size(4 << 30)
+        // A call touches a few hundred KiB of guest memory (stack, heap for the pod JSON). Reset
+        // on reuse with memset of just the dirty pages (found by the PAGEMAP_SCAN ioctl where the
+        // kernel has it) instead of madvise: no syscall-heavy decommit, no TLB shootdown, and no
+        // page faults on the next call. Slots stay affine to a plugin version, so the warm set is
+        // small; it is capped to bound the resident memory it costs.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .max_unused_warm_slots(WARM_SLOTS);
     pool
 }
 

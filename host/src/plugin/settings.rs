@@ -21,6 +21,15 @@ pub struct PluginSettings {
     /// Where compiled components are cached; `$XDG_CACHE_HOME/vkcube/components` by default.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Compile a file the cache has not seen with the baseline compiler (Winch) first, so a load
+    /// or hot reload takes a fraction of the time; the Cranelift build replaces it in the
+    /// background. Off: every new file waits for Cranelift.
+    #[serde(default = "yes")]
+    pub baseline_compile: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Resource limits applied to every call, each in a fresh instance.
@@ -59,7 +68,13 @@ impl PluginSettings {
     /// Settings with default limits, no egress and the default cache: what `vkhost plugin check`
     /// and tests start from.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        PluginSettings { path: path.into(), allowed_urls: Vec::new(), limits: Limits::default(), cache_dir: None }
+        PluginSettings {
+            path: path.into(),
+            allowed_urls: Vec::new(),
+            limits: Limits::default(),
+            cache_dir: None,
+            baseline_compile: true,
+        }
     }
 
     /// The cache directory in effect: the configured one, else the XDG cache home.

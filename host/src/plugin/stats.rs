@@ -28,6 +28,7 @@ pub const OUTCOMES: [&str; 12] = [
 pub struct PluginStats {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    optimized_swaps: AtomicU64,
     calls: [[AtomicU64; OUTCOMES.len()]; Export::ALL.len()],
     micros: [AtomicU64; Export::ALL.len()],
 }
@@ -37,6 +38,8 @@ pub struct PluginStats {
 pub struct StatsSnapshot {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// Baseline builds replaced by their Cranelift build.
+    pub optimized_swaps: u64,
     /// Non-zero counters only.
     pub calls: Vec<CallCount>,
 }
@@ -70,6 +73,10 @@ impl PluginStats {
         if ok { &self.reloads_ok } else { &self.reloads_failed }.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_optimized_swap(&self) {
+        self.optimized_swaps.fetch_add(1, Relaxed);
+    }
+
     pub fn calls(&self, export: Export, outcome: &str) -> u64 {
         OUTCOMES.iter().position(|n| *n == outcome).map_or(0, |o| self.calls[export_index(export)][o].load(Relaxed))
     }
@@ -92,6 +99,7 @@ impl PluginStats {
         StatsSnapshot {
             reloads_ok: self.reloads_ok.load(Relaxed),
             reloads_failed: self.reloads_failed.load(Relaxed),
+            optimized_swaps: self.optimized_swaps.load(Relaxed),
             calls,
         }
     }

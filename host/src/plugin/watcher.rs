@@ -1,5 +1,5 @@
 //! Reloads a plugin when its file changes on disk or the daemon gets SIGHUP. The file is polled
-//! (a stat every 100 ms costs nothing and works on every filesystem, ConfigMap symlink swaps
+//! (a stat every 50 ms costs nothing and works on every filesystem, ConfigMap symlink swaps
 //! included); deploy new versions by writing a temporary file and renaming it over the old one.
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plugin::handle::{Plugin, ReloadTrigger};
 
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
 /// After a change, the file must look the same this long later before it is read, so a plain
 /// `cp` in progress is not loaded half-written.
 const SETTLE: Duration = Duration::from_millis(40);
