@@ -432,6 +432,40 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Where a process's resident memory is, from `/proc/PID/smaps`: RSS in KiB per mapping kind
+/// (the file mapped, `[heap]`, `[stack]`, or `anonymous`), largest first.
+fn rss_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else { return Vec::new() };
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            // "start-end perms offset dev inode [path]"; anonymous mappings are told apart by
+            // size (malloc arenas, thread stacks and the wasm instance pool differ by orders).
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            current = if path.is_empty() {
+                let (start, end) = first.split_once('-').unwrap_or(("0", "0"));
+                let size = u64::from_str_radix(end, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(start, 16).unwrap_or(0));
+                let class = match size >> 20 {
+                    0 => "< 1 MiB".to_owned(),
+                    m if m < 1024 => format!("{}–{} MiB", m.next_power_of_two() / 2, m.next_power_of_two()),
+                    m => format!("{} GiB+", (m >> 10).next_power_of_two() / 2),
+                };
+                format!("anonymous mappings of {class}")
+            } else {
+                path.to_owned()
+            };
+        } else if first == "Rss:" {
+            *by.entry(current.clone()).or_default() += words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, kib)| *kib > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32, clk_tck: f64) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -630,6 +664,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     daemon.ensure_alive(&daemon_log)?;
     let t_all_ready = t_all_ready.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
     let cpu_ready = cpu_seconds(pid, tck).unwrap_or(0.0);
+    let rss_at_ready = rss_by_mapping(pid);
     eprintln!("all {want} pods Running+Ready after {:.2}s; scaling to 0", (t_all_ready - t_create).as_secs_f64());
 
     let t_scale = Instant::now();
@@ -728,6 +763,9 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         mib(sampled_peak_kib)
     );
     println!("{:<66} {:>9.1} MiB", "daemon RSS with nodes Ready, before the burst", mib(idle_rss_kib));
+    for (mapping, kib) in rss_at_ready.iter().take(8) {
+        println!("{:<66} {:>9.1} MiB", format!("  RSS with every pod Ready: {mapping}"), mib(*kib));
+    }
     println!("{:<66} {:>9.2} s", "daemon CPU (user+sys), start -> nodes Ready", cpu_before);
     println!("{:<66} {:>9.2} s", "daemon CPU during create -> all Ready", cpu_ready - cpu_before);
     println!("{:<66} {:>9.2} s", "daemon CPU during scale to 0 -> all gone", cpu_end - cpu_ready);

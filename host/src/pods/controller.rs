@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -161,10 +161,18 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     adopt(&ctx).await;
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
-    let controller =
-        Controller::new(pods, wc).with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
-    *ctx.store.lock().unwrap() = Some(controller.store());
-    let store = controller.store();
+    let (store, writer) = reflector::store();
+    let pods = watcher(pods, wc)
+        .default_backoff()
+        // managedFields are the apiserver's field-ownership bookkeeping, about a third of a pod
+        // object; nothing here reads them. Dropping them before the cache keeps the daemon's
+        // memory per pod (and the pod JSON handed to the plugin) small.
+        .modify(|pod| pod.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(pods, store.clone())
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
+    *ctx.store.lock().unwrap() = Some(store.clone());
     let sync_ctx = ctx.clone();
     let sync_shutdown = shutdown.clone();
     let sync = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
