@@ -130,6 +130,7 @@ async fn start_admin(
                             .into_iter()
                             .map(|c| (c.export.to_string(), c.outcome.to_string(), c.count)),
                     );
+                    m.set_plugin_counters(&p.info().name, p.counters());
                     m.render()
                 }
             }),

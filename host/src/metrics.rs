@@ -1,5 +1,7 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
-//! plugin reloads, pods by phase, instances held, orphans deleted. Served on the admin endpoint.
+//! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
+//! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode). Served on
+//! the admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +24,7 @@ pub struct Metrics {
     pods_by_phase: Family<Labels, Gauge>,
     provider_calls: Family<Labels, Gauge>,
     plugin_reloads: Family<Labels, Counter>,
+    plugin_counters: Family<Labels, Counter>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -55,6 +58,12 @@ impl Metrics {
         );
         let plugin_reloads = Family::<Labels, Counter>::default();
         registry.register("plugin_reloads", "Plugin reload attempts by result", plugin_reloads.clone());
+        let plugin_counters = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_counter",
+            "Counters the provider plugin keeps (metrics import), e.g. name=\"cloud_api_errors\" by action and ret_code",
+            plugin_counters.clone(),
+        );
         Self {
             registry,
             sync_seconds,
@@ -63,6 +72,7 @@ impl Metrics {
             pods_by_phase,
             provider_calls,
             plugin_reloads,
+            plugin_counters,
             known_phases: Mutex::new(HashMap::new()),
         }
     }
@@ -101,6 +111,22 @@ impl Metrics {
         }
     }
 
+    /// Brings the plugin's counters (kept by the runtime, only ever growing) into the registry.
+    pub fn set_plugin_counters(
+        &self,
+        plugin: &str,
+        counters: impl IntoIterator<Item = ((String, Vec<(String, String)>), u64)>,
+    ) {
+        for ((name, labels), value) in counters {
+            let mut all = Vec::with_capacity(labels.len() + 2);
+            all.push(("plugin".to_string(), plugin.to_string()));
+            all.push(("name".to_string(), name));
+            all.extend(labels);
+            let counter = self.plugin_counters.get_or_create(&all);
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -123,5 +149,26 @@ mod tests {
         assert!(text.contains("vkhost_pod_sync_duration_seconds_count 1"), "{text}");
         assert!(text.contains("vkhost_plugin_reloads_total{result=\"refused\"} 1"), "{text}");
         assert!(text.contains("vkhost_instances_by_phase{node=\"n1\",phase=\"Running\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn plugin_counters_follow_the_runtime_values() {
+        let m = Metrics::new();
+        let series = |n| {
+            vec![(
+                (
+                    "cloud_api_errors".to_string(),
+                    vec![("action".into(), "CreateCubePod".into()), ("ret_code".into(), "8041".into())],
+                ),
+                n,
+            )]
+        };
+        m.set_plugin_counters("cube", series(2));
+        m.set_plugin_counters("cube", series(5));
+        let text = m.render();
+        assert!(
+            text.contains("vkhost_plugin_counter_total{plugin=\"cube\",name=\"cloud_api_errors\",action=\"CreateCubePod\",ret_code=\"8041\"} 5"),
+            "{text}"
+        );
     }
 }

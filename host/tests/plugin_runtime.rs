@@ -283,7 +283,7 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
             "{err:?}"
         );
         let text = err.to_string();
-        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.0"), "{text}");
+        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.1"), "{text}");
         // Refused from the bytes alone: nothing was compiled into the cache.
         assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
     }
@@ -392,5 +392,5 @@ async fn the_cube_plugin_loads_when_it_is_built() {
         return;
     }
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
-    assert_eq!(p.info().contract_version, "0.1.0");
+    assert_eq!(p.info().contract_version, "0.1.1");
 }

@@ -447,7 +447,9 @@ fn rss_by_mapping(pid: u32) -> Vec<(String, u64)> {
             let path = line.split_whitespace().nth(5).unwrap_or("");
             current = if path.is_empty() {
                 let (start, end) = first.split_once('-').unwrap_or(("0", "0"));
-                let size = u64::from_str_radix(end, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(start, 16).unwrap_or(0));
+                let size = u64::from_str_radix(end, 16)
+                    .unwrap_or(0)
+                    .saturating_sub(u64::from_str_radix(start, 16).unwrap_or(0));
                 let class = match size >> 20 {
                     0 => "< 1 MiB".to_owned(),
                     m if m < 1024 => format!("{}–{} MiB", m.next_power_of_two() / 2, m.next_power_of_two()),

@@ -1,7 +1,8 @@
 //! cube.wasm in the daemon against the simulator, on the real control plane: annotations become
 //! exactly the expected instance, EIP and firewall binding; a wrong annotation fails the pod and
 //! creates nothing; `vkhost node delete` leaves nothing billed; a daemon crash mid-burst and a
-//! replica failover leave exactly one instance per pod.
+//! replica failover leave exactly one instance per pod; the cloud's error codes reach the
+//! daemon's `/metrics`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -309,5 +310,39 @@ async fn standby_replica_takes_over_when_the_acting_one_dies_without_duplicates(
     assert_eq!(by_uid.len(), 7, "{by_uid:?}");
     assert!(uids.iter().all(|u| by_uid.get(u) == Some(&1)));
     b.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloud_api_errors_reach_the_metrics_endpoint_by_action_and_ret_code() {
+    let cluster = cluster();
+    let ns = cluster.namespace("retcode").await;
+    let env = CubeEnv::start(cluster, false).await;
+    // The next two CreateCubePod calls are throttled (RetCode 153): the plugin tries again at
+    // once (the service did not act), so the pod still starts.
+    env.set_faults(json!({"burst": {"ret_code": 153, "count": 2, "actions": ["CreateCubePod"]}})).await;
+    let cid = fresh_cluster_id();
+    let daemon = start(&env.daemon_config(cluster, &cid, &ns.name, "")).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("throttled", &node, json!({}))).await.unwrap();
+    wait_for(Duration::from_secs(60), "pod Running", || async {
+        pods.get("throttled").await.ok().filter(running_ready).map(|_| ())
+    })
+    .await;
+
+    let admin = daemon.admin_addr.expect("the test config enables the admin endpoint");
+    let series =
+        r#"vkhost_plugin_counter_total{plugin="cube",name="cloud_api_errors",action="CreateCubePod",ret_code="153"}"#;
+    // Billed instances by phase come with the next status sync.
+    let text = wait_for(Duration::from_secs(30), "the counter and the phases on /metrics", || async {
+        let text = reqwest::get(format!("http://{admin}/metrics")).await.ok()?.text().await.ok()?;
+        (text.contains(series) && text.contains(r#"vkhost_instances_by_phase{node=""#)).then_some(text)
+    })
+    .await;
+    let line = text.lines().find(|l| l.starts_with(series)).unwrap();
+    assert_eq!(line.rsplit(' ').next(), Some("2"), "{line}");
+    assert!(text.contains(r#"vkhost_provider_calls{export="pods.create",outcome="ok"} 1"#), "{text}");
+    daemon.stop().await;
     env.stop().await;
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::Cluster;
-use crate::daemon::plugin_path;
+use crate::daemon::{plugin_path, test_config};
 
 pub const PUBLIC_KEY: &str = "vkcube-test-public";
 pub const PRIVATE_KEY: &str = "vkcube-test-private";
@@ -59,32 +59,13 @@ impl CubeEnv {
         self.inspect("instances").await.into_iter().filter(|i| i["deleted"] == false).collect()
     }
 
-    /// A daemon config for `cube.wasm` against this simulator: one node labelled
-    /// `vkcube-test=<label>`, tainted `virtual-kubelet.io/provider=cube`.
+    /// A daemon config for `cube.wasm` against this simulator (see `daemon::test_config`).
     pub fn daemon_config(&self, cluster: &Cluster, cluster_id: &str, label: &str, extra: &str) -> String {
         let url = self.url();
         let ws = url.replacen("http://", "ws://", 1);
-        format!(
-            r#"
-cluster_id = "{cluster_id}"
-kubeconfig = "{kubeconfig}"
-{extra}
-[plugin]
-path = "{plugin}"
-allowed_urls = ["{url}/", "{ws}/"]
-[pods]
-status_sync_seconds = 2
-orphan_sweep_seconds = 5
-[ha]
-lease_duration_seconds = 6
-[admin]
-listen = "127.0.0.1:0"
-[[nodes]]
-id = "n1"
-taint_value = "cube"
-labels = {{ "vkcube-test" = "{label}" }}
-[nodes.provider]
-api_url = "{url}"
+        let plugin = format!("path = \"{}\"\nallowed_urls = [\"{url}/\", \"{ws}/\"]", plugin_path("cube").display());
+        let provider = format!(
+            r#"api_url = "{url}"
 region = "cn-bj2"
 zone = "cn-bj2-05"
 vpc_id = "uvnet-test0001"
@@ -92,10 +73,16 @@ subnet_id = "subnet-test0001"
 registries = ["{PRIVATE_REGISTRY}"]
 public_key = "{PUBLIC_KEY}"
 private_key = "{PRIVATE_KEY}"
-"#,
-            kubeconfig = cluster.kubeconfig.display(),
-            plugin = plugin_path("cube").display(),
-        )
+"#
+        );
+        test_config(cluster, cluster_id, label, extra, &plugin, &provider)
+    }
+
+    /// Replaces the simulator's faults (`POST /_sim/faults`).
+    pub async fn set_faults(&self, faults: Value) {
+        let resp =
+            reqwest::Client::new().post(format!("{}/_sim/faults", self.url())).json(&faults).send().await.unwrap();
+        assert!(resp.status().is_success(), "set faults: {}", resp.status());
     }
 
     pub async fn stop(self) {

@@ -41,16 +41,26 @@ pub fn shared_runtime() -> Arc<PluginRuntime> {
     RT.get_or_init(|| PluginRuntime::new().expect("plugin runtime")).clone()
 }
 
-/// A daemon config for the example provider with one node labelled `vkcube-test=<label>`,
-/// tainted like the guide's nodes (`virtual-kubelet.io/provider=cube`).
-pub fn example_config(cluster: &Cluster, cluster_id: &str, label: &str, extra: &str) -> String {
+/// The TOML of a one-node test daemon: node `n1` labelled `vkcube-test=<label>`, tainted like the
+/// guide's nodes (`virtual-kubelet.io/provider=cube`), short sync and lease periods, an admin
+/// endpoint on a free port. `plugin` is the body of the `[plugin]` table, `provider` of
+/// `[nodes.provider]` (none when empty); `extra` goes at the top level.
+pub fn test_config(
+    cluster: &Cluster,
+    cluster_id: &str,
+    label: &str,
+    extra: &str,
+    plugin: &str,
+    provider: &str,
+) -> String {
+    let provider = if provider.is_empty() { String::new() } else { format!("[nodes.provider]\n{provider}") };
     format!(
         r#"
 cluster_id = "{cluster_id}"
 kubeconfig = "{kubeconfig}"
 {extra}
 [plugin]
-path = "{plugin}"
+{plugin}
 [pods]
 status_sync_seconds = 2
 orphan_sweep_seconds = 5
@@ -62,10 +72,16 @@ listen = "127.0.0.1:0"
 id = "n1"
 taint_value = "cube"
 labels = {{ "vkcube-test" = "{label}" }}
+{provider}
 "#,
         kubeconfig = cluster.kubeconfig.display(),
-        plugin = plugin_path("example").display(),
     )
+}
+
+/// A daemon config for the example provider (see `test_config`).
+pub fn example_config(cluster: &Cluster, cluster_id: &str, label: &str, extra: &str) -> String {
+    let plugin = format!("path = \"{}\"", plugin_path("example").display());
+    test_config(cluster, cluster_id, label, extra, &plugin, "")
 }
 
 /// Starts a daemon in this process.

@@ -163,6 +163,11 @@ impl Plugin {
         true
     }
 
+    /// The counters the plugin keeps through the `metrics` import: (name, labels) and value.
+    pub fn counters(&self) -> Vec<(crate::plugin::imports::metrics::Series, u64)> {
+        self.active.load().counters.snapshot()
+    }
+
     pub fn stats(&self) -> &PluginStats {
         &self.stats
     }

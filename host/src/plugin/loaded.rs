@@ -16,6 +16,7 @@ use crate::plugin::contract::{self, Contract, Version};
 use crate::plugin::error::{CallError, Export, LoadError};
 use crate::plugin::imports::http::{Allowlist, Egress};
 use crate::plugin::imports::kv::KvStore;
+use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::imports::{HostState, Identity};
 use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
@@ -48,6 +49,7 @@ pub struct Loaded {
     /// Where each export sits in the component, looked up once.
     exports: ExportIndices,
     kv: Arc<KvStore>,
+    pub(crate) counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
     limits: Limits,
 }
@@ -200,6 +202,7 @@ pub(crate) async fn load_bytes(
         exports,
         // `info` must not call imports; a private store keeps a misbehaving one harmless.
         kv: Arc::new(KvStore::new(0)),
+        counters: Arc::default(),
         egress,
         limits: settings.limits.clone(),
     };
@@ -214,6 +217,7 @@ pub(crate) async fn load_bytes(
     }
     loaded.identity = Arc::new(Identity { name: info.name.clone(), version: info.version.clone() });
     loaded.kv = rt.kv_for(&info.name, settings.limits.kv_max_bytes);
+    loaded.counters = rt.counters_for(&info.name);
     loaded.info = info;
     loaded.report.total_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(loaded)
@@ -235,6 +239,7 @@ impl Loaded {
         let state = HostState::new(
             self.identity.clone(),
             self.kv.clone(),
+            self.counters.clone(),
             self.egress.clone(),
             self.limits.memory_bytes(),
             cpu,

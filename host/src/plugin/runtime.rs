@@ -13,6 +13,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::plugin::error::LoadError;
 use crate::plugin::imports::HostState;
 use crate::plugin::imports::kv::KvStore;
+use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::since_v0_1_0;
 
 /// The epoch period: the granularity of CPU deadlines and of the guest's yields to tokio.
@@ -34,6 +35,7 @@ pub struct PluginRuntime {
     pub(crate) optimizing: Tier,
     pub(crate) baseline: Option<Tier>,
     kv: Mutex<HashMap<String, Arc<KvStore>>>,
+    counters: Mutex<HashMap<String, Arc<PluginCounters>>>,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -81,6 +83,7 @@ impl PluginRuntime {
             optimizing,
             baseline,
             kv: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
             stop,
             ticker: Mutex::new(Some(ticker)),
         }))
@@ -90,6 +93,11 @@ impl PluginRuntime {
     /// the plugin shares it (the cap of the first load stays in force).
     pub(crate) fn kv_for(&self, plugin: &str, max_bytes: u64) -> Arc<KvStore> {
         self.kv.lock().unwrap().entry(plugin.to_owned()).or_insert_with(|| Arc::new(KvStore::new(max_bytes))).clone()
+    }
+
+    /// The `metrics` counters of a plugin name; every version of the plugin adds to them.
+    pub(crate) fn counters_for(&self, plugin: &str) -> Arc<PluginCounters> {
+        self.counters.lock().unwrap().entry(plugin.to_owned()).or_default().clone()
     }
 
     /// The engine of the optimizing tier, the one the disk cache holds artefacts of.

@@ -546,7 +546,7 @@ async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), S
 /// Every few seconds: one `list` call brings every pod's status up to date, marks pods whose
 /// instance vanished, and (less often) deletes instances no pod owns — they cost money.
 async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: CancellationToken) {
-    if tokio::select! { _ = shutdown.cancelled() => true, r = store.wait_until_ready() => r.is_err() } {
+    if !cache_ready(&store, &shutdown).await {
         return;
     }
     let mut last_sweep: Option<Instant> = None;
@@ -562,6 +562,22 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// Waits until the pod cache has its first full list; false on shutdown. Polled rather than
+/// awaited: kube-runtime's readiness signal is a oneshot channel underneath, which keeps one
+/// waker, and the controller is already waiting on it, so a second waiter may never be woken
+/// (which is how this loop once never ran at all).
+async fn cache_ready(store: &Store<Pod>, shutdown: &CancellationToken) -> bool {
+    loop {
+        if let Some(ready) = futures::FutureExt::now_or_never(store.wait_until_ready()) {
+            return ready.is_ok();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }

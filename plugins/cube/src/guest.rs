@@ -1,16 +1,16 @@
-//! The WASM face of the provider: the `vk:provider@0.1.0` bindings, the host imports behind the
+//! The WASM face of the provider: the `vk:provider@0.1.1` bindings, the host imports behind the
 //! `Host` trait, and the exports converted to and from the plain contract types.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 wit_bindgen::generate!({
     world: "provider",
-    path: "../../wit/v0.1.0",
+    path: "../../wit/v0.1.1",
 });
 
 use exports::vk::provider::{metadata, node, pods};
 use vk::provider::types as wit;
-use vk::provider::{http, kv, log};
+use vk::provider::{http, kv, log, metrics};
 
 use crate::api::{HttpError, HttpRequest, HttpResponse, Transport};
 use crate::contract as c;
@@ -40,6 +40,14 @@ impl Transport for WitHost {
             Err(http::HttpError::Transport(e)) => Err(HttpError::Transport(e)),
             Err(http::HttpError::InvalidRequest(e)) => Err(HttpError::InvalidRequest(e)),
         }
+    }
+
+    fn count_api_error(&self, action: &str, code: &str) {
+        let labels = [
+            wit::KeyValue { key: "action".into(), value: action.into() },
+            wit::KeyValue { key: "ret_code".into(), value: code.into() },
+        ];
+        metrics::counter_add("cloud_api_errors", &labels, 1);
     }
 }
 

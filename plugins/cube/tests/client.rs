@@ -163,3 +163,27 @@ fn creates_are_never_repeated_once_the_answer_may_have_been_lost() {
     assert!(client(&host).create("CreateCubePod", &Params::new()).is_ok());
     assert_eq!(host.count("CreateCubePod"), 3);
 }
+
+#[test]
+fn every_failed_exchange_is_counted_by_action_and_code_even_when_a_retry_succeeds() {
+    let cases: Vec<(fn(&str) -> Answer, &str)> = vec![
+        (|a| fail(a, 153, "Request rate limit exceeded"), "153"),
+        (|a| fail(a, 8041, "cube pod not found"), "8041"),
+        (|_| http(503), "http_503"),
+        (|_| Err(HttpError::Timeout), "unreachable"),
+        (|_| Ok(resp("<html>")), "undecodable"),
+    ];
+    for (failure, code) in cases {
+        let mut n = 0;
+        let host = FakeHost::new(move |a, _| {
+            n += 1;
+            if n == 1 { failure(a) } else { ok(a, json!({})) }
+        });
+        let _ = client(&host).call("GetCubePod", &Params::new());
+        assert_eq!(host.api_errors.borrow().as_slice(), [("GetCubePod".to_string(), code.to_string())], "{code}");
+    }
+    // A success is not an error.
+    let host = FakeHost::new(|a, _| ok(a, json!({})));
+    client(&host).call("GetCubePod", &Params::new()).unwrap();
+    assert!(host.api_errors.borrow().is_empty());
+}

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod kv;
 mod log;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use self::http::{Egress, Refusal};
 use self::kv::KvStore;
+use self::metrics::PluginCounters;
 use crate::plugin::since_v0_1_0::vk::provider as wit;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 
@@ -31,6 +33,7 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) identity: Arc<Identity>,
     kv: Arc<KvStore>,
+    counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
     pub(crate) guard: Guard,
 }
@@ -62,6 +65,7 @@ impl HostState {
     pub(crate) fn new(
         identity: Arc<Identity>,
         kv: Arc<KvStore>,
+        counters: Arc<PluginCounters>,
         egress: Arc<Egress>,
         memory_cap: usize,
         cpu_deadline: Duration,
@@ -75,6 +79,7 @@ impl HostState {
             table: ResourceTable::new(),
             identity,
             kv,
+            counters,
             egress,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()
@@ -172,5 +177,12 @@ impl wit::kv::Host for HostState {
     }
     async fn keys(&mut self, prefix: String) -> wasmtime::Result<Vec<String>> {
         Ok(self.kv.keys(&prefix))
+    }
+}
+
+impl wit::metrics::Host for HostState {
+    async fn counter_add(&mut self, name: String, labels: Vec<KeyValue>, delta: u64) -> wasmtime::Result<()> {
+        self.counters.add(&self.identity, &name, &labels, delta);
+        Ok(())
     }
 }

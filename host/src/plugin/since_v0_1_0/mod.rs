@@ -1,9 +1,11 @@
 //! Bindings for contract `vk:provider@0.1.x`, the newest version and the one the host implements
-//! natively. An older contract, once one exists, gets a `since_vX_Y_Z` folder of its own with an
-//! adapter onto these types (Zed's pattern); this folder stays frozen once 0.1.0 is published.
+//! natively. Generated from 0.1.1, which only adds the `metrics` import to 0.1.0: component-model
+//! semver resolves a 0.1.0 plugin's imports and exports against these, so one set of bindings
+//! serves the whole 0.1 line. An incompatible contract, once one exists, gets a `since_vX_Y_Z`
+//! folder of its own with an adapter onto these types (Zed's pattern).
 
 wasmtime::component::bindgen!({
-    path: "../wit/v0.1.0",
+    path: "../wit/v0.1.1",
     world: "provider",
     // Host imports may await I/O (`http.send`) and may trap the guest (a host bug, never the
     // guest's input); exports are awaited so epoch yields and timeouts can interrupt them.
@@ -13,7 +15,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The contract version these bindings were generated from.
-pub const CONTRACT: crate::plugin::contract::Version = crate::plugin::contract::Version::new(0, 1, 0);
+pub const CONTRACT: crate::plugin::contract::Version = crate::plugin::contract::Version::new(0, 1, 1);
 
 pub use exports::vk::provider::metadata::PluginInfo;
 pub use exports::vk::provider::node::{NodeCondition, NodeOffer, Taint};

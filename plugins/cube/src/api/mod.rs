@@ -49,6 +49,17 @@ pub enum Repeat {
 }
 
 impl ApiError {
+    /// The `code` label of the `cloud_api_errors` counter.
+    pub fn metric_code(&self) -> String {
+        match self {
+            ApiError::Http { error: HttpError::Denied(_), .. } => "denied".into(),
+            ApiError::Http { .. } => "unreachable".into(),
+            ApiError::Status { status, .. } => format!("http_{status}"),
+            ApiError::RetCode { code, .. } => code.to_string(),
+            ApiError::Decode { .. } => "undecodable".into(),
+        }
+    }
+
     /// The service certainly did not act on the request (throttled, unavailable).
     fn not_acted(&self) -> bool {
         match self {
@@ -197,6 +208,14 @@ impl<'t, T: Transport + ?Sized> Client<'t, T> {
     }
 
     fn once(&self, action: &str, request: HttpRequest) -> Result<Value, ApiError> {
+        let result = self.exchange(action, request);
+        if let Err(e) = &result {
+            self.transport.count_api_error(action, &e.metric_code());
+        }
+        result
+    }
+
+    fn exchange(&self, action: &str, request: HttpRequest) -> Result<Value, ApiError> {
         let response = self.transport.send(request).map_err(|error| ApiError::Http { action: action.into(), error })?;
         if !(200..300).contains(&response.status) {
             let body = String::from_utf8_lossy(&response.body).chars().take(300).collect();

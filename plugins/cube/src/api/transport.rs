@@ -42,4 +42,9 @@ impl fmt::Display for HttpError {
 
 pub trait Transport {
     fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError>;
+
+    /// Counts a failed exchange with the cloud API by action and code: the RetCode, or
+    /// `http_<status>`, `unreachable`, `undecodable`. The guest publishes it through the host's
+    /// `metrics` import (`cloud_api_errors`); doubles may ignore it.
+    fn count_api_error(&self, _action: &str, _code: &str) {}
 }

@@ -28,6 +28,8 @@ pub struct FakeHost {
     pub raw: RefCell<Vec<HttpRequest>>,
     pub kv: RefCell<HashMap<String, Vec<u8>>>,
     pub logs: RefCell<Vec<String>>,
+    /// `(action, code)` of every API error the client counted.
+    pub api_errors: RefCell<Vec<(String, String)>>,
 }
 
 impl FakeHost {
@@ -38,6 +40,7 @@ impl FakeHost {
             raw: RefCell::new(vec![]),
             kv: RefCell::new(HashMap::new()),
             logs: RefCell::new(vec![]),
+            api_errors: RefCell::new(vec![]),
         }
     }
 
@@ -97,6 +100,10 @@ impl Transport for FakeHost {
         self.raw.borrow_mut().push(request);
         self.calls.borrow_mut().push((action.clone(), params.clone()));
         (self.script.borrow_mut())(&action, &params)
+    }
+
+    fn count_api_error(&self, action: &str, code: &str) {
+        self.api_errors.borrow_mut().push((action.into(), code.into()));
     }
 }
 
