@@ -346,3 +346,69 @@ async fn cloud_api_errors_reach_the_metrics_endpoint_by_action_and_ret_code() {
     daemon.stop().await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_instance_fails_its_pod_and_an_instance_no_pod_owns_is_deleted() {
+    let cluster = cluster();
+    let ns = cluster.namespace("lost").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let config = env.daemon_config(cluster, &cid, &ns.name, "");
+    let daemon = start(&config).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    for name in ["lost", "orphan"] {
+        pods.create(&PostParams::default(), &pod(name, &node, json!({}))).await.unwrap();
+    }
+    let mut uid = BTreeMap::new();
+    for name in ["lost", "orphan"] {
+        let p = wait_for(Duration::from_secs(60), &format!("{name} Running"), || async {
+            pods.get(name).await.ok().filter(running_ready)
+        })
+        .await;
+        uid.insert(name, p.uid().unwrap());
+    }
+    let instance_of = |name: &'static str| {
+        let (env, uid) = (&env, &uid);
+        async move {
+            env.live_instances()
+                .await
+                .into_iter()
+                .find(|i| i["uid"] == uid[name].as_str())
+                .map(|i| i["cube_id"].clone())
+        }
+    };
+
+    // Someone deletes "lost"'s instance in the console: the pod must not stay Running.
+    let lost_id = instance_of("lost").await.expect("instance of lost");
+    let api = cube_sim::client::ApiClient::new(
+        env.url(),
+        format!("{}:{}", vkcube_e2e::cube::PUBLIC_KEY, vkcube_e2e::cube::PRIVATE_KEY).parse().unwrap(),
+        "cn-bj2",
+    );
+    api.call("DeleteCubePod", &[("Zone", "cn-bj2-05"), ("CubeId", lost_id.as_str().unwrap())]).await.unwrap();
+    // And while the daemon is down, "orphan"'s pod object is force-deleted: its instance is billed
+    // with no pod to answer for it.
+    daemon.stop().await;
+    pods.delete("orphan", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    let daemon = start(&config).await;
+
+    let status = wait_for(Duration::from_secs(60), "lost Failed", || async {
+        let s = pods.get("lost").await.ok()?.status?;
+        (s.phase.as_deref() == Some("Failed")).then_some(s)
+    })
+    .await;
+    assert_eq!(status.reason.as_deref(), Some("ProviderInstanceLost"), "{status:?}");
+    assert!(status.message.unwrap_or_default().contains(lost_id.as_str().unwrap()));
+
+    // Adopted instances get 30 s before a sweep may call them orphans (a pod may be in flight).
+    wait_for(Duration::from_secs(90), "the orphaned instance deleted", || async {
+        instance_of("orphan").await.is_none().then_some(())
+    })
+    .await;
+    let admin = daemon.admin_addr.unwrap();
+    let text = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains("vkhost_orphans_deleted_total 1"), "{text}");
+    daemon.stop().await;
+    env.stop().await;
+}
