@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tower::limit::RateLimitLayer;
+use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer};
 
 use crate::config::ApiLimits;
 
@@ -22,7 +22,7 @@ pub enum ClientError {
 }
 
 /// A client for `kubeconfig` (or the inferred config), limited to `limits.burst` requests per
-/// `burst / qps` seconds.
+/// `burst / qps` seconds and `limits.max_in_flight` requests at once.
 pub async fn client(kubeconfig: Option<&Path>, limits: &ApiLimits) -> Result<Client, ClientError> {
     let config = match kubeconfig {
         Some(path) => {
@@ -36,5 +36,8 @@ pub async fn client(kubeconfig: Option<&Path>, limits: &ApiLimits) -> Result<Cli
     };
     let window = Duration::from_secs_f64(limits.burst as f64 / limits.qps.max(1) as f64);
     let builder = ClientBuilder::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
-    Ok(builder.with_layer(&RateLimitLayer::new(limits.burst as u64, window)).build())
+    Ok(builder
+        .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
+        .with_layer(&ConcurrencyLimitLayer::new(limits.max_in_flight.max(1) as usize))
+        .build())
 }

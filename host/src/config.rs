@@ -98,6 +98,11 @@ pub struct ApiLimits {
     /// Requests allowed at once above the sustained rate.
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Requests waiting for their answer at once (watch streams count only until their headers
+    /// arrive). Over HTTP/1.1 each needs a connection, and idle ones stay pooled: this bounds the
+    /// connections, and their memory, on both sides.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
 }
 
 fn default_qps() -> u32 {
@@ -106,10 +111,13 @@ fn default_qps() -> u32 {
 fn default_burst() -> u32 {
     1000
 }
+fn default_max_in_flight() -> u32 {
+    32
+}
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        Self { qps: default_qps(), burst: default_burst() }
+        Self { qps: default_qps(), burst: default_burst(), max_in_flight: default_max_in_flight() }
     }
 }
 

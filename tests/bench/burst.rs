@@ -143,6 +143,12 @@ fn upstream_binary(args: &Args) -> Result<PathBuf> {
 }
 
 fn release_binary(name: &str) -> Result<PathBuf> {
+    // `VKCUBE_BENCH_VKHOST=path` measures another build (e.g. one with a different profile).
+    if name == "vkhost"
+        && let Some(path) = std::env::var_os("VKCUBE_BENCH_VKHOST")
+    {
+        return Ok(PathBuf::from(path));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| vkcube_e2e::repo_root().join("target"));

@@ -160,6 +160,14 @@ async fn missing_mandatory_secret_creates_nothing_until_it_appears_and_optional_
         pods.get("needs-secret").await.ok().filter(|p| running_ready(p))
     })
     .await;
+    // The provider's own Normal event for the create is recorded on the pod too.
+    wait_for(Duration::from_secs(30), "the provider's InstanceCreated event", || async {
+        events_for(&ns.client, &ns.name, "needs-secret")
+            .await
+            .into_iter()
+            .find(|(r, m)| r == "InstanceCreated" && m.contains("example instance"))
+    })
+    .await;
     daemon.stop().await;
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -96,17 +96,54 @@ impl NodeContext {
     }
 
     /// Records an Event on a pod; failures to record are logged, never fatal.
+    ///
+    /// Warnings go through kube-runtime's `Recorder`, which folds a repeated warning (a retried
+    /// failure) into one Event with a series count; it caches every Event it sent for six
+    /// minutes to do so. Normal events here happen once per pod and transition (created,
+    /// deleted, token renewed), so they are created directly: after a 1,000-pod burst the cache
+    /// held 7 MiB of Events nothing would ever fold into.
     pub async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
-        let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(truncate(&note, 1000)),
-            action: reason.into(),
-            secondary: None,
+        let note = truncate(&note, 1000);
+        let result = if warning {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(note),
+                action: reason.into(),
+                secondary: None,
+            };
+            self.recorder.publish(&ev, &pod.object_ref(&())).await
+        } else {
+            self.normal_event(pod, reason, note).await
         };
-        if let Err(e) = self.recorder.publish(&ev, &pod.object_ref(&())).await {
+        if let Err(e) = result {
             tracing::debug!(pod = %key(pod), error = %e, "event not recorded");
         }
+    }
+
+    /// An events.k8s.io/v1 Event of type Normal, as the `Recorder` would make it, without caching.
+    async fn normal_event(&self, pod: &Pod, reason: &str, note: String) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let ns = pod.namespace().unwrap_or_else(|| "default".into());
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                namespace: Some(ns.clone()),
+                name: Some(format!("{}.{:x}", pod.name_any(), now.as_nanosecond())),
+                ..Default::default()
+            },
+            action: Some(reason.into()),
+            reason: Some(reason.into()),
+            note: Some(note),
+            type_: Some("Normal".into()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(pod.object_ref(&())),
+            reporting_controller: Some("vkhost".into()),
+            reporting_instance: Some(self.node_name.clone()),
+            ..Default::default()
+        };
+        Api::<K8sEvent>::namespaced(self.client.clone(), &ns).create(&PostParams::default(), &event).await.map(|_| ())
     }
 
     fn pod_ref(pod: &Pod) -> PodRef {
