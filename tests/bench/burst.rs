@@ -28,6 +28,7 @@ usage:
   cargo build --release -p vkhost -p cube-sim && plugins/build example cube
   cargo run --release -p vkcube-e2e --example burst -- [--pods N] [--provider example|cube] [--nodes N]
                                                        [--timeout SECS] [--daemon vkhost|upstream]
+                                                       [--against-upstream]
 
   --pods N        replicas in the burst (default 200; at most 200 per node)
   --provider P    example (instances in memory, Running at once) or cube (cube-sim with zero
@@ -38,6 +39,8 @@ usage:
                   mock provider, the baseline (build it with tests/bench/upstream-vk/build;
                   binary ~/.cache/vkcube/upstream-vk/virtual-kubelet, or --upstream-bin PATH);
                   upstream implies --provider example semantics (pods Running at once)
+  --against-upstream  after the vkhost burst, the same burst with the upstream daemon on the same
+                  control plane, then the ratios (vkhost over upstream)
 
 Run with the same CARGO_TARGET_DIR as the builds. Binaries come from ${CARGO_TARGET_DIR:-<repo>/target}/release/{vkhost,cube-sim} and plugins from
 ${CARGO_TARGET_DIR:-<repo>/target}/plugins (override with VKCUBE_PLUGIN_DIR). The control plane is
@@ -59,9 +62,11 @@ enum DaemonKind {
     Upstream,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Args {
     daemon: DaemonKind,
+    /// Then the same burst with the upstream daemon on the same control plane, and the ratios.
+    against_upstream: bool,
     upstream_bin: Option<PathBuf>,
     pods: usize,
     nodes: usize,
@@ -72,6 +77,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         daemon: DaemonKind::Vkhost,
+        against_upstream: false,
         upstream_bin: None,
         pods: 200,
         nodes: 1,
@@ -101,6 +107,7 @@ fn parse_args() -> Result<Args> {
                     other => bail!("--daemon is {other:?}, but must be vkhost or upstream"),
                 }
             }
+            "--against-upstream" => args.against_upstream = true,
             "--upstream-bin" => args.upstream_bin = Some(PathBuf::from(value("--upstream-bin")?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -542,13 +549,60 @@ fn main() -> Result<()> {
     if args.provider == Provider::Cube {
         release_binary("cube-sim")?;
     }
+    let baseline = match args.against_upstream && args.daemon == DaemonKind::Vkhost {
+        true => Some(upstream_binary(&args)?),
+        false => None,
+    };
     eprintln!("starting the control plane (tests/cluster/up)…");
     let cluster = vkcube_e2e::cluster();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args, daemon_bin, cluster))
+    rt.block_on(async {
+        let ours = run(args.clone(), daemon_bin, cluster).await?;
+        let Some(upstream_bin) = baseline else { return Ok(()) };
+        let upstream_args = Args { daemon: DaemonKind::Upstream, provider: Provider::Example, ..args };
+        let theirs = run(upstream_args, upstream_bin, cluster).await?;
+        print_ratios(&ours, &theirs);
+        Ok(())
+    })
 }
 
-async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> Result<()> {
+/// vkhost against upstream from two run summaries on the same control plane.
+fn print_ratios(ours: &serde_json::Value, theirs: &serde_json::Value) {
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let pods = f(ours, "pods");
+    println!("vkhost ({}) against upstream virtual-kubelet (mock), same control plane:", ours["provider"]);
+    println!(
+        "{:<66} {:>9.1} / {:.1} pods/s = {:.1}x",
+        "  pods/s to all Running+Ready",
+        pods / f(ours, "all_running_s"),
+        pods / f(theirs, "all_running_s"),
+        f(theirs, "all_running_s") / f(ours, "all_running_s")
+    );
+    println!(
+        "{:<66} {:>9.2} / {:.2} s = {:.1}x faster",
+        "  scale to 0 -> all gone",
+        f(ours, "all_gone_s"),
+        f(theirs, "all_gone_s"),
+        f(theirs, "all_gone_s") / f(ours, "all_gone_s")
+    );
+    println!(
+        "{:<66} {:>9.0} / {:.0} ms = {:.1}x lower",
+        "  startup p99 (watch)",
+        f(ours, "startup_p99_ms"),
+        f(theirs, "startup_p99_ms"),
+        f(theirs, "startup_p99_ms") / f(ours, "startup_p99_ms")
+    );
+    println!(
+        "{:<66} {:>9.1} / {:.1} MiB = {:.2}x",
+        "  peak RSS",
+        f(ours, "peak_rss_mib"),
+        f(theirs, "peak_rss_mib"),
+        f(ours, "peak_rss_mib") / f(theirs, "peak_rss_mib")
+    );
+    println!("{}", serde_json::json!({"bench": "burst-ratio", "vkhost": ours, "upstream": theirs}));
+}
+
+async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> Result<serde_json::Value> {
     let load_before = loadavg();
     let run_dir = std::env::temp_dir().join(format!("vkcube-burst-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir)?;
@@ -801,5 +855,5 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "loadavg_after": load_after,
     });
     println!("{summary}");
-    Ok(())
+    Ok(summary)
 }
