@@ -112,7 +112,7 @@ fn default_burst() -> u32 {
     1000
 }
 fn default_max_in_flight() -> u32 {
-    32
+    64
 }
 
 impl Default for ApiLimits {
