@@ -59,6 +59,8 @@ pub struct NodeContext {
     /// Pods already told about a missing object (one Event, not one per retry).
     told_missing: Mutex<HashMap<String, String>>,
     store: Mutex<Option<Store<Pod>>>,
+    /// Services per namespace for service-link variables, shared by the pods' syncs.
+    services: resolve::ServiceCache,
 }
 
 impl NodeContext {
@@ -87,6 +89,7 @@ impl NodeContext {
             attempts: Mutex::new(HashMap::new()),
             told_missing: Mutex::new(HashMap::new()),
             store: Mutex::new(None),
+            services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
         })
     }
 
@@ -319,7 +322,9 @@ fn is_rejected(pod: &Pod) -> bool {
 async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let refs = resolve::fetch(&ctx.client, pod).await.map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
+    let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
+        .await
+        .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
     let resolution = match resolve::resolve(pod, &refs) {
         Ok(r) => r,
         Err(missing) => return wait_for_missing(pod, ctx, missing).await,
@@ -436,7 +441,9 @@ fn token_refresh_at(tokens: &[crate::plugin::ServiceAccountToken]) -> Option<Ins
 async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let refs = resolve::fetch(&ctx.client, pod).await.map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
+    let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
+        .await
+        .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
     let Ok(resolution) = resolve::resolve(pod, &refs) else {
         return Ok(Action::requeue(Duration::from_secs(30)));
     };

@@ -3,7 +3,10 @@
 //! environment, so the provider gets one self-contained `ResolvedPod` and no credentials.
 //! `fetch` does the I/O; `resolve` is a pure function of the pod and what was fetched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
@@ -57,8 +60,52 @@ pub enum FetchError {
     Api { what: String, source: kube::Error },
 }
 
+/// How long a namespace's Services are reused for service-link variables.
+pub const SERVICE_TTL: Duration = Duration::from_secs(2);
+
+/// Services per namespace, for service-link variables: read once per TTL however many pods of the
+/// namespace start at once (a 200-pod burst used to list them 200 times, plus 200 reads of
+/// `default/kubernetes`). The kubelet takes Services from an informer: just as eventually
+/// consistent.
+pub struct ServiceCache {
+    ttl: Duration,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<Service>>)>>>>>,
+}
+
+impl ServiceCache {
+    pub fn new(ttl: Duration) -> Self {
+        ServiceCache { ttl, slots: Mutex::new(HashMap::new()) }
+    }
+
+    /// The namespace's Services: the cached list while younger than the TTL, else `load`'s.
+    /// Concurrent callers for one namespace wait for a single load; a failed load is not kept.
+    pub async fn get_or_load<F, Fut, E>(&self, namespace: &str, load: F) -> Result<Arc<Vec<Service>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<Service>, E>>,
+    {
+        let slot = self.slots.lock().unwrap().entry(namespace.to_owned()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some((at, services)) = slot.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(services.clone());
+        }
+        let services = Arc::new(load().await?);
+        *slot = Some((Instant::now(), services.clone()));
+        Ok(services)
+    }
+
+    async fn list(&self, client: &Client, namespace: &str) -> Result<Arc<Vec<Service>>, kube::Error> {
+        self.get_or_load(namespace, || async {
+            Ok(Api::<Service>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items)
+        })
+        .await
+    }
+}
+
 /// Reads every object `pod` references. Missing objects are recorded as `None`, not errors.
-pub async fn fetch(client: &Client, pod: &Pod) -> Result<References, FetchError> {
+pub async fn fetch(client: &Client, services: &ServiceCache, pod: &Pod) -> Result<References, FetchError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let mut refs = References::default();
@@ -87,16 +134,16 @@ pub async fn fetch(client: &Client, pod: &Pod) -> Result<References, FetchError>
         refs.claims.insert(name, got);
     }
     if spec.enable_service_links.unwrap_or(true) {
-        let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-        refs.services = svcs.list(&ListParams::default()).await.map_err(api_err(format!("Services in {ns}")))?.items;
+        refs.services =
+            services.list(client, &ns).await.map_err(api_err(format!("Services in {ns}")))?.as_ref().clone();
     }
     // The `kubernetes` service's variables are injected into every pod.
-    let default_svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    if ns != "default" {
-        if let Some(k) = default_svcs.get_opt("kubernetes").await.ok().flatten() {
-            refs.services.retain(|s| s.metadata.name.as_deref() != Some("kubernetes"));
-            refs.services.push(k);
-        }
+    if ns != "default"
+        && let Ok(default) = services.list(client, "default").await
+        && let Some(k) = default.iter().find(|s| s.metadata.name.as_deref() == Some("kubernetes"))
+    {
+        refs.services.retain(|s| s.metadata.name.as_deref() != Some("kubernetes"));
+        refs.services.push(k.clone());
     }
     for (volume, path, audience, seconds) in names.token_projections {
         let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
@@ -637,6 +684,58 @@ fn service_link_env(services: &[Service], links: bool, ns: &str) -> Vec<(String,
         }
     }
     out
+}
+
+#[cfg(test)]
+mod service_cache_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn svc(name: &str) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_pods_of_a_namespace_share_one_list() {
+        let cache = ServiceCache::new(Duration::from_secs(60));
+        let loads = AtomicU32::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, ()>(vec![svc("web")])
+        };
+        let all = futures::future::join_all((0..20).map(|_| cache.get_or_load("ns1", load))).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(all.iter().all(|r| r.as_ref().unwrap()[0].metadata.name.as_deref() == Some("web")));
+        // Another namespace is its own entry.
+        cache.get_or_load("ns2", load).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_list_is_read_again_and_a_failed_one_is_not_kept() {
+        let cache = ServiceCache::new(Duration::from_millis(50));
+        let loads = AtomicU32::new(0);
+        let ok = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, &str>(vec![svc("a")])
+        };
+        cache.get_or_load("ns", ok).await.unwrap();
+        cache.get_or_load("ns", ok).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        cache.get_or_load("ns", ok).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+
+        let failing = ServiceCache::new(Duration::from_secs(60));
+        assert_eq!(
+            failing.get_or_load("ns", || async { Err::<Vec<Service>, _>("apiserver down") }).await.unwrap_err(),
+            "apiserver down"
+        );
+        failing.get_or_load("ns", ok).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 3, "the failure was not cached");
+    }
 }
 
 #[cfg(test)]
