@@ -29,6 +29,30 @@ impl NodeBackend {
             })?;
         Ok(plugin::PodRef { namespace: namespace.into(), name: name.into(), uid: pod.uid().unwrap_or_default() })
     }
+
+    async fn session(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        opts: ExecQuery,
+        kind: Session,
+    ) -> Result<StreamTarget, BackendError> {
+        let pref = self.pod_ref(namespace, pod)?;
+        let (plugin, call, opts) = (&self.0.plugin, &self.0.call, exec_options(&opts));
+        let target_of = match kind {
+            Session::Exec => plugin.exec(call, &pref, container, &opts).await,
+            Session::Attach => plugin.attach(call, &pref, container, &opts).await,
+        };
+        target_of.map(target).map_err(backend_error)
+    }
+}
+
+/// Exec and attach ask the plugin the same question of two exports.
+#[derive(Clone, Copy)]
+enum Session {
+    Exec,
+    Attach,
 }
 
 fn backend_error(e: CallError) -> BackendError {
@@ -96,16 +120,7 @@ impl KubeletBackend for NodeBackend {
         container: &'a str,
         opts: ExecQuery,
     ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
-        async move {
-            let pref = self.pod_ref(namespace, pod)?;
-            self.0
-                .plugin
-                .exec(&self.0.call, &pref, container, &exec_options(&opts))
-                .await
-                .map(target)
-                .map_err(backend_error)
-        }
-        .boxed()
+        self.session(namespace, pod, container, opts, Session::Exec).boxed()
     }
 
     fn attach<'a>(
@@ -115,16 +130,7 @@ impl KubeletBackend for NodeBackend {
         container: &'a str,
         opts: ExecQuery,
     ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
-        async move {
-            let pref = self.pod_ref(namespace, pod)?;
-            self.0
-                .plugin
-                .attach(&self.0.call, &pref, container, &exec_options(&opts))
-                .await
-                .map(target)
-                .map_err(backend_error)
-        }
-        .boxed()
+        self.session(namespace, pod, container, opts, Session::Attach).boxed()
     }
 
     fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>> {
