@@ -41,3 +41,109 @@ pub async fn client(kubeconfig: Option<&Path>, limits: &ApiLimits) -> Result<Cli
         .with_layer(&ConcurrencyLimitLayer::new(limits.max_in_flight.max(1) as usize))
         .build())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Api;
+
+    use super::*;
+
+    /// A stand-in apiserver that answers every ConfigMap GET with 404 after `delay`, counting the
+    /// requests it holds at once; and a kubeconfig pointing at it.
+    async fn apiserver(delay: Duration) -> (tempdir::Dir, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, p) = (now.clone(), peak.clone());
+        let app = Router::new().route(
+            "/api/v1/namespaces/default/configmaps/{name}",
+            get(move || {
+                let (n, p) = (n.clone(), p.clone());
+                async move {
+                    let held = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(held, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    let status =
+                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+                    (StatusCode::NOT_FOUND, [("content-type", "application/json")], status)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempdir::Dir::new();
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://{addr}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n"
+        );
+        std::fs::write(dir.path().join("kubeconfig"), kubeconfig).unwrap();
+        (dir, now, peak)
+    }
+
+    async fn gets(client: &Client, n: usize) {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let all = futures::future::join_all((0..n).map(|i| {
+            let api = api.clone();
+            async move { api.get_opt(&format!("cm-{i}")).await }
+        }))
+        .await;
+        assert!(all.iter().all(|r| matches!(r, Ok(None))), "{all:?}");
+    }
+
+    #[tokio::test]
+    async fn requests_in_flight_never_exceed_the_limit() {
+        let (dir, _, peak) = apiserver(Duration::from_millis(30)).await;
+        let limits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 4 };
+        let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
+        gets(&client, 40).await;
+        assert!((1..=4).contains(&peak.load(Ordering::SeqCst)), "peak {}", peak.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_spreads_requests_beyond_the_burst() {
+        let (dir, _, _) = apiserver(Duration::ZERO).await;
+        // 10 requests per second, 10 at once: 25 requests need at least two more windows.
+        let limits = ApiLimits { qps: 10, burst: 10, max_in_flight: 64 };
+        let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
+        let started = Instant::now();
+        gets(&client, 25).await;
+        assert!(started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
+    }
+
+    /// A temporary directory removed on drop.
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+
+        pub struct Dir(PathBuf);
+
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "vkhost-apiclient-{}-{}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
