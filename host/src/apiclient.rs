@@ -56,11 +56,11 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in apiserver that answers every ConfigMap GET with 404 after `delay`, counting the
-    /// requests it holds at once; and a kubeconfig pointing at it.
-    async fn apiserver(delay: Duration) -> (tempdir::Dir, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (n, p) = (now.clone(), peak.clone());
+    /// A stand-in apiserver that answers every ConfigMap GET with 404 after `delay`, recording the
+    /// most requests it held at once; and a kubeconfig pointing at it.
+    async fn apiserver(delay: Duration) -> (tempdir::Dir, Arc<AtomicUsize>) {
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (n, p) = (Arc::new(AtomicUsize::new(0)), peak.clone());
         let app = Router::new().route(
             "/api/v1/namespaces/default/configmaps/{name}",
             get(move || {
@@ -86,7 +86,7 @@ mod tests {
              current-context: x\n"
         );
         std::fs::write(dir.path().join("kubeconfig"), kubeconfig).unwrap();
-        (dir, now, peak)
+        (dir, peak)
     }
 
     async fn gets(client: &Client, n: usize) {
@@ -101,7 +101,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_in_flight_never_exceed_the_limit() {
-        let (dir, _, peak) = apiserver(Duration::from_millis(30)).await;
+        let (dir, peak) = apiserver(Duration::from_millis(30)).await;
         let limits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 4 };
         let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
         gets(&client, 40).await;
@@ -110,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_rate_limit_spreads_requests_beyond_the_burst() {
-        let (dir, _, _) = apiserver(Duration::ZERO).await;
+        let (dir, _) = apiserver(Duration::ZERO).await;
         // 10 requests per second, 10 at once: 25 requests need at least two more windows.
         let limits = ApiLimits { qps: 10, burst: 10, max_in_flight: 64 };
         let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();

@@ -49,19 +49,13 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
     let ha = shared.config.ha.clone();
     let lease_name = election_lease_name(&shared.config.cluster_id, &settings.id);
     let renew = Duration::from_secs((ha.lease_duration_seconds / 3).max(1) as u64);
+    let claim =
+        || lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds);
     let mut waiting_logged = false;
     loop {
         // Wait to become the actor for this node.
         loop {
-            match lease::try_claim(
-                &shared.client,
-                &ha.namespace,
-                &lease_name,
-                &shared.identity,
-                ha.lease_duration_seconds,
-            )
-            .await
-            {
+            match claim().await {
                 Ok(Claim::Held) => break,
                 Ok(Claim::HeldBy(holder)) => {
                     if !waiting_logged {
@@ -89,15 +83,7 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
                 _ = term.cancelled() => break false,
                 _ = tokio::time::sleep(renew) => {}
             }
-            match lease::try_claim(
-                &shared.client,
-                &ha.namespace,
-                &lease_name,
-                &shared.identity,
-                ha.lease_duration_seconds,
-            )
-            .await
-            {
+            match claim().await {
                 Ok(Claim::Held) => last_renewed = tokio::time::Instant::now(),
                 Ok(Claim::HeldBy(holder)) => {
                     tracing::warn!(node = %settings.id, %holder, "lost the election lease; stepping down");
