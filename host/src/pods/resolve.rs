@@ -84,7 +84,19 @@ impl ServiceCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<Service>, E>>,
     {
-        let slot = self.slots.lock().unwrap().entry(namespace.to_owned()).or_default().clone();
+        let slot = {
+            let mut slots = self.slots.lock().unwrap();
+            if !slots.contains_key(namespace) {
+                // Forget namespaces not asked about for a TTL (deleted ones, finished bursts),
+                // so the map holds only what is in use.
+                let ttl = self.ttl;
+                slots.retain(|_, slot| {
+                    Arc::strong_count(slot) > 1
+                        || slot.try_lock().map_or(true, |s| s.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl))
+                });
+            }
+            slots.entry(namespace.to_owned()).or_default().clone()
+        };
         let mut slot = slot.lock().await;
         if let Some((at, services)) = slot.as_ref()
             && at.elapsed() < self.ttl
@@ -714,7 +726,7 @@ mod service_cache_tests {
     }
 
     #[tokio::test]
-    async fn a_stale_list_is_read_again_and_a_failed_one_is_not_kept() {
+    async fn a_stale_list_is_read_again_an_idle_namespace_forgotten_and_a_failure_not_kept() {
         let cache = ServiceCache::new(Duration::from_millis(50));
         let loads = AtomicU32::new(0);
         let ok = || async {
@@ -727,6 +739,10 @@ mod service_cache_tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         cache.get_or_load("ns", ok).await.unwrap();
         assert_eq!(loads.load(Ordering::SeqCst), 2);
+        // A namespace not asked about for a TTL is forgotten when another one is first asked.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        cache.get_or_load("other", ok).await.unwrap();
+        assert_eq!(cache.slots.lock().unwrap().keys().collect::<Vec<_>>(), ["other"]);
 
         let failing = ServiceCache::new(Duration::from_secs(60));
         assert_eq!(
@@ -734,7 +750,7 @@ mod service_cache_tests {
             "apiserver down"
         );
         failing.get_or_load("ns", ok).await.unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 3, "the failure was not cached");
+        assert_eq!(loads.load(Ordering::SeqCst), 4, "the failure was not cached");
     }
 }
 
