@@ -1,6 +1,9 @@
 # The project's two commands — `make demo` (the product's main job) and `make test` (the whole
 # suite) — and the build steps they share. Build outputs are cached outside git, once per machine.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/vkcube/target
+VKCUBE_CACHE ?= $(HOME)/.cache/vkcube
+# The SDK compatibility test's Python packages, in a virtual environment of their own.
+SDK_VENV := $(VKCUBE_CACHE)/sdk-venv
 SHELL := /bin/bash
 
 .PHONY: demo test plugins cluster-binaries toolchain
@@ -14,10 +17,16 @@ cluster-binaries:
 plugins: toolchain
 	@plugins/build
 
-test: toolchain cluster-binaries plugins
+# Rebuilt when the requirements change; the stamp records that the install finished.
+$(SDK_VENV)/.installed: tests/cube-sim/sdk/requirements.txt
+	@python3 -m venv "$(SDK_VENV)"
+	@"$(SDK_VENV)/bin/python" -m pip install -q --disable-pip-version-check -r $<
+	@cp $< $@
+
+test: toolchain cluster-binaries plugins $(SDK_VENV)/.installed
 	cargo test --workspace --no-fail-fast
 	cargo build -p cube-sim
-	python3 -m pytest -q tests/cube-sim/sdk
+	"$(SDK_VENV)/bin/python" -m pytest -q tests/cube-sim/sdk
 
 demo: toolchain cluster-binaries plugins
 	@tests/demo/run

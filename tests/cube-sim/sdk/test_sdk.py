@@ -1,7 +1,7 @@
 """Drives the cube-sim binary with the official Python SDK (ucloud-sdk-python3): the requests
 are encoded and signed exactly as the SDK does, and the answers must load into its schemas.
 
-Run: pip install ucloud-sdk-python3 pytest && pytest tests/cube-sim/sdk
+Run: `make test` (a virtual environment from requirements.txt), or pip install -r requirements.txt && pytest tests/cube-sim/sdk
 The binary is $CUBE_SIM_BIN, else ${CARGO_TARGET_DIR:-target}/debug/cube-sim (built if absent).
 """
 
