@@ -316,10 +316,16 @@ impl DaemonConfig {
 impl NodeSettings {
     /// The provider config as JSON, with secrets filled in from their sources.
     pub fn provider_json(&self) -> Result<serde_json::Value, ConfigError> {
+        self.provider_json_with(|var| std::env::var(var).ok())
+    }
+
+    /// [`Self::provider_json`] with the environment lookup given, so tests never mutate the
+    /// process environment (other threads read it).
+    pub fn provider_json_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<serde_json::Value, ConfigError> {
         let mut table = self.provider.clone();
         for (key, source) in &self.secrets {
             let value = match source {
-                SecretSource::Env(var) => std::env::var(var).map_err(|_| ConfigError::Secret {
+                SecretSource::Env(var) => env(var).ok_or_else(|| ConfigError::Secret {
                     key: key.clone(),
                     message: format!("environment variable {var} is not set"),
                 })?,
@@ -400,14 +406,13 @@ id = "bj"
         let dir = std::env::temp_dir().join(format!("vkcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("key"), "s3cret\n").unwrap();
-        // SAFETY: test-local variable name, set before any reader.
-        unsafe { std::env::set_var("VKHOST_TEST_PUBLIC_KEY", "pub") };
         let text = format!(
             "{MINIMAL}[nodes.provider]\nregion = \"cn-bj2\"\n[nodes.secrets]\npublic_key = {{ env = \"VKHOST_TEST_PUBLIC_KEY\" }}\nprivate_key = {{ file = \"{}\" }}\n",
             dir.join("key").display()
         );
         let c = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap();
-        let json = c.nodes[0].provider_json().unwrap();
+        let env = |var: &str| (var == "VKHOST_TEST_PUBLIC_KEY").then(|| "pub".to_string());
+        let json = c.nodes[0].provider_json_with(env).unwrap();
         assert_eq!(json["public_key"], "pub");
         assert_eq!(json["private_key"], "s3cret");
         assert_eq!(json["region"], "cn-bj2");
@@ -417,7 +422,7 @@ id = "bj"
     fn missing_secret_names_its_variable() {
         let text = format!("{MINIMAL}[nodes.secrets]\nprivate_key = {{ env = \"VKHOST_TEST_UNSET_VAR\" }}\n");
         let c = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap();
-        let err = c.nodes[0].provider_json().unwrap_err().to_string();
+        let err = c.nodes[0].provider_json_with(|_| None).unwrap_err().to_string();
         assert!(err.contains("VKHOST_TEST_UNSET_VAR"), "{err}");
     }
 }

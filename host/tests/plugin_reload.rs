@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{ctx, install, plugin, resolved_pod, scratch_dir, settings};
@@ -31,16 +31,20 @@ async fn swapping_v1_v2_and_a_broken_v3_under_load_loses_no_call() {
     let mut events = p.subscribe();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..CALLERS)
         .map(|i| {
-            let (p, stop) = (p.clone(), stop.clone());
+            let (p, stop, answered) = (p.clone(), stop.clone(), answered.clone());
             tokio::spawn(async move {
                 let mut answers: BTreeMap<String, u64> = BTreeMap::new();
                 let mut failures = Vec::new();
                 let pod = resolved_pod(&format!("steady-{i}"), &format!("uid-{i}"));
                 while !stop.load(Ordering::Relaxed) {
                     match p.create(&ctx("node-a", "{}"), &pod).await {
-                        Ok(out) => *answers.entry(answered_by(&out)).or_default() += 1,
+                        Ok(out) => {
+                            *answers.entry(answered_by(&out)).or_default() += 1;
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(e) => failures.push(e.to_string()),
                     }
                 }
@@ -49,18 +53,28 @@ async fn swapping_v1_v2_and_a_broken_v3_under_load_loses_no_call() {
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each step waits for the callers to have been answered more times since the last one,
+    // so every version serves under load however slow the machine is.
+    let more_answers = async |n: u64| {
+        let target = answered.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answered.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "callers got fewer than {n} answers in 60 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    more_answers(50).await;
     install(&plugin("faulty-v2.wasm"), &path);
     let info = p.reload().await.expect("v2 loads");
     assert_eq!(info.version, "2.0.0");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    more_answers(50).await;
     install(&plugin("faulty-broken.wasm"), &path);
     let refusal = p.reload().await.expect_err("the broken v3 must be refused").to_string();
     assert!(refusal.contains("plugin faulty version 3.0.0 rejects the config of node node-a"), "{refusal}");
     assert!(refusal.contains("trapped"), "{refusal}");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    more_answers(50).await;
     stop.store(true, Ordering::Relaxed);
     let mut total: BTreeMap<String, u64> = BTreeMap::new();
     for caller in callers {
@@ -94,7 +108,6 @@ async fn the_watcher_swaps_in_a_new_file_and_keeps_the_old_version_for_a_bad_one
     let mut events = p.subscribe();
     let shutdown = CancellationToken::new();
     let watcher = p.spawn_watcher(shutdown.clone());
-    tokio::time::sleep(Duration::from_millis(150)).await;
 
     let started = Instant::now();
     install(&plugin("faulty-v2.wasm"), &path);
@@ -151,14 +164,19 @@ async fn an_optimized_build_never_replaces_a_newer_version() {
     let live = dir.join("provider.wasm");
     install(&plugin("faulty-v1.wasm"), &live);
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&live), vec![]).await.unwrap();
-    // v2 arrives while v1's Cranelift build is (most likely) still running.
+    // v2 arrives while v1's Cranelift build is still running (it takes far longer than a copy).
     install(&plugin("faulty-v2.wasm"), &live);
     assert_eq!(p.reload().await.unwrap().version, "2.0.0");
     assert!(p.optimized_within(Duration::from_secs(120)).await, "no optimized build");
-    // Let a late v1 build finish too: it must find itself superseded.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The race happened: v1's late build finished and found itself superseded.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while p.stats().snapshot().optimized_superseded == 0 {
+        assert!(Instant::now() < deadline, "v1's optimized build never finished: {:?}", p.stats().snapshot());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(p.info().version, "2.0.0");
     let outcome = p.create(&ctx("n1", "{}"), &resolved_pod("after", "uid-after")).await.unwrap();
     assert_eq!(answered_by(&outcome), "2.0.0");
-    assert!(p.stats().snapshot().optimized_swaps <= 1, "only v2's build may have been swapped in");
+    let stats = p.stats().snapshot();
+    assert_eq!((stats.optimized_swaps, stats.optimized_superseded), (1, 1), "only v2's build was swapped in");
 }

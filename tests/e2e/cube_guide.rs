@@ -98,10 +98,22 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
     let (code, _, _) = cluster.kubectl(&["exec", "-n", &ns.name, "nginx", "--", "sh", "-c", "exit 3"]);
     assert_eq!(code, 3);
 
-    // Logs of the guide's nginx.
-    let (code, out, err) = cluster.kubectl(&["logs", "-n", &ns.name, "nginx", "--tail", "5"]);
+    // Logs of the guide's nginx: the simulator's server output is deterministic — a banner, the
+    // environment's keys, then one tick a second, numbered from 1.
+    let (code, out, err) = cluster.kubectl(&["logs", "-n", &ns.name, "nginx"]);
     assert_eq!(code, 0, "kubectl logs: {err}");
-    assert!(!out.trim().is_empty());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "cube-sim: container nginx started from image uhub.service.ucloud.cn/ucloud/nginx:latest");
+    assert!(lines[1].starts_with("cube-sim: environment keys: "), "{out}");
+    assert!(lines.len() > 2, "the instance has run for seconds, so it has ticked: {out}");
+    for (n, line) in lines[2..].iter().enumerate() {
+        assert_eq!(*line, format!("cube-sim: nginx tick {}", n + 1), "{out}");
+    }
+    let (code, tail, err) = cluster.kubectl(&["logs", "-n", &ns.name, "nginx", "--tail", "2"]);
+    assert_eq!(code, 0, "kubectl logs --tail 2: {err}");
+    let tail: Vec<&str> = tail.lines().collect();
+    assert_eq!(tail.len(), 2, "{tail:?}");
+    assert!(tail.iter().all(|l| l.starts_with("cube-sim: nginx tick ")), "{tail:?}");
 
     daemon.stop().await;
     env.stop().await;

@@ -27,6 +27,25 @@ fn bare_pod(name: &str, node: &str, extra_spec: serde_json::Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
 
+/// Waits (by polling the node's Lease, generously) until its `renewTime` has advanced `count` times
+/// past `after`.
+async fn wait_for_renewals_after(client: &kube::Client, node: &str, after: k8s_openapi::jiff::Timestamp, count: usize) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let mut seen = Vec::new();
+    wait_for(Duration::from_secs(120), "node Lease renewals after the disable", || {
+        let leases = leases.clone();
+        let seen = &mut seen;
+        async move {
+            let renewed = leases.get(node).await.ok()?.spec?.renew_time?.0;
+            if renewed > after && !seen.contains(&renewed) {
+                seen.push(renewed);
+            }
+            (seen.len() >= count).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn events_for(client: &kube::Client, ns: &str, pod: &str) -> Vec<(String, String)> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     events
@@ -246,8 +265,11 @@ async fn disabled_node_creates_no_instances_and_keeps_existing_ones() {
     vkhost::node::ops::disable(&ns.client, &node_name).await.unwrap();
     let nodes: Api<Node> = Api::all(ns.client.clone());
     assert_eq!(nodes.get(&node_name).await.unwrap().spec.unwrap().unschedulable, Some(true));
-    // The daemon notices on its next heartbeat (10 s).
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // The daemon reads the node at each heartbeat, then renews the Lease, then acts on what it
+    // read; the third renewal after the disable proves a beat that read the disabled node has
+    // finished.
+    let disabled_at = k8s_openapi::jiff::Timestamp::now();
+    wait_for_renewals_after(&ns.client, &node_name, disabled_at, 3).await;
     pods.create(&PostParams::default(), &bare_pod("after", &node_name, json!({}))).await.unwrap();
     let p = wait_for(Duration::from_secs(30), "second pod refused", || async {
         let p = pods.get("after").await.ok()?;

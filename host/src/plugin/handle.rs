@@ -115,7 +115,8 @@ impl Plugin {
             let _one_at_a_time = plugin.reloading.lock().await;
             let active = plugin.active.load_full();
             if active.report.sha256 != sha256 || active.baseline_source.is_none() {
-                return; // replaced by a newer file meanwhile
+                plugin.stats.record_optimized_superseded(); // replaced by a newer file meanwhile
+                return;
             }
             match built {
                 Ok(optimized) => {

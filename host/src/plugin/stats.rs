@@ -29,6 +29,7 @@ pub struct PluginStats {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     optimized_swaps: AtomicU64,
+    optimized_superseded: AtomicU64,
     calls: [[AtomicU64; OUTCOMES.len()]; Export::ALL.len()],
     micros: [AtomicU64; Export::ALL.len()],
 }
@@ -40,6 +41,9 @@ pub struct StatsSnapshot {
     pub reloads_failed: u64,
     /// Baseline builds replaced by their Cranelift build.
     pub optimized_swaps: u64,
+    /// Cranelift builds that finished after a newer file had replaced their version, and were
+    /// dropped.
+    pub optimized_superseded: u64,
     /// Non-zero counters only.
     pub calls: Vec<CallCount>,
 }
@@ -77,6 +81,10 @@ impl PluginStats {
         self.optimized_swaps.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_optimized_superseded(&self) {
+        self.optimized_superseded.fetch_add(1, Relaxed);
+    }
+
     pub fn calls(&self, export: Export, outcome: &str) -> u64 {
         OUTCOMES.iter().position(|n| *n == outcome).map_or(0, |o| self.calls[export_index(export)][o].load(Relaxed))
     }
@@ -100,6 +108,7 @@ impl PluginStats {
             reloads_ok: self.reloads_ok.load(Relaxed),
             reloads_failed: self.reloads_failed.load(Relaxed),
             optimized_swaps: self.optimized_swaps.load(Relaxed),
+            optimized_superseded: self.optimized_superseded.load(Relaxed),
             calls,
         }
     }

@@ -37,12 +37,13 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 impl Plugin {
     /// Watches the plugin file and SIGHUP until `shutdown` is cancelled. Failed reloads keep the
-    /// active version and are reported through `subscribe`.
+    /// active version and are reported through `subscribe`. The file's state is read before this
+    /// returns, so any change made after it is seen.
     pub fn spawn_watcher(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let plugin = Arc::clone(self);
+        let path = plugin.settings.path.clone();
+        let mut last = stamp(&path);
         tokio::spawn(async move {
-            let path = plugin.settings.path.clone();
-            let mut last = stamp(&path);
             #[cfg(unix)]
             let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(s) => Some(s),

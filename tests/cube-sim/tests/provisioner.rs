@@ -102,10 +102,10 @@ fn claim(name: &str, class: &str) -> PersistentVolumeClaim {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisions_udisk_claims_into_bound_volumes_and_reclaims_them() {
-    if !cluster_binaries_built() {
-        eprintln!("SKIPPED: control-plane binaries not built (run tests/cluster/build)");
-        return;
-    }
+    assert!(
+        cluster_binaries_built(),
+        "the control-plane binaries are not built: run tests/cluster/build (make test does)"
+    );
     let f = Fixture::start().await;
     let cluster = Cluster::up();
     let args = ProvisionerArgs {
@@ -151,8 +151,9 @@ async fn provisions_udisk_claims_into_bound_volumes_and_reclaims_them() {
         assert_eq!(disk["DataSet"][0]["DiskType"], "SSDDataDisk");
 
         // WaitForFirstConsumer: nothing until the scheduler's selected-node annotation.
+        // A pass of our own, started after the claim exists, has seen it and done nothing.
         pvcs.create(&PostParams::default(), &claim("data-later", "udisk-wffc")).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(provisioner.reconcile().await.unwrap().is_empty());
         assert_eq!(f.ok("DescribeUDisk", &[]).await["TotalCount"], 1, "no disk before a node is selected");
         let patch =
             json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "uk8s-abcdefgh-vk-x1y2z"}}});
@@ -173,7 +174,14 @@ async fn provisions_udisk_claims_into_bound_volumes_and_reclaims_them() {
         })
         .await;
         pvcs.delete("data-later", &DeleteParams::default()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wait_for("data-later gone", Duration::from_secs(60), || async { pvcs.get_opt("data-later").await.ok()?.is_none().then_some(()) })
+            .await;
+        // Once the PV is Released, a pass of our own has seen it and kept it.
+        wait_for("data-later's PV Released", Duration::from_secs(60), || async {
+            (pvs.get(&later_pv).await.ok()?.status?.phase.as_deref() == Some("Released")).then_some(())
+        })
+        .await;
+        assert!(provisioner.reconcile().await.unwrap().is_empty());
         assert!(pvs.get_opt(&later_pv).await.unwrap().is_some(), "Retain keeps the PV");
         assert_eq!(f.ok("DescribeUDisk", &[]).await["TotalCount"], 1, "Retain keeps the disk");
         stop.cancel();

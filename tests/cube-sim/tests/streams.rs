@@ -35,8 +35,13 @@ async fn servers_log_a_banner_then_a_line_per_second_and_honour_tail_and_limit()
     let f = Fixture::start().await;
     f.create(&pod_yaml("uid-srv", UHUB_IMAGE, "1", "1Gi", &[])).await;
     let t = log_token(&f, "uid-srv").await;
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let (_, all) = logs(&f, &format!("token={t}")).await;
+    // Wait for the second tick itself: by then the banner is over a second old.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut all = String::new();
+    while !all.contains("cube-sim: app tick 2") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        all = logs(&f, &format!("token={t}")).await.1;
+    }
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines[0], format!("cube-sim: container app started from image {UHUB_IMAGE}"));
     assert_eq!(lines[1], "cube-sim: environment keys: GREETING");
