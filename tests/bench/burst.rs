@@ -28,7 +28,7 @@ usage:
   cargo build --release -p vkhost -p cube-sim && plugins/build example cube
   cargo run --release -p vkcube-e2e --example burst -- [--pods N] [--provider example|cube] [--nodes N]
                                                        [--timeout SECS] [--daemon vkhost|upstream]
-                                                       [--against-upstream]
+                                                       [--against-upstream] [--max-in-flight N]
 
   --pods N        replicas in the burst (default 200; at most 200 per node)
   --provider P    example (instances in memory, Running at once) or cube (cube-sim with zero
@@ -39,8 +39,12 @@ usage:
                   mock provider, the baseline (build it with tests/bench/upstream-vk/build;
                   binary ~/.cache/vkcube/upstream-vk/virtual-kubelet, or --upstream-bin PATH);
                   upstream implies --provider example semantics (pods Running at once)
+  --max-in-flight N  the daemon's `[api] max_in_flight` (default: the daemon's own default, 64)
   --against-upstream  after the vkhost burst, the same burst with the upstream daemon on the same
                   control plane, then the ratios (vkhost over upstream)
+
+VKCUBE_BENCH_VKHOST=PATH measures another vkhost build, e.g. the shipped one:
+  cargo build --profile dist -p vkhost && VKCUBE_BENCH_VKHOST=$CARGO_TARGET_DIR/dist/vkhost cargo run ...
 
 Run with the same CARGO_TARGET_DIR as the builds. Binaries come from ${CARGO_TARGET_DIR:-<repo>/target}/release/{vkhost,cube-sim} and plugins from
 ${CARGO_TARGET_DIR:-<repo>/target}/plugins (override with VKCUBE_PLUGIN_DIR). The control plane is
@@ -72,6 +76,8 @@ struct Args {
     nodes: usize,
     provider: Provider,
     timeout: Duration,
+    /// `[api] max_in_flight` for the daemon; its default when unset.
+    max_in_flight: Option<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -83,6 +89,7 @@ fn parse_args() -> Result<Args> {
         nodes: 1,
         provider: Provider::Example,
         timeout: Duration::from_secs(600),
+        max_in_flight: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +113,10 @@ fn parse_args() -> Result<Args> {
                     "upstream" => DaemonKind::Upstream,
                     other => bail!("--daemon is {other:?}, but must be vkhost or upstream"),
                 }
+            }
+            "--max-in-flight" => {
+                args.max_in_flight =
+                    Some(value("--max-in-flight")?.parse().context("--max-in-flight must be a positive integer")?)
             }
             "--against-upstream" => args.against_upstream = true,
             "--upstream-bin" => args.upstream_bin = Some(PathBuf::from(value("--upstream-bin")?)),
@@ -257,6 +268,9 @@ fn daemon_config(args: &Args, kubeconfig: &Path, cluster_id: &str, run: &str, si
     if let Some(url) = sim_url {
         let ws = url.replacen("http://", "ws://", 1);
         cfg.push_str(&format!("allowed_urls = [\"{url}/\", \"{ws}/\"]\n"));
+    }
+    if let Some(n) = args.max_in_flight {
+        cfg.push_str(&format!("\n[api]\nmax_in_flight = {n}\n"));
     }
     cfg.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     for i in 0..args.nodes {

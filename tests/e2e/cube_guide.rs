@@ -25,6 +25,7 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
     let ns = cluster.namespace("guide").await;
     let env = CubeEnv::start(cluster, true).await;
     let cid = fresh_cluster_id();
+    let started = std::time::Instant::now();
     let daemon = start(&env.daemon_config(cluster, &cid, "guide", "")).await;
     let node = node_of(&ns.client, &cid).await.name_any();
 
@@ -44,6 +45,8 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
             (ok.len() == 5).then_some(ok)
         })
         .await;
+    // The figure BENCHMARKS.md quotes (run with `--nocapture`).
+    eprintln!("cube_guide: daemon start to the guide's 5 pods Running and Ready: {:.1?}", started.elapsed());
 
     // Exactly one instance per pod, sized as Cube sizes them.
     let instances = env.live_instances().await;
