@@ -31,19 +31,16 @@ fn bare_pod(name: &str, node: &str, extra_spec: serde_json::Value) -> Pod {
 /// past `after`.
 async fn wait_for_renewals_after(client: &kube::Client, node: &str, after: k8s_openapi::jiff::Timestamp, count: usize) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
-    wait_for(Duration::from_secs(120), "node Lease renewals after the disable", || {
-        let leases = leases.clone();
-        let seen = &mut seen;
-        async move {
-            let renewed = leases.get(node).await.ok()?.spec?.renew_time?.0;
-            if renewed > after && !seen.contains(&renewed) {
-                seen.push(renewed);
-            }
-            (seen.len() >= count).then_some(())
+    while seen.len() < count {
+        assert!(Instant::now() < deadline, "node {node}: only {} Lease renewals after {after} in 120 s", seen.len());
+        let renewed = leases.get(node).await.ok().and_then(|l| l.spec?.renew_time).map(|t| t.0);
+        if let Some(renewed) = renewed.filter(|r| *r > after && !seen.contains(r)) {
+            seen.push(renewed);
         }
-    })
-    .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn events_for(client: &kube::Client, ns: &str, pod: &str) -> Vec<(String, String)> {

@@ -174,8 +174,10 @@ async fn provisions_udisk_claims_into_bound_volumes_and_reclaims_them() {
         })
         .await;
         pvcs.delete("data-later", &DeleteParams::default()).await.unwrap();
-        wait_for("data-later gone", Duration::from_secs(60), || async { pvcs.get_opt("data-later").await.ok()?.is_none().then_some(()) })
-            .await;
+        wait_for("data-later gone", Duration::from_secs(60), || async {
+            pvcs.get_opt("data-later").await.ok()?.is_none().then_some(())
+        })
+        .await;
         // Once the PV is Released, a pass of our own has seen it and kept it.
         wait_for("data-later's PV Released", Duration::from_secs(60), || async {
             (pvs.get(&later_pv).await.ok()?.status?.phase.as_deref() == Some("Released")).then_some(())
