@@ -114,9 +114,17 @@ async fn guide_manifests_run_on_cube_and_logs_and_exec_reach_them() {
     }
     let (code, tail, err) = cluster.kubectl(&["logs", "-n", &ns.name, "nginx", "--tail", "2"]);
     assert_eq!(code, 0, "kubectl logs --tail 2: {err}");
-    let tail: Vec<&str> = tail.lines().collect();
+    // The last two lines of the same sequence, read a moment later: consecutive, and not before
+    // where the full read ended.
+    let position = |line: &str| match line.strip_prefix("cube-sim: nginx tick ") {
+        Some(n) => n.parse::<usize>().expect("a tick number") + 1,
+        None if line == lines[1] => 1,
+        None => panic!("not a line of nginx's log: {line:?}"),
+    };
+    let tail: Vec<usize> = tail.lines().map(position).collect();
     assert_eq!(tail.len(), 2, "{tail:?}");
-    assert!(tail.iter().all(|l| l.starts_with("cube-sim: nginx tick ")), "{tail:?}");
+    assert_eq!(tail[1], tail[0] + 1, "{tail:?}");
+    assert!(tail[1] >= lines.len() - 1, "tail {tail:?} ends before the full log's {} lines", lines.len());
 
     daemon.stop().await;
     env.stop().await;
