@@ -24,6 +24,8 @@ pub enum HeaderError {
     Malformed(&'static str),
     #[error("SPDY header block inflates beyond {MAX_BLOCK} bytes; send smaller headers")]
     TooLarge,
+    #[error("SPDY header block is {len} bytes compressed, more than the {MAX_BLOCK} accepted; send smaller headers")]
+    CompressedTooLarge { len: usize },
     #[error("SPDY header block declares {count} headers, more than the {MAX_VALUES} accepted")]
     TooManyPairs { count: usize },
     #[error(
@@ -144,16 +146,28 @@ impl HeaderDecompressor {
         Self { z: Decompress::new(true) }
     }
 
+    /// Inflates one block of the connection's zlib stream and decodes it.
     pub fn decompress(&mut self, block: &[u8]) -> Result<Headers, HeaderError> {
-        let mut out: Vec<u8> = Vec::with_capacity(block.len() * 4 + 64);
+        decode_block(&self.inflate(block)?)
+    }
+
+    /// Neither the compressed nor the inflated block may exceed `MAX_BLOCK`, and the buffer never
+    /// grows past it (one byte more, to tell "exactly the cap" from "beyond").
+    fn inflate(&mut self, block: &[u8]) -> Result<Vec<u8>, HeaderError> {
+        if block.len() > MAX_BLOCK {
+            return Err(HeaderError::CompressedTooLarge { len: block.len() });
+        }
+        const LIMIT: usize = MAX_BLOCK + 1;
+        let mut out: Vec<u8> = Vec::with_capacity((block.len().saturating_mul(4) + 64).min(LIMIT));
         let start = self.z.total_in();
         loop {
             let consumed = (self.z.total_in() - start) as usize;
-            if out.capacity() - out.len() < 256 {
-                if out.len() >= MAX_BLOCK {
+            if out.len() == out.capacity() {
+                if out.len() >= LIMIT {
                     return Err(HeaderError::TooLarge);
                 }
-                out.reserve(out.capacity().max(1024));
+                let grown = out.capacity().saturating_mul(2).clamp(1024, LIMIT);
+                out.reserve_exact(grown - out.len());
             }
             let before_out = out.len();
             match self.z.decompress_vec(&block[consumed..], &mut out, FlushDecompress::Sync) {
@@ -166,14 +180,18 @@ impl HeaderDecompressor {
                 Err(e) => return Err(HeaderError::Zlib(e.to_string())),
             }
             let consumed_now = (self.z.total_in() - start) as usize;
-            if consumed_now == block.len() && out.len() < out.capacity() {
+            // Done once all input is in and zlib left room unused or gave nothing more.
+            if consumed_now == block.len() && (out.len() < out.capacity() || out.len() == before_out) {
                 break;
             }
             if consumed_now == consumed && out.len() == before_out && out.len() < out.capacity() {
                 return Err(HeaderError::Malformed("zlib made no progress"));
             }
         }
-        decode_block(&out)
+        if out.len() > MAX_BLOCK {
+            return Err(HeaderError::TooLarge);
+        }
+        Ok(out)
     }
 }
 
@@ -281,6 +299,36 @@ mod tests {
         let mut raw = vec![0, 0, 0, 65];
         raw.extend(std::iter::repeat_n([0u8, 0, 0, 0, 0, 0, 0, 0], 65).flatten());
         assert_eq!(decode_block(&raw), Err(HeaderError::TooManyPairs { count: 65 }));
+    }
+
+    #[test]
+    fn inflating_past_the_cap_is_refused_without_reserving_more() {
+        let mut c = HeaderCompressor::new().unwrap();
+        let mut raw = bomb(8, MAX_BLOCK);
+        raw[0..4].copy_from_slice(&[0, 0, 0, 1]);
+        let block = c.compress_raw(&raw).unwrap();
+        assert_eq!(HeaderDecompressor::new().decompress(&block), Err(HeaderError::TooLarge));
+        // A block of exactly the cap still inflates (and is then judged on its contents).
+        let mut c = HeaderCompressor::new().unwrap();
+        let mut exact = bomb(4, MAX_BLOCK - 16);
+        assert_eq!(exact.len(), MAX_BLOCK);
+        exact[16..].fill(b'v');
+        let inflated = HeaderDecompressor::new().inflate(&c.compress_raw(&exact).unwrap()).unwrap();
+        assert_eq!(inflated, exact);
+        assert!(inflated.capacity() <= MAX_BLOCK + 1, "reserved {} bytes", inflated.capacity());
+        // A usual block gets a usual buffer.
+        let mut c = HeaderCompressor::new().unwrap();
+        let small = HeaderDecompressor::new().inflate(&c.compress(&[("streamtype", "stdout")]).unwrap()).unwrap();
+        assert!(small.capacity() <= 4096, "reserved {} bytes", small.capacity());
+    }
+
+    #[test]
+    fn oversized_compressed_blocks_are_refused_unread() {
+        let block = vec![0u8; MAX_BLOCK + 1];
+        assert_eq!(
+            HeaderDecompressor::new().decompress(&block),
+            Err(HeaderError::CompressedTooLarge { len: MAX_BLOCK + 1 })
+        );
     }
 
     /// A block made of pairs with NUL-rich values and names around the cap, the shapes that
