@@ -772,15 +772,16 @@ mod tests {
         ExecQuery { command: vec!["cat".into()], stdin: true, stdout: true, stderr: !tty, tty }
     }
 
-    /// Runs `serve` on one end of an in-memory connection.
-    fn start(
-        opts: ExecQuery,
-    ) -> (
+    /// A session under test: the client, what reaches the relay, what the relay sends, the server.
+    type Started = (
         TestClient,
         mpsc::Receiver<ClientInput>,
         mpsc::Sender<ClientOutput>,
         tokio::task::JoinHandle<Result<(), SessionError>>,
-    ) {
+    );
+
+    /// Runs `serve` on one end of an in-memory connection.
+    fn start(opts: ExecQuery) -> Started {
         let (server_io, client_io) = tokio::io::duplex(1 << 16);
         let (in_tx, in_rx) = mpsc::channel(16);
         let (out_tx, out_rx) = mpsc::channel(16);
