@@ -724,3 +724,72 @@ async fn serving_certificate_can_come_from_the_kubelet_serving_signer() {
     assert_eq!((code, out.as_str()), (0, "web/app line 10\n"), "{err}");
     fx.teardown().await;
 }
+
+/// The process's resident memory; the kubelet API runs in this process.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A SYN_STREAM whose header block is a few hundred bytes on the wire but a 64 KiB name with a
+/// value of 64 Ki NULs inflated: 64 Ki header values, once 64 Ki copies of the name (4 GiB).
+fn header_bomb_syn_stream() -> Vec<u8> {
+    let mut raw = Vec::new();
+    raw.extend(1u32.to_be_bytes());
+    raw.extend(65536u32.to_be_bytes());
+    raw.extend(std::iter::repeat_n(b'a', 65536));
+    raw.extend(65536u32.to_be_bytes());
+    raw.extend(std::iter::repeat_n(0u8, 65536));
+    // Peers may deflate without the SPDY dictionary; the server only loads it when asked.
+    let mut z = flate2::Compress::new(flate2::Compression::default(), true);
+    let mut block = Vec::with_capacity(raw.len() + 1024);
+    while (z.total_in() as usize) < raw.len() {
+        let at = z.total_in() as usize;
+        z.compress_vec(&raw[at..], &mut block, flate2::FlushCompress::Sync).unwrap();
+    }
+    let mut frame = vec![0x80, 0x03, 0x00, 0x01, 0x00];
+    frame.extend(&((10 + block.len()) as u32).to_be_bytes()[1..]);
+    frame.extend(1u32.to_be_bytes()); // stream id
+    frame.extend(0u32.to_be_bytes()); // associated stream
+    frame.extend([0, 0]); // priority, slot
+    frame.extend(block);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spdy_header_bomb_is_refused_and_the_node_keeps_serving() {
+    let fx = Fixture::new("kbomb", false).await;
+    let url =
+        format!("https://127.0.0.1:{}/exec/{}/{}/app?command=cat&input=1&output=1", fx.server.port(), fx.ns, fx.pod);
+    let resp = apiserver_client(fx.cluster)
+        .post(url)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", "v4.channel.k8s.io")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut conn = resp.upgrade().await.unwrap();
+    let bomb = header_bomb_syn_stream();
+    assert!(bomb.len() < 1024, "the bomb is {} bytes on the wire", bomb.len());
+    let before = rss_kib();
+    conn.write_all(&bomb).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer))
+        .await
+        .expect("the session is closed after the bomb")
+        .unwrap();
+    let after = rss_kib();
+    println!("header bomb ({} bytes): VmRSS {before} KiB before, {after} KiB after", bomb.len());
+    // GOAWAY: no stream served, status PROTOCOL_ERROR.
+    assert_eq!(answer, [0x80, 0x03, 0x00, 0x07, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert!(after < before + 64 * 1024, "VmRSS grew from {before} to {after} KiB");
+
+    // And the node still serves exec, through the apiserver, over SPDY.
+    let (code, out, err) =
+        fx.kubectl_with_input(&["exec", "-i", "-n", &fx.ns, &fx.pod, "--", "cat"], b"still serving\n").await;
+    assert_eq!((code, out.as_str()), (0, "still serving\n"), "stderr: {err}");
+    fx.teardown().await;
+}

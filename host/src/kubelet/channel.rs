@@ -14,6 +14,10 @@ pub const CLOSE: u8 = 255;
 pub const V5: &str = "v5.channel.k8s.io";
 pub const V4: &str = "v4.channel.k8s.io";
 
+/// Longest resize event passed on, from either front end. A resize is `{"Width":80,"Height":24}`;
+/// anything near this size is not one.
+pub const MAX_RESIZE: usize = 4096;
+
 /// One decoded channel message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -126,5 +130,27 @@ mod tests {
             status_as_error_text(&exit_code_status(2)).as_deref(),
             Some("command terminated with non-zero exit code: 2")
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        #[test]
+        fn any_message_decodes_without_panic_to_at_most_its_own_bytes(
+            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            v5 in proptest::prelude::any::<bool>(),
+        ) {
+            match decode(&msg, v5) {
+                None => proptest::prop_assert!(msg.is_empty() || (v5 && msg == [CLOSE])),
+                Some(Frame::Data { channel, data }) => {
+                    proptest::prop_assert_eq!(channel, msg[0]);
+                    proptest::prop_assert_eq!(&data[..], &msg[1..]);
+                }
+                Some(Frame::Close { channel }) => {
+                    proptest::prop_assert!(v5);
+                    proptest::prop_assert_eq!(channel, msg[1]);
+                }
+            }
+        }
     }
 }

@@ -171,8 +171,8 @@ async fn session(
             let protocol = if v5 { channel::V5 } else { channel::V4 };
             let sessions = state.sessions.clone();
             let shutdown = state.shutdown.clone();
-            ws.protocols([protocol]).on_upgrade(move |socket| async move {
-                let session = ws::serve(socket, v5, upstream, sessions.clone());
+            ws::limits(ws).protocols([protocol]).on_upgrade(move |socket| async move {
+                let session = ws::serve(socket, v5, opts.tty, upstream, sessions.clone());
                 tokio::select! {
                     _ = session => {}
                     _ = shutdown.cancelled() => {}

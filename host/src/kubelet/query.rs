@@ -12,8 +12,25 @@ pub struct QueryError {
     pub why: &'static str,
 }
 
-fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).unwrap_or_default()
+/// Longest query string read: hyper's HTTP/1 limit on a whole request target (64 KiB), stated
+/// here so that parsing stays bounded whatever the server in front of it allows.
+pub const MAX_QUERY: usize = (u16::MAX - 1) as usize;
+/// Most `command` arguments an exec may carry. Each becomes a string handed to the provider
+/// plugin; a query of `command&command&...` would otherwise make thousands of them.
+pub const MAX_COMMAND_ARGS: usize = 1024;
+
+/// The query's pairs, refused whole if it is too long to be a kubelet request.
+fn pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, QueryError> {
+    let raw = raw.unwrap_or("");
+    if raw.len() > MAX_QUERY {
+        let start: String = raw.chars().take(32).collect();
+        return Err(QueryError {
+            name: "(query)".into(),
+            value: format!("{start}... ({} bytes)", raw.len()),
+            why: "query strings are limited to 65534 bytes",
+        });
+    }
+    Ok(serde_urlencoded::from_str::<Vec<(String, String)>>(raw).unwrap_or_default())
 }
 
 fn bad(name: &str, value: &str, why: &'static str) -> QueryError {
@@ -37,7 +54,7 @@ fn number(name: &str, value: &str) -> Result<i64, QueryError> {
 /// Parses `follow, tailLines, sinceSeconds, sinceTime, timestamps, limitBytes, previous`.
 pub fn log_query(raw: Option<&str>) -> Result<LogQuery, QueryError> {
     let mut q = LogQuery::default();
-    for (name, value) in pairs(raw) {
+    for (name, value) in pairs(raw)? {
         match name.as_str() {
             "follow" => q.follow = flag(&name, &value)?,
             "timestamps" => q.timestamps = flag(&name, &value)?,
@@ -83,8 +100,11 @@ pub fn log_query(raw: Option<&str>) -> Result<LogQuery, QueryError> {
 /// spellings `stdin`, `stdout`, `stderr`). `attach` must not carry a command.
 pub fn exec_query(raw: Option<&str>, attach: bool) -> Result<ExecQuery, QueryError> {
     let mut q = ExecQuery::default();
-    for (name, value) in pairs(raw) {
+    for (name, value) in pairs(raw)? {
         match name.as_str() {
+            "command" if q.command.len() == MAX_COMMAND_ARGS => {
+                return Err(bad(&name, &value, "an exec takes at most 1024 command arguments"));
+            }
             "command" => q.command.push(value),
             "input" | "stdin" => q.stdin = flag(&name, &value)?,
             "output" | "stdout" => q.stdout = flag(&name, &value)?,
@@ -178,5 +198,68 @@ mod tests {
     #[test]
     fn exec_without_any_stream_is_rejected() {
         assert!(exec_query(Some("command=ls"), false).is_err());
+    }
+
+    #[test]
+    fn exec_query_refuses_more_command_arguments_than_the_cap() {
+        let at_cap = vec!["command=x"; MAX_COMMAND_ARGS].join("&") + "&output=1";
+        assert_eq!(exec_query(Some(&at_cap), false).unwrap().command.len(), MAX_COMMAND_ARGS);
+        let past = format!("command=y&{at_cap}");
+        let err = exec_query(Some(&past), false).unwrap_err();
+        assert_eq!(err.name, "command");
+        assert!(err.to_string().contains("at most 1024 command arguments"), "{err}");
+    }
+
+    #[test]
+    fn query_strings_past_the_request_target_limit_are_refused() {
+        let long = format!("output=1&command={}", "a".repeat(MAX_QUERY));
+        let err = exec_query(Some(&long), false).unwrap_err();
+        assert!(err.to_string().contains("limited to 65534 bytes"), "{err}");
+        assert!(err.value.len() < 64, "the error repeats the whole query: {} bytes", err.value.len());
+        assert!(log_query(Some(&long)).is_err());
+    }
+
+    /// Queries made of the parameters the parsers act on, repeated and mixed with noise.
+    fn any_query() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            Just("command"),
+            Just("input"),
+            Just("stdout"),
+            Just("tty"),
+            Just("follow"),
+            Just("tailLines"),
+            Just("sinceSeconds"),
+            Just("sinceTime"),
+            Just("limitBytes"),
+            Just("x%00"),
+        ];
+        let value = "[a-z0-9%+=&]{0,12}";
+        prop::collection::vec((name, value, any::<bool>()), 0..200).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(n, v, bare)| if bare { n.to_string() } else { format!("{n}={v}") })
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        #[test]
+        fn any_query_parses_without_panic_into_bounded_options(raw in any_query(), attach in proptest::prelude::any::<bool>()) {
+            if let Ok(q) = exec_query(Some(&raw), attach) {
+                proptest::prop_assert!(q.command.len() <= MAX_COMMAND_ARGS);
+                proptest::prop_assert!(q.command.iter().map(String::len).sum::<usize>() <= raw.len());
+            }
+            let _ = log_query(Some(&raw));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_query_parsers(raw in "\\PC{0,256}") {
+            let _ = exec_query(Some(&raw), false);
+            let _ = log_query(Some(&raw));
+        }
     }
 }
