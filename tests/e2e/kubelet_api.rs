@@ -326,7 +326,7 @@ impl Fixture {
         let backend = Arc::new(TestBackend { node: node.clone(), upstream, pods: Mutex::new(vec![]) });
         let shutdown = CancellationToken::new();
         let cfg = KubeletConfig { tls, ..KubeletConfig::default() };
-        let server = KubeletServer::start(cfg, backend.clone(), client.clone(), shutdown.clone())
+        let server = KubeletServer::start(cfg, backend.clone(), client.clone(), client.clone(), shutdown.clone())
             .await
             .expect("start kubelet API");
 

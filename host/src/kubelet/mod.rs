@@ -64,10 +64,14 @@ pub struct SessionCounts {
 
 impl KubeletServer {
     /// Binds the listener, obtains the serving certificate and the client CA, and starts serving.
+    /// `reviews` is the client TokenReviews and SubjectAccessReviews go through: give it one of its
+    /// own (see [`KubeletConfig::review_api_limits`]) so callers of this API cannot spend the
+    /// rate limit `kube` renews node Leases with.
     pub async fn start(
         cfg: KubeletConfig,
         backend: Arc<dyn KubeletBackend>,
         kube: kube::Client,
+        reviews: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<KubeletServer, KubeletError> {
         let node = backend.node_name();
@@ -107,7 +111,13 @@ impl KubeletServer {
         let counters = Arc::new(server::SessionCounters::default());
         let state = Arc::new(server::ApiState {
             backend,
-            authz: auth::Authorizer::new(kube.clone(), node.clone(), cfg.auth_cache_ttl, cfg.auth_cache_size),
+            authz: auth::Authorizer::new(
+                reviews,
+                node.clone(),
+                cfg.auth_cache_ttl,
+                cfg.auth_cache_size,
+                cfg.reviews_in_flight as usize,
+            ),
             node: node.clone(),
             http,
             ws_tls: Arc::new(tls::client_config()),

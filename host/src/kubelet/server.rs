@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::auth::{self, Authorizer, UserInfo};
+use super::auth::{self, AuthError, Authorizer, UserInfo};
 use super::backend::KubeletBackend;
 use super::{exec, logs, stats};
 
@@ -86,6 +86,13 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
             Some(token) => match state.authz.authenticate_token(token).await {
                 Ok(Some(user)) => user,
                 Ok(None) => return error_response(StatusCode::UNAUTHORIZED, "Unauthorized"),
+                Err(e @ AuthError::Busy(_)) => {
+                    tracing::debug!(error = %e, "kubelet API: too many token reviews in flight");
+                    let mut resp =
+                        error_response(StatusCode::TOO_MANY_REQUESTS, "Too many requests, please try again later.");
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                    return resp;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "kubelet API: authentication failed");
                     return error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("Authentication error: {e}"));
@@ -169,5 +176,119 @@ pub async fn accept_loop(
                 _ = shutdown.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::body::Body;
+
+    use super::*;
+    use crate::kubelet::tls;
+
+    /// A backend with one pod, ns/web with UID uid-1, whose sessions fail with a telling error.
+    struct OnePod;
+
+    impl crate::kubelet::KubeletBackend for OnePod {
+        fn node_name(&self) -> String {
+            "vk-1".into()
+        }
+        fn pods(&self) -> Vec<k8s_openapi::api::core::v1::Pod> {
+            let mut pod = k8s_openapi::api::core::v1::Pod::default();
+            pod.metadata.namespace = Some("ns".into());
+            pod.metadata.name = Some("web".into());
+            pod.metadata.uid = Some("uid-1".into());
+            vec![pod]
+        }
+        fn logs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: crate::kubelet::LogQuery,
+        ) -> futures::future::BoxFuture<'a, Result<crate::kubelet::StreamTarget, crate::kubelet::BackendError>>
+        {
+            Box::pin(async { Err(crate::kubelet::BackendError::BadRequest("reached the backend".into())) })
+        }
+        fn exec<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: crate::kubelet::ExecQuery,
+        ) -> futures::future::BoxFuture<'a, Result<crate::kubelet::StreamTarget, crate::kubelet::BackendError>>
+        {
+            Box::pin(async { Err(crate::kubelet::BackendError::BadRequest("reached the backend".into())) })
+        }
+        fn attach<'a>(
+            &'a self,
+            ns: &'a str,
+            pod: &'a str,
+            container: &'a str,
+            opts: crate::kubelet::ExecQuery,
+        ) -> futures::future::BoxFuture<'a, Result<crate::kubelet::StreamTarget, crate::kubelet::BackendError>>
+        {
+            self.exec(ns, pod, container, opts)
+        }
+        fn usage(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<crate::kubelet::PodUsage>, crate::kubelet::BackendError>>
+        {
+            Box::pin(async { Ok(vec![]) })
+        }
+    }
+
+    /// The real route table over [`OnePod`], authenticating against a stand-in apiserver.
+    async fn api_router(api: &auth::stand_in::Apiserver, reviews_in_flight: usize) -> Router {
+        let limits = crate::config::ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 64 };
+        let reviews = api.client("reviews", &limits).await;
+        router(Arc::new(ApiState {
+            backend: Arc::new(OnePod),
+            authz: Authorizer::new(reviews, "vk-1".into(), Duration::from_secs(60), 64, reviews_in_flight),
+            node: "vk-1".into(),
+            http: reqwest::Client::new(),
+            ws_tls: Arc::new(tls::client_config()),
+            started: chrono::Utc::now(),
+            sessions: TaskTracker::new(),
+            counters: Arc::new(SessionCounters::default()),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    async fn answer(router: &Router, req: Request) -> (StatusCode, String) {
+        let resp = tower_service::Service::call(&mut router.clone(), req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn new_tokens_past_the_reviews_in_flight_are_told_to_retry() {
+        let api = auth::stand_in::Apiserver::start(Duration::from_millis(300)).await;
+        let router = api_router(&api, 1).await;
+        let with_token = |token: &str| {
+            http::Request::builder()
+                .uri("/pods")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (first, second) = tokio::join!(answer(&router, with_token("made-up-1")), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let started = Instant::now();
+            let resp = tower_service::Service::call(&mut router.clone(), with_token("made-up-2")).await.unwrap();
+            (resp.status(), resp.headers().get(http::header::RETRY_AFTER).cloned(), started.elapsed())
+        });
+        assert_eq!(first.0, StatusCode::UNAUTHORIZED);
+        let (status, retry_after, took) = second;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after.unwrap(), "1");
+        assert!(took < Duration::from_millis(100), "answered in {took:?}");
+        // A token already known to be bad is answered from the cache, whatever is in flight.
+        let (status, _) = answer(&router, with_token("made-up-1")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(api.counts.token_reviews_by("reviews"), 1);
     }
 }

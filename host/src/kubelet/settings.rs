@@ -26,6 +26,14 @@ pub struct KubeletConfig {
     pub auth_cache_ttl: Duration,
     /// Upper bound on cached decisions, so a flood of distinct tokens cannot grow memory.
     pub auth_cache_size: usize,
+    /// TokenReviews and SubjectAccessReviews go through a Kubernetes client of their own, with
+    /// this rate limit (requests per second, then burst), so reviews caused by callers of the
+    /// kubelet API never delay node heartbeats.
+    pub review_qps: u32,
+    pub review_burst: u32,
+    /// TokenReviews awaiting the apiserver at once; a request with an unknown token arriving past
+    /// this is answered 429 at once instead of queueing.
+    pub reviews_in_flight: u32,
 }
 
 impl Default for KubeletConfig {
@@ -38,6 +46,20 @@ impl Default for KubeletConfig {
             client_ca_file: None,
             auth_cache_ttl: Duration::from_secs(30),
             auth_cache_size: 1024,
+            review_qps: 50,
+            review_burst: 100,
+            reviews_in_flight: 16,
+        }
+    }
+}
+
+impl KubeletConfig {
+    /// The limits of the client reviews go through.
+    pub fn review_api_limits(&self) -> crate::config::ApiLimits {
+        crate::config::ApiLimits {
+            qps: self.review_qps.max(1),
+            burst: self.review_burst.max(1),
+            max_in_flight: self.reviews_in_flight.max(1),
         }
     }
 }
