@@ -678,6 +678,31 @@ async fn direct_requests_need_credentials_and_rbac() {
     let resp = anonymous.get(format!("{base}/metrics/resource")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 403);
 
+    // nodes/log is the node's own log files (/logs), as on a real kubelet: it does not open pod
+    // logs, which need nodes/proxy.
+    let role = format!("{ns}-node-log");
+    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/log"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fx
+        .kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:reader"),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    // /logs is authorized by the grant, then not found: this node serves no log files.
+    wait_for(Duration::from_secs(60), "nodes/log grant to take effect", || async {
+        let r = anonymous.get(format!("{base}/logs/messages")).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 404).then_some(())
+    })
+    .await;
+    let resp = anonymous.get(format!("{base}/containerLogs/{ns}/web/app")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("subresource=proxy"));
+
     // The apiserver's kubelet client certificate (system:masters) is allowed everything.
     let apiserver = apiserver_client(fx.cluster);
     let resp = apiserver.get(format!("{base}/pods")).send().await.unwrap();

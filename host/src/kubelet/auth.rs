@@ -59,14 +59,14 @@ pub fn attributes(method: &Method, path: &str) -> Option<RequestAttributes> {
         _ => "unknown",
     };
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // The kubelet's own table: `nodes/log` covers the node's log files under /logs only; pod
+    // logs (/containerLogs), like everything else, need `nodes/proxy`.
     let subresources: &'static [&'static str] = if under("/stats") {
         &["stats"]
     } else if under("/metrics") {
         &["metrics"]
-    } else if under("/containerLogs") || under("/logs") {
-        // Upstream kubelets check `proxy` for containerLogs; `log` is the finer grant. Either
-        // suffices so both kinds of RBAC written for kubelets keep working.
-        &["log", "proxy"]
+    } else if under("/logs") {
+        &["log"]
     } else {
         &["proxy"]
     };
@@ -435,7 +435,11 @@ mod tests {
         let sub = |m: Method, p: &str| attributes(&m, p).unwrap();
         assert_eq!(sub(Method::GET, "/stats/summary"), RequestAttributes { verb: "get", subresources: &["stats"] });
         assert_eq!(sub(Method::GET, "/metrics/resource").subresources, &["metrics"]);
-        assert_eq!(sub(Method::GET, "/containerLogs/ns/p/c").subresources, &["log", "proxy"]);
+        assert_eq!(sub(Method::GET, "/containerLogs/ns/p/c").subresources, &["proxy"]);
+        assert_eq!(sub(Method::GET, "/logs/messages").subresources, &["log"]);
+        for path in ["/attach/ns/p/c", "/portForward/ns/p", "/run/ns/p/c", "/runningpods/", "/exec/ns/p/uid/c"] {
+            assert_eq!(sub(Method::POST, path).subresources, &["proxy"], "{path}");
+        }
         assert_eq!(sub(Method::POST, "/exec/ns/p/c"), RequestAttributes { verb: "create", subresources: &["proxy"] });
         assert_eq!(sub(Method::GET, "/exec/ns/p/c").verb, "get");
         assert_eq!(sub(Method::GET, "/pods").subresources, &["proxy"]);

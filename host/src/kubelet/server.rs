@@ -93,9 +93,10 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
                     resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
                     return resp;
                 }
+                // As the kubelet answers: the caller learns nothing about the apiserver's trouble.
                 Err(e) => {
-                    tracing::warn!(error = %e, "kubelet API: authentication failed");
-                    return error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("Authentication error: {e}"));
+                    tracing::warn!(error = %e, "kubelet API: unable to authenticate the request due to an error");
+                    return error_response(StatusCode::UNAUTHORIZED, "Unauthorized");
                 }
             },
         },
@@ -114,7 +115,15 @@ async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> 
         ),
         Err(e) => {
             tracing::warn!(error = %e, user = %user.name, "kubelet API: authorization failed");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("Authorization error: {e}"))
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "Authorization error (user={}, verb={}, resource=nodes, subresource={})",
+                    user.name,
+                    attrs.verb,
+                    attrs.subresources.join("|")
+                ),
+            )
         }
     }
 }
@@ -257,12 +266,26 @@ mod tests {
         }))
     }
 
+    /// A request from a client-certificate identity (allowed everything by the stand-in).
+    fn as_admin(method: http::Method, uri: &str, headers: &[(&str, &str)]) -> Request {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut().insert(PeerIdentity(Some(UserInfo { name: "admin".into(), ..UserInfo::default() })));
+        req
+    }
+
     async fn answer(router: &Router, req: Request) -> (StatusCode, String) {
         let resp = tower_service::Service::call(&mut router.clone(), req).await.unwrap();
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
+
+    const SPDY: [(&str, &str); 3] =
+        [("connection", "Upgrade"), ("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "v4.channel.k8s.io")];
 
     #[tokio::test]
     async fn new_tokens_past_the_reviews_in_flight_are_told_to_retry() {
@@ -290,5 +313,51 @@ mod tests {
         let (status, _) = answer(&router, with_token("made-up-1")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(api.counts.token_reviews_by("reviews"), 1);
+    }
+
+    #[tokio::test]
+    async fn exec_and_attach_refuse_a_pod_uid_that_is_not_the_pods() {
+        let api = auth::stand_in::Apiserver::start(Duration::ZERO).await;
+        let router = api_router(&api, 4).await;
+        for kind in ["exec", "attach"] {
+            let uri = format!("/{kind}/ns/web/uid-0/app?command=true&output=1");
+            let (status, body) = answer(&router, as_admin(http::Method::POST, &uri, &SPDY)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{kind}: {body}");
+            assert!(body.contains("ns/web with UID uid-0"), "{body}");
+            // The right UID gets through to the backend.
+            let uri = format!("/{kind}/ns/web/uid-1/app?command=true&output=1");
+            let (status, body) = answer(&router, as_admin(http::Method::POST, &uri, &SPDY)).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::BAD_REQUEST, "pod ns/web container app: bad request: reached the backend\n")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn spdy_upgrades_must_be_posted() {
+        let api = auth::stand_in::Apiserver::start(Duration::ZERO).await;
+        let router = api_router(&api, 4).await;
+        let (status, body) =
+            answer(&router, as_admin(http::Method::GET, "/exec/ns/web/app?command=id&output=1", &SPDY)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+        let (status, body) =
+            answer(&router, as_admin(http::Method::POST, "/exec/ns/web/app?command=id&output=1", &SPDY)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("reached the backend"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_token_review_is_unauthorized_without_the_apiservers_words() {
+        let api = auth::stand_in::Apiserver::start(Duration::ZERO).await;
+        api.counts.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let router = api_router(&api, 4).await;
+        let req = http::Request::builder()
+            .uri("/pods")
+            .header("authorization", format!("Bearer {}", auth::stand_in::GOOD_TOKEN))
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = answer(&router, req).await;
+        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "Unauthorized\n"));
     }
 }
