@@ -129,10 +129,12 @@ impl KubeletServer {
         let router = server::router(state);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
         tracing::info!(node = %node, addr = %local_addr, "kubelet API listening");
+        let limits = cfg.connection_limits();
         let renewal = renew_loop(cfg, kube, node, hostname, certs.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
             let connections = TaskTracker::new();
-            tokio::join!(server::accept_loop(listener, acceptor, router, connections.clone(), shutdown), renewal);
+            let serving = server::accept_loop(listener, acceptor, router, limits, connections.clone(), shutdown);
+            tokio::join!(serving, renewal);
             connections.close();
             sessions.close();
             connections.wait().await;

@@ -26,6 +26,18 @@ pub struct KubeletConfig {
     pub auth_cache_ttl: Duration,
     /// Upper bound on cached decisions, so a flood of distinct tokens cannot grow memory.
     pub auth_cache_size: usize,
+    /// How long a client may take to finish the TLS handshake.
+    #[serde(with = "seconds")]
+    pub tls_handshake_timeout: Duration,
+    /// How long a connection may go without a complete request head: after the handshake, and
+    /// between the requests of a keep-alive connection (so also the keep-alive idle timeout).
+    /// Responses in progress (a followed log) and exec/attach sessions are not cut by it.
+    #[serde(with = "seconds")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted. Each holds a
+    /// file descriptor, so keep this under the process's limit (`ulimit -n`) divided by the
+    /// number of nodes. Upgraded exec/attach sessions are not counted.
+    pub max_connections: usize,
     /// TokenReviews and SubjectAccessReviews go through a Kubernetes client of their own, with
     /// this rate limit (requests per second, then burst), so reviews caused by callers of the
     /// kubelet API never delay node heartbeats.
@@ -46,6 +58,9 @@ impl Default for KubeletConfig {
             client_ca_file: None,
             auth_cache_ttl: Duration::from_secs(30),
             auth_cache_size: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(20),
+            max_connections: 1000,
             review_qps: 50,
             review_burst: 100,
             reviews_in_flight: 16,
@@ -54,6 +69,15 @@ impl Default for KubeletConfig {
 }
 
 impl KubeletConfig {
+    /// The bounds each connection is served under.
+    pub(super) fn connection_limits(&self) -> super::server::ConnectionLimits {
+        super::server::ConnectionLimits {
+            handshake_timeout: self.tls_handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections.max(1),
+        }
+    }
+
     /// The limits of the client reviews go through.
     pub fn review_api_limits(&self) -> crate::config::ApiLimits {
         crate::config::ApiLimits {
