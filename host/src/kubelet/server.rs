@@ -579,14 +579,19 @@ mod tests {
     }
 
     /// Opens many idle TLS connections and measures how long until the server has closed them all.
-    /// `VKHOST_IDLE_CONNECTIONS=5000` runs the figure with the default limits (raise
-    /// `ulimit -n` first: each connection is two descriptors in this process).
+    /// `VKHOST_IDLE_CONNECTIONS=5000` runs the figure with the default limits, and
+    /// `VKHOST_MAX_CONNECTIONS` overrides the cap (raise `ulimit -n` first: each connection is two
+    /// descriptors in this process).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_idle_tls_connections_are_all_closed_within_the_timeouts() {
-        let (count, limits) = match std::env::var("VKHOST_IDLE_CONNECTIONS").ok().and_then(|n| n.parse().ok()) {
+        let env = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<usize>().ok());
+        let (count, mut limits) = match env("VKHOST_IDLE_CONNECTIONS") {
             Some(n) => (n, crate::kubelet::KubeletConfig::default().connection_limits()),
             None => (200, limits(1_000, 1_000, 150)),
         };
+        if let Some(max) = env("VKHOST_MAX_CONNECTIONS") {
+            limits.max_connections = max;
+        }
         let server = TestServer::start(test_router(), limits).await;
         let started = Instant::now();
         let budget = limits.header_read_timeout + Duration::from_secs(30);
