@@ -142,6 +142,12 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// The longest request head accepted, and the buffer hyper aims to keep per connection: ample for
+/// the apiserver's requests and long bearer tokens, and about 64 MiB over 1,000 connections
+/// instead of hyper's 400 KB default each. (The buffer size alone is not a hard bound on the
+/// head: one read may fill the buffer's spare capacity past it.)
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// Accepts connections until shutdown; each connection runs on the tracker.
 pub async fn accept_loop(
     listener: TcpListener,
@@ -203,6 +209,8 @@ pub async fn accept_loop(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .max_header_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades();
             tokio::select! {
@@ -551,6 +559,21 @@ mod tests {
             let echoed = request(&mut tls, &line, &line).await;
             assert_eq!(echoed, line);
         }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused() {
+        let server = TestServer::start(test_router(), limits(10_000, 10_000, 10)).await;
+        let mut tls = server.tls().await.unwrap();
+        let head = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n", "a".repeat(100 * 1024));
+        let answer = request(&mut tls, &head, "\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        // A long bearer token still fits.
+        let mut tls = server.tls().await.unwrap();
+        let head =
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n", "t".repeat(16 * 1024));
+        let answer = request(&mut tls, &head, "\r\n\r\nok").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     #[tokio::test]
