@@ -703,6 +703,40 @@ async fn direct_requests_need_credentials_and_rbac() {
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("subresource=proxy"));
 
+    // A read grant on nodes/proxy (what monitoring is often given) opens /pods, but a WebSocket
+    // exec, though a GET, needs `create`.
+    let role = format!("{ns}-node-proxy-read");
+    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/proxy"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fx
+        .kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:reader"),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    wait_for(Duration::from_secs(60), "nodes/proxy get grant to take effect", || async {
+        let r = anonymous.get(format!("{base}/pods")).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let resp = anonymous
+        .get(format!("{base}/exec/{ns}/web/app?command=id&output=1"))
+        .bearer_auth(&token)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("verb=create"));
+
     // The apiserver's kubelet client certificate (system:masters) is allowed everything.
     let apiserver = apiserver_client(fx.cluster);
     let resp = apiserver.get(format!("{base}/pods")).send().await.unwrap();

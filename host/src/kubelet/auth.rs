@@ -59,6 +59,12 @@ pub fn attributes(method: &Method, path: &str) -> Option<RequestAttributes> {
         _ => "unknown",
     };
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // Opening a stream into a container is `create` whatever the method. A WebSocket upgrade
+    // comes as a GET, which upstream kubelets authorize as `get`, so a read grant on nodes/proxy
+    // (often given to monitoring) runs commands; the apiserver closed the same hole for pods/exec
+    // (AuthorizePodWebsocketUpgradeCreatePermission). The apiserver itself holds `create`.
+    let streaming = ["/exec", "/attach", "/portForward", "/run"].into_iter().any(under);
+    let verb = if streaming { "create" } else { verb };
     // The kubelet's own table: `nodes/log` covers the node's log files under /logs only; pod
     // logs (/containerLogs), like everything else, need `nodes/proxy`.
     let subresources: &'static [&'static str] = if under("/stats") {
@@ -441,7 +447,11 @@ mod tests {
             assert_eq!(sub(Method::POST, path).subresources, &["proxy"], "{path}");
         }
         assert_eq!(sub(Method::POST, "/exec/ns/p/c"), RequestAttributes { verb: "create", subresources: &["proxy"] });
-        assert_eq!(sub(Method::GET, "/exec/ns/p/c").verb, "get");
+        assert_eq!(sub(Method::GET, "/exec/ns/p/c").verb, "create", "a WebSocket exec is a create");
+        for path in ["/attach/ns/p/c", "/portForward/ns/p", "/run/ns/p/c", "/exec/ns/p/uid/c"] {
+            assert_eq!(sub(Method::GET, path).verb, "create", "{path}");
+        }
+        assert_eq!(sub(Method::GET, "/execute").verb, "get", "a look-alike prefix is not exec");
         assert_eq!(sub(Method::GET, "/pods").subresources, &["proxy"]);
         assert_eq!(sub(Method::DELETE, "/pods").verb, "delete");
         // A look-alike prefix is not the stats endpoint.
