@@ -28,10 +28,14 @@ pub struct UserInfo {
 }
 
 /// The identity a verified client certificate carries: CN is the user, each O a group, as the
-/// apiserver's own x509 authenticator reads it.
+/// apiserver's own x509 authenticator reads it. Like it, an empty CN is no identity (the caller
+/// may still authenticate with a token) rather than a nameless user whose groups get reviewed.
 pub fn user_from_certificate(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    if name.is_empty() {
+        return None;
+    }
     let groups = cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
     Some(UserInfo { name, groups, ..UserInfo::default() })
 }
@@ -479,6 +483,16 @@ mod tests {
         let user = user_from_certificate(cert.der()).unwrap();
         assert_eq!(user.name, "kube-apiserver-kubelet-client");
         assert_eq!(user.groups, vec!["system:masters"]);
+    }
+
+    #[test]
+    fn a_certificate_with_an_empty_common_name_is_no_identity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:masters");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(user_from_certificate(cert.der()), None);
     }
 
     #[test]
