@@ -33,7 +33,7 @@ pub async fn exec_with_uid(
     RawQuery(raw): RawQuery,
     req: Request,
 ) -> Response {
-    if let Err(refused) = same_pod(&state, &namespace, &pod, &uid) {
+    if let Some(refused) = other_pod(&state, &namespace, &pod, &uid) {
         return refused;
     }
     session(state, Kind::Exec, namespace, pod, container, raw, req).await
@@ -54,7 +54,7 @@ pub async fn attach_with_uid(
     RawQuery(raw): RawQuery,
     req: Request,
 ) -> Response {
-    if let Err(refused) = same_pod(&state, &namespace, &pod, &uid) {
+    if let Some(refused) = other_pod(&state, &namespace, &pod, &uid) {
         return refused;
     }
     session(state, Kind::Attach, namespace, pod, container, raw, req).await
@@ -62,17 +62,13 @@ pub async fn attach_with_uid(
 
 /// The UID form of a path names one incarnation of a pod: a pod deleted and recreated under the
 /// same name is another pod, and a session meant for the old one must not reach the new one.
-fn same_pod(state: &ApiState, namespace: &str, pod: &str, uid: &str) -> Result<(), Response> {
-    let found = state.backend.pods().into_iter().any(|p| {
+fn other_pod(state: &ApiState, namespace: &str, pod: &str, uid: &str) -> Option<Response> {
+    let same = state.backend.pods().into_iter().any(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && p.metadata.name.as_deref() == Some(pod)
             && p.metadata.uid.as_deref() == Some(uid)
     });
-    if found {
-        Ok(())
-    } else {
-        Err(error_response(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} with UID {uid} not found")))
-    }
+    (!same).then(|| error_response(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} with UID {uid} not found")))
 }
 
 /// The provider contract has no port forwarding; say so plainly instead of failing mid-upgrade.
