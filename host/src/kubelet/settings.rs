@@ -166,6 +166,18 @@ mod tests {
     }
 
     #[test]
+    fn connection_and_review_limits_are_read_and_defaulted() {
+        let cfg: KubeletConfig =
+            toml::from_str("header_read_timeout = 5\nmax_connections = 0\nreviews_in_flight = 2\n").unwrap();
+        let limits = cfg.connection_limits();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(limits.max_connections, 1, "a cap of 0 would refuse everyone");
+        let api = cfg.review_api_limits();
+        assert_eq!((api.qps, api.burst, api.max_in_flight), (50, 100, 2));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<KubeletConfig>("lisen = \"1.2.3.4:1\"").is_err());
     }
