@@ -150,26 +150,28 @@ async fn run_command(mut socket: WebSocket, cmd: Vec<String>, stdin: bool, tty: 
                 let _ = socket.send(frame(1, b"attached to app\n")).await;
             }
             let mut seen = Vec::new();
-            while stdin {
-                let Some(Ok(msg)) = socket.next().await else { break };
-                let Message::Binary(data) = msg else {
-                    if matches!(msg, Message::Close(_)) { break } else { continue }
-                };
-                match (data.first(), data.get(1..)) {
-                    (Some(0), Some(body)) => {
-                        let _ = socket.send(frame(1, body)).await;
-                        seen.extend_from_slice(body);
-                        if tty && (seen.windows(4).any(|w| w == b"exit") || body.contains(&4)) {
-                            break;
+            if stdin {
+                loop {
+                    let Some(Ok(msg)) = socket.next().await else { break };
+                    let Message::Binary(data) = msg else {
+                        if matches!(msg, Message::Close(_)) { break } else { continue }
+                    };
+                    match (data.first(), data.get(1..)) {
+                        (Some(0), Some(body)) => {
+                            let _ = socket.send(frame(1, body)).await;
+                            seen.extend_from_slice(body);
+                            if tty && (seen.windows(4).any(|w| w == b"exit") || body.contains(&4)) {
+                                break;
+                            }
                         }
+                        (Some(4), Some(body)) => {
+                            let size: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                            let line = format!("resize {}x{}\r\n", size["Width"], size["Height"]);
+                            let _ = socket.send(frame(1, line.as_bytes())).await;
+                        }
+                        (Some(255), Some([0])) => break,
+                        _ => {}
                     }
-                    (Some(4), Some(body)) => {
-                        let size: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-                        let line = format!("resize {}x{}\r\n", size["Width"], size["Height"]);
-                        let _ = socket.send(frame(1, line.as_bytes())).await;
-                    }
-                    (Some(255), Some([0])) => break,
-                    _ => {}
                 }
             }
             0
