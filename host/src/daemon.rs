@@ -50,6 +50,9 @@ impl Daemon {
     /// share a plugin runtime (and so the plugins' key-value stores).
     pub async fn start(config: DaemonConfig, runtime: Option<Arc<PluginRuntime>>) -> anyhow::Result<Daemon> {
         let client = crate::apiclient::client(config.kubeconfig.as_deref(), &config.api).await?;
+        // The kubelet API's reviews get a client of their own: a flood of them must not delay leases.
+        let review_client =
+            crate::apiclient::client(config.kubeconfig.as_deref(), &config.kubelet.review_api_limits()).await?;
         let rt = match runtime {
             Some(rt) => rt,
             None => PluginRuntime::new()?,
@@ -62,7 +65,14 @@ impl Daemon {
         let mut tasks = vec![plugin.spawn_watcher(shutdown.clone())];
         let (admin_addr, admin) = start_admin(&config, plugin.clone(), metrics.clone(), shutdown.clone()).await?;
         tasks.extend(admin);
-        let shared = Arc::new(Shared { client, plugin, identity: identity(&config), metrics, config: config.clone() });
+        let shared = Arc::new(Shared {
+            client,
+            review_client,
+            plugin,
+            identity: identity(&config),
+            metrics,
+            config: config.clone(),
+        });
         for n in &config.nodes {
             tasks.push(tokio::spawn(node::run(shared.clone(), n.clone(), shutdown.clone())));
         }

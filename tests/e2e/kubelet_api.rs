@@ -150,26 +150,28 @@ async fn run_command(mut socket: WebSocket, cmd: Vec<String>, stdin: bool, tty: 
                 let _ = socket.send(frame(1, b"attached to app\n")).await;
             }
             let mut seen = Vec::new();
-            while stdin {
-                let Some(Ok(msg)) = socket.next().await else { break };
-                let Message::Binary(data) = msg else {
-                    if matches!(msg, Message::Close(_)) { break } else { continue }
-                };
-                match (data.first(), data.get(1..)) {
-                    (Some(0), Some(body)) => {
-                        let _ = socket.send(frame(1, body)).await;
-                        seen.extend_from_slice(body);
-                        if tty && (seen.windows(4).any(|w| w == b"exit") || body.contains(&4)) {
-                            break;
+            if stdin {
+                loop {
+                    let Some(Ok(msg)) = socket.next().await else { break };
+                    let Message::Binary(data) = msg else {
+                        if matches!(msg, Message::Close(_)) { break } else { continue }
+                    };
+                    match (data.first(), data.get(1..)) {
+                        (Some(0), Some(body)) => {
+                            let _ = socket.send(frame(1, body)).await;
+                            seen.extend_from_slice(body);
+                            if tty && (seen.windows(4).any(|w| w == b"exit") || body.contains(&4)) {
+                                break;
+                            }
                         }
+                        (Some(4), Some(body)) => {
+                            let size: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                            let line = format!("resize {}x{}\r\n", size["Width"], size["Height"]);
+                            let _ = socket.send(frame(1, line.as_bytes())).await;
+                        }
+                        (Some(255), Some([0])) => break,
+                        _ => {}
                     }
-                    (Some(4), Some(body)) => {
-                        let size: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-                        let line = format!("resize {}x{}\r\n", size["Width"], size["Height"]);
-                        let _ = socket.send(frame(1, line.as_bytes())).await;
-                    }
-                    (Some(255), Some([0])) => break,
-                    _ => {}
                 }
             }
             0
@@ -326,7 +328,7 @@ impl Fixture {
         let backend = Arc::new(TestBackend { node: node.clone(), upstream, pods: Mutex::new(vec![]) });
         let shutdown = CancellationToken::new();
         let cfg = KubeletConfig { tls, ..KubeletConfig::default() };
-        let server = KubeletServer::start(cfg, backend.clone(), client.clone(), shutdown.clone())
+        let server = KubeletServer::start(cfg, backend.clone(), client.clone(), client.clone(), shutdown.clone())
             .await
             .expect("start kubelet API");
 
@@ -677,6 +679,65 @@ async fn direct_requests_need_credentials_and_rbac() {
     assert_eq!(resp.status(), 200);
     let resp = anonymous.get(format!("{base}/metrics/resource")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 403);
+
+    // nodes/log is the node's own log files (/logs), as on a real kubelet: it does not open pod
+    // logs, which need nodes/proxy.
+    let role = format!("{ns}-node-log");
+    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/log"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fx
+        .kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:reader"),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    // /logs is authorized by the grant, then not found: this node serves no log files.
+    wait_for(Duration::from_secs(60), "nodes/log grant to take effect", || async {
+        let r = anonymous.get(format!("{base}/logs/messages")).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 404).then_some(())
+    })
+    .await;
+    let resp = anonymous.get(format!("{base}/containerLogs/{ns}/web/app")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("subresource=proxy"));
+
+    // A read grant on nodes/proxy (what monitoring is often given) opens /pods, but a WebSocket
+    // exec, though a GET, needs `create`.
+    let role = format!("{ns}-node-proxy-read");
+    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/proxy"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fx
+        .kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:reader"),
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    wait_for(Duration::from_secs(60), "nodes/proxy get grant to take effect", || async {
+        let r = anonymous.get(format!("{base}/pods")).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let resp = anonymous
+        .get(format!("{base}/exec/{ns}/web/app?command=id&output=1"))
+        .bearer_auth(&token)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("verb=create"));
 
     // The apiserver's kubelet client certificate (system:masters) is allowed everything.
     let apiserver = apiserver_client(fx.cluster);

@@ -29,10 +29,13 @@ pub async fn exec(
 
 pub async fn exec_with_uid(
     State(state): State<Arc<ApiState>>,
-    Path((namespace, pod, _uid, container)): Path<(String, String, String, String)>,
+    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
     RawQuery(raw): RawQuery,
     req: Request,
 ) -> Response {
+    if let Some(refused) = other_pod(&state, &namespace, &pod, &uid) {
+        return refused;
+    }
     session(state, Kind::Exec, namespace, pod, container, raw, req).await
 }
 
@@ -47,11 +50,25 @@ pub async fn attach(
 
 pub async fn attach_with_uid(
     State(state): State<Arc<ApiState>>,
-    Path((namespace, pod, _uid, container)): Path<(String, String, String, String)>,
+    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
     RawQuery(raw): RawQuery,
     req: Request,
 ) -> Response {
+    if let Some(refused) = other_pod(&state, &namespace, &pod, &uid) {
+        return refused;
+    }
     session(state, Kind::Attach, namespace, pod, container, raw, req).await
+}
+
+/// The UID form of a path names one incarnation of a pod: a pod deleted and recreated under the
+/// same name is another pod, and a session meant for the old one must not reach the new one.
+fn other_pod(state: &ApiState, namespace: &str, pod: &str, uid: &str) -> Option<Response> {
+    let same = state.backend.pods().into_iter().any(|p| {
+        p.metadata.namespace.as_deref() == Some(namespace)
+            && p.metadata.name.as_deref() == Some(pod)
+            && p.metadata.uid.as_deref() == Some(uid)
+    });
+    (!same).then(|| error_response(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} with UID {uid} not found")))
 }
 
 /// The provider contract has no port forwarding; say so plainly instead of failing mid-upgrade.
@@ -74,7 +91,8 @@ enum Upgrade {
     Spdy { version: spdy::StreamVersion },
 }
 
-fn negotiate(req: &Request) -> Result<Upgrade, String> {
+fn negotiate(req: &Request) -> Result<Upgrade, (StatusCode, String)> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
     let upgrade =
         req.headers().get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if upgrade.contains("websocket") {
@@ -92,13 +110,22 @@ fn negotiate(req: &Request) -> Result<Upgrade, String> {
         if offered.iter().any(|p| p == channel::V4) {
             return Ok(Upgrade::WebSocket { v5: false });
         }
-        return Err(format!(
+        return Err(bad(format!(
             "none of the offered WebSocket subprotocols {offered:?} is supported; use {} or {}",
             channel::V5,
             channel::V4
-        ));
+        )));
     }
     if upgrade.starts_with("spdy/3") {
+        // GET is authorized as `get`, a read; running a command is `create`. WebSocket needs GET,
+        // but SPDY clients (the apiserver, kubectl) always POST, so a SPDY GET is refused rather
+        // than letting a read grant run commands.
+        if req.method() != http::Method::POST {
+            return Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("SPDY upgrades for exec and attach must use POST, not {}", req.method()),
+            ));
+        }
         let offered: Vec<String> = req
             .headers()
             .get_all("X-Stream-Protocol-Version")
@@ -112,12 +139,12 @@ fn negotiate(req: &Request) -> Result<Upgrade, String> {
             .find_map(|p| spdy::StreamVersion::from_header(p))
             .map(|version| Upgrade::Spdy { version })
             .ok_or_else(|| {
-                format!(
+                bad(format!(
                     "none of the offered stream protocols {offered:?} is supported; use v4.channel.k8s.io, v3.channel.k8s.io or v2.channel.k8s.io"
-                )
+                ))
             });
     }
-    Err("exec and attach need a connection upgrade: WebSocket (GET, v5.channel.k8s.io) or SPDY/3.1 (POST)".into())
+    Err(bad("exec and attach need a connection upgrade: WebSocket (GET, v5.channel.k8s.io) or SPDY/3.1 (POST)".into()))
 }
 
 async fn session(
@@ -135,7 +162,7 @@ async fn session(
     };
     let upgrade = match negotiate(&req) {
         Ok(u) => u,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
+        Err((status, e)) => return error_response(status, e),
     };
     let target = match kind {
         Kind::Exec => state.backend.exec(&namespace, &pod, &container, opts.clone()).await,

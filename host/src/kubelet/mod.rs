@@ -64,10 +64,14 @@ pub struct SessionCounts {
 
 impl KubeletServer {
     /// Binds the listener, obtains the serving certificate and the client CA, and starts serving.
+    /// `reviews` is the client TokenReviews and SubjectAccessReviews go through: give it one of its
+    /// own (see [`KubeletConfig::review_api_limits`]) so callers of this API cannot spend the
+    /// rate limit `kube` renews node Leases with.
     pub async fn start(
         cfg: KubeletConfig,
         backend: Arc<dyn KubeletBackend>,
         kube: kube::Client,
+        reviews: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<KubeletServer, KubeletError> {
         let node = backend.node_name();
@@ -107,7 +111,13 @@ impl KubeletServer {
         let counters = Arc::new(server::SessionCounters::default());
         let state = Arc::new(server::ApiState {
             backend,
-            authz: auth::Authorizer::new(kube.clone(), node.clone(), cfg.auth_cache_ttl, cfg.auth_cache_size),
+            authz: auth::Authorizer::new(
+                reviews,
+                node.clone(),
+                cfg.auth_cache_ttl,
+                cfg.auth_cache_size,
+                cfg.reviews_in_flight as usize,
+            ),
             node: node.clone(),
             http,
             ws_tls: Arc::new(tls::client_config()),
@@ -119,10 +129,12 @@ impl KubeletServer {
         let router = server::router(state);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
         tracing::info!(node = %node, addr = %local_addr, "kubelet API listening");
+        let limits = cfg.connection_limits();
         let renewal = renew_loop(cfg, kube, node, hostname, certs.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
             let connections = TaskTracker::new();
-            tokio::join!(server::accept_loop(listener, acceptor, router, connections.clone(), shutdown), renewal);
+            let serving = server::accept_loop(listener, acceptor, router, limits, connections.clone(), shutdown);
+            tokio::join!(serving, renewal);
             connections.close();
             sessions.close();
             connections.wait().await;

@@ -26,6 +26,26 @@ pub struct KubeletConfig {
     pub auth_cache_ttl: Duration,
     /// Upper bound on cached decisions, so a flood of distinct tokens cannot grow memory.
     pub auth_cache_size: usize,
+    /// How long a client may take to finish the TLS handshake.
+    #[serde(with = "seconds")]
+    pub tls_handshake_timeout: Duration,
+    /// How long a connection may go without a complete request head: after the handshake, and
+    /// between the requests of a keep-alive connection (so also the keep-alive idle timeout).
+    /// Responses in progress (a followed log) and exec/attach sessions are not cut by it.
+    #[serde(with = "seconds")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted. Each holds a
+    /// file descriptor, so keep this under the process's limit (`ulimit -n`) divided by the
+    /// number of nodes. Upgraded exec/attach sessions are not counted.
+    pub max_connections: usize,
+    /// TokenReviews and SubjectAccessReviews go through a Kubernetes client of their own, with
+    /// this rate limit (requests per second, then burst), so reviews caused by callers of the
+    /// kubelet API never delay node heartbeats.
+    pub review_qps: u32,
+    pub review_burst: u32,
+    /// TokenReviews awaiting the apiserver at once; a request with an unknown token arriving past
+    /// this is answered 429 at once instead of queueing.
+    pub reviews_in_flight: u32,
 }
 
 impl Default for KubeletConfig {
@@ -38,6 +58,32 @@ impl Default for KubeletConfig {
             client_ca_file: None,
             auth_cache_ttl: Duration::from_secs(30),
             auth_cache_size: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(20),
+            max_connections: 1000,
+            review_qps: 50,
+            review_burst: 100,
+            reviews_in_flight: 16,
+        }
+    }
+}
+
+impl KubeletConfig {
+    /// The bounds each connection is served under.
+    pub(super) fn connection_limits(&self) -> super::server::ConnectionLimits {
+        super::server::ConnectionLimits {
+            handshake_timeout: self.tls_handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections.max(1),
+        }
+    }
+
+    /// The limits of the client reviews go through.
+    pub fn review_api_limits(&self) -> crate::config::ApiLimits {
+        crate::config::ApiLimits {
+            qps: self.review_qps.max(1),
+            burst: self.review_burst.max(1),
+            max_in_flight: self.reviews_in_flight.max(1),
         }
     }
 }
@@ -117,6 +163,18 @@ mod tests {
             }
             other => panic!("expected csr, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn connection_and_review_limits_are_read_and_defaulted() {
+        let cfg: KubeletConfig =
+            toml::from_str("header_read_timeout = 5\nmax_connections = 0\nreviews_in_flight = 2\n").unwrap();
+        let limits = cfg.connection_limits();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(limits.max_connections, 1, "a cap of 0 would refuse everyone");
+        let api = cfg.review_api_limits();
+        assert_eq!((api.qps, api.burst, api.max_in_flight), (50, 100, 2));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const DELETED_ANNOTATION: &str = "vkcube.io/node-deleted";
 /// Everything the node runners share.
 pub struct Shared {
     pub client: Client,
+    /// For the kubelet API's TokenReviews and SubjectAccessReviews only (own rate limit).
+    pub review_client: Client,
     pub plugin: Arc<Plugin>,
     pub config: DaemonConfig,
     pub identity: String,
@@ -184,9 +186,15 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         shared.config.pods.clone(),
         shared.metrics.clone(),
     );
-    let server = KubeletServer::start(kubelet_cfg, Arc::new(NodeBackend(ctx.clone())), client.clone(), term.clone())
-        .await
-        .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
+    let server = KubeletServer::start(
+        kubelet_cfg,
+        Arc::new(NodeBackend(ctx.clone())),
+        client.clone(),
+        shared.review_client.clone(),
+        term.clone(),
+    )
+    .await
+    .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
     shape.kubelet_port = server.port();
     let _server = AbortOnDropHandle::new(server.into_join_handle());
     if !exists {
