@@ -116,15 +116,24 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+        self.get_at(key, Instant::now())
     }
 
     pub fn insert(&self, key: K, value: V) {
+        self.insert_at(key, value, Instant::now())
+    }
+
+    /// [`Self::get`] as of `now` (tests give the clock; the cache itself never sleeps).
+    fn get_at(&self, key: &K, now: Instant) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl).map(|(_, v)| v.clone())
+    }
+
+    fn insert_at(&self, key: K, value: V, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity && !entries.contains_key(&key) {
             let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
             if entries.len() >= self.capacity {
                 // Still full of live entries: drop the oldest one.
                 if let Some(oldest) = entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
@@ -132,7 +141,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
                 }
             }
         }
-        entries.insert(key, (Instant::now(), value));
+        entries.insert(key, (now, value));
     }
 
     #[cfg(test)]
@@ -497,11 +506,11 @@ mod tests {
 
     #[test]
     fn cached_decisions_expire() {
-        let cache = TtlCache::new(Duration::from_millis(30), 10);
-        cache.insert("k", true);
-        assert_eq!(cache.get(&"k"), Some(true));
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(cache.get(&"k"), None);
+        let cache = TtlCache::new(Duration::from_secs(30), 10);
+        let t0 = Instant::now();
+        cache.insert_at("k", true, t0);
+        assert_eq!(cache.get_at(&"k", t0 + Duration::from_millis(29_999)), Some(true));
+        assert_eq!(cache.get_at(&"k", t0 + Duration::from_secs(30)), None);
     }
 
     #[test]

@@ -330,7 +330,9 @@ mod tests {
 
     #[tokio::test]
     async fn new_tokens_past_the_reviews_in_flight_are_told_to_retry() {
-        let api = auth::stand_in::Apiserver::start(Duration::from_millis(300)).await;
+        // The first review is held for seconds; the second request comes once the stand-in
+        // holds it (an event, not a clock) and must be answered before it ends.
+        let api = auth::stand_in::Apiserver::start(Duration::from_secs(3)).await;
         let router = api_router(&api, 1).await;
         let with_token = |token: &str| {
             http::Request::builder()
@@ -339,17 +341,24 @@ mod tests {
                 .body(Body::empty())
                 .unwrap()
         };
-        let (first, second) = tokio::join!(answer(&router, with_token("made-up-1")), async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let started = Instant::now();
+        let first = async {
+            let answer = answer(&router, with_token("made-up-1")).await;
+            (answer, Instant::now())
+        };
+        let second = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while api.counts.token_reviews_by("reviews") == 0 {
+                assert!(Instant::now() < deadline, "the first review never reached the stand-in");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let resp = tower_service::Service::call(&mut router.clone(), with_token("made-up-2")).await.unwrap();
-            (resp.status(), resp.headers().get(http::header::RETRY_AFTER).cloned(), started.elapsed())
-        });
+            (resp.status(), resp.headers().get(http::header::RETRY_AFTER).cloned(), Instant::now())
+        };
+        let ((first, first_done), (status, retry_after, second_done)) = tokio::join!(first, second);
         assert_eq!(first.0, StatusCode::UNAUTHORIZED);
-        let (status, retry_after, took) = second;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(retry_after.unwrap(), "1");
-        assert!(took < Duration::from_millis(100), "answered in {took:?}");
+        assert!(second_done < first_done, "the 429 waited for the review in flight");
         // A token already known to be bad is answered from the cache, whatever is in flight.
         let (status, _) = answer(&router, with_token("made-up-1")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
