@@ -49,7 +49,8 @@ impl Daemon {
     /// Loads the plugin and starts everything; `runtime` lets several daemons in one process
     /// share a plugin runtime (and so the plugins' key-value stores).
     pub async fn start(config: DaemonConfig, runtime: Option<Arc<PluginRuntime>>) -> anyhow::Result<Daemon> {
-        let client = crate::apiclient::client(config.kubeconfig.as_deref(), &config.api).await?;
+        let base = crate::apiclient::bootstrap_config(config.kubeconfig.as_deref()).await?;
+        let client = crate::apiclient::limited(base.clone(), &config.api)?;
         let rt = match runtime {
             Some(rt) => rt,
             None => PluginRuntime::new()?,
@@ -62,7 +63,8 @@ impl Daemon {
         let mut tasks = vec![plugin.spawn_watcher(shutdown.clone())];
         let (admin_addr, admin) = start_admin(&config, plugin.clone(), metrics.clone(), shutdown.clone()).await?;
         tasks.extend(admin);
-        let shared = Arc::new(Shared { client, plugin, identity: identity(&config), metrics, config: config.clone() });
+        let shared =
+            Arc::new(Shared { client, base, plugin, identity: identity(&config), metrics, config: config.clone() });
         for n in &config.nodes {
             tasks.push(tokio::spawn(node::run(shared.clone(), n.clone(), shutdown.clone())));
         }

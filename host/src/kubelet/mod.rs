@@ -4,7 +4,7 @@
 mod auth;
 mod backend;
 mod channel;
-mod csr;
+pub mod csr;
 mod exec;
 mod logs;
 mod query;

@@ -3,6 +3,7 @@
 //! heartbeat Lease and status fresh, serves the kubelet API and runs the pod controller; it stops
 //! acting the moment it loses the election.
 
+pub mod identity;
 pub mod lease;
 pub mod naming;
 pub mod ops;
@@ -32,7 +33,11 @@ pub const DELETED_ANNOTATION: &str = "vkcube.io/node-deleted";
 
 /// Everything the node runners share.
 pub struct Shared {
+    /// The daemon's own (bootstrap) identity: election Leases, node discovery and metadata,
+    /// certificate requests, pod annotations; node work goes through each node's own identity.
     pub client: Client,
+    /// The bootstrap connection settings, which node identities reuse (apiserver URL and CA).
+    pub base: kube::Config,
     pub plugin: Arc<Plugin>,
     pub config: DaemonConfig,
     pub identity: String,
@@ -138,6 +143,8 @@ pub enum NodeError {
     Kubelet { node: String, message: String },
     #[error("node {node}: {source}")]
     Kube { node: String, source: kube::Error },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
 }
 
 /// Acting for a node while we hold its election: registration, heartbeats, kubelet API, pods.
@@ -175,7 +182,12 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         offer,
     };
     let (name, exists) = registration::find_or_name(&client, &shape).await?;
+    // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
+    let (clients, identity) = identity::node_clients(&client, &shared.base, &name, &shared.config.api).await?;
+    let _rotation =
+        identity.map(|id| AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone()))));
     let ctx = NodeContext::new(
+        clients.pods.clone(),
         client.clone(),
         shared.plugin.clone(),
         name.clone(),
@@ -189,18 +201,30 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
     shape.kubelet_port = server.port();
     let _server = AbortOnDropHandle::new(server.into_join_handle());
+    // Node metadata stays with the daemon: NodeRestriction forbids a node the
+    // `kubernetes.io/role` label and any change of its taints, both of which this reconciles.
     if !exists {
         registration::create(&client, &name, &shape).await?;
     }
     registration::reconcile_metadata(&client, &name, &shape).await?;
-    registration::patch_status(&client, &name, &shape)
+    registration::patch_status(&clients.heartbeat, &name, &shape)
         .await
         .map_err(|source| NodeError::Kube { node: name.clone(), source })?;
     tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %registration::plugin_label(&plugin_info), "virtual node registered");
 
-    let heartbeat =
-        AbortOnDropHandle::new(tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone())));
-    let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(shared.clone(), name.clone(), term.clone())));
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
+        shared.clone(),
+        ctx.clone(),
+        shape.clone(),
+        clients.heartbeat.clone(),
+        term.clone(),
+    )));
+    let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(
+        shared.clone(),
+        name.clone(),
+        clients.pods.clone(),
+        term.clone(),
+    )));
     pods::run(ctx, term.clone()).await;
     term.cancel();
     let _ = heartbeat.await;
@@ -209,15 +233,21 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
 }
 
 /// Every 10 s: renew the node Lease, refresh the status from the provider, notice a disabled
-/// or deleted node (and recreate a Node someone deleted).
-async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeShape, term: CancellationToken) {
-    let nodes: Api<Node> = Api::all(shared.client.clone());
+/// or deleted node (and recreate a Node someone deleted). `beat` is the node's heartbeat lane.
+async fn heartbeat(
+    shared: Arc<Shared>,
+    ctx: Arc<NodeContext>,
+    mut shape: NodeShape,
+    beat: Client,
+    term: CancellationToken,
+) {
+    let nodes: Api<Node> = Api::all(beat.clone());
     let lease_name = election_lease_name(&shared.config.cluster_id, &shape.node_id);
     loop {
         match nodes.get_opt(&ctx.node_name).await {
             Ok(Some(node)) => {
                 let uid = node.metadata.uid.clone().unwrap_or_default();
-                if let Err(e) = lease::renew_node_lease(&shared.client, &ctx.node_name, &uid).await {
+                if let Err(e) = lease::renew_node_lease(&beat, &ctx.node_name, &uid).await {
                     tracing::warn!(node = %ctx.node_name, error = %e, "node lease renewal failed");
                 }
                 let disabled = node
@@ -232,7 +262,7 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
                 shape.plugin = shared.plugin.info();
                 // Status on every beat is cheap for at most 8 nodes and keeps the conditions'
                 // heartbeat times honest; the Lease is what liveness rests on.
-                if let Err(e) = registration::patch_status(&shared.client, &ctx.node_name, &shape).await {
+                if let Err(e) = registration::patch_status(&beat, &ctx.node_name, &shape).await {
                     tracing::warn!(node = %ctx.node_name, error = %e, "node status update failed");
                 }
             }
@@ -247,7 +277,7 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
                     tracing::warn!(node = %ctx.node_name, error = %e, "recreating the node failed");
                 } else {
                     let _ = registration::reconcile_metadata(&shared.client, &ctx.node_name, &shape).await;
-                    let _ = registration::patch_status(&shared.client, &ctx.node_name, &shape).await;
+                    let _ = registration::patch_status(&beat, &ctx.node_name, &shape).await;
                     continue;
                 }
             }
@@ -260,12 +290,13 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
     }
 }
 
-/// Turns plugin reload attempts into Node Events, the plugin annotation and metrics.
-async fn report_reloads(shared: Arc<Shared>, node: String, term: CancellationToken) {
+/// Turns plugin reload attempts into Node Events (as the node), the plugin annotation (as the
+/// daemon: node metadata) and metrics.
+async fn report_reloads(shared: Arc<Shared>, node: String, as_node: Client, term: CancellationToken) {
     let mut events = shared.plugin.subscribe();
     let recorder =
-        Recorder::new(shared.client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
-    let nodes: Api<Node> = Api::all(shared.client.clone());
+        Recorder::new(as_node.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
+    let nodes: Api<Node> = Api::all(as_node);
     loop {
         let ev = tokio::select! {
             _ = term.cancelled() => return,
