@@ -63,8 +63,15 @@ impl Daemon {
         let mut tasks = vec![plugin.spawn_watcher(shutdown.clone())];
         let (admin_addr, admin) = start_admin(&config, plugin.clone(), metrics.clone(), shutdown.clone()).await?;
         tasks.extend(admin);
-        let shared =
-            Arc::new(Shared { client, base, plugin, identity: identity(&config), metrics, config: config.clone() });
+        let shared = Arc::new(Shared {
+            client,
+            base,
+            plugin,
+            identity: identity(&config),
+            metrics,
+            config: config.clone(),
+            node_identities: Default::default(),
+        });
         for n in &config.nodes {
             tasks.push(tokio::spawn(node::run(shared.clone(), n.clone(), shutdown.clone())));
         }

@@ -42,6 +42,15 @@ pub struct Shared {
     pub config: DaemonConfig,
     pub identity: String,
     pub metrics: Arc<Metrics>,
+    /// The node identities in use, by node name (operators and tests look at their certificates).
+    pub node_identities: std::sync::Mutex<std::collections::BTreeMap<String, Arc<identity::NodeIdentity>>>,
+}
+
+impl Shared {
+    /// The identity node `name` acts with, when it has its own (`[api] node_credentials = "csr"`).
+    pub fn node_identity(&self, name: &str) -> Option<Arc<identity::NodeIdentity>> {
+        self.node_identities.lock().unwrap().get(name).cloned()
+    }
 }
 
 /// Name of the election Lease of a config node.
@@ -184,8 +193,10 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     let (name, exists) = registration::find_or_name(&client, &shape).await?;
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
     let (clients, identity) = identity::node_clients(&client, &shared.base, &name, &shared.config.api).await?;
-    let _rotation =
-        identity.map(|id| AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone()))));
+    let _rotation = identity.map(|id| {
+        shared.node_identities.lock().unwrap().insert(name.clone(), id.clone());
+        AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone())))
+    });
     let ctx = NodeContext::new(
         clients.pods.clone(),
         client.clone(),
@@ -229,6 +240,7 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     term.cancel();
     let _ = heartbeat.await;
     let _ = reloads.await;
+    shared.node_identities.lock().unwrap().remove(&name);
     Ok(())
 }
 
