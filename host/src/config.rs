@@ -460,6 +460,23 @@ id = "bj"
     }
 
     #[test]
+    fn nodes_get_their_own_credentials_unless_told_to_share_the_daemons() {
+        let c = DaemonConfig::parse(MINIMAL, Path::new("t.toml")).unwrap();
+        assert_eq!(c.api.node_credentials, NodeCredentials::Csr);
+        let shared = MINIMAL.replace("[plugin]", "[api]\nnode_credentials = \"shared\"\n[plugin]");
+        assert_eq!(
+            DaemonConfig::parse(&shared, Path::new("t.toml")).unwrap().api.node_credentials,
+            NodeCredentials::Shared
+        );
+        let bad = MINIMAL.replace("[plugin]", "[api]\nnode_credentials = \"token\"\n[plugin]");
+        let err = DaemonConfig::parse(&bad, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("csr") && err.contains("shared"), "{err}");
+        let short = MINIMAL.replace("[plugin]", "[api]\nnode_cert_lifetime_seconds = 60\n[plugin]");
+        let err = DaemonConfig::parse(&short, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("api.node_cert_lifetime_seconds") && err.contains("600"), "{err}");
+    }
+
+    #[test]
     fn missing_secret_names_its_variable() {
         let text = format!("{MINIMAL}[nodes.secrets]\nprivate_key = {{ env = \"VKHOST_TEST_UNSET_VAR\" }}\n");
         let c = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap();

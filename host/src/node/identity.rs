@@ -199,7 +199,104 @@ impl tower::Service<http::Request<kube::client::Body>> for Rotating {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use k8s_openapi::api::core::v1::{ConfigMap, Node};
+    use kube::Api;
+
     use super::*;
+
+    /// A stand-in apiserver: ConfigMap reads take `slow`, Node reads answer at once; both 404.
+    /// Returns its config and how many Node reads it served.
+    async fn apiserver(slow: Duration) -> (Config, Arc<AtomicUsize>) {
+        let node_reads = Arc::new(AtomicUsize::new(0));
+        let seen = node_reads.clone();
+        let not_found = || {
+            let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+            (StatusCode::NOT_FOUND, [("content-type", "application/json")], status)
+        };
+        let app = Router::new()
+            .route(
+                "/api/v1/namespaces/default/configmaps/{name}",
+                get(move || async move {
+                    tokio::time::sleep(slow).await;
+                    not_found()
+                }),
+            )
+            .route(
+                "/api/v1/nodes/{name}",
+                get(move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async move { not_found() }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Config::new(format!("http://{addr}").parse().unwrap()), node_reads)
+    }
+
+    #[tokio::test]
+    async fn heartbeats_do_not_wait_behind_a_burst_of_pod_requests() {
+        let (base, _) = apiserver(Duration::from_secs(2)).await;
+        let limits = ApiLimits { max_in_flight: 2, node_credentials: NodeCredentials::Shared, ..ApiLimits::default() };
+        let bootstrap = apiclient::limited(base.clone(), &limits).unwrap();
+        let (clients, identity) = node_clients(&bootstrap, &base, "n", &limits).await.unwrap();
+        assert!(identity.is_none());
+        // 20 slow pod-side requests hold every slot of the pod lane for seconds.
+        let cms: Api<ConfigMap> = Api::namespaced(clients.pods.clone(), "default");
+        let burst: Vec<_> = (0..20)
+            .map(|i| {
+                let cms = cms.clone();
+                tokio::spawn(async move { cms.get_opt(&format!("cm-{i}")).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let nodes: Api<Node> = Api::all(clients.heartbeat.clone());
+        assert!(nodes.get_opt("n").await.unwrap().is_none());
+        assert!(started.elapsed() < Duration::from_millis(500), "heartbeat waited {:?}", started.elapsed());
+        for b in burst {
+            b.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn clients_handed_out_before_a_rotation_use_the_new_certificate() {
+        let ((old, old_reads), (new, new_reads)) = (apiserver(Duration::ZERO).await, apiserver(Duration::ZERO).await);
+        let limits = ApiLimits::default();
+        let lanes_for = |config: &Config| Lanes {
+            cert: ClientCert {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                not_before: SystemTime::now(),
+                not_after: SystemTime::now(),
+                csr: "test".into(),
+            },
+            pods: apiclient::limited(config.clone(), &limits).unwrap(),
+            heartbeat: apiclient::limited(config.clone(), &limits).unwrap(),
+        };
+        let identity = NodeIdentity {
+            node: "n".into(),
+            base: old.clone(),
+            limits: limits.clone(),
+            lanes: Arc::new(ArcSwap::from_pointee(lanes_for(&old))),
+        };
+        let clients = identity.clients();
+        let (pods, beat): (Api<Node>, Api<Node>) = (Api::all(clients.pods), Api::all(clients.heartbeat));
+        pods.get_opt("n").await.unwrap();
+        beat.get_opt("n").await.unwrap();
+        assert_eq!((old_reads.load(Ordering::SeqCst), new_reads.load(Ordering::SeqCst)), (2, 0));
+        // What `rotate` does once the new certificate is issued.
+        identity.lanes.store(Arc::new(lanes_for(&new)));
+        pods.get_opt("n").await.unwrap();
+        beat.get_opt("n").await.unwrap();
+        assert_eq!((old_reads.load(Ordering::SeqCst), new_reads.load(Ordering::SeqCst)), (2, 2));
+    }
 
     #[test]
     fn rotation_falls_between_70_and_90_percent_of_the_lifetime() {
