@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start};
+use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start, with_bootstrap};
 use vkcube_e2e::{Cluster, cluster, repo_root, running_ready, wait_for};
 
 const SA: &str = "system:serviceaccount:vkhost-system:vkhost";
@@ -213,30 +213,10 @@ async fn a_daemon_with_only_the_deploy_rbac_runs_pods_through_its_node_identity(
     let cluster = cluster();
     apply_rbac(cluster);
     let ns = cluster.namespace("deployrbac").await;
-    // A kubeconfig for the deploy ServiceAccount: the daemon's bootstrap identity, nothing more.
-    let (code, token, err) = cluster.kubectl(&["create", "token", "vkhost", "-n", "vkhost-system", "--duration", "1h"]);
-    assert_eq!(code, 0, "{err}");
-    let kubeconfig = std::env::temp_dir().join(format!("vkcube-deploy-sa-{}-{}", std::process::id(), ns.name));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
-             users: [{{name: u, user: {{token: \"{}\"}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
-             current-context: x\n",
-            cluster.apiserver,
-            cluster.env["CA_CRT"],
-            token.trim()
-        ),
-    )
-    .unwrap();
+    // The deploy ServiceAccount is the daemon's bootstrap identity, with nothing more.
+    let kubeconfig = cluster.service_account_kubeconfig("vkhost-system", "vkhost");
     let cid = fresh_cluster_id();
-    let config = example_config(cluster, &cid, &ns.name, "")
-        .replace(
-            &format!("kubeconfig = \"{}\"", cluster.kubeconfig.display()),
-            &format!("kubeconfig = \"{}\"", kubeconfig.display()),
-        )
-        .replace("[ha]\n", "[ha]\nnamespace = \"vkhost-system\"\n");
-    assert!(config.contains(&kubeconfig.display().to_string()));
+    let config = with_bootstrap(cluster, &example_config(cluster, &cid, &ns.name, ""), &kubeconfig, "vkhost-system");
     let daemon = start(&config).await;
     let node = node_of(&ns.client, &cid).await.name_any();
     // A pod with a Secret and the default projected token: both need the node identity now.

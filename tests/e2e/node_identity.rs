@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start};
+use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start, with_bootstrap};
 use vkcube_e2e::{Cluster, cluster, running_ready, wait_for};
 use vkhost::kubelet::csr::{self, ClientCert};
 
@@ -257,4 +257,72 @@ async fn daemon_nodes_act_with_their_own_rotated_certificates() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_certificate_is_not_approved_keeps_asking_and_comes_up_once_allowed() {
+    let cluster = cluster();
+    let ns = cluster.namespace("unapproved").await;
+    let n = ns.name.clone();
+    // A bootstrap identity with everything the daemon needs but `certificatesigningrequests/
+    // nodeclient`, without which the csrapproving controller leaves its CSRs pending.
+    let rbac = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: boot, namespace: {n}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: boot-{n}}}\nrules:\n\
+         - {{apiGroups: [\"\"], resources: [nodes], verbs: [get, list, create, patch]}}\n\
+         - {{apiGroups: [\"\"], resources: [pods], verbs: [patch]}}\n\
+         - {{apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [create, get]}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: boot-{n}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: boot-{n}}}\n\
+         subjects: [{{kind: ServiceAccount, name: boot, namespace: {n}}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: boot, namespace: {n}}}\nrules:\n\
+         - {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update, patch]}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: boot, namespace: {n}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: boot}}\n\
+         subjects: [{{kind: ServiceAccount, name: boot, namespace: {n}}}]\n"
+    );
+    let manifest = std::env::temp_dir().join(format!("vkcube-boot-{}-{n}.yaml", std::process::id()));
+    std::fs::write(&manifest, rbac).unwrap();
+    let (code, _, err) = cluster.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&manifest);
+    assert_eq!(code, 0, "{err}");
+    let kubeconfig = cluster.service_account_kubeconfig(&n, "boot");
+    let cid = fresh_cluster_id();
+    let config = example_config(cluster, &cid, &n, "[api]\nnode_cert_wait_seconds = 3\n");
+    let daemon = start(&with_bootstrap(cluster, &config, &kubeconfig, &n)).await;
+
+    // It asks, is not answered, and asks again; meanwhile no Node is registered.
+    let csrs: Api<CertificateSigningRequest> = Api::all(ns.client.clone());
+    let requester = format!("system:serviceaccount:{n}:boot");
+    let pending = wait_for(Duration::from_secs(40), "a second CSR after the first went unanswered", || async {
+        let all = csrs.list(&ListParams::default()).await.ok()?.items;
+        let mine: Vec<_> = all.into_iter().filter(|c| c.spec.username.as_deref() == Some(requester.as_str())).collect();
+        (mine.len() >= 2).then_some(mine)
+    })
+    .await;
+    for c in &pending {
+        assert_eq!(c.spec.signer_name, csr::CLIENT_SIGNER);
+        let approved = c.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| !cs.is_empty());
+        assert!(!approved, "{:?} was decided without the nodeclient permission", c.metadata.name);
+    }
+    let nodes: Api<Node> = Api::all(ns.client.clone());
+    let selector = format!("vkcube.io/cluster-id={cid}");
+    assert!(nodes.list(&ListParams::default().labels(&selector)).await.unwrap().items.is_empty());
+
+    // Allowed to: the next request is approved and the node comes up.
+    let binding = format!("boot-nodeclient-{n}");
+    let (code, _, err) = cluster.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &binding,
+        "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        &format!("--serviceaccount={n}:boot"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    node_of(&ns.client, &cid).await;
+    daemon.stop().await;
+    let _ = std::fs::remove_file(&kubeconfig);
+    let role = format!("boot-{n}");
+    cluster.kubectl(&["delete", "clusterrolebinding", &binding, &role]);
+    cluster.kubectl(&["delete", "clusterrole", &role]);
 }

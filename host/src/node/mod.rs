@@ -53,6 +53,10 @@ impl Shared {
     }
 }
 
+/// First wait before acting for a node again after acting failed; it doubles up to the max.
+const ACT_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ACT_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Name of the election Lease of a config node.
 pub fn election_lease_name(cluster_id: &str, node_id: &str) -> String {
     format!("vkcube-{cluster_id}-{node_id}")
@@ -66,6 +70,7 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
     let claim =
         || lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds);
     let mut waiting_logged = false;
+    let mut failures = 0u32;
     loop {
         // Wait to become the actor for this node.
         loop {
@@ -89,12 +94,19 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
         let term = shutdown.child_token();
         // Aborted with this runner, so a crashed (aborted) daemon stops acting at once.
         let mut acting = AbortOnDropHandle::new(tokio::spawn(act(shared.clone(), settings.clone(), term.clone())));
-        // Keep the claim; step down when it cannot be renewed before it lapses.
+        let acting_since = tokio::time::Instant::now();
+        // Keep the claim; step down when it cannot be renewed before it lapses, or when acting
+        // ended on its own (a failure: say, the node's certificate was not issued in time).
         let mut last_renewed = tokio::time::Instant::now();
+        let mut ended = None;
         let lost = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break false,
                 _ = term.cancelled() => break false,
+                r = &mut acting => {
+                    ended = Some(r);
+                    break false;
+                }
                 _ = tokio::time::sleep(renew) => {}
             }
             match claim().await {
@@ -112,10 +124,28 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
             }
         };
         term.cancel();
-        match (&mut acting).await {
+        let outcome = match ended {
+            Some(r) => r,
+            None => (&mut acting).await,
+        };
+        let failed = !matches!(outcome, Ok(Ok(())));
+        match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(node = %settings.id, error = %e, "node runner failed"),
             Err(e) => tracing::error!(node = %settings.id, error = %e, "node runner panicked"),
+        }
+        if failed && !shutdown.is_cancelled() {
+            // Hand the node to another replica (it may fare better) and try again later, rather
+            // than hold the election while nobody acts.
+            failures = if acting_since.elapsed() > ACT_RETRY_MAX { 1 } else { failures + 1 };
+            let backoff = ACT_RETRY_FIRST.saturating_mul(1 << failures.min(6)).min(ACT_RETRY_MAX);
+            let _ = lease::release(&shared.client, &ha.namespace, &lease_name, &shared.identity).await;
+            tracing::warn!(node = %settings.id, retry_in_s = backoff.as_secs(), "acting for the node failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            continue;
         }
         if shutdown.is_cancelled() {
             // Hand over at once instead of making a standby wait out the lease.

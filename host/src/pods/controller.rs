@@ -68,6 +68,7 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         metadata_client: Client,
