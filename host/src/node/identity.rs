@@ -94,8 +94,10 @@ impl NodeIdentity {
         node: &str,
         limits: &ApiLimits,
     ) -> Result<Arc<NodeIdentity>, IdentityError> {
+        let started = std::time::Instant::now();
         let lanes = Self::issue(bootstrap, base, node, limits).await?;
-        tracing::info!(node, csr = %lanes.cert.csr, "node client certificate issued");
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(node, csr = %lanes.cert.csr, took_ms, "node client certificate issued");
         Ok(Arc::new(NodeIdentity {
             node: node.into(),
             base: base.clone(),
@@ -131,8 +133,10 @@ impl NodeIdentity {
 
     /// Replaces the certificate with a freshly issued one (a new key too).
     pub async fn rotate(&self, bootstrap: &Client) -> Result<(), IdentityError> {
+        let started = std::time::Instant::now();
         let lanes = Self::issue(bootstrap, &self.base, &self.node, &self.limits).await?;
-        tracing::info!(node = %self.node, csr = %lanes.cert.csr, "node client certificate rotated");
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(node = %self.node, csr = %lanes.cert.csr, took_ms, "node client certificate rotated");
         self.lanes.store(Arc::new(lanes));
         Ok(())
     }
