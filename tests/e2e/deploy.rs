@@ -182,7 +182,6 @@ fn the_daemon_identity_holds_exactly_the_listed_permissions() {
     bindings.extend(bound(get(&["get", "rolebindings", "-A"])));
     let expected_bindings: BTreeSet<String> = [
         "*/vkhost -> vkhost",
-        "*/vkhost-auth-delegator -> system:auth-delegator",
         "kube-system/vkhost-authentication-reader -> extension-apiserver-authentication-reader",
         "vkhost-system/vkhost-election -> vkhost-election",
     ]
@@ -204,7 +203,7 @@ fn the_daemon_identity_holds_exactly_the_listed_permissions() {
     assert!(!can(&["update", "certificatesigningrequests", "--subresource=approval"]), "never approves a CSR");
     assert!(can(&["create", "certificatesigningrequests", "--subresource=nodeclient"]));
     assert!(can(&["update", "leases.coordination.k8s.io", "-n", "vkhost-system"]));
-    assert!(can(&["create", "tokenreviews.authentication.k8s.io"]));
+    assert!(!can(&["create", "tokenreviews.authentication.k8s.io"]), "nodes review their callers themselves");
     assert!(can(&["get", "configmaps/extension-apiserver-authentication", "-n", "kube-system"]));
 }
 
@@ -218,7 +217,10 @@ async fn a_daemon_with_only_the_deploy_rbac_runs_pods_through_its_node_identity(
     let cid = fresh_cluster_id();
     let config = with_bootstrap(cluster, &example_config(cluster, &cid, &ns.name, ""), &kubeconfig, "vkhost-system");
     let daemon = start(&config).await;
-    let node = node_of(&ns.client, &cid).await.name_any();
+    let node = node_of(&ns.client, &cid).await;
+    let port = node.status.as_ref().and_then(|s| s.daemon_endpoints.as_ref()).and_then(|d| d.kubelet_endpoint.as_ref());
+    let kubelet = format!("https://127.0.0.1:{}", port.map(|p| p.port).unwrap_or_default());
+    let node = node.name_any();
     // A pod with a Secret and the default projected token: both need the node identity now.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ns.client.clone(), &ns.name);
     let secret = serde_json::from_value(json!({"metadata": {"name": "app"}, "stringData": {"k": "v"}})).unwrap();
@@ -244,6 +246,29 @@ async fn a_daemon_with_only_the_deploy_rbac_runs_pods_through_its_node_identity(
         matches!(pods.get_opt("web").await, Ok(None)).then_some(())
     })
     .await;
+
+    // The kubelet API reviews a caller's token (TokenReview) and rights (SubjectAccessReview) as
+    // the node, not the daemon: a token without nodes/stats is authenticated, then refused; with
+    // it, let in.
+    let https = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let (code, _, err) = cluster.kubectl(&["create", "serviceaccount", "reader", "-n", &ns.name]);
+    assert_eq!(code, 0, "{err}");
+    let (code, token, err) = cluster.kubectl(&["create", "token", "reader", "-n", &ns.name]);
+    assert_eq!(code, 0, "{err}");
+    let stats = || https.get(format!("{kubelet}/stats/summary")).bearer_auth(token.trim()).send();
+    let refused = stats().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("subresource=stats"));
+    let role = format!("{}-stats", ns.name);
+    assert_eq!(cluster.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/stats"]).0, 0);
+    let sa = format!("--serviceaccount={}:reader", ns.name);
+    assert_eq!(cluster.kubectl(&["create", "clusterrolebinding", &role, &format!("--clusterrole={role}"), &sa]).0, 0);
+    wait_for(Duration::from_secs(60), "nodes/stats granted past the decision cache", || async {
+        (stats().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    cluster.kubectl(&["delete", "clusterrolebinding", &role]);
+    cluster.kubectl(&["delete", "clusterrole", &role]);
     daemon.stop().await;
     let _ = std::fs::remove_file(&kubeconfig);
 }

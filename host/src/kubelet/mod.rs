@@ -63,11 +63,25 @@ pub struct SessionCounts {
 }
 
 impl KubeletServer {
-    /// Binds the listener, obtains the serving certificate and the client CA, and starts serving.
+    /// Binds the listener, obtains the serving certificate and the client CA, and starts serving,
+    /// with one client for everything.
     pub async fn start(
         cfg: KubeletConfig,
         backend: Arc<dyn KubeletBackend>,
         kube: kube::Client,
+        shutdown: CancellationToken,
+    ) -> Result<KubeletServer, KubeletError> {
+        Self::start_as(cfg, backend, kube.clone(), kube, shutdown).await
+    }
+
+    /// Like [`KubeletServer::start`], but callers are reviewed (TokenReview, SubjectAccessReview)
+    /// as `reviewer`, the node's own identity, as a kubelet does; `kube` (the daemon's identity)
+    /// requests the serving certificate and reads the client CA, which a node may not.
+    pub async fn start_as(
+        cfg: KubeletConfig,
+        backend: Arc<dyn KubeletBackend>,
+        kube: kube::Client,
+        reviewer: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<KubeletServer, KubeletError> {
         let node = backend.node_name();
@@ -107,7 +121,7 @@ impl KubeletServer {
         let counters = Arc::new(server::SessionCounters::default());
         let state = Arc::new(server::ApiState {
             backend,
-            authz: auth::Authorizer::new(kube.clone(), node.clone(), cfg.auth_cache_ttl, cfg.auth_cache_size),
+            authz: auth::Authorizer::new(reviewer, node.clone(), cfg.auth_cache_ttl, cfg.auth_cache_size),
             node: node.clone(),
             http,
             ws_tls: Arc::new(tls::client_config()),

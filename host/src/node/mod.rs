@@ -237,7 +237,8 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         shared.config.pods.clone(),
         shared.metrics.clone(),
     );
-    let server = KubeletServer::start(kubelet_cfg, Arc::new(NodeBackend(ctx.clone())), client.clone(), term.clone())
+    let backend = Arc::new(NodeBackend(ctx.clone()));
+    let server = KubeletServer::start_as(kubelet_cfg, backend, client.clone(), clients.pods.clone(), term.clone())
         .await
         .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
     shape.kubelet_port = server.port();
