@@ -326,3 +326,32 @@ async fn a_node_whose_certificate_is_not_approved_keeps_asking_and_comes_up_once
     cluster.kubectl(&["delete", "clusterrolebinding", &binding, &role]);
     cluster.kubectl(&["delete", "clusterrole", &role]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_credentials_keep_the_daemons_identity_for_clusters_without_the_signer() {
+    let cluster = cluster();
+    let ns = cluster.namespace("sharedcred").await;
+    let cid = fresh_cluster_id();
+    let daemon = start(&example_config(cluster, &cid, &ns.name, "[api]\nnode_credentials = \"shared\"\n")).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+    assert!(daemon.shared.node_identity(&node).is_none(), "no node certificate in shared mode");
+    let csrs: Api<CertificateSigningRequest> = Api::all(ns.client.clone());
+    let prefix = format!("vkcube-client-{node}-");
+    let asked =
+        csrs.list(&ListParams::default()).await.unwrap().items.into_iter().any(|c| c.name_any().starts_with(&prefix));
+    assert!(!asked, "shared mode asked for a node certificate");
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+            "containers": [{"name": "app", "image": "uhub.service.ucloud.cn/library/busybox"}],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_for(Duration::from_secs(60), "pod Running", || async { pods.get("web").await.ok().filter(running_ready) })
+        .await;
+    daemon.stop().await;
+}
