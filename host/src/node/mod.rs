@@ -224,8 +224,8 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
     let (clients, identity) = identity::node_clients(&client, &shared.base, &name, &shared.config.api).await?;
     let _rotation = identity.map(|id| {
-        shared.node_identities.lock().unwrap().insert(name.clone(), id.clone());
-        AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone())))
+        let listed = Listed::new(&shared, &name, id.clone());
+        (listed, AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone()))))
     });
     let ctx = NodeContext::new(
         clients.pods.clone(),
@@ -271,8 +271,27 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     term.cancel();
     let _ = heartbeat.await;
     let _ = reloads.await;
-    shared.node_identities.lock().unwrap().remove(&name);
     Ok(())
+}
+
+/// A node identity listed in [`Shared::node_identities`] while its node is acted for, however
+/// acting ends.
+struct Listed<'a> {
+    shared: &'a Shared,
+    node: String,
+}
+
+impl<'a> Listed<'a> {
+    fn new(shared: &'a Shared, node: &str, identity: Arc<identity::NodeIdentity>) -> Self {
+        shared.node_identities.lock().unwrap().insert(node.to_string(), identity);
+        Listed { shared, node: node.to_string() }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.shared.node_identities.lock().unwrap().remove(&self.node);
+    }
 }
 
 /// Every 10 s: renew the node Lease, refresh the status from the provider, notice a disabled
