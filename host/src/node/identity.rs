@@ -24,7 +24,7 @@ const ROTATION_RETRY: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error(
-        "node {node}: client certificate from signer {}: {source} (does the daemon's identity may `create certificatesigningrequests/nodeclient`, and does kube-controller-manager run its csrapproving and csrsigning controllers? `[api] node_credentials = \"shared\"` keeps the daemon's own credentials instead)",
+        "node {node}: client certificate from signer {}: {source} (the daemon's identity needs `create certificatesigningrequests/nodeclient`, and kube-controller-manager must run its csrapproving and csrsigning controllers; `[api] node_credentials = \"shared\"` keeps the daemon's own credentials instead)",
         csr::CLIENT_SIGNER
     )]
     Certificate { node: String, source: CsrError },
