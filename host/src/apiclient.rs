@@ -24,7 +24,13 @@ pub enum ClientError {
 /// A client for `kubeconfig` (or the inferred config), limited to `limits.burst` requests per
 /// `burst / qps` seconds and `limits.max_in_flight` requests at once.
 pub async fn client(kubeconfig: Option<&Path>, limits: &ApiLimits) -> Result<Client, ClientError> {
-    let config = match kubeconfig {
+    limited(bootstrap_config(kubeconfig).await?, limits)
+}
+
+/// The daemon's own (bootstrap) connection settings: `kubeconfig`, else `$KUBECONFIG` or the
+/// in-cluster ServiceAccount.
+pub async fn bootstrap_config(kubeconfig: Option<&Path>) -> Result<Config, ClientError> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc_err = |message: String| ClientError::Kubeconfig { path: path.display().to_string(), message };
             let kc = Kubeconfig::read_from(path).map_err(|e| kc_err(e.to_string()))?;
@@ -33,13 +39,33 @@ pub async fn client(kubeconfig: Option<&Path>, limits: &ApiLimits) -> Result<Cli
                 .map_err(|e| kc_err(e.to_string()))?
         }
         None => Config::infer().await.map_err(|e| ClientError::Infer(e.to_string()))?,
-    };
+    })
+}
+
+/// A client for `config` with the rate and concurrency limits of `limits`.
+pub fn limited(config: Config, limits: &ApiLimits) -> Result<Client, ClientError> {
     let window = Duration::from_secs_f64(limits.burst as f64 / limits.qps.max(1) as f64);
     let builder = ClientBuilder::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
     Ok(builder
         .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
         .with_layer(&ConcurrencyLimitLayer::new(limits.max_in_flight.max(1) as usize))
         .build())
+}
+
+/// `base` (same apiserver URL, CA and TLS settings) authenticating with a client certificate
+/// instead of whatever credentials `base` carries.
+pub fn with_client_certificate(base: &Config, cert_pem: &str, key_pem: &str) -> Result<Config, ClientError> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // Through serde: the key field is a `secrecy` string whose crate the host does not use.
+    let auth_info = serde_json::from_value(serde_json::json!({
+        "client-certificate-data": b64(cert_pem),
+        "client-key-data": b64(key_pem),
+    }))
+    .map_err(|e| ClientError::Build(format!("client certificate credentials: {e}")))?;
+    let mut config = base.clone();
+    config.auth_info = auth_info;
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -102,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn requests_in_flight_never_exceed_the_limit() {
         let (dir, peak) = apiserver(Duration::from_millis(30)).await;
-        let limits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 4 };
+        let limits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 4, ..ApiLimits::default() };
         let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
         gets(&client, 40).await;
         assert!((1..=4).contains(&peak.load(Ordering::SeqCst)), "peak {}", peak.load(Ordering::SeqCst));
@@ -112,7 +138,7 @@ mod tests {
     async fn the_rate_limit_spreads_requests_beyond_the_burst() {
         let (dir, _) = apiserver(Duration::ZERO).await;
         // 10 requests per second, 10 at once: 25 requests need at least two more windows.
-        let limits = ApiLimits { qps: 10, burst: 10, max_in_flight: 64 };
+        let limits = ApiLimits { qps: 10, burst: 10, max_in_flight: 64, ..ApiLimits::default() };
         let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
         let started = Instant::now();
         gets(&client, 25).await;

@@ -103,6 +103,36 @@ pub struct ApiLimits {
     /// connections, and their memory, on both sides.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Whose credentials each virtual node acts with: its own `system:node:<name>` client
+    /// certificate (`csr`, the default), or the daemon's own (`shared`, for clusters without the
+    /// `kubernetes.io/kube-apiserver-client-kubelet` signer).
+    #[serde(default)]
+    pub node_credentials: NodeCredentials,
+    /// Lifetime asked for the node client certificates (the signer may cap it); at least 600.
+    #[serde(default = "default_node_cert_lifetime")]
+    pub node_cert_lifetime_seconds: u32,
+    /// How long to wait for the controller-manager to approve and sign a node's certificate.
+    #[serde(default = "default_node_cert_wait")]
+    pub node_cert_wait_seconds: u32,
+}
+
+/// See [`ApiLimits::node_credentials`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeCredentials {
+    /// A client certificate per node from a CertificateSigningRequest, as kubelets bootstrap TLS:
+    /// the apiserver's Node authorizer and NodeRestriction admission then bound what it can do.
+    #[default]
+    Csr,
+    /// The daemon's own credentials for everything (the mode before node identities).
+    Shared,
+}
+
+fn default_node_cert_lifetime() -> u32 {
+    24 * 3600
+}
+fn default_node_cert_wait() -> u32 {
+    120
 }
 
 fn default_qps() -> u32 {
@@ -117,7 +147,14 @@ fn default_max_in_flight() -> u32 {
 
 impl Default for ApiLimits {
     fn default() -> Self {
-        Self { qps: default_qps(), burst: default_burst(), max_in_flight: default_max_in_flight() }
+        Self {
+            qps: default_qps(),
+            burst: default_burst(),
+            max_in_flight: default_max_in_flight(),
+            node_credentials: NodeCredentials::default(),
+            node_cert_lifetime_seconds: default_node_cert_lifetime(),
+            node_cert_wait_seconds: default_node_cert_wait(),
+        }
     }
 }
 
@@ -306,6 +343,15 @@ impl DaemonConfig {
         if self.api.qps == 0 || self.api.burst == 0 {
             return Err(invalid("api", "qps and burst must be at least 1".into()));
         }
+        if self.api.node_cert_lifetime_seconds < 600 {
+            return Err(invalid(
+                "api.node_cert_lifetime_seconds",
+                format!(
+                    "is {}, but must be at least 600 (the shortest lifetime a CertificateSigningRequest may ask for)",
+                    self.api.node_cert_lifetime_seconds
+                ),
+            ));
+        }
         if self.ha.lease_duration_seconds < 5 {
             return Err(invalid("ha.lease_duration_seconds", "must be at least 5".into()));
         }
@@ -416,6 +462,23 @@ id = "bj"
         assert_eq!(json["public_key"], "pub");
         assert_eq!(json["private_key"], "s3cret");
         assert_eq!(json["region"], "cn-bj2");
+    }
+
+    #[test]
+    fn nodes_get_their_own_credentials_unless_told_to_share_the_daemons() {
+        let c = DaemonConfig::parse(MINIMAL, Path::new("t.toml")).unwrap();
+        assert_eq!(c.api.node_credentials, NodeCredentials::Csr);
+        let shared = MINIMAL.replace("[plugin]", "[api]\nnode_credentials = \"shared\"\n[plugin]");
+        assert_eq!(
+            DaemonConfig::parse(&shared, Path::new("t.toml")).unwrap().api.node_credentials,
+            NodeCredentials::Shared
+        );
+        let bad = MINIMAL.replace("[plugin]", "[api]\nnode_credentials = \"token\"\n[plugin]");
+        let err = DaemonConfig::parse(&bad, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("csr") && err.contains("shared"), "{err}");
+        let short = MINIMAL.replace("[plugin]", "[api]\nnode_cert_lifetime_seconds = 60\n[plugin]");
+        let err = DaemonConfig::parse(&short, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("api.node_cert_lifetime_seconds") && err.contains("600"), "{err}");
     }
 
     #[test]

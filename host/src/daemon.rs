@@ -49,10 +49,8 @@ impl Daemon {
     /// Loads the plugin and starts everything; `runtime` lets several daemons in one process
     /// share a plugin runtime (and so the plugins' key-value stores).
     pub async fn start(config: DaemonConfig, runtime: Option<Arc<PluginRuntime>>) -> anyhow::Result<Daemon> {
-        let client = crate::apiclient::client(config.kubeconfig.as_deref(), &config.api).await?;
-        // The kubelet API's reviews get a client of their own: a flood of them must not delay leases.
-        let review_client =
-            crate::apiclient::client(config.kubeconfig.as_deref(), &config.kubelet.review_api_limits()).await?;
+        let base = crate::apiclient::bootstrap_config(config.kubeconfig.as_deref()).await?;
+        let client = crate::apiclient::limited(base.clone(), &config.api)?;
         let rt = match runtime {
             Some(rt) => rt,
             None => PluginRuntime::new()?,
@@ -67,11 +65,12 @@ impl Daemon {
         tasks.extend(admin);
         let shared = Arc::new(Shared {
             client,
-            review_client,
+            base,
             plugin,
             identity: identity(&config),
             metrics,
             config: config.clone(),
+            node_identities: Default::default(),
         });
         for n in &config.nodes {
             tasks.push(tokio::spawn(node::run(shared.clone(), n.clone(), shutdown.clone())));

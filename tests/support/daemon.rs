@@ -84,6 +84,16 @@ pub fn example_config(cluster: &Cluster, cluster_id: &str, label: &str, extra: &
     test_config(cluster, cluster_id, label, extra, &plugin, "")
 }
 
+/// `config` (from [`test_config`]) with `kubeconfig` as the daemon's bootstrap identity and its
+/// election Leases in `ha_namespace`.
+pub fn with_bootstrap(cluster: &Cluster, config: &str, kubeconfig: &std::path::Path, ha_namespace: &str) -> String {
+    let admin = format!("kubeconfig = \"{}\"", cluster.kubeconfig.display());
+    assert!(config.contains(&admin), "not a test_config: {config}");
+    config
+        .replace(&admin, &format!("kubeconfig = \"{}\"", kubeconfig.display()))
+        .replace("[ha]\n", &format!("[ha]\nnamespace = \"{ha_namespace}\"\n"))
+}
+
 /// Starts a daemon in this process.
 pub async fn start(config: &str) -> Daemon {
     let cfg = DaemonConfig::parse(config, std::path::Path::new("test.toml")).expect("test config");

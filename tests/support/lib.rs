@@ -113,6 +113,28 @@ impl Cluster {
         cmd
     }
 
+    /// A kubeconfig (written to a temporary file the caller removes) for ServiceAccount
+    /// `namespace/name`, with a token from the TokenRequest API: a test daemon's bootstrap
+    /// identity with just that account's rights.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let (code, token, err) = self.kubectl(&["create", "token", name, "-n", namespace, "--duration", "1h"]);
+        assert_eq!(code, 0, "token for ServiceAccount {namespace}/{name}: {err}");
+        let path = std::env::temp_dir().join(format!("vkcube-sa-{}-{namespace}-{name}", std::process::id()));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\n\
+                 users: [{{name: u, user: {{token: \"{}\"}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+                 current-context: x\n",
+                self.apiserver,
+                self.env["CA_CRT"],
+                token.trim()
+            ),
+        )
+        .expect("write ServiceAccount kubeconfig");
+        path
+    }
+
     /// A new namespace for one test, with its `default` ServiceAccount in place (pods cannot be
     /// created before the controller-manager makes it).
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {

@@ -335,10 +335,12 @@ mod tests {
     use super::*;
     use crate::config::ApiLimits;
 
-    const LOOSE: ApiLimits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 64 };
+    fn loose() -> ApiLimits {
+        ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 64, ..ApiLimits::default() }
+    }
 
     async fn authorizer(api: &Apiserver, capacity: usize, in_flight: usize) -> Authorizer {
-        let reviews = api.client("reviews", &LOOSE).await;
+        let reviews = api.client("reviews", &loose()).await;
         Authorizer::new(reviews, "vk-1".into(), Duration::from_secs(60), capacity, in_flight)
     }
 
@@ -346,7 +348,8 @@ mod tests {
     async fn a_flood_of_made_up_tokens_is_turned_away_without_delaying_the_lease_client() {
         let api = Apiserver::start(Duration::from_millis(200)).await;
         // The node's own client, which renews Leases, with a small in-flight bound of its own.
-        let main = api.client("main", &ApiLimits { qps: 100, burst: 100, max_in_flight: 4 }).await;
+        let main =
+            api.client("main", &ApiLimits { qps: 100, burst: 100, max_in_flight: 4, ..ApiLimits::default() }).await;
         let authz = authorizer(&api, 1024, 4).await;
         let started = Instant::now();
         let flood = futures::future::join_all((0..300).map(|i| {

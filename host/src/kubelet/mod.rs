@@ -4,7 +4,7 @@
 mod auth;
 mod backend;
 mod channel;
-mod csr;
+pub mod csr;
 mod exec;
 mod logs;
 mod query;
@@ -64,14 +64,15 @@ pub struct SessionCounts {
 
 impl KubeletServer {
     /// Binds the listener, obtains the serving certificate and the client CA, and starts serving.
-    /// `reviews` is the client TokenReviews and SubjectAccessReviews go through: give it one of its
-    /// own (see [`KubeletConfig::review_api_limits`]) so callers of this API cannot spend the
-    /// rate limit `kube` renews node Leases with.
+    /// Callers are reviewed (TokenReview, SubjectAccessReview) through `reviewer`: the node's own
+    /// identity, as for a kubelet, on a lane of its own (see [`KubeletConfig::review_api_limits`])
+    /// so callers of this API cannot spend the rate limit pods and Leases use. `kube` (the daemon's
+    /// identity) requests the serving certificate and reads the client CA, which a node may not.
     pub async fn start(
         cfg: KubeletConfig,
         backend: Arc<dyn KubeletBackend>,
         kube: kube::Client,
-        reviews: kube::Client,
+        reviewer: kube::Client,
         shutdown: CancellationToken,
     ) -> Result<KubeletServer, KubeletError> {
         let node = backend.node_name();
@@ -112,7 +113,7 @@ impl KubeletServer {
         let state = Arc::new(server::ApiState {
             backend,
             authz: auth::Authorizer::new(
-                reviews,
+                reviewer,
                 node.clone(),
                 cfg.auth_cache_ttl,
                 cfg.auth_cache_size,

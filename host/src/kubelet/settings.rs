@@ -84,6 +84,7 @@ impl KubeletConfig {
             qps: self.review_qps.max(1),
             burst: self.review_burst.max(1),
             max_in_flight: self.reviews_in_flight.max(1),
+            ..crate::config::ApiLimits::default()
         }
     }
 }

@@ -3,6 +3,7 @@
 //! heartbeat Lease and status fresh, serves the kubelet API and runs the pod controller; it stops
 //! acting the moment it loses the election.
 
+pub mod identity;
 pub mod lease;
 pub mod naming;
 pub mod ops;
@@ -32,14 +33,29 @@ pub const DELETED_ANNOTATION: &str = "vkcube.io/node-deleted";
 
 /// Everything the node runners share.
 pub struct Shared {
+    /// The daemon's own (bootstrap) identity: election Leases, node discovery and metadata,
+    /// certificate requests, pod annotations; node work goes through each node's own identity.
     pub client: Client,
-    /// For the kubelet API's TokenReviews and SubjectAccessReviews only (own rate limit).
-    pub review_client: Client,
+    /// The bootstrap connection settings, which node identities reuse (apiserver URL and CA).
+    pub base: kube::Config,
     pub plugin: Arc<Plugin>,
     pub config: DaemonConfig,
     pub identity: String,
     pub metrics: Arc<Metrics>,
+    /// The node identities in use, by node name (operators and tests look at their certificates).
+    pub node_identities: std::sync::Mutex<std::collections::BTreeMap<String, Arc<identity::NodeIdentity>>>,
 }
+
+impl Shared {
+    /// The identity node `name` acts with, when it has its own (`[api] node_credentials = "csr"`).
+    pub fn node_identity(&self, name: &str) -> Option<Arc<identity::NodeIdentity>> {
+        self.node_identities.lock().unwrap().get(name).cloned()
+    }
+}
+
+/// First wait before acting for a node again after acting failed; it doubles up to the max.
+const ACT_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ACT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Name of the election Lease of a config node.
 pub fn election_lease_name(cluster_id: &str, node_id: &str) -> String {
@@ -54,6 +70,7 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
     let claim =
         || lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds);
     let mut waiting_logged = false;
+    let mut failures = 0u32;
     loop {
         // Wait to become the actor for this node.
         loop {
@@ -77,12 +94,19 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
         let term = shutdown.child_token();
         // Aborted with this runner, so a crashed (aborted) daemon stops acting at once.
         let mut acting = AbortOnDropHandle::new(tokio::spawn(act(shared.clone(), settings.clone(), term.clone())));
-        // Keep the claim; step down when it cannot be renewed before it lapses.
+        let acting_since = tokio::time::Instant::now();
+        // Keep the claim; step down when it cannot be renewed before it lapses, or when acting
+        // ended on its own (a failure: say, the node's certificate was not issued in time).
         let mut last_renewed = tokio::time::Instant::now();
+        let mut ended = None;
         let lost = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break false,
                 _ = term.cancelled() => break false,
+                r = &mut acting => {
+                    ended = Some(r);
+                    break false;
+                }
                 _ = tokio::time::sleep(renew) => {}
             }
             match claim().await {
@@ -100,10 +124,28 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
             }
         };
         term.cancel();
-        match (&mut acting).await {
+        let outcome = match ended {
+            Some(r) => r,
+            None => (&mut acting).await,
+        };
+        let failed = !matches!(outcome, Ok(Ok(())));
+        match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(node = %settings.id, error = %e, "node runner failed"),
             Err(e) => tracing::error!(node = %settings.id, error = %e, "node runner panicked"),
+        }
+        if failed && !shutdown.is_cancelled() {
+            // Hand the node to another replica (it may fare better) and try again later, rather
+            // than hold the election while nobody acts.
+            failures = if acting_since.elapsed() > ACT_RETRY_MAX { 1 } else { failures + 1 };
+            let backoff = ACT_RETRY_FIRST.saturating_mul(1 << failures.min(6)).min(ACT_RETRY_MAX);
+            let _ = lease::release(&shared.client, &ha.namespace, &lease_name, &shared.identity).await;
+            tracing::warn!(node = %settings.id, retry_in_s = backoff.as_secs(), "acting for the node failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            continue;
         }
         if shutdown.is_cancelled() {
             // Hand over at once instead of making a standby wait out the lease.
@@ -140,6 +182,8 @@ pub enum NodeError {
     Kubelet { node: String, message: String },
     #[error("node {node}: {source}")]
     Kube { node: String, source: kube::Error },
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
 }
 
 /// Acting for a node while we hold its election: registration, heartbeats, kubelet API, pods.
@@ -177,7 +221,16 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         offer,
     };
     let (name, exists) = registration::find_or_name(&client, &shape).await?;
+    // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
+    let lanes =
+        identity::LaneLimits { pods: shared.config.api.clone(), reviews: shared.config.kubelet.review_api_limits() };
+    let (clients, identity) = identity::node_clients(&client, &shared.base, &name, &lanes).await?;
+    let _rotation = identity.map(|id| {
+        let listed = Listed::new(&shared, &name, id.clone());
+        (listed, AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone()))))
+    });
     let ctx = NodeContext::new(
+        clients.pods.clone(),
         client.clone(),
         shared.plugin.clone(),
         name.clone(),
@@ -186,29 +239,36 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         shared.config.pods.clone(),
         shared.metrics.clone(),
     );
-    let server = KubeletServer::start(
-        kubelet_cfg,
-        Arc::new(NodeBackend(ctx.clone())),
-        client.clone(),
-        shared.review_client.clone(),
-        term.clone(),
-    )
-    .await
-    .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
+    let backend = Arc::new(NodeBackend(ctx.clone()));
+    let server = KubeletServer::start(kubelet_cfg, backend, client.clone(), clients.reviews.clone(), term.clone())
+        .await
+        .map_err(|e| NodeError::Kubelet { node: name.clone(), message: e.to_string() })?;
     shape.kubelet_port = server.port();
     let _server = AbortOnDropHandle::new(server.into_join_handle());
+    // Node metadata stays with the daemon: NodeRestriction forbids a node the
+    // `kubernetes.io/role` label and any change of its taints, both of which this reconciles.
     if !exists {
         registration::create(&client, &name, &shape).await?;
     }
     registration::reconcile_metadata(&client, &name, &shape).await?;
-    registration::patch_status(&client, &name, &shape)
+    registration::patch_status(&clients.heartbeat, &name, &shape)
         .await
         .map_err(|source| NodeError::Kube { node: name.clone(), source })?;
     tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %registration::plugin_label(&plugin_info), "virtual node registered");
 
-    let heartbeat =
-        AbortOnDropHandle::new(tokio::spawn(heartbeat(shared.clone(), ctx.clone(), shape.clone(), term.clone())));
-    let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(shared.clone(), name.clone(), term.clone())));
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
+        shared.clone(),
+        ctx.clone(),
+        shape.clone(),
+        clients.heartbeat.clone(),
+        term.clone(),
+    )));
+    let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(
+        shared.clone(),
+        name.clone(),
+        clients.pods.clone(),
+        term.clone(),
+    )));
     pods::run(ctx, term.clone()).await;
     term.cancel();
     let _ = heartbeat.await;
@@ -216,16 +276,42 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     Ok(())
 }
 
+/// A node identity listed in [`Shared::node_identities`] while its node is acted for, however
+/// acting ends.
+struct Listed<'a> {
+    shared: &'a Shared,
+    node: String,
+}
+
+impl<'a> Listed<'a> {
+    fn new(shared: &'a Shared, node: &str, identity: Arc<identity::NodeIdentity>) -> Self {
+        shared.node_identities.lock().unwrap().insert(node.to_string(), identity);
+        Listed { shared, node: node.to_string() }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.shared.node_identities.lock().unwrap().remove(&self.node);
+    }
+}
+
 /// Every 10 s: renew the node Lease, refresh the status from the provider, notice a disabled
-/// or deleted node (and recreate a Node someone deleted).
-async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeShape, term: CancellationToken) {
-    let nodes: Api<Node> = Api::all(shared.client.clone());
+/// or deleted node (and recreate a Node someone deleted). `beat` is the node's heartbeat lane.
+async fn heartbeat(
+    shared: Arc<Shared>,
+    ctx: Arc<NodeContext>,
+    mut shape: NodeShape,
+    beat: Client,
+    term: CancellationToken,
+) {
+    let nodes: Api<Node> = Api::all(beat.clone());
     let lease_name = election_lease_name(&shared.config.cluster_id, &shape.node_id);
     loop {
         match nodes.get_opt(&ctx.node_name).await {
             Ok(Some(node)) => {
                 let uid = node.metadata.uid.clone().unwrap_or_default();
-                if let Err(e) = lease::renew_node_lease(&shared.client, &ctx.node_name, &uid).await {
+                if let Err(e) = lease::renew_node_lease(&beat, &ctx.node_name, &uid).await {
                     tracing::warn!(node = %ctx.node_name, error = %e, "node lease renewal failed");
                 }
                 let disabled = node
@@ -240,7 +326,7 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
                 shape.plugin = shared.plugin.info();
                 // Status on every beat is cheap for at most 8 nodes and keeps the conditions'
                 // heartbeat times honest; the Lease is what liveness rests on.
-                if let Err(e) = registration::patch_status(&shared.client, &ctx.node_name, &shape).await {
+                if let Err(e) = registration::patch_status(&beat, &ctx.node_name, &shape).await {
                     tracing::warn!(node = %ctx.node_name, error = %e, "node status update failed");
                 }
             }
@@ -255,7 +341,7 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
                     tracing::warn!(node = %ctx.node_name, error = %e, "recreating the node failed");
                 } else {
                     let _ = registration::reconcile_metadata(&shared.client, &ctx.node_name, &shape).await;
-                    let _ = registration::patch_status(&shared.client, &ctx.node_name, &shape).await;
+                    let _ = registration::patch_status(&beat, &ctx.node_name, &shape).await;
                     continue;
                 }
             }
@@ -268,12 +354,13 @@ async fn heartbeat(shared: Arc<Shared>, ctx: Arc<NodeContext>, mut shape: NodeSh
     }
 }
 
-/// Turns plugin reload attempts into Node Events, the plugin annotation and metrics.
-async fn report_reloads(shared: Arc<Shared>, node: String, term: CancellationToken) {
+/// Turns plugin reload attempts into Node Events (as the node), the plugin annotation (as the
+/// daemon: node metadata) and metrics.
+async fn report_reloads(shared: Arc<Shared>, node: String, as_node: Client, term: CancellationToken) {
     let mut events = shared.plugin.subscribe();
     let recorder =
-        Recorder::new(shared.client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
-    let nodes: Api<Node> = Api::all(shared.client.clone());
+        Recorder::new(as_node.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
+    let nodes: Api<Node> = Api::all(as_node);
     loop {
         let ev = tokio::select! {
             _ = term.cancelled() => return,

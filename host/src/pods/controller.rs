@@ -41,7 +41,11 @@ pub struct InstanceRecord {
 
 /// Everything the controller, the status sync and the kubelet API share for one node.
 pub struct NodeContext {
+    /// The node's own identity: pods bound to it, what they reference, their status, events.
     pub client: Client,
+    /// The daemon's identity, for the one write NodeRestriction refuses a node: pod annotations
+    /// (the instance id, a refusal, the provider's own annotations such as an EIP address).
+    pub metadata_client: Client,
     pub plugin: Arc<Plugin>,
     pub node_name: String,
     pub call: CallContext,
@@ -64,8 +68,10 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
+        metadata_client: Client,
         plugin: Arc<Plugin>,
         node_name: String,
         config_json: String,
@@ -78,6 +84,7 @@ impl NodeContext {
         Arc::new(Self {
             call: CallContext { node_name: node_name.clone(), config: config_json },
             client,
+            metadata_client,
             plugin,
             node_name,
             host_ip,
@@ -339,7 +346,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             let message = format!("{}: {}", inv.field, inv.message);
             tracing::info!(pod = %k, reason = %inv.reason, %message, "provider refused the pod");
             ctx.event(pod, true, &inv.reason, message.clone()).await;
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+            let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
             let patch = json!({"metadata": {"annotations": {REJECTED_ANNOTATION: inv.reason}}});
             api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -375,7 +382,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     for kv in &outcome.annotations {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
     api.patch(
         &pod.name_any(),
         &PatchParams::default(),
