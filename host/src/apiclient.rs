@@ -82,20 +82,28 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in apiserver that answers every ConfigMap GET with 404 after `delay`, recording the
-    /// most requests it held at once; and a kubeconfig pointing at it.
-    async fn apiserver(delay: Duration) -> (tempdir::Dir, Arc<AtomicUsize>) {
+    /// A stand-in apiserver that answers every ConfigMap GET with 404, recording the most requests
+    /// it held at once; and a kubeconfig pointing at it. With `gate` > 0 requests are answered in
+    /// batches of `gate` by order of arrival: each waits (up to 10 s) until its batch is complete,
+    /// so requests that may overlap do.
+    async fn apiserver(gate: usize) -> (tempdir::Dir, Arc<AtomicUsize>) {
         let peak = Arc::new(AtomicUsize::new(0));
-        let (n, p) = (Arc::new(AtomicUsize::new(0)), peak.clone());
+        let (held, arrived, p) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), peak.clone());
         let app = Router::new().route(
             "/api/v1/namespaces/default/configmaps/{name}",
             get(move || {
-                let (n, p) = (n.clone(), p.clone());
+                let (held, arrived, p) = (held.clone(), arrived.clone(), p.clone());
                 async move {
-                    let held = n.fetch_add(1, Ordering::SeqCst) + 1;
-                    p.fetch_max(held, Ordering::SeqCst);
-                    tokio::time::sleep(delay).await;
-                    n.fetch_sub(1, Ordering::SeqCst);
+                    p.fetch_max(held.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    let me = arrived.fetch_add(1, Ordering::SeqCst);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while gate > 0
+                        && arrived.load(Ordering::SeqCst) < (me / gate + 1) * gate
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    held.fetch_sub(1, Ordering::SeqCst);
                     let status =
                         r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
                     (StatusCode::NOT_FOUND, [("content-type", "application/json")], status)
@@ -127,16 +135,19 @@ mod tests {
 
     #[tokio::test]
     async fn requests_in_flight_never_exceed_the_limit() {
-        let (dir, peak) = apiserver(Duration::from_millis(30)).await;
+        // The stand-in waits for 4 requests at once: exactly 4 overlap, never a fifth.
+        let (dir, peak) = apiserver(4).await;
         let limits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 4, ..ApiLimits::default() };
         let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
+        let started = Instant::now();
         gets(&client, 40).await;
-        assert!((1..=4).contains(&peak.load(Ordering::SeqCst)), "peak {}", peak.load(Ordering::SeqCst));
+        assert_eq!(peak.load(Ordering::SeqCst), 4);
+        assert!(started.elapsed() < Duration::from_secs(10), "a batch waited for the gate's deadline");
     }
 
     #[tokio::test]
     async fn the_rate_limit_spreads_requests_beyond_the_burst() {
-        let (dir, _) = apiserver(Duration::ZERO).await;
+        let (dir, _) = apiserver(0).await;
         // 10 requests per second, 10 at once: 25 requests need at least two more windows.
         let limits = ApiLimits { qps: 10, burst: 10, max_in_flight: 64, ..ApiLimits::default() };
         let client = client(Some(&dir.path().join("kubeconfig")), &limits).await.unwrap();
