@@ -18,7 +18,8 @@ pub struct PluginSettings {
     pub allowed_urls: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
-    /// Where compiled components are cached; `$XDG_CACHE_HOME/vkcube/components` by default.
+    /// Where compiled components are cached; `$XDG_CACHE_HOME/vkcube/components` by default. Used
+    /// only when owned by the daemon's user and not group/other-writable (see `cache`).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Compile a file the cache has not seen with the baseline compiler (Winch) first, so a load
