@@ -385,6 +385,22 @@ async fn plugin_check_reports_a_good_plugin_and_refuses_a_bad_config() {
 }
 
 #[tokio::test]
+async fn plugin_check_never_prints_the_cube_credentials() {
+    let path = support::plugin_dir().join("cube.wasm");
+    let config = serde_json::json!({
+        "region": "cn-bj2", "zone": "cn-bj2-05", "vpc_id": "uvnet-abc", "subnet_id": "subnet-def",
+        "public_key": "PUBLIC-KEY-VALUE", "private_key": "PRIVATE-KEY-VALUE",
+    });
+    let report = vkhost::plugin::check(&path, Some(config), "n1").await.unwrap();
+    let text = report.to_string();
+    let json = serde_json::to_string(&report).unwrap();
+    for shown in [&text, &json] {
+        assert!(!shown.contains("PRIVATE-KEY-VALUE") && !shown.contains("PUBLIC-KEY-VALUE"), "{shown}");
+    }
+    assert!(text.contains("\"private_key\":\"<redacted>\"") && text.contains("cn-bj2-05"), "{text}");
+}
+
+#[tokio::test]
 async fn the_cube_plugin_loads_when_it_is_built() {
     let path = support::plugin_dir().join("cube.wasm");
     if !path.is_file() {
