@@ -202,6 +202,9 @@ async fn stream_targets_outside_the_allowlist_are_refused() {
     let ok = p.logs(&c, &r, "https://api.example.com/v1/logs/x", &log_opts()).await.unwrap();
     assert_eq!(ok.url, "https://api.example.com/v1/logs/x");
     p.exec(&c, &r, "wss://api.example.com/v1/exec/x", &exec_opts()).await.unwrap();
+    // The host connects to the URL as the allowlist parsed it, not to the plugin's spelling.
+    let ok = p.exec(&c, &r, "wss://API.example.com:443/v1/a/./b/../exec?t=1", &exec_opts()).await.unwrap();
+    assert_eq!(ok.url, "wss://api.example.com/v1/a/exec?t=1");
     for url in ["https://evil.example.net/v1/", "https://api.example.com/v2/exec", "wss://api.example.com.evil.net/v1/"]
     {
         let err = p.attach(&c, &r, url, &exec_opts()).await.unwrap_err();

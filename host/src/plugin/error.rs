@@ -120,11 +120,12 @@ impl CallError {
     /// target outside the allowlist are answers, not accidents; everything else is retried with
     /// backoff by the caller.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            CallError::Provider(ProviderError::Invalid(_) | ProviderError::NotFound(_)) => false,
-            CallError::StreamTargetDenied { .. } | CallError::StreamHeaderRefused { .. } => false,
-            _ => true,
-        }
+        !matches!(
+            self,
+            CallError::Provider(ProviderError::Invalid(_) | ProviderError::NotFound(_))
+                | CallError::StreamTargetDenied { .. }
+                | CallError::StreamHeaderRefused { .. }
+        )
     }
 
     /// The provider's own error, when the plugin answered with one.

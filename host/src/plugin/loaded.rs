@@ -394,16 +394,24 @@ impl Loaded {
 
     /// Whether the host may connect to a stream target the plugin returned: its URL is in the
     /// allowlist and it asks for no header the host must own (`Host` would reach another virtual
-    /// host behind the granted address).
-    pub(crate) fn vet_stream_target(&self, export: Export, target: &StreamTarget) -> Result<(), CallError> {
-        if !self.egress.allow.allows_str(&target.url) {
+    /// host behind the granted address). The target comes back with its URL as the allowlist
+    /// parsed it, so the client that connects (tungstenite parses URLs its own way) goes exactly
+    /// where was vetted.
+    pub(crate) fn vet_stream_target(
+        &self,
+        export: Export,
+        mut target: StreamTarget,
+    ) -> Result<StreamTarget, CallError> {
+        let parsed = reqwest::Url::parse(&target.url).ok().filter(|url| self.egress.allow.allows(url));
+        let Some(parsed) = parsed else {
             return Err(CallError::StreamTargetDenied {
                 plugin: self.identity.name.clone(),
                 version: self.identity.version.clone(),
                 export,
-                url: target.url.clone(),
+                url: target.url,
             });
-        }
+        };
+        target.url = parsed.into();
         if let Some(kv) = target.headers.iter().find(|kv| refused_header(&kv.key)) {
             return Err(CallError::StreamHeaderRefused {
                 plugin: self.identity.name.clone(),
@@ -412,7 +420,7 @@ impl Loaded {
                 header: kv.key.clone(),
             });
         }
-        Ok(())
+        Ok(target)
     }
 }
 

@@ -115,6 +115,7 @@ impl Allowlist {
             .any(|p| p.scheme == scheme && p.host == host && p.port == port && path_under(&path, &p.path))
     }
 
+    #[cfg(test)]
     pub fn allows_str(&self, url: &str) -> bool {
         Url::parse(url).is_ok_and(|u| self.allows(&u))
     }
