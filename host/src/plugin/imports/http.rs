@@ -213,6 +213,13 @@ impl Egress {
         }
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| Refusal::Other(HttpError::InvalidRequest(format!("method {:?}", req.method))))?;
+        // CONNECT turns the connection into a tunnel to wherever the plugin names, past the
+        // allowlist; TRACE echoes the request (headers included) back.
+        if ["CONNECT", "TRACE"].iter().any(|m| method.as_str().eq_ignore_ascii_case(m)) {
+            return Err(Refusal::Other(HttpError::InvalidRequest(format!(
+                "method {method} is not available to plugins"
+            ))));
+        }
         let timeout = match req.timeout_ms {
             0 => self.ceiling,
             ms => Duration::from_millis(u64::from(ms)).min(self.ceiling),
@@ -503,6 +510,20 @@ mod tests {
                 panic!("an ordinary header was refused")
             };
             assert_eq!(resp.body, base.trim_start_matches("http://").as_bytes());
+        }
+
+        #[tokio::test]
+        async fn tunnelling_and_echoing_methods_are_refused() {
+            let (base, _) = server().await;
+            for method in ["CONNECT", "TRACE", "connect"] {
+                let mut req = get_req(format!("{base}/v1/host"), &[]);
+                req.method = method.into();
+                match egress(&base, 64 << 20).send(req).await {
+                    Err(Refusal::Other(HttpError::InvalidRequest(why))) if why.contains("not available") => {}
+                    Ok(resp) => panic!("{method} was sent: {}", resp.status),
+                    Err(_) => panic!("{method}: refused for another reason"),
+                }
+            }
         }
 
         #[tokio::test]
