@@ -49,7 +49,8 @@ pub async fn container_logs(
             StatusCode::BAD_GATEWAY,
             format!(
                 "the provider returned a {:?} log target at {}, but logs need an http-body target",
-                target.protocol, target.url
+                target.protocol,
+                target.shown_url()
             ),
         );
     }
@@ -72,7 +73,9 @@ async fn open_stream(http: &reqwest::Client, target: &StreamTarget) -> Result<re
     for (name, value) in &target.headers {
         req = req.header(name, value);
     }
-    let resp = req.send().await.map_err(|e| (StatusCode::BAD_GATEWAY, format!("log stream {}: {e}", target.url)))?;
+    let resp = req.send().await.map_err(|e| {
+        (StatusCode::BAD_GATEWAY, format!("log stream {}: {}", target.shown_url(), error_chain(&e.without_url())))
+    })?;
     let status = resp.status();
     if status.is_redirection() {
         let location =
@@ -81,7 +84,7 @@ async fn open_stream(http: &reqwest::Client, target: &StreamTarget) -> Result<re
             StatusCode::BAD_GATEWAY,
             format!(
                 "log stream {} answered {status} to {}; redirects are not followed (the provider must return the final URL, inside its allowed_urls)",
-                target.url,
+                target.shown_url(),
                 location.as_deref().unwrap_or("no location")
             ),
         ));
@@ -90,9 +93,21 @@ async fn open_stream(http: &reqwest::Client, target: &StreamTarget) -> Result<re
         let text = error_body(resp).await;
         let code =
             if status == reqwest::StatusCode::NOT_FOUND { StatusCode::NOT_FOUND } else { StatusCode::BAD_GATEWAY };
-        return Err((code, format!("log stream {} answered {status}: {}", target.url, text.trim())));
+        return Err((code, format!("log stream {} answered {status}: {}", target.shown_url(), text.trim())));
     }
     Ok(resp)
+}
+
+/// An error and its causes, as one line (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The first [`MAX_ERROR_BODY`] bytes of an error response, marked when cut; the rest is never read.
@@ -219,6 +234,25 @@ mod tests {
             assert_eq!(code, StatusCode::BAD_GATEWAY);
             assert!(why.contains("redirects are not followed") && why.contains("/elsewhere"), "{why}");
             assert_eq!(visits.load(Ordering::SeqCst), 0);
+        }
+
+        #[tokio::test]
+        async fn errors_never_show_the_stream_token_in_the_url() {
+            let (base, _) = backend().await;
+            let http = stream_client().unwrap();
+            let closed = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap()
+            };
+            for url in [
+                format!("{base}/logs/flood?token=SECRET-TOKEN&follow=true"),
+                format!("{base}/logs/redirect?token=SECRET-TOKEN"),
+                format!("http://{closed}/logs?token=SECRET-TOKEN"),
+            ] {
+                let Err((_, why)) = open_stream(&http, &target(url.clone())).await else { panic!("{url} opened") };
+                assert!(!why.contains("SECRET-TOKEN"), "{why}");
+                assert!(why.contains("/logs") && why.contains("<query hidden>"), "{why}");
+            }
         }
 
         #[tokio::test]

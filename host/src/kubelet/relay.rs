@@ -79,12 +79,12 @@ pub async fn connect_within(
     timeout: Duration,
 ) -> Result<Upstream, RelayError> {
     if target.protocol != StreamProtocol::WebSocketChannels {
-        return Err(RelayError::WrongProtocol { url: target.url.clone(), protocol: target.protocol });
+        return Err(RelayError::WrongProtocol { url: target.shown_url(), protocol: target.protocol });
     }
-    let connect_err = |e| RelayError::Connect { url: target.url.clone(), source: Box::new(e) };
+    let connect_err = |e| RelayError::Connect { url: target.shown_url(), source: Box::new(e) };
     let mut req = target.url.as_str().into_client_request().map_err(connect_err)?;
     for (name, value) in &target.headers {
-        let header_err = |why: String| RelayError::Header { url: target.url.clone(), name: name.clone(), why };
+        let header_err = |why: String| RelayError::Header { url: target.shown_url(), name: name.clone(), why };
         let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
             .map_err(|e| header_err(e.to_string()))?;
         let value = HeaderValue::from_str(value).map_err(|e| header_err(e.to_string()))?;
@@ -99,7 +99,7 @@ pub async fn connect_within(
     let handshake = tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector));
     let (ws, resp) = tokio::time::timeout(timeout, handshake)
         .await
-        .map_err(|_| RelayError::Timeout { url: target.url.clone(), after: timeout })?
+        .map_err(|_| RelayError::Timeout { url: target.shown_url(), after: timeout })?
         .map_err(connect_err)?;
     let v5 = resp
         .headers()
@@ -289,6 +289,16 @@ mod tests {
         assert!(matches!(result, Err(RelayError::Timeout { .. })), "{:?}", result.err());
         assert!(started.elapsed() < Duration::from_secs(5));
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn connect_errors_never_show_the_stream_token() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let tls = Arc::new(super::super::tls::client_config());
+        let Err(err) = connect(&target(format!("ws://{closed}/exec?token=SECRET-TOKEN")), tls).await else {
+            panic!("connected to a closed port")
+        };
+        assert!(!format!("{err} {err:?}").contains("SECRET-TOKEN"), "{err:?}");
     }
 
     #[tokio::test]
