@@ -66,8 +66,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("vkhost");
-        let sync_seconds =
-            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+        let sync_seconds = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register("pod_sync_duration_seconds", "Time of one pod sync (reconcile)", sync_seconds.clone());
         let sync_results = Family::<Labels, Counter>::default();
         registry.register("pod_syncs", "Pod syncs by result", sync_results.clone());
@@ -201,7 +200,10 @@ mod tests {
     }
 
     /// Parses one sample line of the text exposition (`name{k="v",...} value`), or says why not.
-    fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, f64), String> {
+    /// A metric name, its labels (unescaped) and its value.
+    type Sample = (String, Labels, f64);
+
+    fn parse_sample(line: &str) -> Result<Sample, String> {
         let name_end = line.find(['{', ' ']).ok_or("no value")?;
         let name = &line[..name_end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
