@@ -43,7 +43,7 @@ pub struct Limits {
     pub cpu_deadline_ms: u64,
     /// Wall-clock bound of one call, host I/O included; also the ceiling of each `http.send`.
     pub call_timeout_ms: u64,
-    /// Host memory the plugin may hold in its `kv` store: key and value bytes plus 128 per entry.
+    /// Host memory the plugin may hold in its `kv` store: key and value bytes plus 160 per entry.
     pub kv_max_bytes: u64,
 }
 

@@ -18,10 +18,12 @@ impl Entry {
 }
 
 /// What one entry costs the host besides its key and value bytes: the map's `String` and `Entry`
-/// (64 bytes), the two heap blocks' allocator headers and rounding, and the entry's share of its
-/// B-tree node (keys, values and edges of 11-slot nodes, rarely full). Counting it means a million
-/// one-byte keys cost what they occupy, so the cap bounds real memory, not only payload.
-pub const ENTRY_OVERHEAD: u64 = 128;
+/// (64 bytes), the heap blocks' allocator headers and rounding, and the entry's share of its
+/// B-tree node (11-slot nodes, rarely full). Measured: 1,000,000 entries with ~6-byte keys and
+/// empty values take 148 bytes each of RSS (119 of them requested from the allocator), so ~142
+/// beyond the key; a non-empty value adds a heap block. Counting it means a million one-byte keys
+/// cost what they occupy, so the cap bounds real memory, not only payload.
+pub const ENTRY_OVERHEAD: u64 = 160;
 
 /// The host memory one entry is charged for.
 fn charge(key: &str, value: &[u8]) -> u64 {
@@ -154,8 +156,8 @@ mod tests {
             assert!(stored < cap, "the store never filled up");
         }
         assert_eq!(kv.len() as u64, stored);
-        // Payload alone would have let ~190,000 keys in; each costs the host at least its map
-        // slot (`String` + `Entry`) and a heap block for the key.
+        // Payload alone let ~190,000 keys in (27 MiB of RSS for a 1 MiB cap); each costs the host
+        // at least its map slot (`String` + `Entry`) and a heap block for the key.
         let per_entry_floor = (std::mem::size_of::<String>() + std::mem::size_of::<Entry>() + 16) as u64;
         let key_bytes: u64 = (0..stored).map(|i| i.to_string().len() as u64).sum();
         assert!(
