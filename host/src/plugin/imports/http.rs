@@ -18,9 +18,7 @@ const MAX_RESPONSE_BYTES: usize = 32 << 20;
 const REFUSED_HEADERS: &[&str] = &[
     "host",
     "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-for",
+    "x-real-ip",
     "x-original-url",
     "x-rewrite-url",
     "connection",
@@ -37,12 +35,15 @@ const REFUSED_HEADERS: &[&str] = &[
     "http2-settings",
 ];
 
-/// Whether a plugin may not set header `name`: one of [`REFUSED_HEADERS`], or a WebSocket
-/// handshake header (the host's client writes those for exec and attach).
+/// Header name prefixes a plugin may not use: proxy routing (`X-Forwarded-Host` and kin) and
+/// the WebSocket handshake (the host's client writes those for exec and attach).
+const REFUSED_PREFIXES: &[&str] = &["x-forwarded-", "sec-websocket-"];
+
+/// Whether a plugin may not set header `name`: one of [`REFUSED_HEADERS`] or [`REFUSED_PREFIXES`].
 pub fn refused_header(name: &str) -> bool {
     let name = name.trim();
     REFUSED_HEADERS.iter().any(|r| name.eq_ignore_ascii_case(r))
-        || name.get(..14).is_some_and(|p| p.eq_ignore_ascii_case("sec-websocket-"))
+        || REFUSED_PREFIXES.iter().any(|p| name.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))
 }
 
 /// One granted prefix, parsed once. Matching compares parsed components, never raw strings, so
@@ -226,8 +227,9 @@ impl Egress {
         };
         if let Some(KeyValue { key, .. }) = req.headers.iter().find(|h| refused_header(&h.key)) {
             return Err(Refusal::Other(HttpError::InvalidRequest(format!(
-                "header {key:?} is set by the host, not the plugin (refused: {}, sec-websocket-*)",
-                REFUSED_HEADERS.join(", ")
+                "header {key:?} is set by the host, not the plugin (refused: {}, {}*)",
+                REFUSED_HEADERS.join(", "),
+                REFUSED_PREFIXES.join("*, ")
             ))));
         }
         let mut builder = self.client.request(method, url).body(req.body);
@@ -490,6 +492,7 @@ mod tests {
                 ("host", "x"),
                 (" Host", "x"),
                 ("X-Forwarded-Host", "x"),
+                ("x-forwarded-prefix", "/admin"),
                 ("Transfer-Encoding", "chunked"),
                 ("Content-Length", "0"),
                 ("Connection", "upgrade"),
