@@ -78,8 +78,11 @@ async fn open_stream(http: &reqwest::Client, target: &StreamTarget) -> Result<re
     })?;
     let status = resp.status();
     if status.is_redirection() {
-        let location =
-            resp.headers().get(http::header::LOCATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        // Shown without its query (it may carry a token) and cut short (it is the backend's text).
+        let location = resp.headers().get(http::header::LOCATION).map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            text.split('?').next().unwrap_or_default().chars().take(256).collect::<String>()
+        });
         return Err((
             StatusCode::BAD_GATEWAY,
             format!(
@@ -200,7 +203,9 @@ mod tests {
             let app = Router::new()
                 .route(
                     "/logs/redirect",
-                    get(|| async { (StatusCode::TEMPORARY_REDIRECT, [(http::header::LOCATION, "/elsewhere")]) }),
+                    get(|| async {
+                        (StatusCode::TEMPORARY_REDIRECT, [(http::header::LOCATION, "/elsewhere?token=OTHER-SECRET")])
+                    }),
                 )
                 .route(
                     "/elsewhere",
@@ -233,6 +238,7 @@ mod tests {
             };
             assert_eq!(code, StatusCode::BAD_GATEWAY);
             assert!(why.contains("redirects are not followed") && why.contains("/elsewhere"), "{why}");
+            assert!(!why.contains("OTHER-SECRET"), "{why}");
             assert_eq!(visits.load(Ordering::SeqCst), 0);
         }
 
