@@ -260,9 +260,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    /// `host:port`; empty disables it.
+    /// `host:port`; empty disables it. Loopback by default: `/metrics` and `GET /plugin` answer
+    /// anyone who can reach the port.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// A file holding the bearer token `POST /plugin/reload` requires (at least 16 bytes). Without
+    /// it, the mutating admin routes are disabled.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_admin_listen() -> String {
@@ -271,7 +276,7 @@ fn default_admin_listen() -> String {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { listen: default_admin_listen() }
+        Self { listen: default_admin_listen(), token_file: None }
     }
 }
 

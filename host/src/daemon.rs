@@ -123,6 +123,7 @@ async fn start_admin(
         .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", config.admin.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "admin endpoint (/metrics, /plugin/reload)");
+    let token = config.admin.token_file.as_deref().map(crate::plugin::AdminToken::from_file).transpose()?;
     let metrics_plugin = plugin.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -144,7 +145,7 @@ async fn start_admin(
                 }
             }),
         )
-        .merge(crate::plugin::admin_router(plugin));
+        .merge(crate::plugin::admin_router(plugin, token));
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     });

@@ -16,6 +16,35 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
+/// A label set as the text exposition needs it. prometheus-client writes label values verbatim, so
+/// a value from outside (a plugin's label or phase, a plugin's name) carrying `"`, `\` or a
+/// newline would end the value early and break the whole scrape: values are escaped as the format
+/// says, and names that are not `[a-zA-Z_][a-zA-Z0-9_]*` get their other characters replaced by `_`.
+fn labels<K: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Labels {
+    pairs.into_iter().map(|(k, v)| (label_name(k.as_ref()), escape_label_value(v.as_ref()))).collect()
+}
+
+fn label_name(name: &str) -> String {
+    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub struct Metrics {
     registry: Registry,
     sync_seconds: Histogram,
@@ -37,8 +66,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("vkhost");
-        let sync_seconds =
-            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+        let sync_seconds = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register("pod_sync_duration_seconds", "Time of one pod sync (reconcile)", sync_seconds.clone());
         let sync_results = Family::<Labels, Counter>::default();
         registry.register("pod_syncs", "Pod syncs by result", sync_results.clone());
@@ -80,12 +108,12 @@ impl Metrics {
     pub fn observe_sync(&self, took: Duration, ok: bool) {
         self.sync_seconds.observe(took.as_secs_f64());
         let result = if ok { "ok" } else { "error" };
-        self.sync_results.get_or_create(&vec![("result".into(), result.into())]).inc();
+        self.sync_results.get_or_create(&labels([("result", result)])).inc();
     }
 
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
-        self.plugin_reloads.get_or_create(&vec![("result".into(), result.into())]).inc();
+        self.plugin_reloads.get_or_create(&labels([("result", result)])).inc();
     }
 
     /// Sets the instance count per phase of one node (phases that disappeared drop to 0).
@@ -98,16 +126,16 @@ impl Metrics {
             }
         }
         for p in seen.iter() {
-            let labels = vec![("node".into(), node.to_string()), ("phase".into(), p.clone())];
-            self.pods_by_phase.get_or_create(&labels).set(*phases.get(p).unwrap_or(&0) as i64);
+            let set = labels([("node", node), ("phase", p.as_str())]);
+            self.pods_by_phase.get_or_create(&set).set(*phases.get(p).unwrap_or(&0) as i64);
         }
     }
 
     /// Copies the plugin's call counters (kept by the runtime) into the registry.
     pub fn set_provider_calls(&self, calls: impl IntoIterator<Item = (String, String, u64)>) {
         for (export, outcome, n) in calls {
-            let labels = vec![("export".into(), export), ("outcome".into(), outcome)];
-            self.provider_calls.get_or_create(&labels).set(n as i64);
+            let set = labels([("export", export), ("outcome", outcome)]);
+            self.provider_calls.get_or_create(&set).set(n as i64);
         }
     }
 
@@ -117,11 +145,10 @@ impl Metrics {
         plugin: &str,
         counters: impl IntoIterator<Item = ((String, Vec<(String, String)>), u64)>,
     ) {
-        for ((name, labels), value) in counters {
-            let mut all = Vec::with_capacity(labels.len() + 2);
-            all.push(("plugin".to_string(), plugin.to_string()));
-            all.push(("name".to_string(), name));
-            all.extend(labels);
+        for ((name, extra), value) in counters {
+            let all = labels(
+                [("plugin".to_string(), plugin.to_string()), ("name".to_string(), name)].into_iter().chain(extra),
+            );
             let counter = self.plugin_counters.get_or_create(&all);
             counter.inc_by(value.saturating_sub(counter.get()));
         }
@@ -170,5 +197,82 @@ mod tests {
             text.contains("vkhost_plugin_counter_total{plugin=\"cube\",name=\"cloud_api_errors\",action=\"CreateCubePod\",ret_code=\"8041\"} 5"),
             "{text}"
         );
+    }
+
+    /// Parses one sample line of the text exposition (`name{k="v",...} value`), or says why not.
+    /// A metric name, its labels (unescaped) and its value.
+    type Sample = (String, Labels, f64);
+
+    fn parse_sample(line: &str) -> Result<Sample, String> {
+        let name_end = line.find(['{', ' ']).ok_or("no value")?;
+        let name = &line[..name_end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            return Err(format!("bad metric name {name:?}"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(mut r) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = r.strip_prefix('}') {
+                    r = after;
+                    break;
+                }
+                let eq = r.find('=').ok_or("label without =")?;
+                let key = &r[..eq];
+                if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("bad label name {key:?}"));
+                }
+                let mut chars = r[eq + 1..].strip_prefix('"').ok_or("unquoted label value")?.char_indices();
+                let mut value = String::new();
+                let end = loop {
+                    match chars.next().ok_or("unterminated label value")? {
+                        (_, '\\') => match chars.next().ok_or("dangling escape")?.1 {
+                            'n' => value.push('\n'),
+                            c @ ('\\' | '"') => value.push(c),
+                            c => return Err(format!("bad escape \\{c}")),
+                        },
+                        (i, '"') => break i,
+                        (_, c) => value.push(c),
+                    }
+                };
+                labels.push((key.to_string(), value));
+                r = &r[eq + 1..][1 + end + 1..];
+                r = r.strip_prefix(',').unwrap_or(r);
+            }
+            rest = r;
+        }
+        let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+        let value = value.parse::<f64>().map_err(|e| format!("value {value:?}: {e}"))?;
+        Ok((name.to_string(), labels, value))
+    }
+
+    #[test]
+    fn hostile_label_values_from_a_plugin_keep_the_scrape_parseable() {
+        let m = Metrics::new();
+        m.reload(true);
+        let hostile = "x\"} 1\nvkhost_fake_total 99\n# \\";
+        m.set_plugin_counters(
+            "cube\"\n",
+            vec![(("cloud_api_errors".to_string(), vec![("action".into(), hostile.into())]), 3)],
+        );
+        m.set_phases("n1", &HashMap::from([("Run\"ning\n".to_string(), 2)]));
+        let text = m.render();
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            samples.push(parse_sample(line).unwrap_or_else(|why| panic!("line {line:?}: {why}\n{text}")));
+        }
+        assert!(!samples.iter().any(|(n, ..)| n == "vkhost_fake_total"), "{text}");
+        let counter = samples.iter().find(|(n, ..)| n == "vkhost_plugin_counter_total").expect("plugin counter");
+        assert_eq!(
+            counter.1,
+            vec![
+                ("plugin".to_string(), "cube\"\n".to_string()),
+                ("name".to_string(), "cloud_api_errors".to_string()),
+                ("action".to_string(), hostile.to_string())
+            ]
+        );
+        assert_eq!(counter.2, 3.0);
+        assert!(samples.iter().any(|(n, l, v)| n == "vkhost_plugin_reloads_total" && l[0].1 == "ok" && *v == 1.0));
+        assert!(samples.iter().any(|(n, l, _)| n == "vkhost_instances_by_phase" && l[1].1 == "Run\"ning\n"));
     }
 }

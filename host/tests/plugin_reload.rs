@@ -128,34 +128,72 @@ async fn the_watcher_swaps_in_a_new_file_and_keeps_the_old_version_for_a_bad_one
     tokio::time::timeout(Duration::from_secs(2), watcher).await.expect("watcher stops on shutdown").unwrap();
 }
 
+async fn serve_admin(p: Arc<Plugin>, token: Option<vkhost::plugin::AdminToken>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = vkhost::plugin::admin_router(p, token);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
 #[tokio::test]
 async fn the_admin_routes_show_and_reload_the_plugin() {
     let dir = scratch_dir("admin");
     let path = dir.join("provider.wasm");
     install(&plugin("faulty-v1.wasm"), &path);
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = vkhost::plugin::admin_router(p.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = serve_admin(p.clone(), Some(vkhost::plugin::AdminToken::new(ADMIN_TOKEN))).await;
     let http = reqwest::Client::new();
+    let reload = || http.post(format!("{base}/plugin/reload")).bearer_auth(ADMIN_TOKEN);
 
     let active: serde_json::Value = http.get(format!("{base}/plugin")).send().await.unwrap().json().await.unwrap();
     assert_eq!(active["info"]["version"], "1.0.0");
 
     install(&plugin("faulty-v2.wasm"), &path);
-    let resp = http.post(format!("{base}/plugin/reload")).send().await.unwrap();
+    let resp = reload().send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["active"]["version"], "2.0.0");
 
     std::fs::write(&path, b"garbage").unwrap();
-    let resp = http.post(format!("{base}/plugin/reload")).send().await.unwrap();
+    let resp = reload().send().await.unwrap();
     assert_eq!(resp.status(), 422);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["reloaded"], false);
     assert!(body["error"].as_str().unwrap().contains("not a WebAssembly component"));
     assert_eq!(body["active"]["version"], "2.0.0");
+}
+
+#[tokio::test]
+async fn reload_without_the_admin_token_is_refused_and_reloads_nothing() {
+    let dir = scratch_dir("admin-auth");
+    let path = dir.join("provider.wasm");
+    install(&plugin("faulty-v1.wasm"), &path);
+    let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
+    install(&plugin("faulty-v2.wasm"), &path);
+    let http = reqwest::Client::new();
+
+    let base = serve_admin(p.clone(), Some(vkhost::plugin::AdminToken::new(ADMIN_TOKEN))).await;
+    let url = format!("{base}/plugin/reload");
+    assert_eq!(http.post(&url).send().await.unwrap().status(), 401);
+    assert_eq!(http.post(&url).bearer_auth("admin-token-012345678").send().await.unwrap().status(), 401);
+    assert_eq!(http.post(&url).basic_auth("admin", Some(ADMIN_TOKEN)).send().await.unwrap().status(), 401);
+    assert_eq!(p.info().version, "1.0.0", "an unauthenticated request reloaded the plugin");
+    // Reading stays open.
+    assert_eq!(http.get(format!("{base}/plugin")).send().await.unwrap().status(), 200);
+
+    // No token configured: the route is off, whatever the request carries.
+    let open = serve_admin(p.clone(), None).await;
+    let resp = http.post(format!("{open}/plugin/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("token_file"), "{body}");
+    assert_eq!(p.info().version, "1.0.0");
+
+    assert_eq!(http.post(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(p.info().version, "2.0.0");
 }
 
 #[tokio::test]

@@ -202,6 +202,9 @@ async fn stream_targets_outside_the_allowlist_are_refused() {
     let ok = p.logs(&c, &r, "https://api.example.com/v1/logs/x", &log_opts()).await.unwrap();
     assert_eq!(ok.url, "https://api.example.com/v1/logs/x");
     p.exec(&c, &r, "wss://api.example.com/v1/exec/x", &exec_opts()).await.unwrap();
+    // The host connects to the URL as the allowlist parsed it, not to the plugin's spelling.
+    let ok = p.exec(&c, &r, "wss://API.example.com:443/v1/a/./b/../exec?t=1", &exec_opts()).await.unwrap();
+    assert_eq!(ok.url, "wss://api.example.com/v1/a/exec?t=1");
     for url in ["https://evil.example.net/v1/", "https://api.example.com/v2/exec", "wss://api.example.com.evil.net/v1/"]
     {
         let err = p.attach(&c, &r, url, &exec_opts()).await.unwrap_err();
@@ -382,6 +385,22 @@ async fn plugin_check_reports_a_good_plugin_and_refuses_a_bad_config() {
     let err =
         vkhost::plugin::check(&plugin("faulty-broken.wasm"), Some(serde_json::json!({})), "n1").await.unwrap_err();
     assert!(err.to_string().contains("trapped"), "{err}");
+}
+
+#[tokio::test]
+async fn plugin_check_never_prints_the_cube_credentials() {
+    let path = plugin("cube.wasm");
+    let config = serde_json::json!({
+        "region": "cn-bj2", "zone": "cn-bj2-05", "vpc_id": "uvnet-abc", "subnet_id": "subnet-def",
+        "public_key": "PUBLIC-KEY-VALUE", "private_key": "PRIVATE-KEY-VALUE",
+    });
+    let report = vkhost::plugin::check(&path, Some(config), "n1").await.unwrap();
+    let text = report.to_string();
+    let json = serde_json::to_string(&report).unwrap();
+    for shown in [&text, &json] {
+        assert!(!shown.contains("PRIVATE-KEY-VALUE") && !shown.contains("PUBLIC-KEY-VALUE"), "{shown}");
+    }
+    assert!(text.contains("\"private_key\":\"<redacted>\"") && text.contains("cn-bj2-05"), "{text}");
 }
 
 #[tokio::test]

@@ -53,6 +53,17 @@ pub struct StreamTarget {
     pub protocol: StreamProtocol,
 }
 
+impl StreamTarget {
+    /// The URL as messages show it: without its query, which often carries the backend's
+    /// credential for the stream (Cube's `token=`); errors reach clients and logs.
+    pub fn shown_url(&self) -> String {
+        match self.url.split_once('?') {
+            Some((base, _)) => format!("{base}?<query hidden>"),
+            None => self.url.clone(),
+        }
+    }
+}
+
 /// How the bytes at a [`StreamTarget`] are framed (mirrors WIT `stream-protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamProtocol {

@@ -2,6 +2,7 @@
 //! pipes that HTTP body through, cutting it at `limitBytes` whatever the backend does.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -10,9 +11,24 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use super::backend::StreamProtocol;
+use super::backend::{StreamProtocol, StreamTarget};
 use super::query;
 use super::server::{ApiState, error_response};
+
+/// How much of a failed log stream's body is quoted back to the client: enough for an error
+/// message, not enough for a backend to make the host buffer a flood.
+pub const MAX_ERROR_BODY: usize = 4 << 10;
+
+/// The client that fetches plugin-provided stream URLs. It never follows a redirect: the plugin's
+/// URL was vetted against its allowlist, the `Location` was not. It ignores ambient proxy
+/// settings for the same reason.
+pub fn stream_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+}
 
 pub async fn container_logs(
     State(state): State<Arc<ApiState>>,
@@ -33,39 +49,88 @@ pub async fn container_logs(
             StatusCode::BAD_GATEWAY,
             format!(
                 "the provider returned a {:?} log target at {}, but logs need an http-body target",
-                target.protocol, target.url
+                target.protocol,
+                target.shown_url()
             ),
         );
     }
-    let mut req = state.http.get(&target.url);
-    for (name, value) in &target.headers {
-        req = req.header(name, value);
-    }
-    let resp = match req.send().await {
+    let resp = match open_stream(&state.http, &target).await {
         Ok(resp) => resp,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_GATEWAY,
-                format!("pod {namespace}/{pod} container {container}: log stream {}: {e}", target.url),
-            );
-        }
+        Err((code, why)) => return error_response(code, format!("pod {namespace}/{pod} container {container}: {why}")),
     };
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        let code =
-            if status == reqwest::StatusCode::NOT_FOUND { StatusCode::NOT_FOUND } else { StatusCode::BAD_GATEWAY };
-        return error_response(
-            code,
-            format!("pod {namespace}/{pod} container {container}: log stream answered {status}: {}", text.trim()),
-        );
-    }
     let body = resp.bytes_stream().map(|chunk| chunk.map_err(std::io::Error::other));
     let body = match limit {
         Some(limit) => Body::from_stream(take_bytes(body, limit)),
         None => Body::from_stream(body),
     };
     ([(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// GETs the log stream at `target`; a redirect or an error status is an error naming the target
+/// (with at most [`MAX_ERROR_BODY`] bytes of the backend's answer).
+async fn open_stream(http: &reqwest::Client, target: &StreamTarget) -> Result<reqwest::Response, (StatusCode, String)> {
+    let mut req = http.get(&target.url);
+    for (name, value) in &target.headers {
+        req = req.header(name, value);
+    }
+    let resp = req.send().await.map_err(|e| {
+        (StatusCode::BAD_GATEWAY, format!("log stream {}: {}", target.shown_url(), error_chain(&e.without_url())))
+    })?;
+    let status = resp.status();
+    if status.is_redirection() {
+        // Shown without its query (it may carry a token) and cut short (it is the backend's text).
+        let location = resp.headers().get(http::header::LOCATION).map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            text.split('?').next().unwrap_or_default().chars().take(256).collect::<String>()
+        });
+        return Err((
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "log stream {} answered {status} to {}; redirects are not followed (the provider must return the final URL, inside its allowed_urls)",
+                target.shown_url(),
+                location.as_deref().unwrap_or("no location")
+            ),
+        ));
+    }
+    if !status.is_success() {
+        let text = error_body(resp).await;
+        let code =
+            if status == reqwest::StatusCode::NOT_FOUND { StatusCode::NOT_FOUND } else { StatusCode::BAD_GATEWAY };
+        return Err((code, format!("log stream {} answered {status}: {}", target.shown_url(), text.trim())));
+    }
+    Ok(resp)
+}
+
+/// An error and its causes, as one line (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The first [`MAX_ERROR_BODY`] bytes of an error response, marked when cut; the rest is never read.
+async fn error_body(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut cut = false;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_ERROR_BODY - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if cut {
+        text.push_str(" [cut]");
+    }
+    text
 }
 
 /// Passes at most `limit` bytes of a stream through, then ends it (dropping the source, which
@@ -118,5 +183,94 @@ mod tests {
         let out: Vec<_> = take_bytes(source, 12).collect().await;
         let total: usize = out.iter().map(|c| c.as_ref().unwrap().len()).sum();
         assert_eq!(total, 12);
+    }
+
+    mod stream {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use axum::Router;
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+
+        use super::super::*;
+
+        /// `/logs/redirect` sends the client to `/elsewhere` (counting visits there), `/logs/flood`
+        /// answers 500 with a 16 MiB body.
+        async fn backend() -> (String, Arc<AtomicUsize>) {
+            let visits = Arc::new(AtomicUsize::new(0));
+            let seen = visits.clone();
+            let app = Router::new()
+                .route(
+                    "/logs/redirect",
+                    get(|| async {
+                        (StatusCode::TEMPORARY_REDIRECT, [(http::header::LOCATION, "/elsewhere?token=OTHER-SECRET")])
+                    }),
+                )
+                .route(
+                    "/elsewhere",
+                    get(move || {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        async { "secret logs of another tenant" }
+                    }),
+                )
+                .route(
+                    "/logs/flood",
+                    get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, vec![b'e'; 16 << 20]).into_response() }),
+                );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (base, visits)
+        }
+
+        fn target(url: String) -> StreamTarget {
+            StreamTarget { url, headers: vec![], protocol: StreamProtocol::HttpBody }
+        }
+
+        #[tokio::test]
+        async fn a_redirecting_log_stream_is_refused_not_followed() {
+            let (base, visits) = backend().await;
+            let Err((code, why)) =
+                open_stream(&stream_client().unwrap(), &target(format!("{base}/logs/redirect"))).await
+            else {
+                panic!("the redirect was followed")
+            };
+            assert_eq!(code, StatusCode::BAD_GATEWAY);
+            assert!(why.contains("redirects are not followed") && why.contains("/elsewhere"), "{why}");
+            assert!(!why.contains("OTHER-SECRET"), "{why}");
+            assert_eq!(visits.load(Ordering::SeqCst), 0);
+        }
+
+        #[tokio::test]
+        async fn errors_never_show_the_stream_token_in_the_url() {
+            let (base, _) = backend().await;
+            let http = stream_client().unwrap();
+            let closed = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap()
+            };
+            for url in [
+                format!("{base}/logs/flood?token=SECRET-TOKEN&follow=true"),
+                format!("{base}/logs/redirect?token=SECRET-TOKEN"),
+                format!("http://{closed}/logs?token=SECRET-TOKEN"),
+            ] {
+                let Err((_, why)) = open_stream(&http, &target(url.clone())).await else { panic!("{url} opened") };
+                assert!(!why.contains("SECRET-TOKEN"), "{why}");
+                assert!(why.contains("/logs") && why.contains("<query hidden>"), "{why}");
+            }
+        }
+
+        #[tokio::test]
+        async fn a_huge_error_body_is_quoted_only_up_to_the_limit() {
+            let (base, _) = backend().await;
+            let Err((code, why)) = open_stream(&stream_client().unwrap(), &target(format!("{base}/logs/flood"))).await
+            else {
+                panic!("a 500 was taken for a stream")
+            };
+            assert_eq!(code, StatusCode::BAD_GATEWAY);
+            assert!(why.len() < MAX_ERROR_BODY + 200, "error message is {} bytes", why.len());
+            assert!(why.contains("500") && why.ends_with("[cut]"), "{}", &why[..100]);
+        }
     }
 }

@@ -104,10 +104,7 @@ impl KubeletServer {
             listen: cfg.listen,
             source,
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| KubeletError::HttpClient { node: node.clone(), source })?;
+        let http = logs::stream_client().map_err(|source| KubeletError::HttpClient { node: node.clone(), source })?;
         let sessions = TaskTracker::new();
         let counters = Arc::new(server::SessionCounters::default());
         let state = Arc::new(server::ApiState {

@@ -2,6 +2,7 @@
 //! backend's channel-protocol WebSocket, so both front ends share one relay.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -46,7 +47,18 @@ pub enum RelayError {
     },
     #[error("stream target {url}: header {name}: {why}")]
     Header { url: String, name: String, why: String },
+    #[error("stream target {url}: no WebSocket handshake within {after:?}")]
+    Timeout { url: String, after: Duration },
 }
+
+/// How long the backend has to complete the handshake: a backend that accepts the connection and
+/// never answers must not hold the client's session (and its task) forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The largest message the backend may send. Channel frames are small (the apiserver sends at
+/// most 32 KiB); tungstenite's default of 64 MiB would let one backend make the host buffer that
+/// much per session.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// A connected backend session.
 pub struct Upstream {
@@ -57,13 +69,22 @@ pub struct Upstream {
 /// Connects to the backend's channel WebSocket, offering v5 then v4; the backend must pick one
 /// (a handshake without a subprotocol is refused, as the framing would be ambiguous).
 pub async fn connect(target: &StreamTarget, tls: Arc<rustls::ClientConfig>) -> Result<Upstream, RelayError> {
+    connect_within(target, tls, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`connect`] with its handshake bounded by `timeout`.
+pub async fn connect_within(
+    target: &StreamTarget,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Upstream, RelayError> {
     if target.protocol != StreamProtocol::WebSocketChannels {
-        return Err(RelayError::WrongProtocol { url: target.url.clone(), protocol: target.protocol });
+        return Err(RelayError::WrongProtocol { url: target.shown_url(), protocol: target.protocol });
     }
-    let connect_err = |e| RelayError::Connect { url: target.url.clone(), source: Box::new(e) };
+    let connect_err = |e| RelayError::Connect { url: target.shown_url(), source: Box::new(e) };
     let mut req = target.url.as_str().into_client_request().map_err(connect_err)?;
     for (name, value) in &target.headers {
-        let header_err = |why: String| RelayError::Header { url: target.url.clone(), name: name.clone(), why };
+        let header_err = |why: String| RelayError::Header { url: target.shown_url(), name: name.clone(), why };
         let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
             .map_err(|e| header_err(e.to_string()))?;
         let value = HeaderValue::from_str(value).map_err(|e| header_err(e.to_string()))?;
@@ -72,8 +93,13 @@ pub async fn connect(target: &StreamTarget, tls: Arc<rustls::ClientConfig>) -> R
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"));
     let connector = tokio_tungstenite::Connector::Rustls(tls);
-    let (ws, resp) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let handshake = tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector));
+    let (ws, resp) = tokio::time::timeout(timeout, handshake)
         .await
+        .map_err(|_| RelayError::Timeout { url: target.shown_url(), after: timeout })?
         .map_err(connect_err)?;
     let v5 = resp
         .headers()
@@ -246,6 +272,58 @@ mod tests {
         let Some(ClientOutput::Status(status)) = got else { panic!("expected a status, got {got:?}") };
         let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
         assert_eq!(v["status"], "Failure");
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_never_answers_the_handshake_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(tcp);
+        });
+        let tls = Arc::new(super::super::tls::client_config());
+        let started = std::time::Instant::now();
+        let result = connect_within(&target(url), tls, Duration::from_millis(300)).await;
+        assert!(matches!(result, Err(RelayError::Timeout { .. })), "{:?}", result.err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn connect_errors_never_show_the_stream_token() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let tls = Arc::new(super::super::tls::client_config());
+        let Err(err) = connect(&target(format!("ws://{closed}/exec?token=SECRET-TOKEN")), tls).await else {
+            panic!("connected to a closed port")
+        };
+        assert!(!format!("{err} {err:?}").contains("SECRET-TOKEN"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_ends_the_session_instead_of_being_buffered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let callback = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(channel::V5));
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+            let huge = channel::encode(channel::STDOUT, &vec![b'x'; MAX_MESSAGE_BYTES + 1]);
+            let _ = ws.send(Message::Binary(huge.into())).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let upstream = connect(&target(url), Arc::new(super::super::tls::client_config())).await.unwrap();
+        let (_in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        tokio::spawn(run(upstream, in_rx, out_tx));
+        let got = out_rx.recv().await;
+        let Some(ClientOutput::Status(status)) = got else { panic!("expected a failure status, got {got:?}") };
+        let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(v["status"], "Failure", "{v}");
     }
 
     #[tokio::test]

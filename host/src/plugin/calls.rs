@@ -95,7 +95,7 @@ impl Plugin {
         opts: &LogOptions,
     ) -> Result<StreamTarget, CallError> {
         let (loaded, export, started, result) = call_export!(self, Export::Logs, (&CallContext, &PodRef, &str, &LogOptions) -> StreamTarget, (ctx, pod, container, opts));
-        let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
+        let result = result.and_then(|t| loaded.vet_stream_target(export, t));
         self.finish(export, started, result)
     }
 
@@ -108,7 +108,7 @@ impl Plugin {
         opts: &ExecOptions,
     ) -> Result<StreamTarget, CallError> {
         let (loaded, export, started, result) = call_export!(self, Export::Exec, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
-        let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
+        let result = result.and_then(|t| loaded.vet_stream_target(export, t));
         self.finish(export, started, result)
     }
 
@@ -121,7 +121,7 @@ impl Plugin {
         opts: &ExecOptions,
     ) -> Result<StreamTarget, CallError> {
         let (loaded, export, started, result) = call_export!(self, Export::Attach, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
-        let result = result.and_then(|t| loaded.vet_stream_url(export, &t.url).map(|()| t));
+        let result = result.and_then(|t| loaded.vet_stream_target(export, t));
         self.finish(export, started, result)
     }
 

@@ -26,7 +26,7 @@ pub struct CheckReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct SmokeResult {
     pub node: String,
-    /// The plugin's normalised config.
+    /// The plugin's normalised config, credentials replaced by `<redacted>` (see [`redact`]).
     pub normalized: String,
     pub took_ms: f64,
 }
@@ -58,7 +58,11 @@ pub async fn check_with(
                     node: node.to_owned(),
                     source,
                 })?;
-            Some(SmokeResult { node: node.to_owned(), normalized, took_ms: started.elapsed().as_secs_f64() * 1e3 })
+            Some(SmokeResult {
+                node: node.to_owned(),
+                normalized: redact(&normalized),
+                took_ms: started.elapsed().as_secs_f64() * 1e3,
+            })
         }
     };
     Ok(CheckReport {
@@ -98,6 +102,44 @@ impl fmt::Display for CheckReport {
     }
 }
 
+/// Whether a config key names a credential, whatever the plugin calls it: `private_key`,
+/// `password`, `api_token`, `client_secret`, `kubeconfig`, `auth`…
+fn is_credential(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.ends_with("key")
+        || key == "auth"
+        || ["secret", "password", "passwd", "token", "credential", "kubeconfig", "cert", "private"]
+            .iter()
+            .any(|word| key.contains(word))
+}
+
+/// The plugin's normalised config for printing: every credential's value (at any depth) becomes
+/// `"<redacted>"`. A config that is not JSON is not shown at all: it could be anything.
+pub fn redact(normalized: &str) -> String {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if is_credential(k) && !v.is_null() {
+                        *v = serde_json::Value::String("<redacted>".into());
+                    } else {
+                        walk(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(normalized) {
+        Ok(mut v) => {
+            walk(&mut v);
+            v.to_string()
+        }
+        Err(_) => format!("<{} bytes, not JSON: not shown>", normalized.len()),
+    }
+}
+
 /// Reads a node's provider config for `check`: JSON if the file ends in `.json`, else TOML (the
 /// table that goes under `[nodes.provider]` in the daemon's config).
 pub fn read_config_file(path: &Path) -> Result<serde_json::Value, String> {
@@ -114,5 +156,28 @@ pub fn describe_failure(path: &Path, error: &LoadError) -> String {
     match error {
         LoadError::Settings(_) | LoadError::Runtime(_) => format!("{}: {error}", path.display()),
         _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_normalised_config_are_redacted_at_any_depth() {
+        let normalized = serde_json::json!({
+            "region": "cn-bj2", "public_key": "PUBKEY-1", "private_key": "PRIVKEY-2", "kubeconfig": "KCFG-3",
+            "registries": [{"host": "h", "password": "PW-4"}], "db": {"api_token": "TOK-5", "Client_Secret": "CS-6"},
+            "max_pods": 200,
+        })
+        .to_string();
+        let shown = redact(&normalized);
+        for secret in ["PUBKEY-1", "PRIVKEY-2", "KCFG-3", "PW-4", "TOK-5", "CS-6"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(v["private_key"], "<redacted>");
+        assert_eq!((v["region"].as_str(), v["max_pods"].as_u64()), (Some("cn-bj2"), Some(200)));
+        assert!(!redact("private_key = hunter2").contains("hunter2"));
     }
 }

@@ -41,7 +41,16 @@ pub async fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
     let mut settings = PluginSettings::new(&args.file);
     if args.no_cache {
         // A fresh directory per run: nothing to hit, and nothing left behind that matters.
-        settings.cache_dir = Some(std::env::temp_dir().join(format!("vkhost-check-{}", std::process::id())));
+        settings.cache_dir = match fresh_private_dir() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                eprintln!(
+                    "error: --no-cache: cannot create a scratch directory in {}: {e}",
+                    std::env::temp_dir().display()
+                );
+                return Ok(2);
+            }
+        };
     }
     let result = check_with(settings.clone(), config, &args.node).await;
     if args.no_cache
@@ -65,6 +74,18 @@ pub async fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// A new directory under the temp dir that nobody else can have prepared: an unguessable name,
+/// created (not reused) with mode 0700. A predictable name in a shared /tmp could be planted
+/// beforehand, as a directory or a symlink to one.
+fn fresh_private_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vkhost-check-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir)?;
+    Ok(dir)
+}
+
 fn print_report(report: &CheckReport, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
@@ -72,4 +93,22 @@ fn print_report(report: &CheckReport, json: bool) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_cache_scratch_directories_are_new_private_and_unguessable() {
+        let (a, b) = (fresh_private_dir().unwrap(), fresh_private_dir().unwrap());
+        assert_ne!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        std::fs::remove_dir(&a).unwrap();
+        std::fs::remove_dir(&b).unwrap();
+    }
 }

@@ -105,6 +105,11 @@ pub enum CallError {
     /// The plugin returned a stream target outside its `allowed_urls`; the host will not connect.
     #[error("plugin {plugin} version {version}: {export} returned stream URL {url}, which is outside its allowed_urls")]
     StreamTargetDenied { plugin: String, version: String, export: Export, url: String },
+    /// The plugin's stream target asks for a header only the host may set (`Host`, hop-by-hop).
+    #[error(
+        "plugin {plugin} version {version}: {export} returned a stream target with header {header:?}, which only the host may set (Host, hop-by-hop and WebSocket handshake headers)"
+    )]
+    StreamHeaderRefused { plugin: String, version: String, export: Export, header: String },
     /// A fresh instance could not be created (should not happen after the load checks).
     #[error("plugin {plugin} version {version}: instantiating for {export} failed: {message}")]
     Instantiate { plugin: String, version: String, export: Export, message: String },
@@ -115,11 +120,12 @@ impl CallError {
     /// target outside the allowlist are answers, not accidents; everything else is retried with
     /// backoff by the caller.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            CallError::Provider(ProviderError::Invalid(_) | ProviderError::NotFound(_)) => false,
-            CallError::StreamTargetDenied { .. } => false,
-            _ => true,
-        }
+        !matches!(
+            self,
+            CallError::Provider(ProviderError::Invalid(_) | ProviderError::NotFound(_))
+                | CallError::StreamTargetDenied { .. }
+                | CallError::StreamHeaderRefused { .. }
+        )
     }
 
     /// The provider's own error, when the plugin answered with one.
@@ -142,7 +148,7 @@ impl CallError {
             CallError::CpuDeadline { .. } => "cpu_deadline",
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryExceeded { .. } => "memory_exceeded",
-            CallError::StreamTargetDenied { .. } => "stream_denied",
+            CallError::StreamTargetDenied { .. } | CallError::StreamHeaderRefused { .. } => "stream_denied",
             CallError::Instantiate { .. } => "instantiate",
         }
     }

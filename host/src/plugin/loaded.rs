@@ -14,13 +14,13 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use crate::plugin::cache::{self, Origin};
 use crate::plugin::contract::{self, Contract, Version};
 use crate::plugin::error::{CallError, Export, LoadError};
-use crate::plugin::imports::http::{Allowlist, Egress};
+use crate::plugin::imports::http::{Allowlist, Egress, refused_header};
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::imports::{HostState, Identity};
 use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
-use crate::plugin::since_v0_1_0::{self, PluginInfo, Provider, ProviderError, ProviderPre};
+use crate::plugin::since_v0_1_0::{self, PluginInfo, Provider, ProviderError, ProviderPre, StreamTarget};
 
 /// How the load went, for `vkhost plugin check` and the reload events.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -149,7 +149,10 @@ pub(crate) async fn load_bytes(
     }
 
     let allow = Allowlist::parse(&settings.allowed_urls).map_err(LoadError::Settings)?;
-    let egress = Arc::new(Egress::new(allow, settings.limits.call_timeout()).map_err(LoadError::Settings)?);
+    let egress = Arc::new(
+        Egress::new(allow, settings.limits.call_timeout(), settings.limits.memory_bytes())
+            .map_err(LoadError::Settings)?,
+    );
 
     let size_bytes = bytes.len();
     let engine = rt.optimizing.engine.clone();
@@ -389,17 +392,35 @@ impl Loaded {
         Ok(())
     }
 
-    /// Whether the host may connect to a stream target the plugin returned.
-    pub(crate) fn vet_stream_url(&self, export: Export, url: &str) -> Result<(), CallError> {
-        if self.egress.allow.allows_str(url) {
-            return Ok(());
+    /// Whether the host may connect to a stream target the plugin returned: its URL is in the
+    /// allowlist and it asks for no header the host must own (`Host` would reach another virtual
+    /// host behind the granted address). The target comes back with its URL as the allowlist
+    /// parsed it, so the client that connects (tungstenite parses URLs its own way) goes exactly
+    /// where was vetted.
+    pub(crate) fn vet_stream_target(
+        &self,
+        export: Export,
+        mut target: StreamTarget,
+    ) -> Result<StreamTarget, CallError> {
+        let parsed = reqwest::Url::parse(&target.url).ok().filter(|url| self.egress.allow.allows(url));
+        let Some(parsed) = parsed else {
+            return Err(CallError::StreamTargetDenied {
+                plugin: self.identity.name.clone(),
+                version: self.identity.version.clone(),
+                export,
+                url: target.url,
+            });
+        };
+        target.url = parsed.into();
+        if let Some(kv) = target.headers.iter().find(|kv| refused_header(&kv.key)) {
+            return Err(CallError::StreamHeaderRefused {
+                plugin: self.identity.name.clone(),
+                version: self.identity.version.clone(),
+                export,
+                header: kv.key.clone(),
+            });
         }
-        Err(CallError::StreamTargetDenied {
-            plugin: self.identity.name.clone(),
-            version: self.identity.version.clone(),
-            export,
-            url: url.to_owned(),
-        })
+        Ok(target)
     }
 }
 

@@ -22,7 +22,7 @@ pub mod since_v0_1_0;
 mod stats;
 mod watcher;
 
-pub use admin::admin_router;
+pub use admin::{AdminToken, AdminTokenError, admin_router};
 pub use cache::Origin;
 pub use check::{CheckReport, SmokeResult, check};
 pub use cli::{CheckArgs, run_check};

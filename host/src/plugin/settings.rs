@@ -18,7 +18,8 @@ pub struct PluginSettings {
     pub allowed_urls: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
-    /// Where compiled components are cached; `$XDG_CACHE_HOME/vkcube/components` by default.
+    /// Where compiled components are cached; `$XDG_CACHE_HOME/vkcube/components` by default. Used
+    /// only when owned by the daemon's user and not group/other-writable (see `cache`).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Compile a file the cache has not seen with the baseline compiler (Winch) first, so a load
@@ -42,7 +43,7 @@ pub struct Limits {
     pub cpu_deadline_ms: u64,
     /// Wall-clock bound of one call, host I/O included; also the ceiling of each `http.send`.
     pub call_timeout_ms: u64,
-    /// Total bytes (keys + values) the plugin may keep in its `kv` store.
+    /// Host memory the plugin may hold in its `kv` store: key and value bytes plus 160 per entry.
     pub kv_max_bytes: u64,
 }
 

@@ -61,7 +61,9 @@ fn backend_error(e: CallError) -> BackendError {
         CallError::Provider(ProviderError::Invalid(i)) => {
             BackendError::BadRequest(format!("{}: {}", i.field, i.message))
         }
-        CallError::StreamTargetDenied { .. } => BackendError::BadRequest(e.to_string()),
+        CallError::StreamTargetDenied { .. } | CallError::StreamHeaderRefused { .. } => {
+            BackendError::BadRequest(e.to_string())
+        }
         other => BackendError::Unavailable(other.to_string()),
     }
 }

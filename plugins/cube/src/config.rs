@@ -80,11 +80,23 @@ fn bad(key: &str, message: impl Into<String>) -> InvalidInput {
     InvalidInput::new("InvalidConfig", format!("config.{key}"), message)
 }
 
+/// Keys whose values are credentials: an error names them, never quotes them.
+const CREDENTIALS: &[&str] = &["public_key", "private_key", "kubeconfig"];
+
 fn string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, InvalidInput> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(other) if CREDENTIALS.contains(&key) => {
+            let kind = match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "a list",
+                _ => "a table",
+            };
+            Err(bad(key, format!("{key} is {kind} (value not shown), but must be a string")))
+        }
         Some(other) => Err(bad(key, format!("{key} is {other}, but must be a string"))),
     }
 }
@@ -376,5 +388,19 @@ pub(crate) mod tests {
         }
         assert_eq!(NodeConfig::parse("[]").unwrap_err().field, "config");
         assert_eq!(NodeConfig::parse("{").unwrap_err().field, "config");
+    }
+
+    #[test]
+    fn a_credential_of_the_wrong_type_is_named_not_quoted() {
+        for key in CREDENTIALS {
+            for value in [json!(["hunter2"]), json!({"k": "hunter2"}), json!(12345678)] {
+                let err = NodeConfig::parse(&with(key, value.clone())).unwrap_err();
+                assert_eq!(err.field, format!("config.{key}"));
+                assert!(!err.message.contains("hunter2") && !err.message.contains("12345678"), "{}", err.message);
+                assert!(err.message.contains("value not shown"), "{}", err.message);
+            }
+        }
+        // Other keys still quote what they got, which helps.
+        assert!(NodeConfig::parse(&with("region", json!(7))).unwrap_err().message.contains("is 7"));
     }
 }

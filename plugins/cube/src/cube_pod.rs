@@ -104,7 +104,7 @@ pub struct DnsConfig {
     pub nameservers: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PullSecret {
     pub registry_server: String,
@@ -116,6 +116,19 @@ pub struct PullSecret {
     pub registryaddr: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub vpc_id: String,
+}
+
+/// The password never reaches a log line or a test failure message.
+impl std::fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullSecret")
+            .field("registry_server", &self.registry_server)
+            .field("username", &self.username)
+            .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
+            .field("registryaddr", &self.registryaddr)
+            .field("vpc_id", &self.vpc_id)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -337,5 +350,18 @@ mod tests {
     #[test]
     fn undecodable_pods_say_why() {
         assert!(Returned::decode("%%%").unwrap_err().contains("not base64"));
+    }
+
+    #[test]
+    fn a_pull_secret_debug_never_shows_the_password() {
+        let secret = PullSecret {
+            registry_server: "myhub.example.com".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+            registryaddr: String::new(),
+            vpc_id: String::new(),
+        };
+        let shown = format!("{secret:?} {:?}", vec![secret.clone()]);
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>") && shown.contains("myhub"), "{shown}");
     }
 }

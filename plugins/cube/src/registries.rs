@@ -66,23 +66,34 @@ pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<Pu
             continue;
         };
         let data = |key: &str| secret.data.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
-        let auths: BTreeMap<String, AuthEntry> = if let Some(raw) = data(".dockerconfigjson") {
+        let (data_key, parsed) = if let Some(raw) = data(".dockerconfigjson") {
             #[derive(Deserialize)]
             struct DockerConfig {
                 #[serde(default)]
                 auths: BTreeMap<String, AuthEntry>,
             }
-            serde_json::from_slice::<DockerConfig>(raw).map(|c| c.auths)
+            (".dockerconfigjson", serde_json::from_slice::<DockerConfig>(raw).map(|c| c.auths))
         } else if let Some(raw) = data(".dockercfg") {
-            serde_json::from_slice(raw)
+            (".dockercfg", serde_json::from_slice(raw))
         } else {
             return Err(InvalidInput::new(
                 "InvalidImagePullSecret",
                 field,
-                format!("Secret {} (type {}) has no .dockerconfigjson; image pull secrets must be of type kubernetes.io/dockerconfigjson", r.name, secret.kind),
+                format!(
+                    "Secret {} (type {}) has no .dockerconfigjson; image pull secrets must be of type kubernetes.io/dockerconfigjson",
+                    r.name, secret.kind
+                ),
             ));
-        }
-        .map_err(|e| InvalidInput::new("InvalidImagePullSecret", &field, format!("Secret {} is not a docker config: {e}", r.name)))?;
+        };
+        // serde's message quotes the offending value (a password, say): the pod's status, its
+        // Events and the logs get only where the document went wrong.
+        let auths: BTreeMap<String, AuthEntry> = parsed.map_err(|e| {
+            InvalidInput::new(
+                "InvalidImagePullSecret",
+                &field,
+                format!("Secret {} key {data_key} is not a docker config: {}", r.name, json_error_without_content(&e)),
+            )
+        })?;
         for (server, entry) in auths {
             let (mut username, mut password) = (entry.username, entry.password);
             if username.is_empty() && !entry.auth.is_empty() {
@@ -107,6 +118,20 @@ pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<Pu
         }
     }
     Ok((out, events))
+}
+
+/// What went wrong in a JSON document and where, without quoting any of it.
+fn json_error_without_content(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "it is not valid JSON",
+        Category::Eof => "the JSON ends early",
+        Category::Data => {
+            "a value has the wrong type or shape (auths must map registry to {username, password} or {auth})"
+        }
+        Category::Io => "it cannot be read",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
 }
 
 /// `https://myhub.example.com/v1/` → `myhub.example.com`.
@@ -236,6 +261,27 @@ mod tests {
                 ("InvalidImagePullSecret", "spec.imagePullSecrets[0]")
             );
             assert!(err.message.contains(needle), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_malformed_pull_secret_is_reported_by_name_and_key_never_by_value() {
+        for doc in [
+            &br#"{"auths":{"myhub":{"username":"u","password":["hunter2-secret"]}}}"#[..],
+            br#"{"auths":{"myhub":"hunter2-secret"}}"#,
+            br#"{"auths":{"myhub":{"auth":"aHVudGVyMi1zZWNyZXQ="}}, "x": hunter2-secret}"#,
+            br#"{"auths":{"myhub":{"password":hunter2-secret"#,
+        ] {
+            let resolved = pod_with(vec![Secret {
+                name: "regcred".into(),
+                kind: "kubernetes.io/dockerconfigjson".into(),
+                data: vec![(".dockerconfigjson".into(), doc.to_vec())],
+            }]);
+            let err = pull_secrets(&[LocalRef { name: "regcred".into() }], &resolved).unwrap_err();
+            let text = format!("{} {} {err:?}", err.field, err.message);
+            assert!(!text.contains("hunter2"), "the secret's value leaked: {text}");
+            assert!(text.contains("Secret regcred key .dockerconfigjson"), "{text}");
+            assert!(text.contains("line 1, column"), "{text}");
         }
     }
 }

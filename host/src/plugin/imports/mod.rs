@@ -35,6 +35,8 @@ pub struct HostState {
     kv: Arc<KvStore>,
     counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
+    /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
+    logged: u32,
     pub(crate) guard: Guard,
 }
 
@@ -81,6 +83,7 @@ impl HostState {
             kv,
             counters,
             egress,
+            logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(memory_cap)
@@ -160,7 +163,7 @@ impl wit::http::Host for HostState {
 
 impl wit::log::Host for HostState {
     async fn emit(&mut self, level: LogLevel, message: String, fields: Vec<KeyValue>) -> wasmtime::Result<()> {
-        log::emit(&self.identity, level, &message, &fields);
+        log::emit(&self.identity, &mut self.logged, level, &message, &fields);
         Ok(())
     }
 }
