@@ -421,6 +421,36 @@ id = "bj"
         assert!(c.nodes[0].secrets.contains_key("private_key"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+        /// The documented example with some lines' values replaced by anything, or lines dropped:
+        /// parsed or refused with a message, never a panic.
+        #[test]
+        fn any_edit_of_the_example_config_parses_or_is_refused(
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::option::of("\\PC{0,40}")),
+                1..6,
+            ),
+        ) {
+            let example = include_str!("../../config.example.toml");
+            let mut lines: Vec<String> = example.lines().map(str::to_string).collect();
+            for (at, value) in edits {
+                let i = at.index(lines.len());
+                match value {
+                    Some(v) => {
+                        let key = lines[i].split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
+                        lines[i] = format!("{key}= {v}");
+                    }
+                    None => { lines.remove(i); }
+                }
+            }
+            if let Err(e) = DaemonConfig::parse(&lines.join("\n"), Path::new("t.toml")) {
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = DaemonConfig::parse(MINIMAL, Path::new("t.toml")).unwrap();
