@@ -384,6 +384,22 @@ impl Fixture {
         )
     }
 
+    /// A ClusterRole `role` allowing `get` on `resource`, bound to the ServiceAccount `ns:name`.
+    async fn grant_get(&self, role: &str, resource: &str, service_account: &str) {
+        let (code, _, err) =
+            self.kubectl(&["create", "clusterrole", role, "--verb=get", &format!("--resource={resource}")]).await;
+        assert_eq!(code, 0, "{err}");
+        let binding = [
+            "create",
+            "clusterrolebinding",
+            role,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={service_account}"),
+        ];
+        let (code, _, err) = self.kubectl(&binding).await;
+        assert_eq!(code, 0, "{err}");
+    }
+
     /// kubectl with the given stdin.
     async fn kubectl_with_input(&self, args: &[&str], input: &[u8]) -> (i32, String, String) {
         let mut cmd = tokio::process::Command::from(self.cluster.kubectl_command(args));
@@ -658,19 +674,7 @@ async fn direct_requests_need_credentials_and_rbac() {
 
     // Granting nodes/stats lets the same token in (after the cached denial expires, or at once
     // for a decision not cached yet: metrics is still refused, stats is not cached as allowed).
-    let role = format!("{ns}-node-stats");
-    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/stats"]).await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fx
-        .kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &role,
-            &format!("--clusterrole={role}"),
-            &format!("--serviceaccount={ns}:reader"),
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
+    fx.grant_get(&format!("{ns}-node-stats"), "nodes/stats", &format!("{ns}:reader")).await;
     let resp = wait_for(Duration::from_secs(60), "RBAC grant to take effect past the decision cache", || async {
         let r = anonymous.get(format!("{base}/stats/summary")).bearer_auth(&token).send().await.ok()?;
         (r.status() == 200).then_some(r)
@@ -682,19 +686,7 @@ async fn direct_requests_need_credentials_and_rbac() {
 
     // nodes/log is the node's own log files (/logs), as on a real kubelet: it does not open pod
     // logs, which need nodes/proxy.
-    let role = format!("{ns}-node-log");
-    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/log"]).await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fx
-        .kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &role,
-            &format!("--clusterrole={role}"),
-            &format!("--serviceaccount={ns}:reader"),
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
+    fx.grant_get(&format!("{ns}-node-log"), "nodes/log", &format!("{ns}:reader")).await;
     // /logs is authorized by the grant, then not found: this node serves no log files.
     wait_for(Duration::from_secs(60), "nodes/log grant to take effect", || async {
         let r = anonymous.get(format!("{base}/logs/messages")).bearer_auth(&token).send().await.ok()?;
@@ -707,19 +699,7 @@ async fn direct_requests_need_credentials_and_rbac() {
 
     // A read grant on nodes/proxy (what monitoring is often given) opens /pods, but a WebSocket
     // exec, though a GET, needs `create`.
-    let role = format!("{ns}-node-proxy-read");
-    let (code, _, err) = fx.kubectl(&["create", "clusterrole", &role, "--verb=get", "--resource=nodes/proxy"]).await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fx
-        .kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &role,
-            &format!("--clusterrole={role}"),
-            &format!("--serviceaccount={ns}:reader"),
-        ])
-        .await;
-    assert_eq!(code, 0, "{err}");
+    fx.grant_get(&format!("{ns}-node-proxy-read"), "nodes/proxy", &format!("{ns}:reader")).await;
     wait_for(Duration::from_secs(60), "nodes/proxy get grant to take effect", || async {
         let r = anonymous.get(format!("{base}/pods")).bearer_auth(&token).send().await.ok()?;
         (r.status() == 200).then_some(())

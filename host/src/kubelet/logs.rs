@@ -14,6 +14,7 @@ use futures::{Stream, StreamExt};
 use super::backend::{StreamProtocol, StreamTarget};
 use super::query;
 use super::server::{ApiState, error_response};
+use crate::plugin::error_chain;
 
 /// How much of a failed log stream's body is quoted back to the client: enough for an error
 /// message, not enough for a backend to make the host buffer a flood.
@@ -99,18 +100,6 @@ async fn open_stream(http: &reqwest::Client, target: &StreamTarget) -> Result<re
         return Err((code, format!("log stream {} answered {status}: {}", target.shown_url(), text.trim())));
     }
     Ok(resp)
-}
-
-/// An error and its causes, as one line (reqwest's own message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The first [`MAX_ERROR_BODY`] bytes of an error response, marked when cut; the rest is never read.

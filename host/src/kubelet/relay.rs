@@ -173,6 +173,23 @@ mod tests {
 
     use super::*;
 
+    /// A backend on a free port that accepts one session and chooses v5: its URL, and the
+    /// accepted WebSocket once a client connects.
+    async fn v5_backend() -> (String, tokio::task::JoinHandle<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>)
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let accepted = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let callback = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(channel::V5));
+                Ok(resp)
+            };
+            tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap()
+        });
+        (url, accepted)
+    }
+
     /// A backend that speaks v5 when `v5`, records what it receives until stdin closes (or the
     /// third message on v4), then answers `ok` on stdout and a success status.
     async fn backend(v5: bool) -> (String, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
@@ -253,15 +270,9 @@ mod tests {
 
     #[tokio::test]
     async fn backend_that_ends_without_a_status_reports_a_failure() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let (url, accepted) = v5_backend().await;
         tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let callback = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-                resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(channel::V5));
-                Ok(resp)
-            };
-            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+            let mut ws = accepted.await.unwrap();
             let _ = ws.close(None).await;
         });
         let upstream = connect(&target(url), Arc::new(super::super::tls::client_config())).await.unwrap();
@@ -303,15 +314,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_over_the_limit_ends_the_session_instead_of_being_buffered() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let (url, accepted) = v5_backend().await;
         tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let callback = |_: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-                resp.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(channel::V5));
-                Ok(resp)
-            };
-            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+            let mut ws = accepted.await.unwrap();
             let huge = channel::encode(channel::STDOUT, &vec![b'x'; MAX_MESSAGE_BYTES + 1]);
             let _ = ws.send(Message::Binary(huge.into())).await;
             tokio::time::sleep(Duration::from_secs(5)).await;

@@ -276,7 +276,8 @@ impl Egress {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, as one line (reqwest's own message hides the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
