@@ -195,6 +195,20 @@ impl HeaderDecompressor {
     }
 }
 
+/// The reported shape, as an uncompressed block: a name of `name_len` bytes and a value of `nuls`
+/// NULs (`nuls + 1` values). 64 KiB and 64 Ki inflate from ~180 bytes and used to decode into
+/// 64 Ki copies of the name (4 GiB).
+#[cfg(test)]
+pub(super) fn bomb(name_len: usize, nuls: usize) -> Vec<u8> {
+    let mut raw = BytesMut::new();
+    raw.put_u32(1);
+    raw.put_u32(name_len as u32);
+    raw.put_bytes(b'a', name_len);
+    raw.put_u32(nuls as u32);
+    raw.put_bytes(0, nuls);
+    raw.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -259,17 +273,7 @@ mod tests {
         3 * raw_len + MAX_VALUES * (std::mem::size_of::<(String, String)>() + 3 * MAX_NAME)
     }
 
-    /// The reported shape: a 64 KiB name and a value of 64 Ki NULs (64 Ki values) inflated from
-    /// ~180 bytes, which decoded into 64 Ki copies of the name (4 GiB).
-    fn bomb(name_len: usize, nuls: usize) -> Vec<u8> {
-        let mut raw = BytesMut::new();
-        raw.put_u32(1);
-        raw.put_u32(name_len as u32);
-        raw.put_bytes(b'a', name_len);
-        raw.put_u32(nuls as u32);
-        raw.put_bytes(0, nuls);
-        raw.to_vec()
-    }
+    use super::bomb;
 
     #[test]
     fn header_bomb_is_refused_before_it_is_expanded() {

@@ -921,13 +921,7 @@ mod tests {
         for _ in 0..20 {
             for (name_len, nuls) in shapes {
                 let (mut c, _in_rx, _out_tx, server) = start(cat_opts(false));
-                let mut raw = BytesMut::new();
-                raw.put_u32(1);
-                raw.put_u32(name_len as u32);
-                raw.put_bytes(b'a', name_len);
-                raw.put_u32(nuls as u32);
-                raw.put_bytes(0, nuls);
-                let block = c.c.compress_raw(&raw).unwrap();
+                let block = c.c.compress_raw(&headers::bomb(name_len, nuls)).unwrap();
                 wire = wire.max(block.len());
                 c.send(Frame::SynStream { stream_id: 1, associated_to: 0, priority: 0, flags: 0, header_block: block })
                     .await;
