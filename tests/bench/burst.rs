@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::json;
+use vkcube_e2e::bench::{Proc, loadavg, percentile, release_binary};
 use vkcube_e2e::daemon::{fresh_cluster_id, plugin_path};
 
 const USAGE: &str = "\
@@ -158,67 +159,6 @@ fn upstream_binary(args: &Args) -> Result<PathBuf> {
         bail!("{} is missing: run tests/bench/upstream-vk/build first", path.display());
     }
     Ok(path)
-}
-
-fn release_binary(name: &str) -> Result<PathBuf> {
-    // `VKCUBE_BENCH_VKHOST=path` measures another build (e.g. one with a different profile).
-    if name == "vkhost"
-        && let Some(path) = std::env::var_os("VKCUBE_BENCH_VKHOST")
-    {
-        return Ok(PathBuf::from(path));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| vkcube_e2e::repo_root().join("target"));
-    let path = target.join("release").join(name);
-    if !path.exists() {
-        bail!("{} is missing: run `cargo build --release -p {name}` first (same CARGO_TARGET_DIR)", path.display());
-    }
-    Ok(path)
-}
-
-/// A subprocess stopped with SIGTERM (then SIGKILL after 10 s) when dropped, so a failed run
-/// leaves nothing behind.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{} did not stop within 10 s of SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Fails naming the log file if the process has exited.
-    fn ensure_alive(&mut self, log: &Path) -> Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            bail!("{} exited ({status}); see {}", self.name, log.display());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Starts cube-sim with no provisioning delay; returns it and its URL (`http://127.0.0.1:PORT`).
@@ -513,21 +453,6 @@ fn clk_tck() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 struct Dist {

@@ -217,7 +217,16 @@ pub struct Authorizer {
     /// TokenReviews in flight; the requests of unauthenticated callers never wait for one.
     in_flight: tokio::sync::Semaphore,
     max_in_flight: usize,
+    /// Tokens the apiserver accepted within the last [`KNOWN_TOKEN_TTLS`] cache lifetimes. When
+    /// one's cached answer expires, its new review may use `renewals` when `in_flight` is full: a
+    /// storm of made-up tokens keeps every general permit taken, and without these a caller with
+    /// a good token got 429 on every request from its cache expiry to the storm's end.
+    known: TtlCache<TokenKey, ()>,
+    renewals: tokio::sync::Semaphore,
 }
+
+/// How many cache lifetimes an accepted token stays entitled to the reserved review permits.
+const KNOWN_TOKEN_TTLS: u32 = 10;
 
 impl Authorizer {
     /// `kube` should be a client of its own (see [`Authorizer::kube`]); `max_in_flight` bounds the
@@ -234,6 +243,9 @@ impl Authorizer {
             access_reviews: SingleFlight::new(),
             in_flight: tokio::sync::Semaphore::new(max_in_flight),
             max_in_flight,
+            known: TtlCache::new(ttl.saturating_mul(KNOWN_TOKEN_TTLS), capacity),
+            // A quarter of the general bound, at least one: re-reviews come once per token per TTL.
+            renewals: tokio::sync::Semaphore::new((max_in_flight / 4).max(1)),
         }
     }
 
@@ -252,9 +264,14 @@ impl Authorizer {
     }
 
     async fn review_token(&self, key: TokenKey, token: &str) -> Result<Option<UserInfo>, AuthError> {
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(AuthError::Busy(self.max_in_flight));
+        let permit = match self.in_flight.try_acquire() {
+            Ok(p) => p,
+            Err(_) if self.known.get(&key).is_some() => {
+                self.renewals.try_acquire().map_err(|_| AuthError::Busy(self.max_in_flight))?
+            }
+            Err(_) => return Err(AuthError::Busy(self.max_in_flight)),
         };
+        let _permit = permit;
         let review = TokenReview {
             spec: TokenReviewSpec { token: token.to_string(), audiences: None },
             ..TokenReview::default()
@@ -269,7 +286,10 @@ impl Authorizer {
             extra: u.extra.unwrap_or_default(),
         });
         match &user {
-            Some(user) => self.tokens.insert(key, user.clone()),
+            Some(user) => {
+                self.tokens.insert(key, user.clone());
+                self.known.insert(key, ());
+            }
             None => self.rejected.insert(key, ()),
         }
         Ok(user)
@@ -416,6 +436,25 @@ mod tests {
         }
         assert!(authz.authenticate_token(GOOD_TOKEN).await.unwrap().is_some());
         assert_eq!(api.counts.token_reviews_by("reviews"), 11, "the accepted token was reviewed once");
+    }
+
+    #[tokio::test]
+    async fn an_accepted_token_whose_cache_expired_is_reviewed_again_while_made_up_ones_fill_the_lane() {
+        let api = Apiserver::start(Duration::from_millis(300)).await;
+        let reviews = api.client("reviews", &loose()).await;
+        // One general permit, and cached answers that expire at once.
+        let authz = Authorizer::new(reviews, "vk-1".into(), Duration::from_millis(50), 1024, 1);
+        assert!(authz.authenticate_token(GOOD_TOKEN).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (made_up, (good, stranger)) = tokio::join!(authz.authenticate_token("made-up"), async {
+            // The made-up token's review holds the only general permit by now.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(authz.authenticate_token(GOOD_TOKEN), authz.authenticate_token("never-seen"))
+        });
+        assert_eq!(made_up.unwrap(), None);
+        assert!(matches!(&good, Ok(Some(u)) if u.name == "alice"), "the known token was turned away: {good:?}");
+        assert!(matches!(stranger, Err(AuthError::Busy(1))), "a new token gets no reserved permit: {stranger:?}");
+        assert_eq!(api.counts.token_reviews_by("reviews"), 3);
     }
 
     #[tokio::test]

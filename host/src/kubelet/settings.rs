@@ -44,7 +44,8 @@ pub struct KubeletConfig {
     pub review_qps: u32,
     pub review_burst: u32,
     /// TokenReviews awaiting the apiserver at once; a request with an unknown token arriving past
-    /// this is answered 429 at once instead of queueing.
+    /// this is answered 429 at once instead of queueing. A quarter more (at least one) is kept for
+    /// re-reviewing tokens the apiserver accepted before.
     pub reviews_in_flight: u32,
 }
 
