@@ -440,15 +440,20 @@ mod tests {
 
     #[tokio::test]
     async fn an_accepted_token_whose_cache_expired_is_reviewed_again_while_made_up_ones_fill_the_lane() {
-        let api = Apiserver::start(Duration::from_millis(300)).await;
+        // Reviews are held 2 s, so the made-up one still holds the lane when the others come.
+        let api = Apiserver::start(Duration::from_secs(2)).await;
         let reviews = api.client("reviews", &loose()).await;
-        // One general permit, and cached answers that expire at once.
-        let authz = Authorizer::new(reviews, "vk-1".into(), Duration::from_millis(50), 1024, 1);
+        // One general permit; cached answers last 1 s, so the accepted token stays known for 10 s.
+        let authz = Authorizer::new(reviews, "vk-1".into(), Duration::from_secs(1), 1024, 1);
         assert!(authz.authenticate_token(GOOD_TOKEN).await.unwrap().is_some());
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await; // at least the TTL: the answer expired
         let (made_up, (good, stranger)) = tokio::join!(authz.authenticate_token("made-up"), async {
-            // The made-up token's review holds the only general permit by now.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Once the stand-in holds the made-up token's review, the only general permit is taken.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while api.counts.token_reviews_by("reviews") < 2 {
+                assert!(Instant::now() < deadline, "the made-up token's review never arrived");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             tokio::join!(authz.authenticate_token(GOOD_TOKEN), authz.authenticate_token("never-seen"))
         });
         assert_eq!(made_up.unwrap(), None);
