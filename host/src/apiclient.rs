@@ -2,12 +2,14 @@
 //! limit (a burst, then a steady rate) so a pod burst cannot flood the apiserver.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer};
+use tokio::sync::Semaphore;
+use tower::limit::{GlobalConcurrencyLimitLayer, RateLimitLayer};
 
 use crate::config::ApiLimits;
 
@@ -44,11 +46,23 @@ pub async fn bootstrap_config(kubeconfig: Option<&Path>) -> Result<Config, Clien
 
 /// A client for `config` with the rate and concurrency limits of `limits`.
 pub fn limited(config: Config, limits: &ApiLimits) -> Result<Client, ClientError> {
+    limited_within(config, limits, &in_flight_budget(limits))
+}
+
+/// The budget of requests in flight `limits` allows, for clients that share it.
+pub fn in_flight_budget(limits: &ApiLimits) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(limits.max_in_flight.max(1) as usize))
+}
+
+/// A client for `config` with the rate limit of `limits`, whose requests in flight count against
+/// `in_flight`, which other clients may share: the daemon's own client and every node's pod lane
+/// share one, so `[api] max_in_flight` bounds the daemon's connections however many nodes it has.
+pub fn limited_within(config: Config, limits: &ApiLimits, in_flight: &Arc<Semaphore>) -> Result<Client, ClientError> {
     let window = Duration::from_secs_f64(limits.burst as f64 / limits.qps.max(1) as f64);
     let builder = ClientBuilder::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
     Ok(builder
         .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
-        .with_layer(&ConcurrencyLimitLayer::new(limits.max_in_flight.max(1) as usize))
+        .with_layer(&GlobalConcurrencyLimitLayer::with_semaphore(in_flight.clone()))
         .build())
 }
 
@@ -143,6 +157,20 @@ mod tests {
         gets(&client, 40).await;
         assert_eq!(peak.load(Ordering::SeqCst), 4);
         assert!(started.elapsed() < Duration::from_secs(10), "a batch waited for the gate's deadline");
+    }
+
+    #[tokio::test]
+    async fn clients_sharing_a_budget_stay_within_it_together() {
+        // Two clients (the daemon's and a node's pod lane, say) on one budget of 4: the stand-in
+        // waits for 4 at once and never sees a fifth; on budgets of their own it would see 8.
+        let (dir, peak) = apiserver(4).await;
+        let limits = ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 4, ..ApiLimits::default() };
+        let config = bootstrap_config(Some(&dir.path().join("kubeconfig"))).await.unwrap();
+        let budget = in_flight_budget(&limits);
+        let a = limited_within(config.clone(), &limits, &budget).unwrap();
+        let b = limited_within(config, &limits, &budget).unwrap();
+        tokio::join!(gets(&a, 20), gets(&b, 20));
+        assert_eq!(peak.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]

@@ -50,7 +50,9 @@ impl Daemon {
     /// share a plugin runtime (and so the plugins' key-value stores).
     pub async fn start(config: DaemonConfig, runtime: Option<Arc<PluginRuntime>>) -> anyhow::Result<Daemon> {
         let base = crate::apiclient::bootstrap_config(config.kubeconfig.as_deref()).await?;
-        let client = crate::apiclient::limited(base.clone(), &config.api)?;
+        // One budget of requests in flight for the daemon's own client and every node's pod lane.
+        let api_in_flight = crate::apiclient::in_flight_budget(&config.api);
+        let client = crate::apiclient::limited_within(base.clone(), &config.api, &api_in_flight)?;
         let rt = match runtime {
             Some(rt) => rt,
             None => PluginRuntime::new()?,
@@ -66,6 +68,7 @@ impl Daemon {
         let shared = Arc::new(Shared {
             client,
             base,
+            api_in_flight,
             plugin,
             identity: identity(&config),
             metrics,

@@ -68,11 +68,13 @@ pub async fn node_clients(
     }
 }
 
-/// The rate and in-flight limits of a node's lanes: `[api]` for pod work (heartbeats get fixed
-/// limits of their own), `[kubelet]`'s review limits for the kubelet API's reviews.
+/// The rate and in-flight limits of a node's lanes: `[api]` for pod work, its requests in flight
+/// counted against `pods_in_flight` (shared by the daemon's clients); heartbeats get fixed limits
+/// of their own; `[kubelet]`'s review limits for the kubelet API's reviews.
 #[derive(Debug, Clone)]
 pub struct LaneLimits {
     pub pods: ApiLimits,
+    pub pods_in_flight: Arc<tokio::sync::Semaphore>,
     pub reviews: ApiLimits,
 }
 
@@ -127,7 +129,8 @@ impl NodeIdentity {
             .map_err(|source| IdentityError::Certificate { node: node.into(), source })?;
         let client_err = |source| IdentityError::Client { node: node.into(), source };
         let config = apiclient::with_client_certificate(base, &cert.cert_pem, &cert.key_pem).map_err(client_err)?;
-        let pods = apiclient::limited(config.clone(), &limits.pods).map_err(client_err)?;
+        let pods =
+            apiclient::limited_within(config.clone(), &limits.pods, &limits.pods_in_flight).map_err(client_err)?;
         let heartbeat = apiclient::limited(config.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?;
         let reviews = apiclient::limited(config, &limits.reviews).map_err(client_err)?;
         Ok(Lanes { cert, pods, heartbeat, reviews })
@@ -274,7 +277,11 @@ mod tests {
         let (base, _) = apiserver(Duration::from_secs(2)).await;
         let limits = ApiLimits { max_in_flight: 2, node_credentials: NodeCredentials::Shared, ..ApiLimits::default() };
         let bootstrap = apiclient::limited(base.clone(), &limits).unwrap();
-        let lanes = LaneLimits { pods: limits.clone(), reviews: ApiLimits::default() };
+        let lanes = LaneLimits {
+            pods: limits.clone(),
+            pods_in_flight: apiclient::in_flight_budget(&limits),
+            reviews: ApiLimits::default(),
+        };
         let (clients, identity) = node_clients(&bootstrap, &base, "n", &lanes).await.unwrap();
         assert!(identity.is_none());
         // 20 slow pod-side requests hold every slot of the pod lane for seconds.
@@ -314,7 +321,11 @@ mod tests {
         let identity = NodeIdentity {
             node: "n".into(),
             base: old.clone(),
-            limits: LaneLimits { pods: limits.clone(), reviews: limits.clone() },
+            limits: LaneLimits {
+                pods: limits.clone(),
+                pods_in_flight: apiclient::in_flight_budget(&limits),
+                reviews: limits.clone(),
+            },
             lanes: Arc::new(ArcSwap::from_pointee(lanes_for(&old))),
         };
         let clients = identity.clients();

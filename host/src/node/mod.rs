@@ -38,6 +38,8 @@ pub struct Shared {
     pub client: Client,
     /// The bootstrap connection settings, which node identities reuse (apiserver URL and CA).
     pub base: kube::Config,
+    /// `[api] max_in_flight`, shared by `client` and every node's pod lane.
+    pub api_in_flight: Arc<tokio::sync::Semaphore>,
     pub plugin: Arc<Plugin>,
     pub config: DaemonConfig,
     pub identity: String,
@@ -222,8 +224,11 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     };
     let (name, exists) = registration::find_or_name(&client, &shape).await?;
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
-    let lanes =
-        identity::LaneLimits { pods: shared.config.api.clone(), reviews: shared.config.kubelet.review_api_limits() };
+    let lanes = identity::LaneLimits {
+        pods: shared.config.api.clone(),
+        pods_in_flight: shared.api_in_flight.clone(),
+        reviews: shared.config.kubelet.review_api_limits(),
+    };
     let (clients, identity) = identity::node_clients(&client, &shared.base, &name, &lanes).await?;
     let _rotation = identity.map(|id| {
         let listed = Listed::new(&shared, &name, id.clone());
