@@ -227,6 +227,11 @@ impl KubeletBackend for TestBackend {
         self.pods.lock().unwrap().clone()
     }
 
+    fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>> {
+        let pods = self.pods();
+        Box::pin(async move { Ok(pods) })
+    }
+
     fn logs<'a>(
         &'a self,
         ns: &'a str,

@@ -9,8 +9,12 @@ pub trait KubeletBackend: Send + Sync + 'static {
     /// Name of the virtual node this server answers for.
     fn node_name(&self) -> String;
 
-    /// Pods bound to the node, as last seen by the host.
+    /// Pods bound to the node, as last seen by the host (`/pods`).
     fn pods(&self) -> Vec<Pod>;
+
+    /// The pods the provider runs, as its backend reports them (`/runningpods/`): what is there,
+    /// which may differ from what should be (an instance left behind, a pod not started yet).
+    fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>>;
 
     /// Where to read a container's logs (expected: [`StreamProtocol::HttpBody`]).
     fn logs<'a>(

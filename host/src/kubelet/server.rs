@@ -58,6 +58,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(stats::pods))
+        .route("/runningpods/", get(stats::running_pods))
         .route("/stats/summary", get(stats::summary).post(stats::summary))
         .route("/metrics/resource", get(stats::resource_metrics))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs::container_logs))
@@ -252,6 +253,14 @@ mod tests {
             pod.metadata.uid = Some("uid-1".into());
             vec![pod]
         }
+        fn running_pods(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<k8s_openapi::api::core::v1::Pod>, crate::kubelet::BackendError>>
+        {
+            let mut pod = self.pods().remove(0);
+            pod.metadata.name = Some("running".into());
+            Box::pin(async move { Ok(vec![pod]) })
+        }
         fn logs<'a>(
             &'a self,
             _: &'a str,
@@ -363,6 +372,23 @@ mod tests {
         let (status, _) = answer(&router, with_token("made-up-1")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(api.counts.token_reviews_by("reviews"), 1);
+    }
+
+    #[tokio::test]
+    async fn runningpods_lists_what_the_provider_runs_and_pods_what_the_host_holds() {
+        let api = auth::stand_in::Apiserver::start(Duration::ZERO).await;
+        let router = api_router(&api, 4).await;
+        for (path, name) in [("/runningpods/", "running"), ("/pods", "web")] {
+            let (status, body) = answer(&router, as_admin(http::Method::GET, path, &[])).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!((&list["kind"], &list["apiVersion"]), (&"PodList".into(), &"v1".into()), "{path}");
+            let names: Vec<_> = list["items"].as_array().unwrap().iter().map(|p| &p["metadata"]["name"]).collect();
+            assert_eq!(names, [name], "{path}");
+        }
+        // Not public: like every path but /healthz, it needs an identity.
+        let anonymous = http::Request::builder().uri("/runningpods/").body(Body::empty()).unwrap();
+        assert_eq!(answer(&router, anonymous).await.0, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

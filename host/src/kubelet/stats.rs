@@ -1,5 +1,6 @@
-//! `/pods`, `/stats/summary` and `/metrics/resource`: the node's pods and their usage, in the
-//! shapes metrics-server and `kubectl top` read (kubelet stats v1alpha1 JSON, Prometheus text).
+//! `/pods`, `/runningpods/`, `/stats/summary` and `/metrics/resource`: the node's pods and their
+//! usage, in the shapes metrics-server and `kubectl top` read (kubelet stats v1alpha1 JSON,
+//! Prometheus text).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,12 +16,26 @@ use serde::Serialize;
 use super::backend::PodUsage;
 use super::server::{ApiState, error_response};
 
+/// The pods bound to the node, as the host last saw them.
 pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
+    pod_list(state.backend.pods())
+}
+
+/// The pods the provider runs, as the kubelet serves its runtime's pods and upstream
+/// virtual-kubelet its provider's `GetPods`: a `v1` PodList.
+pub async fn running_pods(State(state): State<Arc<ApiState>>) -> Response {
+    match state.backend.running_pods().await {
+        Ok(pods) => pod_list(pods),
+        Err(e) => error_response(e.status(), format!("running pods of node {}: {e}", state.node)),
+    }
+}
+
+fn pod_list(items: Vec<Pod>) -> Response {
     let list = serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
         "metadata": {},
-        "items": state.backend.pods(),
+        "items": items,
     });
     axum::Json(list).into_response()
 }

@@ -92,6 +92,25 @@ impl KubeletBackend for NodeBackend {
         self.0.pods().into_iter().map(|p| (*p).clone()).collect()
     }
 
+    fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>> {
+        async move {
+            let instances = self.0.plugin.list(&self.0.call).await.map_err(backend_error)?;
+            instances
+                .iter()
+                .map(|i| {
+                    serde_json::from_value(super::status::running_pod_json(i, &self.0.node_name, &self.0.host_ip))
+                        .map_err(|e| {
+                            BackendError::Unavailable(format!(
+                                "instance {} of pod {}/{}: {e}",
+                                i.instance_id, i.pod.namespace, i.pod.name
+                            ))
+                        })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
     fn logs<'a>(
         &'a self,
         namespace: &'a str,

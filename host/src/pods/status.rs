@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::plugin::{ContainerState, ContainerStatus, PodStatus};
+use crate::plugin::{ContainerState, ContainerStatus, Instance, PodStatus};
 
 /// The current time in RFC 3339 (seconds), as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
@@ -74,6 +74,24 @@ pub fn pod_status_json(report: &PodStatus, host_ip: &str, instance_id: &str, pre
         status["startTime"] = json!(start);
     }
     status
+}
+
+/// A pod as the provider runs it (`/runningpods/`): its identity, the containers its instance
+/// runs (name and image, as the kubelet lists its runtime's pods) and the instance's status.
+pub fn running_pod_json(instance: &Instance, node: &str, host_ip: &str) -> Value {
+    let containers: Vec<Value> =
+        instance.status.container_statuses.iter().map(|c| json!({"name": c.name, "image": c.image})).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": instance.pod.namespace,
+            "name": instance.pod.name,
+            "uid": instance.pod.uid,
+        },
+        "spec": {"nodeName": node, "containers": containers},
+        "status": pod_status_json(&instance.status, host_ip, &instance.instance_id, None),
+    })
 }
 
 fn container_status_json(c: &ContainerStatus, instance_id: &str) -> Value {
@@ -207,6 +225,28 @@ mod tests {
                 last_state: None,
             }],
         }
+    }
+
+    #[test]
+    fn a_running_instance_is_a_pod_with_its_containers_and_status() {
+        let instance = Instance {
+            pod: crate::plugin::PodRef { namespace: "ns".into(), name: "web-1".into(), uid: "uid-1".into() },
+            instance_id: "cube-abc".into(),
+            status: running(true),
+        };
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(running_pod_json(&instance, "vk-1", "10.200.0.1")).unwrap();
+        assert_eq!(
+            (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref(), pod.metadata.uid.as_deref()),
+            (Some("ns"), Some("web-1"), Some("uid-1"))
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("vk-1"));
+        let images: Vec<_> = spec.containers.iter().map(|c| (c.name.as_str(), c.image.as_deref())).collect();
+        assert_eq!(images, [("web", Some("uhub.service.ucloud.cn/library/nginx"))]);
+        let status = pod.status.unwrap();
+        assert_eq!((status.phase.as_deref(), status.host_ip.as_deref()), (Some("Running"), Some("10.200.0.1")));
+        assert_eq!(status.container_statuses.unwrap()[0].container_id.as_deref(), Some("vk://cube-abc/web"));
     }
 
     #[test]
