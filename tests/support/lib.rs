@@ -37,13 +37,44 @@ pub fn repo_root() -> PathBuf {
 /// given through `VKCUBE_APISERVER_FLAGS` before the first call.
 pub fn cluster() -> &'static Cluster {
     init_tracing();
-    CLUSTER.get_or_init(|| start_cluster(&[]))
+    CLUSTER.get_or_init(|| start_cluster(&[], false))
 }
 
 /// Like [`cluster`], but the first caller decides extra kube-apiserver flags (for example a
 /// feature gate); later callers get the same cluster.
 pub fn cluster_with_apiserver_flags(flags: &[&str]) -> &'static Cluster {
-    CLUSTER.get_or_init(|| start_cluster(flags))
+    CLUSTER.get_or_init(|| start_cluster(flags, false))
+}
+
+/// Like [`cluster`], with metrics-server registered as `metrics.k8s.io` (`kubectl top`) when this
+/// is the binary's first call; only the tests that need it pay for it.
+pub fn cluster_with_metrics_server() -> &'static Cluster {
+    init_tracing();
+    CLUSTER.get_or_init(|| start_cluster(&[], true))
+}
+
+/// The routable address of the network namespace this test process runs in (see
+/// [`in_network_namespace`]), `None` on the host's network.
+pub fn network_namespace_address() -> Option<std::net::IpAddr> {
+    std::env::var("VKCUBE_NETNS_ADDRESS").ok().and_then(|a| a.parse().ok())
+}
+
+/// Runs test `name` of this binary again inside a network namespace of its own
+/// (`tests/cluster/netns`: a routable address on its loopback device, no traffic leaving it),
+/// where it starts its own control plane. Inside that run it returns the address and the test
+/// goes on; outside it waits for that run, fails if it failed, and returns `None`: the test
+/// returns at once. (A process cannot move its threads into a namespace mid-run, so the test
+/// runs again in a process started inside.)
+pub fn in_network_namespace(name: &str) -> Option<std::net::IpAddr> {
+    if let Some(address) = network_namespace_address() {
+        return Some(address);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(repo_root().join("tests/cluster/netns"));
+    cmd.arg(&exe).args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    let status = cmd.status().expect("run tests/cluster/netns");
+    assert!(status.success(), "{name} in a network namespace failed ({status}); its output is above");
+    None
 }
 
 /// Daemon logs in test output, filtered by `RUST_LOG` (quiet by default).
@@ -52,12 +83,15 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
 }
 
-fn start_cluster(apiserver_flags: &[&str]) -> Cluster {
+fn start_cluster(apiserver_flags: &[&str], metrics_server: bool) -> Cluster {
     let dir = std::env::temp_dir().join(format!("vkcube-cluster-{}", std::process::id()));
     let up = repo_root().join("tests/cluster/up");
     let started = Instant::now();
     let mut cmd = Command::new(&up);
     cmd.arg(&dir).env("VKCUBE_OWNER_PID", std::process::id().to_string());
+    if metrics_server {
+        cmd.env("VKCUBE_METRICS_SERVER", "1");
+    }
     if !apiserver_flags.is_empty() {
         let mut flags = std::env::var("VKCUBE_APISERVER_FLAGS").unwrap_or_default();
         for f in apiserver_flags {
