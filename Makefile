@@ -27,6 +27,7 @@ test: toolchain cluster-binaries plugins $(SDK_VENV)/.installed
 	cargo test --workspace --no-fail-fast
 	cargo build -p cube-sim
 	"$(SDK_VENV)/bin/python" -m pytest -q tests/cube-sim/sdk
+	tests/monitoring/check
 
 demo: toolchain cluster-binaries plugins
 	@tests/demo/run

@@ -275,4 +275,55 @@ mod tests {
         assert!(samples.iter().any(|(n, l, v)| n == "vkhost_plugin_reloads_total" && l[0].1 == "ok" && *v == 1.0));
         assert!(samples.iter().any(|(n, l, _)| n == "vkhost_instances_by_phase" && l[1].1 == "Run\"ning\n"));
     }
+
+    /// The alert rules and the dashboard in deploy/monitoring query only series this registry
+    /// exports, with the labels it gives them: renaming a metric or a label fails here.
+    #[test]
+    fn the_alerts_and_the_dashboard_query_exported_series() {
+        let m = Metrics::new();
+        m.observe_sync(Duration::from_millis(20), false);
+        m.reload(false);
+        m.orphans_deleted.inc();
+        m.set_phases("n1", &HashMap::from([("Running".to_string(), 1)]));
+        m.set_provider_calls([("create".to_string(), "ok".to_string(), 1)]);
+        m.set_plugin_counters(
+            "cube",
+            vec![(
+                ("cloud_api_errors".to_string(), vec![("action".into(), "A".into()), ("ret_code".into(), "1".into())]),
+                1,
+            )],
+        );
+        let text = m.render();
+        let mut exported: HashMap<String, Vec<String>> = HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, labels, _) = parse_sample(line).unwrap();
+            exported.entry(name).or_default().extend(labels.into_iter().map(|(k, _)| k));
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+        let mut checked = 0;
+        for file in ["vkhost-alerts.yaml", "vkhost-dashboard.json"] {
+            let source = std::fs::read_to_string(dir.join(file)).unwrap();
+            // Each `vkhost_…` name, and the label names inside its `{…}` selector if it has one.
+            for (at, _) in source.match_indices("vkhost_") {
+                let rest = &source[at..];
+                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                let name = &rest[..end];
+                let Some(labels) = exported.get(name) else {
+                    panic!("{file} queries {name}, which vkhost does not export; it does: {:?}", exported.keys());
+                };
+                checked += 1;
+                if let Some(selector) = rest[end..].strip_prefix('{') {
+                    let selector = &selector[..selector.find('}').unwrap()];
+                    for matcher in selector.split(',') {
+                        let label = matcher.split(['=', '!']).next().unwrap().trim();
+                        assert!(
+                            label == "instance" || label == "job" || labels.iter().any(|l| l == label),
+                            "{file}: {name} has no label {label}; it has {labels:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(checked >= 20, "only {checked} references found");
+    }
 }
