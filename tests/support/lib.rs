@@ -72,8 +72,14 @@ pub fn in_network_namespace(name: &str) -> Option<std::net::IpAddr> {
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = Command::new(repo_root().join("tests/cluster/netns"));
     cmd.arg(&exe).args(["--exact", name, "--nocapture", "--test-threads=1"]);
-    let status = cmd.status().expect("run tests/cluster/netns");
-    assert!(status.success(), "{name} in a network namespace failed ({status}); its output is above");
+    let out = cmd.output().expect("run tests/cluster/netns");
+    assert!(
+        out.status.success(),
+        "{name} in a network namespace failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     None
 }
 
