@@ -24,6 +24,7 @@ $(SDK_VENV)/.installed: tests/cube-sim/sdk/requirements.txt
 	@cp $< $@
 
 test: toolchain cluster-binaries plugins $(SDK_VENV)/.installed
+	@tests/chart/build >/dev/null
 	cargo test --workspace --no-fail-fast
 	cargo build -p cube-sim
 	"$(SDK_VENV)/bin/python" -m pytest -q tests/cube-sim/sdk
