@@ -308,9 +308,12 @@ pub fn render_metrics(now: DateTime<Utc>, usage: &[PodUsage], scrape_error: bool
             "counter",
             "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
         );
-        let _ = writeln!(out, "node_cpu_usage_seconds_total {} {now_ms}", seconds(node_cpu));
+        // Stamped with the pods' sample time, not the time of this answer: metrics-server divides
+        // the counter's increase by the time between two samples, and the counter is the pods'.
+        let node_ms = usage.iter().map(|p| millis(&p.timestamp, now_ms)).max().unwrap_or(now_ms);
+        let _ = writeln!(out, "node_cpu_usage_seconds_total {} {node_ms}", seconds(node_cpu));
         header(&mut out, "node_memory_working_set_bytes", "gauge", "[STABLE] Current working set of the node in bytes");
-        let _ = writeln!(out, "node_memory_working_set_bytes {node_mem} {now_ms}");
+        let _ = writeln!(out, "node_memory_working_set_bytes {node_mem} {node_ms}");
     }
     header(
         &mut out,
@@ -386,8 +389,9 @@ mod tests {
         );
         assert!(text.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 3 "));
         assert!(text.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 1024 "));
-        assert!(text.contains("node_cpu_usage_seconds_total 3 "));
-        assert!(text.contains("node_memory_working_set_bytes 1024 "));
+        // At the pods' sample time (16:00:00), not the answer's (16:00:10).
+        assert!(text.contains("node_cpu_usage_seconds_total 3 1795708800000\n"), "{text}");
+        assert!(text.contains("node_memory_working_set_bytes 1024 1795708800000\n"), "{text}");
         assert!(text.contains("scrape_error 0\n"));
         assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter"));
     }
