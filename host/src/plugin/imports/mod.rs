@@ -1,10 +1,11 @@
 //! What a plugin's guest code can reach: the state of one call's store and the host side of the
-//! contract's imports (`http`, `log`, `kv`), plus WASI with nothing granted.
+//! contract's imports (`http`, `log`, `kv`, `metrics`, `store`), plus WASI with nothing granted.
 
 pub mod http;
 pub mod kv;
 mod log;
 pub mod metrics;
+mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use self::kv::KvStore;
 use self::metrics::PluginCounters;
 use crate::plugin::since_v0_1_0::vk::provider as wit;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
+use crate::records::Registry;
 
 /// Who is calling, for logs and error messages.
 #[derive(Debug, Clone)]
@@ -35,6 +37,9 @@ pub struct HostState {
     kv: Arc<KvStore>,
     counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
+    /// The durable node records, and the node of this call's context (none: no `store`).
+    records: Arc<Registry>,
+    node: Option<String>,
     /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
     logged: u32,
     pub(crate) guard: Guard,
@@ -69,6 +74,8 @@ impl HostState {
         kv: Arc<KvStore>,
         counters: Arc<PluginCounters>,
         egress: Arc<Egress>,
+        records: Arc<Registry>,
+        node: Option<String>,
         memory_cap: usize,
         cpu_deadline: Duration,
     ) -> Self {
@@ -83,6 +90,8 @@ impl HostState {
             kv,
             counters,
             egress,
+            records,
+            node,
             logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()
