@@ -24,14 +24,14 @@ use crate::node::election_lease_name;
 use crate::node::naming::{CLUSTER_LABEL, NODE_ID_LABEL};
 use crate::plugin::{DeleteReason, PodRef};
 
-/// At most this many plugin keys per node.
-pub const MAX_KEYS: usize = 256;
+/// At most this many plugin keys per node (a key per pod of a full node, with room to spare).
+pub const MAX_KEYS: usize = 1024;
 /// A plugin key is 1 to this many bytes.
 pub const MAX_KEY_BYTES: usize = 128;
 /// A plugin value is at most this many bytes.
 pub const MAX_VALUE_BYTES: usize = 1024;
 /// Plugin keys and values of one node together.
-pub const MAX_TOTAL_BYTES: usize = 64 * 1024;
+pub const MAX_TOTAL_BYTES: usize = 128 * 1024;
 
 /// Annotation on the ConfigMap naming the Node its records belong to, so `vkhost node delete`
 /// finds them again when the Node object is already gone.
@@ -593,7 +593,7 @@ mod tests {
         r.set("k/001", b"x".to_vec()).await.unwrap();
         assert_eq!(r.keys("").len(), MAX_KEYS);
         assert!(r.get("one-too-many").is_none());
-        // The total: 64 values of 1 KiB do not fit with their keys.
+        // The total: 128 values of 1 KiB do not fit with their keys.
         let api = Arc::new(FakeApi::default());
         let r = records(&api).await;
         let mut stored = 0;
