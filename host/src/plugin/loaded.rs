@@ -17,7 +17,7 @@ use crate::plugin::error::{CallError, Export, LoadError};
 use crate::plugin::imports::http::{Allowlist, Egress, refused_header};
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
-use crate::plugin::imports::{HostState, Identity};
+use crate::plugin::imports::{HostState, Identity, StoreScope};
 use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
 use crate::plugin::since_v0_1_0::{self, PluginInfo, Provider, ProviderError, ProviderPre, StreamTarget};
@@ -248,8 +248,7 @@ impl Loaded {
             self.kv.clone(),
             self.counters.clone(),
             self.egress.clone(),
-            self.records.clone(),
-            node.map(str::to_owned),
+            StoreScope { records: self.records.clone(), node: node.map(str::to_owned) },
             self.limits.memory_bytes(),
             cpu,
         );

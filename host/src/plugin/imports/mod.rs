@@ -22,6 +22,13 @@ use crate::plugin::since_v0_1_0::vk::provider as wit;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 use crate::records::Registry;
 
+/// What the `store` import of a call reaches: the durable node records, and the node of the
+/// call's context (none: no `store`).
+pub(crate) struct StoreScope {
+    pub records: Arc<Registry>,
+    pub node: Option<String>,
+}
+
 /// Who is calling, for logs and error messages.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -37,9 +44,7 @@ pub struct HostState {
     kv: Arc<KvStore>,
     counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
-    /// The durable node records, and the node of this call's context (none: no `store`).
-    records: Arc<Registry>,
-    node: Option<String>,
+    store: StoreScope,
     /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
     logged: u32,
     pub(crate) guard: Guard,
@@ -74,8 +79,7 @@ impl HostState {
         kv: Arc<KvStore>,
         counters: Arc<PluginCounters>,
         egress: Arc<Egress>,
-        records: Arc<Registry>,
-        node: Option<String>,
+        store: StoreScope,
         memory_cap: usize,
         cpu_deadline: Duration,
     ) -> Self {
@@ -90,8 +94,7 @@ impl HostState {
             kv,
             counters,
             egress,
-            records,
-            node,
+            store,
             logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()

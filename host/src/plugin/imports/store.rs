@@ -12,10 +12,10 @@ use crate::records::{NodeRecords, RecordsError};
 
 impl HostState {
     fn node_records(&self) -> Result<Arc<NodeRecords>, StoreError> {
-        let Some(node) = &self.node else {
+        let Some(node) = &self.store.node else {
             return Err(StoreError::Unavailable("store: this call is about no node, so it has no store".into()));
         };
-        self.records.get(node).ok_or_else(|| {
+        self.store.records.get(node).ok_or_else(|| {
             StoreError::Unavailable(format!("store: node {node} has no durable records in this process"))
         })
     }
