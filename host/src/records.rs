@@ -32,6 +32,9 @@ pub const MAX_KEY_BYTES: usize = 128;
 pub const MAX_VALUE_BYTES: usize = 1024;
 /// Plugin keys and values of one node together.
 pub const MAX_TOTAL_BYTES: usize = 128 * 1024;
+/// Pending deletions one node records: ten times the pods a node may have, and with the plugin's
+/// records well inside a ConfigMap's 1 MiB (1,000 deletions take about 196 KB).
+pub const MAX_DELETIONS: usize = 2000;
 
 /// Annotation on the ConfigMap naming the Node its records belong to, so `vkhost node delete`
 /// finds them again when the Node object is already gone.
@@ -327,6 +330,13 @@ impl NodeRecords {
             let mut state = self.state.lock().unwrap();
             if state.wanted.deletions.get(&deletion.pod.uid) == Some(&deletion) {
                 state.generation
+            } else if !state.wanted.deletions.contains_key(&deletion.pod.uid)
+                && state.wanted.deletions.len() >= MAX_DELETIONS
+            {
+                return Err(RecordsError::OverLimit(format!(
+                    "{MAX_DELETIONS} deletions are already recorded for the node; {} is not",
+                    deletion.pod.uid
+                )));
             } else {
                 state.wanted.deletions.insert(deletion.pod.uid.clone(), deletion);
                 state.generation += 1;
@@ -693,5 +703,20 @@ mod tests {
         }
         assert_eq!(records(&api).await.pending_deletions().len(), 50);
         assert!(*api.puts.lock().unwrap() < 50, "{} writes", api.puts.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn deletions_past_the_cap_are_refused_and_known_ones_still_update() {
+        let api = Arc::new(FakeApi::default());
+        let r = records(&api).await;
+        for i in 0..MAX_DELETIONS {
+            r.record_deletion(deletion(&format!("u{i}"))).await.unwrap();
+        }
+        let err = r.record_deletion(deletion("one-more")).await.unwrap_err();
+        assert!(matches!(err, RecordsError::OverLimit(_)), "{err:?}");
+        let mut known = deletion("u7");
+        known.reason = DeleteReason::Orphaned;
+        r.record_deletion(known).await.unwrap();
+        assert_eq!(r.pending_deletions().len(), MAX_DELETIONS);
     }
 }

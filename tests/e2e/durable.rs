@@ -2,9 +2,14 @@
 //! deletes take a while (`lifecycle.deleting_ms`): a `vkhost node delete` stopped after the
 //! instance's deletion began is finished by the next run, UDisks included, even with the Node
 //! object already gone; a pod deletion in progress when the daemon crashes is seen through by
-//! the next daemon. What must still be done lives in the node's records ConfigMap.
+//! the next daemon. What must still be done lives in the node's records ConfigMap, and a burst
+//! of deletions shares its writes.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
@@ -14,7 +19,8 @@ use vkcube_e2e::cube::CubeEnv;
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{TestNamespace, cluster, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
-use vkhost::records::configmap_name;
+use vkhost::plugin::{DeleteReason, PodRef};
+use vkhost::records::{KubePersist, NodeRecords, Owner, PendingDeletion, Persist, PersistError, configmap_name};
 
 /// Long enough that a test sees the instance Terminating and acts before it is gone.
 const DELETING_MS: u64 = 4000;
@@ -188,4 +194,74 @@ async fn a_pod_deletion_in_progress_when_the_daemon_crashes_is_seen_through_by_t
     assert_eq!(instance_state(&env, &uid).await, "Deleted");
     daemon.stop().await;
     env.stop().await;
+}
+
+/// The apiserver's ConfigMap, with its writes counted.
+struct CountedWrites(KubePersist, Arc<AtomicU32>);
+
+impl Persist for CountedWrites {
+    fn get(&self) -> BoxFuture<'_, Result<Option<ConfigMap>, PersistError>> {
+        self.0.get()
+    }
+    fn put(&self, cm: ConfigMap) -> BoxFuture<'_, Result<String, PersistError>> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.put(cm)
+    }
+    fn delete(&self) -> BoxFuture<'_, Result<(), PersistError>> {
+        self.0.delete()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_deletions_in_progress_is_recorded_in_a_few_shared_writes() {
+    const PODS: usize = 1000;
+    let cluster = cluster();
+    let ns = cluster.namespace("durable-burst").await;
+    let owner = Owner { cluster_id: "burst".into(), node_id: "n1".into(), node_name: "burst-vk-abcde".into() };
+    let writes = Arc::new(AtomicU32::new(0));
+    let persist =
+        CountedWrites(KubePersist::new(ns.client.clone(), &ns.name, &configmap_name("burst", "n1")), writes.clone());
+    let records = NodeRecords::load(owner.clone(), Box::new(persist)).await.unwrap();
+    let deletion = |i: usize| PendingDeletion {
+        pod: PodRef {
+            namespace: ns.name.clone(),
+            name: format!("web-{i}"),
+            uid: format!("00000000-0000-4000-8000-{i:012}"),
+        },
+        reason: DeleteReason::PodDeleted,
+        instance_id: format!("cube-{i:08}"),
+    };
+    let started = Instant::now();
+    let recorded = futures::future::join_all((0..PODS).map(|i| records.record_deletion(deletion(i)))).await;
+    let record_took = started.elapsed();
+    assert!(recorded.iter().all(Result::is_ok));
+    let record_writes = writes.swap(0, Ordering::Relaxed);
+    // All of them in the cluster, for the next process.
+    let fresh = NodeRecords::load_from_cluster(&ns.client, &ns.name, owner).await.unwrap();
+    assert_eq!(fresh.pending_deletions().len(), PODS);
+    let size = Api::<ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+        .get(&configmap_name("burst", "n1"))
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()
+        .values()
+        .map(String::len)
+        .sum::<usize>();
+
+    let started = Instant::now();
+    let uids: Vec<String> = (0..PODS).map(|i| deletion(i).pod.uid).collect();
+    let dropped = futures::future::join_all(uids.iter().map(|uid| records.drop_deletion(uid))).await;
+    let drop_took = started.elapsed();
+    assert!(dropped.iter().all(Result::is_ok));
+    let drop_writes = writes.load(Ordering::Relaxed);
+    assert!(records.pending_deletions().is_empty());
+    println!(
+        "{PODS} deletions: recorded in {record_writes} writes, {record_took:?}; ConfigMap {size} bytes; dropped in {drop_writes} writes, {drop_took:?}"
+    );
+    // Group commit: concurrent changes share writes instead of queueing one write each.
+    assert!(
+        record_writes < PODS as u32 / 10 && drop_writes < PODS as u32 / 10,
+        "{record_writes} and {drop_writes} writes"
+    );
 }

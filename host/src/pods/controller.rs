@@ -550,8 +550,13 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
                     .or_else(|| pod.annotations().get(INSTANCE_ANNOTATION).cloned())
                     .unwrap_or_default();
                 let pending = PendingDeletion { pod: pref.clone(), reason: DeleteReason::PodDeleted, instance_id };
-                if let Err(source) = ctx.records.record_deletion(pending).await {
-                    return Err(SyncError::Records { pod: k, source });
+                match ctx.records.record_deletion(pending).await {
+                    Ok(()) => {}
+                    // Too many at once: this one is seen through from memory only.
+                    Err(RecordsError::OverLimit(why)) => {
+                        tracing::warn!(pod = %k, %why, "deletion in progress not recorded")
+                    }
+                    Err(source) => return Err(SyncError::Records { pod: k, source }),
                 }
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let mut wait = Duration::from_millis(50);
