@@ -3,7 +3,8 @@
 //!
 //! The rooms: `plugin` (the WASM runtime and hot reload), `node` (registration, leases, HA,
 //! operations), `pods` (the pod controller), `kubelet` (the HTTPS API the apiserver calls),
-//! `config`, `apiclient` (the rate-limited Kubernetes client), `metrics`, `daemon` (wiring).
+//! `config`, `apiclient` (the rate-limited Kubernetes client), `metrics`, `records` (what must
+//! still be done for a node after a restart), `daemon` (wiring).
 
 pub mod apiclient;
 pub mod config;
@@ -13,3 +14,4 @@ pub mod metrics;
 pub mod node;
 pub mod plugin;
 pub mod pods;
+pub mod records;

@@ -196,6 +196,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let plugin = vkhost::daemon::load_plugin(&cfg).await.context("loading the provider plugin")?;
                     let report = vkhost::node::ops::delete(&client, &plugin, &cfg, &name).await?;
                     println!("node {name} deleted with its {} instances", report.instances_deleted);
+                    if report.deletions_resumed > 0 {
+                        println!("finished {} deletions an interrupted run had started", report.deletions_resumed);
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -286,9 +286,21 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
             "{err:?}"
         );
         let text = err.to_string();
-        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.1"), "{text}");
+        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.2"), "{text}");
         // Refused from the bytes alone: nothing was compiled into the cache.
         assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
+    }
+}
+
+#[tokio::test]
+async fn plugins_built_against_every_0_1_patch_run_on_this_host() {
+    // 0.1.0 (the example as built), 0.1.1 (before `store`) and 0.1.2 (the host's own).
+    for version in ["0.1.0", "0.1.1", "0.1.2"] {
+        let path = if version == "0.1.0" { plugin("example.wasm") } else { with_contract(version) };
+        let p = Plugin::load(PluginRuntime::new().unwrap(), settings(path), vec![]).await.unwrap();
+        assert_eq!(p.summary().load.contract, version);
+        let offer = p.describe_node(&ctx("n1", "{}")).await.unwrap();
+        assert!(!offer.capacity.is_empty(), "{version}");
     }
 }
 
@@ -407,5 +419,5 @@ async fn plugin_check_never_prints_the_cube_credentials() {
 async fn the_cube_plugin_loads() {
     let path = plugin("cube.wasm");
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
-    assert_eq!(p.info().contract_version, "0.1.1");
+    assert_eq!(p.info().contract_version, "0.1.2");
 }

@@ -151,8 +151,10 @@ fn the_daemon_identity_holds_exactly_the_listed_permissions() {
     .map(String::from)
     .collect();
     assert_eq!(grants(&get(&["get", "clusterrole", "vkhost"])), expected);
-    let election: BTreeSet<String> =
-        ["get", "create", "update", "patch"].into_iter().map(|v| format!("coordination.k8s.io leases {v}")).collect();
+    let election: BTreeSet<String> = ["get", "create", "update", "patch"]
+        .into_iter()
+        .flat_map(|v| [format!("coordination.k8s.io leases {v}"), format!("core configmaps {v}")])
+        .collect();
     assert_eq!(grants(&get(&["get", "role", "vkhost-election", "-n", "vkhost-system"])), election);
 
     // Every binding of the ServiceAccount, so no other role sneaks in.
@@ -203,6 +205,9 @@ fn the_daemon_identity_holds_exactly_the_listed_permissions() {
     assert!(!can(&["update", "certificatesigningrequests", "--subresource=approval"]), "never approves a CSR");
     assert!(can(&["create", "certificatesigningrequests", "--subresource=nodeclient"]));
     assert!(can(&["update", "leases.coordination.k8s.io", "-n", "vkhost-system"]));
+    assert!(can(&["update", "configmaps", "-n", "vkhost-system"]), "the nodes' durable records");
+    assert!(!can(&["update", "configmaps", "-n", "default"]), "in the HA namespace only");
+    assert!(!can(&["delete", "configmaps", "-n", "vkhost-system"]));
     assert!(!can(&["create", "tokenreviews.authentication.k8s.io"]), "nodes review their callers themselves");
     assert!(can(&["get", "configmaps/extension-apiserver-authentication", "-n", "kube-system"]));
 }

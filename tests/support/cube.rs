@@ -24,8 +24,14 @@ pub struct CubeEnv {
 
 impl CubeEnv {
     pub async fn start(cluster: &Cluster, provisioner: bool) -> CubeEnv {
+        CubeEnv::start_with(cluster, provisioner, |_| {}).await
+    }
+
+    /// `start` with the simulator's config adjusted by `configure` (say, `lifecycle.deleting_ms`).
+    pub async fn start_with(cluster: &Cluster, provisioner: bool, configure: impl FnOnce(&mut SimConfig)) -> CubeEnv {
         let mut cfg = SimConfig::default().with_key(PUBLIC_KEY, PRIVATE_KEY).without_delays();
         cfg.registries.push(PRIVATE_REGISTRY.into());
+        configure(&mut cfg);
         let sim = Simulator::start(cfg).await.expect("start cube-sim");
         let stop = CancellationToken::new();
         if provisioner {

@@ -25,6 +25,7 @@ use crate::kubelet::KubeletServer;
 use crate::metrics::Metrics;
 use crate::plugin::{CallContext, Plugin};
 use crate::pods::{self, NodeBackend, NodeContext};
+use crate::records::{self, NodeRecords};
 use lease::Claim;
 use registration::{DISABLED_ANNOTATION, NodeShape};
 
@@ -186,6 +187,8 @@ pub enum NodeError {
     Kube { node: String, source: kube::Error },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    #[error("node {node}: durable records: {message}")]
+    Records { node: String, message: String },
 }
 
 /// Acting for a node while we hold its election: registration, heartbeats, kubelet API, pods.
@@ -223,6 +226,17 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         offer,
     };
     let (name, exists) = registration::find_or_name(&client, &shape).await?;
+    // What must still be done for the node (the plugin's obligations, deletions in progress),
+    // as the last replica to act left it; the plugin's `store` reaches it from here on.
+    let owner = records::Owner {
+        cluster_id: shared.config.cluster_id.clone(),
+        node_id: settings.id.clone(),
+        node_name: name.clone(),
+    };
+    let records = NodeRecords::load_from_cluster(&client, &shared.config.ha.namespace, owner)
+        .await
+        .map_err(|message| NodeError::Records { node: name.clone(), message })?;
+    let _registered = shared.plugin.records().register(&name, records.clone());
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
     let lanes = identity::LaneLimits {
         pods: shared.config.api.clone(),
@@ -243,6 +257,7 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         shape.address.clone(),
         shared.config.pods.clone(),
         shared.metrics.clone(),
+        records,
     );
     let backend = Arc::new(NodeBackend(ctx.clone()));
     let server = KubeletServer::start(kubelet_cfg, backend, client.clone(), clients.reviews.clone(), term.clone())

@@ -1,11 +1,13 @@
 //! Operator actions on a virtual node (N6, N7): disable (cordon; no new instances, existing kept),
 //! enable, and delete (every instance through the provider — with the volumes the provider
-//! deletes with them — then the Node, which the daemon will not recreate).
+//! deletes with them — then the Node, which the daemon will not recreate). A delete records
+//! each deletion in the node's durable records before asking for it, so a delete that was
+//! stopped midway is finished by the next run, even when the Node object is already gone.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -15,6 +17,7 @@ use super::registration::DISABLED_ANNOTATION;
 use super::{DELETED_ANNOTATION, election_lease_name};
 use crate::config::DaemonConfig;
 use crate::plugin::{CallContext, CallError, DeleteReason, Plugin, ProviderError};
+use crate::records::{self, NodeRecords, Owner, PendingDeletion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -60,10 +63,28 @@ async fn set_disabled(client: &Client, name: &str, disabled: bool) -> Result<(),
 #[derive(Debug, Default)]
 pub struct DeleteReport {
     pub instances_deleted: usize,
+    /// Deletions a previous, interrupted run had started and this one saw through.
+    pub deletions_resumed: usize,
+}
+
+/// The config node id whose durable records belong to Node `name`, for a Node already deleted.
+async fn node_id_from_records(client: &Client, config: &DaemonConfig, name: &str) -> Result<Option<String>, OpsError> {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &config.ha.namespace);
+    for n in &config.nodes {
+        let cm_name = records::configmap_name(&config.cluster_id, &n.id);
+        let cm = configmaps.get_opt(&cm_name).await.map_err(|source| OpsError::Kube { node: name.into(), source })?;
+        let owner =
+            cm.and_then(|cm| cm.metadata.annotations).and_then(|a| a.get(records::NODE_NAME_ANNOTATION).cloned());
+        if owner.as_deref() == Some(name) {
+            return Ok(Some(n.id.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes every instance of the node through the provider, waits until they are gone, marks
-/// the node deleted for the daemon, then deletes the Node and its heartbeat Lease.
+/// the node deleted for the daemon, then deletes the Node, its heartbeat Lease and its durable
+/// records. Run again after an interruption, it finishes what the records say is left.
 pub async fn delete(
     client: &Client,
     plugin: &Plugin,
@@ -72,8 +93,12 @@ pub async fn delete(
 ) -> Result<DeleteReport, OpsError> {
     let err = |source| OpsError::Kube { node: name.into(), source };
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = nodes.get_opt(name).await.map_err(err)?.ok_or_else(|| OpsError::NoSuchNode(name.into()))?;
-    let id = node.metadata.labels.clone().unwrap_or_default().get(NODE_ID_LABEL).cloned().unwrap_or_default();
+    let node = nodes.get_opt(name).await.map_err(err)?;
+    let id = match &node {
+        Some(node) => node.metadata.labels.clone().unwrap_or_default().get(NODE_ID_LABEL).cloned().unwrap_or_default(),
+        // Deleted by an earlier run that stopped before its records were done.
+        None => node_id_from_records(client, config, name).await?.ok_or_else(|| OpsError::NoSuchNode(name.into()))?,
+    };
     let settings = config
         .nodes
         .iter()
@@ -86,6 +111,16 @@ pub async fn delete(
     let normalised =
         plugin.validate_config(&id, &json).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
     let call = CallContext { node_name: name.into(), config: normalised };
+    let provider = |source| OpsError::Provider { node: name.into(), source };
+    let recording = |e: records::RecordsError| OpsError::Other { node: name.into(), message: e.to_string() };
+
+    // The node's durable records: the plugin's obligations and the deletions a stopped run left.
+    let owner = Owner { cluster_id: config.cluster_id.clone(), node_id: id.clone(), node_name: name.into() };
+    let records = NodeRecords::load_from_cluster(client, &config.ha.namespace, owner)
+        .await
+        .map_err(|message| OpsError::Other { node: name.into(), message })?;
+    let _registered = plugin.records().register(name, records.clone());
+    let mut report = DeleteReport { deletions_resumed: records.pending_deletions().len(), ..DeleteReport::default() };
 
     // Stop the daemon from acting for (and recreating) the node first.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.ha.namespace);
@@ -102,32 +137,61 @@ pub async fn delete(
         }
         Err(e) => return Err(err(e)),
     }
-    set_disabled(client, name, true).await?;
+    if node.is_some() {
+        set_disabled(client, name, true).await?;
+    }
 
-    let mut report = DeleteReport::default();
-    let instances = plugin.list(&call).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
+    let instances = plugin.list(&call).await.map_err(provider)?;
     for inst in &instances {
+        // Recorded before it is asked for: a run stopped from here on is finished by the next.
+        let pending = PendingDeletion {
+            pod: inst.pod.clone(),
+            reason: DeleteReason::NodeDeleted,
+            instance_id: inst.instance_id.clone(),
+        };
+        records.record_deletion(pending).await.map_err(recording)?;
         match plugin.delete(&call, &inst.pod, DeleteReason::NodeDeleted).await {
             Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => report.instances_deleted += 1,
-            Err(source) => return Err(OpsError::Provider { node: name.into(), source }),
+            Err(source) => return Err(provider(source)),
         }
     }
+    // Done when the provider lists nothing and says `not-found` for every recorded deletion
+    // (the moment a provider finishes what it had left to do for an instance, such as volumes).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let left = plugin.list(&call).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
-        if left.is_empty() {
+        for pending in records.pending_deletions() {
+            match plugin.status(&call, &pending.pod).await {
+                Err(CallError::Provider(ProviderError::NotFound(_))) => {
+                    records.drop_deletion(&pending.pod.uid).await.map_err(recording)?
+                }
+                Ok(_) => {}
+                Err(source) => return Err(provider(source)),
+            }
+        }
+        let left = plugin.list(&call).await.map_err(provider)?;
+        let pending = records.pending_deletions().len();
+        if left.is_empty() && pending == 0 {
             break;
         }
         if Instant::now() > deadline {
             return Err(OpsError::Other {
                 node: name.into(),
-                message: format!("{} instances still exist after 120 s", left.len()),
+                message: format!(
+                    "{} instances still exist and {pending} deletions are unfinished after 120 s; run the delete again",
+                    left.len()
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    nodes.delete(name, &DeleteParams::default()).await.map_err(err)?;
+    match nodes.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(err(e)),
+    }
     let node_leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let _ = node_leases.delete(name, &DeleteParams::default()).await;
+    // Nothing is left to do for the node.
+    records.remove_all().await.map_err(recording)?;
     Ok(report)
 }

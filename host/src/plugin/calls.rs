@@ -13,15 +13,15 @@ use crate::plugin::since_v0_1_0::{
 };
 
 /// Calls `$export`, whose WIT signature is `($params) -> result<$ok, provider-error>` in the
-/// bindings, with the given arguments on the active version.
+/// bindings, with the given arguments on the active version; its `store` is that of `$ctx`'s node.
 macro_rules! call_export {
-    ($self:ident, $export:expr, ($($param:ty),*) -> $ok:ty, ($($arg:expr),*)) => {{
+    ($self:ident, $export:expr, $ctx:expr, ($($param:ty),*) -> $ok:ty, ($($arg:expr),*)) => {{
         let export = $export;
         // Our own Arc: a concurrent reload swaps the pointer, never this call's version.
         let loaded = $self.active.load_full();
         let started = Instant::now();
         let result = loaded
-            .call(export, |func, mut store| async move {
+            .call(export, Some($ctx.node_name.as_str()), |func, mut store| async move {
                 // SAFETY: `Loaded` typechecked every export against these types at load (see
                 // `Loaded::call`); the signatures here are the bindings' own.
                 let func = unsafe { TypedFunc::<($($param,)*), (Result<$ok, ProviderError>,)>::new_unchecked(func) };
@@ -53,36 +53,37 @@ impl Plugin {
     }
 
     pub async fn describe_node(&self, ctx: &CallContext) -> Result<NodeOffer, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::Describe, (&CallContext) -> NodeOffer, (ctx));
+        let (_, export, started, result) =
+            call_export!(self, Export::Describe, ctx, (&CallContext) -> NodeOffer, (ctx));
         self.finish(export, started, result)
     }
 
     pub async fn create(&self, ctx: &CallContext, pod: &ResolvedPod) -> Result<PodOutcome, CallError> {
         let (_, export, started, result) =
-            call_export!(self, Export::Create, (&CallContext, &ResolvedPod) -> PodOutcome, (ctx, pod));
+            call_export!(self, Export::Create, ctx, (&CallContext, &ResolvedPod) -> PodOutcome, (ctx, pod));
         self.finish(export, started, result)
     }
 
     pub async fn update(&self, ctx: &CallContext, pod: &ResolvedPod) -> Result<PodOutcome, CallError> {
         let (_, export, started, result) =
-            call_export!(self, Export::Update, (&CallContext, &ResolvedPod) -> PodOutcome, (ctx, pod));
+            call_export!(self, Export::Update, ctx, (&CallContext, &ResolvedPod) -> PodOutcome, (ctx, pod));
         self.finish(export, started, result)
     }
 
     pub async fn delete(&self, ctx: &CallContext, pod: &PodRef, reason: DeleteReason) -> Result<Deletion, CallError> {
-        let (_, export, started, result) =
-            call_export!(self, Export::Delete, (&CallContext, &PodRef, DeleteReason) -> Deletion, (ctx, pod, reason));
+        let (_, export, started, result) = call_export!(self, Export::Delete, ctx, (&CallContext, &PodRef, DeleteReason) -> Deletion, (ctx, pod, reason));
         self.finish(export, started, result)
     }
 
     pub async fn status(&self, ctx: &CallContext, pod: &PodRef) -> Result<PodStatus, CallError> {
         let (_, export, started, result) =
-            call_export!(self, Export::Status, (&CallContext, &PodRef) -> PodStatus, (ctx, pod));
+            call_export!(self, Export::Status, ctx, (&CallContext, &PodRef) -> PodStatus, (ctx, pod));
         self.finish(export, started, result)
     }
 
     pub async fn list(&self, ctx: &CallContext) -> Result<Vec<Instance>, CallError> {
-        let (_, export, started, result) = call_export!(self, Export::List, (&CallContext) -> Vec<Instance>, (ctx));
+        let (_, export, started, result) =
+            call_export!(self, Export::List, ctx, (&CallContext) -> Vec<Instance>, (ctx));
         self.finish(export, started, result)
     }
 
@@ -94,7 +95,7 @@ impl Plugin {
         container: &str,
         opts: &LogOptions,
     ) -> Result<StreamTarget, CallError> {
-        let (loaded, export, started, result) = call_export!(self, Export::Logs, (&CallContext, &PodRef, &str, &LogOptions) -> StreamTarget, (ctx, pod, container, opts));
+        let (loaded, export, started, result) = call_export!(self, Export::Logs, ctx, (&CallContext, &PodRef, &str, &LogOptions) -> StreamTarget, (ctx, pod, container, opts));
         let result = result.and_then(|t| loaded.vet_stream_target(export, t));
         self.finish(export, started, result)
     }
@@ -107,7 +108,7 @@ impl Plugin {
         container: &str,
         opts: &ExecOptions,
     ) -> Result<StreamTarget, CallError> {
-        let (loaded, export, started, result) = call_export!(self, Export::Exec, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
+        let (loaded, export, started, result) = call_export!(self, Export::Exec, ctx, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
         let result = result.and_then(|t| loaded.vet_stream_target(export, t));
         self.finish(export, started, result)
     }
@@ -120,14 +121,14 @@ impl Plugin {
         container: &str,
         opts: &ExecOptions,
     ) -> Result<StreamTarget, CallError> {
-        let (loaded, export, started, result) = call_export!(self, Export::Attach, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
+        let (loaded, export, started, result) = call_export!(self, Export::Attach, ctx, (&CallContext, &PodRef, &str, &ExecOptions) -> StreamTarget, (ctx, pod, container, opts));
         let result = result.and_then(|t| loaded.vet_stream_target(export, t));
         self.finish(export, started, result)
     }
 
     pub async fn usage(&self, ctx: &CallContext, pods: &[PodRef]) -> Result<Vec<PodUsage>, CallError> {
         let (_, export, started, result) =
-            call_export!(self, Export::Usage, (&CallContext, &[PodRef]) -> Vec<PodUsage>, (ctx, pods));
+            call_export!(self, Export::Usage, ctx, (&CallContext, &[PodRef]) -> Vec<PodUsage>, (ctx, pods));
         self.finish(export, started, result)
     }
 }

@@ -73,6 +73,11 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// The durable node records the plugin's `store` import reaches (register a node's there).
+    pub fn records(&self) -> &Arc<crate::records::Registry> {
+        self.rt.records()
+    }
+
     /// Loads the plugin at `settings.path` and validates each `(node, config json)` with it; any
     /// failure refuses the load.
     pub async fn load(

@@ -17,10 +17,11 @@ use crate::plugin::error::{CallError, Export, LoadError};
 use crate::plugin::imports::http::{Allowlist, Egress, refused_header};
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
-use crate::plugin::imports::{HostState, Identity};
+use crate::plugin::imports::{HostState, Identity, StoreScope};
 use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
 use crate::plugin::since_v0_1_0::{self, PluginInfo, Provider, ProviderError, ProviderPre, StreamTarget};
+use crate::records::Registry;
 
 /// How the load went, for `vkhost plugin check` and the reload events.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,6 +52,7 @@ pub struct Loaded {
     kv: Arc<KvStore>,
     pub(crate) counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
+    records: Arc<Registry>,
     limits: Limits,
 }
 
@@ -207,6 +209,7 @@ pub(crate) async fn load_bytes(
         kv: Arc::new(KvStore::new(0)),
         counters: Arc::default(),
         egress,
+        records: rt.records().clone(),
         limits: settings.limits.clone(),
     };
     loaded.typecheck_exports().await.map_err(typecheck)?;
@@ -236,14 +239,16 @@ struct Verdict {
 }
 
 impl Loaded {
-    /// A fresh store for one call: limits armed, nothing shared with any other call but `kv`.
-    fn new_store(&self) -> Store<HostState> {
+    /// A fresh store for one call: limits armed, nothing shared with any other call but `kv`
+    /// (and `store`, for calls about `node`).
+    fn new_store(&self, node: Option<&str>) -> Store<HostState> {
         let cpu = self.limits.cpu_deadline();
         let state = HostState::new(
             self.identity.clone(),
             self.kv.clone(),
             self.counters.clone(),
             self.egress.clone(),
+            StoreScope { records: self.records.clone(), node: node.map(str::to_owned) },
             self.limits.memory_bytes(),
             cpu,
         );
@@ -305,7 +310,7 @@ impl Loaded {
     /// Typechecks every export against the host's bindings, once per version: the generated
     /// bindings do so when they instantiate. After this, `call` may skip the check (see there).
     async fn typecheck_exports(&self) -> wasmtime::Result<()> {
-        let mut store = self.new_store();
+        let mut store = self.new_store(None);
         let Bindings::V0_1(pre) = &self.pre;
         let _: Provider = pre.instantiate_async(&mut store).await?;
         Ok(())
@@ -319,14 +324,14 @@ impl Loaded {
     /// sound because `typecheck_exports` checked every export against the same Rust types when
     /// this version was loaded. Typing each call's function again (what the generated
     /// `instantiate` does for all twelve exports) cost about a tenth of a call.
-    pub(crate) async fn call<T, F, Fut>(&self, export: Export, invoke: F) -> Result<T, CallError>
+    pub(crate) async fn call<T, F, Fut>(&self, export: Export, node: Option<&str>, invoke: F) -> Result<T, CallError>
     where
         F: FnOnce(Func, Store<HostState>) -> Fut,
         Fut: Future<Output = (Store<HostState>, wasmtime::Result<Result<T, ProviderError>>)>,
     {
         let timeout = self.limits.call_timeout();
         let work = async {
-            let mut store = self.new_store();
+            let mut store = self.new_store(node);
             let Bindings::V0_1(pre) = &self.pre;
             let instance = match pre.instance_pre().instantiate_async(&mut store).await {
                 Ok(instance) => instance,
@@ -360,7 +365,7 @@ impl Loaded {
     }
 
     pub(crate) async fn info(&self) -> Result<PluginInfo, CallError> {
-        self.call(Export::Info, |f, mut s| async move {
+        self.call(Export::Info, None, |f, mut s| async move {
             // SAFETY: the types of `metadata.info` in the bindings; see `call`.
             let f = unsafe { TypedFunc::<(), (PluginInfo,)>::new_unchecked(f) };
             let r = f.call_async(&mut s, ()).await.map(|(info,)| Ok(info));
@@ -370,7 +375,7 @@ impl Loaded {
     }
 
     pub(crate) async fn validate_config(&self, node: &str, config: &str) -> Result<String, CallError> {
-        self.call(Export::ValidateConfig, |f, mut s| async move {
+        self.call(Export::ValidateConfig, None, |f, mut s| async move {
             // SAFETY: the types of `metadata.validate-config` in the bindings; see `call`.
             let f = unsafe { TypedFunc::<(&str, &str), (Result<String, ProviderError>,)>::new_unchecked(f) };
             let r = f.call_async(&mut s, (node, config)).await.map(|(r,)| r);

@@ -1,5 +1,6 @@
 //! The process-wide part of the plugin runtime: one wasmtime engine, its epoch ticker, the linker
-//! with the host imports, and the per-plugin-name `kv` stores that outlive plugin versions.
+//! with the host imports, the per-plugin-name `kv` stores that outlive plugin versions, and the
+//! registry of the durable node records the `store` import reaches.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ use crate::plugin::imports::HostState;
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::since_v0_1_0;
+use crate::records::Registry;
 
 /// The epoch period: the granularity of CPU deadlines and of the guest's yields to tokio.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -36,6 +38,8 @@ pub struct PluginRuntime {
     pub(crate) baseline: Option<Tier>,
     kv: Mutex<HashMap<String, Arc<KvStore>>>,
     counters: Mutex<HashMap<String, Arc<PluginCounters>>>,
+    /// The durable records of the nodes this process acts for, by Node name.
+    records: Arc<Registry>,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -84,6 +88,7 @@ impl PluginRuntime {
             baseline,
             kv: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
+            records: Arc::default(),
             stop,
             ticker: Mutex::new(Some(ticker)),
         }))
@@ -98,6 +103,11 @@ impl PluginRuntime {
     /// The `metrics` counters of a plugin name; every version of the plugin adds to them.
     pub(crate) fn counters_for(&self, plugin: &str) -> Arc<PluginCounters> {
         self.counters.lock().unwrap().entry(plugin.to_owned()).or_default().clone()
+    }
+
+    /// The durable node records the plugins' `store` import reaches.
+    pub fn records(&self) -> &Arc<Registry> {
+        &self.records
     }
 
     /// The engine of the optimizing tier, the one the disk cache holds artefacts of.

@@ -24,6 +24,7 @@ use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{CallContext, CallError, DeleteReason, Deletion, Plugin, PodRef, ProviderError};
+use crate::records::{NodeRecords, PendingDeletion, RecordsError};
 
 /// Annotation recording the backend instance of a pod.
 pub const INSTANCE_ANNOTATION: &str = "vkcube.io/instance-id";
@@ -65,6 +66,8 @@ pub struct NodeContext {
     store: Mutex<Option<Store<Pod>>>,
     /// Services per namespace for service-link variables, shared by the pods' syncs.
     services: resolve::ServiceCache,
+    /// The node's durable records: the deletions in progress are seen through from there.
+    pub records: Arc<NodeRecords>,
 }
 
 impl NodeContext {
@@ -78,6 +81,7 @@ impl NodeContext {
         host_ip: String,
         settings: PodSettings,
         metrics: Arc<Metrics>,
+        records: Arc<NodeRecords>,
     ) -> Arc<Self> {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
@@ -97,6 +101,7 @@ impl NodeContext {
             told_missing: Mutex::new(HashMap::new()),
             store: Mutex::new(None),
             services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
+            records,
         })
     }
 
@@ -201,6 +206,8 @@ pub enum SyncError {
     Kube { pod: String, source: kube::Error },
     #[error("pod {pod}: {source}")]
     Fetch { pod: String, source: resolve::FetchError },
+    #[error("pod {pod}: recording the deletion in progress: {source}")]
+    Records { pod: String, source: RecordsError },
 }
 
 /// Runs the controller until `shutdown`; in-flight syncs finish first.
@@ -533,6 +540,24 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
             Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => {}
             Ok(Deletion::InProgress) => {
+                // Recorded before waiting: a restart or a failover sees it through.
+                let instance_id = ctx
+                    .instances
+                    .lock()
+                    .unwrap()
+                    .get(&uid)
+                    .map(|r| r.instance_id.clone())
+                    .or_else(|| pod.annotations().get(INSTANCE_ANNOTATION).cloned())
+                    .unwrap_or_default();
+                let pending = PendingDeletion { pod: pref.clone(), reason: DeleteReason::PodDeleted, instance_id };
+                match ctx.records.record_deletion(pending).await {
+                    Ok(()) => {}
+                    // Too many at once: this one is seen through from memory only.
+                    Err(RecordsError::OverLimit(why)) => {
+                        tracing::warn!(pod = %k, %why, "deletion in progress not recorded")
+                    }
+                    Err(source) => return Err(SyncError::Records { pod: k, source }),
+                }
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let mut wait = Duration::from_millis(50);
                 loop {
@@ -551,6 +576,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
                 return Err(SyncError::Provider { pod: k, source: e });
             }
         }
+        drop_deletion(ctx, &uid).await;
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
     }
     ctx.instances.lock().unwrap().remove(&uid);
@@ -568,6 +594,34 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         Err(source) => return Err(SyncError::Kube { pod: k, source }),
     }
     Ok(Action::await_change())
+}
+
+/// Forgets the recorded deletion of pod `uid`, if any: its instance is gone. A failure leaves the
+/// record for `finish_deletions` to drop.
+async fn drop_deletion(ctx: &NodeContext, uid: &str) {
+    if ctx.records.is_deleting(uid)
+        && let Err(e) = ctx.records.drop_deletion(uid).await
+    {
+        tracing::warn!(node = %ctx.node_name, pod_uid = %uid, error = %e, "could not drop a finished deletion's record");
+    }
+}
+
+/// Sees the recorded deletions through: those this process started and those a previous run
+/// or another replica left. A record goes once the provider's `status` says `not-found` (which
+/// is also when a provider finishes what it had left to do for the instance).
+async fn finish_deletions(ctx: &NodeContext) {
+    for pending in ctx.records.pending_deletions() {
+        match ctx.plugin.status(&ctx.call, &pending.pod).await {
+            Err(CallError::Provider(ProviderError::NotFound(_))) => {
+                drop_deletion(ctx, &pending.pod.uid).await;
+                tracing::info!(node = %ctx.node_name, pod = %format!("{}/{}", pending.pod.namespace, pending.pod.name), instance = %pending.instance_id, "recorded deletion finished");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(node = %ctx.node_name, instance = %pending.instance_id, error = %e, "recorded deletion: status")
+            }
+        }
+    }
 }
 
 fn error_policy(pod: Arc<Pod>, err: &SyncError, ctx: Arc<NodeContext>) -> Action {
@@ -603,6 +657,7 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
     let mut last_sweep: Option<Instant> = None;
     let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
     loop {
+        finish_deletions(&ctx).await;
         let sweep_due =
             last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
         if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
@@ -673,7 +728,18 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
                     continue;
                 }
                 tracing::warn!(node = %ctx.node_name, instance = %inst.instance_id, pod = %format!("{}/{}", inst.pod.namespace, inst.pod.name), "deleting orphaned instance: no pod owns it");
-                match ctx.plugin.delete(&ctx.call, &inst.pod, DeleteReason::Orphaned).await {
+                let deleted = ctx.plugin.delete(&ctx.call, &inst.pod, DeleteReason::Orphaned).await;
+                if let Ok(Deletion::InProgress) = deleted {
+                    let pending = PendingDeletion {
+                        pod: inst.pod.clone(),
+                        reason: DeleteReason::Orphaned,
+                        instance_id: inst.instance_id.clone(),
+                    };
+                    if let Err(e) = ctx.records.record_deletion(pending).await {
+                        tracing::warn!(instance = %inst.instance_id, error = %e, "orphan deletion in progress not recorded; the next sweep sees it again");
+                    }
+                }
+                match deleted {
                     Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => {
                         ctx.instances.lock().unwrap().remove(&inst.pod.uid);
                         ctx.metrics.orphans_deleted.inc();

@@ -1,4 +1,4 @@
-//! The records of the `vk:provider@0.1.1` contract as plain Rust, so the provider's logic runs and is
+//! The records of the `vk:provider@0.1.2` contract as plain Rust, so the provider's logic runs and is
 //! tested natively; `guest.rs` converts between these and the generated WIT bindings.
 
 use std::fmt;

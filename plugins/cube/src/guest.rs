@@ -1,16 +1,16 @@
-//! The WASM face of the provider: the `vk:provider@0.1.1` bindings, the host imports behind the
+//! The WASM face of the provider: the `vk:provider@0.1.2` bindings, the host imports behind the
 //! `Host` trait, and the exports converted to and from the plain contract types.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 wit_bindgen::generate!({
     world: "provider",
-    path: "../../wit/v0.1.1",
+    path: "../../wit/v0.1.2",
 });
 
 use exports::vk::provider::{metadata, node, pods};
 use vk::provider::types as wit;
-use vk::provider::{http, kv, log, metrics};
+use vk::provider::{http, log, metrics, store};
 
 use crate::api::{HttpError, HttpRequest, HttpResponse, Transport};
 use crate::contract as c;
@@ -52,14 +52,14 @@ impl Transport for WitHost {
 }
 
 impl Host for WitHost {
-    fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        kv::get(key)
+    fn store_get(&self, key: &str) -> Option<Vec<u8>> {
+        store::get(key)
     }
-    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: Option<u64>) -> bool {
-        kv::set(key, value, ttl_ms)
+    fn store_set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        store::set(key, value).map_err(store_error)
     }
-    fn kv_delete(&self, key: &str) -> bool {
-        kv::delete(key)
+    fn store_delete(&self, key: &str) -> Result<bool, String> {
+        store::delete(key).map_err(store_error)
     }
     fn now_unix(&self) -> i64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -74,6 +74,12 @@ impl Host for WitHost {
         let fields: Vec<wit::KeyValue> =
             fields.iter().map(|(k, v)| wit::KeyValue { key: k.to_string(), value: v.to_string() }).collect();
         log::emit(level, message, &fields);
+    }
+}
+
+fn store_error(e: store::StoreError) -> String {
+    match e {
+        store::StoreError::OverLimit(m) | store::StoreError::Unavailable(m) => m,
     }
 }
 

@@ -19,7 +19,8 @@ use crate::translate::{CreateRequest, translate_with};
 
 /// ListCubePod page size (the service's maximum).
 const PAGE: usize = 100;
-/// kv key prefix of UDisks to delete once their instance is gone (node deletion).
+/// `store` key prefix of UDisks to delete once their instance is gone (node deletion): an
+/// obligation, so it is kept where a restart or a failover of the daemon does not lose it.
 const DISKS_KEY: &str = "cube/disks-to-delete/";
 
 /// The Cube service as seen from one virtual node.
@@ -212,8 +213,11 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
             vec![]
         };
         if !disks.is_empty() {
-            // Remembered first: the disks go once the instance is gone, possibly in a later call.
-            self.host.kv_set(&format!("{DISKS_KEY}{}", pod.uid), disks.join(",").as_bytes(), Some(24 * 3600 * 1000));
+            // Remembered first: the disks go once the instance is gone, possibly in a later call,
+            // possibly in another process. Not remembered, the instance is not deleted yet.
+            self.host.store_set(&format!("{DISKS_KEY}{}", pod.uid), disks.join(",").as_bytes()).map_err(|why| {
+                ProviderError::Transient(format!("recording the UDisks of pod {pod} to delete after it: {why}"))
+            })?;
         }
         let params = self.common().set("CubeId", &cube_id).set("ReleaseEIP", if release { "true" } else { "false" });
         match self.client.call("DeleteCubePod", &params) {
@@ -232,7 +236,7 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
     /// Deletes the UDisks remembered for a pod whose instance is gone.
     fn delete_pending_disks(&self, uid: &str) -> Result<(), ProviderError> {
         let key = format!("{DISKS_KEY}{uid}");
-        let Some(raw) = self.host.kv_get(&key) else { return Ok(()) };
+        let Some(raw) = self.host.store_get(&key) else { return Ok(()) };
         let ids = String::from_utf8_lossy(&raw).to_string();
         for id in ids.split(',').filter(|s| !s.is_empty()) {
             match self.client.call("DeleteUDisk", &self.common().set("UDiskId", id)) {
@@ -241,7 +245,9 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.host.kv_delete(&key);
+        self.host
+            .store_delete(&key)
+            .map_err(|why| ProviderError::Transient(format!("forgetting the deleted UDisks of pod {uid}: {why}")))?;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use crate::sizes::{LARGEST, format_memory};
 
 pub const NAME: &str = "cube";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const CONTRACT_VERSION: &str = "0.1.1";
+pub const CONTRACT_VERSION: &str = "0.1.2";
 pub const DESCRIPTION: &str = "UCloud Cube serverless containers: every pod on the virtual node is a Cube instance";
 
 /// Checks a node's provider config; returns it normalised (defaults filled in).

@@ -289,7 +289,22 @@ fn udisks_of_a_slowly_deleted_instance_go_once_it_is_gone() {
     assert_eq!(s.reason, "Terminating");
     assert!(matches!(cube.status(&udisk_ref()).unwrap_err(), ProviderError::NotFound(_)));
     assert_eq!(cloud.borrow().deleted_disks, vec!["bsm-2x4lqkq3".to_string()]);
-    assert!(host.kv.borrow().is_empty());
+    assert!(host.store.borrow().is_empty());
+}
+
+#[test]
+fn a_node_delete_whose_udisks_cannot_be_remembered_deletes_nothing_yet() {
+    let (host, cloud) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create(&udisk_pod()).unwrap();
+    host.store_down.set(true);
+    let err = cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap_err();
+    assert!(matches!(&err, ProviderError::Transient(m) if m.contains("UDisks")), "{err:?}");
+    assert!(!host.actions().contains(&"DeleteCubePod".to_string()));
+    // Retried once the store is back: the usual order.
+    host.store_down.set(false);
+    cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap();
+    assert_eq!(cloud.borrow().deleted_disks, vec!["bsm-2x4lqkq3".to_string()]);
 }
 
 fn with_token(token: &str) -> ResolvedPod {

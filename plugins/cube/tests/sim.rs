@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 #[derive(Default)]
 struct SimHost {
-    kv: RefCell<HashMap<String, Vec<u8>>>,
+    store: RefCell<HashMap<String, Vec<u8>>>,
 }
 
 impl Transport for SimHost {
@@ -29,15 +29,15 @@ impl Transport for SimHost {
 }
 
 impl Host for SimHost {
-    fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.kv.borrow().get(key).cloned()
+    fn store_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.store.borrow().get(key).cloned()
     }
-    fn kv_set(&self, key: &str, value: &[u8], _: Option<u64>) -> bool {
-        self.kv.borrow_mut().insert(key.into(), value.into());
-        true
+    fn store_set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.store.borrow_mut().insert(key.into(), value.to_vec());
+        Ok(())
     }
-    fn kv_delete(&self, key: &str) -> bool {
-        self.kv.borrow_mut().remove(key).is_some()
+    fn store_delete(&self, key: &str) -> Result<bool, String> {
+        Ok(self.store.borrow_mut().remove(key).is_some())
     }
     fn now_unix(&self) -> i64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64

@@ -57,12 +57,14 @@ fn instance_json(sim: &Shared, i: &Instance) -> Value {
 }
 
 async fn instances(State(sim): State<Shared>) -> Json<Value> {
-    let state = sim.state.lock();
+    let mut state = sim.state.lock();
+    state.settle(chrono::Utc::now(), sim.cfg.lifecycle.deleting_ms);
     Json(Value::Array(state.instances.values().map(|i| instance_json(&sim, i)).collect()))
 }
 
 async fn instance(State(sim): State<Shared>, Path(id): Path<String>) -> Response {
-    let state = sim.state.lock();
+    let mut state = sim.state.lock();
+    state.settle(chrono::Utc::now(), sim.cfg.lifecycle.deleting_ms);
     match state.instances.get(&id) {
         Some(i) => Json(instance_json(&sim, i)).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({"error": format!("no instance {id}")}))).into_response(),

@@ -107,11 +107,19 @@ pub struct Lifecycle {
     pub crash_containers: Vec<String>,
     /// Seconds between restarts of a crashing container (the back-off, kept flat).
     pub crash_interval_secs: u64,
+    /// Time a deleted instance still exists, `Terminating`, before it is gone (0: at once).
+    pub deleting_ms: u64,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Lifecycle { pending_ms: 200, creating_ms: 800, crash_containers: Vec::new(), crash_interval_secs: 10 }
+        Lifecycle {
+            pending_ms: 200,
+            creating_ms: 800,
+            crash_containers: Vec::new(),
+            crash_interval_secs: 10,
+            deleting_ms: 0,
+        }
     }
 }
 

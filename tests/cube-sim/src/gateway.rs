@@ -87,6 +87,7 @@ pub async fn handle(
     }
 
     let ctx = Ctx::new(&sim, &params, Utc::now());
+    sim.state.lock().settle(ctx.now, sim.cfg.lifecycle.deleting_ms);
     let result = actions::dispatch(&ctx, &action, &params);
     if result.is_ok() && actions::MUTATING.contains(&action.as_str()) {
         sim.persist();

@@ -50,6 +50,14 @@ pub fn crashes(cfg: &Config, c: &Container) -> bool {
 }
 
 pub fn observe(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
+    let mut view = observe_running(inst, cfg, now);
+    if inst.deleting_since.is_some() {
+        view.phase = "Terminating";
+    }
+    view
+}
+
+fn observe_running(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
     let since = (now - inst.started_at).num_milliseconds().max(0) as u64;
     let (pending, creating) = (cfg.lifecycle.pending_ms, cfg.lifecycle.creating_ms);
     let waiting = |reason: &str| -> Vec<ContainerView> {
@@ -322,6 +330,7 @@ mod tests {
             pod_ip: "10.23.0.2".into(),
             eip_id: None,
             deleted_at: None,
+            deleting_since: None,
         }
     }
 

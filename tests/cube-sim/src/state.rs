@@ -35,6 +35,9 @@ pub struct Instance {
     pub pod_ip: String,
     pub eip_id: Option<String>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When DeleteCubePod was called on an instance that takes `lifecycle.deleting_ms` to go.
+    #[serde(default)]
+    pub deleting_since: Option<DateTime<Utc>>,
 }
 
 impl Instance {
@@ -132,6 +135,18 @@ impl State {
 
     pub fn live_instance_by_uid(&self, uid: &str) -> Option<&Instance> {
         self.instances.values().find(|i| i.live() && i.uid.as_deref() == Some(uid))
+    }
+
+    /// Instances whose deletion has taken `deleting_ms` by `now` are gone.
+    pub fn settle(&mut self, now: DateTime<Utc>, deleting_ms: u64) {
+        for inst in self.instances.values_mut() {
+            if let (None, Some(since)) = (inst.deleted_at, inst.deleting_since) {
+                let gone_at = since + chrono::Duration::milliseconds(deleting_ms as i64);
+                if now >= gone_at {
+                    inst.deleted_at = Some(gone_at);
+                }
+            }
+        }
     }
 
     pub fn next_counter(&mut self) -> u32 {

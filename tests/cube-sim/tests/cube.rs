@@ -114,6 +114,31 @@ async fn lists_with_offset_limit_paging_and_filters() {
 }
 
 #[tokio::test]
+async fn with_a_deleting_delay_a_deleted_instance_stays_terminating_until_it_is_gone() {
+    let mut cfg = fixture::config();
+    cfg.lifecycle.deleting_ms = 400;
+    let f = Fixture::with(cfg).await;
+    let id = f.create(&simple_pod("uid-slow")).await["CubeId"].as_str().unwrap().to_string();
+    f.ok("DeleteCubePod", &[("CubeId", &id)]).await;
+    // Still there, Terminating, in Get and List; a second delete is accepted too.
+    let got = f.ok("GetCubePod", &[("CubeId", &id)]).await;
+    assert_eq!(decode_pod(&got["Pod"])["status"]["phase"].as_str(), Some("Terminating"));
+    let listed = f.ok("ListCubePod", &[]).await;
+    assert_eq!(listed["TotalCount"], 1);
+    assert_eq!(decode_pod(&listed["Pods"][0])["status"]["phase"].as_str(), Some("Terminating"));
+    f.ok("DeleteCubePod", &[("CubeId", &id)]).await;
+    // Then gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.call("GetCubePod", &[("CubeId", &id)]).await["RetCode"] != 8202 {
+        assert!(std::time::Instant::now() < deadline, "the instance never went");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.ok("ListCubePod", &[]).await["TotalCount"], 0);
+    assert_eq!(f.admin(&format!("instances/{id}")).await["state"], "Deleted");
+    f.shutdown().await;
+}
+
+#[tokio::test]
 async fn delete_removes_the_instance_and_stops_billing() {
     let f = Fixture::start().await;
     let id = f.create(&simple_pod("uid-del")).await["CubeId"].as_str().unwrap().to_string();

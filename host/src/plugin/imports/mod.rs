@@ -1,10 +1,11 @@
 //! What a plugin's guest code can reach: the state of one call's store and the host side of the
-//! contract's imports (`http`, `log`, `kv`), plus WASI with nothing granted.
+//! contract's imports (`http`, `log`, `kv`, `metrics`, `store`), plus WASI with nothing granted.
 
 pub mod http;
 pub mod kv;
 mod log;
 pub mod metrics;
+mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,14 @@ use self::kv::KvStore;
 use self::metrics::PluginCounters;
 use crate::plugin::since_v0_1_0::vk::provider as wit;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
+use crate::records::Registry;
+
+/// What the `store` import of a call reaches: the durable node records, and the node of the
+/// call's context (none: no `store`).
+pub(crate) struct StoreScope {
+    pub records: Arc<Registry>,
+    pub node: Option<String>,
+}
 
 /// Who is calling, for logs and error messages.
 #[derive(Debug, Clone)]
@@ -35,6 +44,7 @@ pub struct HostState {
     kv: Arc<KvStore>,
     counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
+    store: StoreScope,
     /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
     logged: u32,
     pub(crate) guard: Guard,
@@ -69,6 +79,7 @@ impl HostState {
         kv: Arc<KvStore>,
         counters: Arc<PluginCounters>,
         egress: Arc<Egress>,
+        store: StoreScope,
         memory_cap: usize,
         cpu_deadline: Duration,
     ) -> Self {
@@ -83,6 +94,7 @@ impl HostState {
             kv,
             counters,
             egress,
+            store,
             logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()

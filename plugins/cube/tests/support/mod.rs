@@ -1,5 +1,5 @@
 //! A scripted stand-in for the host: answers each API call with a closure, records every request
-//! (decoded), keeps a kv store and a fixed clock.
+//! (decoded), keeps the node's durable store and a fixed clock.
 
 #![allow(dead_code)]
 
@@ -26,7 +26,9 @@ pub struct FakeHost {
     script: RefCell<Script>,
     pub calls: RefCell<Vec<(String, BTreeMap<String, String>)>>,
     pub raw: RefCell<Vec<HttpRequest>>,
-    pub kv: RefCell<HashMap<String, Vec<u8>>>,
+    pub store: RefCell<HashMap<String, Vec<u8>>>,
+    /// Set: the store refuses writes, as the host does when it cannot persist them.
+    pub store_down: std::cell::Cell<bool>,
     pub logs: RefCell<Vec<String>>,
     /// `(action, code)` of every API error the client counted.
     pub api_errors: RefCell<Vec<(String, String)>>,
@@ -38,7 +40,8 @@ impl FakeHost {
             script: RefCell::new(Box::new(script)),
             calls: RefCell::new(vec![]),
             raw: RefCell::new(vec![]),
-            kv: RefCell::new(HashMap::new()),
+            store: RefCell::new(HashMap::new()),
+            store_down: std::cell::Cell::new(false),
             logs: RefCell::new(vec![]),
             api_errors: RefCell::new(vec![]),
         }
@@ -108,15 +111,18 @@ impl Transport for FakeHost {
 }
 
 impl Host for FakeHost {
-    fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.kv.borrow().get(key).cloned()
+    fn store_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.store.borrow().get(key).cloned()
     }
-    fn kv_set(&self, key: &str, value: &[u8], _ttl_ms: Option<u64>) -> bool {
-        self.kv.borrow_mut().insert(key.into(), value.to_vec());
-        true
+    fn store_set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        if self.store_down.get() {
+            return Err("the node's records could not be stored in the cluster".into());
+        }
+        self.store.borrow_mut().insert(key.into(), value.to_vec());
+        Ok(())
     }
-    fn kv_delete(&self, key: &str) -> bool {
-        self.kv.borrow_mut().remove(key).is_some()
+    fn store_delete(&self, key: &str) -> Result<bool, String> {
+        Ok(self.store.borrow_mut().remove(key).is_some())
     }
     fn now_unix(&self) -> i64 {
         NOW

@@ -164,6 +164,7 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
         pod_ip: format!("10.23.{}.{}", (n / 250) % 250, n % 250 + 2),
         eip_id: None,
         deleted_at: None,
+        deleting_since: None,
     };
     let answer = json!({"CubeId": cube_id, "Pod": render_base64(&inst, ctx.cfg, ctx.now)});
     state.instances.insert(cube_id, inst);
@@ -207,7 +208,12 @@ pub fn delete(ctx: &Ctx, p: &Params) -> Answer {
     detach_disks(&mut state, &id);
     state.firewalls.retain(|f| f.resource_id != id);
     if let Some(i) = state.instances.get_mut(&id) {
-        i.deleted_at = Some(ctx.now);
+        // With `deleting_ms`, the instance stays visible (Terminating) until that time is up.
+        if ctx.cfg.lifecycle.deleting_ms == 0 {
+            i.deleted_at = Some(ctx.now);
+        } else if i.deleting_since.is_none() {
+            i.deleting_since = Some(ctx.now);
+        }
         i.eip_id = None;
     }
     Ok(fields(json!({})))
