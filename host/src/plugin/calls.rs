@@ -13,19 +13,22 @@ use crate::plugin::since_v0_1_0::{
 };
 
 /// Calls `$export`, whose WIT signature is `($params) -> result<$ok, provider-error>` in the
-/// bindings, with the given arguments on the active version.
+/// bindings, with the given arguments on the active version. The first argument is the call's
+/// context: the fence of its node, if the node has one here, guards the call's HTTP requests.
 macro_rules! call_export {
-    ($self:ident, $export:expr, ($($param:ty),*) -> $ok:ty, ($($arg:expr),*)) => {{
+    ($self:ident, $export:expr, ($($param:ty),*) -> $ok:ty, ($ctx:expr $(, $arg:expr)*)) => {{
         let export = $export;
         // Our own Arc: a concurrent reload swaps the pointer, never this call's version.
         let loaded = $self.active.load_full();
+        let fence = $self.fence_of(&$ctx.node_name);
         let started = Instant::now();
         let result = loaded
             .call(export, |func, mut store| async move {
+                store.data_mut().fence = fence;
                 // SAFETY: `Loaded` typechecked every export against these types at load (see
                 // `Loaded::call`); the signatures here are the bindings' own.
                 let func = unsafe { TypedFunc::<($($param,)*), (Result<$ok, ProviderError>,)>::new_unchecked(func) };
-                let r = func.call_async(&mut store, ($($arg,)*)).await.map(|(r,)| r);
+                let r = func.call_async(&mut store, ($ctx, $($arg,)*)).await.map(|(r,)| r);
                 (store, r)
             })
             .await;
