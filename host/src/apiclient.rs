@@ -1,9 +1,13 @@
 //! The daemon's Kubernetes client: kubeconfig or in-cluster credentials, with a client-side rate
-//! limit (a burst, then a steady rate) so a pod burst cannot flood the apiserver.
+//! limit (a burst, then a steady rate) so a pod burst cannot flood the apiserver, and for a node's
+//! clients the node's fence, which refuses writes once its election lease lapsed.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::future::{Either, Ready};
 
 use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -12,6 +16,7 @@ use tokio::sync::Semaphore;
 use tower::limit::{GlobalConcurrencyLimitLayer, RateLimitLayer};
 
 use crate::config::ApiLimits;
+use crate::node::fence::{Fence, Lapsed, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,6 +69,77 @@ pub fn limited_within(config: Config, limits: &ApiLimits, in_flight: &Arc<Semaph
         .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
         .with_layer(&GlobalConcurrencyLimitLayer::with_semaphore(in_flight.clone()))
         .build())
+}
+
+/// [`limited_within`] for a node: its writes are refused (never sent) once `fence` lapsed.
+/// The fence is the innermost layer, checked after the rate and concurrency limits let the
+/// request go, so a request that queued there across the lapse is refused too.
+pub fn fenced_within(
+    config: Config,
+    limits: &ApiLimits,
+    in_flight: &Arc<Semaphore>,
+    fence: &Fence,
+) -> Result<Client, ClientError> {
+    let window = Duration::from_secs_f64(limits.burst as f64 / limits.qps.max(1) as f64);
+    let builder = ClientBuilder::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
+    Ok(builder
+        .with_layer(&FenceLayer(fence.clone()))
+        .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
+        .with_layer(&GlobalConcurrencyLimitLayer::with_semaphore(in_flight.clone()))
+        .build())
+}
+
+/// [`fenced_within`] with a budget of its own.
+pub fn fenced(config: Config, limits: &ApiLimits, fence: &Fence) -> Result<Client, ClientError> {
+    fenced_within(config, limits, &in_flight_budget(limits), fence)
+}
+
+/// Whether a request changes state: everything but reads (watches are reads).
+fn mutating(method: &http::Method) -> bool {
+    !matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
+/// Wraps a client's service with a node's fence.
+struct FenceLayer(Fence);
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = Fenced<S>;
+
+    fn layer(&self, inner: S) -> Fenced<S> {
+        Fenced { inner, fence: self.0.clone() }
+    }
+}
+
+/// Refuses mutating requests before they reach the connection once the fence lapsed; reads go
+/// on (a stepped-down replica's watches end with its term anyway).
+#[derive(Clone)]
+pub struct Fenced<S> {
+    inner: S,
+    fence: Fence,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Fenced<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: From<Lapsed>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if mutating(request.method()) {
+            let what = format!("{} {}", request.method(), request.uri().path());
+            if let Err(lapsed) = self.fence.check(Target::Api, &what) {
+                return Either::Left(futures::future::ready(Err(lapsed.into())));
+            }
+        }
+        Either::Right(self.inner.call(request))
+    }
 }
 
 /// `base` (same apiserver URL, CA and TLS settings) authenticating with a client certificate
@@ -182,6 +258,52 @@ mod tests {
         let started = Instant::now();
         gets(&client, 25).await;
         assert!(started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
+    }
+
+    /// A stand-in apiserver that counts every request it receives and answers each with a Pod.
+    async fn counting_apiserver() -> (Config, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let app = Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"default"}}"#;
+                (StatusCode::OK, [("content-type", "application/json")], pod)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Config::new(format!("http://{addr}").parse().unwrap()), seen)
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_fence_refuses_a_pod_status_patch_before_it_reaches_the_apiserver() {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::{Patch, PatchParams};
+        use tokio_util::sync::CancellationToken;
+
+        let (config, seen) = counting_apiserver().await;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let fence = Fence::new("vk-n1", Duration::from_secs(15), metrics.clone());
+        let term = CancellationToken::new();
+        fence.arm(tokio::time::Instant::now(), term.clone());
+        let client = fenced(config, &ApiLimits::default(), &fence).unwrap();
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        let status = Patch::Merge(serde_json::json!({"status": {"phase": "Running"}}));
+        pods.patch_status("web", &PatchParams::default(), &status).await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        // The last claim was sent longer ago than the lease less the margin: paused, say.
+        fence.arm(tokio::time::Instant::now() - Duration::from_secs(13), term.clone());
+        let err = pods.patch_status("web", &PatchParams::default(), &status).await.unwrap_err();
+        assert!(err.to_string().contains("fenced: lease for node vk-n1 lapsed"), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the refused patch reached the apiserver");
+        assert!(term.is_cancelled(), "acting for the node goes on");
+        assert!(metrics.render().contains(r#"vkhost_fenced_writes_total{node="vk-n1",target="api"} 1"#));
+        // Reads go on: a stepped-down replica's caches wind down on their own.
+        pods.get("web").await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 
     /// A temporary directory removed on drop.

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
 //! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
-//! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode). Served on
-//! the admin endpoint.
+//! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
+//! refused by a node's fence. Served on the admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,6 +54,7 @@ pub struct Metrics {
     provider_calls: Family<Labels, Gauge>,
     plugin_reloads: Family<Labels, Counter>,
     plugin_counters: Family<Labels, Counter>,
+    fenced_writes: Family<Labels, Counter>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -92,6 +93,12 @@ impl Metrics {
             "Counters the provider plugin keeps (metrics import), e.g. name=\"cloud_api_errors\" by action and ret_code",
             plugin_counters.clone(),
         );
+        let fenced_writes = Family::<Labels, Counter>::default();
+        registry.register(
+            "fenced_writes",
+            "Writes refused because the node's election lease lapsed, by node and target (api, cloud)",
+            fenced_writes.clone(),
+        );
         Self {
             registry,
             sync_seconds,
@@ -101,6 +108,7 @@ impl Metrics {
             provider_calls,
             plugin_reloads,
             plugin_counters,
+            fenced_writes,
             known_phases: Mutex::new(HashMap::new()),
         }
     }
@@ -114,6 +122,11 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.plugin_reloads.get_or_create(&labels([("result", result)])).inc();
+    }
+
+    /// A write for `node` to `target` (`api`, `cloud`) refused by the node's fence.
+    pub fn fenced_write(&self, node: &str, target: &str) {
+        self.fenced_writes.get_or_create(&labels([("node", node), ("target", target)])).inc();
     }
 
     /// Sets the instance count per phase of one node (phases that disappeared drop to 0).

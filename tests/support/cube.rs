@@ -13,6 +13,10 @@ use crate::daemon::{plugin_path, test_config};
 
 pub const PUBLIC_KEY: &str = "vkcube-test-public";
 pub const PRIVATE_KEY: &str = "vkcube-test-private";
+/// A second accepted key pair, for a second replica whose calls the simulator tells apart
+/// (`GET /_sim/requests?by=key`).
+pub const SECOND_PUBLIC_KEY: &str = "vkcube-test-public-2";
+pub const SECOND_PRIVATE_KEY: &str = "vkcube-test-private-2";
 /// The self-hosted registry the simulator and the nodes allow besides UHub.
 pub const PRIVATE_REGISTRY: &str = "myhub.example.com";
 
@@ -29,7 +33,10 @@ impl CubeEnv {
 
     /// `start` with the simulator's config adjusted by `configure` (say, `lifecycle.deleting_ms`).
     pub async fn start_with(cluster: &Cluster, provisioner: bool, configure: impl FnOnce(&mut SimConfig)) -> CubeEnv {
-        let mut cfg = SimConfig::default().with_key(PUBLIC_KEY, PRIVATE_KEY).without_delays();
+        let mut cfg = SimConfig::default()
+            .with_key(PUBLIC_KEY, PRIVATE_KEY)
+            .with_key(SECOND_PUBLIC_KEY, SECOND_PRIVATE_KEY)
+            .without_delays();
         cfg.registries.push(PRIVATE_REGISTRY.into());
         configure(&mut cfg);
         let sim = Simulator::start(cfg).await.expect("start cube-sim");
@@ -58,6 +65,13 @@ impl CubeEnv {
     pub async fn inspect(&self, what: &str) -> Vec<Value> {
         let body: Value = reqwest::get(format!("{}/_sim/{what}", self.url())).await.unwrap().json().await.unwrap();
         body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Requests per action the simulator received with public key `key`.
+    pub async fn requests_of(&self, key: &str) -> std::collections::BTreeMap<String, u64> {
+        let url = format!("{}/_sim/requests?by=key", self.url());
+        let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        serde_json::from_value(body[key].clone()).unwrap_or_default()
     }
 
     /// Live (not deleted) instances.

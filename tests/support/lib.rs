@@ -224,6 +224,7 @@ where
     }
 }
 
+pub mod apiproxy;
 pub mod bench;
 pub mod cube;
 pub mod daemon;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apiclient::{self, ClientError};
 use crate::config::{ApiLimits, NodeCredentials};
 use crate::kubelet::csr::{self, ClientCert, CsrError};
+use crate::node::fence::Fence;
 
 /// The heartbeat lane's own limits: a beat is three requests every 10 s; this lane exists so they
 /// never queue behind the pod controller's requests.
@@ -61,21 +62,34 @@ pub async fn node_clients(
         }
         NodeCredentials::Shared => {
             let client_err = |source| IdentityError::Client { node: node.into(), source };
-            let heartbeat = apiclient::limited(base.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?;
+            let (pods, heartbeat) = match &limits.fence {
+                // The daemon's credentials, but a client of the node's own so its fence applies.
+                Some(fence) => (
+                    apiclient::fenced_within(base.clone(), &limits.pods, &limits.pods_in_flight, fence)
+                        .map_err(client_err)?,
+                    apiclient::fenced(base.clone(), &heartbeat_limits(&limits.pods), fence).map_err(client_err)?,
+                ),
+                None => (
+                    bootstrap.clone(),
+                    apiclient::limited(base.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?,
+                ),
+            };
             let reviews = apiclient::limited(base.clone(), &limits.reviews).map_err(client_err)?;
-            Ok((NodeClients { pods: bootstrap.clone(), heartbeat, reviews }, None))
+            Ok((NodeClients { pods, heartbeat, reviews }, None))
         }
     }
 }
 
 /// The rate and in-flight limits of a node's lanes: `[api]` for pod work, its requests in flight
 /// counted against `pods_in_flight` (shared by the daemon's clients); heartbeats get fixed limits
-/// of their own; `[kubelet]`'s review limits for the kubelet API's reviews.
+/// of their own; `[kubelet]`'s review limits for the kubelet API's reviews. With a `fence`, the
+/// pod and heartbeat lanes send no write once it lapsed (reviews are not writes: they stay open).
 #[derive(Debug, Clone)]
 pub struct LaneLimits {
     pub pods: ApiLimits,
     pub pods_in_flight: Arc<tokio::sync::Semaphore>,
     pub reviews: ApiLimits,
+    pub fence: Option<Fence>,
 }
 
 fn heartbeat_limits(limits: &ApiLimits) -> ApiLimits {
@@ -129,9 +143,17 @@ impl NodeIdentity {
             .map_err(|source| IdentityError::Certificate { node: node.into(), source })?;
         let client_err = |source| IdentityError::Client { node: node.into(), source };
         let config = apiclient::with_client_certificate(base, &cert.cert_pem, &cert.key_pem).map_err(client_err)?;
-        let pods =
-            apiclient::limited_within(config.clone(), &limits.pods, &limits.pods_in_flight).map_err(client_err)?;
-        let heartbeat = apiclient::limited(config.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?;
+        let (pods, heartbeat) = match &limits.fence {
+            Some(fence) => (
+                apiclient::fenced_within(config.clone(), &limits.pods, &limits.pods_in_flight, fence)
+                    .map_err(client_err)?,
+                apiclient::fenced(config.clone(), &heartbeat_limits(&limits.pods), fence).map_err(client_err)?,
+            ),
+            None => (
+                apiclient::limited_within(config.clone(), &limits.pods, &limits.pods_in_flight).map_err(client_err)?,
+                apiclient::limited(config.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?,
+            ),
+        };
         let reviews = apiclient::limited(config, &limits.reviews).map_err(client_err)?;
         Ok(Lanes { cert, pods, heartbeat, reviews })
     }
@@ -281,6 +303,7 @@ mod tests {
             pods: limits.clone(),
             pods_in_flight: apiclient::in_flight_budget(&limits),
             reviews: ApiLimits::default(),
+            fence: None,
         };
         let (clients, identity) = node_clients(&bootstrap, &base, "n", &lanes).await.unwrap();
         assert!(identity.is_none());
@@ -325,6 +348,7 @@ mod tests {
                 pods: limits.clone(),
                 pods_in_flight: apiclient::in_flight_budget(&limits),
                 reviews: limits.clone(),
+                fence: None,
             },
             lanes: Arc::new(ArcSwap::from_pointee(lanes_for(&old))),
         };

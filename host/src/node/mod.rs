@@ -1,8 +1,10 @@
 //! The virtual node: one runner per configured node. A runner first wins the node's election
 //! Lease (so of several daemon replicas exactly one acts), then registers the Node, keeps its
 //! heartbeat Lease and status fresh, serves the kubelet API and runs the pod controller; it stops
-//! acting the moment it loses the election.
+//! acting the moment it loses the election, and writes nothing once its claim may have lapsed
+//! (the node's [`fence`]).
 
+pub mod fence;
 pub mod identity;
 pub mod lease;
 pub mod naming;
@@ -26,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{CallContext, Plugin};
 use crate::pods::{self, NodeBackend, NodeContext};
 use crate::records::{self, NodeRecords};
+use fence::Fence;
 use lease::Claim;
 use registration::{DISABLED_ANNOTATION, NodeShape};
 
@@ -72,13 +75,18 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
     let renew = Duration::from_secs((ha.lease_duration_seconds / 3).max(1) as u64);
     let claim =
         || lease::try_claim(&shared.client, &ha.namespace, &lease_name, &shared.identity, ha.lease_duration_seconds);
+    // Every write for the node, to the apiserver or through the plugin, passes this fence.
+    let fence = Fence::new(&settings.id, Duration::from_secs(ha.lease_duration_seconds.into()), shared.metrics.clone());
+    shared.plugin.fence_node(&settings.id, fence.clone());
     let mut waiting_logged = false;
     let mut failures = 0u32;
     loop {
-        // Wait to become the actor for this node.
-        loop {
+        // Wait to become the actor for this node. A claim's instant is taken before the claim
+        // stamps `renewTime`, so the fence never outlasts what a standby reads (see `fence`).
+        let claimed = loop {
+            let sent = tokio::time::Instant::now();
             match claim().await {
-                Ok(Claim::Held) => break,
+                Ok(Claim::Held) => break sent,
                 Ok(Claim::HeldBy(holder)) => {
                     if !waiting_logged {
                         tracing::info!(node = %settings.id, %holder, "standing by: another replica acts for this node");
@@ -91,12 +99,14 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(renew) => {}
             }
-        }
+        };
         waiting_logged = false;
         tracing::info!(node = %settings.id, identity = %shared.identity, "acting for node");
         let term = shutdown.child_token();
+        fence.arm(claimed, term.clone());
         // Aborted with this runner, so a crashed (aborted) daemon stops acting at once.
-        let mut acting = AbortOnDropHandle::new(tokio::spawn(act(shared.clone(), settings.clone(), term.clone())));
+        let mut acting =
+            AbortOnDropHandle::new(tokio::spawn(act(shared.clone(), settings.clone(), fence.clone(), term.clone())));
         let acting_since = tokio::time::Instant::now();
         // Keep the claim; step down when it cannot be renewed before it lapses, or when acting
         // ended on its own (a failure: say, the node's certificate was not issued in time).
@@ -112,8 +122,18 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
                 }
                 _ = tokio::time::sleep(renew) => {}
             }
+            if !fence.holds() {
+                // Paused or starved past the fence: a standby may be acting already. Claim afresh
+                // before acting again.
+                tracing::warn!(node = %settings.id, "fenced: the election lease lapsed before it was renewed; stepping down");
+                break true;
+            }
+            let sent = tokio::time::Instant::now();
             match claim().await {
-                Ok(Claim::Held) => last_renewed = tokio::time::Instant::now(),
+                Ok(Claim::Held) => {
+                    last_renewed = sent;
+                    fence.renewed(sent);
+                }
                 Ok(Claim::HeldBy(holder)) => {
                     tracing::warn!(node = %settings.id, %holder, "lost the election lease; stepping down");
                     break true;
@@ -126,11 +146,16 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
                 }
             }
         };
+        if lost {
+            // Nothing more goes out for the node, even while acting winds down.
+            fence.disarm();
+        }
         term.cancel();
         let outcome = match ended {
             Some(r) => r,
             None => (&mut acting).await,
         };
+        fence.disarm();
         let failed = !matches!(outcome, Ok(Ok(())));
         match outcome {
             Ok(Ok(())) => {}
@@ -192,8 +217,17 @@ pub enum NodeError {
 }
 
 /// Acting for a node while we hold its election: registration, heartbeats, kubelet API, pods.
-async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToken) -> Result<(), NodeError> {
-    let client = shared.client.clone();
+/// Every client it writes with carries `fence`; so do the plugin calls made for the node.
+async fn act(
+    shared: Arc<Shared>,
+    settings: NodeSettings,
+    fence: Fence,
+    term: CancellationToken,
+) -> Result<(), NodeError> {
+    // The daemon's identity for the node's metadata and pod annotations, fenced as the node.
+    let client =
+        crate::apiclient::fenced_within(shared.base.clone(), &shared.config.api, &shared.api_in_flight, &fence)
+            .map_err(|source| identity::IdentityError::Client { node: settings.id.clone(), source })?;
     let config_json = settings
         .provider_json()
         .map_err(|e| NodeError::Config { node: settings.id.clone(), message: e.to_string() })?
@@ -237,11 +271,14 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
         .await
         .map_err(|message| NodeError::Records { node: name.clone(), message })?;
     let _registered = shared.plugin.records().register(&name, records.clone());
+    fence.name(&name);
+    shared.plugin.fence_node(&name, fence.clone());
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
     let lanes = identity::LaneLimits {
         pods: shared.config.api.clone(),
         pods_in_flight: shared.api_in_flight.clone(),
         reviews: shared.config.kubelet.review_api_limits(),
+        fence: Some(fence.clone()),
     };
     let (clients, identity) = identity::node_clients(&client, &shared.base, &name, &lanes).await?;
     let _rotation = identity.map(|id| {
@@ -278,6 +315,7 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
 
     let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         shared.clone(),
+        client.clone(),
         ctx.clone(),
         shape.clone(),
         clients.heartbeat.clone(),
@@ -285,6 +323,7 @@ async fn act(shared: Arc<Shared>, settings: NodeSettings, term: CancellationToke
     )));
     let reloads = AbortOnDropHandle::new(tokio::spawn(report_reloads(
         shared.clone(),
+        client.clone(),
         name.clone(),
         clients.pods.clone(),
         term.clone(),
@@ -317,9 +356,11 @@ impl Drop for Listed<'_> {
 }
 
 /// Every 10 s: renew the node Lease, refresh the status from the provider, notice a disabled
-/// or deleted node (and recreate a Node someone deleted). `beat` is the node's heartbeat lane.
+/// or deleted node (and recreate a Node someone deleted). `beat` is the node's heartbeat lane,
+/// `daemon` the daemon's identity fenced as the node.
 async fn heartbeat(
     shared: Arc<Shared>,
+    daemon: Client,
     ctx: Arc<NodeContext>,
     mut shape: NodeShape,
     beat: Client,
@@ -357,10 +398,10 @@ async fn heartbeat(
                     return;
                 }
                 tracing::warn!(node = %ctx.node_name, "the Node object was deleted by someone; recreating it");
-                if let Err(e) = registration::create(&shared.client, &ctx.node_name, &shape).await {
+                if let Err(e) = registration::create(&daemon, &ctx.node_name, &shape).await {
                     tracing::warn!(node = %ctx.node_name, error = %e, "recreating the node failed");
                 } else {
-                    let _ = registration::reconcile_metadata(&shared.client, &ctx.node_name, &shape).await;
+                    let _ = registration::reconcile_metadata(&daemon, &ctx.node_name, &shape).await;
                     let _ = registration::patch_status(&beat, &ctx.node_name, &shape).await;
                     continue;
                 }
@@ -375,8 +416,8 @@ async fn heartbeat(
 }
 
 /// Turns plugin reload attempts into Node Events (as the node), the plugin annotation (as the
-/// daemon: node metadata) and metrics.
-async fn report_reloads(shared: Arc<Shared>, node: String, as_node: Client, term: CancellationToken) {
+/// daemon, fenced as the node: node metadata) and metrics.
+async fn report_reloads(shared: Arc<Shared>, daemon: Client, node: String, as_node: Client, term: CancellationToken) {
     let mut events = shared.plugin.subscribe();
     let recorder =
         Recorder::new(as_node.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
@@ -414,7 +455,7 @@ async fn report_reloads(shared: Arc<Shared>, node: String, as_node: Client, term
             let _ = recorder.publish(&event, &n.object_ref(&())).await;
         }
         if let Ok(new) = &ev.outcome {
-            let _ = registration::annotate_plugin(&shared.client, &node, new).await;
+            let _ = registration::annotate_plugin(&daemon, &node, new).await;
         }
     }
 }

@@ -13,15 +13,18 @@ use crate::plugin::since_v0_1_0::{
 };
 
 /// Calls `$export`, whose WIT signature is `($params) -> result<$ok, provider-error>` in the
-/// bindings, with the given arguments on the active version; its `store` is that of `$ctx`'s node.
+/// bindings, with the given arguments on the active version; its `store` is that of `$ctx`'s node,
+/// and the fence of that node, if the node has one here, guards the call's HTTP requests.
 macro_rules! call_export {
     ($self:ident, $export:expr, $ctx:expr, ($($param:ty),*) -> $ok:ty, ($($arg:expr),*)) => {{
         let export = $export;
         // Our own Arc: a concurrent reload swaps the pointer, never this call's version.
         let loaded = $self.active.load_full();
+        let fence = $self.fence_of(&$ctx.node_name);
         let started = Instant::now();
         let result = loaded
             .call(export, Some($ctx.node_name.as_str()), |func, mut store| async move {
+                store.data_mut().fence = fence;
                 // SAFETY: `Loaded` typechecked every export against these types at load (see
                 // `Loaded::call`); the signatures here are the bindings' own.
                 let func = unsafe { TypedFunc::<($($param,)*), (Result<$ok, ProviderError>,)>::new_unchecked(func) };

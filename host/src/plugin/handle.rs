@@ -2,6 +2,7 @@
 //! replaced atomically by `reload` after the new file passed every check. A call takes its own
 //! `Arc` of the version it started on, so in-flight calls finish on the old version.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Instant, SystemTime};
 
@@ -9,6 +10,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::node::fence::Fence;
 use crate::plugin::cache::Origin;
 use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, Loaded};
@@ -70,6 +72,9 @@ pub struct Plugin {
     reloading: tokio::sync::Mutex<()>,
     events: broadcast::Sender<ReloadEvent>,
     pub(crate) stats: PluginStats,
+    /// The fences of the nodes this daemon acts for, by node name (and config id): a call made
+    /// for one of them may send HTTP only while its fence holds.
+    fences: Mutex<HashMap<String, Fence>>,
 }
 
 impl Plugin {
@@ -101,6 +106,7 @@ impl Plugin {
             reloading: tokio::sync::Mutex::new(()),
             events,
             stats: PluginStats::default(),
+            fences: Mutex::new(HashMap::new()),
         });
         plugin.spawn_optimized_build(&plugin.active.load());
         Ok(plugin)
@@ -138,6 +144,18 @@ impl Plugin {
                 ),
             }
         });
+    }
+
+    /// Fences the calls made for `node` (a node name or config id, as calls name it): their HTTP
+    /// requests are refused, never sent, once `fence` lapsed. Calls for nodes with no fence here
+    /// (`vkhost node delete`, which acts on a node from outside the daemon) are not fenced.
+    pub fn fence_node(&self, node: &str, fence: Fence) {
+        self.fences.lock().unwrap().insert(node.to_string(), fence);
+    }
+
+    /// The fence of the calls made for `node`, if it has one.
+    pub(crate) fn fence_of(&self, node: &str) -> Option<Fence> {
+        self.fences.lock().unwrap().get(node).cloned()
     }
 
     /// The active version's metadata.

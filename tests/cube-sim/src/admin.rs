@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -179,12 +179,27 @@ async fn firewalls(State(sim): State<Shared>) -> Json<Value> {
     Json(serde_json::to_value(&state.firewalls).unwrap_or(Value::Null))
 }
 
-async fn requests(State(sim): State<Shared>) -> Json<Value> {
-    Json(serde_json::to_value(&sim.state.lock().requests).unwrap_or(Value::Null))
+#[derive(Deserialize)]
+struct RequestsQuery {
+    /// `key`: per `PublicKey`, then per action.
+    by: Option<String>,
+}
+
+async fn requests(State(sim): State<Shared>, Query(q): Query<RequestsQuery>) -> Response {
+    let state = sim.state.lock();
+    match q.by.as_deref() {
+        None => Json(serde_json::to_value(&state.requests).unwrap_or(Value::Null)).into_response(),
+        Some("key") => Json(serde_json::to_value(&state.requests_by_key).unwrap_or(Value::Null)).into_response(),
+        Some(other) => {
+            (StatusCode::BAD_REQUEST, format!("by={other}: only by=key is known (or no `by`)")).into_response()
+        }
+    }
 }
 
 async fn reset_requests(State(sim): State<Shared>) -> StatusCode {
-    sim.state.lock().requests.clear();
+    let mut state = sim.state.lock();
+    state.requests.clear();
+    state.requests_by_key.clear();
     StatusCode::NO_CONTENT
 }
 

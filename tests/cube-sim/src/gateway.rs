@@ -36,7 +36,12 @@ pub async fn handle(
     if action.is_empty() {
         return envelope("", Err(ApiError::MissingAction));
     }
-    *sim.state.lock().requests.entry(action.clone()).or_default() += 1;
+    {
+        let mut state = sim.state.lock();
+        *state.requests.entry(action.clone()).or_default() += 1;
+        let key = params.get("PublicKey").unwrap_or_default().to_string();
+        *state.requests_by_key.entry(key).or_default().entry(action.clone()).or_default() += 1;
+    }
     if !actions::KNOWN.contains(&action.as_str()) {
         return envelope(&action, Err(ApiError::UnknownAction(action.clone())));
     }

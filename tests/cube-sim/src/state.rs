@@ -113,6 +113,9 @@ pub struct State {
     pub firewalls: Vec<FirewallBinding>,
     /// Requests seen per action (every answered request, errors included).
     pub requests: BTreeMap<String, u64>,
+    /// The same per `PublicKey` (as sent, before authentication): which client made which calls.
+    #[serde(default)]
+    pub requests_by_key: BTreeMap<String, BTreeMap<String, u64>>,
     #[serde(default)]
     pub next_ip: u32,
     #[serde(skip)]

@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use self::http::{Egress, Refusal};
 use self::kv::KvStore;
 use self::metrics::PluginCounters;
+use crate::node::fence::{Fence, Target};
 use crate::plugin::since_v0_1_0::vk::provider as wit;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 use crate::records::Registry;
@@ -45,6 +46,9 @@ pub struct HostState {
     counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
     store: StoreScope,
+    /// The fence of the node the call is made for, when this daemon acts for it: no request
+    /// leaves once it lapsed.
+    pub(crate) fence: Option<Fence>,
     /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
     logged: u32,
     pub(crate) guard: Guard,
@@ -95,6 +99,7 @@ impl HostState {
             counters,
             egress,
             store,
+            fence: None,
             logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()
@@ -154,7 +159,12 @@ impl wit::http::Host for HostState {
     async fn send(&mut self, req: HttpRequest) -> wasmtime::Result<Result<HttpResponse, HttpError>> {
         let began = Instant::now();
         let method = req.method.clone();
-        let result = self.egress.send(req).await;
+        // Checked last before the request is handed to the connection: see `node::fence`.
+        let fenced = self.fence.as_ref().and_then(|f| f.check(Target::Cloud, &format!("{method} {}", req.url)).err());
+        let result = match fenced {
+            Some(lapsed) => Err(Refusal::Other(HttpError::Transport(lapsed.to_string()))),
+            None => self.egress.send(req).await,
+        };
         self.guard.host_io += began.elapsed();
         Ok(match result {
             Ok(resp) => Ok(resp),
@@ -199,5 +209,80 @@ impl wit::metrics::Host for HostState {
     async fn counter_add(&mut self, name: String, labels: Vec<KeyValue>, delta: u64) -> wasmtime::Result<()> {
         self.counters.add(&self.identity, &name, &labels, delta);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::Router;
+    use tokio_util::sync::CancellationToken;
+    use wit::http::Host as _;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::plugin::imports::http::Allowlist;
+
+    /// A stand-in cloud API counting the requests it receives.
+    async fn cloud() -> (String, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let app = Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { r#"{"RetCode":0}"# }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/"), seen)
+    }
+
+    fn call_state(url: &str, fence: Fence) -> HostState {
+        let allow = Allowlist::parse(&[url.to_string()]).unwrap();
+        let egress = Arc::new(Egress::new(allow, Duration::from_secs(5), 64 << 20).unwrap());
+        let identity = Arc::new(Identity { name: "cube".into(), version: "1.0.0".into() });
+        let mut state = HostState::new(
+            identity,
+            Arc::new(KvStore::new(1 << 20)),
+            Arc::new(PluginCounters::default()),
+            egress,
+            StoreScope { records: Arc::new(crate::records::Registry::default()), node: None },
+            64 << 20,
+            Duration::from_secs(1),
+        );
+        state.fence = Some(fence);
+        state
+    }
+
+    fn post(url: &str) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            url: url.into(),
+            headers: vec![],
+            body: br#"{"Action":"CreateCubePod"}"#.to_vec(),
+            timeout_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_fence_refuses_a_plugin_request_before_it_reaches_the_cloud() {
+        let (url, seen) = cloud().await;
+        let metrics = Arc::new(Metrics::new());
+        let fence = Fence::new("vk-n1", Duration::from_secs(15), metrics.clone());
+        let term = CancellationToken::new();
+        fence.arm(tokio::time::Instant::now(), term.clone());
+        let mut state = call_state(&url, fence.clone());
+        assert_eq!(state.send(post(&url)).await.unwrap().unwrap().status, 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        fence.arm(tokio::time::Instant::now() - Duration::from_secs(13), term.clone());
+        match state.send(post(&url)).await.unwrap() {
+            Err(HttpError::Transport(why)) => assert!(why.starts_with("fenced: lease for node vk-n1 lapsed"), "{why}"),
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the refused request reached the cloud");
+        assert!(term.is_cancelled());
+        assert!(metrics.render().contains(r#"vkhost_fenced_writes_total{node="vk-n1",target="cloud"} 1"#));
     }
 }
