@@ -1,6 +1,7 @@
 //! Operator actions on a virtual node (N6, N7): disable (cordon; no new instances, existing kept),
 //! enable, and delete (every instance through the provider — with the volumes the provider
-//! deletes with them — then the Node, which the daemon will not recreate).
+//! deletes with them — then the Node, which the daemon will not recreate). `kubectl delete node`
+//! of a running virtual node is the same delete, finished by the daemon (see `node::heartbeat`).
 
 use std::time::{Duration, Instant};
 
@@ -88,35 +89,50 @@ pub async fn delete(
     let call = CallContext { node_name: name.into(), config: normalised };
 
     // Stop the daemon from acting for (and recreating) the node first.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.ha.namespace);
-    let lease_name = election_lease_name(&config.cluster_id, &id);
+    mark_deleted(client, &config.ha.namespace, &election_lease_name(&config.cluster_id, &id)).await.map_err(err)?;
+    set_disabled(client, name, true).await?;
+    let report = DeleteReport { instances_deleted: delete_instances(plugin, &call).await? };
+    nodes.delete(name, &DeleteParams::default()).await.map_err(err)?;
+    let node_leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let _ = node_leases.delete(name, &DeleteParams::default()).await;
+    Ok(report)
+}
+
+/// Marks a node's election Lease deleted on purpose: no replica acts for (or recreates) it again.
+pub async fn mark_deleted(client: &Client, namespace: &str, lease_name: &str) -> Result<(), kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let mark = json!({"metadata": {"annotations": {DELETED_ANNOTATION: "true"}}});
-    match leases.patch(&lease_name, &PatchParams::default(), &Patch::Merge(&mark)).await {
-        Ok(_) => {}
+    match leases.patch(lease_name, &PatchParams::default(), &Patch::Merge(&mark)).await {
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
             let lease: Lease = serde_json::from_value(
                 json!({"metadata": {"name": lease_name, "annotations": {DELETED_ANNOTATION: "true"}}, "spec": {}}),
             )
-            .unwrap();
-            leases.create(&PostParams::default(), &lease).await.map_err(err)?;
+            .expect("a Lease");
+            leases.create(&PostParams::default(), &lease).await.map(|_| ())
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => Err(e),
     }
-    set_disabled(client, name, true).await?;
+}
 
-    let mut report = DeleteReport::default();
-    let instances = plugin.list(&call).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
-    for inst in &instances {
-        match plugin.delete(&call, &inst.pod, DeleteReason::NodeDeleted).await {
-            Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => report.instances_deleted += 1,
-            Err(source) => return Err(OpsError::Provider { node: name.into(), source }),
+/// Deletes every instance the provider holds for the node (reason `node-deleted`: the provider
+/// deletes the disks with them unless told to keep them) and waits until they are gone; returns
+/// how many there were.
+pub async fn delete_instances(plugin: &Plugin, call: &CallContext) -> Result<usize, OpsError> {
+    let name = call.node_name.as_str();
+    let provider = |source| OpsError::Provider { node: name.into(), source };
+    let mut deleted = 0;
+    for inst in &plugin.list(call).await.map_err(provider)? {
+        match plugin.delete(call, &inst.pod, DeleteReason::NodeDeleted).await {
+            Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => deleted += 1,
+            Err(source) => return Err(provider(source)),
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let left = plugin.list(&call).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
+        let left = plugin.list(call).await.map_err(provider)?;
         if left.is_empty() {
-            break;
+            return Ok(deleted);
         }
         if Instant::now() > deadline {
             return Err(OpsError::Other {
@@ -126,8 +142,4 @@ pub async fn delete(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    nodes.delete(name, &DeleteParams::default()).await.map_err(err)?;
-    let node_leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let _ = node_leases.delete(name, &DeleteParams::default()).await;
-    Ok(report)
 }
