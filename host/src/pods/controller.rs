@@ -687,9 +687,14 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
     }
     let mut last_sweep: Option<Instant> = None;
     let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
+    let expansions = super::expansion::Answered::default();
     loop {
         let sweep_due =
             last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
+        if sweep_due {
+            // Claims are read one by one (a node may not watch them): at the sweep's pace.
+            super::expansion::check(&ctx, &store.state(), &expansions).await;
+        }
         if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
             tracing::warn!(node = %ctx.node_name, error = %e, "status sync failed");
         } else if sweep_due {
