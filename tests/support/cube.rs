@@ -24,8 +24,15 @@ pub struct CubeEnv {
 
 impl CubeEnv {
     pub async fn start(cluster: &Cluster, provisioner: bool) -> CubeEnv {
+        Self::start_with_registries(cluster, provisioner, &[]).await
+    }
+
+    /// [`CubeEnv::start`] with more registries the simulator pulls from (the guide's
+    /// `uhub.an-link.com`, say) besides UHub and [`PRIVATE_REGISTRY`].
+    pub async fn start_with_registries(cluster: &Cluster, provisioner: bool, registries: &[&str]) -> CubeEnv {
         let mut cfg = SimConfig::default().with_key(PUBLIC_KEY, PRIVATE_KEY).without_delays();
         cfg.registries.push(PRIVATE_REGISTRY.into());
+        cfg.registries.extend(registries.iter().map(|r| r.to_string()));
         let sim = Simulator::start(cfg).await.expect("start cube-sim");
         let stop = CancellationToken::new();
         if provisioner {

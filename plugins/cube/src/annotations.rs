@@ -115,12 +115,16 @@ fn invalid(name: &str, value: &str, rule: impl std::fmt::Display) -> InvalidInpu
     InvalidInput::new("InvalidAnnotation", field(name), format!("annotation {PREFIX}{name} is {value:?}, but {rule}"))
 }
 
-/// The Warning for a setting that is ignored where it is given.
-fn no_effect(name: &str, value: &str, why: &str) -> Event {
-    Event::warning(
-        "AnnotationHasNoEffect",
-        format!("annotation {PREFIX}{name} is {value:?}, but takes no effect and is ignored: {why}"),
-    )
+/// Why a setting is ignored where it is given.
+fn no_effect(name: &str, value: &str, why: &str) -> String {
+    format!("annotation {PREFIX}{name} is {value:?}, but takes no effect and is ignored: {why}")
+}
+
+/// One Warning for every ignored setting: Events of one reason on one pod fold into one.
+fn warn_ignored(events: &mut Vec<Event>, ignored: Vec<String>) {
+    if !ignored.is_empty() {
+        events.push(Event::warning("AnnotationHasNoEffect", ignored.join("; ")));
+    }
 }
 
 /// The EIP annotations: they matter only with `cube-eip: "true"`.
@@ -186,6 +190,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         ));
     }
 
+    let mut ignored = Vec::new();
     let tag = r.raw("cube-tag").filter(|t| !t.is_empty()).map(str::to_string);
     let charge_type = r
         .choice(
@@ -197,7 +202,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         // Billed by the second: a purchase length means nothing (the guide gives 0 a meaning
         // only with month).
         Some(0) if charge_type == ChargeType::Postpay => {
-            events.push(no_effect(
+            ignored.push(no_effect(
                 "cube-quantity",
                 "0",
                 "cube-chargetype is postpay (billed by the second, no purchase length); 1 is used",
@@ -220,9 +225,10 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         // settings, which describe an EIP that will not exist.
         for name in EIP_SETTINGS {
             if let Some(v) = r.raw(name) {
-                events.push(no_effect(name, v, "cube-eip is not \"true\", so no EIP is bound"));
+                ignored.push(no_effect(name, v, "cube-eip is not \"true\", so no EIP is bound"));
             }
         }
+        warn_ignored(&mut events, ignored);
         return Ok(CubeSettings { tag, charge_type, quantity, eip: None, events });
     }
     let id = r.id("cube-eip-id", "eip-")?;
@@ -250,7 +256,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         && pay_mode != PayMode::ShareBandwidth
     {
         // The guide: the shared bandwidth id takes effect only in shared-bandwidth pay mode.
-        events.push(no_effect(
+        ignored.push(no_effect(
             "cube-eip-share-bandwidth-id",
             bw,
             &format!("cube-eip-paymode is {}, not sharebandwidth", pay_mode.api().to_ascii_lowercase()),
@@ -294,7 +300,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
     let eip_quantity = match eip_quantity {
         // Billed by the hour: a purchase length means nothing.
         Some(0) if eip_charge_type == EipChargeType::Dynamic => {
-            events.push(no_effect(
+            ignored.push(no_effect(
                 "cube-eip-quantity",
                 "0",
                 "cube-eip-chargetype is dynamic (billed by the hour, no purchase length); 1 is used",
@@ -314,6 +320,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         ));
     }
 
+    warn_ignored(&mut events, ignored);
     Ok(CubeSettings {
         tag,
         charge_type,
@@ -548,6 +555,10 @@ mod tests {
         let shared = parse(&ann(&[("cube-eip", "true"), ("cube-eip-share-bandwidth-id", "bwshare-1")])).unwrap();
         assert_eq!(shared.eip.unwrap().share_bandwidth_id, None);
         assert_eq!(parse(&ann(&[("cube-quantity", "0")])).unwrap().quantity, 1);
+        // Several ignored settings: one Warning naming each (one reason per pod folds into one Event).
+        let both = parse(&ann(&[("cube-eip-id", "eip-1"), ("cube-quantity", "0")])).unwrap();
+        assert_eq!(both.events.len(), 1);
+        assert!(both.events[0].message.contains("cube-eip-id") && both.events[0].message.contains("cube-quantity"));
     }
 
     #[test]
