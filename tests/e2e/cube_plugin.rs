@@ -1,6 +1,8 @@
 //! cube.wasm in the daemon against the simulator, on the real control plane: annotations become
 //! exactly the expected instance, EIP and firewall binding; a wrong annotation fails the pod and
-//! creates nothing; `vkhost node delete` leaves nothing billed; a daemon crash mid-burst and a
+//! creates nothing, a setting that takes no effect only warns; `vkhost node delete` and
+//! `kubectl delete node` leave nothing billed; a pod beyond `max_pods` fails `OutOfpods`; a refused
+//! pod is judged again after a plugin reload or a config change; a daemon crash mid-burst and a
 //! replica failover leave exactly one instance per pod; the cloud's error codes reach the
 //! daemon's `/metrics`.
 

@@ -1,6 +1,7 @@
 //! The virtual node on a real control plane with the example provider: the guide's Deployment
 //! scheduled and Running, scale to zero, prompt graceful deletes, missing Secrets/ConfigMaps,
-//! stable names, the heartbeat Lease, NotReady after stop, a deleted Node recreated, disable.
+//! stable names, the heartbeat Lease, NotReady after stop, disable. (A Node deleted with kubectl:
+//! cube_plugin.rs.)
 
 use std::time::{Duration, Instant};
 
