@@ -44,6 +44,16 @@ fn apply(cluster: &Cluster, ns: &str, file: &str) {
     assert_eq!(code, 0, "kubectl apply {file}: {out}{err}");
 }
 
+/// Removes a stopped daemon's Node, so the next test's pods cannot be scheduled onto it.
+async fn retire(client: &kube::Client, node: &str) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let _ = nodes.delete(node, &Default::default()).await;
+    wait_for(Duration::from_secs(30), "the node removed", || async {
+        nodes.get_opt(node).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 /// Warning Events about `kind` `name` in `ns` with `reason`.
 async fn warnings(api: &Api<Event>, kind: &str, name: &str, reason: &str) -> Vec<Event> {
     let fields = format!("involvedObject.kind={kind},involvedObject.name={name},reason={reason}");
@@ -171,6 +181,7 @@ async fn guide_manifests_as_printed_run_on_cube_and_logs_exec_and_expansion_beha
     assert_eq!(disk["size_gb"], 20, "{disk}");
 
     daemon.stop().await;
+    retire(&ns.client, &node).await;
     env.stop().await;
 }
 
@@ -209,7 +220,7 @@ async fn a_statefulset_with_a_udisk_claim_template_scales_up_and_down_keeping_ea
     let env = CubeEnv::start_with_registries(cluster, true, GUIDE_REGISTRIES).await;
     let cid = fresh_cluster_id();
     let daemon = start(&guide_config(&env, cluster, &cid, &ns.name)).await;
-    node_of(&ns.client, &cid).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
 
     // The guide's StorageClass (cluster-wide; the other test of this binary may have made it).
     let sc: StorageClass = serde_json::from_value(json!({
@@ -283,5 +294,6 @@ async fn a_statefulset_with_a_udisk_claim_template_scales_up_and_down_keeping_ea
     assert_eq!(back["web-1"], three["web-1"], "web-1 comes back to its own disk");
 
     daemon.stop().await;
+    retire(&ns.client, &node).await;
     env.stop().await;
 }
