@@ -336,6 +336,17 @@ impl DaemonConfig {
                     format!("is {}, but must be between 1 and {MAX_PODS_PER_NODE}", node.max_pods),
                 ));
             }
+            if let Some(value) = &node.taint_value
+                && let Err(why) = check_label_value(value)
+            {
+                return Err(invalid(
+                    &key("taint_value"),
+                    format!(
+                        "is {value:?}, but a taint value must be a valid Kubernetes label value ({why}): at most 63 characters, ASCII letters, digits, '-', '_' and '.', starting and ending with a letter or digit; Kubernetes refuses any other in taints and tolerations alike. Use e.g. {:?}, and the same value in the pods' tolerations",
+                        suggest_label_value(value)
+                    ),
+                ));
+            }
             for k in node.secrets.keys() {
                 if node.provider.contains_key(k) {
                     return Err(invalid(
@@ -392,6 +403,32 @@ impl NodeSettings {
         }
         serde_json::to_value(&table).map_err(|e| ConfigError::Secret { key: "provider".into(), message: e.to_string() })
     }
+}
+
+/// Checks a Kubernetes label value (taint values follow the same rule); the error says what breaks it.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.len() > 63 {
+        return Err(format!("{} characters", value.len()));
+    }
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
+        return Err(format!("{c:?} is not allowed"));
+    }
+    let edge = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    if !edge(value.chars().next()) || !edge(value.chars().last()) {
+        return Err("it must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// A label value close to `value`: its allowed characters, or for a name in Chinese characters
+/// (the guide's brand, 安联云) its reading in Latin letters.
+pub fn suggest_label_value(value: &str) -> String {
+    if value == "安联云" {
+        return "anlianyun".into();
+    }
+    let kept: String = value.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(63).collect();
+    let kept = kept.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if kept.is_empty() { "cube".into() } else { kept }
 }
 
 /// `uk8s-` followed by 8 lowercase letters or digits.
@@ -514,6 +551,24 @@ id = "bj"
         let short = MINIMAL.replace("[plugin]", "[api]\nnode_cert_lifetime_seconds = 60\n[plugin]");
         let err = DaemonConfig::parse(&short, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("api.node_cert_lifetime_seconds") && err.contains("600"), "{err}");
+    }
+
+    #[test]
+    fn a_taint_value_kubernetes_would_refuse_is_named_with_the_rule_and_a_suggestion() {
+        for (value, suggestion) in [("安联云", "anlianyun"), ("-cube!", "cube"), ("云", "cube")] {
+            let text = format!("{MINIMAL}taint_value = \"{value}\"\n");
+            let err = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("nodes[0].taint_value") && err.contains("valid Kubernetes label value"), "{err}");
+            assert!(err.contains(&format!("e.g. {suggestion:?}")), "{err}");
+        }
+        let long = "a".repeat(64);
+        assert!(DaemonConfig::parse(&format!("{MINIMAL}taint_value = \"{long}\"\n"), Path::new("t.toml")).is_err());
+        for ok in ["cube", "anlianyun", "an-link.cloud_1", ""] {
+            assert!(
+                DaemonConfig::parse(&format!("{MINIMAL}taint_value = \"{ok}\"\n"), Path::new("t.toml")).is_ok(),
+                "{ok}"
+            );
+        }
     }
 
     #[test]

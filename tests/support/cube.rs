@@ -31,6 +31,13 @@ impl CubeEnv {
         CubeEnv::start_with(cluster, provisioner, |_| {}).await
     }
 
+    /// [`CubeEnv::start`] with more registries the simulator pulls from (the guide's
+    /// `uhub.an-link.com`, say) besides UHub and [`PRIVATE_REGISTRY`].
+    pub async fn start_with_registries(cluster: &Cluster, provisioner: bool, registries: &[&str]) -> CubeEnv {
+        CubeEnv::start_with(cluster, provisioner, |cfg| cfg.registries.extend(registries.iter().map(|r| r.to_string())))
+            .await
+    }
+
     /// `start` with the simulator's config adjusted by `configure` (say, `lifecycle.deleting_ms`).
     pub async fn start_with(cluster: &Cluster, provisioner: bool, configure: impl FnOnce(&mut SimConfig)) -> CubeEnv {
         let mut cfg = SimConfig::default()

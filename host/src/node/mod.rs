@@ -101,6 +101,11 @@ pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: Cancella
             }
         };
         waiting_logged = false;
+        if node_was_deleted(&shared, &lease_name).await {
+            // Another replica (or `vkhost node delete`) deleted the node: it stays deleted.
+            tracing::info!(node = %settings.id, "the node was deleted; not acting for it");
+            return;
+        }
         tracing::info!(node = %settings.id, identity = %shared.identity, "acting for node");
         let term = shutdown.child_token();
         fence.arm(claimed, term.clone());
@@ -296,6 +301,7 @@ async fn act(
         shared.metrics.clone(),
         records,
     );
+    ctx.max_pods.store(settings.max_pods, Ordering::Relaxed);
     let backend = Arc::new(NodeBackend(ctx.clone()));
     let server = KubeletServer::start(kubelet_cfg, backend, client.clone(), clients.reviews.clone(), term.clone())
         .await
@@ -356,8 +362,8 @@ impl Drop for Listed<'_> {
 }
 
 /// Every 10 s: renew the node Lease, refresh the status from the provider, notice a disabled
-/// or deleted node (and recreate a Node someone deleted). `beat` is the node's heartbeat lane,
-/// `daemon` the daemon's identity fenced as the node.
+/// or deleted node (and finish the deletion of a Node someone deleted). `beat` is the node's
+/// heartbeat lane, `daemon` the daemon's identity fenced as the node.
 async fn heartbeat(
     shared: Arc<Shared>,
     daemon: Client,
@@ -397,13 +403,20 @@ async fn heartbeat(
                     term.cancel();
                     return;
                 }
-                tracing::warn!(node = %ctx.node_name, "the Node object was deleted by someone; recreating it");
-                if let Err(e) = registration::create(&daemon, &ctx.node_name, &shape).await {
-                    tracing::warn!(node = %ctx.node_name, error = %e, "recreating the node failed");
-                } else {
-                    let _ = registration::reconcile_metadata(&daemon, &ctx.node_name, &shape).await;
-                    let _ = registration::patch_status(&beat, &ctx.node_name, &shape).await;
-                    continue;
+                // Someone deleted the Node (`kubectl delete node`): that is the guide's "delete
+                // node" (N7), so finish it as `vkhost node delete` does — no new instances, every
+                // instance deleted with its disks (unless the provider keeps them), never
+                // recreated. Pods bound to the node go the way of any deleted node's (PodGC).
+                ctx.disabled.store(true, Ordering::Relaxed);
+                match node_deleted_by_someone(&shared, &daemon, &ctx, &lease_name).await {
+                    Ok(n) => {
+                        tracing::warn!(node = %ctx.node_name, instances_deleted = n, "the Node was deleted (kubectl delete node): its instances were deleted and the node will not be recreated");
+                        term.cancel();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %ctx.node_name, error = %e, "finishing the deletion of the node failed; retrying")
+                    }
                 }
             }
             Err(e) => tracing::warn!(node = %ctx.node_name, error = %e, "reading the node failed"),
@@ -413,6 +426,21 @@ async fn heartbeat(
             _ = tokio::time::sleep(lease::NODE_LEASE_RENEW) => {}
         }
     }
+}
+
+/// Finishes a deletion of the Node made in Kubernetes: marks the node deleted for every replica,
+/// then deletes its instances through the provider (`daemon`: the daemon's identity, fenced as
+/// the node).
+async fn node_deleted_by_someone(
+    shared: &Shared,
+    daemon: &Client,
+    ctx: &NodeContext,
+    lease_name: &str,
+) -> Result<usize, ops::OpsError> {
+    ops::mark_deleted(daemon, &shared.config.ha.namespace, lease_name)
+        .await
+        .map_err(|source| ops::OpsError::Kube { node: ctx.node_name.clone(), source })?;
+    ops::delete_instances(&shared.plugin, &ctx.call, &ctx.records).await
 }
 
 /// Turns plugin reload attempts into Node Events (as the node), the plugin annotation (as the

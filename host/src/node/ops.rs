@@ -3,6 +3,8 @@
 //! deletes with them — then the Node, which the daemon will not recreate). A delete records
 //! each deletion in the node's durable records before asking for it, so a delete that was
 //! stopped midway is finished by the next run, even when the Node object is already gone.
+//! `kubectl delete node` of a running virtual node is the same delete, finished by the daemon
+//! (see `node::heartbeat`).
 
 use std::time::{Duration, Instant};
 
@@ -111,7 +113,6 @@ pub async fn delete(
     let normalised =
         plugin.validate_config(&id, &json).await.map_err(|source| OpsError::Provider { node: name.into(), source })?;
     let call = CallContext { node_name: name.into(), config: normalised };
-    let provider = |source| OpsError::Provider { node: name.into(), source };
     let recording = |e: records::RecordsError| OpsError::Other { node: name.into(), message: e.to_string() };
 
     // The node's durable records: the plugin's obligations and the deletions a stopped run left.
@@ -123,26 +124,50 @@ pub async fn delete(
     let mut report = DeleteReport { deletions_resumed: records.pending_deletions().len(), ..DeleteReport::default() };
 
     // Stop the daemon from acting for (and recreating) the node first.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.ha.namespace);
-    let lease_name = election_lease_name(&config.cluster_id, &id);
-    let mark = json!({"metadata": {"annotations": {DELETED_ANNOTATION: "true"}}});
-    match leases.patch(&lease_name, &PatchParams::default(), &Patch::Merge(&mark)).await {
+    mark_deleted(client, &config.ha.namespace, &election_lease_name(&config.cluster_id, &id)).await.map_err(err)?;
+    if node.is_some() {
+        set_disabled(client, name, true).await?;
+    }
+    report.instances_deleted = delete_instances(plugin, &call, &records).await?;
+    match nodes.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(err(e)),
+    }
+    let node_leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let _ = node_leases.delete(name, &DeleteParams::default()).await;
+    // Nothing is left to do for the node.
+    records.remove_all().await.map_err(recording)?;
+    Ok(report)
+}
+
+/// Marks a node's election Lease deleted on purpose: no replica acts for (or recreates) it again.
+pub async fn mark_deleted(client: &Client, namespace: &str, lease_name: &str) -> Result<(), kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let mark = json!({"metadata": {"annotations": {DELETED_ANNOTATION: "true"}}});
+    match leases.patch(lease_name, &PatchParams::default(), &Patch::Merge(&mark)).await {
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
             let lease: Lease = serde_json::from_value(
                 json!({"metadata": {"name": lease_name, "annotations": {DELETED_ANNOTATION: "true"}}, "spec": {}}),
             )
-            .unwrap();
-            leases.create(&PostParams::default(), &lease).await.map_err(err)?;
+            .expect("a Lease");
+            leases.create(&PostParams::default(), &lease).await.map(|_| ())
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => Err(e),
     }
-    if node.is_some() {
-        set_disabled(client, name, true).await?;
-    }
+}
 
-    let instances = plugin.list(&call).await.map_err(provider)?;
-    for inst in &instances {
+/// Deletes every instance the provider holds for the node (reason `node-deleted`: the provider
+/// deletes the disks with them unless told to keep them), recording each deletion in the node's
+/// durable records before asking for it, and waits until they are gone and every recorded
+/// deletion is finished; returns how many instances there were.
+pub async fn delete_instances(plugin: &Plugin, call: &CallContext, records: &NodeRecords) -> Result<usize, OpsError> {
+    let name = call.node_name.as_str();
+    let provider = |source| OpsError::Provider { node: name.into(), source };
+    let recording = |e: records::RecordsError| OpsError::Other { node: name.into(), message: e.to_string() };
+    let mut deleted = 0;
+    for inst in &plugin.list(call).await.map_err(provider)? {
         // Recorded before it is asked for: a run stopped from here on is finished by the next.
         let pending = PendingDeletion {
             pod: inst.pod.clone(),
@@ -150,8 +175,8 @@ pub async fn delete(
             instance_id: inst.instance_id.clone(),
         };
         records.record_deletion(pending).await.map_err(recording)?;
-        match plugin.delete(&call, &inst.pod, DeleteReason::NodeDeleted).await {
-            Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => report.instances_deleted += 1,
+        match plugin.delete(call, &inst.pod, DeleteReason::NodeDeleted).await {
+            Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => deleted += 1,
             Err(source) => return Err(provider(source)),
         }
     }
@@ -160,7 +185,7 @@ pub async fn delete(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         for pending in records.pending_deletions() {
-            match plugin.status(&call, &pending.pod).await {
+            match plugin.status(call, &pending.pod).await {
                 Err(CallError::Provider(ProviderError::NotFound(_))) => {
                     records.drop_deletion(&pending.pod.uid).await.map_err(recording)?
                 }
@@ -168,10 +193,10 @@ pub async fn delete(
                 Err(source) => return Err(provider(source)),
             }
         }
-        let left = plugin.list(&call).await.map_err(provider)?;
+        let left = plugin.list(call).await.map_err(provider)?;
         let pending = records.pending_deletions().len();
         if left.is_empty() && pending == 0 {
-            break;
+            return Ok(deleted);
         }
         if Instant::now() > deadline {
             return Err(OpsError::Other {
@@ -184,14 +209,4 @@ pub async fn delete(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    match nodes.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(err(e)),
-    }
-    let node_leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let _ = node_leases.delete(name, &DeleteParams::default()).await;
-    // Nothing is left to do for the node.
-    records.remove_all().await.map_err(recording)?;
-    Ok(report)
 }

@@ -4,7 +4,7 @@
 //! (upstream never retries), user errors shown on the pod and never retried.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ pub struct NodeContext {
     pub instances: Mutex<HashMap<String, InstanceRecord>>,
     /// Set while the node is disabled (N6): no new instances.
     pub disabled: AtomicBool,
+    /// The node's pod capacity: a pod bound beyond it is refused `OutOfpods`, as a kubelet does.
+    pub max_pods: AtomicU32,
     /// Retry attempts by pod UID, for the backoff.
     attempts: Mutex<HashMap<String, u32>>,
     /// Pods already told about a missing object (one Event, not one per retry).
@@ -97,6 +99,7 @@ impl NodeContext {
             metrics,
             instances: Mutex::new(HashMap::new()),
             disabled: AtomicBool::new(false),
+            max_pods: AtomicU32::new(crate::config::MAX_PODS_PER_NODE),
             attempts: Mutex::new(HashMap::new()),
             told_missing: Mutex::new(HashMap::new()),
             store: Mutex::new(None),
@@ -159,6 +162,16 @@ impl NodeContext {
             ..Default::default()
         };
         Api::<K8sEvent>::namespaced(self.client.clone(), &ns).create(&PostParams::default(), &event).await.map(|_| ())
+    }
+
+    /// What a provider's verdict on a pod rests on besides the pod: the plugin build and the
+    /// node's config. A refusal stamped with another is judged again.
+    pub fn verdict_basis(&self) -> String {
+        use sha2::Digest;
+        let summary = self.plugin.summary();
+        let config = hex::encode(sha2::Sha256::digest(self.call.config.as_bytes()));
+        let build: String = summary.load.sha256.chars().take(12).collect();
+        format!("{}@{} {build} config {}", summary.info.name, summary.info.version, &config[..12])
     }
 
     fn pod_ref(pod: &Pod) -> PodRef {
@@ -224,7 +237,18 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         .modify(|pod| pod.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects();
+    // A new plugin build may judge refused pods differently: look at every pod again.
+    let reloads = futures::stream::unfold(ctx.plugin.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.is_ok() => return Some(((), rx)),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
     let controller = Controller::for_stream(pods, store.clone())
+        .reconcile_all_on(reloads)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
     *ctx.store.lock().unwrap() = Some(store.clone());
     let sync_ctx = ctx.clone();
@@ -312,8 +336,13 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         return Ok(Action::await_change());
     }
     if is_rejected(pod) {
-        // The provider refused this pod as invalid: nothing to retry until the pod changes.
-        return Ok(Action::await_change());
+        // The provider refused this pod as invalid: nothing to retry until the pod changes, or
+        // (while it is still Pending) the plugin or the node's config the verdict rested on.
+        let basis = ctx.verdict_basis();
+        if phase != "Pending" || pod.annotations().get(REJECTED_BY_ANNOTATION) == Some(&basis) {
+            return Ok(Action::await_change());
+        }
+        reevaluate(pod, ctx).await?;
     }
     if ctx.disabled.load(Ordering::Relaxed) {
         let msg = format!(
@@ -323,11 +352,64 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         write_status(pod, ctx, status::waiting_status("Pending", "NodeDisabled", &msg)).await?;
         return Ok(Action::requeue(Duration::from_secs(15)));
     }
+    if let Some(message) = out_of_pods(pod, ctx) {
+        // Admission as the kubelet does it: the pod is failed, no instance is made.
+        tracing::info!(pod = %key(pod), %message, "pod refused: the node is full");
+        ctx.event(pod, true, "OutOfpods", message.clone()).await;
+        write_status(pod, ctx, status::waiting_status("Failed", "OutOfpods", &message)).await?;
+        return Ok(Action::await_change());
+    }
     create(pod, ctx).await
 }
 
 /// Annotation marking a pod the provider refused (value: the reason).
 const REJECTED_ANNOTATION: &str = "vkcube.io/rejected";
+/// Annotation recording what the refusal rested on ([`NodeContext::verdict_basis`]).
+const REJECTED_BY_ANNOTATION: &str = "vkcube.io/rejected-by";
+
+/// Clears a refusal made by another plugin build or node config, so the pod is judged again.
+async fn reevaluate(pod: &Pod, ctx: &NodeContext) -> Result<(), SyncError> {
+    let reason = pod.annotations().get(REJECTED_ANNOTATION).cloned().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {REJECTED_ANNOTATION: null, REJECTED_BY_ANNOTATION: null}}});
+    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| SyncError::Kube { pod: key(pod), source })?;
+    let note = format!(
+        "refused before ({reason}) by another provider plugin build or node config; judging the pod again with {}",
+        ctx.verdict_basis()
+    );
+    ctx.event(pod, false, "ProviderRefusalReevaluated", note).await;
+    Ok(())
+}
+
+/// Whether admitting `pod` would put more than `max_pods` pods on the node; the kubelet's
+/// message when so. Pods are admitted in creation order, as a kubelet admits them: those with an
+/// instance, and older ones still waiting for theirs, count; finished and refused ones do not.
+fn out_of_pods(pod: &Pod, ctx: &NodeContext) -> Option<String> {
+    let capacity = ctx.max_pods.load(Ordering::Relaxed) as usize;
+    let order = |p: &Pod| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.uid().unwrap_or_default());
+    let mine = order(pod);
+    let uid = pod.uid().unwrap_or_default();
+    let instances = ctx.instances.lock().unwrap().keys().cloned().collect::<std::collections::HashSet<_>>();
+    let used = ctx
+        .pods()
+        .iter()
+        .filter(|p| p.uid().unwrap_or_default() != uid)
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+            let done = phase == "Succeeded" || phase == "Failed";
+            let admitted =
+                instances.contains(&p.uid().unwrap_or_default()) || p.annotations().contains_key(INSTANCE_ANNOTATION);
+            admitted || (!done && !is_rejected(p) && p.metadata.deletion_timestamp.is_none() && order(p) < mine)
+        })
+        .count();
+    (used >= capacity).then(|| {
+        format!(
+            "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {capacity}"
+        )
+    })
+}
 
 fn is_rejected(pod: &Pod) -> bool {
     pod.annotations().contains_key(REJECTED_ANNOTATION)
@@ -354,7 +436,10 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             tracing::info!(pod = %k, reason = %inv.reason, %message, "provider refused the pod");
             ctx.event(pod, true, &inv.reason, message.clone()).await;
             let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-            let patch = json!({"metadata": {"annotations": {REJECTED_ANNOTATION: inv.reason}}});
+            let patch = json!({"metadata": {"annotations": {
+                REJECTED_ANNOTATION: inv.reason,
+                REJECTED_BY_ANNOTATION: ctx.verdict_basis(),
+            }}});
             api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
@@ -656,10 +741,15 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
     }
     let mut last_sweep: Option<Instant> = None;
     let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
+    let expansions = super::expansion::Answered::default();
     loop {
         finish_deletions(&ctx).await;
         let sweep_due =
             last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
+        if sweep_due {
+            // Claims are read one by one (a node may not watch them): at the sweep's pace.
+            super::expansion::check(&ctx, &store.state(), &expansions).await;
+        }
         if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
             tracing::warn!(node = %ctx.node_name, error = %e, "status sync failed");
         } else if sweep_due {

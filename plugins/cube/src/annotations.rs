@@ -1,5 +1,6 @@
 //! The `cube.ucloud.cn/` pod annotations (P3): billing, tag and EIP settings, their defaults and the
-//! rules between them. A wrong value fails the pod; a misspelt name only warns.
+//! rules between them. A wrong value fails the pod; a misspelt name only warns, and so does a
+//! setting the guide says takes no effect (不生效) where it is given: it is ignored, with a Warning.
 
 use std::collections::BTreeMap;
 
@@ -102,7 +103,7 @@ pub struct CubeSettings {
     pub quantity: u32,
     /// None when `cube-eip` is false.
     pub eip: Option<EipSettings>,
-    /// Warnings for misspelt annotation names.
+    /// Warnings for misspelt annotation names and for settings that take no effect.
     pub events: Vec<Event>,
 }
 
@@ -113,6 +114,30 @@ fn field(name: &str) -> String {
 fn invalid(name: &str, value: &str, rule: impl std::fmt::Display) -> InvalidInput {
     InvalidInput::new("InvalidAnnotation", field(name), format!("annotation {PREFIX}{name} is {value:?}, but {rule}"))
 }
+
+/// Why a setting is ignored where it is given.
+fn no_effect(name: &str, value: &str, why: &str) -> String {
+    format!("annotation {PREFIX}{name} is {value:?}, but takes no effect and is ignored: {why}")
+}
+
+/// One Warning for every ignored setting: Events of one reason on one pod fold into one.
+fn warn_ignored(events: &mut Vec<Event>, ignored: Vec<String>) {
+    if !ignored.is_empty() {
+        events.push(Event::warning("AnnotationHasNoEffect", ignored.join("; ")));
+    }
+}
+
+/// The EIP annotations: they matter only with `cube-eip: "true"`.
+const EIP_SETTINGS: [&str; 8] = [
+    "cube-eip-id",
+    "cube-eip-paymode",
+    "cube-eip-share-bandwidth-id",
+    "cube-eip-bandwidth",
+    "cube-eip-chargetype",
+    "cube-eip-quantity",
+    "cube-eip-release",
+    "cube-eip-security-group-id",
+];
 
 struct Reader<'a> {
     annotations: &'a BTreeMap<String, String>,
@@ -165,6 +190,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         ));
     }
 
+    let mut ignored = Vec::new();
     let tag = r.raw("cube-tag").filter(|t| !t.is_empty()).map(str::to_string);
     let charge_type = r
         .choice(
@@ -172,16 +198,39 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
             &[("year", ChargeType::Year), ("month", ChargeType::Month), ("postpay", ChargeType::Postpay)],
         )?
         .unwrap_or(ChargeType::Postpay);
-    let quantity = r.int("cube-quantity")?.unwrap_or(1);
-    if quantity == 0 && charge_type != ChargeType::Month {
-        return Err(invalid(
-            "cube-quantity",
-            "0",
-            "0 (until the end of the month) is only accepted when cube-chargetype is month",
-        ));
-    }
+    let quantity = match r.int("cube-quantity")? {
+        // Billed by the second: a purchase length means nothing (the guide gives 0 a meaning
+        // only with month).
+        Some(0) if charge_type == ChargeType::Postpay => {
+            ignored.push(no_effect(
+                "cube-quantity",
+                "0",
+                "cube-chargetype is postpay (billed by the second, no purchase length); 1 is used",
+            ));
+            1
+        }
+        Some(0) if charge_type != ChargeType::Month => {
+            return Err(invalid(
+                "cube-quantity",
+                "0",
+                "0 (until the end of the month) is only accepted when cube-chargetype is month",
+            ));
+        }
+        q => q.unwrap_or(1),
+    };
 
     let eip = r.bool("cube-eip")?.unwrap_or(false);
+    if !eip {
+        // The guide: cube-eip-id takes effect only with cube-eip "true"; so do the other EIP
+        // settings, which describe an EIP that will not exist.
+        for name in EIP_SETTINGS {
+            if let Some(v) = r.raw(name) {
+                ignored.push(no_effect(name, v, "cube-eip is not \"true\", so no EIP is bound"));
+            }
+        }
+        warn_ignored(&mut events, ignored);
+        return Ok(CubeSettings { tag, charge_type, quantity, eip: None, events });
+    }
     let id = r.id("cube-eip-id", "eip-")?;
     let pay_mode = r
         .choice(
@@ -193,7 +242,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
             ],
         )?
         .unwrap_or(PayMode::Bandwidth);
-    let share_bandwidth_id = r.id("cube-eip-share-bandwidth-id", "bwshare-")?;
+    let mut share_bandwidth_id = r.id("cube-eip-share-bandwidth-id", "bwshare-")?;
     let bandwidth = r.int("cube-eip-bandwidth")?;
     let eip_charge_type = r.choice(
         "cube-eip-chargetype",
@@ -203,19 +252,16 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
     let release = r.bool("cube-eip-release")?.unwrap_or(true);
     let security_group_id = r.id("cube-eip-security-group-id", "firewall-")?;
 
-    if let Some(id) = &id
-        && !eip
-    {
-        return Err(invalid("cube-eip-id", id, "is only accepted when cube-eip is \"true\""));
-    }
     if let Some(bw) = &share_bandwidth_id
         && pay_mode != PayMode::ShareBandwidth
     {
-        return Err(invalid(
+        // The guide: the shared bandwidth id takes effect only in shared-bandwidth pay mode.
+        ignored.push(no_effect(
             "cube-eip-share-bandwidth-id",
             bw,
-            "is only accepted when cube-eip-paymode is sharebandwidth",
+            &format!("cube-eip-paymode is {}, not sharebandwidth", pay_mode.api().to_ascii_lowercase()),
         ));
+        share_bandwidth_id = None;
     }
     let bandwidth = match (pay_mode, bandwidth) {
         (PayMode::ShareBandwidth, Some(b)) if b != 0 => {
@@ -237,7 +283,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         }
         (_, b) => b.unwrap_or(2),
     };
-    if eip && id.is_none() && pay_mode == PayMode::ShareBandwidth && share_bandwidth_id.is_none() {
+    if id.is_none() && pay_mode == PayMode::ShareBandwidth && share_bandwidth_id.is_none() {
         return Err(InvalidInput::new(
             "InvalidAnnotation",
             field("cube-eip-share-bandwidth-id"),
@@ -252,6 +298,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         ChargeType::Postpay => EipChargeType::Dynamic,
     });
     let eip_quantity = match eip_quantity {
+        // Billed by the hour: a purchase length means nothing.
+        Some(0) if eip_charge_type == EipChargeType::Dynamic => {
+            ignored.push(no_effect(
+                "cube-eip-quantity",
+                "0",
+                "cube-eip-chargetype is dynamic (billed by the hour, no purchase length); 1 is used",
+            ));
+            1
+        }
         Some(q) => q,
         // "Until the end of the month" carries over only to a monthly EIP.
         None if quantity == 0 && eip_charge_type != EipChargeType::Month => 1,
@@ -265,11 +320,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
         ));
     }
 
+    warn_ignored(&mut events, ignored);
     Ok(CubeSettings {
         tag,
         charge_type,
         quantity,
-        eip: eip.then_some(EipSettings {
+        eip: Some(EipSettings {
             id,
             pay_mode,
             share_bandwidth_id,
@@ -404,20 +460,13 @@ mod tests {
             (&[("cube-chargetype", "weekly")], "cube-chargetype", "must be one of year, month, postpay"),
             (&[("cube-quantity", "-1")], "cube-quantity", "whole number"),
             (&[("cube-quantity", "two")], "cube-quantity", "whole number"),
-            (&[("cube-quantity", "0")], "cube-quantity", "only accepted when cube-chargetype is month"),
             (&[("cube-chargetype", "year"), ("cube-quantity", "0")], "cube-quantity", "cube-chargetype is month"),
             (&[("cube-eip", "yes")], "cube-eip", "must be one of true, false"),
-            (&[("cube-eip-id", "eip-1")], "cube-eip-id", "only accepted when cube-eip is \"true\""),
             (&[("cube-eip", "true"), ("cube-eip-id", "abc")], "cube-eip-id", "eip-xxxxxxxx"),
             (
                 &[("cube-eip", "true"), ("cube-eip-paymode", "free")],
                 "cube-eip-paymode",
                 "traffic, bandwidth, sharebandwidth",
-            ),
-            (
-                &[("cube-eip", "true"), ("cube-eip-share-bandwidth-id", "bwshare-1")],
-                "cube-eip-share-bandwidth-id",
-                "sharebandwidth",
             ),
             (
                 &[
@@ -441,7 +490,11 @@ mod tests {
                 "year, month, dynamic",
             ),
             (&[("cube-eip", "true"), ("cube-eip-quantity", "x")], "cube-eip-quantity", "whole number"),
-            (&[("cube-eip", "true"), ("cube-eip-quantity", "0")], "cube-eip-quantity", "cube-eip-chargetype is month"),
+            (
+                &[("cube-eip", "true"), ("cube-eip-chargetype", "year"), ("cube-eip-quantity", "0")],
+                "cube-eip-quantity",
+                "cube-eip-chargetype is month",
+            ),
             (&[("cube-eip", "true"), ("cube-eip-release", "no")], "cube-eip-release", "true, false"),
             (
                 &[("cube-eip", "true"), ("cube-eip-security-group-id", "sg-1")],
@@ -470,6 +523,42 @@ mod tests {
             err.message,
             "annotation cube.ucloud.cn/cube-eip-bandwidth is 5, but must be 0 when cube-eip-paymode is sharebandwidth"
         );
+    }
+
+    #[test]
+    fn settings_the_guide_says_take_no_effect_are_ignored_with_a_warning() {
+        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+            // 仅在 cube.ucloud.cn/cube-eip: "true" 时生效
+            (&[("cube-eip-id", "eip-1")], "cube-eip-id", "cube-eip is not \"true\""),
+            (&[("cube-eip", "false"), ("cube-eip-bandwidth", "0")], "cube-eip-bandwidth", "no EIP is bound"),
+            // 仅在 EIP 计费模式为「共享带宽」时生效
+            (
+                &[("cube-eip", "true"), ("cube-eip-share-bandwidth-id", "bwshare-1")],
+                "cube-eip-share-bandwidth-id",
+                "cube-eip-paymode is bandwidth, not sharebandwidth",
+            ),
+            (&[("cube-quantity", "0")], "cube-quantity", "cube-chargetype is postpay"),
+            (
+                &[("cube-eip", "true"), ("cube-eip-quantity", "0")],
+                "cube-eip-quantity",
+                "cube-eip-chargetype is dynamic",
+            ),
+        ];
+        for (pairs, name, why) in cases {
+            let s = parse(&ann(pairs)).unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
+            assert_eq!(s.events.len(), 1, "{pairs:?}: {:?}", s.events);
+            let e = &s.events[0];
+            assert_eq!((e.kind.as_str(), e.reason.as_str()), ("Warning", "AnnotationHasNoEffect"));
+            assert!(e.message.contains(&format!("{PREFIX}{name}")) && e.message.contains(why), "{}", e.message);
+        }
+        assert_eq!(parse(&ann(&[("cube-eip-id", "eip-1")])).unwrap().eip, None);
+        let shared = parse(&ann(&[("cube-eip", "true"), ("cube-eip-share-bandwidth-id", "bwshare-1")])).unwrap();
+        assert_eq!(shared.eip.unwrap().share_bandwidth_id, None);
+        assert_eq!(parse(&ann(&[("cube-quantity", "0")])).unwrap().quantity, 1);
+        // Several ignored settings: one Warning naming each (one reason per pod folds into one Event).
+        let both = parse(&ann(&[("cube-eip-id", "eip-1"), ("cube-quantity", "0")])).unwrap();
+        assert_eq!(both.events.len(), 1);
+        assert!(both.events[0].message.contains("cube-eip-id") && both.events[0].message.contains("cube-quantity"));
     }
 
     #[test]

@@ -9,9 +9,29 @@ use crate::error::InvalidInput;
 use crate::sizes::Size;
 
 pub const DEFAULT_API_URL: &str = "https://api.ucloud.cn";
-/// The UHub registry, always allowed.
+/// The UHub registry of a UCloud deployment: the default of `uhub_hosts`.
 pub const UHUB: &str = "uhub.service.ucloud.cn";
 pub const MAX_PODS_LIMIT: u32 = 200;
+
+/// The zones the guide lists as Cube zones (华北(北京)E, 广州B), by region: `zone` must be one of
+/// them, and defaults to its region's.
+pub const CUBE_ZONES: &[(&str, &str)] = &[("cn-bj2", "cn-bj2-05"), ("cn-gd", "cn-gd-02")];
+
+/// Public registries: the guide says Cube pulls no Internet images ("不支持拉取外网镜像,如DockerHub"),
+/// so none of them can be a node's self-hosted registry.
+pub const PUBLIC_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+    "quay.io",
+    "gcr.io",
+    "ghcr.io",
+    "registry.k8s.io",
+    "k8s.gcr.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+];
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -25,6 +45,8 @@ pub struct NodeConfig {
     pub private_key: String,
     pub default_size: Size,
     pub max_pods: u32,
+    /// The UHub host names of this cloud (the guide's images come from its brand's UHub host).
+    pub uhub_hosts: Vec<String>,
     /// Self-hosted registries pods may pull from, besides UHub.
     pub registries: Vec<String>,
     pub cluster_ip_support: bool,
@@ -49,6 +71,7 @@ impl fmt::Debug for NodeConfig {
             .field("private_key", &"<redacted>")
             .field("default_size", &self.default_size)
             .field("max_pods", &self.max_pods)
+            .field("uhub_hosts", &self.uhub_hosts)
             .field("registries", &self.registries)
             .field("cluster_ip_support", &self.cluster_ip_support)
             .field("kubeconfig", &self.kubeconfig.as_ref().map(|_| "<redacted>"))
@@ -69,6 +92,7 @@ const KEYS: &[&str] = &[
     "private_key",
     "default_size",
     "max_pods",
+    "uhub_hosts",
     "registries",
     "cluster_ip_support",
     "kubeconfig",
@@ -121,6 +145,34 @@ fn boolean(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, I
     }
 }
 
+/// A list of registry host names (`uhub_hosts`, `registries`), lowercased; none when absent.
+fn hosts(obj: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, InvalidInput> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let host = item.as_str().map(str::trim).unwrap_or_default();
+                let valid = !host.is_empty()
+                    && !host.contains("://")
+                    && !host.contains('/')
+                    && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+                if !valid {
+                    return Err(bad(
+                        &format!("{key}[{i}]"),
+                        format!(
+                            "{key}[{i}] is {item}, but must be a registry host name such as myhub.example.com (no scheme, no path)"
+                        ),
+                    ));
+                }
+                out.push(host.to_ascii_lowercase());
+            }
+            Ok(Some(out))
+        }
+        Some(other) => Err(bad(key, format!("{key} is {other}, but must be a list of registry host names"))),
+    }
+}
+
 impl NodeConfig {
     /// Parses and checks a node's provider config.
     pub fn parse(json: &str) -> Result<NodeConfig, InvalidInput> {
@@ -145,12 +197,37 @@ impl NodeConfig {
         }
         let api_url = api_url.trim_end_matches('/').to_string();
         let region = required(&obj, "region", "the cluster's region, e.g. cn-bj2")?;
-        let zone = required(&obj, "zone", "a Cube zone of the region, e.g. cn-bj2-05 or cn-gd-02")?;
+        let zones: Vec<&str> = CUBE_ZONES.iter().map(|(_, z)| *z).collect();
+        let zone = match string(&obj, "zone")? {
+            Some(zone) => zone,
+            None => match CUBE_ZONES.iter().find(|(r, _)| *r == region) {
+                Some((_, zone)) => zone.to_string(),
+                None => {
+                    return Err(bad(
+                        "zone",
+                        format!(
+                            "zone is missing and region {region} has no Cube zone the guide lists; Cube zones: {} (Beijing E, Guangzhou B)",
+                            zones.join(", ")
+                        ),
+                    ));
+                }
+            },
+        };
         if !zone.starts_with(&format!("{region}-")) {
             return Err(bad(
                 "zone",
                 format!(
-                    "zone is {zone:?}, but must be a zone of region {region} (e.g. {region}-05; Cube zones: cn-bj2-05, cn-gd-02)"
+                    "zone is {zone:?}, but must be a zone of region {region} (e.g. {region}-05; Cube zones: {})",
+                    zones.join(", ")
+                ),
+            ));
+        }
+        if !zones.contains(&zone.as_str()) {
+            return Err(bad(
+                "zone",
+                format!(
+                    "zone is {zone:?}, but Cube runs only in the zones the guide lists: {} (Beijing E, Guangzhou B)",
+                    zones.join(", ")
                 ),
             ));
         }
@@ -209,35 +286,29 @@ impl NodeConfig {
             },
         };
 
-        let registries = match obj.get("registries") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(items)) => {
-                let mut out = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    let host = item.as_str().map(str::trim).unwrap_or_default();
-                    let valid = !host.is_empty()
-                        && !host.contains("://")
-                        && !host.contains('/')
-                        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
-                    if !valid {
-                        return Err(bad(
-                            &format!("registries[{i}]"),
-                            format!(
-                                "registries[{i}] is {item}, but must be a registry host name such as myhub.example.com (no scheme, no path)"
-                            ),
-                        ));
-                    }
-                    out.push(host.to_ascii_lowercase());
-                }
-                out
-            }
-            Some(other) => {
+        let uhub_hosts = match hosts(&obj, "uhub_hosts")? {
+            Some(h) if h.is_empty() => {
                 return Err(bad(
-                    "registries",
-                    format!("registries is {other}, but must be a list of registry host names"),
+                    "uhub_hosts",
+                    format!(
+                        "uhub_hosts is empty, but Cube always pulls from UHub: name its host (default [\"{UHUB}\"])"
+                    ),
                 ));
             }
+            Some(h) => h,
+            None => vec![UHUB.to_string()],
         };
+        let registries = hosts(&obj, "registries")?.unwrap_or_default();
+        for (key, list) in [("uhub_hosts", &uhub_hosts), ("registries", &registries)] {
+            if let Some((i, host)) = list.iter().enumerate().find(|(_, h)| PUBLIC_REGISTRIES.contains(&h.as_str())) {
+                return Err(bad(
+                    &format!("{key}[{i}]"),
+                    format!(
+                        "{key}[{i}] is {host:?}, a public Internet registry, but Cube pulls only from UHub and self-hosted registries in the node's region (the guide: no Internet images such as Docker Hub)"
+                    ),
+                ));
+            }
+        }
 
         let eip_operator = string(&obj, "eip_operator")?.unwrap_or_else(|| "Bgp".into());
         let cluster_ip_support = boolean(&obj, "cluster_ip_support", false)?;
@@ -264,6 +335,7 @@ impl NodeConfig {
             private_key,
             default_size,
             max_pods,
+            uhub_hosts,
             registries,
             cluster_ip_support,
             kubeconfig,
@@ -284,6 +356,7 @@ impl NodeConfig {
             "private_key": self.private_key,
             "default_size": {"cpu": self.default_size.cpu(), "memory": self.default_size.memory()},
             "max_pods": self.max_pods,
+            "uhub_hosts": self.uhub_hosts,
             "registries": self.registries,
             "cluster_ip_support": self.cluster_ip_support,
             "delete_disks_with_node": self.delete_disks_with_node,
@@ -300,7 +373,7 @@ impl NodeConfig {
 
     /// Registries pods may pull from: UHub first, then the node's own.
     pub fn allowed_registries(&self) -> Vec<String> {
-        std::iter::once(UHUB.to_string()).chain(self.registries.iter().cloned()).collect()
+        self.uhub_hosts.iter().chain(self.registries.iter()).cloned().collect()
     }
 }
 
@@ -334,6 +407,7 @@ pub(crate) mod tests {
         assert!(c.delete_disks_with_node);
         assert!(!c.cluster_ip_support);
         assert_eq!(c.allowed_registries(), vec![UHUB.to_string()]);
+        assert_eq!(c.uhub_hosts, vec![UHUB.to_string()]);
         let normalised: Value = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(normalised["default_size"], json!({"cpu": "1", "memory": "2Gi"}));
         assert_eq!(NodeConfig::parse(&c.to_json()).unwrap(), c);
@@ -367,6 +441,10 @@ pub(crate) mod tests {
             ("regoin", json!("cn-bj2"), "config.regoin", "did you mean region?"),
             ("region", Value::Null, "config.region", "region is missing"),
             ("zone", json!("cn-gd-02"), "config.zone", "must be a zone of region cn-bj2"),
+            ("zone", json!("cn-bj2-02"), "config.zone", "zones the guide lists: cn-bj2-05, cn-gd-02"),
+            ("uhub_hosts", json!([]), "config.uhub_hosts", "always pulls from UHub"),
+            ("uhub_hosts", json!(["uhub.an-link.com/ucloud"]), "config.uhub_hosts[0]", "registry host name"),
+            ("registries", json!(["myhub.an-link.com", "docker.io"]), "config.registries[1]", "no Internet images"),
             ("vpc_id", json!("vpc-1"), "config.vpc_id", "starting with \"uvnet-\""),
             ("subnet_id", json!(3), "config.subnet_id", "must be a string"),
             ("api_url", json!("ftp://x"), "config.api_url", "http:// or https://"),
@@ -388,6 +466,29 @@ pub(crate) mod tests {
         }
         assert_eq!(NodeConfig::parse("[]").unwrap_err().field, "config");
         assert_eq!(NodeConfig::parse("{").unwrap_err().field, "config");
+    }
+
+    #[test]
+    fn the_zone_defaults_to_the_guides_cube_zone_of_the_region() {
+        for (region, zone) in [("cn-bj2", "cn-bj2-05"), ("cn-gd", "cn-gd-02")] {
+            let mut v = minimal();
+            v["region"] = json!(region);
+            v.as_object_mut().unwrap().remove("zone");
+            assert_eq!(NodeConfig::parse(&v.to_string()).unwrap().zone, zone);
+        }
+        let mut v = minimal();
+        v["region"] = json!("cn-sh2");
+        v.as_object_mut().unwrap().remove("zone");
+        let err = NodeConfig::parse(&v.to_string()).unwrap_err();
+        assert_eq!(err.field, "config.zone");
+        assert!(err.message.contains("cn-bj2-05, cn-gd-02"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_guides_uhub_host_is_a_setting() {
+        let c = NodeConfig::parse(&with("uhub_hosts", json!(["UHub.An-Link.com"]))).unwrap();
+        assert_eq!(c.allowed_registries(), vec!["uhub.an-link.com".to_string()]);
+        assert_eq!(NodeConfig::parse(&c.to_json()).unwrap(), c);
     }
 
     #[test]

@@ -304,6 +304,9 @@ pub struct CsiSource {
     pub driver: String,
     pub volume_handle: String,
     pub fs_type: Option<String>,
+    /// The driver's volume context (UDisk: `type`, from the StorageClass parameters).
+    #[serde(deserialize_with = "null_as_default")]
+    pub volume_attributes: BTreeMap<String, String>,
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {

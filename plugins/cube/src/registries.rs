@@ -1,5 +1,6 @@
-//! Registries (P6, P7): Cube pulls only from UHub and the self-hosted registries the node allows;
-//! image pull secrets become Cube `imagePullSecrets` carrying the registry's private address and VPC.
+//! Registries (P6, P7): Cube pulls only from UHub and self-hosted registries of the region — those
+//! the node allows, and those a pod's pull secret describes the guide's way (the registry's private
+//! address and VPC); image pull secrets become Cube `imagePullSecrets` carrying both.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -35,7 +36,7 @@ pub fn check_image(image: &str, field: &str, allowed: &[String]) -> Result<(), I
         "ImageRegistryNotAllowed",
         field,
         format!(
-            "image {image:?} is from {from}, but Cube pulls images only from {}; push it to UHub or add a self-hosted registry of the region to the node's registries",
+            "image {image:?} is from {from}, but Cube pulls images only from {}; push it to UHub, or for a self-hosted registry of the region give the pod a pull secret whose auths entry has its registryaddr and vpcid, or add it to the node's registries",
             allowed.join(", ")
         ),
     ))
@@ -49,6 +50,27 @@ struct AuthEntry {
     auth: String,
     registryaddr: String,
     vpcid: String,
+}
+
+/// Registries the pod's pull secrets describe as self-hosted in a VPC (an address and a VPC id).
+pub fn self_hosted(secrets: &[PullSecret]) -> impl Iterator<Item = String> + '_ {
+    secrets
+        .iter()
+        .filter(|s| !s.registryaddr.is_empty() && !s.vpc_id.is_empty())
+        .map(|s| s.registry_server.to_ascii_lowercase())
+}
+
+/// A private IPv4 address (10/8, 172.16/12, 192.168/16, 100.64/10): where a UHost in a VPC is
+/// reached.
+fn is_private_ipv4(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map(|(h, _)| h).unwrap_or(addr);
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            let [a, b, ..] = ip.octets();
+            ip.is_private() || (a == 100 && (64..128).contains(&b))
+        }
+        Err(_) => false,
+    }
 }
 
 /// The pod's image pull secrets in the Cube dialect; secrets that do not exist are skipped with a
@@ -107,6 +129,26 @@ pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<Pu
                     })?;
                 let (u, p) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
                 (username, password) = (u.to_string(), p.to_string());
+            }
+            if !entry.registryaddr.is_empty() && !is_private_ipv4(entry.registryaddr.trim()) {
+                return Err(InvalidInput::new(
+                    "InvalidImagePullSecret",
+                    &field,
+                    format!(
+                        "Secret {}: registryaddr of {server} is {:?}, but must be the registry's private IPv4 address in its VPC (Cube pulls from self-hosted registries of the region, not from the Internet)",
+                        r.name, entry.registryaddr
+                    ),
+                ));
+            }
+            if !entry.vpcid.is_empty() && !entry.vpcid.starts_with("uvnet-") {
+                return Err(InvalidInput::new(
+                    "InvalidImagePullSecret",
+                    &field,
+                    format!(
+                        "Secret {}: vpcid of {server} is {:?}, but must be a VPC id (uvnet-…)",
+                        r.name, entry.vpcid
+                    ),
+                ));
             }
             out.push(PullSecret {
                 registry_server: registry_server(&server),
@@ -235,6 +277,38 @@ mod tests {
         );
         assert_eq!(events.len(), 1);
         assert!(events[0].message.contains("missing"));
+    }
+
+    #[test]
+    fn a_pull_secret_with_address_and_vpc_allows_its_registry_and_one_without_does_not() {
+        let doc = |entry: &str| Secret {
+            name: "s".into(),
+            kind: "kubernetes.io/dockerconfigjson".into(),
+            data: vec![(
+                ".dockerconfigjson".into(),
+                format!(r#"{{"auths":{{"myhub.an-link.com":{entry}}}}}"#).into_bytes(),
+            )],
+        };
+        let refs = [LocalRef { name: "s".into() }];
+        let guide =
+            pod_with(vec![doc(r#"{"username":"u","password":"p","registryaddr":"10.1.2.3","vpcid":"uvnet-x"}"#)]);
+        let (secrets, _) = pull_secrets(&refs, &guide).unwrap();
+        assert_eq!(self_hosted(&secrets).collect::<Vec<_>>(), vec!["myhub.an-link.com"]);
+        let plain = pod_with(vec![doc(r#"{"username":"u","password":"p"}"#)]);
+        let (secrets, _) = pull_secrets(&refs, &plain).unwrap();
+        assert_eq!(self_hosted(&secrets).count(), 0, "credentials alone do not make a registry self-hosted");
+        for (entry, needle) in [
+            (r#"{"registryaddr":"8.8.8.8","vpcid":"uvnet-x"}"#, "private IPv4"),
+            (r#"{"registryaddr":"myhub.example.com","vpcid":"uvnet-x"}"#, "private IPv4"),
+            (r#"{"registryaddr":"10.0.0.1","vpcid":"vpc-1"}"#, "uvnet-"),
+        ] {
+            let err = pull_secrets(&refs, &pod_with(vec![doc(entry)])).unwrap_err();
+            assert!(err.message.contains(needle), "{entry}: {}", err.message);
+        }
+        assert!(
+            pull_secrets(&refs, &pod_with(vec![doc(r#"{"registryaddr":"192.168.0.9:5000","vpcid":"uvnet-x"}"#)]))
+                .is_ok()
+        );
     }
 
     #[test]

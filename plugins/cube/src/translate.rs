@@ -93,7 +93,12 @@ pub fn translate_with(
     let mut events = settings.events.clone();
     events.extend(restrictions::check(&pod)?);
 
-    let allowed = config.allowed_registries();
+    // The guide's way to use a self-hosted registry is its pull secret carrying the registry's
+    // address and VPC: such a secret allows the registry, as the node's `registries` do.
+    let (pull_secrets, pull_events) = registries::pull_secrets(&pod.spec.image_pull_secrets, resolved)?;
+    events.extend(pull_events);
+    let mut allowed = config.allowed_registries();
+    allowed.extend(registries::self_hosted(&pull_secrets));
     for (field, c) in containers_with_fields(&pod.spec) {
         registries::check_image(&c.image, &format!("{field}.image"), &allowed)?;
     }
@@ -118,8 +123,6 @@ pub fn translate_with(
 
     let vols = volumes::translate(&pod, resolved)?;
     events.extend(vols.events);
-    let (pull_secrets, pull_events) = registries::pull_secrets(&pod.spec.image_pull_secrets, resolved)?;
-    events.extend(pull_events);
 
     let limits = sizes::distribute(size, &app);
     let whole = Demand { cpu_millis: size.cpu_millis, memory_bytes: size.memory_bytes() };

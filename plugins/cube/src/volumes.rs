@@ -66,7 +66,7 @@ pub fn translate(pod: &k8s::Pod, resolved: &ResolvedPod) -> Result<Volumes, Tran
         } else if let Some(nfs) = &v.nfs {
             VolumeSource::Nfs(Nfs { address: nfs_address(&nfs.server, &nfs.path), mount_option: None })
         } else if let Some(claim) = &v.persistent_volume_claim {
-            claim_source(resolved, &claim.claim_name, &format!("{field}.persistentVolumeClaim"))?
+            claim_source(resolved, &claim.claim_name, &format!("{field}.persistentVolumeClaim"), &mut out.events)?
         } else if v.empty_dir.is_some() || v.other.is_empty() {
             VolumeSource::EmptyDir(EmptyDir {})
         } else {
@@ -195,7 +195,12 @@ fn select(
 }
 
 /// A PVC's bound PV as a Cube volume: a UDisk (ext4) or an NFS share.
-fn claim_source(resolved: &ResolvedPod, claim_name: &str, field: &str) -> Result<VolumeSource, TranslateError> {
+fn claim_source(
+    resolved: &ResolvedPod,
+    claim_name: &str,
+    field: &str,
+    events: &mut Vec<Event>,
+) -> Result<VolumeSource, TranslateError> {
     let Some(claim) = resolved.claims.iter().find(|c| c.claim_name == claim_name) else {
         return Err(TranslateError::NotReady(format!(
             "{field}: PersistentVolumeClaim {claim_name} does not exist (yet)"
@@ -232,6 +237,16 @@ fn claim_source(resolved: &ResolvedPod, claim_name: &str, field: &str) -> Result
                 format!("claim {claim_name} is bound to PV {pv_name} with fsType {fs}, but Cube mounts UDisks as ext4 only (use a StorageClass with fsType: ext4)"),
             )
             .into());
+        }
+        if csi.volume_attributes.get("type").is_some_and(|t| t.eq_ignore_ascii_case("rssd")) {
+            // The guide's advice, where it applies: the disk may not be mountable at all.
+            events.push(Event::warning(
+                "RSSDUDisk",
+                format!(
+                    "claim {claim_name} is an RSSD UDisk ({}); the guide advises SSD or SATA disks for Cube: an RSSD disk's RDMA area may not match the Cube instance's, and then it cannot be mounted (StorageClass parameter type: \"ssd\" or \"sata\")",
+                    csi.volume_handle
+                ),
+            ));
         }
         return Ok(VolumeSource::Udisk(Udisk { id: csi.volume_handle.clone(), fs: fs.into(), force_format: false }));
     }

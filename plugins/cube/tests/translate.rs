@@ -15,7 +15,8 @@ fn config() -> String {
     json!({
         "region": "cn-bj2", "zone": "cn-bj2-05", "vpc_id": "uvnet-abc", "subnet_id": "subnet-def",
         "public_key": "pub", "private_key": "priv",
-        "registries": ["uhub.an-link.com", "myhub.an-link.com"],
+        "uhub_hosts": ["uhub.service.ucloud.cn", "uhub.an-link.com"],
+        "registries": ["myhub.an-link.com"],
     })
     .to_string()
 }
@@ -701,6 +702,39 @@ fn the_guides_manifests_translate_as_written() {
             assert!(p["spec"]["volumes"][0].get(volume).is_some(), "{name}: {}", p["spec"]["volumes"]);
         }
     }
+}
+
+#[test]
+fn the_guides_self_hosted_registry_needs_only_its_pull_secret() {
+    let guide_node = json!({
+        "region": "cn-bj2", "vpc_id": "uvnet-abc", "subnet_id": "subnet-def",
+        "public_key": "pub", "private_key": "priv", "uhub_hosts": ["uhub.an-link.com"],
+    })
+    .to_string();
+    let mut r = cube_provider::pod_from_manifest(&fixture("guide-manifest-myhub.yaml")).unwrap();
+    r.secrets.push(secret(
+        "myhub",
+        "kubernetes.io/dockerconfigjson",
+        &[(".dockerconfigjson", fixture("guide-dockerconfig.json").as_bytes())],
+    ));
+    let req = translate(NODE, &guide_node, &r).unwrap();
+    assert_eq!(req.params["Zone"], "cn-bj2-05", "the zone defaults to the region's Cube zone");
+    // Without the pull secret, the registry is refused, naming both ways to allow it.
+    r.secrets.clear();
+    let TranslateError::Invalid(e) = translate(NODE, &guide_node, &r).unwrap_err() else { panic!() };
+    assert_eq!(e.reason, "ImageRegistryNotAllowed");
+    assert!(e.message.contains("registryaddr and vpcid") && e.message.contains("node's registries"), "{}", e.message);
+}
+
+#[test]
+fn an_rssd_udisk_carries_the_guides_advice() {
+    let mut pv = guide_pv();
+    pv["spec"]["csi"]["volumeAttributes"] = json!({"type": "rssd"});
+    let req = ok(&udisk_pod(Some(pv)));
+    let advice = req.events.iter().find(|e| e.reason == "RSSDUDisk").expect("an RSSD event");
+    assert_eq!(advice.kind, "Warning");
+    assert!(advice.message.contains("SSD or SATA") && advice.message.contains("RDMA"), "{}", advice.message);
+    assert!(ok(&udisk_pod(Some(guide_pv()))).events.iter().all(|e| e.reason != "RSSDUDisk"));
 }
 
 #[test]

@@ -143,7 +143,8 @@ impl Provisioner {
             })?;
         let size_gb = bytes.div_ceil(1 << 30).max(1);
         let params = sc.parameters.clone().unwrap_or_default();
-        let disk_type = match params.get("type").map(String::as_str).unwrap_or("ssd") {
+        let type_param = params.get("type").cloned().unwrap_or_else(|| "ssd".into());
+        let disk_type = match type_param.as_str() {
             "sata" => "DataDisk",
             "ssd" => "SSDDataDisk",
             "rssd" => "RSSDDataDisk",
@@ -211,6 +212,8 @@ impl Provisioner {
                     driver: PROVISIONER.into(),
                     volume_handle: disk_id,
                     fs_type: Some(fs_type),
+                    // As the UDisk CSI driver's volume context: the disk type.
+                    volume_attributes: Some(BTreeMap::from([("type".to_string(), type_param.clone())])),
                     ..Default::default()
                 }),
                 persistent_volume_reclaim_policy: Some(sc.reclaim_policy.clone().unwrap_or_else(|| "Delete".into())),
