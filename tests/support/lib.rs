@@ -185,6 +185,7 @@ where
 }
 
 pub mod bench;
+pub mod chaos;
 pub mod cube;
 pub mod daemon;
 
