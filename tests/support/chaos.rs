@@ -1252,6 +1252,87 @@ impl World {
         })
     }
 
+    /// `minutes` of mixed churn on node n1 — scale up and down, pod deletes, node disable and
+    /// enable, plugin reloads, random faults — from `seed`; every tenth step the faults are
+    /// cleared and the pods must converge; at the end everything is scaled to 0 and swept.
+    /// `say` gets one line per step.
+    pub async fn soak(&mut self, minutes: f64, max_pods: usize, seed: u64, say: &dyn Fn(String)) -> Result<SoakReport> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let name = format!("{APP}-soak");
+        let node = self.node_name("n1").await?;
+        let started = Instant::now();
+        let end = started + Duration::from_secs_f64(minutes * 60.0);
+        let mut actions: BTreeMap<String, usize> = BTreeMap::new();
+        let mut target = 0usize;
+        let mut checkpoints = Vec::new();
+        let faults: Vec<Fault> =
+            Fault::ALL.into_iter().filter(|f| !matches!(f, Fault::KillNodeDelete | Fault::Reload)).collect();
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut step = 0usize;
+        while Instant::now() < end {
+            self.ensure()?;
+            step += 1;
+            let roll = rng.random_range(0..100);
+            let mut notes = Vec::new();
+            let action = if roll < 30 {
+                target = rng.random_range(0..=max_pods);
+                self.scale(&name, "n1", target).await?;
+                ("scale".to_string(), format!("scale to {target}"))
+            } else if roll < 45 {
+                let pods = self.pods().await.unwrap_or_default();
+                let live: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+                let k = rng.random_range(1..=5).min(live.len());
+                for _ in 0..k {
+                    let p = live[rng.random_range(0..live.len())];
+                    let _ = pods_api.delete(&p.name_any(), &DeleteParams::default()).await;
+                }
+                ("delete-pods".to_string(), format!("delete {k} pods"))
+            } else if roll < 55 {
+                let secs = rng.random_range(3..=15);
+                vkctl(self, &["disable", &node])?;
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                vkctl(self, &["enable", &node])?;
+                ("node-disable".to_string(), format!("node disable for {secs}s, enable"))
+            } else if roll < 65 {
+                self.inject(Fault::Reload, 0, &mut notes).await?;
+                ("reload".to_string(), "reload".to_string())
+            } else {
+                let f = faults[rng.random_range(0..faults.len())];
+                let latency = rng.random_range(1000..=5000);
+                self.inject(f, latency, &mut notes).await?;
+                (f.name().to_string(), format!("fault {}", f.name()))
+            };
+            let (kind, action) = action;
+            *actions.entry(kind).or_default() += 1;
+            say(format!("[{:>6.1}s] step {step}: {action} {}", started.elapsed().as_secs_f64(), notes.join("; ")));
+            if step % 10 == 0 {
+                self.sim.set_faults(json!({})).await?;
+                let t = Instant::now();
+                self.converge(&name, target).await?;
+                checkpoints.push(t.elapsed().as_secs_f64());
+                say(format!(
+                    "[{:>6.1}s] checkpoint: {target} pods converged in {:.1}s",
+                    started.elapsed().as_secs_f64(),
+                    t.elapsed().as_secs_f64()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1000..=5000))).await;
+        }
+        self.sim.set_faults(json!({})).await?;
+        vkctl(self, &["enable", &node])?;
+        let t = Instant::now();
+        self.converge(&name, target).await?;
+        let final_converge_s = t.elapsed().as_secs_f64();
+        self.scale(&name, "n1", 0).await?;
+        self.drained(&name).await?;
+        self.swept().await?;
+        self.delete_deployments(&name).await?;
+        let mut counts = self.checker.counts();
+        counts.fenced_writes = self.fenced_writes().await;
+        Ok(SoakReport { minutes, seed, steps: step, actions, checkpoints_s: checkpoints, final_converge_s, counts })
+    }
+
     /// Stops the checker and every process the world started (the control plane stops with the
     /// test binary).
     pub fn stop(&mut self) {
@@ -1273,6 +1354,33 @@ impl Drop for World {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What a soak did and counted.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakReport {
+    pub minutes: f64,
+    pub seed: u64,
+    pub steps: usize,
+    pub actions: BTreeMap<String, usize>,
+    /// Convergence time at each checkpoint (faults cleared, every pod Running).
+    pub checkpoints_s: Vec<f64>,
+    pub final_converge_s: f64,
+    pub counts: Counts,
+}
+
+/// `vkhost node <args> --config <replica a's config>`.
+fn vkctl(world: &World, args: &[&str]) -> Result<()> {
+    let out = Command::new(binary("vkhost", world.opts.profile)?)
+        .arg("node")
+        .args(args)
+        .arg("--config")
+        .arg(&world.replicas[0].config)
+        .output()?;
+    if !out.status.success() {
+        bail!("vkhost node {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Name of node `id`'s election Lease (as `vkhost::node::election_lease_name`).
