@@ -543,8 +543,11 @@ impl Checker {
                         anyhow::Ok(v.as_array().cloned().unwrap_or_default())
                     }
                 };
+                // Instances first, then EIPs and disks: an instance seen deleted had its EIP
+                // and disks let go in the same step, so a later read must not show them held.
                 let lp = ListParams::default();
-                let (p, i, e, d) = tokio::join!(pods.list(&lp), get("instances"), get("eips"), get("disks"));
+                let (p, i) = tokio::join!(pods.list(&lp), get("instances"));
+                let (e, d) = tokio::join!(get("eips"), get("disks"));
                 match (p, i, e, d) {
                     (Ok(p), Ok(i), Ok(e), Ok(d)) => c.sample(started.elapsed(), &p.items, &i, &e, &d),
                     _ => c.state.lock().unwrap().counts.unreachable_samples += 1,
@@ -556,7 +559,9 @@ impl Checker {
 
     fn sample(&self, at: Duration, pods: &[Pod], instances: &[Value], eips: &[Value], disks: &[Value]) {
         let live: Vec<&Value> = instances.iter().filter(|i| i["deleted"] != true).collect();
-        let live_ids: HashSet<&str> = live.iter().filter_map(|i| i["cube_id"].as_str()).collect();
+        // Instances made after the instance read are in neither set.
+        let dead_ids: HashSet<&str> =
+            instances.iter().filter(|i| i["deleted"] == true).filter_map(|i| i["cube_id"].as_str()).collect();
         let mut by_uid: HashMap<&str, Vec<&Value>> = HashMap::new();
         for i in &live {
             by_uid.entry(i["uid"].as_str().unwrap_or("")).or_default().push(i);
@@ -603,20 +608,19 @@ impl Checker {
         }
         for e in eips {
             if let Some(id) = e["bound_to"]["resource_id"].as_str()
-                && id.starts_with("cube-")
-                && !live_ids.contains(id)
+                && dead_ids.contains(id)
                 && e["released"] != true
             {
                 st.counts.eip_leaked += 1;
-                evidence.push(format!("EIP {} bound to {id}, which is not a live instance", e["eip_id"]));
+                evidence.push(format!("EIP {} bound to {id}, which is deleted", e["eip_id"]));
             }
         }
         for d in disks {
             if let Some(id) = d["attached_to"].as_str()
-                && !live_ids.contains(id)
+                && dead_ids.contains(id)
             {
                 st.counts.disk_leaked += 1;
-                evidence.push(format!("UDisk {} attached to {id}, which is not a live instance", d["udisk_id"]));
+                evidence.push(format!("UDisk {} attached to {id}, which is deleted", d["udisk_id"]));
             }
         }
         if !evidence.is_empty() && st.violation.is_none() {
