@@ -19,7 +19,8 @@ usage:
   cargo run --release -p vkcube-e2e --example chaos -- (--fault NAME | --all | --soak MINUTES)
         [--pods N] [--seed S] [--cut SECS] [--window SECS] [--lease SECS] [--timeout SECS]
 
-  --fault NAME    one fault, injected mid-burst (0 -> N) and mid-scale-down (N -> 0):
+  --fault NAME    one fault (or a comma-separated list), injected mid-burst (0 -> N) and
+                  mid-scale-down (N -> 0):
                   kill, kill-node-delete, pause, apiserver-restart, etcd-restart, apiserver-cut,
                   sim-restart, cloud-errors, cloud-drops, cloud-lost-creates, cloud-late-creates,
                   cloud-latency, cloud-quota, reload
@@ -64,7 +65,10 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n\n{USAGE}"));
         match flag.as_str() {
-            "--fault" => mode = Some(Mode::Faults(vec![Fault::parse(&value("--fault")?)?])),
+            "--fault" => {
+                let names = value("--fault")?;
+                mode = Some(Mode::Faults(names.split(',').map(Fault::parse).collect::<Result<_>>()?))
+            }
             "--all" => mode = Some(Mode::Faults(Fault::ALL.to_vec())),
             "--soak" => mode = Some(Mode::Soak(value("--soak")?.parse().context("--soak must be minutes")?)),
             "--pods" => pods = value("--pods")?.parse().context("--pods must be a positive integer")?,
