@@ -820,7 +820,7 @@ impl World {
     /// Creates or scales the cycle's Deployments: `pods` in all on node `id`, every
     /// `eip_every`-th with an EIP.
     pub async fn scale(&self, name: &str, node_id: &str, pods: usize) -> Result<()> {
-        let eip = if self.opts.eip_every == 0 { 0 } else { pods / self.opts.eip_every };
+        let eip = pods.checked_div(self.opts.eip_every).unwrap_or(0);
         for (suffix, replicas, with_eip) in [("", pods - eip, false), ("-eip", eip, true)] {
             let d = format!("{name}{suffix}");
             let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
@@ -1310,7 +1310,7 @@ impl World {
             let (kind, action) = action;
             *actions.entry(kind).or_default() += 1;
             say(format!("[{:>6.1}s] step {step}: {action} {}", started.elapsed().as_secs_f64(), notes.join("; ")));
-            if step % 10 == 0 {
+            if step.is_multiple_of(10) {
                 self.sim.set_faults(json!({})).await?;
                 let t = Instant::now();
                 self.converge(&name, target).await?;
