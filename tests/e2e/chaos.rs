@@ -26,4 +26,5 @@ async fn faults_mid_burst_and_scale_down_keep_every_invariant() {
         assert!(report.counts.samples > 0, "{}: the sampler took no sample", fault.name());
     }
     world.stop();
+    let _ = std::fs::remove_dir_all(&world.dir);
 }
