@@ -23,10 +23,12 @@ $(SDK_VENV)/.installed: tests/cube-sim/sdk/requirements.txt
 	@"$(SDK_VENV)/bin/python" -m pip install -q --disable-pip-version-check -r $<
 	@cp $< $@
 
+# The chaos suite (tests/e2e/chaos.rs) runs the daemon and the simulator as processes: their debug
+# binaries are built first.
 test: toolchain cluster-binaries plugins $(SDK_VENV)/.installed
 	@tests/chart/build >/dev/null
+	cargo build -p vkhost -p cube-sim
 	cargo test --workspace --no-fail-fast
-	cargo build -p cube-sim
 	"$(SDK_VENV)/bin/python" -m pytest -q tests/cube-sim/sdk
 	tests/monitoring/check
 

@@ -226,6 +226,7 @@ where
 
 pub mod apiproxy;
 pub mod bench;
+pub mod chaos;
 pub mod cube;
 pub mod daemon;
 

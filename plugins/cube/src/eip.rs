@@ -112,13 +112,18 @@ fn allocate<T: Transport + ?Sized>(
     pod_uid: &str,
 ) -> Result<BoundEip, ProviderError> {
     let name = eip_name(pod_uid);
+    // An earlier attempt may have allocated it and then failed to release it after a later step
+    // failed (the undo is best effort): take that one rather than leave it billed and unbound.
+    if let Some(found) = find_by_name(client, common, &name)? {
+        return Ok(found);
+    }
     let answer = match client.create("AllocateEIP", &allocate_params(common, s, operator, tag, &name)) {
         Ok(v) => v,
         Err(e) if e.answer_lost() => {
             // The EIP may exist: find it by its name before anyone allocates another.
             return match find_by_name(client, common, &name) {
-                Some(found) => Ok(found),
-                None => Err(ProviderError::Transient(format!(
+                Ok(Some(found)) => Ok(found),
+                _ => Err(ProviderError::Transient(format!(
                     "{e}; no EIP named {name} exists, the allocation will be retried"
                 ))),
             };
@@ -133,11 +138,18 @@ fn allocate<T: Transport + ?Sized>(
     Ok(BoundEip { id, address: first_ip(&first), allocated: true })
 }
 
-fn find_by_name<T: Transport + ?Sized>(client: &Client<T>, common: &Params, name: &str) -> Option<BoundEip> {
-    let v = client.call("DescribeEIP", &common.clone().set("Limit", 100)).ok()?;
-    let set = v.get("EIPSet")?.as_array()?;
-    let e = set.iter().find(|e| e.get("Name").and_then(Value::as_str) == Some(name))?;
-    Some(BoundEip { id: e.get("EIPId")?.as_str()?.to_string(), address: first_ip(e), allocated: true })
+/// The unreleased EIP named `name`, if any (among the first 100 of the region).
+fn find_by_name<T: Transport + ?Sized>(
+    client: &Client<T>,
+    common: &Params,
+    name: &str,
+) -> Result<Option<BoundEip>, ApiError> {
+    let v = client.call("DescribeEIP", &common.clone().set("Limit", 100))?;
+    let set = v.get("EIPSet").and_then(Value::as_array);
+    let e = set.and_then(|set| set.iter().find(|e| e.get("Name").and_then(Value::as_str) == Some(name)));
+    Ok(e.and_then(|e| {
+        Some(BoundEip { id: e.get("EIPId")?.as_str()?.to_string(), address: first_ip(e), allocated: true })
+    }))
 }
 
 /// Undoes an attach: unbinds (when bound to `bound_to`) and releases an EIP allocated here.

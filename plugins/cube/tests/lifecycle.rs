@@ -150,6 +150,23 @@ fn when_binding_fails_the_eip_is_released_and_the_instance_deleted() {
 }
 
 #[test]
+fn an_eip_a_failed_attempt_could_not_release_is_taken_by_the_retry() {
+    let (host, cloud) = host();
+    // Every attempt at the bind and at the undo's release answers 150 (the cloud is down).
+    for _ in 0..3 {
+        cloud.borrow_mut().fault("BindEIP", Fault::Answer(fail("BindEIP", 150, "Service unavailable")));
+        cloud.borrow_mut().fault("ReleaseEIP", Fault::Answer(fail("ReleaseEIP", 150, "Service unavailable")));
+    }
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true"}))).unwrap_err();
+    assert!(cloud.borrow().eips.iter().all(|e| !e.released), "the undo failed: the EIP is still allocated");
+    let out = cube.create(&nginx(json!({"cube.ucloud.cn/cube-eip": "true"}))).unwrap();
+    assert_eq!(annotation(&out.annotations, "cube.ucloud.cn/eip-id"), Some("eip-1"));
+    assert_eq!(host.count("AllocateEIP"), 1, "no second EIP allocated");
+    assert_eq!(cloud.borrow().eips.len(), 1);
+}
+
+#[test]
 fn when_the_firewall_fails_the_eip_is_unbound_released_and_the_instance_deleted() {
     let (host, cloud) = host();
     cloud
