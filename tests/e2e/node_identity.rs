@@ -276,7 +276,8 @@ async fn a_node_whose_certificate_is_not_approved_keeps_asking_and_comes_up_once
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: boot-{n}}}\n\
          subjects: [{{kind: ServiceAccount, name: boot, namespace: {n}}}]\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: boot, namespace: {n}}}\nrules:\n\
-         - {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update, patch]}}\n---\n\
+         - {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update, patch]}}\n\
+         - {{apiGroups: [\"\"], resources: [configmaps], verbs: [get, create, update, patch]}}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: boot, namespace: {n}}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: boot}}\n\
          subjects: [{{kind: ServiceAccount, name: boot, namespace: {n}}}]\n"

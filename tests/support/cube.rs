@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cube_sim::provisioner::{Provisioner, ProvisionerArgs};
 use cube_sim::{Config as SimConfig, SimHandle, Simulator};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::Cluster;
@@ -116,4 +116,20 @@ private_key = "{PRIVATE_KEY}"
         self.stop.cancel();
         self.sim.shutdown().await;
     }
+}
+
+/// A pod bound to `node` with `nodeName` (no scheduler), tolerating the provider taint, one
+/// `web` container of 1 CPU / 2Gi with the given annotations.
+pub fn pod_on_node(name: &str, node: &str, annotations: Value) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+            "containers": [{"name": "web", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
+                            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]
+        }
+    }))
+    .unwrap()
 }
