@@ -343,6 +343,9 @@ pub struct Replica {
     bin: PathBuf,
     proc: Option<Proc>,
     http: reqwest::Client,
+    /// `vkhost_fenced_writes_total` of this replica's earlier (killed) processes: a restarted
+    /// process counts from 0 again.
+    fenced_before: f64,
 }
 
 impl Replica {
@@ -366,8 +369,9 @@ impl Replica {
         self.proc.as_ref().map(|p| p.pid())
     }
 
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
+    /// SIGKILL and reap, keeping what the process had counted of fenced writes.
+    pub async fn kill(&mut self) {
+        self.fenced_before = self.fenced_writes().await;
         if let Some(mut p) = self.proc.take() {
             let _ = p.child.kill();
             let _ = p.child.wait();
@@ -393,6 +397,11 @@ impl Replica {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         }
+    }
+
+    /// `vkhost_fenced_writes_total` over this replica's processes (0 where absent).
+    pub async fn fenced_writes(&self) -> f64 {
+        self.fenced_before + counter(&self.metrics().await, "vkhost_fenced_writes_total")
     }
 
     /// `GET /plugin`.
@@ -736,6 +745,7 @@ impl World {
                 bin: vkhost.clone(),
                 proc: None,
                 http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+                fenced_before: 0.0,
             };
             r.start()?;
             replicas.push(r);
@@ -1021,7 +1031,7 @@ impl World {
             Fault::Kill => {
                 let i = self.acting("n1").await?;
                 notes.push(format!("SIGKILL {} (pid {:?})", self.replicas[i].identity, self.replicas[i].pid()));
-                self.replicas[i].kill();
+                self.replicas[i].kill().await;
                 self.replicas[i].start()?;
             }
             Fault::Pause => {
@@ -1151,7 +1161,7 @@ impl World {
     pub async fn fenced_writes(&self) -> f64 {
         let mut total = 0.0;
         for r in &self.replicas {
-            total += counter(&r.metrics().await, "vkhost_fenced_writes_total");
+            total += r.fenced_writes().await;
         }
         total
     }
@@ -1222,7 +1232,7 @@ impl World {
         }
         let i = self.acting("n2").await.unwrap_or(0);
         notes.push(format!("SIGKILL {} during `vkhost node delete {node}`", self.replicas[i].identity));
-        self.replicas[i].kill();
+        self.replicas[i].kill().await;
         self.replicas[i].start()?;
         let status = tokio::task::spawn_blocking(move || cli.wait()).await??;
         notes.push(format!("`vkhost node delete` exited {status}"));
