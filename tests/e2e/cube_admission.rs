@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use vkcube_e2e::cube::{CubeEnv, pod_on_node as pod};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
@@ -198,37 +198,7 @@ async fn kubectl_delete_node_deletes_its_instances_and_disks_and_the_node_stays_
     let node = node_of(&ns.client, &cid).await.name_any();
 
     // A pod with a UDisk (pre-provisioned, bound statically) and a pod with an EIP.
-    let disk: Value = reqwest::Client::new()
-        .post(format!("{}/_sim/disks", env.url()))
-        .json(&json!({"size_gb": 20, "name": "data", "zone": "cn-bj2-05"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let disk_id = disk["udisk_id"].as_str().expect("udisk id").to_string();
-    let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": format!("pv-{}", ns.name)},
-        "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
-                 "storageClassName": "", "csi": {"driver": "udisk.csi.ucloud.cn", "volumeHandle": disk_id, "fsType": "ext4"},
-                 "claimRef": {"namespace": ns.name, "name": "data"}}
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone())
-        .create(&PostParams::default(), &pv)
-        .await
-        .unwrap();
-    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("pv-{}", ns.name),
-                 "resources": {"requests": {"storage": "20Gi"}}}
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
+    env.udisk_claim(&ns).await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let mut with_disk = pod("with-disk", &node, json!({}));
     let spec = with_disk.spec.as_mut().unwrap();

@@ -149,37 +149,7 @@ async fn node_delete_leaves_no_instance_eip_or_udisk_behind() {
     let node = node_of(&ns.client, &cid).await.name_any();
 
     // A pre-provisioned UDisk bound statically to a PVC.
-    let disk: Value = reqwest::Client::new()
-        .post(format!("{}/_sim/disks", env.url()))
-        .json(&json!({"size_gb": 20, "name": "data", "zone": "cn-bj2-05"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let disk_id = disk["udisk_id"].as_str().expect("udisk id").to_string();
-    let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": format!("pv-{}", ns.name)},
-        "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
-                 "storageClassName": "", "csi": {"driver": "udisk.csi.ucloud.cn", "volumeHandle": disk_id, "fsType": "ext4"},
-                 "claimRef": {"namespace": ns.name, "name": "data"}}
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone())
-        .create(&PostParams::default(), &pv)
-        .await
-        .unwrap();
-    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("pv-{}", ns.name),
-                 "resources": {"requests": {"storage": "20Gi"}}}
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
+    env.udisk_claim(&ns).await;
 
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"})))

@@ -11,66 +11,19 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use vkcube_e2e::cube::CubeEnv;
+use vkcube_e2e::cube::{CubeEnv, pod_on_node};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
-use vkcube_e2e::{TestNamespace, cluster, running_ready, wait_for};
+use vkcube_e2e::{cluster, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
 use vkhost::plugin::{DeleteReason, PodRef};
 use vkhost::records::{KubePersist, NodeRecords, Owner, PendingDeletion, Persist, PersistError, configmap_name};
 
 /// Long enough that a test sees the instance Terminating and acts before it is gone.
 const DELETING_MS: u64 = 4000;
-
-fn pod(name: &str, node: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": false,
-            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
-            "containers": [{"name": "web", "image": "uhub.service.ucloud.cn/library/nginx:1.25",
-                            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]
-        }
-    }))
-    .unwrap()
-}
-
-/// A pre-provisioned UDisk bound statically to PVC `data`; its id.
-async fn udisk_claim(env: &CubeEnv, ns: &TestNamespace) -> String {
-    let disk: Value = reqwest::Client::new()
-        .post(format!("{}/_sim/disks", env.url()))
-        .json(&json!({"size_gb": 20, "name": "data", "zone": "cn-bj2-05"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let disk_id = disk["udisk_id"].as_str().expect("udisk id").to_string();
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": format!("pv-{}", ns.name)},
-        "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
-                 "storageClassName": "", "csi": {"driver": "udisk.csi.ucloud.cn", "volumeHandle": disk_id, "fsType": "ext4"},
-                 "claimRef": {"namespace": ns.name, "name": "data"}}
-    }))
-    .unwrap();
-    Api::<PersistentVolume>::all(ns.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("pv-{}", ns.name),
-                 "resources": {"requests": {"storage": "20Gi"}}}
-    }))
-    .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
-    disk_id
-}
 
 async fn instance_state(env: &CubeEnv, uid: &str) -> String {
     let all = env.inspect("instances").await;
@@ -102,9 +55,9 @@ async fn a_node_delete_stopped_midway_is_finished_by_the_next_run_udisks_include
     let cfg = DaemonConfig::parse(&config, std::path::Path::new("t.toml")).unwrap();
     let daemon = start(&config).await;
     let node = node_of(&ns.client, &cid).await.name_any();
-    let disk_id = udisk_claim(&env, &ns).await;
+    let disk_id = env.udisk_claim(&ns).await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let mut with_disk = pod("with-disk", &node);
+    let mut with_disk = pod_on_node("with-disk", &node, json!({}));
     let spec = with_disk.spec.as_mut().unwrap();
     spec.volumes = Some(vec![
         serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap(),
@@ -168,7 +121,7 @@ async fn a_pod_deletion_in_progress_when_the_daemon_crashes_is_seen_through_by_t
     let daemon = start(&config).await;
     let node = node_of(&ns.client, &cid).await.name_any();
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    pods.create(&PostParams::default(), &pod("web", &node)).await.unwrap();
+    pods.create(&PostParams::default(), &pod_on_node("web", &node, json!({}))).await.unwrap();
     let running =
         wait_for(Duration::from_secs(90), "web Running", || async { pods.get("web").await.ok().filter(running_ready) })
             .await;

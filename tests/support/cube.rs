@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use cube_sim::provisioner::{Provisioner, ProvisionerArgs};
 use cube_sim::{Config as SimConfig, SimHandle, Simulator};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::Cluster;
 use crate::daemon::{plugin_path, test_config};
+use crate::{Cluster, TestNamespace};
 
 pub const PUBLIC_KEY: &str = "vkcube-test-public";
 pub const PRIVATE_KEY: &str = "vkcube-test-private";
@@ -103,6 +105,39 @@ private_key = "{PRIVATE_KEY}"
 "#
         );
         test_config(cluster, cluster_id, label, extra, &plugin, &provider)
+    }
+
+    /// A pre-provisioned UDisk bound statically to PVC `data`; its id.
+    pub async fn udisk_claim(&self, ns: &TestNamespace) -> String {
+        let disk: Value = reqwest::Client::new()
+            .post(format!("{}/_sim/disks", self.url()))
+            .json(&json!({"size_gb": 20, "name": "data", "zone": "cn-bj2-05"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let disk_id = disk["udisk_id"].as_str().expect("udisk id").to_string();
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": format!("pv-{}", ns.name)},
+            "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                     "storageClassName": "", "csi": {"driver": "udisk.csi.ucloud.cn", "volumeHandle": disk_id, "fsType": "ext4"},
+                     "claimRef": {"namespace": ns.name, "name": "data"}}
+        }))
+        .unwrap();
+        Api::<PersistentVolume>::all(ns.client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("pv-{}", ns.name),
+                     "resources": {"requests": {"storage": "20Gi"}}}
+        }))
+        .unwrap();
+        Api::<PersistentVolumeClaim>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &pvc)
+            .await
+            .unwrap();
+        disk_id
     }
 
     /// Replaces the simulator's faults (`POST /_sim/faults`).
