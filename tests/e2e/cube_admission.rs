@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use vkcube_e2e::cube::{CubeEnv, pod_on_node as pod};
+use vkcube_e2e::cube::{CubeEnv, mounting_claim, pod_on_node as pod};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 
@@ -200,13 +200,7 @@ async fn kubectl_delete_node_deletes_its_instances_and_disks_and_the_node_stays_
     // A pod with a UDisk (pre-provisioned, bound statically) and a pod with an EIP.
     env.udisk_claim(&ns).await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let mut with_disk = pod("with-disk", &node, json!({}));
-    let spec = with_disk.spec.as_mut().unwrap();
-    spec.volumes = Some(vec![
-        serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap(),
-    ]);
-    spec.containers[0].volume_mounts =
-        Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
+    let with_disk = mounting_claim(pod("with-disk", &node, json!({})), "data");
     pods.create(&PostParams::default(), &with_disk).await.unwrap();
     pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"})))
         .await

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use vkcube_e2e::cube::{CubeEnv, pod_on_node as pod};
+use vkcube_e2e::cube::{CubeEnv, mounting_claim, pod_on_node as pod};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
@@ -155,13 +155,7 @@ async fn node_delete_leaves_no_instance_eip_or_udisk_behind() {
     pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"})))
         .await
         .unwrap();
-    let mut with_disk = pod("with-disk", &node, json!({}));
-    let spec = with_disk.spec.as_mut().unwrap();
-    spec.volumes = Some(vec![
-        serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap(),
-    ]);
-    spec.containers[0].volume_mounts =
-        Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
+    let with_disk = mounting_claim(pod("with-disk", &node, json!({})), "data");
     pods.create(&PostParams::default(), &with_disk).await.unwrap();
     for name in ["with-eip", "with-disk"] {
         wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use vkcube_e2e::cube::{CubeEnv, pod_on_node};
+use vkcube_e2e::cube::{CubeEnv, mounting_claim, pod_on_node};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
@@ -57,13 +57,7 @@ async fn a_node_delete_stopped_midway_is_finished_by_the_next_run_udisks_include
     let node = node_of(&ns.client, &cid).await.name_any();
     let disk_id = env.udisk_claim(&ns).await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let mut with_disk = pod_on_node("with-disk", &node, json!({}));
-    let spec = with_disk.spec.as_mut().unwrap();
-    spec.volumes = Some(vec![
-        serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})).unwrap(),
-    ]);
-    spec.containers[0].volume_mounts =
-        Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
+    let with_disk = mounting_claim(pod_on_node("with-disk", &node, json!({})), "data");
     pods.create(&PostParams::default(), &with_disk).await.unwrap();
     let running = wait_for(Duration::from_secs(90), "with-disk Running", || async {
         pods.get("with-disk").await.ok().filter(running_ready)

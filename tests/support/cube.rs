@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cube_sim::provisioner::{Provisioner, ProvisionerArgs};
 use cube_sim::{Config as SimConfig, SimHandle, Simulator};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -155,7 +155,7 @@ private_key = "{PRIVATE_KEY}"
 
 /// A pod bound to `node` with `nodeName` (no scheduler), tolerating the provider taint, one
 /// `web` container of 1 CPU / 2Gi with the given annotations.
-pub fn pod_on_node(name: &str, node: &str, annotations: Value) -> k8s_openapi::api::core::v1::Pod {
+pub fn pod_on_node(name: &str, node: &str, annotations: Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
         "spec": {
@@ -167,4 +167,15 @@ pub fn pod_on_node(name: &str, node: &str, annotations: Value) -> k8s_openapi::a
         }
     }))
     .unwrap()
+}
+
+/// `pod` with PVC `claim` as volume `data`, mounted at `/data` in its first container.
+pub fn mounting_claim(mut pod: Pod, claim: &str) -> Pod {
+    let spec = pod.spec.as_mut().expect("a pod spec");
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": claim}})).unwrap(),
+    ]);
+    spec.containers[0].volume_mounts =
+        Some(vec![serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap()]);
+    pod
 }
