@@ -30,15 +30,6 @@ async fn wait_running(pods: &Api<Pod>, app: &str, n: usize) -> Vec<String> {
     .await
 }
 
-/// UID → number of live instances the simulator holds for it.
-async fn instances_by_uid(env: &CubeEnv) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for i in env.live_instances().await {
-        *m.entry(i["uid"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-    }
-    m
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_annotation_becomes_the_expected_instance_eip_and_firewall_binding() {
     let cluster = cluster();
@@ -209,7 +200,7 @@ async fn daemon_killed_mid_burst_and_restarted_leaves_exactly_one_instance_per_p
     let daemon = start(&config).await;
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let uids = wait_running(&pods, "burst", 30).await;
-    let by_uid = instances_by_uid(&env).await;
+    let by_uid = env.instances_by_uid().await;
     assert_eq!(by_uid.len(), 30, "instances: {by_uid:?} (at kill: {at_kill})");
     for uid in &uids {
         assert_eq!(by_uid.get(uid), Some(&1), "exactly one instance for pod {uid}");
@@ -257,7 +248,7 @@ async fn standby_replica_takes_over_when_the_acting_one_dies_without_duplicates(
     assert_eq!(before.iter().collect::<std::collections::BTreeSet<_>>(), after.iter().collect());
     deployments.patch("ha", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}}))).await.unwrap();
     let uids = wait_running(&pods, "ha", 7).await;
-    let by_uid = instances_by_uid(&env).await;
+    let by_uid = env.instances_by_uid().await;
     assert_eq!(by_uid.len(), 7, "{by_uid:?}");
     assert!(uids.iter().all(|u| by_uid.get(u) == Some(&1)));
     b.stop().await;

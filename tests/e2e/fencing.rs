@@ -93,15 +93,6 @@ impl Drop for Replica {
     }
 }
 
-/// UID → live instances the simulator holds for it.
-async fn instances_by_uid(env: &CubeEnv) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for i in env.live_instances().await {
-        *m.entry(i["uid"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-    }
-    m
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_paused_past_its_lease_with_writes_in_flight_writes_nothing_once_resumed() {
     let cluster = cluster();
@@ -182,7 +173,7 @@ async fn a_replica_paused_past_its_lease_with_writes_in_flight_writes_nothing_on
     })
     .await;
     let by_uid = wait_for(Duration::from_secs(30), "one instance per pod and no other", || async {
-        let by_uid = instances_by_uid(&env).await;
+        let by_uid = env.instances_by_uid().await;
         (by_uid.len() == uids.len() && uids.iter().all(|u| by_uid.get(u) == Some(&1))).then_some(by_uid)
     })
     .await;

@@ -140,6 +140,15 @@ private_key = "{PRIVATE_KEY}"
         disk_id
     }
 
+    /// UID → number of live instances the simulator holds for it.
+    pub async fn instances_by_uid(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for i in self.live_instances().await {
+            *m.entry(i["uid"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        }
+        m
+    }
+
     /// Replaces the simulator's faults (`POST /_sim/faults`).
     pub async fn set_faults(&self, faults: Value) {
         let resp =
