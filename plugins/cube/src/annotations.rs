@@ -127,18 +127,6 @@ fn warn_ignored(events: &mut Vec<Event>, ignored: Vec<String>) {
     }
 }
 
-/// The EIP annotations: they matter only with `cube-eip: "true"`.
-const EIP_SETTINGS: [&str; 8] = [
-    "cube-eip-id",
-    "cube-eip-paymode",
-    "cube-eip-share-bandwidth-id",
-    "cube-eip-bandwidth",
-    "cube-eip-chargetype",
-    "cube-eip-quantity",
-    "cube-eip-release",
-    "cube-eip-security-group-id",
-];
-
 struct Reader<'a> {
     annotations: &'a BTreeMap<String, String>,
 }
@@ -223,7 +211,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<CubeSettings, Inv
     if !eip {
         // The guide: cube-eip-id takes effect only with cube-eip "true"; so do the other EIP
         // settings, which describe an EIP that will not exist.
-        for name in EIP_SETTINGS {
+        // The EIP settings: every known annotation past `cube-eip` itself.
+        for name in KNOWN.iter().filter(|k| k.starts_with("cube-eip-")) {
             if let Some(v) = r.raw(name) {
                 ignored.push(no_effect(name, v, "cube-eip is not \"true\", so no EIP is bound"));
             }
