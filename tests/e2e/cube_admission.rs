@@ -42,7 +42,7 @@ async fn settings_the_guide_says_take_no_effect_are_ignored_with_a_warning_namin
     pods.create(&PostParams::default(), &pod("own-bandwidth", &node, shared)).await.unwrap();
     for name in ["no-eip", "own-bandwidth"] {
         wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
-            pods.get(name).await.ok().filter(|p| running_ready(p))
+            pods.get(name).await.ok().filter(running_ready)
         })
         .await;
     }
@@ -81,7 +81,7 @@ async fn a_pod_bound_beyond_max_pods_fails_out_of_pods_and_gets_no_instance() {
     for name in ["one", "two"] {
         pods.create(&PostParams::default(), &pod(name, &node, json!({}))).await.unwrap();
         wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
-            pods.get(name).await.ok().filter(|p| running_ready(p))
+            pods.get(name).await.ok().filter(running_ready)
         })
         .await;
     }
@@ -106,10 +106,8 @@ async fn a_pod_bound_beyond_max_pods_fails_out_of_pods_and_gets_no_instance() {
     wait_for(Duration::from_secs(60), "one gone", || async { pods.get_opt("one").await.ok()?.is_none().then_some(()) })
         .await;
     pods.create(&PostParams::default(), &pod("four", &node, json!({}))).await.unwrap();
-    wait_for(Duration::from_secs(90), "four Running", || async {
-        pods.get("four").await.ok().filter(|p| running_ready(p))
-    })
-    .await;
+    wait_for(Duration::from_secs(90), "four Running", || async { pods.get("four").await.ok().filter(running_ready) })
+        .await;
     daemon.stop().await;
     env.stop().await;
 }
@@ -178,7 +176,7 @@ async fn a_refused_pending_pod_is_judged_again_after_a_plugin_reload_and_runs_on
     daemon.stop().await;
     let daemon = start(&allowing).await;
     wait_for(Duration::from_secs(90), "the same pod Running", || async {
-        pods.get(&name).await.ok().filter(|p| running_ready(p))
+        pods.get(&name).await.ok().filter(running_ready)
     })
     .await;
     assert_eq!(env.live_instances().await.len(), 1);
@@ -207,7 +205,7 @@ async fn kubectl_delete_node_deletes_its_instances_and_disks_and_the_node_stays_
         .unwrap();
     for name in ["with-disk", "with-eip"] {
         wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
-            pods.get(name).await.ok().filter(|p| running_ready(p))
+            pods.get(name).await.ok().filter(running_ready)
         })
         .await;
     }
