@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use vkcube_e2e::cube::{CubeEnv, mounting_claim, pod_on_node as pod};
+use vkcube_e2e::cube::{CubeEnv, pod_on_node as pod};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 
@@ -196,19 +196,7 @@ async fn kubectl_delete_node_deletes_its_instances_and_disks_and_the_node_stays_
     let node = node_of(&ns.client, &cid).await.name_any();
 
     // A pod with a UDisk (pre-provisioned, bound statically) and a pod with an EIP.
-    env.udisk_claim(&ns).await;
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let with_disk = mounting_claim(pod("with-disk", &node, json!({})), "data");
-    pods.create(&PostParams::default(), &with_disk).await.unwrap();
-    pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"})))
-        .await
-        .unwrap();
-    for name in ["with-disk", "with-eip"] {
-        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
-            pods.get(name).await.ok().filter(running_ready)
-        })
-        .await;
-    }
+    env.disk_and_eip_pods(&ns, &node).await;
 
     // The operator deletes the node the Kubernetes way: as the guide's console delete.
     let (code, out, err) = cluster.kubectl(&["delete", "node", &node]);

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use vkcube_e2e::cube::{CubeEnv, mounting_claim, pod_on_node as pod};
+use vkcube_e2e::cube::{CubeEnv, pod_on_node as pod};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
@@ -139,21 +139,8 @@ async fn node_delete_leaves_no_instance_eip_or_udisk_behind() {
     let daemon = start(&config).await;
     let node = node_of(&ns.client, &cid).await.name_any();
 
-    // A pre-provisioned UDisk bound statically to a PVC.
-    env.udisk_claim(&ns).await;
-
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    pods.create(&PostParams::default(), &pod("with-eip", &node, json!({"cube.ucloud.cn/cube-eip": "true"})))
-        .await
-        .unwrap();
-    let with_disk = mounting_claim(pod("with-disk", &node, json!({})), "data");
-    pods.create(&PostParams::default(), &with_disk).await.unwrap();
-    for name in ["with-eip", "with-disk"] {
-        wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
-            pods.get(name).await.ok().filter(|p| running_ready(p))
-        })
-        .await;
-    }
+    // A pod with a UDisk (pre-provisioned, bound statically) and a pod with an EIP.
+    env.disk_and_eip_pods(&ns, &node).await;
     assert_eq!(env.live_instances().await.len(), 2);
 
     let cfg = DaemonConfig::parse(&config, std::path::Path::new("t.toml")).unwrap();

@@ -149,6 +149,24 @@ private_key = "{PRIVATE_KEY}"
         m
     }
 
+    /// Two pods Running on `node`: `with-disk` mounting a pre-provisioned UDisk bound statically to
+    /// claim `data`, and `with-eip` with an EIP; the pods' API.
+    pub async fn disk_and_eip_pods(&self, ns: &TestNamespace, node: &str) -> Api<Pod> {
+        self.udisk_claim(ns).await;
+        let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+        let with_disk = mounting_claim(pod_on_node("with-disk", node, json!({})), "data");
+        pods.create(&PostParams::default(), &with_disk).await.unwrap();
+        let with_eip = pod_on_node("with-eip", node, json!({"cube.ucloud.cn/cube-eip": "true"}));
+        pods.create(&PostParams::default(), &with_eip).await.unwrap();
+        for name in ["with-disk", "with-eip"] {
+            crate::wait_for(Duration::from_secs(90), &format!("{name} Running"), || async {
+                pods.get(name).await.ok().filter(crate::running_ready)
+            })
+            .await;
+        }
+        pods
+    }
+
     /// Replaces the simulator's faults (`POST /_sim/faults`).
     pub async fn set_faults(&self, faults: Value) {
         let resp =
