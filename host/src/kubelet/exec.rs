@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::backend::ExecQuery;
-use super::server::{ApiState, error_response};
+use super::{ApiState, error_response};
 use super::{channel, query, relay, spdy, ws};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 
 use super::backend::{StreamProtocol, StreamTarget};
 use super::query;
-use super::server::{ApiState, error_response};
+use super::{ApiState, error_response};
 use crate::plugin::error_chain;
 
 /// How much of a failed log stream's body is quoted back to the client: enough for an error

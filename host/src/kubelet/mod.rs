@@ -30,6 +30,47 @@ pub use backend::{
 };
 pub use settings::{KubeletConfig, ServingTls};
 
+// What the routes share lives here, at the root, so the route table (`server`) and the
+// handlers (`exec`, `logs`, `stats`) each depend on it and not on each other.
+
+/// Everything a request handler may need; shared by all connections of one server.
+pub struct ApiState {
+    pub backend: Arc<dyn KubeletBackend>,
+    pub authz: auth::Authorizer,
+    pub node: String,
+    pub http: reqwest::Client,
+    /// For `wss://` backend targets.
+    pub ws_tls: Arc<rustls::ClientConfig>,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Owns exec/attach sessions, which outlive the HTTP exchange that upgraded them.
+    pub sessions: TaskTracker,
+    pub counters: Arc<SessionCounters>,
+    pub shutdown: CancellationToken,
+}
+
+/// How many exec/attach sessions each client protocol carried, for operators and tests that need
+/// to know whether the apiserver passed WebSockets through or translated them to SPDY.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub websocket: std::sync::atomic::AtomicU64,
+    pub spdy: std::sync::atomic::AtomicU64,
+}
+
+/// The identity a connection's verified client certificate carries, if it presented one.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity(pub Option<auth::UserInfo>);
+
+/// A plain-text error response, the way the kubelet answers.
+pub fn error_response(status: axum::http::StatusCode, message: impl Into<String>) -> axum::response::Response {
+    let mut message = message.into();
+    message.push('\n');
+    axum::response::IntoResponse::into_response((
+        status,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    ))
+}
+
 /// Why the kubelet API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -48,7 +89,7 @@ pub enum KubeletError {
 pub struct KubeletServer {
     local_addr: SocketAddr,
     certs: Arc<tls::CertStore>,
-    counters: Arc<server::SessionCounters>,
+    counters: Arc<SessionCounters>,
     task: JoinHandle<()>,
 }
 
@@ -106,8 +147,8 @@ impl KubeletServer {
         })?;
         let http = logs::stream_client().map_err(|source| KubeletError::HttpClient { node: node.clone(), source })?;
         let sessions = TaskTracker::new();
-        let counters = Arc::new(server::SessionCounters::default());
-        let state = Arc::new(server::ApiState {
+        let counters = Arc::new(SessionCounters::default());
+        let state = Arc::new(ApiState {
             backend,
             authz: auth::Authorizer::new(
                 reviewer,

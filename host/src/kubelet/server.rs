@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{any, get};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -16,43 +16,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::auth::{self, AuthError, Authorizer, UserInfo};
-use super::backend::KubeletBackend;
-use super::{exec, logs, stats};
-
-/// Everything a request handler may need; shared by all connections of one server.
-pub struct ApiState {
-    pub backend: Arc<dyn KubeletBackend>,
-    pub authz: Authorizer,
-    pub node: String,
-    pub http: reqwest::Client,
-    /// For `wss://` backend targets.
-    pub ws_tls: Arc<rustls::ClientConfig>,
-    pub started: chrono::DateTime<chrono::Utc>,
-    /// Owns exec/attach sessions, which outlive the HTTP exchange that upgraded them.
-    pub sessions: TaskTracker,
-    pub counters: Arc<SessionCounters>,
-    pub shutdown: CancellationToken,
-}
-
-/// How many exec/attach sessions each client protocol carried, for operators and tests that need
-/// to know whether the apiserver passed WebSockets through or translated them to SPDY.
-#[derive(Debug, Default)]
-pub struct SessionCounters {
-    pub websocket: std::sync::atomic::AtomicU64,
-    pub spdy: std::sync::atomic::AtomicU64,
-}
-
-/// The identity a connection's verified client certificate carries, if it presented one.
-#[derive(Debug, Clone, Default)]
-pub struct PeerIdentity(pub Option<UserInfo>);
-
-/// A plain-text error response, the way the kubelet answers.
-pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut message = message.into();
-    message.push('\n');
-    (status, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
-}
+use super::auth::{self, AuthError};
+use super::{ApiState, PeerIdentity, error_response, exec, logs, stats};
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -237,7 +202,8 @@ mod tests {
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::kubelet::tls;
+    use crate::kubelet::auth::{Authorizer, UserInfo};
+    use crate::kubelet::{SessionCounters, tls};
 
     /// A backend with one pod, ns/web with UID uid-1, whose sessions fail with a telling error.
     struct OnePod;

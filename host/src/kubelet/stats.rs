@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 
 use super::backend::PodUsage;
-use super::server::{ApiState, error_response};
+use super::{ApiState, error_response};
 
 /// The pods bound to the node, as the host last saw them.
 pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
