@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::apiclient::ApiLimits;
 use crate::kubelet::KubeletConfig;
 use crate::plugin::PluginSettings;
 
@@ -86,76 +87,6 @@ fn default_max_pods() -> u32 {
 pub enum SecretSource {
     Env(String),
     File(PathBuf),
-}
-
-/// Client-side limits on the daemon's Kubernetes API traffic.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiLimits {
-    /// Sustained requests per second to the apiserver.
-    #[serde(default = "default_qps")]
-    pub qps: u32,
-    /// Requests allowed at once above the sustained rate.
-    #[serde(default = "default_burst")]
-    pub burst: u32,
-    /// Requests waiting for their answer at once (watch streams count only until their headers
-    /// arrive). Over HTTP/1.1 each needs a connection, and idle ones stay pooled: this bounds the
-    /// connections, and their memory, on both sides.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: u32,
-    /// Whose credentials each virtual node acts with: its own `system:node:<name>` client
-    /// certificate (`csr`, the default), or the daemon's own (`shared`, for clusters without the
-    /// `kubernetes.io/kube-apiserver-client-kubelet` signer).
-    #[serde(default)]
-    pub node_credentials: NodeCredentials,
-    /// Lifetime asked for the node client certificates (the signer may cap it); at least 600.
-    #[serde(default = "default_node_cert_lifetime")]
-    pub node_cert_lifetime_seconds: u32,
-    /// How long to wait for the controller-manager to approve and sign a node's certificate.
-    #[serde(default = "default_node_cert_wait")]
-    pub node_cert_wait_seconds: u32,
-}
-
-/// See [`ApiLimits::node_credentials`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeCredentials {
-    /// A client certificate per node from a CertificateSigningRequest, as kubelets bootstrap TLS:
-    /// the apiserver's Node authorizer and NodeRestriction admission then bound what it can do.
-    #[default]
-    Csr,
-    /// The daemon's own credentials for everything (the mode before node identities).
-    Shared,
-}
-
-fn default_node_cert_lifetime() -> u32 {
-    24 * 3600
-}
-fn default_node_cert_wait() -> u32 {
-    120
-}
-
-fn default_qps() -> u32 {
-    500
-}
-fn default_burst() -> u32 {
-    1000
-}
-fn default_max_in_flight() -> u32 {
-    64
-}
-
-impl Default for ApiLimits {
-    fn default() -> Self {
-        Self {
-            qps: default_qps(),
-            burst: default_burst(),
-            max_in_flight: default_max_in_flight(),
-            node_credentials: NodeCredentials::default(),
-            node_cert_lifetime_seconds: default_node_cert_lifetime(),
-            node_cert_wait_seconds: default_node_cert_wait(),
-        }
-    }
 }
 
 /// Pod controller tuning.
@@ -440,6 +371,7 @@ pub fn is_cluster_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiclient::NodeCredentials;
 
     const MINIMAL: &str = r#"
 cluster_id = "uk8s-a1b2c3d4"

@@ -3,15 +3,31 @@
 //!
 //! The rooms: `plugin` (the WASM runtime and hot reload), `node` (registration, leases, HA,
 //! operations), `pods` (the pod controller), `kubelet` (the HTTPS API the apiserver calls),
-//! `config`, `apiclient` (the rate-limited Kubernetes client), `metrics`, `records` (what must
+//! `config`, `apiclient` (the rate-limited Kubernetes client), `fence` (no writes for a node once
+//! its election lease may have passed to another replica), `naming` (names and labels of what the daemon keeps in the
+//! cluster), `metrics`, `records` (what must
 //! still be done for a node after a restart), `daemon` (wiring).
 
 pub mod apiclient;
 pub mod config;
 pub mod daemon;
+pub mod fence;
 pub mod kubelet;
 pub mod metrics;
+pub mod naming;
 pub mod node;
 pub mod plugin;
 pub mod pods;
 pub mod records;
+
+/// An error and its causes, as one line (reqwest's own message hides the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -20,8 +20,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::{Deserialize, Serialize};
 
-use crate::node::election_lease_name;
-use crate::node::naming::{CLUSTER_LABEL, NODE_ID_LABEL};
+use crate::naming::election_lease_name;
+use crate::naming::{CLUSTER_LABEL, NODE_ID_LABEL};
 use crate::plugin::{DeleteReason, PodRef};
 
 /// At most this many plugin keys per node (a key per pod of a full node, with room to spare).

@@ -212,7 +212,7 @@ async fn kubectl_delete_node_deletes_its_instances_and_disks_and_the_node_stays_
     let eips = env.inspect("eips").await;
     assert!(eips.iter().all(|e| e["released"] == true), "EIP released: {eips:#?}");
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), "kube-node-lease");
-    let election = vkhost::node::election_lease_name(&cid, "n1");
+    let election = vkhost::naming::election_lease_name(&cid, "n1");
     let marked = leases.get(&election).await.unwrap();
     assert!(marked.annotations().contains_key(vkhost::node::DELETED_ANNOTATION), "{marked:?}");
 

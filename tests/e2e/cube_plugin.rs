@@ -217,7 +217,7 @@ async fn standby_replica_takes_over_when_the_acting_one_dies_without_duplicates(
     let before = wait_running(&pods, "ha", 5).await;
 
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), "kube-node-lease");
-    let lease_name = vkhost::node::election_lease_name(&cid, "n1");
+    let lease_name = vkhost::naming::election_lease_name(&cid, "n1");
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     assert_eq!(holder(leases.get(&lease_name).await.unwrap()), "replica-a");
 

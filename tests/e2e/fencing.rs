@@ -133,7 +133,7 @@ async fn a_replica_paused_past_its_lease_with_writes_in_flight_writes_nothing_on
     })
     .await;
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), "kube-node-lease");
-    let lease_name = vkhost::node::election_lease_name(&cid, "n1");
+    let lease_name = vkhost::naming::election_lease_name(&cid, "n1");
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     assert_eq!(holder(leases.get(&lease_name).await.unwrap()), "replica-a");
 

@@ -1397,7 +1397,7 @@ fn vkctl(world: &World, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Name of node `id`'s election Lease (as `vkhost::node::election_lease_name`).
+/// Name of node `id`'s election Lease (as `vkhost::naming::election_lease_name`).
 pub fn election_lease(cluster_id: &str, id: &str) -> String {
     format!("vkcube-{cluster_id}-{id}")
 }

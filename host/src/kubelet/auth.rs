@@ -353,7 +353,7 @@ mod tests {
 
     use super::stand_in::{Apiserver, GOOD_TOKEN};
     use super::*;
-    use crate::config::ApiLimits;
+    use crate::apiclient::ApiLimits;
 
     fn loose() -> ApiLimits {
         ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 64, ..ApiLimits::default() }
@@ -586,7 +586,7 @@ pub(super) mod stand_in {
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::{get, post};
 
-    use crate::config::ApiLimits;
+    use crate::apiclient::ApiLimits;
 
     pub const GOOD_TOKEN: &str = "good-token";
 

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use super::backend::{StreamProtocol, StreamTarget};
 use super::query;
 use super::{ApiState, error_response};
-use crate::plugin::error_chain;
+use crate::error_chain;
 
 /// How much of a failed log stream's body is quoted back to the client: enough for an error
 /// message, not enough for a backend to make the host buffer a flood.

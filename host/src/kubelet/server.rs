@@ -267,7 +267,8 @@ mod tests {
 
     /// The real route table over [`OnePod`], authenticating against a stand-in apiserver.
     async fn api_router(api: &auth::stand_in::Apiserver, reviews_in_flight: usize) -> Router {
-        let limits = crate::config::ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 64, ..Default::default() };
+        let limits =
+            crate::apiclient::ApiLimits { qps: 10_000, burst: 10_000, max_in_flight: 64, ..Default::default() };
         let reviews = api.client("reviews", &limits).await;
         router(Arc::new(ApiState {
             backend: Arc::new(OnePod),

@@ -80,12 +80,12 @@ impl KubeletConfig {
     }
 
     /// The limits of the client reviews go through.
-    pub fn review_api_limits(&self) -> crate::config::ApiLimits {
-        crate::config::ApiLimits {
+    pub fn review_api_limits(&self) -> crate::apiclient::ApiLimits {
+        crate::apiclient::ApiLimits {
             qps: self.review_qps.max(1),
             burst: self.review_burst.max(1),
             max_in_flight: self.reviews_in_flight.max(1),
-            ..crate::config::ApiLimits::default()
+            ..crate::apiclient::ApiLimits::default()
         }
     }
 }

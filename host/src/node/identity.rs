@@ -12,9 +12,9 @@ use kube::{Client, Config};
 use tokio_util::sync::CancellationToken;
 
 use crate::apiclient::{self, ClientError};
-use crate::config::{ApiLimits, NodeCredentials};
+use crate::apiclient::{ApiLimits, NodeCredentials};
+use crate::fence::Fence;
 use crate::kubelet::csr::{self, ClientCert, CsrError};
-use crate::node::fence::Fence;
 
 /// The heartbeat lane's own limits: a beat is three requests every 10 s; this lane exists so they
 /// never queue behind the pod controller's requests.

@@ -2,12 +2,10 @@
 //! Lease (so of several daemon replicas exactly one acts), then registers the Node, keeps its
 //! heartbeat Lease and status fresh, serves the kubelet API and runs the pod controller; it stops
 //! acting the moment it loses the election, and writes nothing once its claim may have lapsed
-//! (the node's [`fence`]).
+//! (the node's [`Fence`]).
 
-pub mod fence;
 pub mod identity;
 pub mod lease;
-pub mod naming;
 pub mod ops;
 pub mod registration;
 
@@ -23,12 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{DaemonConfig, NodeSettings};
+use crate::fence::Fence;
 use crate::kubelet::KubeletServer;
 use crate::metrics::Metrics;
+use crate::naming::election_lease_name;
 use crate::plugin::{CallContext, Plugin};
 use crate::pods::{self, NodeBackend, NodeContext};
 use crate::records::{self, NodeRecords};
-use fence::Fence;
 use lease::Claim;
 use registration::{DISABLED_ANNOTATION, NodeShape};
 
@@ -62,11 +61,6 @@ impl Shared {
 /// First wait before acting for a node again after acting failed; it doubles up to the max.
 const ACT_RETRY_FIRST: Duration = Duration::from_secs(1);
 const ACT_RETRY_MAX: Duration = Duration::from_secs(60);
-
-/// Name of the election Lease of a config node.
-pub fn election_lease_name(cluster_id: &str, node_id: &str) -> String {
-    format!("vkcube-{cluster_id}-{node_id}")
-}
 
 /// Runs one configured node until `shutdown`: waits for leadership, acts while it holds it.
 pub async fn run(shared: Arc<Shared>, settings: NodeSettings, shutdown: CancellationToken) {
@@ -317,7 +311,7 @@ async fn act(
     registration::patch_status(&clients.heartbeat, &name, &shape)
         .await
         .map_err(|source| NodeError::Kube { node: name.clone(), source })?;
-    tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %registration::plugin_label(&plugin_info), "virtual node registered");
+    tracing::info!(node = %name, kubelet_port = shape.kubelet_port, plugin = %crate::plugin::label(&plugin_info), "virtual node registered");
 
     let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         shared.clone(),
@@ -465,16 +459,12 @@ async fn report_reloads(shared: Arc<Shared>, daemon: Client, node: String, as_no
             Ok(new) => (
                 EventType::Normal,
                 "PluginReloaded",
-                format!(
-                    "provider plugin {} replaced by {}",
-                    registration::plugin_label(&ev.old),
-                    registration::plugin_label(new)
-                ),
+                format!("provider plugin {} replaced by {}", crate::plugin::label(&ev.old), crate::plugin::label(new)),
             ),
             Err(why) => (
                 EventType::Warning,
                 "PluginReloadRefused",
-                format!("new provider plugin refused, {} keeps serving: {why}", registration::plugin_label(&ev.old)),
+                format!("new provider plugin refused, {} keeps serving: {why}", crate::plugin::label(&ev.old)),
             ),
         };
         if let Ok(Some(n)) = nodes.get_opt(&node).await {

@@ -14,10 +14,11 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::naming::NODE_ID_LABEL;
+use super::DELETED_ANNOTATION;
 use super::registration::DISABLED_ANNOTATION;
-use super::{DELETED_ANNOTATION, election_lease_name};
 use crate::config::DaemonConfig;
+use crate::naming::NODE_ID_LABEL;
+use crate::naming::election_lease_name;
 use crate::plugin::{CallContext, CallError, DeleteReason, Plugin, ProviderError};
 use crate::records::{self, NodeRecords, Owner, PendingDeletion};
 

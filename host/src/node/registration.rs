@@ -9,8 +9,8 @@ use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use super::naming::{self, CLUSTER_LABEL, NODE_ID_LABEL, PROVIDER_TAINT, TYPE_LABEL};
 use crate::config::MAX_VIRTUAL_NODES;
+use crate::naming::{self, CLUSTER_LABEL, NODE_ID_LABEL, PROVIDER_TAINT, TYPE_LABEL};
 use crate::plugin::{NodeOffer, PluginInfo};
 
 /// Annotation on the Node naming the active provider plugin and its version.
@@ -78,7 +78,7 @@ pub async fn create(client: &Client, name: &str, shape: &NodeShape) -> Result<()
         "metadata": {
             "name": name,
             "labels": desired_labels(name, shape),
-            "annotations": {PLUGIN_ANNOTATION: plugin_label(&shape.plugin)},
+            "annotations": {PLUGIN_ANNOTATION: crate::plugin::label(&shape.plugin)},
         },
         "spec": {"taints": desired_taints(shape, &[])},
     }))
@@ -109,7 +109,7 @@ pub async fn reconcile_metadata(client: &Client, name: &str, shape: &NodeShape) 
     let patch = json!({
         "metadata": {
             "labels": desired_labels(name, shape),
-            "annotations": {PLUGIN_ANNOTATION: plugin_label(&shape.plugin)},
+            "annotations": {PLUGIN_ANNOTATION: crate::plugin::label(&shape.plugin)},
         },
         "spec": {"taints": desired_taints(shape, &existing_taints)},
     });
@@ -127,13 +127,9 @@ pub async fn patch_status(client: &Client, name: &str, shape: &NodeShape) -> Res
 /// Sets the plugin annotation alone (after a hot reload).
 pub async fn annotate_plugin(client: &Client, name: &str, plugin: &PluginInfo) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = json!({"metadata": {"annotations": {PLUGIN_ANNOTATION: plugin_label(plugin)}}});
+    let patch = json!({"metadata": {"annotations": {PLUGIN_ANNOTATION: crate::plugin::label(plugin)}}});
     nodes.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
-}
-
-pub fn plugin_label(plugin: &PluginInfo) -> String {
-    format!("{}@{} (contract {})", plugin.name, plugin.version, plugin.contract_version)
 }
 
 fn desired_labels(name: &str, shape: &NodeShape) -> BTreeMap<String, String> {

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::node::fence::Fence;
+use crate::fence::Fence;
 use crate::plugin::cache::Origin;
 use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, Loaded};

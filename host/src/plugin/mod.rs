@@ -28,7 +28,6 @@ pub use check::{CheckReport, SmokeResult, check};
 pub use cli::{CheckArgs, run_check};
 pub use error::{CallError, Export, LoadError, describe_provider_error};
 pub use handle::{ActiveSummary, Plugin, ReloadEvent, ReloadTrigger};
-pub use imports::http::error_chain;
 pub use loaded::{LoadReport, host_contracts};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};
@@ -41,3 +40,8 @@ pub use since_v0_1_0::{
     PodOutcome, PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret, ServiceAccountToken, StateRunning,
     StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint, VolumeClaim,
 };
+
+/// How a plugin is named in annotations, Events and logs: `cube@1.4.0 (contract 0.1.2)`.
+pub fn label(plugin: &PluginInfo) -> String {
+    format!("{}@{} (contract {})", plugin.name, plugin.version, plugin.contract_version)
+}

@@ -486,11 +486,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         pod,
         false,
         "ProviderCreateSuccess",
-        format!(
-            "created instance {} with {}",
-            outcome.instance_id,
-            crate::node::registration::plugin_label(&ctx.plugin.info())
-        ),
+        format!("created instance {} with {}", outcome.instance_id, crate::plugin::label(&ctx.plugin.info())),
     )
     .await;
     for ev in &outcome.events {

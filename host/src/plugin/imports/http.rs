@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::error_chain;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue};
 
 /// Bodies larger than this (or than the guest's memory cap, which could not hold them anyway) are
@@ -274,18 +275,6 @@ impl Egress {
             Ok(Ok(Ok(resp))) => Ok(resp),
         }
     }
-}
-
-/// An error and its causes, as one line (reqwest's own message hides the cause).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

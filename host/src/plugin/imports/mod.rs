@@ -18,7 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use self::http::{Egress, Refusal};
 use self::kv::KvStore;
 use self::metrics::PluginCounters;
-use crate::node::fence::{Fence, Target};
+use crate::fence::{Fence, Target};
 use crate::plugin::since_v0_1_0::vk::provider as wit;
 use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 use crate::records::Registry;
@@ -159,7 +159,7 @@ impl wit::http::Host for HostState {
     async fn send(&mut self, req: HttpRequest) -> wasmtime::Result<Result<HttpResponse, HttpError>> {
         let began = Instant::now();
         let method = req.method.clone();
-        // Checked last before the request is handed to the connection: see `node::fence`.
+        // Checked last before the request is handed to the connection: see `fence`.
         let fenced = self.fence.as_ref().and_then(|f| f.check(Target::Cloud, &format!("{method} {}", req.url)).err());
         let result = match fenced {
             Some(lapsed) => Err(Refusal::Other(HttpError::Transport(lapsed.to_string()))),

@@ -33,6 +33,11 @@ pub fn identity_selector(cluster_id: &str, node_id: &str) -> String {
     format!("{CLUSTER_LABEL}={cluster_id},{NODE_ID_LABEL}={node_id}")
 }
 
+/// Name of the election Lease of a config node.
+pub fn election_lease_name(cluster_id: &str, node_id: &str) -> String {
+    format!("vkcube-{cluster_id}-{node_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
