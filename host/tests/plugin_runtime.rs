@@ -485,5 +485,5 @@ async fn plugin_check_never_prints_the_cube_credentials() {
 async fn the_cube_plugin_loads() {
     let path = plugin("cube.wasm");
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
-    assert_eq!(p.info().contract_version, "0.1.2");
+    assert_eq!(p.info().contract_version, "0.2.0");
 }
