@@ -573,7 +573,20 @@ async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             changes.push(change);
         }
     }
-    let outcome = update(pod, ctx, &resolution.pod, &changes).await?;
+    let outcome = match update(pod, ctx, &resolution.pod, &changes).await {
+        Ok(outcome) => outcome,
+        // The provider cannot update instances at all: said once, never asked again for this
+        // pod (its instance keeps the token it has).
+        Err(SyncError::Provider { source: CallError::Unsupported(why), .. }) => {
+            if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
+                r.refresh_at = None;
+            }
+            ctx.event(pod, true, "ProviderUpdateUnsupported", format!("service-account token not renewed: {why}"))
+                .await;
+            return Ok(Action::requeue(Duration::from_secs(ctx.settings.status_sync_seconds)));
+        }
+        Err(e) => return Err(e),
+    };
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
         r.refresh_at = refresh_at;
