@@ -1,7 +1,7 @@
 //! The durable records of a virtual node: what must still be done for it after a restart or a
 //! failover. Two kinds, kept apart: the plugin's own records (the contract's `store` import) and
-//! the host's pending deletions (a provider answered `in-progress`, or `vkhost node delete` is
-//! about to delete). Both live in one ConfigMap per config node in the HA namespace, named after
+//! the host's pending deletions (a provider answered `in-progress`, with the work to `finalize`
+//! once the instance is gone, or `vkhost node delete` is about to delete). Both live in one ConfigMap per config node in the HA namespace, named after
 //! the node's election Lease, so the records follow the node across Node renames and replicas.
 //!
 //! Reads come from a copy in memory, loaded when acting starts. A write changes the copy, then

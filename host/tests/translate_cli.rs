@@ -118,21 +118,46 @@ fn a_plugin_without_plan_or_a_config_it_rejects_gives_no_plan() {
 }
 
 #[test]
-fn the_guide_pod_translates_on_the_first_node_of_a_daemon_config() {
+fn the_guide_pod_translates_to_the_cube_create_request_on_the_first_node_of_the_daemon_config() {
     let yaml = std::fs::read_to_string(root().join("tests/demo/manifests/01-nginx-pod.yaml")).unwrap();
-    // The daemon config's node: its provider table (the example would refuse Cube's keys, so
-    // a config of its own with a node named like the daemon's).
-    let config = scratch_dir("translate-config").join("vkhost.toml");
-    std::fs::write(
-        &config,
-        "cluster_id = \"uk8s-abcdefgh\"\n[plugin]\npath = \"unused.wasm\"\n[[nodes]]\nid = \"n1\"\n[nodes.provider]\nmax_pods = 5\n\
-         [nodes.secrets]\nprivate_key = { env = \"CUBE_PUBLIC_KEY\" }\n",
-    )
-    .unwrap();
-    let (code, out, err) = run(&["plugin", "translate"], &yaml, &plugin("example.wasm"), &config, &[]);
-    // The example refuses the stand-in key it does not know; what matters is that it was asked
-    // about node n1's table with the stand-in, never the real credential.
-    assert!(!out.contains("REAL-PUBLIC-KEY") && !err.contains("REAL-PUBLIC-KEY"), "{out}{err}");
-    assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("uk8s-abcdefgh-vk-xxxxx") && err.contains("private_key"), "{err}");
+    let config = root().join("config.example.toml");
+    let (code, out, err) = run(&["plugin", "translate"], &yaml, &plugin("cube.wasm"), &config, &[]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert_eq!(plan["node"], "uk8s-a1b2c3d4-vk-xxxxx");
+    let requests = plan["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "{out}");
+    assert_eq!(requests[0]["method"], "POST");
+    let body = requests[0]["body"].as_str().unwrap();
+    assert!(body.starts_with("Action=CreateCubePod&"), "{body}");
+    assert!(body.contains("Zone=cn-bj2-05") && body.contains("VPCId=uvnet-xxxxxxxx"), "{body}");
+    // The size the pod's requests round to, as create would annotate it.
+    assert_eq!(plan["annotations"]["cube.ucloud.cn/size"], "2-2Gi");
+    // Credentials are never read: the plan is signed with stand-ins.
+    assert!(!out.contains("REAL-PUBLIC-KEY") && body.contains("PublicKey=not-needed-to-translate"), "{out}");
+}
+
+#[test]
+fn a_wrong_cube_annotation_is_reported_naming_it() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  annotations:
+    cube.ucloud.cn/cube-eip-paymode: sharebandwidth
+    cube.ucloud.cn/cube-eip: "true"
+    cube.ucloud.cn/cube-eip-bandwidth: "5"
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - name: c
+    image: uhub.service.ucloud.cn/library/nginx:1.25
+"#;
+    let config = root().join("config.example.toml");
+    let (code, out, err) = run(&["translate"], yaml, &plugin("cube.wasm"), &config, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let refusal: serde_json::Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert!(refusal["invalid"]["field"].as_str().unwrap().contains("cube-eip-bandwidth"), "{out}");
+    assert!(err.contains("cube-eip-bandwidth"), "{err}");
 }
