@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::{ctx, install, plugin, plugin_dir, pod_ref, resolved_pod, scratch_dir, settings};
 use tokio_util::sync::CancellationToken;
-use vkhost::plugin::{Plugin, PluginRuntime};
+use vkhost::plugin::{CreateAttempt, Plugin, PluginRuntime};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -171,7 +171,7 @@ fn main() {
             pod.secrets.len(),
             pod.tokens.len()
         );
-        p.create(&c, &pod).await.unwrap();
+        p.create(&c, &pod, CreateAttempt { may_exist: true }).await.unwrap();
         let r = pod_ref("web-0", "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01");
 
         let mut s = time_calls(calls, || async {
@@ -180,7 +180,7 @@ fn main() {
         .await;
         row("example: metadata.validate-config (fresh instance)", &mut s);
         let mut s = time_calls(calls, || async {
-            p.create(&c, &pod).await.unwrap();
+            p.create(&c, &pod, CreateAttempt { may_exist: true }).await.unwrap();
         })
         .await;
         row("example: pods.create, resolved pod (fresh instance)", &mut s);

@@ -6,7 +6,8 @@
 //! `config`, `apiclient` (the rate-limited Kubernetes client), `fence` (no writes for a node once
 //! its election lease may have passed to another replica), `naming` (names and labels of what the daemon keeps in the
 //! cluster), `metrics`, `records` (what must
-//! still be done for a node after a restart), `daemon` (wiring).
+//! still be done for a node after a restart), `translate` (`vkhost plugin translate`: a manifest
+//! through a plugin's dry run), `daemon` (wiring).
 
 pub mod apiclient;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod node;
 pub mod plugin;
 pub mod pods;
 pub mod records;
+pub mod translate;
 
 /// An error and its causes, as one line (reqwest's own message hides the cause).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,7 +1,7 @@
 //! The durable records of a virtual node: what must still be done for it after a restart or a
 //! failover. Two kinds, kept apart: the plugin's own records (the contract's `store` import) and
-//! the host's pending deletions (a provider answered `in-progress`, or `vkhost node delete` is
-//! about to delete). Both live in one ConfigMap per config node in the HA namespace, named after
+//! the host's pending deletions (a provider answered `in-progress`, with the work to `finalize`
+//! once the instance is gone, or `vkhost node delete` is about to delete). Both live in one ConfigMap per config node in the HA namespace, named after
 //! the node's election Lease, so the records follow the node across Node renames and replicas.
 //!
 //! Reads come from a copy in memory, loaded when acting starts. A write changes the copy, then
@@ -35,6 +35,12 @@ pub const MAX_TOTAL_BYTES: usize = 128 * 1024;
 /// Pending deletions one node records: ten times the pods a node may have, and with the plugin's
 /// records well inside a ConfigMap's 1 MiB (1,000 deletions take about 196 KB).
 pub const MAX_DELETIONS: usize = 2000;
+/// The `finalize` work of one pending deletion is at most this many bytes (the contract's 1 KiB).
+pub const MAX_FINALIZE_BYTES: usize = 1024;
+/// The `finalize` work of all of a node's pending deletions together (base64 in the ConfigMap:
+/// 342 KB at most), so that with the deletions themselves and the plugin's records it stays
+/// inside a ConfigMap's 1 MiB.
+pub const MAX_FINALIZE_TOTAL_BYTES: usize = 256 * 1024;
 
 /// Annotation on the ConfigMap naming the Node its records belong to, so `vkhost node delete`
 /// finds them again when the Node object is already gone.
@@ -51,13 +57,68 @@ pub fn configmap_name(cluster_id: &str, node_id: &str) -> String {
     format!("{}-records", election_lease_name(cluster_id, node_id))
 }
 
-/// A deletion the host must see through: it polls the provider's `status` until `not-found`.
+/// A deletion the host must see through: it polls the provider's `status` until `not-found`,
+/// then calls the provider's `finalize` with `finalize` (when there is any) until it succeeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingDeletion {
     pub pod: PodRef,
     pub reason: DeleteReason,
     pub instance_id: String,
+    /// The provider's work to finish once the instance is gone (its `pending-deletion.finalize`),
+    /// opaque to the host; empty when there is none. Base64 in the ConfigMap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "base64_bytes")]
+    pub finalize: Vec<u8>,
+    /// Unix time in milliseconds before which the host does not poll `status` (the provider's
+    /// `poll-after-ms`, counted from the delete); 0: any time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub poll_after_unix_ms: u64,
+}
+
+impl PendingDeletion {
+    /// A deletion with no work to finish, to poll at once.
+    pub fn new(pod: PodRef, reason: DeleteReason, instance_id: String) -> Self {
+        PendingDeletion { pod, reason, instance_id, finalize: Vec::new(), poll_after_unix_ms: 0 }
+    }
+
+    /// What the provider's `delete` answered for it: the work to finish, and when to poll first.
+    pub fn with_pending(mut self, pending: &crate::plugin::PendingDeletion) -> Self {
+        self.finalize = pending.finalize.clone();
+        self.poll_after_unix_ms = match pending.poll_after_ms {
+            0 => 0,
+            ms => unix_ms_now() + u64::from(ms),
+        };
+        self
+    }
+
+    /// Whether `status` may be polled now.
+    pub fn due(&self) -> bool {
+        self.poll_after_unix_ms <= unix_ms_now()
+    }
+}
+
+/// The current Unix time in milliseconds.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Bytes as a base64 string in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why the plugin's write did not happen (the contract's `store-error`).
@@ -328,14 +389,25 @@ impl NodeRecords {
     pub async fn record_deletion(&self, deletion: PendingDeletion) -> Result<(), RecordsError> {
         let generation = {
             let mut state = self.state.lock().unwrap();
-            if state.wanted.deletions.get(&deletion.pod.uid) == Some(&deletion) {
+            let uid = &deletion.pod.uid;
+            let finalize_bytes: usize =
+                state.wanted.deletions.iter().filter(|(k, _)| *k != uid).map(|(_, d)| d.finalize.len()).sum();
+            if state.wanted.deletions.get(uid) == Some(&deletion) {
                 state.generation
-            } else if !state.wanted.deletions.contains_key(&deletion.pod.uid)
-                && state.wanted.deletions.len() >= MAX_DELETIONS
-            {
+            } else if !state.wanted.deletions.contains_key(uid) && state.wanted.deletions.len() >= MAX_DELETIONS {
                 return Err(RecordsError::OverLimit(format!(
-                    "{MAX_DELETIONS} deletions are already recorded for the node; {} is not",
-                    deletion.pod.uid
+                    "{MAX_DELETIONS} deletions are already recorded for the node; {uid} is not"
+                )));
+            } else if deletion.finalize.len() > MAX_FINALIZE_BYTES {
+                return Err(RecordsError::OverLimit(format!(
+                    "the work to finalize the deletion of {uid} is {} bytes, over {MAX_FINALIZE_BYTES}",
+                    deletion.finalize.len()
+                )));
+            } else if finalize_bytes + deletion.finalize.len() > MAX_FINALIZE_TOTAL_BYTES {
+                return Err(RecordsError::OverLimit(format!(
+                    "the recorded deletions of the node already carry {finalize_bytes} bytes of work to finalize; \
+                     {uid}'s {} more would pass {MAX_FINALIZE_TOTAL_BYTES}",
+                    deletion.finalize.len()
                 )));
             } else {
                 state.wanted.deletions.insert(deletion.pod.uid.clone(), deletion);
@@ -506,12 +578,12 @@ impl Drop for Registered {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An apiserver of one ConfigMap, with conflicts and failures on demand.
     #[derive(Default)]
-    struct FakeApi {
+    pub(crate) struct FakeApi {
         stored: Mutex<Option<ConfigMap>>,
         version: Mutex<u64>,
         puts: Mutex<u32>,
@@ -573,16 +645,17 @@ mod tests {
         Owner { cluster_id: "c1".into(), node_id: "n1".into(), node_name: "c1-vk-abcde".into() }
     }
 
-    async fn records(api: &Arc<FakeApi>) -> Arc<NodeRecords> {
+    /// The records of a node kept by `api`: loading them again is what a restart does.
+    pub(crate) async fn records(api: &Arc<FakeApi>) -> Arc<NodeRecords> {
         NodeRecords::load(owner(), Box::new(api.clone())).await.unwrap()
     }
 
-    fn deletion(uid: &str) -> PendingDeletion {
-        PendingDeletion {
-            pod: PodRef { namespace: "ns".into(), name: format!("pod-{uid}"), uid: uid.into() },
-            reason: DeleteReason::NodeDeleted,
-            instance_id: format!("cube-{uid}"),
-        }
+    pub(crate) fn deletion(uid: &str) -> PendingDeletion {
+        PendingDeletion::new(
+            PodRef { namespace: "ns".into(), name: format!("pod-{uid}"), uid: uid.into() },
+            DeleteReason::NodeDeleted,
+            format!("cube-{uid}"),
+        )
     }
 
     #[tokio::test]
@@ -644,6 +717,41 @@ mod tests {
         assert!(empty.keys("").is_empty() && empty.pending_deletions().is_empty());
         again.remove_all().await.unwrap();
         assert!(api.stored.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_work_to_finalize_a_deletion_is_kept_in_the_configmap_and_capped() {
+        let api = Arc::new(FakeApi::default());
+        let r = records(&api).await;
+        let answer = crate::plugin::PendingDeletion { finalize: vec![0, 1, 2, 255], poll_after_ms: 60_000 };
+        let with_work = deletion("uid-1").with_pending(&answer);
+        assert!(!with_work.due(), "not polled before poll-after");
+        r.record_deletion(with_work.clone()).await.unwrap();
+        let deletions: serde_json::Value = serde_json::from_str(&api.data()[DELETIONS_DATA_KEY]).unwrap();
+        assert_eq!(deletions["uid-1"]["finalize"], "AAEC/w==");
+        assert!(deletions["uid-1"]["pollAfterUnixMs"].as_u64().unwrap() > unix_ms_now());
+        // Records written before 0.2 (no finalize, no poll-after) still load.
+        r.record_deletion(deletion("uid-0")).await.unwrap();
+        let deletions: serde_json::Value = serde_json::from_str(&api.data()[DELETIONS_DATA_KEY]).unwrap();
+        assert!(deletions["uid-0"].get("finalize").is_none() && deletions["uid-0"].get("pollAfterUnixMs").is_none());
+        let again = records(&api).await;
+        assert_eq!(again.pending_deletions(), vec![deletion("uid-0"), with_work]);
+
+        let big = |uid: &str, n: usize| {
+            let mut d = deletion(uid);
+            d.finalize = vec![7; n];
+            d
+        };
+        let err = again.record_deletion(big("uid-2", MAX_FINALIZE_BYTES + 1)).await.unwrap_err();
+        assert!(matches!(&err, RecordsError::OverLimit(m) if m.contains("uid-2")), "{err:?}");
+        for i in 0..(MAX_FINALIZE_TOTAL_BYTES / MAX_FINALIZE_BYTES) - 1 {
+            again.record_deletion(big(&format!("full-{i}"), MAX_FINALIZE_BYTES)).await.unwrap();
+        }
+        let err = again.record_deletion(big("uid-3", MAX_FINALIZE_BYTES)).await.unwrap_err();
+        assert!(matches!(&err, RecordsError::OverLimit(m) if m.contains("uid-3")), "{err:?}");
+        // Replacing a recorded deletion's work counts its old work out.
+        again.record_deletion(big("full-0", MAX_FINALIZE_BYTES - 1)).await.unwrap();
+        assert!(api.data()[DELETIONS_DATA_KEY].len() < 400_000);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The plugin runtime against real components built by `plugins/build`: every export of the
-//! example provider, and each way a plugin can fail (trap, endless loop, memory blow-up, URL
-//! outside its allowlist, wrong contract, not a component) turning into a typed error while the
-//! next call still succeeds.
+//! example provider (contract 0.2), 0.1.x plugins (the faulty fixture, 0.1.0) adapted beside it,
+//! and each way a plugin can fail (trap, endless loop, memory blow-up, URL outside its allowlist,
+//! wrong contract, not a component) turning into a typed error while the next call still
+//! succeeds.
 
 #[path = "plugin_support.rs"]
 mod support;
@@ -10,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use support::{ctx, plugin, pod_ref, resolved_pod, scratch_dir, settings};
 use vkhost::plugin::{
-    CallError, ContainerState, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions, Origin, Plugin,
-    PluginRuntime, ProviderError,
+    CallError, ContainerState, CreateAttempt, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions,
+    Origin, Plugin, PluginRuntime, PodChange, PodPhase, ProviderError,
 };
 
 const UID: &str = "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01";
+const MAY_EXIST: CreateAttempt = CreateAttempt { may_exist: true };
 
 fn log_opts() -> LogOptions {
     LogOptions {
@@ -45,7 +47,8 @@ async fn faulty(limits: impl FnOnce(&mut vkhost::plugin::PluginSettings)) -> std
 
 /// The next call after a failure gets a fresh instance and succeeds.
 async fn assert_next_call_succeeds(p: &Plugin) {
-    let ok = p.create(&ctx("n1", "{}"), &resolved_pod("behave", UID)).await.expect("the next call must succeed");
+    let ok =
+        p.create(&ctx("n1", "{}"), &resolved_pod("behave", UID), MAY_EXIST).await.expect("the next call must succeed");
     assert_eq!(annotation(&ok, "faulty/answered-by"), "1.0.0");
 }
 
@@ -56,7 +59,7 @@ async fn example_provider_answers_every_export() {
         .await
         .unwrap();
     let info = p.info();
-    assert_eq!((info.name.as_str(), info.contract_version.as_str()), ("example", "0.1.0"));
+    assert_eq!((info.name.as_str(), info.contract_version.as_str()), ("example", "0.2.0"));
 
     // metadata
     assert_eq!(p.validate_config("n1", "{}").await.unwrap(), r#"{"max_pods":200}"#);
@@ -71,20 +74,32 @@ async fn example_provider_answers_every_export() {
     assert_eq!((cap("cpu"), cap("memory"), cap("pods")), ("1000".into(), "4Ti".into(), "50".into()));
     assert_eq!((offer.operating_system.as_str(), offer.architecture.as_str()), ("linux", "amd64"));
 
-    // pods: create is idempotent by uid
+    // pods: plan shows what create answers, and creates nothing
     let pod = resolved_pod("web-0", UID);
-    let first = p.create(&c, &pod).await.unwrap();
-    assert_eq!(first.status.phase, "Running");
+    let r = pod_ref("web-0", UID);
+    let plan = p.plan(&c, &pod).await.unwrap();
+    assert!(plan.requests.is_empty(), "the example's backend is kv: {plan:?}");
+    assert_eq!(plan.events.len(), 1);
+    assert!(matches!(p.status(&c, &r).await, Err(CallError::Provider(ProviderError::NotFound(_)))));
+
+    // create is idempotent by uid
+    let first = p.create(&c, &pod, MAY_EXIST).await.unwrap();
+    assert_eq!(first.annotations, plan.annotations);
+    assert_eq!((first.events[0].kind, &first.events[0].reason), (plan.events[0].kind, &plan.events[0].reason));
+    assert_eq!(first.status.phase, PodPhase::Running);
     assert!(first.status.pod_ip.as_deref().unwrap().starts_with("10."));
     assert_eq!(first.status.container_statuses.len(), 2);
     assert!(first.status.container_statuses.iter().all(|s| s.ready && matches!(s.state, ContainerState::Running(_))));
-    let again = p.create(&c, &pod).await.unwrap();
+    let again = p.create(&c, &pod, MAY_EXIST).await.unwrap();
     assert_eq!(again.instance_id, first.instance_id);
     assert_eq!(again.status, first.status);
 
-    let r = pod_ref("web-0", UID);
     assert_eq!(p.status(&c, &r).await.unwrap(), first.status);
-    assert_eq!(p.update(&c, &pod).await.unwrap().instance_id, first.instance_id);
+    // update is told what changed; a ConfigMap the pod mounts as files is applied
+    let changes = [PodChange::ConfigMap("web-conf".into()), PodChange::Token("kube-api-access-x7k2p".into())];
+    let updated = p.update(&c, &pod, &changes).await.unwrap();
+    assert_eq!(updated.outcome.instance_id, first.instance_id);
+    assert!(updated.not_applied.is_empty(), "{:?}", updated.not_applied);
     let listed = p.list(&c).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].pod, r);
@@ -98,12 +113,11 @@ async fn example_provider_answers_every_export() {
         p.logs(&c, &r, "web", &log_opts()).await,
         p.exec(&c, &r, "web", &exec_opts()).await,
         p.attach(&c, &r, "web", &exec_opts()).await,
+        p.port_forward(&c, &r, 8080).await,
     ] {
         let err = result.unwrap_err();
-        assert!(
-            matches!(&err, CallError::Provider(ProviderError::Invalid(i)) if i.message.contains("example provider has no")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, CallError::Unsupported(m) if m.contains("example provider has no")), "{err:?}");
+        assert!(!err.is_retryable());
     }
 
     assert_eq!(p.delete(&c, &r, DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
@@ -113,14 +127,15 @@ async fn example_provider_answers_every_export() {
 
     let stats = p.stats();
     assert_eq!(stats.calls(Export::Create, "ok"), 2);
-    assert_eq!(stats.calls(Export::Logs, "invalid"), 1);
+    assert_eq!(stats.calls(Export::Logs, "unsupported"), 1);
+    assert_eq!(stats.calls(Export::Plan, "ok"), 1);
 }
 
 #[tokio::test]
 async fn a_trap_is_a_typed_error_naming_plugin_version_and_export_and_the_next_call_succeeds() {
     let p = faulty(|_| {}).await;
     for mode in ["trap", "unreachable"] {
-        let err = p.create(&ctx("n1", "{}"), &resolved_pod(mode, UID)).await.unwrap_err();
+        let err = p.create(&ctx("n1", "{}"), &resolved_pod(mode, UID), MAY_EXIST).await.unwrap_err();
         let CallError::Trap { plugin, version, export, message } = &err else { panic!("{mode}: {err:?}") };
         assert_eq!((plugin.as_str(), version.as_str(), *export), ("faulty", "1.0.0", Export::Create));
         assert!(message.contains("unreachable"), "{message}");
@@ -173,7 +188,7 @@ async fn a_spinning_plugin_does_not_starve_other_tasks() {
 #[tokio::test]
 async fn growing_memory_past_the_cap_is_a_typed_error_and_the_next_call_succeeds() {
     let p = faulty(|s| s.limits.memory_mib = 24).await;
-    let err = p.create(&ctx("n1", "{}"), &resolved_pod("oom", UID)).await.unwrap_err();
+    let err = p.create(&ctx("n1", "{}"), &resolved_pod("oom", UID), MAY_EXIST).await.unwrap_err();
     assert!(
         matches!(&err, CallError::MemoryExceeded { version, export: Export::Create, limit_mib: 24, .. } if version == "1.0.0"),
         "{err:?}"
@@ -185,7 +200,7 @@ async fn growing_memory_past_the_cap_is_a_typed_error_and_the_next_call_succeeds
 #[tokio::test]
 async fn a_url_outside_the_allowlist_is_denied_and_the_next_call_succeeds() {
     let p = faulty(|s| s.allowed_urls = vec!["https://api.example.com/v1/".into()]).await;
-    let err = p.create(&ctx("n1", "{}"), &resolved_pod("denied", UID)).await.unwrap_err();
+    let err = p.create(&ctx("n1", "{}"), &resolved_pod("denied", UID), MAY_EXIST).await.unwrap_err();
     // The host answers `http-error::denied(url)`; the fixture reports it as an internal error.
     assert!(
         matches!(&err, CallError::Provider(ProviderError::Internal(m)) if m == "http denied: http://forbidden.example.invalid/steal"),
@@ -234,7 +249,7 @@ async fn an_allowed_url_is_fetched_for_the_plugin() {
     let base = echo_server().await;
     let p = faulty(|s| s.allowed_urls = vec![format!("{base}/echo")]).await;
     let config = format!(r#"{{"echo_url": "{base}/echo"}}"#);
-    let out = p.create(&ctx("n1", &config), &resolved_pod("echo", UID)).await.unwrap();
+    let out = p.create(&ctx("n1", &config), &resolved_pod("echo", UID), MAY_EXIST).await.unwrap();
     assert_eq!(annotation(&out, "faulty/echo"), "ping from 1.0.0");
 }
 
@@ -259,25 +274,28 @@ async fn a_hanging_backend_is_cut_off_by_the_call_timeout_and_the_next_call_succ
     assert_next_call_succeeds(&p).await;
 }
 
-/// The example component with every `vk:provider/...@0.1.0` rewritten to `@{version}` (same
-/// length, so the binary stays well-formed): a plugin built against another contract.
+/// The faulty fixture (built against 0.1.0) with every `vk:provider/...@0.1.0` rewritten to
+/// `@{version}` (same length, so the binary stays well-formed): a plugin built against another
+/// contract.
 fn with_contract(version: &str) -> std::path::PathBuf {
     assert_eq!(version.len(), 5);
-    let mut bytes = std::fs::read(plugin("example.wasm")).unwrap();
+    let mut bytes = std::fs::read(plugin("faulty-v1.wasm")).unwrap();
     let needle = b"@0.1.0";
     let mut i = 0;
     while let Some(pos) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
         bytes[i + pos + 1..i + pos + 6].copy_from_slice(version.as_bytes());
         i += pos + needle.len();
     }
-    let path = scratch_dir("contract").join(format!("example-{version}.wasm"));
+    let path = scratch_dir("contract").join(format!("faulty-{version}.wasm"));
     std::fs::write(&path, bytes).unwrap();
     path
 }
 
 #[tokio::test]
 async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
-    for version in ["0.2.0", "1.0.0"] {
+    // Newer than every contract the host knows: a newer patch of 0.1 or 0.2 (which may use what
+    // the host lacks), a newer 0.x line, a 1.x one.
+    for version in ["0.1.3", "0.2.1", "0.3.0", "1.0.0"] {
         let s = settings(with_contract(version));
         let cache = s.cache_dir.clone().unwrap();
         let err = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.err().unwrap();
@@ -286,7 +304,8 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
             "{err:?}"
         );
         let text = err.to_string();
-        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.2"), "{text}");
+        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.2.0"), "{text}");
+        assert!(text.contains("accepts 0.2.0, 0.1.0 to 0.1.2"), "{text}");
         // Refused from the bytes alone: nothing was compiled into the cache.
         assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
     }
@@ -294,14 +313,61 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
 
 #[tokio::test]
 async fn plugins_built_against_every_0_1_patch_run_on_this_host() {
-    // 0.1.0 (the example as built), 0.1.1 (before `store`) and 0.1.2 (the host's own).
+    // 0.1.0 (the fixture as built), 0.1.1 (before `store`) and 0.1.2 (the last 0.1).
     for version in ["0.1.0", "0.1.1", "0.1.2"] {
-        let path = if version == "0.1.0" { plugin("example.wasm") } else { with_contract(version) };
+        let path = if version == "0.1.0" { plugin("faulty-v1.wasm") } else { with_contract(version) };
         let p = Plugin::load(PluginRuntime::new().unwrap(), settings(path), vec![]).await.unwrap();
         assert_eq!(p.summary().load.contract, version);
         let offer = p.describe_node(&ctx("n1", "{}")).await.unwrap();
         assert!(!offer.capacity.is_empty(), "{version}");
+        assert_next_call_succeeds(&p).await;
     }
+}
+
+/// A 0.1.0, a 0.1.1 and a 0.2.0 plugin loaded in one runtime, side by side, each serving calls:
+/// the 0.1 ones through the adapter (what 0.1 lacks answers `unsupported` naming their contract),
+/// the 0.2 one natively.
+#[tokio::test]
+async fn plugins_of_0_1_0_0_1_1_and_0_2_0_run_side_by_side_in_one_runtime() {
+    let rt = PluginRuntime::new().unwrap();
+    let old = Plugin::load(rt.clone(), settings(plugin("faulty-v1.wasm")), vec![]).await.unwrap();
+    let patched = Plugin::load(rt.clone(), settings(with_contract("0.1.1")), vec![]).await.unwrap();
+    let new = Plugin::load(rt, settings(plugin("example.wasm")), vec![]).await.unwrap();
+    let contracts: Vec<String> = [&old, &patched, &new].iter().map(|p| p.summary().load.contract).collect();
+    assert_eq!(contracts, ["0.1.0", "0.1.1", "0.2.0"]);
+
+    let c = ctx("n1", "{}");
+    let (old_pod, new_pod) = (resolved_pod("behave", UID), resolved_pod("web-0", UID));
+    // Interleaved calls, each plugin answering in its own terms.
+    for _ in 0..2 {
+        for p in [&old, &patched] {
+            let made = p.create(&c, &old_pod, MAY_EXIST).await.unwrap();
+            assert_eq!(annotation(&made, "faulty/answered-by"), "1.0.0");
+            // 0.1 spelled the phase as a string; the adapter hands over the enum.
+            assert_eq!(made.status.phase, PodPhase::Running);
+            let updated = p.update(&c, &old_pod, &[PodChange::Image("web".into())]).await.unwrap();
+            assert!(updated.not_applied.is_empty());
+        }
+        let made = new.create(&c, &new_pod, MAY_EXIST).await.unwrap();
+        assert_eq!(made.instance_id, "example-6f1c7a7e");
+        assert!(new.plan(&c, &new_pod).await.is_ok());
+    }
+    for (p, contract) in [(&old, "0.1.0"), (&patched, "0.1.1")] {
+        let r = pod_ref("behave", UID);
+        for err in [
+            p.plan(&c, &old_pod).await.unwrap_err(),
+            p.finalize(&c, &r, b"work").await.unwrap_err(),
+            p.port_forward(&c, &r, 80).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, CallError::Unsupported(m) if m.contains(&format!("vk:provider@{contract}"))),
+                "{contract}: {err:?}"
+            );
+            assert!(!err.is_retryable());
+        }
+    }
+    assert_eq!(new.delete(&c, &pod_ref("web-0", UID), DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
+    assert_eq!(old.stats().calls(Export::Plan, "unsupported"), 1);
 }
 
 #[tokio::test]
@@ -360,7 +426,7 @@ async fn a_new_file_serves_from_the_baseline_build_until_the_optimized_build_rep
     // served by its build first, every export working.
     assert_eq!(p.origin(), Origin::Baseline);
     let c = ctx("n1", "{}");
-    let made = p.create(&c, &resolved_pod("web-0", UID)).await.expect("create on the baseline build");
+    let made = p.create(&c, &resolved_pod("web-0", UID), MAY_EXIST).await.expect("create on the baseline build");
     assert_eq!(made.instance_id, "example-6f1c7a7e");
     let info = p.info();
 
@@ -369,7 +435,7 @@ async fn a_new_file_serves_from_the_baseline_build_until_the_optimized_build_rep
     assert_eq!(p.stats().snapshot().optimized_swaps, 1);
     // Same bytes, same version, same state: not a reload.
     assert_eq!(p.info(), info);
-    assert!(matches!(p.status(&c, &pod_ref("web-0", UID)).await, Ok(s) if s.phase == "Running"));
+    assert!(matches!(p.status(&c, &pod_ref("web-0", UID)).await, Ok(s) if s.phase == PodPhase::Running));
     assert!(reloads.try_recv().is_err(), "swapping in the optimized build is not a reload event");
 }
 
@@ -389,7 +455,7 @@ async fn plugin_check_reports_a_good_plugin_and_refuses_a_bad_config() {
     assert_eq!(report.info.name, "example");
     assert_eq!(report.smoke.as_ref().unwrap().normalized, r#"{"max_pods":10}"#);
     let text = report.to_string();
-    assert!(text.contains("vk:provider@0.1.0") && text.contains("result      OK"), "{text}");
+    assert!(text.contains("vk:provider@0.2.0") && text.contains("result      OK"), "{text}");
 
     let err =
         vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"pods": 10})), "n1").await.unwrap_err();
@@ -419,5 +485,66 @@ async fn plugin_check_never_prints_the_cube_credentials() {
 async fn the_cube_plugin_loads() {
     let path = plugin("cube.wasm");
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
-    assert_eq!(p.info().contract_version, "0.1.2");
+    assert_eq!(p.info().contract_version, "0.2.0");
+}
+
+/// The Cube plugin's `plan` is exactly what its `create` sends: the same requests in the same
+/// order, byte for byte (signed form bodies included), and the same annotations. The cloud is a
+/// stand-in that records every request and answers each with a new instance.
+#[tokio::test]
+async fn the_cube_plan_is_exactly_what_create_sends() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, Vec<(String, String)>, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let recorder = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let recorder = recorder.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            let uri = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            recorder.lock().unwrap().push((parts.method.to_string(), uri, headers, body));
+            axum::Json(serde_json::json!({"RetCode": 0, "CubeId": "cube-made-1"}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut s = settings(plugin("cube.wasm"));
+    s.allowed_urls = vec![format!("{base}/")];
+    let p = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.unwrap();
+    let config = serde_json::json!({
+        "api_url": base, "region": "cn-bj2", "zone": "cn-bj2-05", "vpc_id": "uvnet-abc", "subnet_id": "subnet-def",
+        "public_key": "PUB", "private_key": "PRIV", "uhub_hosts": ["uhub.example.com"],
+    });
+    let normalised = p.validate_config("n1", &config.to_string()).await.unwrap();
+    let c = ctx("uk8s-abcdefgh-vk-x7k2p", &normalised);
+    let pod = resolved_pod("web-0", UID);
+
+    let plan = p.plan(&c, &pod).await.unwrap();
+    assert!(seen.lock().unwrap().is_empty(), "plan sent a request");
+    assert!(!plan.requests.is_empty());
+    // The first attempt: no lookup before the create, so every request sent is a planned one.
+    let made = p.create(&c, &pod, CreateAttempt { may_exist: false }).await.unwrap();
+    assert_eq!(made.instance_id, "cube-made-1");
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), plan.requests.len(), "{sent:?}");
+    for (planned, (method, uri, headers, body)) in plan.requests.iter().zip(&sent) {
+        assert_eq!(&planned.method, method);
+        assert_eq!(planned.url, format!("{base}{uri}"));
+        assert_eq!(&planned.body, body, "{}", String::from_utf8_lossy(body));
+        for h in &planned.headers {
+            assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case(&h.key) && v == &h.value), "{h:?}");
+        }
+    }
+    // What create annotates the pod with, the plan showed (the plan has no instance id yet).
+    for kv in &plan.annotations {
+        assert!(made.annotations.contains(kv), "{kv:?} planned but not set: {:?}", made.annotations);
+    }
 }

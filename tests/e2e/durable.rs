@@ -65,24 +65,28 @@ async fn a_node_delete_stopped_midway_is_finished_by_the_next_run_udisks_include
     .await;
     let uid = running.uid().unwrap();
 
-    // `vkhost node delete`, stopped (with the daemon) once the instance's deletion has begun.
+    // `vkhost node delete`, stopped (with the daemon) once the instance's deletion has begun and
+    // the provider's work to finish after it (deleting the disk) is recorded with it.
     let first_run = {
         let (client, plugin, cfg, node) = (ns.client.clone(), daemon.plugin().clone(), cfg.clone(), node.clone());
         tokio::spawn(async move { vkhost::node::ops::delete(&client, &plugin, &cfg, &node).await })
     };
-    wait_for(Duration::from_secs(30), "the instance Terminating", || async {
-        (instance_state(&env, &uid).await == "Terminating").then_some(())
+    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &cfg.ha.namespace);
+    wait_for(Duration::from_secs(30), "the instance Terminating and its work to finalize recorded", || async {
+        let (_, deletions) = records(&cms, &cfg).await?;
+        let work = deletions[&uid]["finalize"].as_str().is_some_and(|w| !w.is_empty());
+        (work && instance_state(&env, &uid).await == "Terminating").then_some(())
     })
     .await;
     first_run.abort();
     assert!(first_run.await.unwrap_err().is_cancelled());
     daemon.abort();
 
-    // What is left to do is in the cluster, not in any process.
-    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &cfg.ha.namespace);
+    // What is left to do is in the cluster, not in any process: the deletion and its work (the
+    // disk), which the provider handed over instead of keeping it in its own records.
     let (plugin_records, deletions) = records(&cms, &cfg).await.expect("the node's records");
     assert!(
-        plugin_records.as_object().unwrap().keys().any(|k| k.starts_with("cube/disks-to-delete/")),
+        !plugin_records.as_object().unwrap().keys().any(|k| k.starts_with("cube/disks-to-delete/")),
         "{plugin_records}"
     );
     assert_eq!(deletions[&uid]["reason"], "NodeDeleted", "{deletions}");
@@ -169,14 +173,16 @@ async fn a_burst_of_deletions_in_progress_is_recorded_in_a_few_shared_writes() {
     let persist =
         CountedWrites(KubePersist::new(ns.client.clone(), &ns.name, &configmap_name("burst", "n1")), writes.clone());
     let records = NodeRecords::load(owner.clone(), Box::new(persist)).await.unwrap();
-    let deletion = |i: usize| PendingDeletion {
-        pod: PodRef {
-            namespace: ns.name.clone(),
-            name: format!("web-{i}"),
-            uid: format!("00000000-0000-4000-8000-{i:012}"),
-        },
-        reason: DeleteReason::PodDeleted,
-        instance_id: format!("cube-{i:08}"),
+    let deletion = |i: usize| {
+        PendingDeletion::new(
+            PodRef {
+                namespace: ns.name.clone(),
+                name: format!("web-{i}"),
+                uid: format!("00000000-0000-4000-8000-{i:012}"),
+            },
+            DeleteReason::PodDeleted,
+            format!("cube-{i:08}"),
+        )
     };
     let started = Instant::now();
     let recorded = futures::future::join_all((0..PODS).map(|i| records.record_deletion(deletion(i)))).await;

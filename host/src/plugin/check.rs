@@ -11,7 +11,7 @@ use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, host_contracts};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::settings::PluginSettings;
-use crate::plugin::since_v0_1_0::PluginInfo;
+use crate::plugin::v0_2_0::PluginInfo;
 
 /// What `check` found about a plugin that loaded.
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +86,12 @@ impl fmt::Display for CheckReport {
             self.info.contract_version,
             self.host_contracts.join(", ")
         )?;
+        if l.contract.starts_with("0.1.") {
+            writeln!(
+                f,
+                "            runs through the 0.1 adapter: plan, finalize and port-forward answer unsupported; update is not told what changed"
+            )?;
+        }
         let origin = match l.origin {
             crate::plugin::cache::Origin::Compiled => "compiled",
             crate::plugin::cache::Origin::Cache => "from cache",

@@ -19,8 +19,10 @@ use self::http::{Egress, Refusal};
 use self::kv::KvStore;
 use self::metrics::PluginCounters;
 use crate::fence::{Fence, Target};
-use crate::plugin::since_v0_1_0::vk::provider as wit;
-use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
+#[cfg(test)]
+use crate::plugin::v0_2_0::StoreError;
+use crate::plugin::v0_2_0::vk::provider as wit;
+use crate::plugin::v0_2_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 use crate::records::Registry;
 
 /// What the `store` import of a call reaches: the durable node records, and the node of the
@@ -49,6 +51,9 @@ pub struct HostState {
     /// The fence of the node the call is made for, when this daemon acts for it: no request
     /// leaves once it lapsed.
     pub(crate) fence: Option<Fence>,
+    /// The call is a `plan`, which must have no side effects: `http.send` is denied and `store`
+    /// writes are unavailable.
+    pub(crate) dry_run: bool,
     /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
     logged: u32,
     pub(crate) guard: Guard,
@@ -100,6 +105,7 @@ impl HostState {
             egress,
             store,
             fence: None,
+            dry_run: false,
             logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()
@@ -157,6 +163,12 @@ impl wit::types::Host for HostState {}
 
 impl wit::http::Host for HostState {
     async fn send(&mut self, req: HttpRequest) -> wasmtime::Result<Result<HttpResponse, HttpError>> {
+        if self.dry_run {
+            return Ok(Err(HttpError::Denied(format!(
+                "{} {}: refused during `plan`, which has no side effects and sends nothing",
+                req.method, req.url
+            ))));
+        }
         let began = Instant::now();
         let method = req.method.clone();
         // Checked last before the request is handed to the connection: see `fence`.
@@ -263,6 +275,33 @@ mod tests {
             body: br#"{"Action":"CreateCubePod"}"#.to_vec(),
             timeout_ms: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn during_plan_http_is_denied_and_store_writes_are_unavailable() {
+        use wit::store::Host as _;
+        let (url, seen) = cloud().await;
+        let metrics = Arc::new(Metrics::new());
+        let fence = Fence::new("vk-n1", Duration::from_secs(15), metrics);
+        fence.arm(tokio::time::Instant::now(), CancellationToken::new());
+        let mut state = call_state(&url, fence);
+        state.dry_run = true;
+        match state.send(post(&url)).await.unwrap() {
+            Err(HttpError::Denied(why)) => {
+                assert!(why.contains(&url) && why.contains("`plan`") && why.contains("no side effects"), "{why}")
+            }
+            other => panic!("expected denied, got {other:?}"),
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "a request left during plan");
+        for refused in
+            [state.set("k".into(), b"v".to_vec()).await.unwrap().err(), state.delete("k".into()).await.unwrap().err()]
+        {
+            assert!(matches!(&refused, Some(StoreError::Unavailable(m)) if m.contains("`plan`")), "{refused:?}");
+        }
+        // Reads stay allowed (nothing here to read).
+        assert_eq!(state.get("k".into()).await.unwrap(), None);
+        state.dry_run = false;
+        assert_eq!(state.send(post(&url)).await.unwrap().unwrap().status, 200);
     }
 
     #[tokio::test]

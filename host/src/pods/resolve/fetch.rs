@@ -1,7 +1,7 @@
 //! The I/O half of resolving: which objects a pod names, and reading them (with a per-namespace
 //! cache of Services for service links, and TokenRequests for projected tokens).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,6 +121,31 @@ pub async fn fetch(client: &Client, services: &ServiceCache, pod: &Pod) -> Resul
         refs.tokens.insert(volume, (path, token, expiry, audience));
     }
     Ok(refs)
+}
+
+/// What `pod` references, taken from objects at hand instead of the cluster (for a dry run of a
+/// manifest): the ConfigMaps and Secrets given by name (the others missing), no claims, no
+/// Services, and a stand-in for each service-account token (none is minted).
+pub fn offline_references(
+    pod: &Pod,
+    config_maps: &BTreeMap<String, ConfigMap>,
+    secrets: &BTreeMap<String, Secret>,
+) -> References {
+    let names = referenced_names(pod);
+    let mut refs = References::default();
+    for name in names.config_maps {
+        refs.config_maps.insert(name.clone(), config_maps.get(&name).cloned());
+    }
+    for name in names.secrets {
+        refs.secrets.insert(name.clone(), secrets.get(&name).cloned());
+    }
+    for name in names.claims {
+        refs.claims.insert(name, None);
+    }
+    for (volume, path, audience, _) in names.token_projections {
+        refs.tokens.insert(volume, (path, "dry-run-token".into(), "2099-01-01T00:00:00Z".into(), audience));
+    }
+    refs
 }
 
 /// Mints a token bound to the pod with the TokenRequest API, as the kubelet does for projected
