@@ -27,6 +27,10 @@ const PAGE: usize = 100;
 /// disks do not fit in a pending deletion (and those begun by Cube on contract 0.1, which kept
 /// every such list there).
 const DISKS_KEY: &str = "cube/disks-to-delete/";
+/// Store records of UDisks that also travel in a pending deletion's finalize work: insurance for
+/// a crash before the host recorded the answer (a delete asked again finds them); `finalize`
+/// deletes the disks and the record.
+const FINALIZE_DISKS_KEY: &str = "cube/disks-in-finalize/";
 /// The most a pending deletion's `finalize` carries (the contract's cap).
 const MAX_FINALIZE_BYTES: usize = 1024;
 /// Placeholder in a plan for the CubeId CreateCubePod answers.
@@ -263,6 +267,10 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
     /// keeps in the cluster until then.
     pub fn delete(&self, pod: &PodRef, reason: DeleteReason) -> Result<Deletion, ProviderError> {
         let Some((cube_id, current)) = self.find(&pod.uid)? else {
+            // A delete asked again after a crash: the disks recorded before the first attempt
+            // are deleted now, since the host may never have learnt them from its answer.
+            self.delete_stored_disks(DISKS_KEY, &pod.uid)?;
+            self.delete_stored_disks(FINALIZE_DISKS_KEY, &pod.uid)?;
             return Err(ProviderError::NotFound(format!("no Cube instance for pod {pod} (uid {})", pod.uid)));
         };
         let release = current.annotation(&format!("{}cube-eip-release", annotations::PREFIX)) != Some("false");
@@ -272,10 +280,13 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
             vec![]
         };
         let work = Finalize { udisks: disks }.encode();
-        if work.len() > MAX_FINALIZE_BYTES {
-            // More disks than a pending deletion carries: remembered in the node's store instead,
-            // before the instance goes; `status` deletes them once it is gone.
-            let key = format!("{DISKS_KEY}{}", pod.uid);
+        if !work.is_empty() {
+            // Remembered in the node's store before the instance goes, not only handed to the
+            // host in the answer: a crash after the cloud accepted the delete and before the host
+            // recorded the answer would lose them (a delete asked again finds them). More disks
+            // than a pending deletion carries are left to `status` once the instance is gone.
+            let prefix = if work.len() > MAX_FINALIZE_BYTES { DISKS_KEY } else { FINALIZE_DISKS_KEY };
+            let key = format!("{prefix}{}", pod.uid);
             let ids = Finalize::decode(&work).udisks.join(",");
             self.host.store_set(&key, ids.as_bytes()).map_err(|why| {
                 ProviderError::Transient(format!("recording the UDisks of pod {pod} to delete after it: {why}"))
@@ -303,7 +314,11 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
         let work = Finalize::try_decode(work).map_err(|e| {
             ProviderError::Internal(format!("the pending deletion of pod {pod} carries unreadable work: {e}"))
         })?;
-        self.delete_disks(&work.udisks)
+        self.delete_disks(&work.udisks)?;
+        self.host
+            .store_delete(&format!("{FINALIZE_DISKS_KEY}{}", pod.uid))
+            .map_err(|why| ProviderError::Transient(format!("forgetting the deleted UDisks of pod {pod}: {why}")))?;
+        Ok(())
     }
 
     fn delete_disks(&self, ids: &[String]) -> Result<(), ProviderError> {
@@ -319,8 +334,8 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
 
     /// Deletes the UDisks remembered in the store for a pod whose instance is gone: a deletion
     /// with more disks than a pending deletion carries, or one begun by Cube on contract 0.1.
-    fn delete_stored_disks(&self, uid: &str) -> Result<(), ProviderError> {
-        let key = format!("{DISKS_KEY}{uid}");
+    fn delete_stored_disks(&self, prefix: &str, uid: &str) -> Result<(), ProviderError> {
+        let key = format!("{prefix}{uid}");
         let Some(raw) = self.host.store_get(&key) else { return Ok(()) };
         let ids: Vec<String> = String::from_utf8_lossy(&raw).split(',').map(str::to_string).collect();
         self.delete_disks(&ids)?;
@@ -334,7 +349,7 @@ impl<'h, H: Host + ?Sized> Cube<'h, H> {
         match self.find(&pod.uid)? {
             Some((_, p)) => Ok(pod_status(&p)),
             None => {
-                self.delete_stored_disks(&pod.uid)?;
+                self.delete_stored_disks(DISKS_KEY, &pod.uid)?;
                 Err(ProviderError::NotFound(format!("no Cube instance for pod {pod} (uid {})", pod.uid)))
             }
         }

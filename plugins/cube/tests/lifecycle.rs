@@ -297,7 +297,7 @@ fn deleting_the_node_deletes_the_udisks_after_the_instance_but_pods_keep_theirs(
             _ => panic!("{reason:?} delete_disks_with_node={delete_disks}: {deletion:?}"),
         }
         assert_eq!(cloud.borrow().deleted_disks, want, "{reason:?} delete_disks_with_node={delete_disks}");
-        assert!(host.store.borrow().is_empty(), "no store record: the work travels with the deletion");
+        assert!(host.store.borrow().is_empty(), "no store record left once finalize is done");
     }
 }
 
@@ -322,6 +322,22 @@ fn udisks_of_a_slowly_deleted_instance_go_in_finalize_once_it_is_gone() {
     // Retried (a lost answer, a restart): the disk is already gone, which is fine.
     cube.finalize(&udisk_ref(), &pending.finalize).unwrap();
     assert_eq!(host.count("DeleteUDisk"), 2);
+    assert!(host.store.borrow().is_empty());
+}
+
+#[test]
+fn udisks_survive_a_crash_between_the_cloud_accepting_the_delete_and_the_host_recording_its_answer() {
+    let (host, cloud) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create(&udisk_pod()).unwrap();
+    // The answer carrying the finalize work is lost with the daemon; the store has the disks.
+    let lost = cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap();
+    assert!(matches!(lost, Deletion::InProgress(_)), "{lost:?}");
+    assert_eq!(host.store.borrow().len(), 1, "recorded before DeleteCubePod was sent");
+    assert!(cloud.borrow().deleted_disks.is_empty());
+    // After the restart the recorded deletion is asked again: the instance is gone by then.
+    assert!(matches!(cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap_err(), ProviderError::NotFound(_)));
+    assert_eq!(cloud.borrow().deleted_disks, vec!["bsm-2x4lqkq3".to_string()]);
     assert!(host.store.borrow().is_empty());
 }
 
