@@ -107,9 +107,15 @@ async fn bench(label: &str, path: &Path, calls: usize) {
     let size = std::fs::metadata(path).unwrap().len();
     println!("--- {label}: {} ({:.2} MB)", path.display(), size as f64 / 1e6);
     let (cranelift_ms, first_call) = cold_load(path, false).await;
-    println!("{label:<12} compile, Cranelift (cold cache)        {cranelift_ms:>9.1} ms; first call after it {}", fmt(first_call));
+    println!(
+        "{label:<12} compile, Cranelift (cold cache)        {cranelift_ms:>9.1} ms; first call after it {}",
+        fmt(first_call)
+    );
     let (winch_ms, first_call) = cold_load(path, true).await;
-    println!("{label:<12} compile, baseline/Winch (cold cache)   {winch_ms:>9.1} ms; first call after it {}", fmt(first_call));
+    println!(
+        "{label:<12} compile, baseline/Winch (cold cache)   {winch_ms:>9.1} ms; first call after it {}",
+        fmt(first_call)
+    );
     println!("{label:<12} smallest memory cap it runs under      {:>6} MiB", smallest_cap(path).await);
 
     let mut s = settings(path);

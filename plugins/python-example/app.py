@@ -26,7 +26,6 @@ from wit_world.exports.pods import (
     Instance,
     NotApplied,
     PodChange_ConfigMap,
-    PodChange_Image,
     PodChange_Secret,
     PodOutcome,
     PodPhase,
@@ -168,12 +167,62 @@ def parse_pod(resolved):
             "uid": meta.get("uid", ""),
             "containers": containers(spec["containers"]),
             "init_containers": containers(spec.get("initContainers") or []),
+            "spec": spec,
         }
     except (ValueError, KeyError, TypeError) as e:
         raise invalid("InvalidPod", "pod", f"cannot read the pod: {type(e).__name__}: {e}")
     if not parsed["uid"]:
         raise invalid("InvalidPod", "metadata.uid", "the pod has no uid")
     return parsed
+
+
+def uses(spec, kind, name):
+    """How the pod spec uses the ConfigMap or Secret `name`: (mounted as files, read into env)."""
+    volume_key, volume_name, env_ref, env_from = {
+        "ConfigMap": ("configMap", "name", "configMapKeyRef", "configMapRef"),
+        "Secret": ("secret", "secretName", "secretKeyRef", "secretRef"),
+    }[kind]
+    source_key = "configMap" if kind == "ConfigMap" else "secret"
+    mounted = False
+    for volume in spec.get("volumes") or []:
+        if (volume.get(volume_key) or {}).get(volume_name) == name:
+            mounted = True
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if (source.get(source_key) or {}).get("name") == name:
+                mounted = True
+    env = False
+    for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        for var in container.get("env") or []:
+            if ((var.get("valueFrom") or {}).get(env_ref) or {}).get("name") == name:
+                env = True
+        for source in container.get("envFrom") or []:
+            if (source.get(env_from) or {}).get("name") == name:
+                env = True
+    return mounted, env
+
+
+def not_applied(spec, changes):
+    """The changes the example cannot apply: a ConfigMap or Secret the pod reads only into
+    environment variables (a mounted one is read anew, as a kubelet refreshes its files)."""
+    result = []
+    for change in changes:
+        if isinstance(change, PodChange_ConfigMap):
+            kind = "ConfigMap"
+        elif isinstance(change, PodChange_Secret):
+            kind = "Secret"
+        else:
+            continue
+        mounted, env = uses(spec, kind, change.value)
+        if env and not mounted:
+            result.append(
+                NotApplied(
+                    change=change,
+                    reason="EnvChangeNotApplied",
+                    message=f"{kind} {change.value} changed, but the pod reads it only into environment variables: "
+                    "the containers keep their environment until the pod is recreated",
+                )
+            )
+    return result
 
 
 def containers(specs):
@@ -249,7 +298,8 @@ def not_found(ref):
 def no_streams(what):
     return Err(
         ProviderError_Unsupported(
-            f"the example provider has no {what}: its instances are records in a key-value store"
+            f"the example provider has no {what}: its instances are records in a key-value store, "
+            "with no process to reach"
         )
     )
 
@@ -294,27 +344,11 @@ class Pods(exports.Pods):
         record = load(ctx.node_name, parsed["uid"])
         if record is None:
             raise not_found(ref)
-        not_applied = []
-        for change in changes:
-            if isinstance(change, PodChange_Image):
-                # A record's images are whatever the pod says now.
-                record["containers"] = parsed["containers"]
-                record["init_containers"] = parsed["init_containers"]
-            elif isinstance(change, (PodChange_ConfigMap, PodChange_Secret)):
-                # The example mounts nothing: a changed ConfigMap or Secret reaches the instance
-                # only when the pod is recreated, as a real kubelet does with environment.
-                kind = "ConfigMap" if isinstance(change, PodChange_ConfigMap) else "Secret"
-                not_applied.append(
-                    NotApplied(
-                        change=change,
-                        reason="ConfigChangeNotApplied",
-                        message=f"{kind} {change.value} changed; the example instance keeps what it "
-                        "started with until the pod is recreated",
-                    )
-                )
-            # Tokens and annotations: the record keeps neither, nothing to do.
+        # Only images can change in a record; they are whatever the pod says now.
+        record["containers"] = parsed["containers"]
+        record["init_containers"] = parsed["init_containers"]
         save(ctx.node_name, record)
-        return UpdateOutcome(outcome=outcome(record, []), not_applied=not_applied)
+        return UpdateOutcome(outcome=outcome(record, []), not_applied=not_applied(parsed["spec"], changes))
 
     def delete(self, ctx, pod, reason):
         # The example has no attached resources, so every reason deletes the same way, at once.
@@ -323,8 +357,15 @@ class Pods(exports.Pods):
         raise not_found(pod)
 
     def finalize(self, ctx, pod, work):
-        # Never asked for: delete answers `gone`. Idempotent all the same (nothing to do).
-        return None
+        # Delete never hands over work (it answers `gone`): nothing to finish, and saying so
+        # loudly if some ever arrives.
+        if work:
+            raise Err(
+                ProviderError_Internal(
+                    f"delete of pod {pod.namespace}/{pod.name} returned {len(work)} bytes of finalize work, "
+                    "but the example has none to do"
+                )
+            )
 
     def status(self, ctx, pod):
         record = load(ctx.node_name, pod.uid)
@@ -352,7 +393,7 @@ class Pods(exports.Pods):
         raise no_streams("attach")
 
     def port_forward(self, ctx, pod, port):
-        raise no_streams("port-forward")
+        raise no_streams("ports to forward")
 
     def usage(self, ctx, refs):
         now = now_rfc3339()
