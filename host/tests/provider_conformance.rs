@@ -74,7 +74,9 @@ impl Subject {
             // Its own thread and runtime: the caller may be inside a runtime already.
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(Plugin::load(PluginRuntime::new().unwrap(), first, vec![])).map(|_| ())
+                rt.block_on(Plugin::load(PluginRuntime::new().unwrap(), first, vec![]))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             })
             .join()
             .unwrap()
