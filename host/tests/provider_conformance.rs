@@ -2,7 +2,8 @@
 //! `unsupported`), the memory cap holds, a hot reload keeps calls working, and `vkhost plugin
 //! check` accepts it. Each check runs for the Rust example (`example.wasm`) and for the same
 //! provider in Python (`python-example.wasm`, plugins/python-example): the contract does not
-//! depend on the language a provider is written in.
+//! depend on the language a provider is written in. A last test checks that the two give the
+//! same answers to the same inputs: the Python provider is the example, not a look-alike.
 //!
 //! The checks need what every provider offers (a config it validates, pods it creates and
 //! deletes); what the contract leaves to the provider (a stream target or `unsupported`, `gone`
@@ -432,3 +433,76 @@ macro_rules! conformance {
 
 conformance!(example, EXAMPLE);
 conformance!(python, PYTHON);
+
+/// The Python provider is the Rust example in another language: for the same inputs, the same
+/// answers (up to the instance id's prefix and the time an instance started).
+#[tokio::test]
+async fn the_python_provider_answers_as_the_rust_example() {
+    let (rust, python) = (EXAMPLE.load().await, PYTHON.load().await);
+    let c = ctx("n1", r#"{"max_pods": 50}"#);
+    for config in ["", "{}", r#"{"max_pods": 7}"#] {
+        assert_eq!(
+            python.validate_config("n1", config).await.unwrap(),
+            rust.validate_config("n1", config).await.unwrap()
+        );
+    }
+    for config in [r#"{"max_pods": 0}"#, r#"{"max_pods": 1001}"#, r#"{"pods": 1}"#, "not json"] {
+        let (r, p) = (rust.validate_config("n1", config).await, python.validate_config("n1", config).await);
+        let field = |e: &Result<String, CallError>| match e {
+            Err(CallError::Provider(ProviderError::Invalid(i))) => (i.reason.clone(), i.field.starts_with("config")),
+            other => panic!("{config}: {other:?}"),
+        };
+        assert_eq!(field(&p), field(&r), "{config}");
+    }
+    assert_eq!(format!("{:?}", python.describe_node(&c).await), format!("{:?}", rust.describe_node(&c).await));
+
+    // A pod that reads one ConfigMap into its environment and mounts another.
+    let mut pod = resolved_pod("web-0", UID);
+    let mut object: serde_json::Value = serde_json::from_str(&pod.pod).unwrap();
+    object["spec"]["containers"][0]["envFrom"] = serde_json::json!([{"configMapRef": {"name": "env-conf"}}]);
+    pod.pod = object.to_string();
+    let r = pod_ref("web-0", UID);
+    let (made_r, made_p) = (
+        rust.create(&c, &pod, first_attempt()).await.unwrap(),
+        python.create(&c, &pod, first_attempt()).await.unwrap(),
+    );
+    let shape = |o: &vkhost::plugin::PodOutcome| {
+        let names = |s: &[vkhost::plugin::ContainerStatus]| {
+            s.iter().map(|s| (s.name.clone(), s.image.clone(), s.ready)).collect::<Vec<_>>()
+        };
+        (
+            o.status.phase,
+            o.status.pod_ip.clone(),
+            names(&o.status.init_container_statuses),
+            names(&o.status.container_statuses),
+            o.annotations.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+            o.events.iter().map(|e| (e.kind, e.reason.clone())).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(shape(&made_p), shape(&made_r));
+
+    let changes = [
+        PodChange::ConfigMap("env-conf".into()),
+        PodChange::ConfigMap("web-conf".into()),
+        PodChange::Image("web".into()),
+    ];
+    let (up_r, up_p) =
+        (rust.update(&c, &pod, &changes).await.unwrap(), python.update(&c, &pod, &changes).await.unwrap());
+    let not_applied = |u: &vkhost::plugin::UpdateOutcome| {
+        u.not_applied.iter().map(|n| (n.change.clone(), n.reason.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(not_applied(&up_p), not_applied(&up_r));
+    assert_eq!(not_applied(&up_p), vec![(PodChange::ConfigMap("env-conf".into()), "EnvChangeNotApplied".to_owned())]);
+
+    let kinds = |u: Vec<vkhost::plugin::PodUsage>| {
+        u.into_iter()
+            .map(|u| (u.pod, u.containers.into_iter().map(|c| (c.name, c.memory_usage_bytes)).collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    };
+    let refs = [r.clone(), pod_ref("ghost", "no-such-uid")];
+    assert_eq!(kinds(python.usage(&c, &refs).await.unwrap()), kinds(rust.usage(&c, &refs).await.unwrap()));
+    assert!(matches!(python.logs(&c, &r, "web", &log_opts()).await, Err(CallError::Unsupported(_))));
+    assert!(matches!(rust.logs(&c, &r, "web", &log_opts()).await, Err(CallError::Unsupported(_))));
+    assert_eq!(python.delete(&c, &r, DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
+    assert_eq!(rust.delete(&c, &r, DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
+}
