@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::{ctx, install, plugin, pod_ref, resolved_pod, scratch_dir, settings};
+use support::{ctx, install, plugin, pod_ref, resolved_pod, scratch_dir};
 use vkhost::plugin::{
     CallError, CreateAttempt, DeleteReason, Deletion, ExecOptions, LogOptions, Plugin, PluginRuntime, PluginSettings,
     PodChange, PodPhase, ProviderError, StreamProtocol, StreamTarget,
@@ -66,7 +66,7 @@ impl Subject {
     /// takes milliseconds (a Python provider takes seconds to compile, and each test loads it).
     fn settings(&self) -> PluginSettings {
         static WARMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-        let mut s = settings(self.path());
+        let mut s = PluginSettings::new(self.path());
         s.cache_dir = Some(shared_cache());
         let mut warmed = WARMED.lock().unwrap();
         if !warmed.contains(&s.path) {
@@ -93,10 +93,16 @@ impl Subject {
     }
 }
 
-/// The XDG cache home of this test process; compiled components go to `vkcube/components` in it.
+/// The XDG cache home of the suite; compiled components go to `vkcube/components` in it. Kept
+/// in cargo's scratch directory for tests between runs: entries are named by the component's
+/// hash, so a rebuilt provider is compiled again and a later run of the same one starts warm.
 fn cache_home() -> &'static Path {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
-    HOME.get_or_init(|| scratch_dir("conformance-cache"))
+    HOME.get_or_init(|| {
+        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-conformance");
+        std::fs::create_dir_all(&home).unwrap();
+        home
+    })
 }
 
 fn shared_cache() -> PathBuf {
@@ -311,6 +317,7 @@ async fn a_hot_reload_loses_no_call(s: &Subject) {
     // The new release is compiled once, by Cranelift, while the calls go on (the baseline
     // compiler would add a second, background compile: twice the work on a busy test machine).
     live_settings.baseline_compile = false;
+    live_settings.cache_dir = Some(dir.join("cache"));
     let p = Plugin::load(PluginRuntime::new().unwrap(), live_settings, smoke).await.unwrap();
     let c = ctx("n1", s.config);
     let r = pod_ref("web-0", UID);
