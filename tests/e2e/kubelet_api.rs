@@ -1,6 +1,6 @@
 //! The kubelet API of a virtual node, driven by the real `kubectl` through the real apiserver:
 //! logs with every option, exec and attach over both the WebSocket passthrough and the SPDY path
-//! (with a TTY and a resize), stats and resource metrics, and the API's own authn/authz.
+//! (with a TTY and a resize), port forwarding over both, stats and resource metrics, and the API's own authn/authz.
 //!
 //! The backend is a small in-test server speaking the Kubernetes channel protocol, standing in
 //! for a provider's stream targets. Run with `VKCUBE_APISERVER_FLAGS=--feature-gates=ExtendWebSocketsToKubelet=false`
@@ -40,6 +40,14 @@ fn backend_router() -> axum::Router {
         .route("/logs/{ns}/{pod}/{container}", get(backend_logs))
         .route("/exec", get(backend_exec))
         .route("/attach", get(backend_attach))
+        // What port forwarding reaches: the pod's web server.
+        .route("/", get(|| async { "<html><body>hello from the forwarded port</body></html>\n" }))
+        .route("/big", get(|| async { big_body() }))
+}
+
+/// A body of many SPDY frames and WebSocket messages, every byte telling its offset.
+fn big_body() -> Vec<u8> {
+    (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect()
 }
 
 async fn start_backend() -> SocketAddr {
@@ -279,6 +287,31 @@ impl KubeletBackend for TestBackend {
         opts: ExecQuery,
     ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         Box::pin(async move { self.session("attach", ns, pod, &opts) })
+    }
+
+    /// Port 80 is the stand-in server's; 81 cannot be forwarded; 82 refuses connections.
+    fn port_forward<'a>(
+        &'a self,
+        ns: &'a str,
+        pod: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        Box::pin(async move {
+            self.known(ns, pod)?;
+            let url = match port {
+                80 => format!("tcp://{}", self.upstream),
+                81 => {
+                    return Err(BackendError::Unsupported(
+                        "the test provider cannot forward ports: port 81 is not served".into(),
+                    ));
+                }
+                _ => {
+                    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+                    format!("tcp://{closed}")
+                }
+            };
+            Ok(StreamTarget { url, headers: vec![], protocol: StreamProtocol::Tcp })
+        })
     }
 
     fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>> {
@@ -584,6 +617,123 @@ async fn kubectl_exec_and_attach_work_over_websocket_passthrough_and_spdy() {
     }
 }
 
+/// A `kubectl port-forward` running in the background.
+struct PortForward {
+    child: tokio::process::Child,
+    /// The local port kubectl listens on.
+    local: u16,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+impl PortForward {
+    /// Starts `kubectl port-forward pod/<pod> :<remote>` and waits until it listens.
+    async fn start(fx: &Fixture, remote: u16) -> PortForward {
+        let target = format!("pod/{}", fx.pod);
+        let ports = format!(":{remote}");
+        let args = ["port-forward", "-n", fx.ns.as_str(), target.as_str(), ports.as_str()];
+        let mut cmd = tokio::process::Command::from(fx.cluster.kubectl_command(&args));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn kubectl port-forward");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let local = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = stdout.next_line().await.unwrap() {
+                // "Forwarding from 127.0.0.1:43567 -> 80"
+                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                    return rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
+                }
+            }
+            let mut err = String::new();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                err.push_str(&line);
+            }
+            panic!("kubectl port-forward ended before listening: {err}");
+        })
+        .await
+        .expect("kubectl port-forward listens");
+        // Keep reading stdout ("Handling connection for ...") so kubectl never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        PortForward { child, local, stderr }
+    }
+
+    /// kubectl's error output up to the first line holding `needle` (or all of it, if it ends).
+    async fn stderr_until(&mut self, needle: &str) -> String {
+        let mut seen = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = self.stderr.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(needle) {
+                    break;
+                }
+            }
+        })
+        .await;
+        seen
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn local_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_port_forward_reaches_the_target_over_websocket_passthrough_and_spdy() {
+    for websockets in [true, false] {
+        let fx = Fixture::new(if websockets { "kpfws" } else { "kpfspdy" }, websockets).await;
+        let http = local_client();
+
+        let pf = PortForward::start(&fx, 80).await;
+        let base = format!("http://127.0.0.1:{}", pf.local);
+        for _ in 0..3 {
+            let page = http.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+            assert_eq!(page, "<html><body>hello from the forwarded port</body></html>\n");
+        }
+        // Several connections at once, each many frames long, arrive whole and unmixed.
+        let bodies = futures::future::join_all((0..3).map(|_| {
+            let get = http.get(format!("{base}/big")).send();
+            async move { get.await.unwrap().bytes().await.unwrap() }
+        }))
+        .await;
+        for body in bodies {
+            assert!(body[..] == big_body()[..], "a forwarded download of {} bytes differs", body.len());
+        }
+        pf.stop().await;
+
+        // A port the provider cannot forward: kubectl shows the provider's words.
+        let mut pf = PortForward::start(&fx, 81).await;
+        assert!(http.get(format!("http://127.0.0.1:{}/", pf.local)).send().await.is_err());
+        let err = pf.stderr_until("cannot forward ports").await;
+        assert!(
+            err.contains(&format!(
+                "error forwarding port 81 to pod {}/web: the test provider cannot forward ports",
+                fx.ns
+            )),
+            "{err}"
+        );
+        pf.stop().await;
+
+        // A target that refuses the connection: the reason reaches kubectl too.
+        let mut pf = PortForward::start(&fx, 82).await;
+        assert!(http.get(format!("http://127.0.0.1:{}/", pf.local)).send().await.is_err());
+        let err = pf.stderr_until("error forwarding port 82").await;
+        assert!(err.contains("refused"), "{err}");
+        pf.stop().await;
+
+        let counts = fx.server.session_counts();
+        if websockets && !gate_off() {
+            assert!(counts.websocket >= 3 && counts.spdy == 0, "expected the tunnel passed through: {counts:?}");
+        } else {
+            assert!(counts.spdy >= 3 && counts.websocket == 0, "expected SPDY from the apiserver: {counts:?}");
+        }
+        fx.teardown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stats_summary_and_resource_metrics_are_served_to_the_apiserver_identity() {
     let fx = Fixture::new("kstats", true).await;
@@ -737,12 +887,19 @@ async fn direct_requests_need_credentials_and_rbac() {
     let resp = apiserver.get(format!("{base}/containerLogs/{ns}/ghost/app")).send().await.unwrap();
     assert_eq!(resp.status(), 404, "the backend's NotFound is a 404");
 
-    // Port forwarding is refused plainly, and kubectl says why.
+    // Port forwarding needs an upgrade, and a pod of this node.
     let resp = apiserver.post(format!("{base}/portForward/{ns}/web")).send().await.unwrap();
-    assert_eq!(resp.status(), 501);
-    assert!(resp.text().await.unwrap().contains("not supported"));
-    let (code, _, err) = fx.kubectl(&["port-forward", "-n", ns, "pod/web", "18080:80"]).await;
-    assert_ne!(code, 0, "port-forward should fail: {err}");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("needs a connection upgrade"));
+    let resp = apiserver
+        .post(format!("{base}/portForward/{ns}/ghost"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", "portforward.k8s.io")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 
     fx.teardown().await;
 }

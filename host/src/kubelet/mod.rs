@@ -1,4 +1,4 @@
-//! The kubelet HTTP API the apiserver calls: logs, exec, attach, stats.
+//! The kubelet HTTP API the apiserver calls: logs, exec, attach, port forwarding, stats.
 //! One HTTPS server per virtual node; the host supplies the data through [`KubeletBackend`].
 
 mod auth;
@@ -7,6 +7,7 @@ mod channel;
 pub mod csr;
 mod exec;
 mod logs;
+mod portforward;
 mod query;
 mod relay;
 mod server;
@@ -52,11 +53,11 @@ pub struct KubeletServer {
     task: JoinHandle<()>,
 }
 
-/// Exec/attach sessions served so far, by client protocol.
+/// Exec/attach/port-forward sessions served so far, by client protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionCounts {
     /// WebSocket sessions (the apiserver passes them through when the node declares
-    /// `ExtendWebSocketsToKubelet`).
+    /// `ExtendWebSocketsToKubelet`), SPDY tunnelled in a WebSocket included.
     pub websocket: u64,
     /// SPDY/3.1 sessions (the apiserver's own protocol towards kubelets).
     pub spdy: u64,

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth::{self, AuthError, Authorizer, UserInfo};
 use super::backend::KubeletBackend;
-use super::{exec, logs, stats};
+use super::{exec, logs, portforward, stats};
 
 /// Everything a request handler may need; shared by all connections of one server.
 pub struct ApiState {
@@ -35,7 +35,7 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
 }
 
-/// How many exec/attach sessions each client protocol carried, for operators and tests that need
+/// How many exec/attach/port-forward sessions each client protocol carried, for operators and tests that need
 /// to know whether the apiserver passed WebSockets through or translated them to SPDY.
 #[derive(Debug, Default)]
 pub struct SessionCounters {
@@ -66,8 +66,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec::exec_with_uid))
         .route("/attach/{namespace}/{pod}/{container}", any(exec::attach))
         .route("/attach/{namespace}/{pod}/{uid}/{container}", any(exec::attach_with_uid))
-        .route("/portForward/{namespace}/{pod}", any(exec::port_forward))
-        .route("/portForward/{namespace}/{pod}/{uid}", any(exec::port_forward))
+        .route("/portForward/{namespace}/{pod}", any(portforward::port_forward))
+        .route("/portForward/{namespace}/{pod}/{uid}", any(portforward::port_forward_with_uid))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "404 page not found") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)

@@ -2,6 +2,7 @@
 //! passes WebSockets through: upgrade, the typed streams the client opens, and their relay.
 
 mod dictionary;
+pub mod forward;
 mod frame;
 mod headers;
 
