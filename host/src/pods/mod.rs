@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod controller;
+pub mod deletions;
 pub mod expansion;
 pub mod resolve;
 pub mod status;
