@@ -23,6 +23,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use vkcube_e2e::port_forward::{PortForward, local_client};
 use vkcube_e2e::{Cluster, cluster, wait_for};
 use vkhost::kubelet::{
     BackendError, ContainerUsage, ExecQuery, KubeletBackend, KubeletConfig, KubeletServer, LogQuery, PodUsage,
@@ -617,78 +618,14 @@ async fn kubectl_exec_and_attach_work_over_websocket_passthrough_and_spdy() {
     }
 }
 
-/// A `kubectl port-forward` running in the background.
-struct PortForward {
-    child: tokio::process::Child,
-    /// The local port kubectl listens on.
-    local: u16,
-    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-}
-
-impl PortForward {
-    /// Starts `kubectl port-forward pod/<pod> :<remote>` and waits until it listens.
-    async fn start(fx: &Fixture, remote: u16) -> PortForward {
-        let target = format!("pod/{}", fx.pod);
-        let ports = format!(":{remote}");
-        let args = ["port-forward", "-n", fx.ns.as_str(), target.as_str(), ports.as_str()];
-        let mut cmd = tokio::process::Command::from(fx.cluster.kubectl_command(&args));
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn kubectl port-forward");
-        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let local = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = stdout.next_line().await.unwrap() {
-                // "Forwarding from 127.0.0.1:43567 -> 80"
-                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                    return rest.split_whitespace().next().unwrap().parse::<u16>().unwrap();
-                }
-            }
-            let mut err = String::new();
-            while let Ok(Some(line)) = stderr.next_line().await {
-                err.push_str(&line);
-            }
-            panic!("kubectl port-forward ended before listening: {err}");
-        })
-        .await
-        .expect("kubectl port-forward listens");
-        // Keep reading stdout ("Handling connection for ...") so kubectl never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-        PortForward { child, local, stderr }
-    }
-
-    /// kubectl's error output up to the first line holding `needle` (or all of it, if it ends).
-    async fn stderr_until(&mut self, needle: &str) -> String {
-        let mut seen = String::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = self.stderr.next_line().await {
-                seen.push_str(&line);
-                seen.push('\n');
-                if line.contains(needle) {
-                    break;
-                }
-            }
-        })
-        .await;
-        seen
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-fn local_client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_port_forward_reaches_the_target_over_websocket_passthrough_and_spdy() {
     for websockets in [true, false] {
         let fx = Fixture::new(if websockets { "kpfws" } else { "kpfspdy" }, websockets).await;
         let http = local_client();
 
-        let pf = PortForward::start(&fx, 80).await;
-        let base = format!("http://127.0.0.1:{}", pf.local);
+        let pf = PortForward::start(fx.cluster, &fx.ns, "pod/web", 80).await;
+        let base = pf.url();
         for _ in 0..3 {
             let page = http.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
             assert_eq!(page, "<html><body>hello from the forwarded port</body></html>\n");
@@ -705,8 +642,8 @@ async fn kubectl_port_forward_reaches_the_target_over_websocket_passthrough_and_
         pf.stop().await;
 
         // A port the provider cannot forward: kubectl shows the provider's words.
-        let mut pf = PortForward::start(&fx, 81).await;
-        assert!(http.get(format!("http://127.0.0.1:{}/", pf.local)).send().await.is_err());
+        let mut pf = PortForward::start(fx.cluster, &fx.ns, "pod/web", 81).await;
+        assert!(http.get(pf.url()).send().await.is_err());
         let err = pf.stderr_until("cannot forward ports").await;
         assert!(
             err.contains(&format!(
@@ -718,8 +655,8 @@ async fn kubectl_port_forward_reaches_the_target_over_websocket_passthrough_and_
         pf.stop().await;
 
         // A target that refuses the connection: the reason reaches kubectl too.
-        let mut pf = PortForward::start(&fx, 82).await;
-        assert!(http.get(format!("http://127.0.0.1:{}/", pf.local)).send().await.is_err());
+        let mut pf = PortForward::start(fx.cluster, &fx.ns, "pod/web", 82).await;
+        assert!(http.get(pf.url()).send().await.is_err());
         let err = pf.stderr_until("error forwarding port 82").await;
         assert!(err.contains("refused"), "{err}");
         pf.stop().await;
