@@ -21,6 +21,7 @@ mod loaded;
 mod runtime;
 pub mod settings;
 mod stats;
+pub mod translate;
 pub mod v0_1_2;
 pub mod v0_2_0;
 mod watcher;
@@ -36,6 +37,7 @@ pub use loaded::{LoadReport, host_contracts};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};
 pub use stats::{CallCount, PluginStats, StatsSnapshot};
+pub use translate::{TranslateArgs, run_translate};
 
 // The contract's types, so callers write `plugin::ResolvedPod`.
 pub use v0_2_0::{
