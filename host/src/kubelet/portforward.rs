@@ -25,10 +25,11 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backend::{BackendError, KubeletBackend, StreamProtocol};
-use super::server::{ApiState, error_response};
+use super::server::{ApiState, SessionCounters, error_response};
 use super::{channel, exec, spdy, ws};
 
 /// The SPDY subprotocol of port forwarding (`X-Stream-Protocol-Version`).
@@ -322,16 +323,27 @@ async fn session(state: Arc<ApiState>, namespace: String, pod: String, raw: Opti
     if !known {
         return error_response(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} does not exist on this node"));
     }
+    let fwd = Arc::new(Forwarder::new(state.backend.clone(), namespace, pod));
+    upgrade(fwd, raw, req, state.sessions.clone(), state.shutdown.clone(), &state.counters).await
+}
+
+/// Negotiates the client protocol and upgrades to it; the sessions run on `sessions`.
+async fn upgrade(
+    fwd: Arc<Forwarder>,
+    raw: Option<String>,
+    req: Request,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+    counters: &SessionCounters,
+) -> Response {
     let upgrade = match negotiate(&req, raw.as_deref()) {
         Ok(u) => u,
         Err((status, e)) => return error_response(status, e),
     };
-    let name = format!("{namespace}/{pod}");
-    let fwd = Arc::new(Forwarder::new(state.backend.clone(), namespace, pod));
-    let (sessions, shutdown) = (state.sessions.clone(), state.shutdown.clone());
+    let name = format!("{}/{}", fwd.namespace, fwd.pod);
     let counter = match upgrade {
-        Upgrade::Spdy => &state.counters.spdy,
-        Upgrade::Tunnel | Upgrade::Channels { .. } => &state.counters.websocket,
+        Upgrade::Spdy => &counters.spdy,
+        Upgrade::Tunnel | Upgrade::Channels { .. } => &counters.websocket,
     };
     match upgrade {
         Upgrade::Spdy => {
@@ -489,4 +501,318 @@ async fn serve_channels(socket: WebSocket, ports: Vec<u16>, fwd: Arc<Forwarder>,
     }
     let normal = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
     let _ = sink.send(Message::Close(Some(normal))).await;
+}
+
+/// A backend and targets for the port-forward tests of this module and of `spdy::forward`.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use k8s_openapi::api::core::v1::Pod;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::kubelet::backend::{ExecQuery, LogQuery, PodUsage, StreamTarget};
+
+    /// Pod ns/web: port 80 goes to `target`, 81 cannot be forwarded, others refuse connections.
+    struct Backend {
+        target: SocketAddr,
+    }
+
+    impl KubeletBackend for Backend {
+        fn node_name(&self) -> String {
+            "vk-1".into()
+        }
+        fn pods(&self) -> Vec<Pod> {
+            vec![]
+        }
+        fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>> {
+            Box::pin(async { Ok(vec![]) })
+        }
+        fn logs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: LogQuery,
+        ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+            Box::pin(async { Err(BackendError::NotFound("no logs".into())) })
+        }
+        fn exec<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: ExecQuery,
+        ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+            Box::pin(async { Err(BackendError::NotFound("no exec".into())) })
+        }
+        fn attach<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: ExecQuery,
+        ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+            Box::pin(async { Err(BackendError::NotFound("no attach".into())) })
+        }
+        fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>> {
+            Box::pin(async { Ok(vec![]) })
+        }
+        fn port_forward<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            port: u16,
+        ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+            let url = match port {
+                80 => format!("tcp://{}", self.target),
+                81 => {
+                    return Box::pin(async move {
+                        Err(BackendError::Unsupported(format!("the test provider cannot forward ports: {port}")))
+                    });
+                }
+                _ => "tcp://127.0.0.1:1".into(),
+            };
+            Box::pin(async move { Ok(StreamTarget { url, headers: vec![], protocol: StreamProtocol::Tcp }) })
+        }
+    }
+
+    pub fn forwarder(target: SocketAddr) -> Arc<Forwarder> {
+        Arc::new(Forwarder::new(Arc::new(Backend { target }), "ns".into(), "web".into()))
+    }
+
+    /// A TCP server on loopback standing in for a pod's port.
+    pub struct Target {
+        pub addr: SocketAddr,
+        accepted: Arc<tokio::sync::Semaphore>,
+        ended: Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Mode {
+        /// Reads to EOF, then answers `got: ` and what it read, then closes.
+        ReplyAfterEof,
+        /// Echoes what it reads as it comes.
+        Echo,
+        /// Says `hi` and closes.
+        Greet,
+    }
+
+    impl Target {
+        pub async fn reply_after_eof() -> Target {
+            Self::start(Mode::ReplyAfterEof).await
+        }
+        pub async fn echo() -> Target {
+            Self::start(Mode::Echo).await
+        }
+        pub async fn greet() -> Target {
+            Self::start(Mode::Greet).await
+        }
+
+        async fn start(mode: Mode) -> Target {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(tokio::sync::Semaphore::new(0));
+            let (ended_tx, ended) = mpsc::unbounded_channel();
+            let count = accepted.clone();
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    count.add_permits(1);
+                    let ended_tx = ended_tx.clone();
+                    tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        if let Mode::Greet = mode {
+                            let _ = conn.write_all(b"hi").await;
+                            let _ = ended_tx.send(got);
+                            return;
+                        }
+                        loop {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    got.extend_from_slice(&buf[..n]);
+                                    if let Mode::Echo = mode {
+                                        let _ = conn.write_all(&buf[..n]).await;
+                                    }
+                                }
+                            }
+                        }
+                        if let Mode::ReplyAfterEof = mode {
+                            let _ = conn.write_all(&[b"got: ", &got[..]].concat()).await;
+                        }
+                        let _ = ended_tx.send(got);
+                    });
+                }
+            });
+            Target { addr, accepted, ended: Mutex::new(ended) }
+        }
+
+        /// Waits until `n` connections were accepted.
+        pub async fn wait_for_connections(&self, n: u32) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.accepted.acquire_many(n))
+                .await
+                .expect("connections");
+        }
+
+        /// What the next connection to end had received.
+        pub async fn closed(&self) -> Vec<u8> {
+            let mut rx = std::mem::replace(&mut *self.ended.lock().unwrap(), mpsc::unbounded_channel().1);
+            let got =
+                tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a connection ended").unwrap();
+            *self.ended.lock().unwrap() = rx;
+            got
+        }
+    }
+}
+
+#[cfg(test)]
+// tungstenite's handshake types fix the large error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+    use super::test_support::{Target, forwarder};
+    use super::*;
+
+    /// A server upgrading every request to `/pf` for a forwarder to `target`; its address.
+    async fn server(target: SocketAddr) -> SocketAddr {
+        let app = axum::Router::new().route(
+            "/pf",
+            axum::routing::any(move |RawQuery(raw): RawQuery, req: Request| async move {
+                let counters = SessionCounters::default();
+                upgrade(forwarder(target), raw, req, TaskTracker::new(), CancellationToken::new(), &counters).await
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    async fn channels(
+        addr: SocketAddr,
+        query: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+        let mut req = format!("ws://{addr}/pf?{query}").into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(channel::V4));
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], channel::V4);
+        ws
+    }
+
+    async fn next_binary(
+        ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> Option<Vec<u8>> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a message in time")? {
+                Ok(WsMessage::Binary(b)) => return Some(b.to_vec()),
+                Ok(WsMessage::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn channel_sessions_announce_each_port_and_carry_one_connection_per_port() {
+        let target = Target::echo().await;
+        let addr = server(target.addr).await;
+        let mut ws = channels(addr, "port=80&port=80").await;
+        let mut first = Vec::new();
+        for _ in 0..4 {
+            first.push(next_binary(&mut ws).await.unwrap());
+        }
+        assert_eq!(first, vec![vec![0, 80, 0], vec![1, 80, 0], vec![2, 80, 0], vec![3, 80, 0]]);
+        ws.send(WsMessage::Binary(channel::encode(0, b"one").into())).await.unwrap();
+        assert_eq!(next_binary(&mut ws).await.unwrap(), b"\x00one");
+        ws.send(WsMessage::Binary(channel::encode(2, b"two").into())).await.unwrap();
+        assert_eq!(next_binary(&mut ws).await.unwrap(), b"\x02two");
+        target.wait_for_connections(2).await;
+        ws.close(None).await.unwrap();
+        // The session's connections end with it.
+        let mut ended = vec![target.closed().await, target.closed().await];
+        ended.sort();
+        assert_eq!(ended, vec![b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_channel_session_ends_when_its_connections_have() {
+        let target = Target::greet().await;
+        let addr = server(target.addr).await;
+        let mut ws = channels(addr, "port=80").await;
+        let mut got = Vec::new();
+        while let Some(msg) = next_binary(&mut ws).await {
+            got.push(msg);
+        }
+        assert_eq!(got, vec![vec![0, 80, 0], vec![1, 80, 0], b"\x00hi".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_text_on_the_ports_error_channel() {
+        let target = Target::echo().await;
+        let addr = server(target.addr).await;
+        let mut ws = channels(addr, "port=82").await;
+        let mut got = Vec::new();
+        while let Some(msg) = next_binary(&mut ws).await {
+            got.push(msg);
+        }
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[2][0], 1);
+        let text = String::from_utf8_lossy(&got[2][1..]).into_owned();
+        assert!(text.starts_with("error forwarding port 82 to pod ns/web: connecting to 127.0.0.1:1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn channel_requests_are_refused_before_upgrading_when_they_cannot_work() {
+        let target = Target::echo().await;
+        let addr = server(target.addr).await;
+        let http = reqwest::Client::new();
+        let ws = |query: &str| {
+            http.get(format!("http://{addr}/pf?{query}"))
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        };
+        let resp = ws("port=81").send().await.unwrap();
+        assert_eq!(resp.status(), 501);
+        assert_eq!(
+            resp.text().await.unwrap(),
+            "error forwarding port 81 to pod ns/web: the test provider cannot forward ports: 81\n"
+        );
+        for (query, why) in [("", "is required"), ("port=0", "must be > 0"), ("port=http", "unable to parse")] {
+            let resp = ws(query).send().await.unwrap();
+            assert_eq!(resp.status(), 400, "{query}");
+            assert!(resp.text().await.unwrap().contains(why), "{query}");
+        }
+        let resp = ws("port=80").header("sec-websocket-protocol", "v5.channel.k8s.io").send().await.unwrap();
+        assert_eq!(resp.status(), 400);
+        // SPDY must be posted and offer portforward.k8s.io.
+        let spdy = |method: reqwest::Method, protocol: &'static str| {
+            http.request(method, format!("http://{addr}/pf"))
+                .header("connection", "Upgrade")
+                .header("upgrade", "SPDY/3.1")
+                .header("x-stream-protocol-version", protocol)
+        };
+        assert_eq!(spdy(reqwest::Method::GET, SPDY_PROTOCOL).send().await.unwrap().status(), 405);
+        assert_eq!(spdy(reqwest::Method::POST, "v4.channel.k8s.io").send().await.unwrap().status(), 400);
+    }
+
+    #[test]
+    fn tcp_targets_are_ip_literals_with_a_port() {
+        let tcp = |url: &str| tcp_address(url, StreamProtocol::Tcp, &[]);
+        assert_eq!(tcp("tcp://10.0.0.7:80"), Ok("10.0.0.7:80".parse().unwrap()));
+        assert_eq!(tcp("tcp://[fd00::7]:8080"), Ok("[fd00::7]:8080".parse().unwrap()));
+        for bad in
+            ["tcp://pod.local:80", "tcp://10.0.0.7", "tcp://10.0.0.7:80/x", "http://10.0.0.7:80", "tcp://10.0.0.7:0"]
+        {
+            assert!(tcp(bad).is_err(), "{bad}");
+        }
+        assert!(tcp_address("tcp://10.0.0.7:80", StreamProtocol::WebSocketChannels, &[]).is_err());
+        assert!(tcp_address("tcp://10.0.0.7:80", StreamProtocol::Tcp, &[("x".into(), "y".into())]).is_err());
+    }
 }

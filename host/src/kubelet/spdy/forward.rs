@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -103,6 +104,8 @@ struct Session<W> {
     fwd: Arc<Forwarder>,
     tasks: TaskTracker,
     events: mpsc::Sender<Event>,
+    /// How long a pair may wait for its second stream.
+    creation_timeout: Duration,
 }
 
 impl<W: AsyncWrite + Unpin> Session<W> {
@@ -192,7 +195,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                         port,
                         error: None,
                         data: None,
-                        deadline: Instant::now() + STREAM_CREATION_TIMEOUT,
+                        deadline: Instant::now() + self.creation_timeout,
                         input: Some(tx),
                         input_rx: Some(rx),
                         task: None,
@@ -338,6 +341,15 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     fwd: Arc<Forwarder>,
     tasks: TaskTracker,
 ) -> Result<(), SessionError> {
+    serve_with(io, fwd, tasks, STREAM_CREATION_TIMEOUT).await
+}
+
+async fn serve_with<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
+    fwd: Arc<Forwarder>,
+    tasks: TaskTracker,
+    creation_timeout: Duration,
+) -> Result<(), SessionError> {
     let (reader, writer) = tokio::io::split(io);
     let mut reader = FrameReader { io: reader, buf: BytesMut::with_capacity(16 * 1024) };
     let (events_tx, mut events) = mpsc::channel(16);
@@ -354,6 +366,7 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
         fwd,
         tasks,
         events: events_tx,
+        creation_timeout,
     };
     let result = loop {
         let deadline = s.next_deadline();
@@ -391,4 +404,170 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     }
     let _ = tokio::time::timeout(super::GOAWAY_GRACE, s.writer.shutdown()).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubelet::portforward::test_support::{Target, forwarder};
+
+    /// The client side of a session, as kubectl's spdystream behaves.
+    struct Client {
+        io: tokio::io::DuplexStream,
+        buf: BytesMut,
+        c: HeaderCompressor,
+        d: HeaderDecompressor,
+    }
+
+    impl Client {
+        fn start(fwd: Arc<Forwarder>, creation_timeout: Duration) -> Client {
+            let (server_io, io) = tokio::io::duplex(1 << 20);
+            tokio::spawn(serve_with(server_io, fwd, TaskTracker::new(), creation_timeout));
+            Client { io, buf: BytesMut::new(), c: HeaderCompressor::new().unwrap(), d: HeaderDecompressor::new() }
+        }
+
+        async fn send(&mut self, frame: Frame) {
+            let mut out = BytesMut::new();
+            frame::encode(&frame, &mut out);
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        async fn open(&mut self, id: u32, headers: &[(&str, &str)]) {
+            let block = self.c.compress(headers).unwrap();
+            self.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, header_block: block })
+                .await;
+        }
+
+        async fn next(&mut self) -> Option<Frame> {
+            use tokio::io::AsyncReadExt;
+            loop {
+                if let Some(f) = frame::decode(&mut self.buf).unwrap() {
+                    if let Frame::SynReply { header_block, .. } = &f {
+                        self.d.decompress(header_block).unwrap();
+                    }
+                    return Some(f);
+                }
+                if self.io.read_buf(&mut self.buf).await.unwrap() == 0 {
+                    return None;
+                }
+            }
+        }
+
+        /// What the server sends on `streams` until each has ended (FIN or reset): bytes per
+        /// stream, and the streams reset.
+        async fn until_ended(&mut self, streams: &[u32]) -> (HashMap<u32, Vec<u8>>, Vec<u32>) {
+            let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
+            let mut ended = Vec::new();
+            let mut reset = Vec::new();
+            let within = tokio::time::timeout(Duration::from_secs(10), async {
+                while !streams.iter().all(|s| ended.contains(s)) {
+                    match self.next().await.expect("the session ended early") {
+                        Frame::Data { stream_id, flags, data: d } => {
+                            data.entry(stream_id).or_default().extend_from_slice(&d);
+                            if flags & FLAG_FIN != 0 {
+                                ended.push(stream_id);
+                            }
+                        }
+                        Frame::RstStream { stream_id, .. } => {
+                            ended.push(stream_id);
+                            reset.push(stream_id);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            assert!(within.is_ok(), "streams {streams:?} not ended; got {data:?}");
+            (data, reset)
+        }
+    }
+
+    fn pair(kind: &'static str, port: &'static str, request: &'static str) -> Vec<(&'static str, &'static str)> {
+        vec![("streamtype", kind), ("port", port), ("requestid", request)]
+    }
+
+    #[tokio::test]
+    async fn a_pair_carries_one_connection_and_the_client_half_close_reaches_the_target() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), STREAM_CREATION_TIMEOUT);
+        c.open(1, &pair("error", "80", "0")).await;
+        c.open(3, &pair("data", "80", "0")).await;
+        c.send(Frame::Data { stream_id: 3, flags: 0, data: Bytes::from_static(b"hello ") }).await;
+        c.send(Frame::Data { stream_id: 3, flags: FLAG_FIN, data: Bytes::from_static(b"world") }).await;
+        let (data, reset) = c.until_ended(&[1, 3]).await;
+        assert_eq!(data.get(&3).map(Vec::as_slice), Some(&b"got: hello world"[..]));
+        assert!(data[&1].is_empty(), "no error on success");
+        assert!(reset.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connections_in_parallel_stay_apart_and_old_clients_pair_by_stream_id() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), STREAM_CREATION_TIMEOUT);
+        // No requestID: the data stream pairs with the error stream opened just before it.
+        c.open(1, &[("streamtype", "error"), ("port", "80")]).await;
+        c.open(3, &[("streamtype", "data"), ("port", "80")]).await;
+        c.open(5, &pair("error", "80", "7")).await;
+        c.open(7, &pair("data", "80", "7")).await;
+        c.send(Frame::Data { stream_id: 7, flags: FLAG_FIN, data: Bytes::from_static(b"second") }).await;
+        c.send(Frame::Data { stream_id: 3, flags: FLAG_FIN, data: Bytes::from_static(b"first") }).await;
+        let (data, _) = c.until_ended(&[1, 3, 5, 7]).await;
+        assert_eq!(data[&3], b"got: first");
+        assert_eq!(data[&7], b"got: second");
+    }
+
+    #[tokio::test]
+    async fn a_port_the_provider_cannot_forward_is_text_on_the_error_stream() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), STREAM_CREATION_TIMEOUT);
+        c.open(1, &pair("error", "81", "0")).await;
+        c.open(3, &pair("data", "81", "0")).await;
+        let (data, _) = c.until_ended(&[1, 3]).await;
+        let message = String::from_utf8(data[&1].clone()).unwrap();
+        assert_eq!(message, "error forwarding port 81 to pod ns/web: the test provider cannot forward ports: 81");
+    }
+
+    #[tokio::test]
+    async fn resetting_the_data_stream_drops_the_connection_and_ends_the_error_stream() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), STREAM_CREATION_TIMEOUT);
+        c.open(1, &pair("error", "80", "0")).await;
+        c.open(3, &pair("data", "80", "0")).await;
+        c.send(Frame::Data { stream_id: 3, flags: 0, data: Bytes::from_static(b"partial") }).await;
+        target.wait_for_connections(1).await;
+        c.send(Frame::RstStream { stream_id: 3, status: 5 }).await;
+        let (data, _) = c.until_ended(&[1]).await;
+        assert!(data[&1].is_empty());
+        // The target sees the connection go.
+        assert_eq!(target.closed().await, b"partial");
+    }
+
+    #[tokio::test]
+    async fn bad_streams_are_refused_and_a_lone_stream_is_given_up() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), Duration::from_millis(200));
+        c.open(1, &pair("stdin", "80", "0")).await;
+        c.open(3, &pair("data", "0", "1")).await;
+        c.open(5, &[("streamtype", "data"), ("port", "http"), ("requestid", "2")]).await;
+        c.open(7, &pair("error", "80", "3")).await;
+        c.open(9, &pair("error", "80", "3")).await;
+        c.open(11, &pair("data", "81", "3")).await;
+        let (data, reset) = c.until_ended(&[1, 3, 5, 7, 9, 11]).await;
+        assert_eq!(reset, vec![1, 3, 5, 9, 11]);
+        let message = String::from_utf8(data[&7].clone()).unwrap();
+        assert!(message.contains("timed out waiting for the streams"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_connection_cap_are_refused() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), STREAM_CREATION_TIMEOUT);
+        for i in 0..MAX_CONNECTIONS as u32 {
+            c.open(2 * i + 1, &[("streamtype", "error"), ("port", "80"), ("requestid", &i.to_string())]).await;
+        }
+        let over = (2 * MAX_CONNECTIONS + 1) as u32;
+        c.open(over, &pair("error", "80", "over")).await;
+        let (_, reset) = c.until_ended(&[over]).await;
+        assert_eq!(reset, vec![over]);
+    }
 }
