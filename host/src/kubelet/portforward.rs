@@ -189,7 +189,13 @@ pub async fn run_connection(
     mut input: mpsc::Receiver<Bytes>,
     events: mpsc::Sender<Event>,
 ) {
-    let stream = match fwd.connect(port).await {
+    // A session that ends (its client gone, the daemon stopping) drops its receiver: every
+    // connection of it ends then, even one waiting on an idle target.
+    let connected = tokio::select! {
+        connected = fwd.connect(port) => connected,
+        _ = events.closed() => return,
+    };
+    let stream = match connected {
         Ok(s) => s,
         Err(e) => {
             let _ = events.send(Event::Failed(key, e.message)).await;
@@ -221,6 +227,7 @@ pub async fn run_connection(
     let ended = tokio::select! {
         read = from_target => read.map_err(|e: std::io::Error| format!("reading: {e}")),
         written = to_target => written.map(|_| true).map_err(|e| format!("writing: {e}")),
+        _ = events.closed() => return,
     };
     let event = match ended {
         Ok(true) => Event::Closed(key),

@@ -417,13 +417,20 @@ mod tests {
         buf: BytesMut,
         c: HeaderCompressor,
         d: HeaderDecompressor,
+        session: tokio::task::JoinHandle<Result<(), SessionError>>,
     }
 
     impl Client {
         fn start(fwd: Arc<Forwarder>, creation_timeout: Duration) -> Client {
             let (server_io, io) = tokio::io::duplex(1 << 20);
-            tokio::spawn(serve_with(server_io, fwd, TaskTracker::new(), creation_timeout));
-            Client { io, buf: BytesMut::new(), c: HeaderCompressor::new().unwrap(), d: HeaderDecompressor::new() }
+            let session = tokio::spawn(serve_with(server_io, fwd, TaskTracker::new(), creation_timeout));
+            Client {
+                io,
+                buf: BytesMut::new(),
+                c: HeaderCompressor::new().unwrap(),
+                d: HeaderDecompressor::new(),
+                session,
+            }
         }
 
         async fn send(&mut self, frame: Frame) {
@@ -540,6 +547,19 @@ mod tests {
         assert!(data[&1].is_empty());
         // The target sees the connection go.
         assert_eq!(target.closed().await, b"partial");
+    }
+
+    #[tokio::test]
+    async fn connections_end_with_their_session_even_when_it_is_dropped() {
+        let target = Target::reply_after_eof().await;
+        let mut c = Client::start(forwarder(target.addr), STREAM_CREATION_TIMEOUT);
+        c.open(1, &pair("error", "80", "0")).await;
+        c.open(3, &pair("data", "80", "0")).await;
+        c.send(Frame::Data { stream_id: 3, flags: 0, data: Bytes::from_static(b"x") }).await;
+        target.wait_for_connections(1).await;
+        // As when the daemon stops: the session's future is dropped mid-way.
+        c.session.abort();
+        assert_eq!(target.closed().await, b"x");
     }
 
     #[tokio::test]
