@@ -631,14 +631,22 @@ async fn kubectl_port_forward_reaches_the_target_over_websocket_passthrough_and_
             assert_eq!(page, "<html><body>hello from the forwarded port</body></html>\n");
         }
         // Several connections at once, each many frames long, arrive whole and unmixed.
+        let started = std::time::Instant::now();
         let bodies = futures::future::join_all((0..3).map(|_| {
             let get = http.get(format!("{base}/big")).send();
             async move { get.await.unwrap().bytes().await.unwrap() }
         }))
         .await;
-        for body in bodies {
+        let took = started.elapsed();
+        for body in &bodies {
             assert!(body[..] == big_body()[..], "a forwarded download of {} bytes differs", body.len());
         }
+        let mib = bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / (1 << 20) as f64;
+        eprintln!(
+            "port-forward ({}): {mib:.0} MiB over 3 connections in {took:.2?} ({:.0} MiB/s)",
+            if websockets && !gate_off() { "tunnel passed through" } else { "SPDY from the apiserver" },
+            mib / took.as_secs_f64()
+        );
         pf.stop().await;
 
         // A port the provider cannot forward: kubectl shows the provider's words.
