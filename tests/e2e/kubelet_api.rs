@@ -1,6 +1,6 @@
 //! The kubelet API of a virtual node, driven by the real `kubectl` through the real apiserver:
 //! logs with every option, exec and attach over both the WebSocket passthrough and the SPDY path
-//! (with a TTY and a resize), stats and resource metrics, and the API's own authn/authz.
+//! (with a TTY and a resize), port forwarding over both, stats and resource metrics, and the API's own authn/authz.
 //!
 //! The backend is a small in-test server speaking the Kubernetes channel protocol, standing in
 //! for a provider's stream targets. Run with `VKCUBE_APISERVER_FLAGS=--feature-gates=ExtendWebSocketsToKubelet=false`
@@ -23,6 +23,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use vkcube_e2e::port_forward::{PortForward, local_client};
 use vkcube_e2e::{Cluster, cluster, wait_for};
 use vkhost::kubelet::{
     BackendError, ContainerUsage, ExecQuery, KubeletBackend, KubeletConfig, KubeletServer, LogQuery, PodUsage,
@@ -40,6 +41,14 @@ fn backend_router() -> axum::Router {
         .route("/logs/{ns}/{pod}/{container}", get(backend_logs))
         .route("/exec", get(backend_exec))
         .route("/attach", get(backend_attach))
+        // What port forwarding reaches: the pod's web server.
+        .route("/", get(|| async { "<html><body>hello from the forwarded port</body></html>\n" }))
+        .route("/big", get(|| async { big_body() }))
+}
+
+/// A body of many SPDY frames and WebSocket messages, every byte telling its offset.
+fn big_body() -> Vec<u8> {
+    (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect()
 }
 
 async fn start_backend() -> SocketAddr {
@@ -279,6 +288,31 @@ impl KubeletBackend for TestBackend {
         opts: ExecQuery,
     ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
         Box::pin(async move { self.session("attach", ns, pod, &opts) })
+    }
+
+    /// Port 80 is the stand-in server's; 81 cannot be forwarded; 82 refuses connections.
+    fn port_forward<'a>(
+        &'a self,
+        ns: &'a str,
+        pod: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        Box::pin(async move {
+            self.known(ns, pod)?;
+            let url = match port {
+                80 => format!("tcp://{}", self.upstream),
+                81 => {
+                    return Err(BackendError::Unsupported(
+                        "the test provider cannot forward ports: port 81 is not served".into(),
+                    ));
+                }
+                _ => {
+                    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+                    format!("tcp://{closed}")
+                }
+            };
+            Ok(StreamTarget { url, headers: vec![], protocol: StreamProtocol::Tcp })
+        })
     }
 
     fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>> {
@@ -585,6 +619,67 @@ async fn kubectl_exec_and_attach_work_over_websocket_passthrough_and_spdy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_port_forward_reaches_the_target_over_websocket_passthrough_and_spdy() {
+    for websockets in [true, false] {
+        let fx = Fixture::new(if websockets { "kpfws" } else { "kpfspdy" }, websockets).await;
+        let http = local_client();
+
+        let pf = PortForward::start(fx.cluster, &fx.ns, "pod/web", 80).await;
+        let base = pf.url();
+        for _ in 0..3 {
+            let page = http.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+            assert_eq!(page, "<html><body>hello from the forwarded port</body></html>\n");
+        }
+        // Several connections at once, each many frames long, arrive whole and unmixed.
+        let started = std::time::Instant::now();
+        let bodies = futures::future::join_all((0..3).map(|_| {
+            let get = http.get(format!("{base}/big")).send();
+            async move { get.await.unwrap().bytes().await.unwrap() }
+        }))
+        .await;
+        let took = started.elapsed();
+        for body in &bodies {
+            assert!(body[..] == big_body()[..], "a forwarded download of {} bytes differs", body.len());
+        }
+        let mib = bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / (1 << 20) as f64;
+        eprintln!(
+            "port-forward ({}): {mib:.0} MiB over 3 connections in {took:.2?} ({:.0} MiB/s)",
+            if websockets && !gate_off() { "tunnel passed through" } else { "SPDY from the apiserver" },
+            mib / took.as_secs_f64()
+        );
+        pf.stop().await;
+
+        // A port the provider cannot forward: kubectl shows the provider's words.
+        let mut pf = PortForward::start(fx.cluster, &fx.ns, "pod/web", 81).await;
+        assert!(http.get(pf.url()).send().await.is_err());
+        let err = pf.stderr_until("cannot forward ports").await;
+        assert!(
+            err.contains(&format!(
+                "error forwarding port 81 to pod {}/web: the test provider cannot forward ports",
+                fx.ns
+            )),
+            "{err}"
+        );
+        pf.stop().await;
+
+        // A target that refuses the connection: the reason reaches kubectl too.
+        let mut pf = PortForward::start(fx.cluster, &fx.ns, "pod/web", 82).await;
+        assert!(http.get(pf.url()).send().await.is_err());
+        let err = pf.stderr_until("error forwarding port 82").await;
+        assert!(err.contains("refused"), "{err}");
+        pf.stop().await;
+
+        let counts = fx.server.session_counts();
+        if websockets && !gate_off() {
+            assert!(counts.websocket >= 3 && counts.spdy == 0, "expected the tunnel passed through: {counts:?}");
+        } else {
+            assert!(counts.spdy >= 3 && counts.websocket == 0, "expected SPDY from the apiserver: {counts:?}");
+        }
+        fx.teardown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stats_summary_and_resource_metrics_are_served_to_the_apiserver_identity() {
     let fx = Fixture::new("kstats", true).await;
     // Read as metrics-server does: straight from the node's address with a client certificate.
@@ -737,12 +832,19 @@ async fn direct_requests_need_credentials_and_rbac() {
     let resp = apiserver.get(format!("{base}/containerLogs/{ns}/ghost/app")).send().await.unwrap();
     assert_eq!(resp.status(), 404, "the backend's NotFound is a 404");
 
-    // Port forwarding is refused plainly, and kubectl says why.
+    // Port forwarding needs an upgrade, and a pod of this node.
     let resp = apiserver.post(format!("{base}/portForward/{ns}/web")).send().await.unwrap();
-    assert_eq!(resp.status(), 501);
-    assert!(resp.text().await.unwrap().contains("not supported"));
-    let (code, _, err) = fx.kubectl(&["port-forward", "-n", ns, "pod/web", "18080:80"]).await;
-    assert_ne!(code, 0, "port-forward should fail: {err}");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("needs a connection upgrade"));
+    let resp = apiserver
+        .post(format!("{base}/portForward/{ns}/ghost"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", "portforward.k8s.io")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 
     fx.teardown().await;
 }

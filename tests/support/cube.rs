@@ -22,6 +22,10 @@ pub const SECOND_PRIVATE_KEY: &str = "vkcube-test-private-2";
 /// The self-hosted registry the simulator and the nodes allow besides UHub.
 pub const PRIVATE_REGISTRY: &str = "myhub.example.com";
 
+/// Pod addresses of a simulator that serves containers ([`CubeEnv::start_serving`]): loopback,
+/// which Linux routes to `lo` whole.
+pub const SERVED_POD_CIDR: &str = "127.77.0.0/16";
+
 /// A simulator (zero provisioning delay) and, optionally, the UDisk provisioner.
 pub struct CubeEnv {
     pub sim: SimHandle,
@@ -38,6 +42,16 @@ impl CubeEnv {
     pub async fn start_with_registries(cluster: &Cluster, provisioner: bool, registries: &[&str]) -> CubeEnv {
         CubeEnv::start_with(cluster, provisioner, |cfg| cfg.registries.extend(registries.iter().map(|r| r.to_string())))
             .await
+    }
+
+    /// [`CubeEnv::start`] with the simulator serving its nginx containers on pod addresses of
+    /// [`SERVED_POD_CIDR`], and the daemon config granting them as port-forward targets.
+    pub async fn start_serving(cluster: &Cluster) -> CubeEnv {
+        CubeEnv::start_with(cluster, false, |cfg| {
+            cfg.network.pod_cidr = SERVED_POD_CIDR.into();
+            cfg.network.serve = true;
+        })
+        .await
     }
 
     /// `start` with the simulator's config adjusted by `configure` (say, `lifecycle.deleting_ms`).
@@ -92,7 +106,11 @@ impl CubeEnv {
     pub fn daemon_config(&self, cluster: &Cluster, cluster_id: &str, label: &str, extra: &str) -> String {
         let url = self.url();
         let ws = url.replacen("http://", "ws://", 1);
-        let plugin = format!("path = \"{}\"\nallowed_urls = [\"{url}/\", \"{ws}/\"]", plugin_path("cube").display());
+        // A serving simulator's pod addresses are where port forwarding connects.
+        let network = &self.sim.sim().cfg.network;
+        let tcp = if network.serve { format!(", \"tcp://{}\"", network.pod_cidr) } else { String::new() };
+        let plugin =
+            format!("path = \"{}\"\nallowed_urls = [\"{url}/\", \"{ws}/\"{tcp}]", plugin_path("cube").display());
         let provider = format!(
             r#"api_url = "{url}"
 region = "cn-bj2"

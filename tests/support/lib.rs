@@ -229,6 +229,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cube;
 pub mod daemon;
+pub mod port_forward;
 
 /// The guide's Deployment shape (nodeSelector `type: virtual-kubelet` plus the test's
 /// `vkcube-test` label, the `virtual-kubelet.io/provider=cube` toleration, 500m / 512Mi).

@@ -45,12 +45,25 @@ pub trait KubeletBackend: Send + Sync + 'static {
 
     /// Current usage of the node's pods; pods without an instance are left out.
     fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>>;
+
+    /// Where to forward connections to `port` of a pod (expected: [`StreamProtocol::Tcp`]); asked
+    /// once per port of a forwarding session. A backend that cannot forward ports answers
+    /// [`BackendError::Unsupported`], which is the default.
+    fn port_forward<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        let _ = (namespace, pod, port);
+        Box::pin(async { Err(BackendError::Unsupported("this virtual node offers no port forwarding".into())) })
+    }
 }
 
 /// Where the host connects to move the bytes of a stream (mirrors WIT `stream-target`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamTarget {
-    /// Absolute `http(s)://` or `ws(s)://` URL.
+    /// Absolute `http(s)://`, `ws(s)://` or (port forwarding) `tcp://host:port` URL.
     pub url: String,
     /// Extra request headers (credentials of the backend, typically).
     pub headers: Vec<(String, String)>,
@@ -75,6 +88,8 @@ pub enum StreamProtocol {
     HttpBody,
     /// A WebSocket speaking the Kubernetes channel protocol (v5 or v4).
     WebSocketChannels,
+    /// A TCP connection to the URL's `host:port`, one per forwarded connection.
+    Tcp,
 }
 
 /// Options of a `containerLogs` request (mirrors WIT `log-options`).
@@ -138,6 +153,9 @@ pub enum BackendError {
     /// 503: the provider or its backend is not reachable right now.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// 501: the provider cannot do this at all; the message says so as the client should read it.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl BackendError {
@@ -146,6 +164,7 @@ impl BackendError {
             BackendError::NotFound(_) => http::StatusCode::NOT_FOUND,
             BackendError::BadRequest(_) => http::StatusCode::BAD_REQUEST,
             BackendError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            BackendError::Unsupported(_) => http::StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

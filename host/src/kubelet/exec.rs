@@ -1,4 +1,4 @@
-//! `/exec`, `/attach` and `/portForward`: validates the request, asks the backend where the
+//! `/exec` and `/attach`: validates the request, asks the backend where the
 //! session lives, connects to it, then upgrades the client to WebSocket (GET) or SPDY/3.1 (POST).
 
 use std::sync::Arc;
@@ -62,26 +62,13 @@ pub async fn attach_with_uid(
 
 /// The UID form of a path names one incarnation of a pod: a pod deleted and recreated under the
 /// same name is another pod, and a session meant for the old one must not reach the new one.
-fn other_pod(state: &ApiState, namespace: &str, pod: &str, uid: &str) -> Option<Response> {
+pub(super) fn other_pod(state: &ApiState, namespace: &str, pod: &str, uid: &str) -> Option<Response> {
     let same = state.backend.pods().into_iter().any(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && p.metadata.name.as_deref() == Some(pod)
             && p.metadata.uid.as_deref() == Some(uid)
     });
     (!same).then(|| error_response(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} with UID {uid} not found")))
-}
-
-/// The provider contract has no port forwarding; say so plainly instead of failing mid-upgrade.
-pub async fn port_forward(Path(params): Path<Vec<(String, String)>>) -> Response {
-    let at = |i: usize| params.get(i).map(|(_, v)| v.as_str()).unwrap_or("?");
-    error_response(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "port forwarding to pod {}/{} is not supported: this virtual node's provider offers logs, exec and attach, but no port forwarding",
-            at(0),
-            at(1)
-        ),
-    )
 }
 
 /// Which client protocol a request upgrades to.

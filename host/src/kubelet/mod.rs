@@ -1,4 +1,4 @@
-//! The kubelet HTTP API the apiserver calls: logs, exec, attach, stats.
+//! The kubelet HTTP API the apiserver calls: logs, exec, attach, port forwarding, stats.
 //! One HTTPS server per virtual node; the host supplies the data through [`KubeletBackend`].
 
 mod auth;
@@ -7,6 +7,7 @@ mod channel;
 pub mod csr;
 mod exec;
 mod logs;
+mod portforward;
 mod query;
 mod relay;
 mod server;
@@ -48,8 +49,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
 }
 
-/// How many exec/attach sessions each client protocol carried, for operators and tests that need
-/// to know whether the apiserver passed WebSockets through or translated them to SPDY.
+/// How many exec/attach/port-forward sessions each client protocol carried, for operators and
+/// tests that need to know whether the apiserver passed WebSockets through or translated them to SPDY.
 #[derive(Debug, Default)]
 pub struct SessionCounters {
     pub websocket: std::sync::atomic::AtomicU64,
@@ -93,11 +94,11 @@ pub struct KubeletServer {
     task: JoinHandle<()>,
 }
 
-/// Exec/attach sessions served so far, by client protocol.
+/// Exec/attach/port-forward sessions served so far, by client protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionCounts {
     /// WebSocket sessions (the apiserver passes them through when the node declares
-    /// `ExtendWebSocketsToKubelet`).
+    /// `ExtendWebSocketsToKubelet`), SPDY tunnelled in a WebSocket included.
     pub websocket: u64,
     /// SPDY/3.1 sessions (the apiserver's own protocol towards kubelets).
     pub spdy: u64,

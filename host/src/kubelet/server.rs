@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth::{self, AuthError};
-use super::{ApiState, PeerIdentity, error_response, exec, logs, stats};
+use super::{ApiState, PeerIdentity, error_response, exec, logs, portforward, stats};
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -31,8 +31,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/exec/{namespace}/{pod}/{uid}/{container}", any(exec::exec_with_uid))
         .route("/attach/{namespace}/{pod}/{container}", any(exec::attach))
         .route("/attach/{namespace}/{pod}/{uid}/{container}", any(exec::attach_with_uid))
-        .route("/portForward/{namespace}/{pod}", any(exec::port_forward))
-        .route("/portForward/{namespace}/{pod}/{uid}", any(exec::port_forward))
+        .route("/portForward/{namespace}/{pod}", any(portforward::port_forward))
+        .route("/portForward/{namespace}/{pod}/{uid}", any(portforward::port_forward_with_uid))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "404 page not found") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)

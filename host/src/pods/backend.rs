@@ -157,6 +157,35 @@ impl KubeletBackend for NodeBackend {
         self.session(namespace, pod, container, opts, Session::Attach).boxed()
     }
 
+    fn port_forward<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<StreamTarget, BackendError>> {
+        async move {
+            let pref = self.pod_ref(namespace, pod)?;
+            match self.0.plugin.port_forward(&self.0.call, &pref, port).await {
+                // The kubelet API checks that it is a tcp target.
+                Ok(t) => Ok(StreamTarget {
+                    url: t.url,
+                    headers: t.headers.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+                    protocol: match t.protocol {
+                        plugin::StreamProtocol::HttpBody => StreamProtocol::HttpBody,
+                        plugin::StreamProtocol::WebsocketChannels => StreamProtocol::WebSocketChannels,
+                        plugin::StreamProtocol::Tcp => StreamProtocol::Tcp,
+                    },
+                }),
+                Err(CallError::Unsupported(why)) => Err(BackendError::Unsupported(format!(
+                    "the {} provider cannot forward ports: {why}",
+                    self.0.plugin.info().name
+                ))),
+                Err(e) => Err(backend_error(e)),
+            }
+        }
+        .boxed()
+    }
+
     fn usage(&self) -> BoxFuture<'_, Result<Vec<PodUsage>, BackendError>> {
         async move {
             let refs: Vec<plugin::PodRef> = self

@@ -21,6 +21,10 @@ pub struct Sim {
     pub shutdown: CancellationToken,
     /// Serialises saves so two concurrent writers never interleave in the temp file.
     pub saving: Mutex<()>,
+    /// Where pod addresses come from (`network.pod_cidr`, checked at start).
+    pub pod_cidr: crate::network::Cidr,
+    /// What listens on pod addresses (`network.serve`).
+    pub servers: crate::network::Servers,
 }
 
 /// Faults plus what is left of the counted ones (bursts, create timeouts).
@@ -42,6 +46,46 @@ impl LiveFaults {
 pub type Shared = Arc<Sim>;
 
 impl Sim {
+    /// A pod address for a new instance of `pod`, and its served ports bound when serving is on:
+    /// an address whose ports another instance (or process) holds is skipped.
+    pub fn allocate_ip(
+        &self,
+        state: &mut crate::state::State,
+        pod: &crate::podspec::CubePod,
+    ) -> (String, Option<crate::network::Bound>) {
+        let mut tries = 0;
+        loop {
+            let ip = self.pod_cidr.pod_ip(state.next_counter());
+            if !self.cfg.network.serve {
+                return (ip.to_string(), None);
+            }
+            match crate::network::bind_pod(ip.into(), pod) {
+                Ok(bound) => return (ip.to_string(), Some(bound)),
+                Err(e) if tries < 64 => {
+                    tracing::debug!(%ip, error = %e, "pod address taken; trying the next");
+                    tries += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e, "cannot serve the container ports of a new instance");
+                    return (ip.to_string(), None);
+                }
+            }
+        }
+    }
+
+    /// Serves an instance's container ports again (after a restart or a renew), when serving is on.
+    pub fn serve(&self, inst: &crate::state::Instance) {
+        if !self.cfg.network.serve || !inst.live() || inst.deleting_since.is_some() {
+            return;
+        }
+        self.servers.stop(&inst.cube_id);
+        match inst.pod_ip.parse().map(|ip| crate::network::bind_pod(ip, &inst.pod)) {
+            Ok(Ok(bound)) => self.servers.start(inst, bound, &self.shutdown),
+            Ok(Err(e)) => tracing::warn!(cube_id = %inst.cube_id, error = %e, "cannot serve the container ports"),
+            Err(_) => {}
+        }
+    }
+
     /// Saves the records when a state file is configured. Called after mutating actions.
     pub fn persist(&self) {
         if let Some(path) = &self.cfg.state_file {

@@ -31,6 +31,7 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     pub limits: Limits,
     pub faults: Faults,
+    pub network: Network,
     /// Where instances, EIPs and disks are kept across restarts (JSON). None: memory only.
     pub state_file: Option<PathBuf>,
 }
@@ -49,6 +50,7 @@ impl Default for Config {
             lifecycle: Lifecycle::default(),
             limits: Limits::default(),
             faults: Faults::default(),
+            network: Network::default(),
             state_file: None,
         }
     }
@@ -144,6 +146,40 @@ impl Default for Limits {
             max_config_bytes: 30 << 20,
             max_ephemeral_bytes: 10 << 30,
         }
+    }
+}
+
+/// Pod addresses, and whether containers answer on them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Network {
+    /// Instances get addresses of this IPv4 network (/8 to /24), in order of creation.
+    pub pod_cidr: String,
+    /// Listen on each instance's pod address for the containers the simulator serves (`nginx`
+    /// images: HTTP on their `containerPort`s, or 80) while the instance lives, so port
+    /// forwarding reaches them. Needs a loopback `pod_cidr` (Linux routes all of 127.0.0.0/8 to
+    /// the loopback device), e.g. `127.77.0.0/16`; ports under 1024 need root (or
+    /// `net.ipv4.ip_unprivileged_port_start`).
+    pub serve: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { pod_cidr: "10.23.0.0/16".into(), serve: false }
+    }
+}
+
+impl Network {
+    /// The checked pool; serving needs it on loopback, like everything the simulator listens on.
+    pub fn pool(&self) -> Result<crate::network::Cidr, String> {
+        let cidr: crate::network::Cidr = self.pod_cidr.parse().map_err(|e| format!("network.pod_cidr: {e}"))?;
+        if self.serve && !cidr.network.is_loopback() {
+            return Err(format!(
+                "network.serve listens on pod addresses, which must then be loopback (127.0.0.0/8), not {}",
+                self.pod_cidr
+            ));
+        }
+        Ok(cidr)
     }
 }
 

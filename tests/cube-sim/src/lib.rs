@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod params;
 pub mod podspec;
 pub mod program;
@@ -55,6 +56,7 @@ impl Simulator {
         if !config.listen.ip().is_loopback() {
             anyhow::bail!("cube-sim listens on loopback only, not {}", config.listen);
         }
+        let pod_cidr = config.network.pool().map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
@@ -70,7 +72,14 @@ impl Simulator {
             base_url: url.clone(),
             shutdown: shutdown.clone(),
             saving: Mutex::new(()),
+            pod_cidr,
+            servers: Default::default(),
         });
+        // Instances kept from an earlier run serve again.
+        let live: Vec<state::Instance> = sim.state.lock().instances.values().filter(|i| i.live()).cloned().collect();
+        for inst in &live {
+            sim.serve(inst);
+        }
         let tracker = TaskTracker::new();
         let accept = tokio::spawn(server::serve(listener, app::router(sim.clone()), shutdown.clone(), tracker.clone()));
         Ok(SimHandle { addr, url, sim, shutdown, tracker, accept })

@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Milliseconds it then reports ContainerCreating before Running (default 800).
     #[arg(long, value_name = "MS")]
     creating_ms: Option<u64>,
+    /// Give instances addresses of this loopback network and serve their nginx containers
+    /// there (`[network] pod_cidr` with `serve = true`), e.g. 127.77.0.0/16.
+    #[arg(long, value_name = "CIDR")]
+    serve_pods: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +96,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.creating_ms {
         cfg.lifecycle.creating_ms = ms;
+    }
+    if let Some(cidr) = args.serve_pods {
+        cfg.network.pod_cidr = cidr;
+        cfg.network.serve = true;
     }
     if cfg.keys.is_empty() {
         anyhow::bail!("no API key pair: pass --key PUBLIC:PRIVATE or [[keys]] in the config");

@@ -2,8 +2,8 @@
 //! passes WebSockets through: upgrade, the typed streams the client opens, and their relay.
 
 mod dictionary;
-mod frame;
-mod headers;
+pub(super) mod frame;
+pub(super) mod headers;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -55,16 +55,16 @@ impl StreamVersion {
 }
 
 /// How long the client has to open the streams it asked for.
-const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait, after the session ended, for the client to close the connection (closing
 /// first could reset it before the client read the exit status).
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// SPDY/3.1's initial flow-control window, per stream and per session.
 const INITIAL_WINDOW: i64 = 65_536;
 /// Data frames we write are at most this large.
-const MAX_DATA_FRAME: usize = 32 * 1024;
+pub(super) const MAX_DATA_FRAME: usize = 32 * 1024;
 /// How long a refused session waits to get its GOAWAY out before dropping the connection.
-const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+pub(super) const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Answers the upgrade with 101 and runs the session on the tracker once hyper hands over the
 /// connection.
@@ -438,13 +438,17 @@ fn take_json_documents(buf: &mut BytesMut) -> Vec<Bytes> {
 }
 
 /// Reads frames from the connection; cancel-safe because bytes land in `buf` before parsing.
-struct FrameReader<R> {
+pub(super) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    async fn next(&mut self) -> Result<Option<Frame>, SessionError> {
+    pub(super) fn new(io: R) -> Self {
+        FrameReader { io, buf: BytesMut::with_capacity(16 * 1024) }
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Option<Frame>, SessionError> {
         loop {
             if let Some(frame) = frame::decode(&mut self.buf)? {
                 return Ok(Some(frame));
@@ -468,7 +472,7 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
     mut output: mpsc::Receiver<ClientOutput>,
 ) -> Result<(), SessionError> {
     let (reader, writer) = tokio::io::split(io);
-    let mut reader = FrameReader { io: reader, buf: BytesMut::with_capacity(16 * 1024) };
+    let mut reader = FrameReader::new(reader);
     let expected = expected_streams(version, opts);
     let mut s = Session::new(writer, &expected, input)?;
     let mut deadline = Instant::now() + STREAM_CREATION_TIMEOUT;

@@ -1,6 +1,7 @@
 //! The `http` import: outgoing requests the host performs for a plugin, only to the URL prefixes
 //! the operator granted it. The same allowlist vets the stream targets a plugin hands back.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -58,10 +59,114 @@ struct Prefix {
     path: String,
 }
 
-/// The URL prefixes one plugin may reach.
+/// One granted `tcp://` range: the addresses of a network (a single address is a /32 or /128),
+/// on one port or on every port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TcpGrant {
+    network: IpAddr,
+    prefix_len: u8,
+    port: Option<u16>,
+}
+
+impl TcpGrant {
+    /// Parses `tcp://ADDRESS[/LEN][:PORT]` (IPv6 in brackets: `tcp://[fd00::]/8:80`). Only IP
+    /// literals: a name would grant wherever DNS points it at connection time.
+    fn parse(entry: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "allowed_urls entry {entry:?}: {why}; a tcp entry is tcp://ADDRESS, tcp://ADDRESS:PORT, \
+                 tcp://NETWORK/LEN or tcp://NETWORK/LEN:PORT with IP addresses (IPv6 in brackets)"
+            )
+        };
+        let rest = entry.strip_prefix("tcp://").ok_or_else(|| bad("not a tcp:// entry"))?;
+        let (address, rest) = match rest.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').ok_or_else(|| bad("an unclosed '['"))?,
+            None => rest.split_at(rest.find(['/', ':']).unwrap_or(rest.len())),
+        };
+        let address: IpAddr = address.parse().map_err(|_| bad("the host is not an IP address"))?;
+        let (len, port) = match rest.split_once(':') {
+            Some((len, port)) => (len, Some(port)),
+            None => (rest, None),
+        };
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        // Digits only: Rust's integer parsing would also take a sign.
+        fn number(s: &str) -> Option<&str> {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
+        }
+        let prefix_len = match len {
+            "" => max,
+            len => len
+                .strip_prefix('/')
+                .and_then(number)
+                .and_then(|l| l.parse::<u8>().ok())
+                .filter(|l| *l <= max)
+                .ok_or_else(|| bad("the network length is not /0 to /32 (IPv4) or /128 (IPv6)"))?,
+        };
+        let port = match port {
+            None => None,
+            Some(p) => Some(
+                number(p)
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad("the port is not 1 to 65535"))?,
+            ),
+        };
+        let network = mask(address, prefix_len);
+        if network != address {
+            return Err(bad(&format!("{address} has host bits set past /{prefix_len} (the network is {network})")));
+        }
+        Ok(TcpGrant { network, prefix_len, port })
+    }
+
+    fn covers(&self, ip: IpAddr, port: u16) -> bool {
+        self.network.is_ipv4() == ip.is_ipv4()
+            && mask(ip, self.prefix_len) == self.network
+            && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// `ip` with every bit past the first `len` cleared.
+fn mask(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(bits.into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// The address and port of a `tcp://IP:PORT` URL, nothing more in it; `None` for anything else,
+/// names included (never resolved). An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the
+/// IPv4 address, so an IPv6 grant does not cover IPv4 by the back door.
+fn tcp_target(url: &Url) -> Option<(IpAddr, u16)> {
+    if url.scheme() != "tcp"
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || !matches!(url.path(), "" | "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return None;
+    }
+    let host = url.host_str()?;
+    let ip = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse::<IpAddr>().ok()?;
+    let ip = ip.to_canonical();
+    let port = url.port().filter(|p| *p > 0)?;
+    // "Any address" would connect to the host itself; multicast and broadcast are never a pod.
+    let unroutable = ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    (!unroutable).then_some((ip, port))
+}
+
+/// The URL prefixes and TCP ranges one plugin may reach.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
     prefixes: Vec<Prefix>,
+    /// `tcp://` entries: where port-forward targets may connect.
+    tcp: Vec<TcpGrant>,
 }
 
 /// WebSocket targets (exec, attach) are granted by the `http(s)` prefix of the same endpoint.
@@ -74,16 +179,22 @@ fn http_scheme(scheme: &str) -> Option<&'static str> {
 }
 
 impl Allowlist {
-    /// Parses the operator's prefixes; an entry that is not an absolute http(s)/ws(s) URL is refused so
-    /// a typo does not silently deny (or grant) more than meant.
+    /// Parses the operator's prefixes; an entry that is not an absolute http(s)/ws(s) URL or a
+    /// `tcp://` range ([`TcpGrant::parse`]) is refused so a typo does not silently deny (or
+    /// grant) more than meant.
     pub fn parse(entries: &[String]) -> Result<Self, String> {
         let mut prefixes = Vec::new();
+        let mut tcp = Vec::new();
         for entry in entries {
+            if entry.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("tcp://")) {
+                tcp.push(TcpGrant::parse(&format!("tcp://{}", &entry[6..]))?);
+                continue;
+            }
             let url = Url::parse(entry).map_err(|e| format!("allowed_urls entry {entry:?}: {e}"))?;
             // `wss://host/` and `https://host/` name the same endpoint (a WebSocket is an HTTP
             // upgrade), so either spelling grants both.
             let scheme = http_scheme(url.scheme()).ok_or_else(|| {
-                format!("allowed_urls entry {entry:?}: only http://, https://, ws:// and wss:// are accepted")
+                format!("allowed_urls entry {entry:?}: only http://, https://, ws://, wss:// and tcp:// are accepted")
             })?;
             let host = url.host_str().ok_or_else(|| format!("allowed_urls entry {entry:?}: no host"))?;
             if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
@@ -99,13 +210,17 @@ impl Allowlist {
                 path,
             });
         }
-        Ok(Allowlist { prefixes })
+        Ok(Allowlist { prefixes, tcp })
     }
 
     /// Whether `url` (already parsed, so literal `..` segments are resolved) is granted. The path
     /// is compared percent-decoded; one a server could decode into another path (an encoded `/`,
     /// `\` or `%`, a dot segment left after parsing, `..;`) is never granted.
+    /// A `tcp://IP:PORT` URL (a port-forward target) is granted by a `tcp://` entry covering it.
     pub fn allows(&self, url: &Url) -> bool {
+        if url.scheme() == "tcp" {
+            return tcp_target(url).is_some_and(|(ip, port)| self.tcp.iter().any(|g| g.covers(ip, port)));
+        }
         let Some(scheme) = http_scheme(url.scheme()) else { return false };
         if !url.username().is_empty() || url.password().is_some() {
             return false;
@@ -327,6 +442,76 @@ mod tests {
         assert!(Allowlist::parse(&["ftp://x/".into()]).is_err());
         assert!(Allowlist::parse(&["/relative".into()]).is_err());
         assert!(Allowlist::parse(&["https://u:p@x/".into()]).is_err());
+    }
+
+    #[test]
+    fn tcp_entries_grant_addresses_inside_their_network_and_port_only() {
+        let a = list(&["tcp://10.0.0.0/8", "tcp://192.168.1.7:80", "tcp://172.16.0.0/12:8080", "tcp://[fd00::]/8:80"]);
+        assert!(a.allows_str("tcp://10.1.2.3:80"));
+        assert!(a.allows_str("tcp://10.255.255.254:65535"));
+        assert!(a.allows_str("tcp://192.168.1.7:80"));
+        assert!(a.allows_str("tcp://172.31.0.1:8080"));
+        assert!(a.allows_str("tcp://[fd12::1]:80"));
+        // Outside the network, or on another port.
+        assert!(!a.allows_str("tcp://11.0.0.1:80"));
+        assert!(!a.allows_str("tcp://192.168.1.8:80"));
+        assert!(!a.allows_str("tcp://192.168.1.7:81"));
+        assert!(!a.allows_str("tcp://172.32.0.1:8080"));
+        assert!(!a.allows_str("tcp://172.16.0.1:80"));
+        assert!(!a.allows_str("tcp://[fe80::1]:80"));
+        assert!(!a.allows_str("tcp://[fd12::1]:81"));
+        // An IPv4 address spelled as IPv6 is the IPv4 address.
+        assert!(a.allows_str("tcp://[::ffff:10.1.2.3]:80"));
+        assert!(!list(&["tcp://[::]/0"]).allows_str("tcp://[::ffff:10.1.2.3]:80"));
+        // A tcp grant is not an http grant, nor the other way round.
+        assert!(!a.allows_str("http://10.1.2.3:80/"));
+        assert!(!list(&["http://10.1.2.3:80/"]).allows_str("tcp://10.1.2.3:80"));
+    }
+
+    #[test]
+    fn tcp_targets_are_ip_literals_with_a_port_and_nothing_else() {
+        let a = list(&["tcp://0.0.0.0/0", "tcp://[::]/0"]);
+        assert!(a.allows_str("tcp://127.0.0.1:80"));
+        for refused in [
+            // Names are never resolved: DNS could point them anywhere.
+            "tcp://localhost:80",
+            "tcp://pod.internal:80",
+            "tcp://010.0.0.1:80",
+            "tcp://0x7f.0.0.1:80",
+            // No port, port 0, or more than host and port.
+            "tcp://10.0.0.1",
+            "tcp://10.0.0.1:0",
+            "tcp://10.0.0.1:80/x",
+            "tcp://10.0.0.1:80?x=1",
+            "tcp://u@10.0.0.1:80",
+            // Addresses that are no pod's.
+            "tcp://0.0.0.0:80",
+            "tcp://[::]:80",
+            "tcp://255.255.255.255:80",
+            "tcp://224.0.0.1:80",
+        ] {
+            assert!(!a.allows_str(refused), "{refused} was granted");
+        }
+    }
+
+    #[test]
+    fn malformed_tcp_entries_are_refused_with_the_accepted_forms() {
+        for bad in [
+            "tcp://pods.example.com/8",
+            "tcp://10.0.0.0/33",
+            "tcp://10.0.0.1/8",
+            "tcp://10.0.0.0/+8",
+            "tcp://10.0.0.0/8:0",
+            "tcp://10.0.0.0/8:+80",
+            "tcp://10.0.0.0/8:99999",
+            "tcp://10.0.0.0/8/",
+            "tcp://[fd00::/8",
+            "tcp://",
+        ] {
+            let err = Allowlist::parse(&[bad.to_string()]).expect_err(bad);
+            assert!(err.contains("tcp://NETWORK/LEN:PORT"), "{bad}: {err}");
+        }
+        assert!(Allowlist::parse(&["TCP://10.0.0.0/8".into()]).unwrap().allows_str("tcp://10.0.0.1:1"));
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
     }
     let cube_id = new_id("cube");
     attach_disks(&mut state, ctx, &pod, &cube_id)?;
-    let n = state.next_counter();
+    let (pod_ip, bound) = ctx.sim.allocate_ip(&mut state, &pod);
     let name =
         p.get("Name").map(str::to_string).or_else(|| pod.metadata_str("name")).unwrap_or_else(|| cube_id.clone());
     let inst = Instance {
@@ -161,12 +161,15 @@ pub fn create(ctx: &Ctx, p: &Params) -> Answer {
         created_at: ctx.now,
         started_at: ctx.now,
         reboots: 0,
-        pod_ip: format!("10.23.{}.{}", (n / 250) % 250, n % 250 + 2),
+        pod_ip,
         eip_id: None,
         deleted_at: None,
         deleting_since: None,
     };
     let answer = json!({"CubeId": cube_id, "Pod": render_base64(&inst, ctx.cfg, ctx.now)});
+    if let Some(bound) = bound {
+        ctx.sim.servers.start(&inst, bound, &ctx.sim.shutdown);
+    }
     state.instances.insert(cube_id, inst);
     Ok(fields(answer))
 }
@@ -207,6 +210,8 @@ pub fn delete(ctx: &Ctx, p: &Params) -> Answer {
     }
     detach_disks(&mut state, &id);
     state.firewalls.retain(|f| f.resource_id != id);
+    // The containers stop now, even while the instance stays Terminating.
+    ctx.sim.servers.stop(&id);
     if let Some(i) = state.instances.get_mut(&id) {
         // With `deleting_ms`, the instance stays visible (Terminating) until that time is up.
         if ctx.cfg.lifecycle.deleting_ms == 0 {
@@ -240,6 +245,8 @@ pub fn renew(ctx: &Ctx, p: &Params) -> Answer {
     }
     inst.pod = pod;
     inst.started_at = ctx.now;
+    // New containers: what they serve may have changed.
+    ctx.sim.serve(inst);
     Ok(fields(json!({"Pod": render_base64(inst, ctx.cfg, ctx.now)})))
 }
 
