@@ -19,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::references::{Change, ReferenceWatches};
 use super::resolve::{self, Missing};
 use super::status;
 use crate::config::PodSettings;
@@ -70,6 +71,8 @@ pub struct NodeContext {
     services: resolve::ServiceCache,
     /// The node's durable records: the deletions in progress are seen through from there.
     pub records: Arc<NodeRecords>,
+    /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes.
+    pub references: ReferenceWatches,
 }
 
 impl NodeContext {
@@ -87,6 +90,8 @@ impl NodeContext {
     ) -> Arc<Self> {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
+        // Read with the node's identity, as the objects are for resolving pods.
+        let (client_for_watches, node_name_for_watches) = (client.clone(), node_name.clone());
         Arc::new(Self {
             call: CallContext { node_name: node_name.clone(), config: config_json },
             client,
@@ -105,6 +110,7 @@ impl NodeContext {
             store: Mutex::new(None),
             services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
             records,
+            references: ReferenceWatches::new(client_for_watches, &node_name_for_watches),
         })
     }
 
@@ -247,9 +253,13 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
             }
         }
     });
-    let controller = Controller::for_stream(pods, store.clone())
+    let mut controller = Controller::for_stream(pods, store.clone())
         .reconcile_all_on(reloads)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
+    // A changed ConfigMap or Secret reconciles the pods referencing it (changes queued for them).
+    if let Some(changed) = ctx.references.triggers() {
+        controller = controller.reconcile_on(changed);
+    }
     *ctx.store.lock().unwrap() = Some(store.clone());
     let sync_ctx = ctx.clone();
     let sync_shutdown = shutdown.clone();
@@ -280,6 +290,7 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         _ = deadline => tracing::info!(node = %ctx.node_name, "pod controller stopped without waiting for the rest of its syncs"),
     }
     let _ = sync.await;
+    ctx.references.stop();
 }
 
 /// At start: learn the instances the provider already holds, so no pod gets a second one.
@@ -322,8 +333,16 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let known = ctx.instances.lock().unwrap().get(&uid).cloned();
     if let Some(record) = known {
-        if record.refresh_at.is_some_and(|t| t <= Instant::now()) {
-            return refresh(pod, ctx).await;
+        if phase == "Succeeded" || phase == "Failed" {
+            ctx.references.untrack(&uid);
+        } else {
+            // Adopted or recovered instances too: what they were given is taken from the watches.
+            ctx.references.track(pod, None);
+        }
+        let token_due = record.refresh_at.is_some_and(|t| t <= Instant::now());
+        let changed = ctx.references.pending(&uid);
+        if token_due || !changed.is_empty() {
+            return refresh(pod, ctx, token_due, changed).await;
         }
         return refresh_status(pod, ctx).await;
     }
@@ -469,6 +488,8 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             refresh_at,
         },
     );
+    // From now on a change of what the pod references is told to the provider.
+    ctx.references.track(pod, Some(&refs));
     let mut annotations = serde_json::Map::new();
     annotations.insert(INSTANCE_ANNOTATION.into(), json!(outcome.instance_id));
     for kv in &outcome.annotations {
@@ -536,8 +557,10 @@ fn token_refresh_at(tokens: &[crate::plugin::ServiceAccountToken]) -> Option<Ins
         .min()
 }
 
-/// Fresh tokens (and whatever else changed) pushed to the instance through `update`.
-async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+/// What changed pushed to the instance through `update`: fresh tokens when they are due
+/// (`token_due`), and the `changed` ConfigMaps and Secrets the pod references. The changes stay
+/// queued until `update` succeeds (a failure is retried as any other).
+async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Change>) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
     let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
@@ -546,20 +569,44 @@ async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let Ok(resolution) = resolve::resolve(pod, &refs) else {
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    let outcome = ctx
-        .plugin
-        .update(&ctx.call, &resolution.pod)
+    let tokens: Vec<String> =
+        if token_due { resolution.pod.tokens.iter().map(|t| t.volume_name.clone()).collect() } else { vec![] };
+    let (outcome, not_applied) = update(ctx, &resolution.pod, &tokens, &changed)
         .await
         .map_err(|source| SyncError::Provider { pod: k.clone(), source })?;
+    ctx.references.applied(pod, &changed, &refs);
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
-    if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
+    if token_due && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
         r.refresh_at = refresh_at;
     }
-    ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
+    if token_due {
+        ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
+    }
+    for ev in &outcome.events {
+        ctx.event(pod, ev.kind == "Warning", &ev.reason, ev.message.clone()).await;
+    }
+    for (reason, message) in &not_applied {
+        ctx.event(pod, true, reason, message.clone()).await;
+    }
+    if !changed.is_empty() {
+        tracing::info!(pod = %k, changes = ?changed, not_applied = not_applied.len(), "told the provider what changed");
+    }
     let next =
         status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
     write_status(pod, ctx, next).await?;
     Ok(next_poll(&outcome.status.phase, refresh_at))
+}
+
+/// `update` with what changed: the token volumes renewed and the referenced objects changed.
+/// Returns the outcome and the changes the provider could not apply (reason, message).
+// TODO(contract 0.2): the call with `PodChange`s and `UpdateOutcome.not_applied`.
+async fn update(
+    ctx: &NodeContext,
+    pod: &crate::plugin::ResolvedPod,
+    _tokens: &[String],
+    _changed: &[Change],
+) -> Result<(crate::plugin::PodOutcome, Vec<(String, String)>), CallError> {
+    Ok((ctx.plugin.update(&ctx.call, pod).await?, vec![]))
 }
 
 async fn recover(pod: &Pod, ctx: &NodeContext, instance_id: String) -> Result<Action, SyncError> {
@@ -665,6 +712,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
     }
     ctx.instances.lock().unwrap().remove(&uid);
+    ctx.references.untrack(&uid);
     ctx.reset_backoff(&uid);
     ctx.told_missing.lock().unwrap().remove(&uid);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -857,9 +905,28 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
             continue;
         }
         ctx.instances.lock().unwrap().remove(&uid);
+        ctx.references.untrack(&uid);
         let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
         ctx.event(&pod, true, "ProviderInstanceLost", message.clone()).await;
         let _ = write_status(&pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await;
     }
+    // Watches are for running pods with an instance: let go of pods gone from the cache (deleted
+    // without a sync seeing it), finished, or without an instance any more.
+    let running: std::collections::HashSet<String> = {
+        let instances = ctx.instances.lock().unwrap();
+        store
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+                phase != "Succeeded" && phase != "Failed"
+            })
+            .filter_map(|p| p.uid())
+            .filter(|uid| instances.contains_key(uid))
+            .collect()
+    };
+    ctx.references.retain(|uid| running.contains(uid));
+    ctx.metrics.set_reference_watches(&ctx.node_name, ctx.references.watches());
     Ok(())
 }

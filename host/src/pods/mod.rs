@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod controller;
 pub mod expansion;
+pub mod references;
 pub mod resolve;
 pub mod status;
 

@@ -130,7 +130,10 @@ pub async fn fetch(client: &Client, services: &ServiceCache, pod: &Pod) -> Resul
         refs.config_maps.insert(name, got);
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for name in names.secrets {
+    for name in names.secrets.into_iter().chain(names.pull_secrets) {
+        if refs.secrets.contains_key(&name) {
+            continue;
+        }
         let got = secrets.get_opt(&name).await.map_err(api_err(format!("Secret {ns}/{name}")))?;
         refs.secrets.insert(name, got);
     }
@@ -195,8 +198,11 @@ async fn mint_token(
 
 #[derive(Default)]
 struct Names {
+    /// Referenced by volumes, projections and env.
     config_maps: BTreeSet<String>,
     secrets: BTreeSet<String>,
+    /// `spec.imagePullSecrets`: read for the pull, never watched for changes.
+    pull_secrets: BTreeSet<String>,
     claims: BTreeSet<String>,
     /// (volume name, token path, audience, expiration seconds)
     token_projections: Vec<(String, String, String, i64)>,
@@ -257,9 +263,17 @@ fn referenced_names(pod: &Pod) -> Names {
         }
     }
     for s in spec.image_pull_secrets.iter().flatten() {
-        n.secrets.insert(s.name.clone());
+        n.pull_secrets.insert(s.name.clone());
     }
     n
+}
+
+/// The ConfigMaps and Secrets whose contents reach a pod's containers (volumes, projections, env),
+/// by name: what a change of must be told to the provider. Image pull secrets are left out (a
+/// running instance has pulled already).
+pub fn watched_names(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
+    let n = referenced_names(pod);
+    (n.config_maps, n.secrets)
 }
 
 fn all_containers(pod: &Pod) -> Vec<Container> {
