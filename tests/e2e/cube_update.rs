@@ -126,6 +126,7 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
         (!warnings(&events, &uid, "EnvChangeNotApplied").await.is_empty()).then_some(())
     })
     .await;
+    assert_eq!(instance_env(&env, &uid, "MODE").await.as_deref(), Some("blue"), "the environment stays as it was");
 
     // The mounted Secret changes: the instance gets the new file (base64, as Cube holds secrets).
     secrets
