@@ -37,24 +37,17 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
-    /// Print the CreateCubePod request a pod manifest would produce on a Cube node, or the
-    /// error that would stop it, without calling the cloud.
-    Translate {
-        /// The daemon config; the node's `[nodes.provider]` table is used.
-        #[arg(long, short, env = "VKHOST_CONFIG")]
-        config: PathBuf,
-        /// The config node id (default: the first node).
-        #[arg(long)]
-        node: Option<String>,
-        /// A Pod, or a Deployment/StatefulSet/Job whose pod template is used.
-        manifest: PathBuf,
-    },
+    /// The same as `vkhost plugin translate`.
+    Translate(vkhost::plugin::TranslateArgs),
 }
 
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Print a plugin's metadata, contract version and compile time, and smoke-test it.
     Check(vkhost::plugin::CheckArgs),
+    /// Print what a plugin's `create` would send for a pod manifest (its `plan`), or the error
+    /// that would stop the pod, without any side effect.
+    Translate(vkhost::plugin::TranslateArgs),
 }
 
 #[derive(Subcommand)]
@@ -77,49 +70,6 @@ enum NodeCommand {
         #[arg(long, short, env = "VKHOST_CONFIG")]
         config: PathBuf,
     },
-}
-
-/// `vkhost translate`: the Cube plugin's pure translation, run natively.
-fn translate(config: &PathBuf, node: Option<&str>, manifest: &PathBuf) -> anyhow::Result<ExitCode> {
-    let cfg = load(config)?;
-    let settings = match node {
-        Some(id) => {
-            cfg.nodes.iter().find(|n| n.id == id).with_context(|| format!("no node {id:?} in {}", config.display()))?
-        }
-        None => &cfg.nodes[0],
-    };
-    // Credentials are not needed to translate: stand in for the ones not at hand.
-    let mut provider = settings.provider.clone();
-    for key in settings.secrets.keys() {
-        provider.insert(key.clone(), toml::Value::String("not-needed-to-translate".into()));
-    }
-    if let Ok(filled) = settings.provider_json() {
-        provider = serde_json::from_value(filled)?;
-    }
-    let config_json = serde_json::to_string(&provider)?;
-    let yaml = std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
-    let pod = match cube_provider::pod_from_manifest(&yaml) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{}: {}: {}", e.reason, e.field, e.message);
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let node_name = format!("{}-vk-xxxxx", cfg.cluster_id);
-    match cube_provider::translate(&node_name, &config_json, &pod) {
-        Ok(req) => {
-            print!("{}", req.render());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(cube_provider::TranslateError::Invalid(e)) => {
-            eprintln!("{}: {}: {}", e.reason, e.field, e.message);
-            Ok(ExitCode::FAILURE)
-        }
-        Err(cube_provider::TranslateError::NotReady(m)) => {
-            eprintln!("not ready (the daemon would wait and retry): {m}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -173,7 +123,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = vkhost::plugin::run_check(args).await?;
             Ok(ExitCode::from(code as u8))
         }
-        Command::Translate { config, node, manifest } => translate(&config, node.as_deref(), &manifest),
+        Command::Plugin { command: PluginCommand::Translate(args) } | Command::Translate(args) => {
+            let code = vkhost::plugin::run_translate(args).await?;
+            Ok(ExitCode::from(code as u8))
+        }
         Command::Node { command } => {
             init_logging(LogFormat::Text, "warn");
             let (name, config) = match &command {

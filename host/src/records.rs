@@ -35,6 +35,12 @@ pub const MAX_TOTAL_BYTES: usize = 128 * 1024;
 /// Pending deletions one node records: ten times the pods a node may have, and with the plugin's
 /// records well inside a ConfigMap's 1 MiB (1,000 deletions take about 196 KB).
 pub const MAX_DELETIONS: usize = 2000;
+/// The `finalize` work of one pending deletion is at most this many bytes (the contract's 1 KiB).
+pub const MAX_FINALIZE_BYTES: usize = 1024;
+/// The `finalize` work of all of a node's pending deletions together (base64 in the ConfigMap:
+/// 342 KB at most), so that with the deletions themselves and the plugin's records it stays
+/// inside a ConfigMap's 1 MiB.
+pub const MAX_FINALIZE_TOTAL_BYTES: usize = 256 * 1024;
 
 /// Annotation on the ConfigMap naming the Node its records belong to, so `vkhost node delete`
 /// finds them again when the Node object is already gone.
@@ -51,13 +57,68 @@ pub fn configmap_name(cluster_id: &str, node_id: &str) -> String {
     format!("{}-records", election_lease_name(cluster_id, node_id))
 }
 
-/// A deletion the host must see through: it polls the provider's `status` until `not-found`.
+/// A deletion the host must see through: it polls the provider's `status` until `not-found`,
+/// then calls the provider's `finalize` with `finalize` (when there is any) until it succeeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingDeletion {
     pub pod: PodRef,
     pub reason: DeleteReason,
     pub instance_id: String,
+    /// The provider's work to finish once the instance is gone (its `pending-deletion.finalize`),
+    /// opaque to the host; empty when there is none. Base64 in the ConfigMap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "base64_bytes")]
+    pub finalize: Vec<u8>,
+    /// Unix time in milliseconds before which the host does not poll `status` (the provider's
+    /// `poll-after-ms`, counted from the delete); 0: any time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub poll_after_unix_ms: u64,
+}
+
+impl PendingDeletion {
+    /// A deletion with no work to finish, to poll at once.
+    pub fn new(pod: PodRef, reason: DeleteReason, instance_id: String) -> Self {
+        PendingDeletion { pod, reason, instance_id, finalize: Vec::new(), poll_after_unix_ms: 0 }
+    }
+
+    /// What the provider's `delete` answered for it: the work to finish, and when to poll first.
+    pub fn with_pending(mut self, pending: &crate::plugin::PendingDeletion) -> Self {
+        self.finalize = pending.finalize.clone();
+        self.poll_after_unix_ms = match pending.poll_after_ms {
+            0 => 0,
+            ms => unix_ms_now() + u64::from(ms),
+        };
+        self
+    }
+
+    /// Whether `status` may be polled now.
+    pub fn due(&self) -> bool {
+        self.poll_after_unix_ms <= unix_ms_now()
+    }
+}
+
+/// The current Unix time in milliseconds.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Bytes as a base64 string in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why the plugin's write did not happen (the contract's `store-error`).
@@ -328,14 +389,25 @@ impl NodeRecords {
     pub async fn record_deletion(&self, deletion: PendingDeletion) -> Result<(), RecordsError> {
         let generation = {
             let mut state = self.state.lock().unwrap();
-            if state.wanted.deletions.get(&deletion.pod.uid) == Some(&deletion) {
+            let uid = &deletion.pod.uid;
+            let finalize_bytes: usize =
+                state.wanted.deletions.iter().filter(|(k, _)| *k != uid).map(|(_, d)| d.finalize.len()).sum();
+            if state.wanted.deletions.get(uid) == Some(&deletion) {
                 state.generation
-            } else if !state.wanted.deletions.contains_key(&deletion.pod.uid)
-                && state.wanted.deletions.len() >= MAX_DELETIONS
-            {
+            } else if !state.wanted.deletions.contains_key(uid) && state.wanted.deletions.len() >= MAX_DELETIONS {
                 return Err(RecordsError::OverLimit(format!(
-                    "{MAX_DELETIONS} deletions are already recorded for the node; {} is not",
-                    deletion.pod.uid
+                    "{MAX_DELETIONS} deletions are already recorded for the node; {uid} is not"
+                )));
+            } else if deletion.finalize.len() > MAX_FINALIZE_BYTES {
+                return Err(RecordsError::OverLimit(format!(
+                    "the work to finalize the deletion of {uid} is {} bytes, over {MAX_FINALIZE_BYTES}",
+                    deletion.finalize.len()
+                )));
+            } else if finalize_bytes + deletion.finalize.len() > MAX_FINALIZE_TOTAL_BYTES {
+                return Err(RecordsError::OverLimit(format!(
+                    "the recorded deletions of the node already carry {finalize_bytes} bytes of work to finalize; \
+                     {uid}'s {} more would pass {MAX_FINALIZE_TOTAL_BYTES}",
+                    deletion.finalize.len()
                 )));
             } else {
                 state.wanted.deletions.insert(deletion.pod.uid.clone(), deletion);
@@ -578,11 +650,11 @@ mod tests {
     }
 
     fn deletion(uid: &str) -> PendingDeletion {
-        PendingDeletion {
-            pod: PodRef { namespace: "ns".into(), name: format!("pod-{uid}"), uid: uid.into() },
-            reason: DeleteReason::NodeDeleted,
-            instance_id: format!("cube-{uid}"),
-        }
+        PendingDeletion::new(
+            PodRef { namespace: "ns".into(), name: format!("pod-{uid}"), uid: uid.into() },
+            DeleteReason::NodeDeleted,
+            format!("cube-{uid}"),
+        )
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::{ctx, install, plugin, resolved_pod, scratch_dir, settings};
 use tokio_util::sync::CancellationToken;
-use vkhost::plugin::{Plugin, PluginRuntime, ReloadTrigger};
+use vkhost::plugin::{CreateAttempt, Plugin, PluginRuntime, ReloadTrigger};
 
 const CALLERS: usize = 4;
 
@@ -40,7 +40,7 @@ async fn swapping_v1_v2_and_a_broken_v3_under_load_loses_no_call() {
                 let mut failures = Vec::new();
                 let pod = resolved_pod(&format!("steady-{i}"), &format!("uid-{i}"));
                 while !stop.load(Ordering::Relaxed) {
-                    match p.create(&ctx("node-a", "{}"), &pod).await {
+                    match p.create(&ctx("node-a", "{}"), &pod, CreateAttempt { may_exist: true }).await {
                         Ok(out) => {
                             *answers.entry(answered_by(&out)).or_default() += 1;
                             answered.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +122,7 @@ async fn the_watcher_swaps_in_a_new_file_and_keeps_the_old_version_for_a_bad_one
     let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
     assert!(event.outcome.unwrap_err().contains("not a WebAssembly component"));
     assert_eq!(p.info().version, "2.0.0");
-    p.create(&ctx("n", "{}"), &resolved_pod("behave", "u")).await.unwrap();
+    p.create(&ctx("n", "{}"), &resolved_pod("behave", "u"), CreateAttempt { may_exist: true }).await.unwrap();
 
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(2), watcher).await.expect("watcher stops on shutdown").unwrap();
@@ -213,7 +213,10 @@ async fn an_optimized_build_never_replaces_a_newer_version() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(p.info().version, "2.0.0");
-    let outcome = p.create(&ctx("n1", "{}"), &resolved_pod("after", "uid-after")).await.unwrap();
+    let outcome = p
+        .create(&ctx("n1", "{}"), &resolved_pod("after", "uid-after"), CreateAttempt { may_exist: true })
+        .await
+        .unwrap();
     assert_eq!(answered_by(&outcome), "2.0.0");
     let stats = p.stats().snapshot();
     assert_eq!((stats.optimized_swaps, stats.optimized_superseded), (1, 1), "only v2's build was swapped in");

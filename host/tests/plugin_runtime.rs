@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use support::{ctx, plugin, pod_ref, resolved_pod, scratch_dir, settings};
 use vkhost::plugin::{
-    CallError, ContainerState, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions, Origin, Plugin,
-    PluginRuntime, ProviderError,
+    CallError, ContainerState, CreateAttempt, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions,
+    Origin, Plugin, PluginRuntime, PodPhase, ProviderError,
 };
 
 const UID: &str = "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01";
+const MAY_EXIST: CreateAttempt = CreateAttempt { may_exist: true };
 
 fn log_opts() -> LogOptions {
     LogOptions {
@@ -45,7 +46,8 @@ async fn faulty(limits: impl FnOnce(&mut vkhost::plugin::PluginSettings)) -> std
 
 /// The next call after a failure gets a fresh instance and succeeds.
 async fn assert_next_call_succeeds(p: &Plugin) {
-    let ok = p.create(&ctx("n1", "{}"), &resolved_pod("behave", UID)).await.expect("the next call must succeed");
+    let ok =
+        p.create(&ctx("n1", "{}"), &resolved_pod("behave", UID), MAY_EXIST).await.expect("the next call must succeed");
     assert_eq!(annotation(&ok, "faulty/answered-by"), "1.0.0");
 }
 
@@ -73,18 +75,18 @@ async fn example_provider_answers_every_export() {
 
     // pods: create is idempotent by uid
     let pod = resolved_pod("web-0", UID);
-    let first = p.create(&c, &pod).await.unwrap();
-    assert_eq!(first.status.phase, "Running");
+    let first = p.create(&c, &pod, MAY_EXIST).await.unwrap();
+    assert_eq!(first.status.phase, PodPhase::Running);
     assert!(first.status.pod_ip.as_deref().unwrap().starts_with("10."));
     assert_eq!(first.status.container_statuses.len(), 2);
     assert!(first.status.container_statuses.iter().all(|s| s.ready && matches!(s.state, ContainerState::Running(_))));
-    let again = p.create(&c, &pod).await.unwrap();
+    let again = p.create(&c, &pod, MAY_EXIST).await.unwrap();
     assert_eq!(again.instance_id, first.instance_id);
     assert_eq!(again.status, first.status);
 
     let r = pod_ref("web-0", UID);
     assert_eq!(p.status(&c, &r).await.unwrap(), first.status);
-    assert_eq!(p.update(&c, &pod).await.unwrap().instance_id, first.instance_id);
+    assert_eq!(p.update(&c, &pod, &[]).await.unwrap().outcome.instance_id, first.instance_id);
     let listed = p.list(&c).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].pod, r);
@@ -120,7 +122,7 @@ async fn example_provider_answers_every_export() {
 async fn a_trap_is_a_typed_error_naming_plugin_version_and_export_and_the_next_call_succeeds() {
     let p = faulty(|_| {}).await;
     for mode in ["trap", "unreachable"] {
-        let err = p.create(&ctx("n1", "{}"), &resolved_pod(mode, UID)).await.unwrap_err();
+        let err = p.create(&ctx("n1", "{}"), &resolved_pod(mode, UID), MAY_EXIST).await.unwrap_err();
         let CallError::Trap { plugin, version, export, message } = &err else { panic!("{mode}: {err:?}") };
         assert_eq!((plugin.as_str(), version.as_str(), *export), ("faulty", "1.0.0", Export::Create));
         assert!(message.contains("unreachable"), "{message}");
@@ -173,7 +175,7 @@ async fn a_spinning_plugin_does_not_starve_other_tasks() {
 #[tokio::test]
 async fn growing_memory_past_the_cap_is_a_typed_error_and_the_next_call_succeeds() {
     let p = faulty(|s| s.limits.memory_mib = 24).await;
-    let err = p.create(&ctx("n1", "{}"), &resolved_pod("oom", UID)).await.unwrap_err();
+    let err = p.create(&ctx("n1", "{}"), &resolved_pod("oom", UID), MAY_EXIST).await.unwrap_err();
     assert!(
         matches!(&err, CallError::MemoryExceeded { version, export: Export::Create, limit_mib: 24, .. } if version == "1.0.0"),
         "{err:?}"
@@ -185,7 +187,7 @@ async fn growing_memory_past_the_cap_is_a_typed_error_and_the_next_call_succeeds
 #[tokio::test]
 async fn a_url_outside_the_allowlist_is_denied_and_the_next_call_succeeds() {
     let p = faulty(|s| s.allowed_urls = vec!["https://api.example.com/v1/".into()]).await;
-    let err = p.create(&ctx("n1", "{}"), &resolved_pod("denied", UID)).await.unwrap_err();
+    let err = p.create(&ctx("n1", "{}"), &resolved_pod("denied", UID), MAY_EXIST).await.unwrap_err();
     // The host answers `http-error::denied(url)`; the fixture reports it as an internal error.
     assert!(
         matches!(&err, CallError::Provider(ProviderError::Internal(m)) if m == "http denied: http://forbidden.example.invalid/steal"),
@@ -234,7 +236,7 @@ async fn an_allowed_url_is_fetched_for_the_plugin() {
     let base = echo_server().await;
     let p = faulty(|s| s.allowed_urls = vec![format!("{base}/echo")]).await;
     let config = format!(r#"{{"echo_url": "{base}/echo"}}"#);
-    let out = p.create(&ctx("n1", &config), &resolved_pod("echo", UID)).await.unwrap();
+    let out = p.create(&ctx("n1", &config), &resolved_pod("echo", UID), MAY_EXIST).await.unwrap();
     assert_eq!(annotation(&out, "faulty/echo"), "ping from 1.0.0");
 }
 
@@ -277,7 +279,9 @@ fn with_contract(version: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
-    for version in ["0.2.0", "1.0.0"] {
+    // Newer than every contract the host knows: a newer patch of 0.1 or 0.2 (which may use what
+    // the host lacks), a newer 0.x line, a 1.x one.
+    for version in ["0.1.3", "0.2.1", "0.3.0", "1.0.0"] {
         let s = settings(with_contract(version));
         let cache = s.cache_dir.clone().unwrap();
         let err = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.err().unwrap();
@@ -286,7 +290,8 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
             "{err:?}"
         );
         let text = err.to_string();
-        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.1.2"), "{text}");
+        assert!(text.contains(&format!("vk:provider@{version}")) && text.contains("vk:provider@0.2.0"), "{text}");
+        assert!(text.contains("accepts 0.2.0, 0.1.0 to 0.1.2"), "{text}");
         // Refused from the bytes alone: nothing was compiled into the cache.
         assert_eq!(std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0), 0);
     }
@@ -360,7 +365,7 @@ async fn a_new_file_serves_from_the_baseline_build_until_the_optimized_build_rep
     // served by its build first, every export working.
     assert_eq!(p.origin(), Origin::Baseline);
     let c = ctx("n1", "{}");
-    let made = p.create(&c, &resolved_pod("web-0", UID)).await.expect("create on the baseline build");
+    let made = p.create(&c, &resolved_pod("web-0", UID), MAY_EXIST).await.expect("create on the baseline build");
     assert_eq!(made.instance_id, "example-6f1c7a7e");
     let info = p.info();
 
@@ -369,7 +374,7 @@ async fn a_new_file_serves_from_the_baseline_build_until_the_optimized_build_rep
     assert_eq!(p.stats().snapshot().optimized_swaps, 1);
     // Same bytes, same version, same state: not a reload.
     assert_eq!(p.info(), info);
-    assert!(matches!(p.status(&c, &pod_ref("web-0", UID)).await, Ok(s) if s.phase == "Running"));
+    assert!(matches!(p.status(&c, &pod_ref("web-0", UID)).await, Ok(s) if s.phase == PodPhase::Running));
     assert!(reloads.try_recv().is_err(), "swapping in the optimized build is not a reload event");
 }
 

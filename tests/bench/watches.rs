@@ -74,8 +74,7 @@ async fn run(n: usize) -> Result<()> {
                 .iter()
                 .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
                 .count();
-            (running == n && daemon_metric(admin, "vkhost_reference_watches{").await? == distinct as f64)
-                .then_some(())
+            (running == n && daemon_metric(admin, "vkhost_reference_watches{").await? == distinct as f64).then_some(())
         })
         .await?;
         let running_after = started.elapsed();

@@ -169,14 +169,16 @@ async fn a_burst_of_deletions_in_progress_is_recorded_in_a_few_shared_writes() {
     let persist =
         CountedWrites(KubePersist::new(ns.client.clone(), &ns.name, &configmap_name("burst", "n1")), writes.clone());
     let records = NodeRecords::load(owner.clone(), Box::new(persist)).await.unwrap();
-    let deletion = |i: usize| PendingDeletion {
-        pod: PodRef {
-            namespace: ns.name.clone(),
-            name: format!("web-{i}"),
-            uid: format!("00000000-0000-4000-8000-{i:012}"),
-        },
-        reason: DeleteReason::PodDeleted,
-        instance_id: format!("cube-{i:08}"),
+    let deletion = |i: usize| {
+        PendingDeletion::new(
+            PodRef {
+                namespace: ns.name.clone(),
+                name: format!("web-{i}"),
+                uid: format!("00000000-0000-4000-8000-{i:012}"),
+            },
+            DeleteReason::PodDeleted,
+            format!("cube-{i:08}"),
+        )
     };
     let started = Instant::now();
     let recorded = futures::future::join_all((0..PODS).map(|i| records.record_deletion(deletion(i)))).await;

@@ -18,7 +18,8 @@ use super::naming::NODE_ID_LABEL;
 use super::registration::DISABLED_ANNOTATION;
 use super::{DELETED_ANNOTATION, election_lease_name};
 use crate::config::DaemonConfig;
-use crate::plugin::{CallContext, CallError, DeleteReason, Plugin, ProviderError};
+use crate::plugin::{CallContext, CallError, DeleteReason, Deletion, Plugin, ProviderError};
+use crate::pods::deletions::{self, Progress, Retries};
 use crate::records::{self, NodeRecords, Owner, PendingDeletion};
 
 #[derive(Debug, thiserror::Error)]
@@ -169,28 +170,33 @@ pub async fn delete_instances(plugin: &Plugin, call: &CallContext, records: &Nod
     let mut deleted = 0;
     for inst in &plugin.list(call).await.map_err(provider)? {
         // Recorded before it is asked for: a run stopped from here on is finished by the next.
-        let pending = PendingDeletion {
-            pod: inst.pod.clone(),
-            reason: DeleteReason::NodeDeleted,
-            instance_id: inst.instance_id.clone(),
-        };
-        records.record_deletion(pending).await.map_err(recording)?;
+        let pending = PendingDeletion::new(inst.pod.clone(), DeleteReason::NodeDeleted, inst.instance_id.clone());
+        records.record_deletion(pending.clone()).await.map_err(recording)?;
         match plugin.delete(call, &inst.pod, DeleteReason::NodeDeleted).await {
-            Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => deleted += 1,
+            // The work to finish once the instance is gone joins the record.
+            Ok(Deletion::InProgress(answer)) => {
+                records.record_deletion(pending.with_pending(&answer)).await.map_err(recording)?;
+                deleted += 1;
+            }
+            Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => deleted += 1,
             Err(source) => return Err(provider(source)),
         }
     }
-    // Done when the provider lists nothing and says `not-found` for every recorded deletion
-    // (the moment a provider finishes what it had left to do for an instance, such as volumes).
+    // Done when the provider lists nothing and every recorded deletion is finished: `status`
+    // says `not-found` and the work handed over (say, volumes to delete) is finalized.
     let deadline = Instant::now() + Duration::from_secs(120);
+    let retries = Retries::default();
     loop {
         for pending in records.pending_deletions() {
-            match plugin.status(call, &pending.pod).await {
-                Err(CallError::Provider(ProviderError::NotFound(_))) => {
-                    records.drop_deletion(&pending.pod.uid).await.map_err(recording)?
+            match deletions::step(plugin, call, records, &retries, &pending).await {
+                Progress::Waiting | Progress::Finished => {}
+                Progress::StatusFailed(source) => return Err(provider(source)),
+                Progress::FinalizeFailed(e) => {
+                    tracing::warn!(node = %name, instance = %pending.instance_id, error = %e, "finalizing a deletion failed; retrying")
                 }
-                Ok(_) => {}
-                Err(source) => return Err(provider(source)),
+                Progress::FinalizeAbandoned(e) => {
+                    tracing::warn!(node = %name, instance = %pending.instance_id, error = %e, "finalizing a deletion failed for good; its work is abandoned")
+                }
             }
         }
         let left = plugin.list(call).await.map_err(provider)?;

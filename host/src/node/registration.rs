@@ -155,7 +155,7 @@ fn desired_labels(name: &str, shape: &NodeShape) -> BTreeMap<String, String> {
 fn desired_taints(shape: &NodeShape, existing: &[Value]) -> Vec<Value> {
     let mut taints = vec![json!({"key": PROVIDER_TAINT, "value": shape.taint_value, "effect": "NoSchedule"})];
     for t in &shape.offer.taints {
-        taints.push(json!({"key": t.key, "value": t.value, "effect": t.effect}));
+        taints.push(json!({"key": t.key, "value": t.value, "effect": t.effect.as_str()}));
     }
     for t in existing {
         let key = t["key"].as_str().unwrap_or_default();

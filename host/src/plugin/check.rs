@@ -11,7 +11,7 @@ use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, host_contracts};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::settings::PluginSettings;
-use crate::plugin::since_v0_1_0::PluginInfo;
+use crate::plugin::v0_2_0::PluginInfo;
 
 /// What `check` found about a plugin that loaded.
 #[derive(Debug, Clone, Serialize)]

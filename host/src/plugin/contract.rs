@@ -109,14 +109,30 @@ pub fn read(bytes: &[u8]) -> Contract {
     Contract::Version(first)
 }
 
-/// The version policy: semver, where for 0.x a minor bump is a break. The host runs any plugin
-/// whose contract is compatible with one it implements (today only 0.1.x).
+/// The version policy: semver, where for 0.x a minor bump is a break. A host contract serves a
+/// plugin of the same line (0.x: the same minor; otherwise the same major) that is not newer than
+/// it: a newer plugin may import or export what the host does not have, so it is refused up front
+/// rather than failing to link.
 pub fn compatible(host: &Version, plugin: &Version) -> bool {
-    if host.major == 0 {
-        plugin.major == 0 && plugin.minor == host.minor
-    } else {
-        plugin.major == host.major && plugin.minor <= host.minor
-    }
+    let same_line =
+        if host.major == 0 { plugin.major == 0 && plugin.minor == host.minor } else { plugin.major == host.major };
+    same_line && plugin <= host
+}
+
+/// The contract among `host` (the host's, any order) that serves a plugin built against `plugin`.
+pub fn serving(host: &[Version], plugin: &Version) -> Option<Version> {
+    host.iter().copied().find(|h| compatible(h, plugin))
+}
+
+/// What the host contracts accept, for refusals: `0.2.0, 0.1.0 to 0.1.2`.
+pub fn accepted(host: &[Version]) -> String {
+    host.iter()
+        .map(|h| {
+            let first = if h.major == 0 { Version::new(0, h.minor, 0) } else { Version::new(h.major, 0, 0) };
+            if first == *h { h.to_string() } else { format!("{first} to {h}") }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -132,14 +148,31 @@ mod tests {
     }
 
     #[test]
-    fn patch_releases_of_0_1_are_compatible_and_minor_bumps_are_not() {
-        let host = Version::new(0, 1, 0);
+    fn older_patch_releases_of_a_0_x_line_are_compatible_and_newer_or_other_lines_are_not() {
+        let host = Version::new(0, 1, 2);
         assert!(compatible(&host, &Version::new(0, 1, 0)));
-        assert!(compatible(&host, &Version::new(0, 1, 7)));
+        assert!(compatible(&host, &Version::new(0, 1, 2)));
+        assert!(!compatible(&host, &Version::new(0, 1, 3)), "a newer patch may use what the host lacks");
         assert!(!compatible(&host, &Version::new(0, 2, 0)));
+        assert!(!compatible(&host, &Version::new(0, 0, 9)));
         assert!(!compatible(&host, &Version::new(1, 1, 0)));
         assert!(compatible(&Version::new(1, 2, 0), &Version::new(1, 1, 0)));
         assert!(!compatible(&Version::new(1, 2, 0), &Version::new(1, 3, 0)));
+        assert!(!compatible(&Version::new(1, 2, 0), &Version::new(1, 2, 1)));
+    }
+
+    #[test]
+    fn each_plugin_is_served_by_the_host_contract_of_its_line_and_a_newer_one_by_none() {
+        let host = [Version::new(0, 2, 0), Version::new(0, 1, 2)];
+        let serving = |v: &str| serving(&host, &Version::parse(v).unwrap());
+        assert_eq!(serving("0.1.0"), Some(Version::new(0, 1, 2)));
+        assert_eq!(serving("0.1.1"), Some(Version::new(0, 1, 2)));
+        assert_eq!(serving("0.1.2"), Some(Version::new(0, 1, 2)));
+        assert_eq!(serving("0.2.0"), Some(Version::new(0, 2, 0)));
+        for newer in ["0.1.3", "0.2.1", "0.3.0", "1.0.0"] {
+            assert_eq!(serving(newer), None, "{newer}");
+        }
+        assert_eq!(accepted(&host), "0.2.0, 0.1.0 to 0.1.2");
     }
 
     #[test]

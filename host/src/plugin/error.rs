@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::plugin::since_v0_1_0::ProviderError;
+use crate::plugin::v0_2_0::ProviderError;
 
 /// A provider export, for errors, metrics and the call deadline bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -14,32 +14,46 @@ pub enum Export {
     Info,
     ValidateConfig,
     Describe,
+    Plan,
     Create,
     Update,
     Delete,
+    Finalize,
     Status,
     List,
     Logs,
     Exec,
     Attach,
+    PortForward,
     Usage,
 }
 
 impl Export {
-    pub const ALL: [Export; 12] = [
+    pub const ALL: [Export; 15] = [
         Export::Info,
         Export::ValidateConfig,
         Export::Describe,
+        Export::Plan,
         Export::Create,
         Export::Update,
         Export::Delete,
+        Export::Finalize,
         Export::Status,
         Export::List,
         Export::Logs,
         Export::Exec,
         Export::Attach,
+        Export::PortForward,
         Export::Usage,
     ];
+
+    /// The contract version that added the export (the others are in every version).
+    pub fn since(self) -> Option<crate::plugin::contract::Version> {
+        match self {
+            Export::Plan | Export::Finalize | Export::PortForward => Some(crate::plugin::v0_2_0::CONTRACT),
+            _ => None,
+        }
+    }
 
     /// The WIT name, `interface.function`.
     pub fn wit_name(self) -> &'static str {
@@ -47,14 +61,17 @@ impl Export {
             Export::Info => "metadata.info",
             Export::ValidateConfig => "metadata.validate-config",
             Export::Describe => "node.describe",
+            Export::Plan => "pods.plan",
             Export::Create => "pods.create",
             Export::Update => "pods.update",
             Export::Delete => "pods.delete",
+            Export::Finalize => "pods.finalize",
             Export::Status => "pods.status",
             Export::List => "pods.list",
             Export::Logs => "pods.logs",
             Export::Exec => "pods.exec",
             Export::Attach => "pods.attach",
+            Export::PortForward => "pods.port-forward",
             Export::Usage => "pods.usage",
         }
     }
@@ -80,6 +97,7 @@ pub fn describe_provider_error(e: &ProviderError) -> String {
         ProviderError::Transient(why) => format!("transient failure: {why}"),
         ProviderError::QuotaExceeded(why) => format!("quota exceeded: {why}"),
         ProviderError::Internal(why) => format!("internal error: {why}"),
+        ProviderError::Unsupported(why) => format!("unsupported: {why}"),
     }
 }
 
@@ -90,6 +108,12 @@ pub enum CallError {
     /// The plugin answered with an error (the normal error path of the contract).
     #[error("{}", describe_provider_error(.0))]
     Provider(ProviderError),
+    /// The plugin cannot do this at all: it answered `unsupported`, or its contract lacks the
+    /// export (a 0.1 plugin asked to `plan`). Never retried; the message reaches the client or
+    /// the pod as is. (A plugin's `unsupported` answer always comes as this, never as
+    /// `Provider`.)
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// The guest trapped: a panic, `unreachable`, a bad memory access.
     #[error("plugin {plugin} version {version}: {export} trapped: {message}")]
     Trap { plugin: String, version: String, export: Export, message: String },
@@ -116,13 +140,14 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether trying again later may succeed. User errors (`invalid`), `not-found` and a stream
-    /// target outside the allowlist are answers, not accidents; everything else is retried with
-    /// backoff by the caller.
+    /// Whether trying again later may succeed. User errors (`invalid`), `not-found`,
+    /// `unsupported` and a stream target outside the allowlist are answers, not accidents;
+    /// everything else is retried with backoff by the caller.
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
             CallError::Provider(ProviderError::Invalid(_) | ProviderError::NotFound(_))
+                | CallError::Unsupported(_)
                 | CallError::StreamTargetDenied { .. }
                 | CallError::StreamHeaderRefused { .. }
         )
@@ -144,6 +169,7 @@ impl CallError {
             CallError::Provider(ProviderError::Transient(_)) => "transient",
             CallError::Provider(ProviderError::QuotaExceeded(_)) => "quota_exceeded",
             CallError::Provider(ProviderError::Internal(_)) => "internal",
+            CallError::Provider(ProviderError::Unsupported(_)) | CallError::Unsupported(_) => "unsupported",
             CallError::Trap { .. } => "trap",
             CallError::CpuDeadline { .. } => "cpu_deadline",
             CallError::Timeout { .. } => "timeout",

@@ -16,8 +16,8 @@ use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, Loaded};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::settings::PluginSettings;
-use crate::plugin::since_v0_1_0::PluginInfo;
 use crate::plugin::stats::{PluginStats, StatsSnapshot};
+use crate::plugin::v0_2_0::PluginInfo;
 
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -20,7 +20,8 @@ use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::imports::{HostState, Identity, StoreScope};
 use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
-use crate::plugin::since_v0_1_0::{self, PluginInfo, Provider, ProviderError, ProviderPre, StreamTarget};
+use crate::plugin::v0_1_2;
+use crate::plugin::v0_2_0::{self, PluginInfo, ProviderError, StreamTarget};
 use crate::records::Registry;
 
 /// How the load went, for `vkhost plugin check` and the reload events.
@@ -44,8 +45,7 @@ pub struct Loaded {
     engine: Engine,
     /// The component's bytes while this is a baseline build, for the optimized build to come.
     pub(crate) baseline_source: Option<Arc<[u8]>>,
-    // Contract-versioned bindings. Only 0.1.x exists; an older contract would get its own
-    // variant here and an adapter in its `since_vX_Y_Z` folder.
+    /// Contract-versioned bindings: 0.2 native, 0.1.x through the adapter in `v0_1_2`.
     pre: Bindings,
     /// Where each export sits in the component, looked up once.
     exports: ExportIndices,
@@ -57,17 +57,38 @@ pub struct Loaded {
 }
 
 enum Bindings {
-    V0_1(ProviderPre<HostState>),
+    V0_1(v0_1_2::ProviderPre<HostState>),
+    V0_2(v0_2_0::ProviderPre<HostState>),
 }
 
-/// The component's export index of every provider export, by `Export as usize`.
-struct ExportIndices([ComponentExportIndex; Export::ALL.len()]);
+/// The contract line a loaded plugin speaks, which decides how the host calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// 0.1.x, through the adapter in `v0_1_2`.
+    V0_1,
+    /// 0.2.x, natively.
+    V0_2,
+}
+
+impl Line {
+    /// The bindings' contract version: the one whose export names the host looks up (a 0.1.0
+    /// plugin's `@0.1.0` exports resolve under `@0.1.2` by component-model semver).
+    fn bindings(self) -> Version {
+        match self {
+            Line::V0_1 => v0_1_2::CONTRACT,
+            Line::V0_2 => v0_2_0::CONTRACT,
+        }
+    }
+}
+
+/// The component's export index of every provider export its contract has, by `Export as usize`.
+struct ExportIndices([Option<ComponentExportIndex>; Export::ALL.len()]);
 
 impl ExportIndices {
-    fn lookup(component: &Component) -> Result<Self, String> {
+    fn lookup(component: &Component, line: Line) -> Result<Self, String> {
         let one = |export: Export| {
             let (interface, function) = export.wit_name().split_once('.').expect("wit names are interface.function");
-            let interface = format!("vk:provider/{interface}@{}", since_v0_1_0::CONTRACT);
+            let interface = format!("vk:provider/{interface}@{}", line.bindings());
             let instance = component
                 .get_export_index(None, &interface)
                 .ok_or_else(|| format!("no exported instance named `{interface}`"))?;
@@ -78,27 +99,27 @@ impl ExportIndices {
         let mut indices = Vec::with_capacity(Export::ALL.len());
         for export in Export::ALL {
             debug_assert_eq!(export as usize, indices.len());
-            indices.push(one(export)?);
+            let present = export.since().is_none_or(|since| since <= line.bindings());
+            indices.push(if present { Some(one(export)?) } else { None });
         }
         Ok(ExportIndices(indices.try_into().expect("one index per export")))
     }
 
-    fn get(&self, export: Export) -> &ComponentExportIndex {
-        &self.0[export as usize]
+    fn get(&self, export: Export) -> Option<&ComponentExportIndex> {
+        self.0[export as usize].as_ref()
     }
 }
 
-/// The contracts this host implements, newest first.
+/// The contracts this host implements, newest first: each serves the older patch releases of its
+/// line (component-model semver), never a newer one.
 pub fn host_contracts() -> Vec<Version> {
-    vec![since_v0_1_0::CONTRACT]
+    vec![v0_2_0::CONTRACT, v0_1_2::CONTRACT]
 }
 
-fn contract_range(v: &Version) -> String {
-    if v.major == 0 {
-        format!("{}.{}.x", v.major, v.minor)
-    } else {
-        format!("{}.x (up to {}.{})", v.major, v.major, v.minor)
-    }
+/// Which of the host's lines runs a plugin built against `plugin`, if any.
+fn line_of(plugin: &Version) -> Option<Line> {
+    let host = contract::serving(&host_contracts(), plugin)?;
+    Some(if host == v0_2_0::CONTRACT { Line::V0_2 } else { Line::V0_1 })
 }
 
 /// Which compiler a load may use when the cache does not have the component.
@@ -140,15 +161,15 @@ pub(crate) async fn load_bytes(
         Contract::NotAComponent(reason) => return Err(LoadError::NotAComponent { path, reason }),
         Contract::NoProviderExports(reason) => return Err(LoadError::NotAProvider { path, reason }),
     };
-    let host = since_v0_1_0::CONTRACT;
-    if !contract::compatible(&host, &plugin_contract) {
+    let Some(line) = line_of(&plugin_contract) else {
+        let host = host_contracts();
         return Err(LoadError::IncompatibleContract {
             path,
             plugin_contract: plugin_contract.to_string(),
-            host_contract: host.to_string(),
-            host_contract_range: contract_range(&host),
+            host_contract: host[0].to_string(),
+            host_contract_range: contract::accepted(&host),
         });
-    }
+    };
 
     let allow = Allowlist::parse(&settings.allowed_urls).map_err(LoadError::Settings)?;
     let egress = Arc::new(
@@ -181,8 +202,11 @@ pub(crate) async fn load_bytes(
         message: format!("{e:#}"),
     };
     let instance_pre = tier.linker.instantiate_pre(&compiled.component).map_err(typecheck)?;
-    let pre = ProviderPre::new(instance_pre).map_err(typecheck)?;
-    let exports = ExportIndices::lookup(&compiled.component).map_err(|e| typecheck(wasmtime::Error::msg(e)))?;
+    let pre = match line {
+        Line::V0_1 => Bindings::V0_1(v0_1_2::ProviderPre::new(instance_pre).map_err(typecheck)?),
+        Line::V0_2 => Bindings::V0_2(v0_2_0::ProviderPre::new(instance_pre).map_err(typecheck)?),
+    };
+    let exports = ExportIndices::lookup(&compiled.component, line).map_err(|e| typecheck(wasmtime::Error::msg(e)))?;
 
     let mut loaded = Loaded {
         info: PluginInfo {
@@ -203,7 +227,7 @@ pub(crate) async fn load_bytes(
         identity: Arc::new(Identity { name: path.display().to_string(), version: "?".into() }),
         engine: tier.engine.clone(),
         baseline_source,
-        pre: Bindings::V0_1(pre),
+        pre,
         exports,
         // `info` must not call imports; a private store keeps a misbehaving one harmless.
         kv: Arc::new(KvStore::new(0)),
@@ -311,40 +335,74 @@ impl Loaded {
     /// bindings do so when they instantiate. After this, `call` may skip the check (see there).
     async fn typecheck_exports(&self) -> wasmtime::Result<()> {
         let mut store = self.new_store(None);
-        let Bindings::V0_1(pre) = &self.pre;
-        let _: Provider = pre.instantiate_async(&mut store).await?;
+        match &self.pre {
+            Bindings::V0_1(pre) => {
+                let _: v0_1_2::Provider = pre.instantiate_async(&mut store).await?;
+            }
+            Bindings::V0_2(pre) => {
+                let _: v0_2_0::Provider = pre.instantiate_async(&mut store).await?;
+            }
+        }
         Ok(())
+    }
+
+    /// The contract line the plugin speaks.
+    pub(crate) fn line(&self) -> Line {
+        match self.pre {
+            Bindings::V0_1(_) => Line::V0_1,
+            Bindings::V0_2(_) => Line::V0_2,
+        }
+    }
+
+    /// The `unsupported` answer for an export the plugin's contract does not have.
+    pub(crate) fn lacks(&self, export: Export) -> CallError {
+        let contract = &self.report.contract;
+        CallError::Unsupported(format!(
+            "plugin {} version {}: {export} is not in contract vk:provider@{contract}, which the plugin was built against (it came with {})",
+            self.identity.name,
+            self.identity.version,
+            export.since().map_or_else(|| "?".into(), |v| v.to_string()),
+        ))
     }
 
     /// Runs one call: a fresh instance, the export, the wall-clock bound, the error mapping.
     /// `invoke` receives the export's function and the store, performs the call and hands the
     /// store back (by value, which keeps borrowck simple for callers' borrowed arguments).
     ///
-    /// The function comes untyped: `invoke` types it with `TypedFunc::new_unchecked`, which is
-    /// sound because `typecheck_exports` checked every export against the same Rust types when
-    /// this version was loaded. Typing each call's function again (what the generated
-    /// `instantiate` does for all twelve exports) cost about a tenth of a call.
+    /// The function comes untyped: `invoke` types a 0.2 export with `TypedFunc::new_unchecked`,
+    /// which is sound because `typecheck_exports` checked every export against the same Rust
+    /// types when this version was loaded. Typing each call's function again (what the generated
+    /// `instantiate` does for all the exports) cost about a tenth of a call. A 0.1 export is typed
+    /// checked (`Func::typed`): the host passes it 0.2 arguments of the same shapes.
+    ///
+    /// The plugin's `unsupported` answer comes back as `CallError::Unsupported`.
     pub(crate) async fn call<T, F, Fut>(&self, export: Export, node: Option<&str>, invoke: F) -> Result<T, CallError>
     where
         F: FnOnce(Func, Store<HostState>) -> Fut,
         Fut: Future<Output = (Store<HostState>, wasmtime::Result<Result<T, ProviderError>>)>,
     {
         let timeout = self.limits.call_timeout();
+        let Some(index) = self.exports.get(export) else {
+            return Err(self.lacks(export));
+        };
         let work = async {
             let mut store = self.new_store(node);
-            let Bindings::V0_1(pre) = &self.pre;
-            let instance = match pre.instance_pre().instantiate_async(&mut store).await {
+            let instance_pre = match &self.pre {
+                Bindings::V0_1(pre) => pre.instance_pre(),
+                Bindings::V0_2(pre) => pre.instance_pre(),
+            };
+            let instance = match instance_pre.instantiate_async(&mut store).await {
                 Ok(instance) => instance,
                 Err(e) => {
                     let verdict = Self::verdict(&store);
                     return Err(self.classify(export, e, verdict, true));
                 }
             };
-            let func =
-                instance.get_func(&mut store, self.exports.get(export)).expect("export indices are looked up at load");
+            let func = instance.get_func(&mut store, index).expect("export indices are looked up at load");
             let (store, outcome) = invoke(func, store).await;
             match outcome {
                 Ok(Ok(value)) => Ok(value),
+                Ok(Err(ProviderError::Unsupported(why))) => Err(CallError::Unsupported(why)),
                 Ok(Err(provider)) => Err(CallError::Provider(provider)),
                 Err(e) => {
                     let verdict = Self::verdict(&store);
@@ -365,23 +423,51 @@ impl Loaded {
     }
 
     pub(crate) async fn info(&self) -> Result<PluginInfo, CallError> {
-        self.call(Export::Info, None, |f, mut s| async move {
-            // SAFETY: the types of `metadata.info` in the bindings; see `call`.
-            let f = unsafe { TypedFunc::<(), (PluginInfo,)>::new_unchecked(f) };
-            let r = f.call_async(&mut s, ()).await.map(|(info,)| Ok(info));
-            (s, r)
-        })
-        .await
+        match self.line() {
+            Line::V0_2 => {
+                self.call(Export::Info, None, |f, mut s| async move {
+                    // SAFETY: the types of `metadata.info` in the bindings; see `call`.
+                    let f = unsafe { TypedFunc::<(), (PluginInfo,)>::new_unchecked(f) };
+                    let r = f.call_async(&mut s, ()).await.map(|(info,)| Ok(info));
+                    (s, r)
+                })
+                .await
+            }
+            Line::V0_1 => {
+                self.call(Export::Info, None, |f, mut s| async move {
+                    // SAFETY: the types of `metadata.info` in the 0.1.2 bindings; see `call`.
+                    let f = unsafe { TypedFunc::<(), (v0_1_2::PluginInfo,)>::new_unchecked(f) };
+                    let r = f.call_async(&mut s, ()).await.map(|(info,)| Ok(v0_1_2::plugin_info(info)));
+                    (s, r)
+                })
+                .await
+            }
+        }
     }
 
     pub(crate) async fn validate_config(&self, node: &str, config: &str) -> Result<String, CallError> {
-        self.call(Export::ValidateConfig, None, |f, mut s| async move {
-            // SAFETY: the types of `metadata.validate-config` in the bindings; see `call`.
-            let f = unsafe { TypedFunc::<(&str, &str), (Result<String, ProviderError>,)>::new_unchecked(f) };
-            let r = f.call_async(&mut s, (node, config)).await.map(|(r,)| r);
-            (s, r)
-        })
-        .await
+        match self.line() {
+            Line::V0_2 => {
+                self.call(Export::ValidateConfig, None, |f, mut s| async move {
+                    // SAFETY: the types of `metadata.validate-config` in the bindings; see `call`.
+                    let f = unsafe { TypedFunc::<(&str, &str), (Result<String, ProviderError>,)>::new_unchecked(f) };
+                    let r = f.call_async(&mut s, (node, config)).await.map(|(r,)| r);
+                    (s, r)
+                })
+                .await
+            }
+            Line::V0_1 => {
+                self.call(Export::ValidateConfig, None, |f, mut s| async move {
+                    // SAFETY: the types of `metadata.validate-config` in the 0.1.2 bindings.
+                    let f = unsafe {
+                        TypedFunc::<(&str, &str), (Result<String, v0_1_2::ProviderError>,)>::new_unchecked(f)
+                    };
+                    let r = f.call_async(&mut s, (node, config)).await.map(|(r,)| v0_1_2::result(r, |c| c));
+                    (s, r)
+                })
+                .await
+            }
+        }
     }
 
     /// Validates every smoke config in throwaway stores; the first rejection refuses the load.

@@ -3,7 +3,9 @@
 //! Rooms: `runtime` (engine, epoch ticker, linker), `contract` (version read before compiling),
 //! `cache` (compiled components on disk), `loaded` (one checked version and how a call runs),
 //! `handle` + `calls` + `watcher` (the hot-swappable `Plugin`), `imports` (what a guest can reach),
-//! `since_v0_1_0` (the bindings of each contract version), `check` + `cli` (`vkhost plugin check`),
+//! `v0_2_0` (the native bindings of contract 0.2, whose types are the host's) and `v0_1_2` (the
+//! bindings of 0.1.2 and the adapter that runs every 0.1.x plugin on them), `check` + `cli`
+//! (`vkhost plugin check`, `vkhost plugin translate`),
 //! `admin` (HTTP routes), `stats` (counters), `settings` (the `[plugin]` table), `error`.
 
 mod admin;
@@ -18,8 +20,10 @@ mod imports;
 mod loaded;
 mod runtime;
 pub mod settings;
-pub mod since_v0_1_0;
 mod stats;
+pub mod translate;
+pub mod v0_1_2;
+pub mod v0_2_0;
 mod watcher;
 
 pub use admin::{AdminToken, AdminTokenError, admin_router};
@@ -33,11 +37,13 @@ pub use loaded::{LoadReport, host_contracts};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};
 pub use stats::{CallCount, PluginStats, StatsSnapshot};
+pub use translate::{TranslateArgs, run_translate};
 
 // The contract's types, so callers write `plugin::ResolvedPod`.
-pub use since_v0_1_0::{
-    BinaryEntry, CallContext, ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage, DeleteReason,
-    Deletion, Event, ExecOptions, Instance, InvalidInput, KeyValue, LogOptions, NodeCondition, NodeOffer, PluginInfo,
-    PodOutcome, PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret, ServiceAccountToken, StateRunning,
-    StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint, VolumeClaim,
+pub use v0_2_0::{
+    BinaryEntry, CallContext, ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage, CreateAttempt,
+    CreatePlan, DeleteReason, Deletion, Event, EventKind, ExecOptions, HttpRequest, Instance, InvalidInput, KeyValue,
+    LogOptions, NodeCondition, NodeOffer, NotApplied, PendingDeletion, PluginInfo, PodChange, PodOutcome, PodPhase,
+    PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret, ServiceAccountToken, StateRunning,
+    StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint, TaintEffect, UpdateOutcome, VolumeClaim,
 };

@@ -15,7 +15,7 @@ use crate::plugin::error::LoadError;
 use crate::plugin::imports::HostState;
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
-use crate::plugin::since_v0_1_0;
+use crate::plugin::{v0_1_2, v0_2_0};
 use crate::records::Registry;
 
 /// The epoch period: the granularity of CPU deadlines and of the guest's yields to tokio.
@@ -133,8 +133,12 @@ impl Tier {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| LoadError::Runtime(format!("linking WASI: {e:#}")))?;
-        since_v0_1_0::Provider::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|e| LoadError::Runtime(format!("linking the vk:provider imports: {e:#}")))?;
+        // One linker serves both contract lines: their imports have different names
+        // (`vk:provider/http@0.2.0`, `@0.1.2`), and the 0.1 ones delegate to the 0.2 ones.
+        v0_2_0::Provider::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Runtime(format!("linking the vk:provider@0.2 imports: {e:#}")))?;
+        v0_1_2::Provider::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Runtime(format!("linking the vk:provider@0.1 imports: {e:#}")))?;
         Ok(Tier { engine, linker })
     }
 }

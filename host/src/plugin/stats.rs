@@ -9,13 +9,14 @@ use serde::Serialize;
 use crate::plugin::error::{CallError, Export};
 
 /// Every outcome a call can have, `ok` first; the names of `CallError::outcome`.
-pub const OUTCOMES: [&str; 12] = [
+pub const OUTCOMES: [&str; 13] = [
     "ok",
     "invalid",
     "not_found",
     "transient",
     "quota_exceeded",
     "internal",
+    "unsupported",
     "trap",
     "cpu_deadline",
     "timeout",

@@ -44,7 +44,7 @@ impl NodeBackend {
             Session::Exec => plugin.exec(call, &pref, container, &opts).await,
             Session::Attach => plugin.attach(call, &pref, container, &opts).await,
         };
-        target_of.map(target).map_err(backend_error)
+        target_of.map_err(backend_error).and_then(target)
     }
 }
 
@@ -61,22 +61,25 @@ fn backend_error(e: CallError) -> BackendError {
         CallError::Provider(ProviderError::Invalid(i)) => {
             BackendError::BadRequest(format!("{}: {}", i.field, i.message))
         }
-        CallError::StreamTargetDenied { .. } | CallError::StreamHeaderRefused { .. } => {
+        CallError::StreamTargetDenied { .. } | CallError::StreamHeaderRefused { .. } | CallError::Unsupported(_) => {
             BackendError::BadRequest(e.to_string())
         }
         other => BackendError::Unavailable(other.to_string()),
     }
 }
 
-fn target(t: plugin::StreamTarget) -> StreamTarget {
-    StreamTarget {
-        url: t.url,
-        headers: t.headers.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-        protocol: match t.protocol {
-            plugin::StreamProtocol::HttpBody => StreamProtocol::HttpBody,
-            plugin::StreamProtocol::WebsocketChannels => StreamProtocol::WebSocketChannels,
-        },
-    }
+fn target(t: plugin::StreamTarget) -> Result<StreamTarget, BackendError> {
+    let protocol = match t.protocol {
+        plugin::StreamProtocol::HttpBody => StreamProtocol::HttpBody,
+        plugin::StreamProtocol::WebsocketChannels => StreamProtocol::WebSocketChannels,
+        plugin::StreamProtocol::Tcp => {
+            return Err(BackendError::BadRequest(format!(
+                "the provider answered a tcp target ({}), which serves port-forward only",
+                t.url
+            )));
+        }
+    };
+    Ok(StreamTarget { url: t.url, headers: t.headers.into_iter().map(|kv| (kv.key, kv.value)).collect(), protocol })
 }
 
 fn exec_options(q: &ExecQuery) -> plugin::ExecOptions {
@@ -129,7 +132,7 @@ impl KubeletBackend for NodeBackend {
                 limit_bytes: opts.limit_bytes,
                 previous: opts.previous,
             };
-            self.0.plugin.logs(&self.0.call, &pref, container, &o).await.map(target).map_err(backend_error)
+            self.0.plugin.logs(&self.0.call, &pref, container, &o).await.map_err(backend_error).and_then(target)
         }
         .boxed()
     }

@@ -19,13 +19,17 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::deletions::{self, Progress};
 use super::references::{Change, ReferenceWatches};
 use super::resolve::{self, Missing};
 use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
-use crate::plugin::{CallContext, CallError, DeleteReason, Deletion, Plugin, PodRef, ProviderError};
-use crate::records::{NodeRecords, PendingDeletion, RecordsError};
+use crate::plugin::{
+    CallContext, CallError, CreateAttempt, DeleteReason, Deletion, EventKind, Plugin, PodChange, PodPhase, PodRef,
+    ProviderError, ResolvedPod, UpdateOutcome,
+};
+use crate::records::{self, NodeRecords, PendingDeletion, RecordsError};
 
 /// Annotation recording the backend instance of a pod.
 pub const INSTANCE_ANNOTATION: &str = "vkcube.io/instance-id";
@@ -71,6 +75,8 @@ pub struct NodeContext {
     services: resolve::ServiceCache,
     /// The node's durable records: the deletions in progress are seen through from there.
     pub records: Arc<NodeRecords>,
+    /// Backoff of the failed `finalize` calls of deletions in progress.
+    finalize_retries: deletions::Retries,
     /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes.
     pub references: ReferenceWatches,
 }
@@ -110,6 +116,7 @@ impl NodeContext {
             store: Mutex::new(None),
             services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
             records,
+            finalize_retries: deletions::Retries::default(),
             references: ReferenceWatches::new(client_for_watches, &node_name_for_watches),
         })
     }
@@ -448,23 +455,18 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     for (reason, note) in &resolution.warnings {
         ctx.event(pod, true, reason, note.clone()).await;
     }
-    let outcome = match ctx.plugin.create(&ctx.call, &resolution.pod).await {
+    // Whether an earlier attempt may have reached the backend is not tracked yet, so the
+    // provider always looks for an existing instance first.
+    let attempt = CreateAttempt { may_exist: true };
+    let outcome = match ctx.plugin.create(&ctx.call, &resolution.pod, attempt).await {
         Ok(o) => o,
         Err(CallError::Provider(ProviderError::Invalid(inv))) => {
             let message = format!("{}: {}", inv.field, inv.message);
-            tracing::info!(pod = %k, reason = %inv.reason, %message, "provider refused the pod");
-            ctx.event(pod, true, &inv.reason, message.clone()).await;
-            let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-            let patch = json!({"metadata": {"annotations": {
-                REJECTED_ANNOTATION: inv.reason,
-                REJECTED_BY_ANNOTATION: ctx.verdict_basis(),
-            }}});
-            api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
-            write_status(pod, ctx, status::rejected_status(pod, &inv.reason, &message)).await?;
-            return Ok(Action::await_change());
+            return refuse(pod, ctx, &inv.reason, message).await;
         }
+        // The provider cannot run this pod at all: failed like an invalid one, never retried
+        // (until the plugin or the node's config changes).
+        Err(CallError::Unsupported(message)) => return refuse(pod, ctx, "ProviderUnsupported", message).await,
         Err(e) => {
             let (reason, phase_reason) = match &e {
                 CallError::Provider(ProviderError::QuotaExceeded(_)) => {
@@ -515,12 +517,30 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     )
     .await;
     for ev in &outcome.events {
-        ctx.event(pod, ev.kind == "Warning", &ev.reason, ev.message.clone()).await;
+        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone()).await;
     }
     let next =
         status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
     write_status(pod, ctx, next).await?;
     Ok(next_poll(&outcome.status.phase, refresh_at))
+}
+
+/// The provider refused the pod for good (`invalid`, `unsupported`): an Event, the refusal and
+/// what it rested on in annotations, the pod failed with `reason` and `message`.
+async fn refuse(pod: &Pod, ctx: &NodeContext, reason: &str, message: String) -> Result<Action, SyncError> {
+    let k = key(pod);
+    tracing::info!(pod = %k, %reason, %message, "provider refused the pod");
+    ctx.event(pod, true, reason, message.clone()).await;
+    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {
+        REJECTED_ANNOTATION: reason,
+        REJECTED_BY_ANNOTATION: ctx.verdict_basis(),
+    }}});
+    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+    write_status(pod, ctx, status::rejected_status(pod, reason, &message)).await?;
+    Ok(Action::await_change())
 }
 
 /// A mandatory object is missing: say so once, create nothing, look again shortly.
@@ -537,8 +557,8 @@ async fn wait_for_missing(pod: &Pod, ctx: &NodeContext, missing: Missing) -> Res
 
 /// The next look at a pod's status: soon while it is starting, rarely once it runs (the
 /// periodic status sync covers running pods).
-fn next_poll(phase: &str, refresh_at: Option<Instant>) -> Action {
-    let base = if phase == "Pending" { Duration::from_millis(1000) } else { Duration::from_secs(300) };
+fn next_poll(phase: &PodPhase, refresh_at: Option<Instant>) -> Action {
+    let base = if *phase == PodPhase::Pending { Duration::from_millis(1000) } else { Duration::from_secs(300) };
     match refresh_at {
         Some(t) => Action::requeue(base.min(t.saturating_duration_since(Instant::now()))),
         None => Action::requeue(base),
@@ -569,44 +589,86 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
     let Ok(resolution) = resolve::resolve(pod, &refs) else {
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    let tokens: Vec<String> =
-        if token_due { resolution.pod.tokens.iter().map(|t| t.volume_name.clone()).collect() } else { vec![] };
-    let (outcome, not_applied) = update(ctx, &resolution.pod, &tokens, &changed)
-        .await
-        .map_err(|source| SyncError::Provider { pod: k.clone(), source })?;
+    let mut changes: Vec<PodChange> = Vec::new();
+    if token_due {
+        for token in &resolution.pod.tokens {
+            let change = PodChange::Token(token.volume_name.clone());
+            if !changes.contains(&change) {
+                changes.push(change);
+            }
+        }
+    }
+    changes.extend(changed.iter().map(PodChange::from));
+    let outcome = match update(pod, ctx, &resolution.pod, &changes).await {
+        Ok(outcome) => Some(outcome),
+        // The provider cannot apply these changes at all, nor would a retry: the pod says so and
+        // the changes go, as a not-applied answer would.
+        Err(SyncError::Provider { source: CallError::Unsupported(message), .. }) if !changed.is_empty() => {
+            ctx.event(pod, true, "ChangeNotApplied", format!("{}: {message}", describe(&changed))).await;
+            None
+        }
+        Err(SyncError::Provider { source: CallError::Provider(ProviderError::Invalid(inv)), .. })
+            if !changed.is_empty() =>
+        {
+            let message = format!("{}: {}: {}", describe(&changed), inv.field, inv.message);
+            ctx.event(pod, true, &inv.reason, message).await;
+            None
+        }
+        Err(e) => return Err(e),
+    };
     ctx.references.applied(pod, &changed, &refs);
+    if !changed.is_empty() {
+        tracing::info!(pod = %k, changes = ?changed, applied = outcome.is_some(), "told the provider what changed");
+    }
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     if token_due && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
         r.refresh_at = refresh_at;
     }
-    if token_due {
+    if token_due && outcome.is_some() {
         ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
     }
-    for ev in &outcome.events {
-        ctx.event(pod, ev.kind == "Warning", &ev.reason, ev.message.clone()).await;
-    }
-    for (reason, message) in &not_applied {
-        ctx.event(pod, true, reason, message.clone()).await;
-    }
-    if !changed.is_empty() {
-        tracing::info!(pod = %k, changes = ?changed, not_applied = not_applied.len(), "told the provider what changed");
-    }
-    let next =
-        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
-    write_status(pod, ctx, next).await?;
-    Ok(next_poll(&outcome.status.phase, refresh_at))
+    let phase = outcome.map_or(PodPhase::Running, |o| o.outcome.status.phase);
+    Ok(next_poll(&phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
 }
 
-/// `update` with what changed: the token volumes renewed and the referenced objects changed.
-/// Returns the outcome and the changes the provider could not apply (reason, message).
-// TODO(contract 0.2): the call with `PodChange`s and `UpdateOutcome.not_applied`.
-async fn update(
+/// The changed objects, for a message: `ConfigMap app-config, Secret creds`.
+fn describe(changed: &[Change]) -> String {
+    let names: Vec<String> = changed
+        .iter()
+        .map(|c| match c {
+            Change::ConfigMap(n) => format!("ConfigMap {n}"),
+            Change::Secret(n) => format!("Secret {n}"),
+        })
+        .collect();
+    format!("the change of {} was not applied to the running instance", names.join(", "))
+}
+
+/// Tells the provider what changed in a running pod (`resolved` is the pod as it is now): each
+/// change it could not apply becomes a Warning Event on the pod with its reason and message, its
+/// events are recorded and the status it reports is written. A failed call is the caller's to
+/// retry with the same changes.
+pub async fn update(
+    pod: &Pod,
     ctx: &NodeContext,
-    pod: &crate::plugin::ResolvedPod,
-    _tokens: &[String],
-    _changed: &[Change],
-) -> Result<(crate::plugin::PodOutcome, Vec<(String, String)>), CallError> {
-    Ok((ctx.plugin.update(&ctx.call, pod).await?, vec![]))
+    resolved: &ResolvedPod,
+    changes: &[PodChange],
+) -> Result<UpdateOutcome, SyncError> {
+    let outcome = ctx
+        .plugin
+        .update(&ctx.call, resolved, changes)
+        .await
+        .map_err(|source| SyncError::Provider { pod: key(pod), source })?;
+    for not_applied in &outcome.not_applied {
+        tracing::info!(pod = %key(pod), change = ?not_applied.change, reason = %not_applied.reason, "provider did not apply a change");
+        ctx.event(pod, true, &not_applied.reason, not_applied.message.clone()).await;
+    }
+    for ev in &outcome.outcome.events {
+        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone()).await;
+    }
+    let o = &outcome.outcome;
+    let next = status::pod_status_json(&o.status, &ctx.host_ip, &o.instance_id, pod_status_value(pod).as_ref());
+    write_status(pod, ctx, next).await?;
+    Ok(outcome)
 }
 
 async fn recover(pod: &Pod, ctx: &NodeContext, instance_id: String) -> Result<Action, SyncError> {
@@ -661,7 +723,10 @@ async fn refresh_status(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncErro
 }
 
 /// Deletes the instance, then the pod object (grace 0, UID precondition) as soon as the provider
-/// says the instance is gone — not after the whole grace period.
+/// says the instance is gone — not after the whole grace period. A deletion in progress is
+/// recorded first, with the work the provider hands over to finish once the instance is gone;
+/// once it is gone that work is tried at once, and on failure left to `finish_deletions` (the pod
+/// object goes regardless: what is left concerns the backend, not the pod).
 async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
@@ -669,46 +734,75 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         ctx.instances.lock().unwrap().contains_key(&uid) || pod.annotations().contains_key(INSTANCE_ANNOTATION);
     if had_instance {
         let pref = NodeContext::pod_ref(pod);
-        match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
-            Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => {}
-            Ok(Deletion::InProgress) => {
-                // Recorded before waiting: a restart or a failover sees it through.
-                let instance_id = ctx
-                    .instances
-                    .lock()
-                    .unwrap()
-                    .get(&uid)
-                    .map(|r| r.instance_id.clone())
-                    .or_else(|| pod.annotations().get(INSTANCE_ANNOTATION).cloned())
-                    .unwrap_or_default();
-                let pending = PendingDeletion { pod: pref.clone(), reason: DeleteReason::PodDeleted, instance_id };
-                match ctx.records.record_deletion(pending).await {
-                    Ok(()) => {}
-                    // Too many at once: this one is seen through from memory only.
-                    Err(RecordsError::OverLimit(why)) => {
-                        tracing::warn!(pod = %k, %why, "deletion in progress not recorded")
-                    }
-                    Err(source) => return Err(SyncError::Records { pod: k, source }),
-                }
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let mut wait = Duration::from_millis(50);
-                loop {
-                    match ctx.plugin.status(&ctx.call, &pref).await {
-                        Err(CallError::Provider(ProviderError::NotFound(_))) => break,
-                        _ if Instant::now() > deadline => return Ok(Action::requeue(Duration::from_secs(1))),
-                        _ => {
-                            tokio::time::sleep(wait).await;
-                            wait = (wait * 2).min(Duration::from_secs(1));
+        // A deletion recorded before (by an earlier sync, run or replica) is asked again only once
+        // its first poll is due, and keeps that time and its work unless the new answer has some.
+        let recorded = ctx.records.pending_deletions().into_iter().find(|d| d.pod.uid == uid);
+        let pending = match recorded {
+            Some(pending) if !pending.due() => Some(pending),
+            recorded => match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
+                Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => recorded,
+                Ok(Deletion::InProgress(answer)) => {
+                    let instance_id = ctx
+                        .instances
+                        .lock()
+                        .unwrap()
+                        .get(&uid)
+                        .map(|r| r.instance_id.clone())
+                        .or_else(|| pod.annotations().get(INSTANCE_ANNOTATION).cloned())
+                        .unwrap_or_default();
+                    let mut pending =
+                        PendingDeletion::new(pref.clone(), DeleteReason::PodDeleted, instance_id).with_pending(&answer);
+                    if let Some(before) = recorded {
+                        pending.poll_after_unix_ms = before.poll_after_unix_ms;
+                        if pending.finalize.is_empty() {
+                            pending.finalize = before.finalize;
                         }
                     }
+                    // Recorded before waiting: a restart or a failover sees it through.
+                    match ctx.records.record_deletion(pending.clone()).await {
+                        Ok(()) => {}
+                        // Too many at once: this one is seen through from memory only.
+                        Err(RecordsError::OverLimit(why)) => {
+                            tracing::warn!(pod = %k, %why, "deletion in progress not recorded")
+                        }
+                        Err(source) => return Err(SyncError::Records { pod: k, source }),
+                    }
+                    Some(pending)
+                }
+                Err(e) => {
+                    ctx.event(pod, true, "ProviderDeleteFailed", format!("{e}; retrying")).await;
+                    return Err(SyncError::Provider { pod: k, source: e });
+                }
+            },
+        };
+        if let Some(pending) = pending {
+            // Polled here for a while so the pod goes as soon as its instance does.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let first = Duration::from_millis(pending.poll_after_unix_ms.saturating_sub(records::unix_ms_now()));
+            if Instant::now() + first > deadline {
+                return Ok(Action::requeue(first));
+            }
+            tokio::time::sleep(first).await;
+            let mut wait = Duration::from_millis(50);
+            loop {
+                match ctx.plugin.status(&ctx.call, &pref).await {
+                    Err(CallError::Provider(ProviderError::NotFound(_))) => break,
+                    _ if Instant::now() > deadline => return Ok(Action::requeue(Duration::from_secs(1))),
+                    _ => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
-            Err(e) => {
-                ctx.event(pod, true, "ProviderDeleteFailed", format!("{e}; retrying")).await;
-                return Err(SyncError::Provider { pod: k, source: e });
+            if ctx.records.is_deleting(&uid) {
+                finish_deletion(ctx, &pending).await;
+            } else if !pending.finalize.is_empty() {
+                // Not recorded (over the cap): finalized from memory, once.
+                if let Err(e) = ctx.plugin.finalize(&ctx.call, &pref, &pending.finalize).await {
+                    finalize_failed(ctx, &pending, &e, true).await;
+                }
             }
         }
-        drop_deletion(ctx, &uid).await;
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
     }
     ctx.instances.lock().unwrap().remove(&uid);
@@ -729,31 +823,56 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     Ok(Action::await_change())
 }
 
-/// Forgets the recorded deletion of pod `uid`, if any: its instance is gone. A failure leaves the
-/// record for `finish_deletions` to drop.
-async fn drop_deletion(ctx: &NodeContext, uid: &str) {
-    if ctx.records.is_deleting(uid)
-        && let Err(e) = ctx.records.drop_deletion(uid).await
-    {
-        tracing::warn!(node = %ctx.node_name, pod_uid = %uid, error = %e, "could not drop a finished deletion's record");
+/// One step of a recorded deletion (see `deletions`), with its outcome logged and, when the
+/// provider's work is abandoned, a Warning Event on the pod.
+async fn finish_deletion(ctx: &NodeContext, pending: &PendingDeletion) -> Progress {
+    let progress = deletions::step(&ctx.plugin, &ctx.call, &ctx.records, &ctx.finalize_retries, pending).await;
+    let pod = format!("{}/{}", pending.pod.namespace, pending.pod.name);
+    match &progress {
+        Progress::Waiting => {}
+        Progress::StatusFailed(e) => {
+            tracing::debug!(node = %ctx.node_name, instance = %pending.instance_id, error = %e, "recorded deletion: status")
+        }
+        Progress::Finished => {
+            tracing::info!(node = %ctx.node_name, %pod, instance = %pending.instance_id, finalized = !pending.finalize.is_empty(), "recorded deletion finished")
+        }
+        Progress::FinalizeFailed(e) => finalize_failed(ctx, pending, e, false).await,
+        Progress::FinalizeAbandoned(e) => finalize_failed(ctx, pending, e, true).await,
     }
+    progress
+}
+
+/// Reports a failed `finalize`: a warning in the log, and when the work is abandoned (the
+/// provider refused it for good) a Warning Event on the pod, which may be gone by then.
+async fn finalize_failed(ctx: &NodeContext, pending: &PendingDeletion, e: &CallError, abandoned: bool) {
+    let pod = format!("{}/{}", pending.pod.namespace, pending.pod.name);
+    if !abandoned {
+        tracing::warn!(node = %ctx.node_name, %pod, instance = %pending.instance_id, error = %e, "finalizing a deletion failed; retrying with backoff");
+        return;
+    }
+    tracing::warn!(node = %ctx.node_name, %pod, instance = %pending.instance_id, error = %e, "finalizing a deletion failed for good; its work is abandoned");
+    let stub = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pending.pod.name.clone()),
+            namespace: Some(pending.pod.namespace.clone()),
+            uid: Some(pending.pod.uid.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let note = format!(
+        "the provider could not finish deleting instance {} and gave up, which may leave resources behind: {e}",
+        pending.instance_id
+    );
+    ctx.event(&stub, true, "ProviderFinalizeFailed", note).await;
 }
 
 /// Sees the recorded deletions through: those this process started and those a previous run
-/// or another replica left. A record goes once the provider's `status` says `not-found` (which
-/// is also when a provider finishes what it had left to do for the instance).
+/// or another replica left. A record goes once the provider's `status` says `not-found` and its
+/// `finalize`, if it handed over work, succeeded.
 async fn finish_deletions(ctx: &NodeContext) {
     for pending in ctx.records.pending_deletions() {
-        match ctx.plugin.status(&ctx.call, &pending.pod).await {
-            Err(CallError::Provider(ProviderError::NotFound(_))) => {
-                drop_deletion(ctx, &pending.pod.uid).await;
-                tracing::info!(node = %ctx.node_name, pod = %format!("{}/{}", pending.pod.namespace, pending.pod.name), instance = %pending.instance_id, "recorded deletion finished");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(node = %ctx.node_name, instance = %pending.instance_id, error = %e, "recorded deletion: status")
-            }
-        }
+        finish_deletion(ctx, &pending).await;
     }
 }
 
@@ -835,7 +954,7 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
     let mut phases: HashMap<String, u64> = HashMap::new();
     for inst in &instances {
         seen.insert(inst.pod.uid.clone());
-        *phases.entry(inst.status.phase.clone()).or_default() += 1;
+        *phases.entry(inst.status.phase.as_str().to_owned()).or_default() += 1;
         match by_uid.get(&inst.pod.uid) {
             Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
                 ctx.instances.lock().unwrap().entry(inst.pod.uid.clone()).or_insert_with(|| InstanceRecord {
@@ -867,12 +986,10 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
                 }
                 tracing::warn!(node = %ctx.node_name, instance = %inst.instance_id, pod = %format!("{}/{}", inst.pod.namespace, inst.pod.name), "deleting orphaned instance: no pod owns it");
                 let deleted = ctx.plugin.delete(&ctx.call, &inst.pod, DeleteReason::Orphaned).await;
-                if let Ok(Deletion::InProgress) = deleted {
-                    let pending = PendingDeletion {
-                        pod: inst.pod.clone(),
-                        reason: DeleteReason::Orphaned,
-                        instance_id: inst.instance_id.clone(),
-                    };
+                if let Ok(Deletion::InProgress(answer)) = &deleted {
+                    let pending =
+                        PendingDeletion::new(inst.pod.clone(), DeleteReason::Orphaned, inst.instance_id.clone())
+                            .with_pending(answer);
                     if let Err(e) = ctx.records.record_deletion(pending).await {
                         tracing::warn!(instance = %inst.instance_id, error = %e, "orphan deletion in progress not recorded; the next sweep sees it again");
                     }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::resolve::{self, References};
+use crate::plugin::PodChange;
 
 /// What an object's contents hash to (a truncated SHA-256).
 pub type Digest = [u8; 16];
@@ -54,6 +55,15 @@ impl ObjectKey {
 pub enum Change {
     ConfigMap(String),
     Secret(String),
+}
+
+impl From<&Change> for PodChange {
+    fn from(c: &Change) -> PodChange {
+        match c {
+            Change::ConfigMap(name) => PodChange::ConfigMap(name.clone()),
+            Change::Secret(name) => PodChange::Secret(name.clone()),
+        }
+    }
 }
 
 /// The contents of a ConfigMap that reach a pod: `data` and `binaryData`.

@@ -281,6 +281,31 @@ fn all_containers(pod: &Pod) -> Vec<Container> {
     spec.init_containers.unwrap_or_default().into_iter().chain(spec.containers).collect()
 }
 
+/// What `pod` references, taken from objects at hand instead of the cluster (for a dry run of a
+/// manifest): the ConfigMaps and Secrets given by name (the others missing), no claims, no
+/// Services, and a stand-in for each service-account token (none is minted).
+pub fn offline_references(
+    pod: &Pod,
+    config_maps: &BTreeMap<String, ConfigMap>,
+    secrets: &BTreeMap<String, Secret>,
+) -> References {
+    let names = referenced_names(pod);
+    let mut refs = References::default();
+    for name in names.config_maps {
+        refs.config_maps.insert(name.clone(), config_maps.get(&name).cloned());
+    }
+    for name in names.secrets {
+        refs.secrets.insert(name.clone(), secrets.get(&name).cloned());
+    }
+    for name in names.claims {
+        refs.claims.insert(name, None);
+    }
+    for (volume, path, audience, _) in names.token_projections {
+        refs.tokens.insert(volume, (path, "dry-run-token".into(), "2099-01-01T00:00:00Z".into(), audience));
+    }
+    refs
+}
+
 /// Builds the resolved pod: fails on a missing mandatory reference, skips optional ones with a
 /// warning.
 pub fn resolve(pod: &Pod, refs: &References) -> Result<Resolution, Missing> {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::plugin::{ContainerState, ContainerStatus, Instance, PodStatus};
+use crate::plugin::{ContainerState, ContainerStatus, Instance, PodPhase, PodStatus};
 
 /// The current time in RFC 3339 (seconds), as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
@@ -20,7 +20,7 @@ pub fn pod_status_json(report: &PodStatus, host_ip: &str, instance_id: &str, pre
         .init_container_statuses
         .iter()
         .all(|c| matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0));
-    let running = report.phase == "Running" || report.phase == "Succeeded";
+    let running = matches!(report.phase, PodPhase::Running | PodPhase::Succeeded);
     let bool_status = |b: bool| if b { "True" } else { "False" };
     let ready_reason = if all_ready { "" } else { "ContainersNotReady" };
     let conditions: Vec<Value> = [
@@ -48,7 +48,7 @@ pub fn pod_status_json(report: &PodStatus, host_ip: &str, instance_id: &str, pre
         list.iter().map(|c| container_status_json(c, instance_id)).collect()
     };
     let mut status = json!({
-        "phase": report.phase,
+        "phase": report.phase.as_str(),
         "conditions": conditions,
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
@@ -210,7 +210,7 @@ mod tests {
 
     fn running(ready: bool) -> PodStatus {
         PodStatus {
-            phase: "Running".into(),
+            phase: PodPhase::Running,
             reason: String::new(),
             message: String::new(),
             pod_ip: Some("10.9.0.7".into()),
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn waiting_container_reason_shows_and_pod_is_not_ready() {
         let mut r = running(false);
-        r.phase = "Pending".into();
+        r.phase = PodPhase::Pending;
         r.container_statuses[0].state =
             ContainerState::Waiting(StateWaiting { reason: "ErrImagePull".into(), message: "no such image".into() });
         let s = pod_status_json(&r, "127.0.0.1", "i", None);

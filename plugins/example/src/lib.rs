@@ -1,33 +1,28 @@
 //! The example provider: a template for provider authors. Its "backend" is the host's `kv` store:
 //! creating a pod writes a record there and the pod is reported Running at once.
 //!
-//! Read it top to bottom: bindings, metadata (who am I, is this config valid), node (what do I
-//! offer), pods (lifecycle). Everything a real provider adds is I/O through the `http` import.
+//! Read it top to bottom: config, metadata (who am I, is this config valid), node (what do I
+//! offer), pods (lifecycle). It is written on the guest SDK (`vk_provider_sdk`): one `Provider`
+//! impl, one `export_provider!`. Everything a real provider adds is I/O through the `http` import
+//! (`vk_provider_sdk::retry::send` for requests worth retrying).
 
-// Generates Rust bindings for the contract: traits to implement for the exports (`Guest`) and
-// functions for the imports (`vk::provider::{http, log, kv}`). The path is relative to this crate.
-wit_bindgen::generate!({ path: "../../wit/v0.1.0", world: "provider" });
-
-use exports::vk::provider::metadata::{self, PluginInfo};
-use exports::vk::provider::node::{self, NodeCondition, NodeOffer};
-use exports::vk::provider::pods::{
-    self, ContainerState, ContainerStatus, ContainerUsage, DeleteReason, Deletion, ExecOptions, Instance, LogOptions,
-    PodOutcome, PodStatus, PodUsage, ResolvedPod, StateRunning, StreamTarget,
-};
 use serde::{Deserialize, Serialize};
-use vk::provider::log::{self as hostlog, Level};
-use vk::provider::types::{CallContext, Event, InvalidInput, KeyValue, PodRef, ProviderError};
-
-mod time;
+use vk_provider_sdk::log::{self as hostlog, Level};
+use vk_provider_sdk::time::now_rfc3339;
+use vk_provider_sdk::{
+    CONTRACT_VERSION, CallContext, ContainerState, ContainerStatus, ContainerUsage, CreateAttempt, CreatePlan,
+    DeleteReason, Deletion, Event, Instance, NodeCondition, NodeOffer, NotApplied, PluginInfo, Pod, PodChange,
+    PodOutcome, PodPhase, PodRef, PodStatus, PodUsage, Provider, ProviderError, StateRunning, StreamTarget,
+    UpdateOutcome, export_provider, invalid, kv,
+};
 
 /// The type the exports are implemented on. It holds nothing: every call runs in a fresh
 /// instance, so anything kept in memory is gone after the call. State goes in `kv`.
 struct Example;
 
-// Registers `Example` as the component's exports. Only meaningful in the wasm build; natively
-// the crate still compiles (and its pure functions are unit-tested).
-#[cfg(target_arch = "wasm32")]
-export!(Example);
+// Registers `Example` as the component's exports (in the wasm build; natively it expands to
+// nothing, and the crate's pure functions are unit-tested).
+export_provider!(Example);
 
 // ---------------------------------------------------------------------------------------------
 // Config: the node's `[nodes.provider]` table, as JSON.
@@ -60,54 +55,6 @@ fn parse_config(json: &str) -> Result<Config, ProviderError> {
     Ok(config)
 }
 
-fn invalid(reason: &str, field: &str, message: impl Into<String>) -> ProviderError {
-    ProviderError::Invalid(InvalidInput { reason: reason.into(), field: field.into(), message: message.into() })
-}
-
-impl metadata::Guest for Example {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "example".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            contract_version: "0.1.0".into(),
-            description: "Example provider: pods are records in the host's kv store, Running at once".into(),
-        }
-    }
-
-    fn validate_config(_node: String, config: String) -> Result<String, ProviderError> {
-        let config = parse_config(&config)?;
-        Ok(serde_json::to_string(&config).expect("config serialises"))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Node.
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: value.into() }
-}
-
-impl node::Guest for Example {
-    fn describe(ctx: CallContext) -> Result<NodeOffer, ProviderError> {
-        let config = parse_config(&ctx.config)?;
-        let capacity = vec![kv("cpu", "1000"), kv("memory", "4Ti"), kv("pods", &config.max_pods.to_string())];
-        Ok(NodeOffer {
-            allocatable: capacity.clone(),
-            capacity,
-            labels: vec![],
-            taints: vec![],
-            conditions: vec![NodeCondition {
-                kind: "Ready".into(),
-                status: "True".into(),
-                reason: "ExampleProviderReady".into(),
-                message: "the example provider is always ready".into(),
-            }],
-            operating_system: "linux".into(),
-            architecture: "amd64".into(),
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pods. The "backend" record of one instance, stored as JSON under `instances/<node>/<uid>`.
 
@@ -129,7 +76,7 @@ fn key(node: &str, uid: &str) -> String {
 }
 
 fn load(node: &str, uid: &str) -> Result<Option<Record>, ProviderError> {
-    match vk::provider::kv::get(&key(node, uid)) {
+    match vk_provider_sdk::kv::get(&key(node, uid)) {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -139,54 +86,31 @@ fn load(node: &str, uid: &str) -> Result<Option<Record>, ProviderError> {
 
 fn save(node: &str, record: &Record) -> Result<(), ProviderError> {
     let bytes = serde_json::to_vec(record).expect("record serialises");
-    if vk::provider::kv::set(&key(node, &record.uid), &bytes, None) {
+    if vk_provider_sdk::kv::set(&key(node, &record.uid), &bytes, None) {
         Ok(())
     } else {
         Err(ProviderError::QuotaExceeded("the host's kv store for this plugin is full".into()))
     }
 }
 
-/// The fields of the Pod JSON this provider needs.
-#[derive(Debug, Deserialize)]
-struct PodJson {
-    metadata: PodMeta,
-    spec: PodSpec,
-}
-
-#[derive(Debug, Deserialize)]
-struct PodMeta {
-    name: String,
-    #[serde(default = "default_namespace")]
-    namespace: String,
-    uid: String,
-}
-
-fn default_namespace() -> String {
-    "default".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpec {
-    containers: Vec<ContainerJson>,
-    #[serde(default)]
-    init_containers: Vec<ContainerJson>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ContainerJson {
-    name: String,
-    #[serde(default)]
-    image: String,
-}
-
-fn parse_pod(pod: &ResolvedPod) -> Result<PodJson, ProviderError> {
-    let parsed: PodJson = serde_json::from_str(&pod.pod)
-        .map_err(|e| invalid("InvalidPod", "pod", format!("cannot read the pod: {e}")))?;
-    if parsed.metadata.uid.is_empty() {
+/// The record `create` writes for a pod: a pure function of the pod and the time, so `plan`
+/// can show it without writing it.
+fn record_for(pod: &Pod, started_at: String) -> Result<Record, ProviderError> {
+    let uid = pod.uid().to_string();
+    if uid.is_empty() {
         return Err(invalid("InvalidPod", "metadata.uid", "the pod has no uid"));
     }
-    Ok(parsed)
+    let spec = pod.spec();
+    Ok(Record {
+        instance_id: format!("example-{}", &uid[..uid.len().min(8)]),
+        pod_ip: pod_ip(&uid),
+        started_at,
+        namespace: pod.metadata().namespace.clone(),
+        name: pod.metadata().name.clone(),
+        init_containers: containers(&spec.init_containers),
+        containers: containers(&spec.containers),
+        uid,
+    })
 }
 
 /// A stable private address from the uid (10.0.0.0/8), so status never changes between calls.
@@ -196,7 +120,7 @@ fn pod_ip(uid: &str) -> String {
     format!("10.{}.{}.{}", (h >> 16) & 0xff, (h >> 8) & 0xff, (h & 0xff) % 254 + 1)
 }
 
-fn containers(list: &[ContainerJson]) -> Vec<(String, String)> {
+fn containers(list: &[vk_provider_sdk::pod::Container]) -> Vec<(String, String)> {
     list.iter().map(|c| (c.name.clone(), c.image.clone())).collect()
 }
 
@@ -215,7 +139,7 @@ fn running(record: &Record, list: &[(String, String)]) -> Vec<ContainerStatus> {
 
 fn status(record: &Record) -> PodStatus {
     PodStatus {
-        phase: "Running".into(),
+        phase: PodPhase::Running,
         reason: String::new(),
         message: String::new(),
         pod_ip: Some(record.pod_ip.clone()),
@@ -227,77 +151,134 @@ fn status(record: &Record) -> PodStatus {
     }
 }
 
+const INSTANCE_ANNOTATION: &str = "example.vk.io/instance-id";
+
+fn created_event(record: &Record) -> Event {
+    Event::normal("InstanceCreated", format!("example instance {} created", record.instance_id))
+}
+
 fn outcome(record: &Record, events: Vec<Event>) -> PodOutcome {
     PodOutcome {
         instance_id: record.instance_id.clone(),
         status: status(record),
-        annotations: vec![kv("example.vk.io/instance-id", &record.instance_id)],
+        annotations: vec![kv(INSTANCE_ANNOTATION, &record.instance_id)],
         events,
     }
 }
 
 fn not_found(pod: &PodRef) -> ProviderError {
-    ProviderError::NotFound(format!("no instance for pod {}/{} (uid {})", pod.namespace, pod.name, pod.uid))
+    ProviderError::NotFound(format!("no instance for pod {pod} (uid {})", pod.uid))
 }
 
 fn no_streams(what: &str) -> ProviderError {
-    invalid(
-        "NotSupported",
-        "container",
-        format!("the example provider has no {what}: its instances are records in a key-value store"),
-    )
+    ProviderError::Unsupported(format!(
+        "the example provider has no {what}: its instances are records in a key-value store, with no process to reach"
+    ))
 }
 
-impl pods::Guest for Example {
-    fn create(ctx: CallContext, pod: ResolvedPod) -> Result<PodOutcome, ProviderError> {
-        let parsed = parse_pod(&pod)?;
-        // Idempotent by uid: the host may retry a create whose answer it never saw.
-        if let Some(existing) = load(&ctx.node_name, &parsed.metadata.uid)? {
+/// What an update does with each change: images are recorded; a ConfigMap or Secret read only
+/// into the environment cannot change in a running container (as with a real kubelet), so it
+/// is reported not applied; everything else has nothing to change in a record.
+fn not_applied(pod: &Pod, changes: &[PodChange]) -> Vec<NotApplied> {
+    changes
+        .iter()
+        .filter_map(|change| {
+            let uses = match change {
+                PodChange::ConfigMap(name) => pod.uses_config_map(name),
+                PodChange::Secret(name) => pod.uses_secret(name),
+                _ => return None,
+            };
+            (uses.env && !uses.mounted).then(|| NotApplied {
+                change: change.clone(),
+                reason: "EnvChangeNotApplied".into(),
+                message: format!(
+                    "{} changed, but the pod reads it only into environment variables: the containers keep their environment until the pod is recreated",
+                    change.describe()
+                ),
+            })
+        })
+        .collect()
+}
+
+impl Provider for Example {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "example".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            contract_version: CONTRACT_VERSION.into(),
+            description: "Example provider: pods are records in the host's kv store, Running at once".into(),
+        }
+    }
+
+    fn validate_config(_node: String, config: String) -> Result<String, ProviderError> {
+        let config = parse_config(&config)?;
+        Ok(serde_json::to_string(&config).expect("config serialises"))
+    }
+
+    fn describe(ctx: CallContext) -> Result<NodeOffer, ProviderError> {
+        let config = parse_config(&ctx.config)?;
+        let capacity = vec![kv("cpu", "1000"), kv("memory", "4Ti"), kv("pods", config.max_pods.to_string())];
+        Ok(NodeOffer {
+            allocatable: capacity.clone(),
+            capacity,
+            labels: vec![],
+            taints: vec![],
+            conditions: vec![NodeCondition {
+                kind: "Ready".into(),
+                status: "True".into(),
+                reason: "ExampleProviderReady".into(),
+                message: "the example provider is always ready".into(),
+            }],
+            operating_system: "linux".into(),
+            architecture: "amd64".into(),
+        })
+    }
+
+    /// The example's create sends no request (its backend is `kv`): the plan is what it would
+    /// answer.
+    fn plan(_ctx: CallContext, pod: Pod) -> Result<CreatePlan, ProviderError> {
+        let record = record_for(&pod, now_rfc3339())?;
+        Ok(CreatePlan {
+            requests: vec![],
+            annotations: vec![kv(INSTANCE_ANNOTATION, &record.instance_id)],
+            events: vec![created_event(&record)],
+        })
+    }
+
+    fn create(ctx: CallContext, pod: Pod, attempt: CreateAttempt) -> Result<PodOutcome, ProviderError> {
+        // Idempotent by uid: the host may retry a create whose answer it never saw. A lookup in
+        // `kv` is cheap, so the example does it even when `attempt.may_exist` is false.
+        let _ = attempt;
+        if let Some(existing) = load(&ctx.node_name, pod.uid())? {
             return Ok(outcome(&existing, vec![]));
         }
-        let uid = parsed.metadata.uid;
-        let record = Record {
-            instance_id: format!("example-{}", &uid[..uid.len().min(8)]),
-            pod_ip: pod_ip(&uid),
-            started_at: time::now_rfc3339(),
-            namespace: parsed.metadata.namespace,
-            name: parsed.metadata.name,
-            init_containers: containers(&parsed.spec.init_containers),
-            containers: containers(&parsed.spec.containers),
-            uid,
-        };
+        let record = record_for(&pod, now_rfc3339())?;
         save(&ctx.node_name, &record)?;
         hostlog::emit(
             Level::Info,
             "created instance",
-            &[kv("pod", &format!("{}/{}", record.namespace, record.name)), kv("instance", &record.instance_id)],
+            &[kv("pod", format!("{}/{}", record.namespace, record.name)), kv("instance", &record.instance_id)],
         );
-        let created = Event {
-            kind: "Normal".into(),
-            reason: "InstanceCreated".into(),
-            message: format!("example instance {} created", record.instance_id),
-        };
-        Ok(outcome(&record, vec![created]))
+        Ok(outcome(&record, vec![created_event(&record)]))
     }
 
-    fn update(ctx: CallContext, pod: ResolvedPod) -> Result<PodOutcome, ProviderError> {
-        let parsed = parse_pod(&pod)?;
-        let pod_ref = PodRef {
-            namespace: parsed.metadata.namespace.clone(),
-            name: parsed.metadata.name.clone(),
-            uid: parsed.metadata.uid.clone(),
-        };
-        let mut record = load(&ctx.node_name, &parsed.metadata.uid)?.ok_or_else(|| not_found(&pod_ref))?;
-        // Only images can change on a running pod.
-        record.containers = containers(&parsed.spec.containers);
-        record.init_containers = containers(&parsed.spec.init_containers);
+    fn update(ctx: CallContext, pod: Pod, changes: Vec<PodChange>) -> Result<UpdateOutcome, ProviderError> {
+        let mut record = load(&ctx.node_name, pod.uid())?.ok_or_else(|| not_found(&pod.pod_ref()))?;
+        // Only images are kept in the record.
+        record.containers = containers(&pod.spec().containers);
+        record.init_containers = containers(&pod.spec().init_containers);
         save(&ctx.node_name, &record)?;
-        Ok(outcome(&record, vec![]))
+        Ok(UpdateOutcome { outcome: outcome(&record, vec![]), not_applied: not_applied(&pod, &changes) })
     }
 
     fn delete(ctx: CallContext, pod: PodRef, _reason: DeleteReason) -> Result<Deletion, ProviderError> {
-        // The example has no attached resources, so every reason deletes the same way.
-        if vk::provider::kv::delete(&key(&ctx.node_name, &pod.uid)) { Ok(Deletion::Gone) } else { Err(not_found(&pod)) }
+        // The example has no attached resources, so every reason deletes the same way, at once,
+        // with nothing left to finalize.
+        if vk_provider_sdk::kv::delete(&key(&ctx.node_name, &pod.uid)) {
+            Ok(Deletion::Gone)
+        } else {
+            Err(not_found(&pod))
+        }
     }
 
     fn status(ctx: CallContext, pod: PodRef) -> Result<PodStatus, ProviderError> {
@@ -307,7 +288,7 @@ impl pods::Guest for Example {
 
     fn list(ctx: CallContext) -> Result<Vec<Instance>, ProviderError> {
         let mut instances = Vec::new();
-        for key in vk::provider::kv::keys(&format!("instances/{}/", ctx.node_name)) {
+        for key in vk_provider_sdk::kv::keys(&format!("instances/{}/", ctx.node_name)) {
             let uid = key.rsplit('/').next().unwrap_or_default();
             // A record deleted between `keys` and `get` is simply not listed.
             if let Some(record) = load(&ctx.node_name, uid)? {
@@ -325,20 +306,39 @@ impl pods::Guest for Example {
         Ok(instances)
     }
 
-    fn logs(_: CallContext, _: PodRef, _: String, _: LogOptions) -> Result<StreamTarget, ProviderError> {
+    fn logs(
+        _: CallContext,
+        _: PodRef,
+        _: String,
+        _: vk_provider_sdk::LogOptions,
+    ) -> Result<StreamTarget, ProviderError> {
         Err(no_streams("logs"))
     }
 
-    fn exec(_: CallContext, _: PodRef, _: String, _: ExecOptions) -> Result<StreamTarget, ProviderError> {
+    fn exec(
+        _: CallContext,
+        _: PodRef,
+        _: String,
+        _: vk_provider_sdk::ExecOptions,
+    ) -> Result<StreamTarget, ProviderError> {
         Err(no_streams("exec"))
     }
 
-    fn attach(_: CallContext, _: PodRef, _: String, _: ExecOptions) -> Result<StreamTarget, ProviderError> {
+    fn attach(
+        _: CallContext,
+        _: PodRef,
+        _: String,
+        _: vk_provider_sdk::ExecOptions,
+    ) -> Result<StreamTarget, ProviderError> {
         Err(no_streams("attach"))
     }
 
+    fn port_forward(_: CallContext, _: PodRef, _: u16) -> Result<StreamTarget, ProviderError> {
+        Err(no_streams("ports to forward"))
+    }
+
     fn usage(ctx: CallContext, pods: Vec<PodRef>) -> Result<Vec<PodUsage>, ProviderError> {
-        let now = time::now_rfc3339();
+        let now = now_rfc3339();
         let mut usage = Vec::new();
         for pod in pods {
             // Pods without an instance are left out, as the contract asks.
@@ -364,6 +364,11 @@ impl pods::Guest for Example {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vk_provider_sdk::ResolvedPod;
+
+    fn pod(json: &str) -> Pod {
+        Pod::parse(ResolvedPod::from_pod_json(json)).unwrap()
+    }
 
     #[test]
     fn config_defaults_max_pods_and_refuses_unknown_keys() {
@@ -381,5 +386,39 @@ mod tests {
         assert_eq!(ip, pod_ip("6f1c7a7e-0000-4000-8000-000000000001"));
         assert!(ip.starts_with("10."));
         assert!(!ip.ends_with(".0"));
+    }
+
+    #[test]
+    fn plan_shows_what_create_answers_and_refuses_a_pod_without_uid() {
+        let p = pod(
+            r#"{"metadata":{"name":"web","uid":"6f1c7a7e-1"},"spec":{"containers":[{"name":"app","image":"nginx"}]}}"#,
+        );
+        let plan = Example::plan(CallContext::default(), p.clone()).unwrap();
+        let record = record_for(&p, "t".into()).unwrap();
+        assert!(plan.requests.is_empty());
+        assert_eq!(plan.annotations, outcome(&record, vec![]).annotations);
+        assert_eq!(plan.events, vec![created_event(&record)]);
+        let err = Example::plan(CallContext::default(), pod(r#"{"metadata":{"name":"web"}}"#)).unwrap_err();
+        let ProviderError::Invalid(e) = err else { panic!("{err:?}") };
+        assert_eq!(e.field, "metadata.uid");
+    }
+
+    #[test]
+    fn env_only_config_changes_are_reported_not_applied() {
+        let p = pod(r#"{"metadata":{"name":"web","uid":"u"},"spec":{
+                "containers":[{"name":"app","envFrom":[{"configMapRef":{"name":"env"}}],
+                               "env":[{"name":"S","valueFrom":{"secretKeyRef":{"name":"both","key":"k"}}}]}],
+                "volumes":[{"name":"v","configMap":{"name":"files"}},{"name":"s","secret":{"secretName":"both"}}]}}"#);
+        let changes = vec![
+            PodChange::ConfigMap("env".into()),
+            PodChange::ConfigMap("files".into()),
+            PodChange::Secret("both".into()),
+            PodChange::Token("kube-api-access".into()),
+        ];
+        let out = not_applied(&p, &changes);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].change, PodChange::ConfigMap("env".into()));
+        assert_eq!(out[0].reason, "EnvChangeNotApplied");
+        assert!(out[0].message.starts_with("ConfigMap env changed"), "{}", out[0].message);
     }
 }

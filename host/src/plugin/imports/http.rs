@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue};
+use crate::plugin::v0_2_0::{HttpError, HttpRequest, HttpResponse, KeyValue};
 
 /// Bodies larger than this (or than the guest's memory cap, which could not hold them anyway) are
 /// cut off with a transport error rather than exhausting the host.

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::Identity;
-use crate::plugin::since_v0_1_0::{KeyValue, LogLevel};
+use crate::plugin::v0_2_0::{KeyValue, LogLevel};
 
 /// A plugin cannot flood the host's log with one record.
 const MAX_MESSAGE_BYTES: usize = 8 << 10;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Identity;
-use crate::plugin::since_v0_1_0::KeyValue;
+use crate::plugin::v0_2_0::KeyValue;
 
 /// Distinct series one plugin may create; new ones beyond are dropped.
 pub const MAX_SERIES: usize = 1_000;

@@ -19,8 +19,8 @@ use self::http::{Egress, Refusal};
 use self::kv::KvStore;
 use self::metrics::PluginCounters;
 use crate::node::fence::{Fence, Target};
-use crate::plugin::since_v0_1_0::vk::provider as wit;
-use crate::plugin::since_v0_1_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
+use crate::plugin::v0_2_0::vk::provider as wit;
+use crate::plugin::v0_2_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 use crate::records::Registry;
 
 /// What the `store` import of a call reaches: the durable node records, and the node of the
@@ -49,6 +49,9 @@ pub struct HostState {
     /// The fence of the node the call is made for, when this daemon acts for it: no request
     /// leaves once it lapsed.
     pub(crate) fence: Option<Fence>,
+    /// The call is a `plan`, which must have no side effects: `http.send` is denied and `store`
+    /// writes are unavailable.
+    pub(crate) dry_run: bool,
     /// Log records this call has written (see `log::MAX_RECORDS_PER_CALL`).
     logged: u32,
     pub(crate) guard: Guard,
@@ -100,6 +103,7 @@ impl HostState {
             egress,
             store,
             fence: None,
+            dry_run: false,
             logged: 0,
             guard: Guard {
                 limits: StoreLimitsBuilder::new()
@@ -157,6 +161,12 @@ impl wit::types::Host for HostState {}
 
 impl wit::http::Host for HostState {
     async fn send(&mut self, req: HttpRequest) -> wasmtime::Result<Result<HttpResponse, HttpError>> {
+        if self.dry_run {
+            return Ok(Err(HttpError::Denied(format!(
+                "{} {}: refused during `plan`, which has no side effects and sends nothing",
+                req.method, req.url
+            ))));
+        }
         let began = Instant::now();
         let method = req.method.clone();
         // Checked last before the request is handed to the connection: see `node::fence`.

@@ -1,4 +1,4 @@
-//! The `store` import (contract 0.1.2): the plugin's durable records of the node named by the
+//! The `store` import (since contract 0.1.2): the plugin's durable records of the node named by the
 //! call's context, kept by `crate::records` in the cluster. A call without a node, or for a node
 //! this process does not act for, has no store.
 
@@ -6,11 +6,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::HostState;
-use crate::plugin::since_v0_1_0::StoreError;
-use crate::plugin::since_v0_1_0::vk::provider as wit;
+use crate::plugin::v0_2_0::StoreError;
+use crate::plugin::v0_2_0::vk::provider as wit;
 use crate::records::{NodeRecords, RecordsError};
 
 impl HostState {
+    /// The records a write goes to: none during `plan`, which has no side effects.
+    fn writable_records(&self) -> Result<Arc<NodeRecords>, StoreError> {
+        if self.dry_run {
+            return Err(StoreError::Unavailable("store: refused during `plan`, which has no side effects".into()));
+        }
+        self.node_records()
+    }
+
     fn node_records(&self) -> Result<Arc<NodeRecords>, StoreError> {
         let Some(node) = &self.store.node else {
             return Err(StoreError::Unavailable("store: this call is about no node, so it has no store".into()));
@@ -34,7 +42,7 @@ impl wit::store::Host for HostState {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), StoreError>> {
-        let records = match self.node_records() {
+        let records = match self.writable_records() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -45,7 +53,7 @@ impl wit::store::Host for HostState {
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, StoreError>> {
-        let records = match self.node_records() {
+        let records = match self.writable_records() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
