@@ -118,6 +118,16 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
     })
     .await;
 
+    // The mounted Secret changes: the instance gets the new file (base64, as Cube holds secrets).
+    secrets
+        .patch("app-secret", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "hunter3"}})))
+        .await
+        .unwrap();
+    wait_for(CHANGE_ARRIVES, "the new password on the instance", || async {
+        (instance_file(&env, &uid, "creds", "password").await.as_deref() == Some("aHVudGVyMw==")).then_some(())
+    })
+    .await;
+
     // The ConfigMap read only as env changes: the container keeps its environment, and the pod
     // says why, once.
     let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
@@ -128,16 +138,12 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
     .await;
     assert_eq!(instance_env(&env, &uid, "MODE").await.as_deref(), Some("blue"), "the environment stays as it was");
 
-    // The mounted Secret changes: the instance gets the new file (base64, as Cube holds secrets).
-    secrets
-        .patch("app-secret", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "hunter3"}})))
-        .await
-        .unwrap();
-    wait_for(CHANGE_ARRIVES, "the new password on the instance", || async {
-        (instance_file(&env, &uid, "creds", "password").await.as_deref() == Some("aHVudGVyMw==")).then_some(())
+    // A later change is applied as before, and the env change is not reported again.
+    cms.patch("app-config", &PatchParams::default(), &patch(json!({"app.conf": "color=red"}))).await.unwrap();
+    wait_for(CHANGE_ARRIVES, "the newest app.conf on the instance", || async {
+        (instance_file(&env, &uid, "config", "app.conf").await.as_deref() == Some("color=red")).then_some(())
     })
     .await;
-    // Updates after the env change did not report it again.
     assert_eq!(warnings(&events, &uid, "EnvChangeNotApplied").await, [1]);
     let p = pods.get("app").await.unwrap();
     assert!(running_ready(&p), "the pod still runs: {:?}", p.status);
