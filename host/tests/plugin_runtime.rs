@@ -1,7 +1,8 @@
 //! The plugin runtime against real components built by `plugins/build`: every export of the
-//! example provider, and each way a plugin can fail (trap, endless loop, memory blow-up, URL
-//! outside its allowlist, wrong contract, not a component) turning into a typed error while the
-//! next call still succeeds.
+//! example provider (contract 0.2), 0.1.x plugins (the faulty fixture, 0.1.0) adapted beside it,
+//! and each way a plugin can fail (trap, endless loop, memory blow-up, URL outside its allowlist,
+//! wrong contract, not a component) turning into a typed error while the next call still
+//! succeeds.
 
 #[path = "plugin_support.rs"]
 mod support;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::{ctx, plugin, pod_ref, resolved_pod, scratch_dir, settings};
 use vkhost::plugin::{
     CallError, ContainerState, CreateAttempt, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions,
-    Origin, Plugin, PluginRuntime, PodPhase, ProviderError,
+    Origin, Plugin, PluginRuntime, PodChange, PodPhase, ProviderError,
 };
 
 const UID: &str = "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01";
@@ -58,7 +59,7 @@ async fn example_provider_answers_every_export() {
         .await
         .unwrap();
     let info = p.info();
-    assert_eq!((info.name.as_str(), info.contract_version.as_str()), ("example", "0.1.0"));
+    assert_eq!((info.name.as_str(), info.contract_version.as_str()), ("example", "0.2.0"));
 
     // metadata
     assert_eq!(p.validate_config("n1", "{}").await.unwrap(), r#"{"max_pods":200}"#);
@@ -73,9 +74,18 @@ async fn example_provider_answers_every_export() {
     assert_eq!((cap("cpu"), cap("memory"), cap("pods")), ("1000".into(), "4Ti".into(), "50".into()));
     assert_eq!((offer.operating_system.as_str(), offer.architecture.as_str()), ("linux", "amd64"));
 
-    // pods: create is idempotent by uid
+    // pods: plan shows what create answers, and creates nothing
     let pod = resolved_pod("web-0", UID);
+    let r = pod_ref("web-0", UID);
+    let plan = p.plan(&c, &pod).await.unwrap();
+    assert!(plan.requests.is_empty(), "the example's backend is kv: {plan:?}");
+    assert_eq!(plan.events.len(), 1);
+    assert!(matches!(p.status(&c, &r).await, Err(CallError::Provider(ProviderError::NotFound(_)))));
+
+    // create is idempotent by uid
     let first = p.create(&c, &pod, MAY_EXIST).await.unwrap();
+    assert_eq!(first.annotations, plan.annotations);
+    assert_eq!((first.events[0].kind, &first.events[0].reason), (plan.events[0].kind, &plan.events[0].reason));
     assert_eq!(first.status.phase, PodPhase::Running);
     assert!(first.status.pod_ip.as_deref().unwrap().starts_with("10."));
     assert_eq!(first.status.container_statuses.len(), 2);
@@ -84,9 +94,12 @@ async fn example_provider_answers_every_export() {
     assert_eq!(again.instance_id, first.instance_id);
     assert_eq!(again.status, first.status);
 
-    let r = pod_ref("web-0", UID);
     assert_eq!(p.status(&c, &r).await.unwrap(), first.status);
-    assert_eq!(p.update(&c, &pod, &[]).await.unwrap().outcome.instance_id, first.instance_id);
+    // update is told what changed; a ConfigMap the pod mounts as files is applied
+    let changes = [PodChange::ConfigMap("web-conf".into()), PodChange::Token("kube-api-access-x7k2p".into())];
+    let updated = p.update(&c, &pod, &changes).await.unwrap();
+    assert_eq!(updated.outcome.instance_id, first.instance_id);
+    assert!(updated.not_applied.is_empty(), "{:?}", updated.not_applied);
     let listed = p.list(&c).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].pod, r);
@@ -100,12 +113,11 @@ async fn example_provider_answers_every_export() {
         p.logs(&c, &r, "web", &log_opts()).await,
         p.exec(&c, &r, "web", &exec_opts()).await,
         p.attach(&c, &r, "web", &exec_opts()).await,
+        p.port_forward(&c, &r, 8080).await,
     ] {
         let err = result.unwrap_err();
-        assert!(
-            matches!(&err, CallError::Provider(ProviderError::Invalid(i)) if i.message.contains("example provider has no")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, CallError::Unsupported(m) if m.contains("example provider has no")), "{err:?}");
+        assert!(!err.is_retryable());
     }
 
     assert_eq!(p.delete(&c, &r, DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
@@ -115,7 +127,8 @@ async fn example_provider_answers_every_export() {
 
     let stats = p.stats();
     assert_eq!(stats.calls(Export::Create, "ok"), 2);
-    assert_eq!(stats.calls(Export::Logs, "invalid"), 1);
+    assert_eq!(stats.calls(Export::Logs, "unsupported"), 1);
+    assert_eq!(stats.calls(Export::Plan, "ok"), 1);
 }
 
 #[tokio::test]
@@ -261,18 +274,19 @@ async fn a_hanging_backend_is_cut_off_by_the_call_timeout_and_the_next_call_succ
     assert_next_call_succeeds(&p).await;
 }
 
-/// The example component with every `vk:provider/...@0.1.0` rewritten to `@{version}` (same
-/// length, so the binary stays well-formed): a plugin built against another contract.
+/// The faulty fixture (built against 0.1.0) with every `vk:provider/...@0.1.0` rewritten to
+/// `@{version}` (same length, so the binary stays well-formed): a plugin built against another
+/// contract.
 fn with_contract(version: &str) -> std::path::PathBuf {
     assert_eq!(version.len(), 5);
-    let mut bytes = std::fs::read(plugin("example.wasm")).unwrap();
+    let mut bytes = std::fs::read(plugin("faulty-v1.wasm")).unwrap();
     let needle = b"@0.1.0";
     let mut i = 0;
     while let Some(pos) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
         bytes[i + pos + 1..i + pos + 6].copy_from_slice(version.as_bytes());
         i += pos + needle.len();
     }
-    let path = scratch_dir("contract").join(format!("example-{version}.wasm"));
+    let path = scratch_dir("contract").join(format!("faulty-{version}.wasm"));
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -299,14 +313,61 @@ async fn a_plugin_for_another_contract_is_refused_before_it_is_compiled() {
 
 #[tokio::test]
 async fn plugins_built_against_every_0_1_patch_run_on_this_host() {
-    // 0.1.0 (the example as built), 0.1.1 (before `store`) and 0.1.2 (the host's own).
+    // 0.1.0 (the fixture as built), 0.1.1 (before `store`) and 0.1.2 (the last 0.1).
     for version in ["0.1.0", "0.1.1", "0.1.2"] {
-        let path = if version == "0.1.0" { plugin("example.wasm") } else { with_contract(version) };
+        let path = if version == "0.1.0" { plugin("faulty-v1.wasm") } else { with_contract(version) };
         let p = Plugin::load(PluginRuntime::new().unwrap(), settings(path), vec![]).await.unwrap();
         assert_eq!(p.summary().load.contract, version);
         let offer = p.describe_node(&ctx("n1", "{}")).await.unwrap();
         assert!(!offer.capacity.is_empty(), "{version}");
+        assert_next_call_succeeds(&p).await;
     }
+}
+
+/// A 0.1.0, a 0.1.1 and a 0.2.0 plugin loaded in one runtime, side by side, each serving calls:
+/// the 0.1 ones through the adapter (what 0.1 lacks answers `unsupported` naming their contract),
+/// the 0.2 one natively.
+#[tokio::test]
+async fn plugins_of_0_1_0_0_1_1_and_0_2_0_run_side_by_side_in_one_runtime() {
+    let rt = PluginRuntime::new().unwrap();
+    let old = Plugin::load(rt.clone(), settings(plugin("faulty-v1.wasm")), vec![]).await.unwrap();
+    let patched = Plugin::load(rt.clone(), settings(with_contract("0.1.1")), vec![]).await.unwrap();
+    let new = Plugin::load(rt, settings(plugin("example.wasm")), vec![]).await.unwrap();
+    let contracts: Vec<String> = [&old, &patched, &new].iter().map(|p| p.summary().load.contract).collect();
+    assert_eq!(contracts, ["0.1.0", "0.1.1", "0.2.0"]);
+
+    let c = ctx("n1", "{}");
+    let (old_pod, new_pod) = (resolved_pod("behave", UID), resolved_pod("web-0", UID));
+    // Interleaved calls, each plugin answering in its own terms.
+    for _ in 0..2 {
+        for p in [&old, &patched] {
+            let made = p.create(&c, &old_pod, MAY_EXIST).await.unwrap();
+            assert_eq!(annotation(&made, "faulty/answered-by"), "1.0.0");
+            // 0.1 spelled the phase as a string; the adapter hands over the enum.
+            assert_eq!(made.status.phase, PodPhase::Running);
+            let updated = p.update(&c, &old_pod, &[PodChange::Image("web".into())]).await.unwrap();
+            assert!(updated.not_applied.is_empty());
+        }
+        let made = new.create(&c, &new_pod, MAY_EXIST).await.unwrap();
+        assert_eq!(made.instance_id, "example-6f1c7a7e");
+        assert!(new.plan(&c, &new_pod).await.is_ok());
+    }
+    for (p, contract) in [(&old, "0.1.0"), (&patched, "0.1.1")] {
+        let r = pod_ref("behave", UID);
+        for err in [
+            p.plan(&c, &old_pod).await.unwrap_err(),
+            p.finalize(&c, &r, b"work").await.unwrap_err(),
+            p.port_forward(&c, &r, 80).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, CallError::Unsupported(m) if m.contains(&format!("vk:provider@{contract}"))),
+                "{contract}: {err:?}"
+            );
+            assert!(!err.is_retryable());
+        }
+    }
+    assert_eq!(new.delete(&c, &pod_ref("web-0", UID), DeleteReason::PodDeleted).await.unwrap(), Deletion::Gone);
+    assert_eq!(old.stats().calls(Export::Plan, "unsupported"), 1);
 }
 
 #[tokio::test]
@@ -394,7 +455,7 @@ async fn plugin_check_reports_a_good_plugin_and_refuses_a_bad_config() {
     assert_eq!(report.info.name, "example");
     assert_eq!(report.smoke.as_ref().unwrap().normalized, r#"{"max_pods":10}"#);
     let text = report.to_string();
-    assert!(text.contains("vk:provider@0.1.0") && text.contains("result      OK"), "{text}");
+    assert!(text.contains("vk:provider@0.2.0") && text.contains("result      OK"), "{text}");
 
     let err =
         vkhost::plugin::check(&plugin("example.wasm"), Some(serde_json::json!({"pods": 10})), "n1").await.unwrap_err();
@@ -424,5 +485,5 @@ async fn plugin_check_never_prints_the_cube_credentials() {
 async fn the_cube_plugin_loads() {
     let path = plugin("cube.wasm");
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
-    assert_eq!(p.info().contract_version, "0.1.2");
+    assert_eq!(p.info().contract_version, "0.2.0");
 }

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::contract::Event;
 use crate::error::InvalidInput;
+use vk_provider_sdk::Event;
 
 pub const PREFIX: &str = "cube.ucloud.cn/";
 /// Annotations the provider itself sets on the pod; not user settings.
@@ -537,7 +537,7 @@ mod tests {
             let s = parse(&ann(pairs)).unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
             assert_eq!(s.events.len(), 1, "{pairs:?}: {:?}", s.events);
             let e = &s.events[0];
-            assert_eq!((e.kind.as_str(), e.reason.as_str()), ("Warning", "AnnotationHasNoEffect"));
+            assert_eq!((e.kind, e.reason.as_str()), (vk_provider_sdk::EventKind::Warning, "AnnotationHasNoEffect"));
             assert!(e.message.contains(&format!("{PREFIX}{name}")) && e.message.contains(why), "{}", e.message);
         }
         assert_eq!(parse(&ann(&[("cube-eip-id", "eip-1")])).unwrap().eip, None);
@@ -557,7 +557,9 @@ mod tests {
                 .unwrap();
         let messages: Vec<&str> = s.events.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(s.events.len(), 3, "{messages:?}");
-        assert!(s.events.iter().all(|e| e.kind == "Warning" && e.reason == "UnknownAnnotation"));
+        assert!(
+            s.events.iter().all(|e| e.kind == vk_provider_sdk::EventKind::Warning && e.reason == "UnknownAnnotation")
+        );
         assert!(
             messages
                 .iter()

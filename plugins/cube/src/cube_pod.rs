@@ -242,6 +242,40 @@ pub struct ReturnedSpec {
 pub struct ReturnedContainer {
     pub name: String,
     pub image: String,
+    /// The environment the container runs with; none when the service leaves it out.
+    pub env: Option<Vec<ReturnedEnvVar>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ReturnedEnvVar {
+    pub name: String,
+    /// A YAML scalar the service may have unquoted (`"5"` → 5).
+    pub value: serde_yaml_ng::Value,
+}
+
+impl ReturnedEnvVar {
+    pub fn value_string(&self) -> String {
+        match &self.value {
+            serde_yaml_ng::Value::String(s) => s.clone(),
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            serde_yaml_ng::Value::Null => String::new(),
+            other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+        }
+    }
+}
+
+impl Returned {
+    /// The environment of each container (and init container) the instance reports, by name.
+    pub fn container_env(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let all = self.spec.init_containers.iter().flatten().chain(self.spec.containers.iter().flatten());
+        all.filter_map(|c| {
+            let env = c.env.as_ref()?;
+            Some((c.name.clone(), env.iter().map(|e| (e.name.clone(), e.value_string())).collect()))
+        })
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -35,6 +35,16 @@ pub fn allocate_params(common: &Params, s: &EipSettings, operator: &str, tag: Op
         .set("Name", name)
 }
 
+/// BindEIP parameters: the EIP to the instance.
+pub fn bind_params(common: &Params, cube_id: &str, eip_id: &str) -> Params {
+    common.clone().set("ResourceType", "cube").set("ResourceId", cube_id).set("EIPId", eip_id)
+}
+
+/// GrantFirewall parameters: the firewall to the instance.
+pub fn grant_params(common: &Params, cube_id: &str, firewall: &str) -> Params {
+    common.clone().set("ResourceType", "cube").set("ResourceId", cube_id).set("FWId", firewall)
+}
+
 fn first_ip(eip: &Value) -> Option<String> {
     eip.get("EIPAddr")?.as_array()?.first()?.get("IP")?.as_str().map(str::to_string)
 }
@@ -54,13 +64,12 @@ pub fn attach<T: Transport + ?Sized>(
         Some(id) => BoundEip { id: id.clone(), address: describe(client, common, id)?, allocated: false },
         None => allocate(client, common, s, operator, tag, pod_uid)?,
     };
-    let resource = common.clone().set("ResourceType", "cube").set("ResourceId", cube_id);
-    if let Err(e) = client.call("BindEIP", &resource.clone().set("EIPId", &eip.id)) {
+    if let Err(e) = client.call("BindEIP", &bind_params(common, cube_id, &eip.id)) {
         undo(client, common, &eip, None);
         return Err(e.into());
     }
     if let Some(fw) = &s.security_group_id
-        && let Err(e) = client.call("GrantFirewall", &resource.clone().set("FWId", fw))
+        && let Err(e) = client.call("GrantFirewall", &grant_params(common, cube_id, fw))
     {
         undo(client, common, &eip, Some(cube_id));
         if e.is_not_found() {

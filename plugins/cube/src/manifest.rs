@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::contract::ResolvedPod;
 use crate::error::InvalidInput;
+use vk_provider_sdk::ResolvedPod;
 
 /// The uid given to pods that have none yet (a manifest, not a live object).
 pub const DRY_RUN_UID: &str = "00000000-0000-4000-8000-000000000000";

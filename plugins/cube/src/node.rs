@@ -2,13 +2,13 @@
 //! node's capacity, labels and condition. Static: describing the node costs no API call.
 
 use crate::config::NodeConfig;
-use crate::contract::{NodeCondition, NodeOffer};
 use crate::error::ProviderError;
 use crate::sizes::{LARGEST, format_memory};
+use vk_provider_sdk::{NodeCondition, NodeOffer, kv};
 
 pub const NAME: &str = "cube";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const CONTRACT_VERSION: &str = "0.1.2";
+pub const CONTRACT_VERSION: &str = vk_provider_sdk::CONTRACT_VERSION;
 pub const DESCRIPTION: &str = "UCloud Cube serverless containers: every pod on the virtual node is a Cube instance";
 
 /// Checks a node's provider config; returns it normalised (defaults filled in).
@@ -20,19 +20,19 @@ pub fn validate_config(config: &str) -> Result<String, ProviderError> {
 pub fn describe(config: &NodeConfig) -> NodeOffer {
     let pods = u64::from(config.max_pods);
     let capacity = vec![
-        ("cpu".to_string(), format!("{}", pods * LARGEST.cpu_millis / 1000)),
-        ("memory".to_string(), format_memory(pods * LARGEST.memory_bytes())),
-        ("pods".to_string(), pods.to_string()),
-        ("ephemeral-storage".to_string(), format_memory(pods * crate::restrictions::MAX_EPHEMERAL_BYTES)),
+        kv("cpu", format!("{}", pods * LARGEST.cpu_millis / 1000)),
+        kv("memory", format_memory(pods * LARGEST.memory_bytes())),
+        kv("pods", pods.to_string()),
+        kv("ephemeral-storage", format_memory(pods * crate::restrictions::MAX_EPHEMERAL_BYTES)),
     ];
     let mut labels = vec![
-        ("topology.kubernetes.io/region".to_string(), config.region.clone()),
-        ("topology.kubernetes.io/zone".to_string(), config.zone.clone()),
-        ("node.kubernetes.io/instance-type".to_string(), "cube".to_string()),
-        ("cube.ucloud.cn/vpc-id".to_string(), config.vpc_id.clone()),
-        ("cube.ucloud.cn/subnet-id".to_string(), config.subnet_id.clone()),
+        kv("topology.kubernetes.io/region", &config.region),
+        kv("topology.kubernetes.io/zone", &config.zone),
+        kv("node.kubernetes.io/instance-type", "cube"),
+        kv("cube.ucloud.cn/vpc-id", &config.vpc_id),
+        kv("cube.ucloud.cn/subnet-id", &config.subnet_id),
     ];
-    labels.push(("cube.ucloud.cn/cluster-ip-support".to_string(), config.cluster_ip_support.to_string()));
+    labels.push(kv("cube.ucloud.cn/cluster-ip-support", config.cluster_ip_support.to_string()));
     NodeOffer {
         allocatable: capacity.clone(),
         capacity,
@@ -58,9 +58,9 @@ mod tests {
         let mut json = crate::config::tests::minimal();
         json["max_pods"] = serde_json::json!(10);
         let offer = describe(&NodeConfig::parse(&json.to_string()).unwrap());
-        let get = |k: &str| offer.capacity.iter().find(|(key, _)| key == k).unwrap().1.clone();
+        let get = |k: &str| offer.capacity.iter().find(|c| c.key == k).unwrap().value.clone();
         assert_eq!((get("cpu"), get("memory"), get("pods")), ("80".into(), "160Gi".into(), "10".into()));
-        assert!(offer.labels.contains(&("topology.kubernetes.io/zone".into(), "cn-bj2-05".into())));
+        assert!(offer.labels.contains(&kv("topology.kubernetes.io/zone", "cn-bj2-05")));
         assert_eq!(offer.conditions[0].kind, "Ready");
         assert_eq!((offer.operating_system.as_str(), offer.architecture.as_str()), ("linux", "amd64"));
     }

@@ -7,10 +7,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use crate::contract::{Event, ResolvedPod};
 use crate::cube_pod::PullSecret;
 use crate::error::InvalidInput;
 use crate::k8s::LocalRef;
+use vk_provider_sdk::{Event, ResolvedPod};
 
 /// The registry host of an image reference; `docker.io` for Docker Hub short names.
 pub fn registry_of(image: &str) -> String {
@@ -87,7 +87,7 @@ pub fn pull_secrets(refs: &[LocalRef], resolved: &ResolvedPod) -> Result<(Vec<Pu
             ));
             continue;
         };
-        let data = |key: &str| secret.data.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice());
+        let data = |key: &str| secret.get(key);
         let (data_key, parsed) = if let Some(raw) = data(".dockerconfigjson") {
             #[derive(Deserialize)]
             struct DockerConfig {
@@ -186,7 +186,7 @@ fn registry_server(server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::Secret;
+    use vk_provider_sdk::Secret;
 
     #[test]
     fn finds_the_registry_of_an_image() {
@@ -233,17 +233,17 @@ mod tests {
             Secret {
                 name: "myhub".into(),
                 kind: "kubernetes.io/dockerconfigjson".into(),
-                data: vec![(".dockerconfigjson".into(), guide.to_vec())],
+                data: vec![vk_provider_sdk::entry(".dockerconfigjson", guide.to_vec())],
             },
             Secret {
                 name: "uhub".into(),
                 kind: "kubernetes.io/dockerconfigjson".into(),
-                data: vec![(".dockerconfigjson".into(), auth_only.to_vec())],
+                data: vec![vk_provider_sdk::entry(".dockerconfigjson", auth_only.to_vec())],
             },
             Secret {
                 name: "old".into(),
                 kind: "kubernetes.io/dockercfg".into(),
-                data: vec![(".dockercfg".into(), legacy.to_vec())],
+                data: vec![vk_provider_sdk::entry(".dockercfg", legacy.to_vec())],
             },
         ]);
         let refs: Vec<LocalRef> =
@@ -284,8 +284,8 @@ mod tests {
         let doc = |entry: &str| Secret {
             name: "s".into(),
             kind: "kubernetes.io/dockerconfigjson".into(),
-            data: vec![(
-                ".dockerconfigjson".into(),
+            data: vec![vk_provider_sdk::entry(
+                ".dockerconfigjson",
                 format!(r#"{{"auths":{{"myhub.an-link.com":{entry}}}}}"#).into_bytes(),
             )],
         };
@@ -314,16 +314,20 @@ mod tests {
     #[test]
     fn refuses_pull_secrets_that_are_not_docker_configs() {
         let resolved = pod_with(vec![
-            Secret { name: "opaque".into(), kind: "Opaque".into(), data: vec![("x".into(), b"y".to_vec())] },
+            Secret {
+                name: "opaque".into(),
+                kind: "Opaque".into(),
+                data: vec![vk_provider_sdk::entry("x", b"y".to_vec())],
+            },
             Secret {
                 name: "broken".into(),
                 kind: "kubernetes.io/dockerconfigjson".into(),
-                data: vec![(".dockerconfigjson".into(), b"{".to_vec())],
+                data: vec![vk_provider_sdk::entry(".dockerconfigjson", b"{".to_vec())],
             },
             Secret {
                 name: "badauth".into(),
                 kind: "kubernetes.io/dockerconfigjson".into(),
-                data: vec![(".dockerconfigjson".into(), br#"{"auths":{"h":{"auth":"%%%"}}}"#.to_vec())],
+                data: vec![vk_provider_sdk::entry(".dockerconfigjson", br#"{"auths":{"h":{"auth":"%%%"}}}"#.to_vec())],
             },
         ]);
         for (name, needle) in
@@ -349,7 +353,7 @@ mod tests {
             let resolved = pod_with(vec![Secret {
                 name: "regcred".into(),
                 kind: "kubernetes.io/dockerconfigjson".into(),
-                data: vec![(".dockerconfigjson".into(), doc.to_vec())],
+                data: vec![vk_provider_sdk::entry(".dockerconfigjson", doc.to_vec())],
             }]);
             let err = pull_secrets(&[LocalRef { name: "regcred".into() }], &resolved).unwrap_err();
             let text = format!("{} {} {err:?}", err.field, err.message);

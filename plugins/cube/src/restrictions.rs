@@ -2,10 +2,10 @@
 //! ephemeral storage over 10 GiB. Refused by field before anything is created; fields Cube merely
 //! ignores (probes, lifecycle hooks, DNS searches) are let through with a Warning event.
 
-use crate::contract::Event;
 use crate::error::InvalidInput;
 use crate::k8s::{Container, Pod};
 use crate::sizes::{format_memory, parse_memory_bytes};
+use vk_provider_sdk::Event;
 
 /// Ephemeral storage each container gets.
 pub const MAX_EPHEMERAL_BYTES: u64 = 10 * 1024 * 1024 * 1024;

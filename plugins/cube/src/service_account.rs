@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::contract::ResolvedPod;
 use crate::error::{InvalidInput, TranslateError};
 use crate::k8s::{self, ProjectedSource};
 use crate::volumes::{config_map_files, secret_files};
+use vk_provider_sdk::ResolvedPod;
 
 fn unsupported(field: String, message: String) -> TranslateError {
     InvalidInput::new("UnsupportedProjection", field, message).into()

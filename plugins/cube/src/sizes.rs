@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use crate::contract::Event;
 use crate::error::InvalidInput;
+use vk_provider_sdk::Event;
 
 const MI: u64 = 1024 * 1024;
 

@@ -1,23 +1,26 @@
 //! Cube's status words and container states → the Kubernetes pod status: phase, reason, container
 //! states with their reasons, restart counts, pod IP and start time.
 
-use crate::contract::{ContainerState, ContainerStatus, PodStatus};
+use vk_provider_sdk::{
+    ContainerState, ContainerStatus, PodPhase, PodStatus, StateRunning, StateTerminated, StateWaiting,
+};
+
 use crate::cube_pod::{Returned, ReturnedContainerStatus, ReturnedState};
 
 /// The Kubernetes phase and pod reason for a Cube status word.
-pub fn phase_of(word: &str) -> (&'static str, &'static str) {
+pub fn phase_of(word: &str) -> (PodPhase, &'static str) {
     match word {
-        "Pending" => ("Pending", ""),
-        "ContainerCreating" => ("Pending", "ContainerCreating"),
-        "ErrImagePull" => ("Pending", "ErrImagePull"),
-        "ImagePullBackOff" => ("Pending", "ImagePullBackOff"),
-        "CreateContainerError" => ("Pending", "CreateContainerError"),
-        "Running" => ("Running", ""),
-        "CrashLoopBackOff" => ("Running", "CrashLoopBackOff"),
-        "Terminating" => ("Running", "Terminating"),
-        "Completed" | "Succeeded" => ("Succeeded", "Completed"),
-        "Error" | "Failed" => ("Failed", "Error"),
-        _ => ("Unknown", ""),
+        "Pending" => (PodPhase::Pending, ""),
+        "ContainerCreating" => (PodPhase::Pending, "ContainerCreating"),
+        "ErrImagePull" => (PodPhase::Pending, "ErrImagePull"),
+        "ImagePullBackOff" => (PodPhase::Pending, "ImagePullBackOff"),
+        "CreateContainerError" => (PodPhase::Pending, "CreateContainerError"),
+        "Running" => (PodPhase::Running, ""),
+        "CrashLoopBackOff" => (PodPhase::Running, "CrashLoopBackOff"),
+        "Terminating" => (PodPhase::Running, "Terminating"),
+        "Completed" | "Succeeded" => (PodPhase::Succeeded, "Completed"),
+        "Error" | "Failed" => (PodPhase::Failed, "Error"),
+        _ => (PodPhase::Unknown, ""),
     }
 }
 
@@ -27,8 +30,11 @@ pub fn pod_status(pod: &Returned) -> PodStatus {
     let (phase, reason) = phase_of(word);
     let reason = pod.status.reason.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| reason.to_string());
     let message = pod.status.message.clone().unwrap_or_default();
-    let message =
-        if message.is_empty() && phase == "Unknown" { format!("Cube reports status {word:?}") } else { message };
+    let message = if message.is_empty() && phase == PodPhase::Unknown {
+        format!("Cube reports status {word:?}")
+    } else {
+        message
+    };
 
     let spec_containers = pod.spec.containers.clone().unwrap_or_default();
     let container_statuses = match &pod.status.container_statuses {
@@ -45,21 +51,21 @@ pub fn pod_status(pod: &Returned) -> PodStatus {
         _ => spec_inits
             .iter()
             .map(|c| {
-                let state = if matches!(phase, "Running" | "Succeeded") {
-                    ContainerState::Terminated {
+                let state = if matches!(phase, PodPhase::Running | PodPhase::Succeeded) {
+                    ContainerState::Terminated(StateTerminated {
                         exit_code: 0,
                         reason: "Completed".into(),
                         message: String::new(),
                         started_at: String::new(),
                         finished_at: String::new(),
-                    }
+                    })
                 } else {
-                    ContainerState::Waiting { reason: "PodInitializing".into(), message: String::new() }
+                    ContainerState::Waiting(StateWaiting { reason: "PodInitializing".into(), message: String::new() })
                 };
                 ContainerStatus {
                     name: c.name.clone(),
                     image: c.image.clone(),
-                    ready: matches!(phase, "Running" | "Succeeded"),
+                    ready: matches!(phase, PodPhase::Running | PodPhase::Succeeded),
                     restart_count: 0,
                     state,
                     last_state: None,
@@ -69,7 +75,7 @@ pub fn pod_status(pod: &Returned) -> PodStatus {
     };
 
     PodStatus {
-        phase: phase.into(),
+        phase,
         reason,
         message,
         pod_ip: pod.status.pod_ip.clone().filter(|ip| !ip.is_empty()),
@@ -86,7 +92,7 @@ fn spec_image(spec: &[crate::cube_pod::ReturnedContainer], name: &str) -> String
 fn state(s: &ReturnedState) -> Option<ContainerState> {
     if let Some(t) = &s.terminated {
         let exit_code = t.exit_code.unwrap_or(0);
-        return Some(ContainerState::Terminated {
+        return Some(ContainerState::Terminated(StateTerminated {
             exit_code,
             reason: t
                 .reason
@@ -95,24 +101,25 @@ fn state(s: &ReturnedState) -> Option<ContainerState> {
             message: t.message.clone().unwrap_or_default(),
             started_at: t.started_at.clone().unwrap_or_default(),
             finished_at: t.finished_at.clone().unwrap_or_default(),
-        });
+        }));
     }
     if let Some(r) = &s.running {
-        return Some(ContainerState::Running { started_at: r.started_at.clone().unwrap_or_default() });
+        return Some(ContainerState::Running(StateRunning { started_at: r.started_at.clone().unwrap_or_default() }));
     }
-    s.waiting.as_ref().map(|w| ContainerState::Waiting {
-        reason: w.reason.clone().unwrap_or_else(|| "ContainerCreating".into()),
-        message: w.message.clone().unwrap_or_default(),
+    s.waiting.as_ref().map(|w| {
+        ContainerState::Waiting(StateWaiting {
+            reason: w.reason.clone().unwrap_or_else(|| "ContainerCreating".into()),
+            message: w.message.clone().unwrap_or_default(),
+        })
     })
 }
 
 fn container_status(c: &ReturnedContainerStatus, spec_image: &str) -> ContainerStatus {
-    let current = c
-        .state
-        .as_ref()
-        .and_then(state)
-        .unwrap_or(ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() });
-    let ready = c.ready.unwrap_or(matches!(current, ContainerState::Running { .. }));
+    let current = c.state.as_ref().and_then(state).unwrap_or(ContainerState::Waiting(StateWaiting {
+        reason: "ContainerCreating".into(),
+        message: String::new(),
+    }));
+    let ready = c.ready.unwrap_or(matches!(current, ContainerState::Running(_)));
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| spec_image.to_string()),
@@ -125,22 +132,25 @@ fn container_status(c: &ReturnedContainerStatus, spec_image: &str) -> ContainerS
 
 /// A container status from the pod's status word alone, when Cube gives no per-container detail.
 fn synthesized(name: &str, image: &str, word: &str, message: &str) -> ContainerStatus {
-    let waiting = |reason: &str| ContainerState::Waiting { reason: reason.into(), message: message.into() };
-    let terminated = |code: i32, reason: &str| ContainerState::Terminated {
-        exit_code: code,
-        reason: reason.into(),
-        message: message.into(),
-        started_at: String::new(),
-        finished_at: String::new(),
+    let waiting =
+        |reason: &str| ContainerState::Waiting(StateWaiting { reason: reason.into(), message: message.into() });
+    let terminated = |code: i32, reason: &str| {
+        ContainerState::Terminated(StateTerminated {
+            exit_code: code,
+            reason: reason.into(),
+            message: message.into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+        })
     };
     let state = match word {
-        "Running" | "Terminating" => ContainerState::Running { started_at: String::new() },
+        "Running" | "Terminating" => ContainerState::Running(StateRunning { started_at: String::new() }),
         "Completed" | "Succeeded" => terminated(0, "Completed"),
         "Error" | "Failed" => terminated(1, "Error"),
         "Pending" => waiting("ContainerCreating"),
         other => waiting(other),
     };
-    let ready = matches!(state, ContainerState::Running { .. });
+    let ready = matches!(state, ContainerState::Running(_));
     ContainerStatus { name: name.into(), image: image.into(), ready, restart_count: 0, state, last_state: None }
 }
 
@@ -180,14 +190,14 @@ mod tests {
                 _ => "waiting",
             };
             let got = match &c.state {
-                ContainerState::Waiting { reason, .. } => {
+                ContainerState::Waiting(StateWaiting { reason, .. }) => {
                     if word != "Pending" && word != "Exploded" {
                         assert_eq!(reason, word);
                     }
                     "waiting"
                 }
-                ContainerState::Running { .. } => "running",
-                ContainerState::Terminated { exit_code, .. } => {
+                ContainerState::Running(_) => "running",
+                ContainerState::Terminated(StateTerminated { exit_code, .. }) => {
                     assert_eq!(*exit_code, if word == "Completed" { 0 } else { 1 });
                     "terminated"
                 }
@@ -226,30 +236,36 @@ status:
         assert_eq!(s.start_time.as_deref(), Some("2026-11-26T16:00:00Z"));
         let web = &s.container_statuses[0];
         assert_eq!((web.image.as_str(), web.ready, web.restart_count), ("w", false, 4));
-        assert_eq!(web.state, ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: "".into() });
+        assert_eq!(
+            web.state,
+            ContainerState::Waiting(StateWaiting { reason: "CrashLoopBackOff".into(), message: "".into() })
+        );
         assert_eq!(
             web.last_state,
-            Some(ContainerState::Terminated {
+            Some(ContainerState::Terminated(StateTerminated {
                 exit_code: 2,
                 reason: "Error".into(),
                 message: "".into(),
                 started_at: "2026-11-26T16:01:00Z".into(),
                 finished_at: "2026-11-26T16:01:01Z".into()
-            })
+            }))
         );
         assert_eq!(
             s.container_statuses[1].state,
-            ContainerState::Running { started_at: "2026-11-26T16:00:05Z".into() }
+            ContainerState::Running(StateRunning { started_at: "2026-11-26T16:00:05Z".into() })
         );
         assert!(s.container_statuses[1].ready);
         // Init containers of a running pod have completed.
-        assert!(matches!(&s.init_container_statuses[0].state, ContainerState::Terminated { exit_code: 0, .. }));
+        assert!(matches!(
+            &s.init_container_statuses[0].state,
+            ContainerState::Terminated(StateTerminated { exit_code: 0, .. })
+        ));
     }
 
     #[test]
     fn an_empty_pod_ip_is_no_ip() {
         let s = pod_status(&returned("status: {phase: Pending, podIp: ''}"));
         assert_eq!(s.pod_ip, None);
-        assert_eq!(s.phase, "Pending");
+        assert_eq!(s.phase, PodPhase::Pending);
     }
 }

@@ -6,10 +6,11 @@ use serde_json::Value;
 
 use crate::api::Params;
 use crate::api::form::urlencode;
-use crate::contract::{ContainerUsage, ExecOptions, LogOptions, PodRef, PodUsage, StreamProtocol, StreamTarget};
 use crate::error::ProviderError;
 use crate::host::Host;
 use crate::instances::Cube;
+use vk_provider_sdk::time::format_rfc3339;
+use vk_provider_sdk::{ContainerUsage, ExecOptions, LogOptions, PodRef, PodUsage, StreamProtocol, StreamTarget};
 
 /// The metrics asked of GetCubeMetrics, in this order.
 pub const METRICS: [&str; 4] =
@@ -135,8 +136,8 @@ const LIST_ABOVE: usize = 2;
 /// Usage of the pods that have instances.
 pub fn usage<H: Host + ?Sized>(cube: &Cube<H>, pods: &[PodRef]) -> Result<Vec<PodUsage>, ProviderError> {
     let now = cube.host.now_unix();
-    let instances: Vec<(&PodRef, String, crate::contract::PodStatus)> = if pods.len() > LIST_ABOVE {
-        let mut by_uid: std::collections::HashMap<String, (String, crate::contract::PodStatus)> =
+    let instances: Vec<(&PodRef, String, vk_provider_sdk::PodStatus)> = if pods.len() > LIST_ABOVE {
+        let mut by_uid: std::collections::HashMap<String, (String, vk_provider_sdk::PodStatus)> =
             cube.list()?.into_iter().map(|i| (i.pod.uid, (i.instance_id, i.status))).collect();
         pods.iter().filter_map(|p| by_uid.remove(&p.uid).map(|(id, s)| (p, id, s))).collect()
     } else {
@@ -161,7 +162,7 @@ pub fn usage<H: Host + ?Sized>(cube: &Cube<H>, pods: &[PodRef]) -> Result<Vec<Po
                 .set("EndTime", now);
             let [cpu_total, cpu_rate, working_set, usage] = latest(&cube.client.call("GetCubeMetrics", &params)?);
             let start_time = match &c.state {
-                crate::contract::ContainerState::Running { started_at } => started_at.clone(),
+                vk_provider_sdk::ContainerState::Running(r) => r.started_at.clone(),
                 _ => status.start_time.clone().unwrap_or_default(),
             };
             containers.push(ContainerUsage {
@@ -173,26 +174,28 @@ pub fn usage<H: Host + ?Sized>(cube: &Cube<H>, pods: &[PodRef]) -> Result<Vec<Po
                 start_time,
             });
         }
-        out.push(PodUsage { pod: pod.clone(), timestamp: rfc3339(now), containers });
+        out.push(PodUsage { pod: pod.clone(), timestamp: format_rfc3339(now), containers });
     }
     Ok(out)
 }
 
-/// RFC 3339 (UTC, seconds) of a Unix time.
-pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+/// Where to forward connections to `port` of the pod: the instance's address in the VPC, which
+/// the host reaches directly. `not-found` without an instance; `unsupported` while it has no IP.
+pub fn port_forward<H: Host + ?Sized>(cube: &Cube<H>, pod: &PodRef, port: u16) -> Result<StreamTarget, ProviderError> {
+    let Some((cube_id, returned)) = cube.find(&pod.uid)? else {
+        return Err(ProviderError::NotFound(format!("no Cube instance for pod {pod} (uid {})", pod.uid)));
+    };
+    match returned.status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        Some(ip) => Ok(StreamTarget { url: tcp_url(ip, port), headers: vec![], protocol: StreamProtocol::Tcp }),
+        None => Err(ProviderError::Unsupported(format!(
+            "Cube instance {cube_id} of pod {pod} has no IP address yet, so there is nothing to forward port {port} to"
+        ))),
+    }
+}
+
+/// `tcp://ip:port`, an IPv6 address in brackets.
+pub fn tcp_url(ip: &str, port: u16) -> String {
+    if ip.contains(':') { format!("tcp://[{ip}]:{port}") } else { format!("tcp://{ip}:{port}") }
 }
 
 #[cfg(test)]
@@ -240,6 +243,12 @@ mod tests {
     }
 
     #[test]
+    fn port_forward_urls_bracket_ipv6() {
+        assert_eq!(tcp_url("10.23.0.7", 8080), "tcp://10.23.0.7:8080");
+        assert_eq!(tcp_url("fd00::7", 80), "tcp://[fd00::7]:80");
+    }
+
+    #[test]
     fn takes_the_latest_value_of_each_metric() {
         let v = json!({"DataSets": [
             {"MetricName": "CPUUsageNanoCores", "Values": [{"Timestamp": 20, "Value": 5.0}, {"Timestamp": 30, "Value": 250000000.4}, {"Timestamp": 10, "Value": 9.0}]},
@@ -247,16 +256,5 @@ mod tests {
             {"MetricName": "Other", "Values": [{"Timestamp": 30, "Value": 1}]},
         ]});
         assert_eq!(latest(&v), [0, 250_000_000, 0, 1_048_576]);
-    }
-
-    #[test]
-    fn formats_unix_times_as_rfc3339() {
-        for (t, s) in [
-            (0, "1970-01-01T00:00:00Z"),
-            (1_795_708_800, "2026-11-26T16:00:00Z"),
-            (951_782_400, "2000-02-29T00:00:00Z"),
-        ] {
-            assert_eq!(rfc3339(t), s);
-        }
     }
 }

@@ -9,7 +9,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::annotations::{self, CubeSettings};
 use crate::config::NodeConfig;
-use crate::contract::{Event, KeyValue, PodRef, ResolvedPod};
 use crate::cube_pod::{self, CubePod, NODE_ANNOTATION};
 use crate::error::{InvalidInput, TranslateError};
 use crate::k8s;
@@ -17,6 +16,7 @@ use crate::registries;
 use crate::restrictions;
 use crate::sizes::{self, Demand, Size};
 use crate::volumes;
+use vk_provider_sdk::{Event, KeyValue, PodRef, ResolvedPod, kv};
 
 /// Everything a pod turns into: the CreateCubePod parameters and what to tell the pod.
 #[derive(Debug, Clone)]
@@ -48,8 +48,8 @@ impl CreateRequest {
                 let _ = writeln!(out, "{k}: {v}");
             }
         }
-        for (k, v) in &self.annotations {
-            let _ = writeln!(out, "# annotation {k}: {v}");
+        for a in &self.annotations {
+            let _ = writeln!(out, "# annotation {}: {}", a.key, a.value);
         }
         for e in &self.events {
             let _ = writeln!(out, "# event {} {}: {}", e.kind, e.reason, e.message);
@@ -209,7 +209,7 @@ pub fn translate_with(
         spec_hash,
         size,
         settings,
-        annotations: vec![(annotations::SIZE.into(), size.to_string())],
+        annotations: vec![kv(annotations::SIZE, size.to_string())],
         events,
     })
 }
@@ -252,7 +252,7 @@ fn container(
     volumes: &[cube_pod::Volume],
 ) -> Result<cube_pod::Container, TranslateError> {
     let env = match resolved.env.iter().find(|e| e.container == c.name) {
-        Some(e) => e.vars.iter().map(|(k, v)| cube_pod::EnvVar { name: k.clone(), value: v.clone() }).collect(),
+        Some(e) => e.vars.iter().map(|v| cube_pod::EnvVar { name: v.key.clone(), value: v.value.clone() }).collect(),
         None => {
             let mut env = Vec::new();
             for (j, v) in c.env.iter().enumerate() {

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use crate::contract::{Event, ResolvedPod};
 use crate::cube_pod::{self, EmptyDir, Nfs, Udisk, VolumeSource};
 use crate::error::{InvalidInput, TranslateError};
 use crate::k8s::{self, KeyToPath};
 use crate::service_account;
+use vk_provider_sdk::{Event, ResolvedPod};
 
 /// The CSI driver whose volumes are UDisks.
 pub const UDISK_DRIVER: &str = "udisk.csi.ucloud.cn";
@@ -135,8 +135,8 @@ pub fn config_map_files(
     let entries: BTreeMap<String, Vec<u8>> = cm
         .data
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-        .chain(cm.binary_data.iter().cloned())
+        .map(|e| (e.key.clone(), e.value.clone().into_bytes()))
+        .chain(cm.binary_data.iter().map(|b| (b.key.clone(), b.value.clone())))
         .collect();
     select(entries, items, optional, &format!("ConfigMap {name}"), field)
 }
@@ -156,7 +156,7 @@ pub fn secret_files(
             Err(TranslateError::NotReady(format!("{field}: Secret {name} does not exist (yet)")))
         };
     };
-    let entries: BTreeMap<String, Vec<u8>> = s.data.iter().cloned().collect();
+    let entries: BTreeMap<String, Vec<u8>> = s.data.iter().map(|b| (b.key.clone(), b.value.clone())).collect();
     select(entries, items, optional, &format!("Secret {name}"), field)
 }
 

@@ -52,10 +52,8 @@ fn the_envelope_accepts_string_retcodes_and_reports_failures() {
     for (answer, want) in cases {
         let mut once = Some(answer);
         let host = FakeHost::new(move |_, _| once.take().expect("called once"));
-        let got = client(&host)
-            .call("GetCubePod", &Params::new())
-            .map(|_| ())
-            .map_err(|e| ProviderError::from(e).to_string());
+        let got =
+            client(&host).call("GetCubePod", &Params::new()).map(|_| ()).map_err(|e| ProviderError::from(e).describe());
         match (got, want) {
             (Ok(()), Ok(())) => {}
             (Err(e), Err(prefix)) => assert!(e.starts_with(prefix), "{e} does not start with {prefix}"),
@@ -127,6 +125,7 @@ fn definitive_answers_are_not_retried_and_map_to_the_contract_errors() {
             }
             ProviderError::Internal(_) => "internal",
             ProviderError::Transient(_) => "transient",
+            ProviderError::Unsupported(_) => "unsupported",
         };
         assert_eq!(got, kind, "RetCode {code}: {err:?}");
         assert_eq!(host.count("GetCubePod"), 1, "RetCode {code} must not be retried");

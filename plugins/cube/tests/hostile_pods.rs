@@ -2,10 +2,10 @@
 //! no JSON at all. Translation answers a request or an error, never panics, and what it builds
 //! stays proportional to what it was given.
 
-use cube_provider::contract::ResolvedPod;
 use cube_provider::translate;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use vk_provider_sdk::ResolvedPod;
 
 const NODE: &str = "uk8s-abcd1234-vk-x7k2p";
 

@@ -6,16 +6,16 @@
 mod support;
 
 use cube_provider::api::HttpError;
-use cube_provider::contract::{
-    DeleteReason, Deletion, ExecOptions, LogOptions, PodRef, ResolvedPod, ServiceAccountToken, StreamProtocol,
-    VolumeClaim,
-};
 use cube_provider::error::ProviderError;
 use cube_provider::instances::Cube;
 use cube_provider::streams;
 use serde_json::{Value, json};
 use support::cloud::{Fault, host};
 use support::*;
+use vk_provider_sdk::{
+    CreateAttempt, DeleteReason, Deletion, ExecOptions, KeyValue, LogOptions, PendingDeletion, Pod, PodChange, PodRef,
+    ResolvedPod, ServiceAccountToken, StreamProtocol, VolumeClaim,
+};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -31,8 +31,8 @@ fn pod_ref() -> PodRef {
     PodRef { namespace: "default".into(), name: "nginx".into(), uid: "6f1c2d3e-0000-4000-8000-000000000001".into() }
 }
 
-fn annotation<'a>(list: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    list.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+fn annotation<'a>(list: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    list.iter().find(|a| a.key == key).map(|a| a.value.as_str())
 }
 
 #[test]
@@ -283,45 +283,70 @@ fn deleting_the_node_deletes_the_udisks_after_the_instance_but_pods_keep_theirs(
         context.config = cfg.to_string();
         let cube = Cube::new(&host, &context).unwrap();
         cube.create(&udisk_pod()).unwrap();
-        assert_eq!(cube.delete(&udisk_ref(), reason).unwrap(), Deletion::Gone);
-        assert_eq!(cloud.borrow().deleted_disks, want, "{reason:?} delete_disks_with_node={delete_disks}");
-        let actions = host.actions();
-        if !want.is_empty() {
-            let delete_at = actions.iter().position(|a| a == "DeleteCubePod").unwrap();
-            assert!(actions.iter().position(|a| a == "DeleteUDisk").unwrap() > delete_at);
+        let deletion = cube.delete(&udisk_ref(), reason).unwrap();
+        // Nothing of the disks goes with the instance: they are work for finalize.
+        assert!(cloud.borrow().deleted_disks.is_empty());
+        match (&deletion, want.is_empty()) {
+            (Deletion::Gone, true) => {}
+            (Deletion::InProgress(PendingDeletion { finalize, .. }), false) => {
+                assert!(!finalize.is_empty());
+                // The host calls finalize once status answers not-found.
+                assert!(matches!(cube.status(&udisk_ref()).unwrap_err(), ProviderError::NotFound(_)));
+                cube.finalize(&udisk_ref(), finalize).unwrap();
+            }
+            _ => panic!("{reason:?} delete_disks_with_node={delete_disks}: {deletion:?}"),
         }
+        assert_eq!(cloud.borrow().deleted_disks, want, "{reason:?} delete_disks_with_node={delete_disks}");
+        assert!(host.store.borrow().is_empty(), "no store record: the work travels with the deletion");
     }
 }
 
 #[test]
-fn udisks_of_a_slowly_deleted_instance_go_once_it_is_gone() {
+fn udisks_of_a_slowly_deleted_instance_go_in_finalize_once_it_is_gone() {
     let (host, cloud) = host();
     let cube = Cube::new(&host, &ctx()).unwrap();
     cube.create(&udisk_pod()).unwrap();
     cloud.borrow_mut().linger = 2;
-    assert_eq!(cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap(), Deletion::InProgress);
-    assert!(cloud.borrow().deleted_disks.is_empty());
-    // The host polls status until not-found; then the disks go.
-    let s = cube.status(&udisk_ref()).unwrap();
-    assert_eq!(s.reason, "Terminating");
+    let Deletion::InProgress(pending) = cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap() else {
+        panic!("the instance is still going away")
+    };
+    assert_eq!(pending.poll_after_ms, 0);
+    // The host polls status until not-found; status alone deletes nothing.
+    assert_eq!(cube.status(&udisk_ref()).unwrap().reason, "Terminating");
+    let polls = std::iter::repeat_with(|| cube.status(&udisk_ref())).take(3);
+    assert!(polls.into_iter().any(|s| s.is_err()), "the instance goes after its linger");
     assert!(matches!(cube.status(&udisk_ref()).unwrap_err(), ProviderError::NotFound(_)));
+    assert!(cloud.borrow().deleted_disks.is_empty());
+    cube.finalize(&udisk_ref(), &pending.finalize).unwrap();
     assert_eq!(cloud.borrow().deleted_disks, vec!["bsm-2x4lqkq3".to_string()]);
+    // Retried (a lost answer, a restart): the disk is already gone, which is fine.
+    cube.finalize(&udisk_ref(), &pending.finalize).unwrap();
+    assert_eq!(host.count("DeleteUDisk"), 2);
     assert!(host.store.borrow().is_empty());
 }
 
 #[test]
-fn a_node_delete_whose_udisks_cannot_be_remembered_deletes_nothing_yet() {
+fn finalize_refuses_work_it_cannot_read_and_accepts_none() {
+    let (host, _) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.finalize(&udisk_ref(), &[]).unwrap();
+    let err = cube.finalize(&udisk_ref(), b"{not json").unwrap_err();
+    assert!(matches!(&err, ProviderError::Internal(m) if m.contains("default/nginx")), "{err:?}");
+    assert!(host.actions().is_empty());
+}
+
+#[test]
+fn udisks_a_cube_on_contract_0_1_left_in_the_store_go_when_status_finds_no_instance() {
     let (host, cloud) = host();
     let cube = Cube::new(&host, &ctx()).unwrap();
-    cube.create(&udisk_pod()).unwrap();
-    host.store_down.set(true);
-    let err = cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap_err();
-    assert!(matches!(&err, ProviderError::Transient(m) if m.contains("UDisks")), "{err:?}");
-    assert!(!host.actions().contains(&"DeleteCubePod".to_string()));
-    // Retried once the store is back: the usual order.
-    host.store_down.set(false);
-    cube.delete(&udisk_ref(), DeleteReason::NodeDeleted).unwrap();
-    assert_eq!(cloud.borrow().deleted_disks, vec!["bsm-2x4lqkq3".to_string()]);
+    host.store.borrow_mut().insert(format!("cube/disks-to-delete/{}", udisk_ref().uid), b"bsm-1,bsm-2".to_vec());
+    assert!(matches!(cube.status(&udisk_ref()).unwrap_err(), ProviderError::NotFound(_)));
+    assert_eq!(cloud.borrow().deleted_disks, vec!["bsm-1".to_string(), "bsm-2".to_string()]);
+    assert!(host.store.borrow().is_empty());
+}
+
+fn typed(resolved: ResolvedPod) -> Pod {
+    Pod::parse(resolved).unwrap()
 }
 
 fn with_token(token: &str) -> ResolvedPod {
@@ -329,9 +354,9 @@ fn with_token(token: &str) -> ResolvedPod {
         serde_json::to_string(&serde_yaml_ng::from_str::<Value>(&fixture("pod-kube-api-access.yaml")).unwrap())
             .unwrap(),
     );
-    r.config_maps.push(cube_provider::contract::ConfigMap {
+    r.config_maps.push(vk_provider_sdk::ConfigMap {
         name: "kube-root-ca.crt".into(),
-        data: vec![("ca.crt".into(), "CA".into())],
+        data: vec![vk_provider_sdk::kv("ca.crt", "CA")],
         binary_data: vec![],
     });
     r.tokens.push(ServiceAccountToken {
@@ -349,17 +374,19 @@ fn update_renews_the_instance_only_when_the_pod_changed() {
     let (host, cloud) = host();
     let cube = Cube::new(&host, &ctx()).unwrap();
     cube.create(&with_token("token-1")).unwrap();
-    let same = cube.update(&with_token("token-1")).unwrap();
+    let token = [PodChange::Token("kube-api-access-x7k2p".into())];
+    let same = cube.update(&typed(with_token("token-1")), &token).unwrap();
     assert_eq!(host.count("RenewCubePod"), 0);
-    assert!(same.events.is_empty());
-    let renewed = cube.update(&with_token("token-2")).unwrap();
+    assert!(same.outcome.events.is_empty() && same.not_applied.is_empty());
+    let renewed = cube.update(&typed(with_token("token-2")), &token).unwrap();
     assert_eq!(host.count("RenewCubePod"), 1);
-    assert_eq!(renewed.events[0].reason, "CubeRenewed");
+    assert_eq!(renewed.outcome.events[0].reason, "CubeRenewed");
+    assert!(renewed.not_applied.is_empty());
     assert_eq!(host.params("RenewCubePod", 0)["CubeId"], "cube-1");
     let yaml = cloud.borrow().instances[0].yaml.clone();
     use base64::Engine;
     assert!(yaml.contains(&base64::engine::general_purpose::STANDARD.encode("token-2")), "{yaml}");
-    cube.update(&with_token("token-2")).unwrap();
+    cube.update(&typed(with_token("token-2")), &token).unwrap();
     assert_eq!(host.count("RenewCubePod"), 1);
     // What the host writes back on the pod (size, EIP address), labels and other tools'
     // annotations do not make the pod look changed.
@@ -370,7 +397,7 @@ fn update_renews_the_instance_only_when_the_pod_changed() {
     pod["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
     pod["metadata"]["labels"] = json!({"version": "2"});
     touched.pod = pod.to_string();
-    cube.update(&touched).unwrap();
+    cube.update(&typed(touched), &[PodChange::Annotations(vec!["cube.ucloud.cn/size".into()])]).unwrap();
     assert_eq!(host.count("RenewCubePod"), 1);
 }
 
@@ -378,7 +405,7 @@ fn update_renews_the_instance_only_when_the_pod_changed() {
 fn update_of_a_pod_without_instance_is_not_found() {
     let (host, _) = host();
     let cube = Cube::new(&host, &ctx()).unwrap();
-    assert!(matches!(cube.update(&nginx(json!({}))).unwrap_err(), ProviderError::NotFound(_)));
+    assert!(matches!(cube.update(&typed(nginx(json!({}))), &[]).unwrap_err(), ProviderError::NotFound(_)));
     assert!(matches!(cube.status(&pod_ref()).unwrap_err(), ProviderError::NotFound(_)));
 }
 
@@ -404,7 +431,7 @@ fn list_pages_through_this_nodes_group_only() {
     assert_eq!(uids, vec!["uid-0", "uid-1", "uid-2", "uid-3", "uid-4"]);
     assert_eq!(list[0].instance_id, "cube-1");
     assert_eq!((list[0].pod.namespace.as_str(), list[0].pod.name.as_str()), ("default", "nginx-0"));
-    assert_eq!(list[0].status.phase, "Running");
+    assert_eq!(list[0].status.phase, vk_provider_sdk::PodPhase::Running);
     assert_eq!(host.count("ListCubePod"), 3);
     assert!(host.calls.borrow().iter().filter(|(a, _)| a == "ListCubePod").all(|(_, p)| p["Group"] == NODE));
 }
@@ -499,4 +526,163 @@ fn usage_of_many_pods_sweeps_the_list_instead_of_one_lookup_each() {
     assert_eq!(host.count("GetCubePod"), before);
     assert_eq!(host.count("ListCubePod"), 1);
     assert_eq!(host.count("GetCubeMetrics"), 4);
+}
+
+// ---- contract 0.2: plan, create attempts, update changes, port-forward ----
+
+const EIP_POD: &str = r#"{
+    "cube.ucloud.cn/cube-eip": "true",
+    "cube.ucloud.cn/cube-eip-bandwidth": "10",
+    "cube.ucloud.cn/cube-eip-security-group-id": "firewall-web",
+    "cube.ucloud.cn/cube-tag": "web"
+}"#;
+
+#[test]
+fn plan_is_exactly_what_create_sends_and_sends_nothing() {
+    let (host, _) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    let plan = cube.plan(&nginx(json!({}))).unwrap();
+    assert!(host.actions().is_empty(), "a plan sends nothing: {:?}", host.actions());
+    assert_eq!(plan.requests.len(), 1);
+    let out = cube.create(&nginx(json!({}))).unwrap();
+    let sent: vk_provider_sdk::http::Request =
+        host.raw.borrow().iter().find(|r| r.url.ends_with("Action=CreateCubePod")).unwrap().clone().into();
+    assert_eq!(plan.requests[0], sent, "the signed form body and everything else");
+    assert_eq!(plan.annotations, out.annotations);
+    let reasons = |events: &[vk_provider_sdk::Event]| events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>();
+    assert_eq!(reasons(&plan.events), reasons(&out.events));
+    assert_eq!(plan.events.last().unwrap().message, "created Cube instance {CubeId} of size 2-2Gi");
+}
+
+#[test]
+fn plan_of_an_eip_pod_adds_the_eip_requests_with_placeholders() {
+    let (host, _) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    let annotations: Value = serde_json::from_str(EIP_POD).unwrap();
+    let plan = cube.plan(&nginx(annotations.clone())).unwrap();
+    assert!(host.actions().is_empty());
+    let actions: Vec<String> = plan.requests.iter().map(|r| r.url.rsplit('=').next().unwrap().to_string()).collect();
+    assert_eq!(actions, ["CreateCubePod", "AllocateEIP", "BindEIP", "GrantFirewall"]);
+    let form = |i: usize| decode_form(&plan.requests[i].body);
+    assert_eq!((form(2)["ResourceId"].as_str(), form(2)["EIPId"].as_str()), ("{CubeId}", "{EIPId}"));
+    assert_eq!(form(3)["FWId"], "firewall-web");
+    assert_eq!(annotation(&plan.annotations, "cube.ucloud.cn/eip-id"), Some("{EIPId}"));
+    // The allocation is sent as planned.
+    cube.create(&nginx(annotations)).unwrap();
+    let sent = host.raw.borrow().iter().find(|r| r.url.ends_with("Action=AllocateEIP")).unwrap().clone();
+    assert_eq!(plan.requests[1], sent.into());
+}
+
+#[test]
+fn plan_refuses_what_create_refuses() {
+    let (host, _) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    let err = cube.plan(&nginx(json!({"cube.ucloud.cn/cube-eip": "maybe"}))).unwrap_err();
+    assert!(matches!(&err, ProviderError::Invalid(i) if i.reason == "InvalidAnnotation"), "{err:?}");
+}
+
+#[test]
+fn a_first_create_attempt_skips_the_lookup_a_retry_does_not() {
+    let (host, cloud) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create_with(&nginx(json!({})), CreateAttempt { may_exist: false }).unwrap();
+    assert_eq!(host.actions(), ["CreateCubePod"]);
+    let again = cube.create_with(&nginx(json!({})), CreateAttempt { may_exist: true }).unwrap();
+    assert_eq!(host.actions(), ["CreateCubePod", "GetCubePod"]);
+    assert_eq!(again.instance_id, "cube-1");
+    assert_eq!(cloud.borrow().live().len(), 1);
+}
+
+/// The nginx pod mounting ConfigMap `files` and reading ConfigMap `settings` and Secret `creds`
+/// into its environment.
+fn configured(files: &str, setting: &str) -> Pod {
+    let mut pod: Value = serde_yaml_ng::from_str(&fixture("guide-pod-nginx.yaml")).unwrap();
+    pod["spec"]["volumes"] = json!([{"name": "conf", "configMap": {"name": "files"}}]);
+    let c = &mut pod["spec"]["containers"][0];
+    c["volumeMounts"] = json!([{"name": "conf", "mountPath": "/etc/nginx/conf.d"}]);
+    c["envFrom"] = json!([{"configMapRef": {"name": "settings"}}]);
+    c["env"] = json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}]);
+    let mut r = ResolvedPod::from_pod_json(pod.to_string());
+    r.config_maps.push(vk_provider_sdk::ConfigMap {
+        name: "files".into(),
+        data: vec![vk_provider_sdk::kv("site.conf", files)],
+        binary_data: vec![],
+    });
+    // The host resolves env from the objects as they are now.
+    r.env.push(vk_provider_sdk::ContainerEnv {
+        container: "nginx".into(),
+        vars: vec![vk_provider_sdk::kv("MODE", setting), vk_provider_sdk::kv("PASSWORD", "pw")],
+    });
+    typed(r)
+}
+
+fn instance_yaml(cloud: &support::cloud::Shared) -> String {
+    cloud.borrow().instances[0].yaml.clone()
+}
+
+#[test]
+fn a_changed_mounted_config_map_renews_the_instance_with_the_new_files() {
+    let (host, cloud) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create(configured("listen 80;", "blue").resolved()).unwrap();
+    let out = cube.update(&configured("listen 8080;", "blue"), &[PodChange::ConfigMap("files".into())]).unwrap();
+    assert_eq!(host.count("RenewCubePod"), 1);
+    assert!(out.not_applied.is_empty(), "{:?}", out.not_applied);
+    assert_eq!(out.outcome.events[0].reason, "CubeRenewed");
+    assert!(instance_yaml(&cloud).contains("listen 8080;"), "{}", instance_yaml(&cloud));
+}
+
+#[test]
+fn a_changed_env_config_map_or_secret_is_not_applied_and_renews_nothing() {
+    let (host, cloud) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create(configured("listen 80;", "blue").resolved()).unwrap();
+    let changes = [PodChange::ConfigMap("settings".into()), PodChange::Secret("creds".into())];
+    let out = cube.update(&configured("listen 80;", "green"), &changes).unwrap();
+    assert_eq!(host.count("RenewCubePod"), 0);
+    assert!(out.outcome.events.is_empty());
+    assert_eq!(out.not_applied.iter().map(|n| n.change.clone()).collect::<Vec<_>>(), changes);
+    for n in &out.not_applied {
+        assert_eq!(n.reason, "EnvChangeNotApplied");
+        assert!(n.message.contains("keep their environment until the pod is recreated"), "{}", n.message);
+    }
+    assert!(out.not_applied[0].message.starts_with("ConfigMap settings changed"));
+    assert!(instance_yaml(&cloud).contains("blue") && !instance_yaml(&cloud).contains("green"));
+}
+
+#[test]
+fn a_renewal_keeps_the_environment_the_instance_runs_with() {
+    let (host, cloud) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    cube.create(configured("listen 80;", "blue").resolved()).unwrap();
+    // Files and env changed together: the files are renewed, the env stays.
+    let changes = [PodChange::ConfigMap("files".into()), PodChange::ConfigMap("settings".into())];
+    let out = cube.update(&configured("listen 8080;", "green"), &changes).unwrap();
+    assert_eq!(host.count("RenewCubePod"), 1);
+    let yaml = instance_yaml(&cloud);
+    assert!(yaml.contains("listen 8080;") && yaml.contains("blue") && !yaml.contains("green"), "{yaml}");
+    assert_eq!(out.not_applied.len(), 1);
+    assert_eq!(out.not_applied[0].change, PodChange::ConfigMap("settings".into()));
+}
+
+#[test]
+fn port_forward_points_at_the_instance_ip() {
+    let (host, _) = host();
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    let err = streams::port_forward(&cube, &pod_ref(), 8080).unwrap_err();
+    assert!(matches!(err, ProviderError::NotFound(_)), "{err:?}");
+    cube.create(&nginx(json!({}))).unwrap();
+    let t = streams::port_forward(&cube, &pod_ref(), 8080).unwrap();
+    assert_eq!((t.url.as_str(), t.protocol, t.headers.len()), ("tcp://10.23.0.2:8080", StreamProtocol::Tcp, 0));
+}
+
+#[test]
+fn port_forward_to_an_instance_without_ip_is_unsupported() {
+    use base64::Engine;
+    let pod = base64::engine::general_purpose::STANDARD
+        .encode("metadata: {cubeId: cube-9, uid: u}\nstatus: {phase: Pending}\n");
+    let host = FakeHost::new(move |a, _| ok(a, json!({"Pod": pod})));
+    let cube = Cube::new(&host, &ctx()).unwrap();
+    let err = streams::port_forward(&cube, &pod_ref(), 80).unwrap_err();
+    assert!(matches!(&err, ProviderError::Unsupported(m) if m.contains("cube-9") && m.contains("no IP")), "{err:?}");
 }

@@ -8,14 +8,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use cube_provider::api::{HttpError, HttpRequest, HttpResponse, Transport};
-use cube_provider::contract::{
-    CallContext, ContainerState, DeleteReason, ExecOptions, LogOptions, PodRef, ResolvedPod, VolumeClaim,
-};
 use cube_provider::error::ProviderError;
 use cube_provider::host::{Host, Level};
 use cube_provider::instances::Cube;
 use cube_provider::streams;
 use serde_json::{Value, json};
+use vk_provider_sdk::{
+    CallContext, ContainerState, DeleteReason, ExecOptions, LogOptions, PodRef, ResolvedPod, VolumeClaim,
+};
 
 #[derive(Default)]
 struct SimHost {
@@ -112,37 +112,37 @@ fn the_provider_drives_the_simulator() {
     // phase itself, with a deadline far beyond it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut status = cube.status(&nginx_ref).unwrap();
-    while status.phase != "Running" && std::time::Instant::now() < deadline {
+    while status.phase != vk_provider_sdk::PodPhase::Running && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
         status = cube.status(&nginx_ref).unwrap();
     }
-    assert_eq!(status.phase, "Running", "{status:?}");
+    assert_eq!(status.phase, vk_provider_sdk::PodPhase::Running, "{status:?}");
     assert!(status.pod_ip.is_some() && status.start_time.is_some());
     assert!(matches!(status.container_statuses[0].state, ContainerState::Running { .. }));
 
     // Everything the dialect carries, with an EIP.
     let mut everything =
         ResolvedPod::from_pod_json(yaml_pod("pod-everything.yaml", &format!("sim-{run}-web")).to_string());
-    everything.env.push(cube_provider::contract::ContainerEnv {
+    everything.env.push(vk_provider_sdk::ContainerEnv {
         container: "web".into(),
-        vars: vec![("MODE".into(), "production".into())],
+        vars: vec![vk_provider_sdk::kv("MODE", "production")],
     });
-    everything.config_maps.push(cube_provider::contract::ConfigMap {
+    everything.config_maps.push(vk_provider_sdk::ConfigMap {
         name: "web-config".into(),
-        data: vec![("web.conf".into(), "listen 8080\n".into())],
+        data: vec![vk_provider_sdk::kv("web.conf", "listen 8080\n")],
         binary_data: vec![],
     });
-    everything.secrets.push(cube_provider::contract::Secret {
+    everything.secrets.push(vk_provider_sdk::Secret {
         name: "web-tls".into(),
         kind: "kubernetes.io/tls".into(),
-        data: vec![("tls.crt".into(), b"CRT".to_vec())],
+        data: vec![vk_provider_sdk::entry("tls.crt", b"CRT".to_vec())],
     });
     let mut pod: Value = serde_json::from_str(&everything.pod).unwrap();
     pod["metadata"]["annotations"].as_object_mut().unwrap().remove("cube.ucloud.cn/cube-eip-security-group-id");
     everything.pod = pod.to_string();
     let web = cube.create(&everything).unwrap();
     assert!(
-        web.annotations.iter().any(|(k, v)| k == "cube.ucloud.cn/eip-address" && !v.is_empty()),
+        web.annotations.iter().any(|a| a.key == "cube.ucloud.cn/eip-address" && !a.value.is_empty()),
         "{:?}",
         web.annotations
     );
@@ -165,12 +165,12 @@ fn the_provider_drives_the_simulator() {
     let api_client = |token: &str| {
         let mut r =
             ResolvedPod::from_pod_json(yaml_pod("pod-kube-api-access.yaml", &format!("sim-{run}-api")).to_string());
-        r.config_maps.push(cube_provider::contract::ConfigMap {
+        r.config_maps.push(vk_provider_sdk::ConfigMap {
             name: "kube-root-ca.crt".into(),
-            data: vec![("ca.crt".into(), "CA".into())],
+            data: vec![vk_provider_sdk::kv("ca.crt", "CA")],
             binary_data: vec![],
         });
-        r.tokens.push(cube_provider::contract::ServiceAccountToken {
+        r.tokens.push(vk_provider_sdk::ServiceAccountToken {
             volume_name: "kube-api-access-x7k2p".into(),
             path: "token".into(),
             token: token.into(),
@@ -180,8 +180,10 @@ fn the_provider_drives_the_simulator() {
         r
     };
     cube.create(&api_client("token-1")).unwrap();
-    assert!(cube.update(&api_client("token-1")).unwrap().events.is_empty());
-    assert_eq!(cube.update(&api_client("token-2")).unwrap().events[0].reason, "CubeRenewed");
+    let token = [vk_provider_sdk::PodChange::Token("kube-api-access-x7k2p".into())];
+    let update = |r| cube.update(&vk_provider_sdk::Pod::parse(r).unwrap(), &token).unwrap().outcome;
+    assert!(update(api_client("token-1")).events.is_empty());
+    assert_eq!(update(api_client("token-2")).events[0].reason, "CubeRenewed");
 
     // List finds this node's four.
     let listed = cube.list().unwrap();
@@ -204,14 +206,20 @@ fn the_provider_drives_the_simulator() {
     let usage = streams::usage(&cube, std::slice::from_ref(&nginx_ref)).unwrap();
     assert_eq!(usage.len(), 1);
 
-    // Deleting the node: instances gone, the UDisk too, the EIP released.
+    // Deleting the node: instances gone, the UDisk too (in finalize, once its instance is gone, as
+    // the host does), the EIP released.
+    let mut pending = vec![];
     for i in cube.list().unwrap() {
-        assert!(matches!(
-            cube.delete(&i.pod, DeleteReason::NodeDeleted).unwrap(),
-            cube_provider::contract::Deletion::Gone
-        ));
+        match cube.delete(&i.pod, DeleteReason::NodeDeleted).unwrap() {
+            vk_provider_sdk::Deletion::Gone => {}
+            vk_provider_sdk::Deletion::InProgress(p) => pending.push((i.pod, p)),
+        }
     }
     assert!(cube.list().unwrap().is_empty());
+    for (pod, p) in pending {
+        assert!(matches!(cube.status(&pod).unwrap_err(), ProviderError::NotFound(_)));
+        cube.finalize(&pod, &p.finalize).unwrap();
+    }
     assert!(matches!(cube.status(&nginx_ref).unwrap_err(), ProviderError::NotFound(_)));
     let disks = get(&format!("{url}/_sim/disks"));
     let disks: Value = serde_json::from_slice(&disks.body).unwrap();

@@ -5,9 +5,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use cube_provider::contract::{ConfigMap, ContainerEnv, ResolvedPod, Secret, ServiceAccountToken, VolumeClaim};
 use cube_provider::{CreateRequest, TranslateError, translate};
 use serde_json::{Value, json};
+use vk_provider_sdk::{ConfigMap, ContainerEnv, ResolvedPod, Secret, ServiceAccountToken, VolumeClaim};
 
 const NODE: &str = "uk8s-abcd1234-vk-x7k2p";
 
@@ -64,7 +64,7 @@ fn secret(name: &str, kind: &str, data: &[(&str, &[u8])]) -> Secret {
     Secret {
         name: name.into(),
         kind: kind.into(),
-        data: data.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+        data: data.iter().map(|(k, v)| vk_provider_sdk::entry(*k, v.to_vec())).collect(),
     }
 }
 
@@ -95,7 +95,7 @@ fn guide_pod_becomes_a_cube_instance_of_its_exact_size() {
     assert_eq!(p["spec"]["containers"][0]["image"], "uhub.an-link.com/ucloud/nginx:latest");
     assert_eq!(limits(&p, "containers"), vec![("2".into(), "2Gi".into())]);
     assert_eq!(req.size.to_string(), "2-2Gi");
-    assert_eq!(req.annotations, vec![("cube.ucloud.cn/size".to_string(), "2-2Gi".to_string())]);
+    assert_eq!(req.annotations, vec![vk_provider_sdk::kv("cube.ucloud.cn/size", "2-2Gi")]);
     assert!(req.events.is_empty(), "{:?}", req.events);
     assert!(req.settings.eip.is_none());
 }
@@ -226,7 +226,7 @@ fn kube_api_access() -> ResolvedPod {
     let mut r = resolved(&pod("pod-kube-api-access.yaml"));
     r.config_maps.push(ConfigMap {
         name: "kube-root-ca.crt".into(),
-        data: vec![("ca.crt".into(), "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into())],
+        data: vec![vk_provider_sdk::kv("ca.crt", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")],
         binary_data: vec![],
     });
     r.tokens.push(ServiceAccountToken {
@@ -301,11 +301,11 @@ fn everything() -> ResolvedPod {
     let mut r = resolved(&pod("pod-everything.yaml"));
     r.env.push(ContainerEnv {
         container: "web".into(),
-        vars: vec![("MODE".into(), "production".into()), ("DB_PASSWORD".into(), "s3cr3t".into())],
+        vars: vec![vk_provider_sdk::kv("MODE", "production"), vk_provider_sdk::kv("DB_PASSWORD", "s3cr3t")],
     });
     r.config_maps.push(ConfigMap {
         name: "web-config".into(),
-        data: vec![("web.conf".into(), "listen 8080\n".into()), ("unused".into(), "x".into())],
+        data: vec![vk_provider_sdk::kv("web.conf", "listen 8080\n"), vk_provider_sdk::kv("unused", "x")],
         binary_data: vec![],
     });
     r.secrets.push(secret("web-tls", "kubernetes.io/tls", &[("tls.crt", b"CRT"), ("tls.key", b"KEY")]));
@@ -590,7 +590,7 @@ fn pods_cube_cannot_run_are_refused_naming_the_field() {
 #[test]
 fn config_and_secret_data_over_30_mib_is_refused() {
     let mut r = everything();
-    r.secrets[0].data.push(("big".into(), vec![b'x'; 31 * 1024 * 1024]));
+    r.secrets[0].data.push(vk_provider_sdk::entry("big", vec![b'x'; 31 * 1024 * 1024]));
     let TranslateError::Invalid(e) = translate(NODE, &config(), &r).unwrap_err() else { panic!() };
     assert_eq!((e.reason.as_str(), e.field.as_str()), ("ConfigDataTooLarge", "spec.volumes"));
     assert!(e.message.contains("30 MiB"));
@@ -605,7 +605,7 @@ fn config_map_items_select_and_rename_keys_and_binary_data_goes_base64() {
     let v = cube_pod(&ok(&r));
     assert_eq!(v["spec"]["volumes"][0]["configMap"], json!({"conf/main.conf": "listen 8080\n"}));
 
-    r.config_maps[0].binary_data.push(("logo.png".into(), vec![0x89, 0x50, 0xff]));
+    r.config_maps[0].binary_data.push(vk_provider_sdk::entry("logo.png", vec![0x89, 0x50, 0xff]));
     p["spec"]["volumes"][0]["configMap"].as_object_mut().unwrap().remove("items");
     r.pod = p.to_string();
     let v = cube_pod(&ok(&r));
@@ -626,7 +626,7 @@ fn misspelt_annotations_warn_but_do_not_fail() {
     p["metadata"]["annotations"] = json!({"cube.ucloud.cn/cube-eip-bandwith": "5"});
     let req = ok(&resolved(&p));
     assert_eq!(req.events.len(), 1);
-    assert_eq!(req.events[0].kind, "Warning");
+    assert_eq!(req.events[0].kind, vk_provider_sdk::EventKind::Warning);
     assert!(req.events[0].message.contains("did you mean cube.ucloud.cn/cube-eip-bandwidth?"));
 }
 
@@ -732,7 +732,7 @@ fn an_rssd_udisk_carries_the_guides_advice() {
     pv["spec"]["csi"]["volumeAttributes"] = json!({"type": "rssd"});
     let req = ok(&udisk_pod(Some(pv)));
     let advice = req.events.iter().find(|e| e.reason == "RSSDUDisk").expect("an RSSD event");
-    assert_eq!(advice.kind, "Warning");
+    assert_eq!(advice.kind, vk_provider_sdk::EventKind::Warning);
     assert!(advice.message.contains("SSD or SATA") && advice.message.contains("RDMA"), "{}", advice.message);
     assert!(ok(&udisk_pod(Some(guide_pv()))).events.iter().all(|e| e.reason != "RSSDUDisk"));
 }
@@ -747,7 +747,7 @@ fn an_unreadable_pod_is_refused() {
 #[test]
 fn a_missing_config_map_key_waits_unless_optional() {
     let mut r = everything();
-    r.config_maps[0].data.retain(|(k, _)| k != "web.conf");
+    r.config_maps[0].data.retain(|e| e.key != "web.conf");
     let err = translate(NODE, &config(), &r).unwrap_err();
     assert!(matches!(&err, TranslateError::NotReady(m) if m.contains("has no key web.conf")), "{err:?}");
     let mut p: Value = serde_json::from_str(&r.pod).unwrap();
@@ -764,7 +764,7 @@ fn dns_searches_and_options_are_ignored_with_a_warning() {
     r.pod = p.to_string();
     let req = ok(&r);
     let warning = req.events.iter().find(|e| e.reason == "FieldsIgnored").unwrap();
-    assert_eq!(warning.kind, "Warning");
+    assert_eq!(warning.kind, vk_provider_sdk::EventKind::Warning);
     assert!(warning.message.contains("spec.dnsConfig.searches") && warning.message.contains("spec.dnsConfig.options"));
     assert!(warning.message.contains("spec.containers[0].readinessProbe"));
     assert_eq!(cube_pod(&req)["spec"]["dnsConfig"], json!({"nameservers": ["10.0.0.2"]}));

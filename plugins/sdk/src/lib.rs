@@ -258,6 +258,11 @@ pub fn kv(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
     KeyValue { key: key.into(), value: value.into() }
 }
 
+/// A binary entry (a Secret's or a ConfigMap's `binaryData` value).
+pub fn entry(key: impl Into<String>, value: impl Into<Vec<u8>>) -> BinaryEntry {
+    BinaryEntry { key: key.into(), value: value.into() }
+}
+
 /// An `invalid` error: `reason` (CamelCase), the offending `field` path, what is wrong.
 pub fn invalid(reason: &str, field: impl Into<String>, message: impl Into<String>) -> ProviderError {
     ProviderError::Invalid(InvalidInput::new(reason, field, message))
@@ -284,6 +289,19 @@ impl From<InvalidInput> for ProviderError {
 }
 
 impl ProviderError {
+    /// One line for logs and messages: `<case>: <message>` (`invalid: <field>: <message>`). The
+    /// generated `Display` prints the Rust debug form instead.
+    pub fn describe(&self) -> String {
+        match self {
+            ProviderError::Invalid(i) => format!("invalid: {i}"),
+            ProviderError::NotFound(m)
+            | ProviderError::Transient(m)
+            | ProviderError::QuotaExceeded(m)
+            | ProviderError::Internal(m)
+            | ProviderError::Unsupported(m) => format!("{}: {m}", self.case()),
+        }
+    }
+
     /// The case's name, as in the contract (`not-found`, …).
     pub fn case(&self) -> &'static str {
         match self {
@@ -303,6 +321,15 @@ impl Event {
     }
     pub fn warning(reason: &str, message: impl Into<String>) -> Self {
         Event { kind: EventKind::Warning, reason: reason.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        })
     }
 }
 
@@ -494,6 +521,8 @@ mod tests {
         };
         assert!(m.contains("ns/p") && m.contains("2 bytes"), "{m}");
         assert_eq!(Bare::usage(CallContext::default(), vec![pod_ref()]), Ok(vec![]));
+        assert_eq!(ProviderError::NotFound("no pod".into()).describe(), "not-found: no pod");
+        assert_eq!(invalid("R", "spec.x", "bad").describe(), "invalid: spec.x: bad");
     }
 
     #[test]

@@ -48,3 +48,40 @@ pub trait Transport {
     /// `metrics` import (`cloud_api_errors`); doubles may ignore it.
     fn count_api_error(&self, _action: &str, _code: &str) {}
 }
+
+// The contract's HTTP records, to and from: the guest sends through them, and `plan` hands
+// requests to the host as they would be sent.
+
+impl From<HttpRequest> for vk_provider_sdk::http::Request {
+    fn from(r: HttpRequest) -> Self {
+        vk_provider_sdk::http::Request {
+            method: r.method,
+            url: r.url,
+            headers: r.headers.into_iter().map(|(k, v)| vk_provider_sdk::kv(k, v)).collect(),
+            body: r.body,
+            timeout_ms: r.timeout_ms,
+        }
+    }
+}
+
+impl From<vk_provider_sdk::http::Response> for HttpResponse {
+    fn from(r: vk_provider_sdk::http::Response) -> Self {
+        HttpResponse {
+            status: r.status,
+            headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+            body: r.body,
+        }
+    }
+}
+
+impl From<vk_provider_sdk::http::HttpError> for HttpError {
+    fn from(e: vk_provider_sdk::http::HttpError) -> Self {
+        use vk_provider_sdk::http::HttpError as E;
+        match e {
+            E::Denied(url) => HttpError::Denied(url),
+            E::Timeout => HttpError::Timeout,
+            E::Transport(why) => HttpError::Transport(why),
+            E::InvalidRequest(why) => HttpError::InvalidRequest(why),
+        }
+    }
+}

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cube_provider::api::{HttpError, HttpRequest, HttpResponse, Transport};
-use cube_provider::contract::CallContext;
 use cube_provider::host::{Host, Level};
 use serde_json::{Value, json};
+use vk_provider_sdk::CallContext;
 
 pub const NODE: &str = "uk8s-abcd1234-vk-x7k2p";
 pub const NOW: i64 = 1_795_708_800;
