@@ -1,7 +1,7 @@
 //! The durable records of a virtual node: what must still be done for it after a restart or a
 //! failover. Two kinds, kept apart: the plugin's own records (the contract's `store` import) and
-//! the host's pending deletions (a provider answered `in-progress`, or `vkhost node delete` is
-//! about to delete). Both live in one ConfigMap per config node in the HA namespace, named after
+//! the host's pending deletions (a provider answered `in-progress`, with the work to `finalize`
+//! once the instance is gone, or `vkhost node delete` is about to delete). Both live in one ConfigMap per config node in the HA namespace, named after
 //! the node's election Lease, so the records follow the node across Node renames and replicas.
 //!
 //! Reads come from a copy in memory, loaded when acting starts. A write changes the copy, then
@@ -578,12 +578,12 @@ impl Drop for Registered {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An apiserver of one ConfigMap, with conflicts and failures on demand.
     #[derive(Default)]
-    struct FakeApi {
+    pub(crate) struct FakeApi {
         stored: Mutex<Option<ConfigMap>>,
         version: Mutex<u64>,
         puts: Mutex<u32>,
@@ -645,11 +645,12 @@ mod tests {
         Owner { cluster_id: "c1".into(), node_id: "n1".into(), node_name: "c1-vk-abcde".into() }
     }
 
-    async fn records(api: &Arc<FakeApi>) -> Arc<NodeRecords> {
+    /// The records of a node kept by `api`: loading them again is what a restart does.
+    pub(crate) async fn records(api: &Arc<FakeApi>) -> Arc<NodeRecords> {
         NodeRecords::load(owner(), Box::new(api.clone())).await.unwrap()
     }
 
-    fn deletion(uid: &str) -> PendingDeletion {
+    pub(crate) fn deletion(uid: &str) -> PendingDeletion {
         PendingDeletion::new(
             PodRef { namespace: "ns".into(), name: format!("pod-{uid}"), uid: uid.into() },
             DeleteReason::NodeDeleted,
@@ -716,6 +717,41 @@ mod tests {
         assert!(empty.keys("").is_empty() && empty.pending_deletions().is_empty());
         again.remove_all().await.unwrap();
         assert!(api.stored.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_work_to_finalize_a_deletion_is_kept_in_the_configmap_and_capped() {
+        let api = Arc::new(FakeApi::default());
+        let r = records(&api).await;
+        let answer = crate::plugin::PendingDeletion { finalize: vec![0, 1, 2, 255], poll_after_ms: 60_000 };
+        let with_work = deletion("uid-1").with_pending(&answer);
+        assert!(!with_work.due(), "not polled before poll-after");
+        r.record_deletion(with_work.clone()).await.unwrap();
+        let deletions: serde_json::Value = serde_json::from_str(&api.data()[DELETIONS_DATA_KEY]).unwrap();
+        assert_eq!(deletions["uid-1"]["finalize"], "AAEC/w==");
+        assert!(deletions["uid-1"]["pollAfterUnixMs"].as_u64().unwrap() > unix_ms_now());
+        // Records written before 0.2 (no finalize, no poll-after) still load.
+        r.record_deletion(deletion("uid-0")).await.unwrap();
+        let deletions: serde_json::Value = serde_json::from_str(&api.data()[DELETIONS_DATA_KEY]).unwrap();
+        assert!(deletions["uid-0"].get("finalize").is_none() && deletions["uid-0"].get("pollAfterUnixMs").is_none());
+        let again = records(&api).await;
+        assert_eq!(again.pending_deletions(), vec![deletion("uid-0"), with_work]);
+
+        let big = |uid: &str, n: usize| {
+            let mut d = deletion(uid);
+            d.finalize = vec![7; n];
+            d
+        };
+        let err = again.record_deletion(big("uid-2", MAX_FINALIZE_BYTES + 1)).await.unwrap_err();
+        assert!(matches!(&err, RecordsError::OverLimit(m) if m.contains("uid-2")), "{err:?}");
+        for i in 0..(MAX_FINALIZE_TOTAL_BYTES / MAX_FINALIZE_BYTES) - 1 {
+            again.record_deletion(big(&format!("full-{i}"), MAX_FINALIZE_BYTES)).await.unwrap();
+        }
+        let err = again.record_deletion(big("uid-3", MAX_FINALIZE_BYTES)).await.unwrap_err();
+        assert!(matches!(&err, RecordsError::OverLimit(m) if m.contains("uid-3")), "{err:?}");
+        // Replacing a recorded deletion's work counts its old work out.
+        again.record_deletion(big("full-0", MAX_FINALIZE_BYTES - 1)).await.unwrap();
+        assert!(api.data()[DELETIONS_DATA_KEY].len() < 400_000);
     }
 
     #[tokio::test]

@@ -487,3 +487,64 @@ async fn the_cube_plugin_loads() {
     let p = Plugin::load(PluginRuntime::new().unwrap(), settings(&path), vec![]).await.unwrap();
     assert_eq!(p.info().contract_version, "0.2.0");
 }
+
+/// The Cube plugin's `plan` is exactly what its `create` sends: the same requests in the same
+/// order, byte for byte (signed form bodies included), and the same annotations. The cloud is a
+/// stand-in that records every request and answers each with a new instance.
+#[tokio::test]
+async fn the_cube_plan_is_exactly_what_create_sends() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, Vec<(String, String)>, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let recorder = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let recorder = recorder.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            let uri = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            recorder.lock().unwrap().push((parts.method.to_string(), uri, headers, body));
+            axum::Json(serde_json::json!({"RetCode": 0, "CubeId": "cube-made-1"}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut s = settings(plugin("cube.wasm"));
+    s.allowed_urls = vec![format!("{base}/")];
+    let p = Plugin::load(PluginRuntime::new().unwrap(), s, vec![]).await.unwrap();
+    let config = serde_json::json!({
+        "api_url": base, "region": "cn-bj2", "zone": "cn-bj2-05", "vpc_id": "uvnet-abc", "subnet_id": "subnet-def",
+        "public_key": "PUB", "private_key": "PRIV", "uhub_hosts": ["uhub.example.com"],
+    });
+    let normalised = p.validate_config("n1", &config.to_string()).await.unwrap();
+    let c = ctx("uk8s-abcdefgh-vk-x7k2p", &normalised);
+    let pod = resolved_pod("web-0", UID);
+
+    let plan = p.plan(&c, &pod).await.unwrap();
+    assert!(seen.lock().unwrap().is_empty(), "plan sent a request");
+    assert!(!plan.requests.is_empty());
+    // The first attempt: no lookup before the create, so every request sent is a planned one.
+    let made = p.create(&c, &pod, CreateAttempt { may_exist: false }).await.unwrap();
+    assert_eq!(made.instance_id, "cube-made-1");
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), plan.requests.len(), "{sent:?}");
+    for (planned, (method, uri, headers, body)) in plan.requests.iter().zip(&sent) {
+        assert_eq!(&planned.method, method);
+        assert_eq!(planned.url, format!("{base}{uri}"));
+        assert_eq!(&planned.body, body, "{}", String::from_utf8_lossy(body));
+        for h in &planned.headers {
+            assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case(&h.key) && v == &h.value), "{h:?}");
+        }
+    }
+    // What create annotates the pod with, the plan showed (the plan has no instance id yet).
+    for kv in &plan.annotations {
+        assert!(made.annotations.contains(kv), "{kv:?} planned but not set: {:?}", made.annotations);
+    }
+}

@@ -65,24 +65,28 @@ async fn a_node_delete_stopped_midway_is_finished_by_the_next_run_udisks_include
     .await;
     let uid = running.uid().unwrap();
 
-    // `vkhost node delete`, stopped (with the daemon) once the instance's deletion has begun.
+    // `vkhost node delete`, stopped (with the daemon) once the instance's deletion has begun and
+    // the provider's work to finish after it (deleting the disk) is recorded with it.
     let first_run = {
         let (client, plugin, cfg, node) = (ns.client.clone(), daemon.plugin().clone(), cfg.clone(), node.clone());
         tokio::spawn(async move { vkhost::node::ops::delete(&client, &plugin, &cfg, &node).await })
     };
-    wait_for(Duration::from_secs(30), "the instance Terminating", || async {
-        (instance_state(&env, &uid).await == "Terminating").then_some(())
+    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &cfg.ha.namespace);
+    wait_for(Duration::from_secs(30), "the instance Terminating and its work to finalize recorded", || async {
+        let (_, deletions) = records(&cms, &cfg).await?;
+        let work = deletions[&uid]["finalize"].as_str().is_some_and(|w| !w.is_empty());
+        (work && instance_state(&env, &uid).await == "Terminating").then_some(())
     })
     .await;
     first_run.abort();
     assert!(first_run.await.unwrap_err().is_cancelled());
     daemon.abort();
 
-    // What is left to do is in the cluster, not in any process.
-    let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &cfg.ha.namespace);
+    // What is left to do is in the cluster, not in any process: the deletion and its work (the
+    // disk), which the provider handed over instead of keeping it in its own records.
     let (plugin_records, deletions) = records(&cms, &cfg).await.expect("the node's records");
     assert!(
-        plugin_records.as_object().unwrap().keys().any(|k| k.starts_with("cube/disks-to-delete/")),
+        !plugin_records.as_object().unwrap().keys().any(|k| k.starts_with("cube/disks-to-delete/")),
         "{plugin_records}"
     );
     assert_eq!(deletions[&uid]["reason"], "NodeDeleted", "{deletions}");

@@ -188,7 +188,7 @@ pub async fn delete_instances(plugin: &Plugin, call: &CallContext, records: &Nod
     let retries = Retries::default();
     loop {
         for pending in records.pending_deletions() {
-            match deletions::step(plugin, call, records, &retries, &pending).await {
+            match deletions::step(&deletions::Calls { plugin, call }, records, &retries, &pending).await {
                 Progress::Waiting | Progress::Finished => {}
                 Progress::StatusFailed(source) => return Err(provider(source)),
                 Progress::FinalizeFailed(e) => {

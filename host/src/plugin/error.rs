@@ -131,7 +131,7 @@ pub enum CallError {
     StreamTargetDenied { plugin: String, version: String, export: Export, url: String },
     /// The plugin's stream target asks for a header only the host may set (`Host`, hop-by-hop).
     #[error(
-        "plugin {plugin} version {version}: {export} returned a stream target with header {header:?}, which only the host may set (Host, hop-by-hop and WebSocket handshake headers)"
+        "plugin {plugin} version {version}: {export} returned a stream target with header {header:?}, which only the host may set (Host, hop-by-hop and WebSocket handshake headers; a tcp target takes none)"
     )]
     StreamHeaderRefused { plugin: String, version: String, export: Export, header: String },
     /// A fresh instance could not be created (should not happen after the load checks).

@@ -503,7 +503,9 @@ impl Loaded {
             });
         };
         target.url = parsed.into();
-        if let Some(kv) = target.headers.iter().find(|kv| refused_header(&kv.key)) {
+        // A tcp target carries bytes only: no header has anywhere to go.
+        let tcp = target.protocol == crate::plugin::v0_2_0::StreamProtocol::Tcp;
+        if let Some(kv) = target.headers.iter().find(|kv| tcp || refused_header(&kv.key)) {
             return Err(CallError::StreamHeaderRefused {
                 plugin: self.identity.name.clone(),
                 version: self.identity.version.clone(),

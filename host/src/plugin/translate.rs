@@ -17,6 +17,9 @@ use crate::plugin::v0_2_0::{CallContext, CreatePlan, HttpRequest, InvalidInput, 
 use crate::plugin::{CallError, Plugin, PluginRuntime};
 use crate::pods::resolve;
 
+/// What stands in for each credential a daemon config names.
+pub const STAND_IN: &str = "not-needed-to-translate";
+
 /// The uid given to a pod of a manifest (not a live object).
 pub const DRY_RUN_UID: &str = "00000000-0000-4000-8000-000000000000";
 
@@ -32,8 +35,8 @@ pub struct TranslateArgs {
     #[arg(long)]
     pub plugin: PathBuf,
     /// The node's provider config: a file holding the `[nodes.provider]` table (TOML, or JSON
-    /// when named `*.json`), or the daemon's config, whose node `--node` is used (credentials it
-    /// cannot read are replaced by stand-ins).
+    /// when named `*.json`), or the daemon's config, whose node `--node` is used (with stand-ins
+    /// for the credentials it names, which are never read).
     #[arg(long, short, env = "VKHOST_CONFIG")]
     pub config: PathBuf,
     /// With a daemon config: the config node id (default: the first node).
@@ -144,17 +147,13 @@ fn node_config(path: &Path, node: Option<&str>) -> Result<(String, Value), Strin
         }
         None => cfg.nodes.first().ok_or_else(|| format!("no node in {}", path.display()))?,
     };
-    let provider = match settings.provider_json() {
-        Ok(filled) => filled,
-        Err(_) => {
-            // Credentials are not at hand where one translates: stand-ins let the plugin plan.
-            let mut table = settings.provider.clone();
-            for key in settings.secrets.keys() {
-                table.insert(key.clone(), toml::Value::String("not-needed-to-translate".into()));
-            }
-            serde_json::to_value(table).map_err(|e| e.to_string())?
-        }
-    };
+    // The credentials the daemon config names are never read: a dry run needs none, and the plan
+    // (a signed request, say) would show them. Stand-ins let the plugin plan.
+    let mut table = settings.provider.clone();
+    for key in settings.secrets.keys() {
+        table.insert(key.clone(), toml::Value::String(STAND_IN.into()));
+    }
+    let provider = serde_json::to_value(table).map_err(|e| e.to_string())?;
     Ok((format!("{}-vk-xxxxx", cfg.cluster_id), provider))
 }
 

@@ -826,7 +826,8 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
 /// One step of a recorded deletion (see `deletions`), with its outcome logged and, when the
 /// provider's work is abandoned, a Warning Event on the pod.
 async fn finish_deletion(ctx: &NodeContext, pending: &PendingDeletion) -> Progress {
-    let progress = deletions::step(&ctx.plugin, &ctx.call, &ctx.records, &ctx.finalize_retries, pending).await;
+    let calls = deletions::Calls { plugin: &ctx.plugin, call: &ctx.call };
+    let progress = deletions::step(&calls, &ctx.records, &ctx.finalize_retries, pending).await;
     let pod = format!("{}/{}", pending.pod.namespace, pending.pod.name);
     match &progress {
         Progress::Waiting => {}

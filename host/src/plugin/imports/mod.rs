@@ -19,6 +19,8 @@ use self::http::{Egress, Refusal};
 use self::kv::KvStore;
 use self::metrics::PluginCounters;
 use crate::node::fence::{Fence, Target};
+#[cfg(test)]
+use crate::plugin::v0_2_0::StoreError;
 use crate::plugin::v0_2_0::vk::provider as wit;
 use crate::plugin::v0_2_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
 use crate::records::Registry;
@@ -273,6 +275,33 @@ mod tests {
             body: br#"{"Action":"CreateCubePod"}"#.to_vec(),
             timeout_ms: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn during_plan_http_is_denied_and_store_writes_are_unavailable() {
+        use wit::store::Host as _;
+        let (url, seen) = cloud().await;
+        let metrics = Arc::new(Metrics::new());
+        let fence = Fence::new("vk-n1", Duration::from_secs(15), metrics);
+        fence.arm(tokio::time::Instant::now(), CancellationToken::new());
+        let mut state = call_state(&url, fence);
+        state.dry_run = true;
+        match state.send(post(&url)).await.unwrap() {
+            Err(HttpError::Denied(why)) => {
+                assert!(why.contains(&url) && why.contains("`plan`") && why.contains("no side effects"), "{why}")
+            }
+            other => panic!("expected denied, got {other:?}"),
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "a request left during plan");
+        for refused in
+            [state.set("k".into(), b"v".to_vec()).await.unwrap().err(), state.delete("k".into()).await.unwrap().err()]
+        {
+            assert!(matches!(&refused, Some(StoreError::Unavailable(m)) if m.contains("`plan`")), "{refused:?}");
+        }
+        // Reads stay allowed (nothing here to read).
+        assert_eq!(state.get("k".into()).await.unwrap(), None);
+        state.dry_run = false;
+        assert_eq!(state.send(post(&url)).await.unwrap().unwrap().status, 200);
     }
 
     #[tokio::test]
