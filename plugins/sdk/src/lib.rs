@@ -79,11 +79,26 @@ pub trait Provider {
     /// Creates the instance of a pod, idempotent by `pod.uid()` unless `attempt.may_exist` is false.
     fn create(ctx: CallContext, pod: Pod, attempt: CreateAttempt) -> Result<PodOutcome, ProviderError>;
 
-    /// Applies `changes` to a running pod. Default: `unsupported` (the host shows the message on the
-    /// pod and does not retry).
+    /// Applies `changes` to a running pod. Default: applies none, and says so: the instance as
+    /// `status` and `create` find it (`create` is idempotent by UID; it is asked only once
+    /// `status` has shown that the instance exists, so an update never creates one), every
+    /// change reported not applied (`ChangeNotApplied`), which the host shows on the pod.
     fn update(ctx: CallContext, pod: Pod, changes: Vec<PodChange>) -> Result<UpdateOutcome, ProviderError> {
-        let _ = (ctx, pod, changes);
-        Err(unsupported::<Self>("changes to a running pod (update)"))
+        Self::status(ctx.clone(), pod.pod_ref())?;
+        let outcome = Self::create(ctx, pod, CreateAttempt { may_exist: true })?;
+        let name = Self::info().name;
+        let not_applied = changes
+            .into_iter()
+            .map(|change| NotApplied {
+                reason: "ChangeNotApplied".into(),
+                message: format!(
+                    "{} changed, but the {name} provider does not apply changes to running pods: the pod runs as it was created until it is recreated",
+                    change.describe()
+                ),
+                change,
+            })
+            .collect();
+        Ok(UpdateOutcome { outcome: PodOutcome { events: vec![], ..outcome }, not_applied })
     }
 
     /// Deletes the instance of a pod; `not-found` when there is none.
@@ -490,6 +505,59 @@ mod tests {
         fn list(_: CallContext) -> Result<Vec<Instance>, ProviderError> {
             Ok(vec![])
         }
+    }
+
+    /// A provider whose one instance is `example-1`, and who implements no update.
+    struct Fixed;
+
+    impl Provider for Fixed {
+        fn info() -> PluginInfo {
+            PluginInfo { name: "fixed".into(), ..Bare::info() }
+        }
+        fn validate_config(_: String, config: String) -> Result<String, ProviderError> {
+            Ok(config)
+        }
+        fn describe(_: CallContext) -> Result<NodeOffer, ProviderError> {
+            panic!("not reached")
+        }
+        fn create(_: CallContext, _: Pod, attempt: CreateAttempt) -> Result<PodOutcome, ProviderError> {
+            assert!(attempt.may_exist, "an update must find the instance, never make one");
+            Ok(PodOutcome {
+                instance_id: "example-1".into(),
+                status: PodStatus { phase: PodPhase::Running, ..PodStatus::default() },
+                annotations: vec![kv("a", "b")],
+                events: vec![Event::normal("Found", "found")],
+            })
+        }
+        fn delete(_: CallContext, _: PodRef, _: DeleteReason) -> Result<Deletion, ProviderError> {
+            Ok(Deletion::Gone)
+        }
+        fn status(_: CallContext, pod: PodRef) -> Result<PodStatus, ProviderError> {
+            if pod.uid == "u1" {
+                Ok(PodStatus { phase: PodPhase::Running, ..PodStatus::default() })
+            } else {
+                Err(ProviderError::NotFound(pod.uid))
+            }
+        }
+        fn list(_: CallContext) -> Result<Vec<Instance>, ProviderError> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn default_update_applies_nothing_says_so_and_never_creates() {
+        let pod = |uid: &str| {
+            Pod::parse(ResolvedPod::from_pod_json(format!(r#"{{"metadata":{{"name":"p","uid":"{uid}"}}}}"#))).unwrap()
+        };
+        let changes = vec![PodChange::ConfigMap("conf".into()), PodChange::Token("kube-api-access".into())];
+        let out = Fixed::update(CallContext::default(), pod("u1"), changes.clone()).unwrap();
+        assert_eq!(out.outcome.instance_id, "example-1");
+        assert!(out.outcome.events.is_empty());
+        assert_eq!(out.not_applied.iter().map(|n| n.change.clone()).collect::<Vec<_>>(), changes);
+        assert_eq!(out.not_applied[0].reason, "ChangeNotApplied");
+        assert!(out.not_applied[0].message.starts_with("ConfigMap conf changed, but the fixed provider"));
+        let err = Fixed::update(CallContext::default(), pod("gone"), changes).unwrap_err();
+        assert_eq!(err, ProviderError::NotFound("gone".into()));
     }
 
     fn pod_ref() -> PodRef {
