@@ -96,8 +96,8 @@ impl NodeContext {
     ) -> Arc<Self> {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
-        // Read with the node's identity, as the objects are for resolving pods.
-        let (client_for_watches, node_name_for_watches) = (client.clone(), node_name.clone());
+        // Watched with the node's identity, which reads them to resolve its pods.
+        let references = ReferenceWatches::new(client.clone(), &node_name);
         Arc::new(Self {
             call: CallContext { node_name: node_name.clone(), config: config_json },
             client,
@@ -117,7 +117,7 @@ impl NodeContext {
             services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
             records,
             finalize_retries: deletions::Retries::default(),
-            references: ReferenceWatches::new(client_for_watches, &node_name_for_watches),
+            references,
         })
     }
 
