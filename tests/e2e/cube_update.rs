@@ -1,8 +1,8 @@
 //! A running Cube pod follows the ConfigMaps and Secrets it references: a changed key of a mounted
 //! ConfigMap or Secret reaches the instance (`update` → RenewCubePod with the new files); a change
 //! of one read only as env is not applied and the pod says so, once (`EnvChangeNotApplied`), as a
-//! kubelet leaves a running container's environment alone. (A binary of its own: one cluster holds
-//! at most 8 virtual nodes.)
+//! kubelet leaves a running container's environment alone; a change made while the daemon was down
+//! reaches it after the restart. (A binary of its own: one cluster holds at most 8 virtual nodes.)
 
 use std::time::Duration;
 
@@ -57,7 +57,8 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
     let ns = cluster.namespace("cmupdate").await;
     let env = CubeEnv::start(cluster, false).await;
     let cid = fresh_cluster_id();
-    let daemon = start(&env.daemon_config(cluster, &cid, &ns.name, "")).await;
+    let config = env.daemon_config(cluster, &cid, &ns.name, "");
+    let daemon = start(&config).await;
     let node = node_of(&ns.client, &cid).await.name_any();
 
     let cms: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &ns.name);
@@ -115,6 +116,17 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
     cms.patch("app-config", &PatchParams::default(), &patch(json!({"app.conf": "color=green"}))).await.unwrap();
     wait_for(CHANGE_ARRIVES, "the new app.conf on the instance", || async {
         (instance_file(&env, &uid, "config", "app.conf").await.as_deref() == Some("color=green")).then_some(())
+    })
+    .await;
+
+    // A change made while the daemon is down (a restart, a failover) is not lost: the pod records
+    // what its instance was given, and the new watch's first answer differs from that.
+    daemon.stop().await;
+    cms.patch("app-config", &PatchParams::default(), &patch(json!({"app.conf": "color=yellow"}))).await.unwrap();
+    let daemon = start(&config).await;
+    let admin = daemon.admin_addr.expect("the test config enables the admin endpoint");
+    wait_for(CHANGE_ARRIVES, "the app.conf changed while the daemon was down on the instance", || async {
+        (instance_file(&env, &uid, "config", "app.conf").await.as_deref() == Some("color=yellow")).then_some(())
     })
     .await;
 

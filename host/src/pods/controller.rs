@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::deletions::{self, Progress};
-use super::references::{Change, ReferenceWatches};
+use super::references::{self, Change, ReferenceWatches};
 use super::resolve::{self, Missing};
 use super::status;
 use crate::config::PodSettings;
@@ -494,6 +494,10 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     ctx.references.track(pod, Some(&refs));
     let mut annotations = serde_json::Map::new();
     annotations.insert(INSTANCE_ANNOTATION.into(), json!(outcome.instance_id));
+    let given = references::annotation(&references::given(pod, Some(&refs)));
+    if !given.is_empty() {
+        annotations.insert(references::GIVEN_ANNOTATION.into(), json!(given));
+    }
     for kv in &outcome.annotations {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
@@ -619,6 +623,7 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
     ctx.references.applied(pod, &changed, &refs);
     if !changed.is_empty() {
         tracing::info!(pod = %k, changes = ?changed, applied = outcome.is_some(), "told the provider what changed");
+        record_given(pod, ctx, &refs).await;
     }
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     if token_due && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
@@ -629,6 +634,18 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
     }
     let phase = outcome.map_or(PodPhase::Running, |o| o.outcome.status.phase);
     Ok(next_poll(&phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
+}
+
+/// Records on the pod what its instance now has of the objects it references, so a restart or a
+/// failover compares the watches' first answers with that. A failure is logged: the next change
+/// records it again, and until then a restart misses at most the changes made meanwhile.
+async fn record_given(pod: &Pod, ctx: &NodeContext, fetched: &resolve::References) {
+    let given = references::annotation(&references::given(pod, Some(fetched)));
+    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {references::GIVEN_ANNOTATION: given}}});
+    if let Err(e) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        tracing::warn!(pod = %key(pod), error = %e, "could not record what the instance was given");
+    }
 }
 
 /// The changed objects, for a message: `ConfigMap app-config, Secret creds`.

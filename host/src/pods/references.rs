@@ -27,6 +27,10 @@ pub type Digest = [u8; 16];
 /// The digest of an object that does not exist (an optional reference): its creation is a change.
 pub const ABSENT: Digest = [0; 16];
 
+/// Annotation on a pod recording the digests of the contents its instance was given, so a restart
+/// or a failover does not lose a change made meanwhile: `ConfigMap/<name>=<hex>,Secret/<name>=<hex>`.
+pub const GIVEN_ANNOTATION: &str = "vkcube.io/references-given";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     ConfigMap,
@@ -119,16 +123,57 @@ pub fn watched(pod: &Pod) -> Vec<ObjectKey> {
 }
 
 /// `pod`'s watched objects, each with the digest of the contents `fetched` read (which its
-/// instance was given); `None` where `fetched` does not say (no fetch, or not read).
+/// instance was given); without `fetched`, what the pod's [`GIVEN_ANNOTATION`] says; `None` where
+/// neither tells.
 pub fn given(pod: &Pod, fetched: Option<&References>) -> Vec<(ObjectKey, Option<Digest>)> {
+    let recorded = if fetched.is_none() { recorded(pod) } else { HashMap::new() };
     watched(pod)
         .into_iter()
         .map(|key| {
-            let digest = fetched.and_then(|f| match key.kind {
-                Kind::ConfigMap => f.config_maps.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, config_map_digest)),
-                Kind::Secret => f.secrets.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, secret_digest)),
-            });
+            let digest = match fetched {
+                Some(f) => match key.kind {
+                    Kind::ConfigMap => {
+                        f.config_maps.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, config_map_digest))
+                    }
+                    Kind::Secret => f.secrets.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, secret_digest)),
+                },
+                None => recorded.get(&(key.kind, key.name.clone())).copied(),
+            };
             (key, digest)
+        })
+        .collect()
+}
+
+/// The value of [`GIVEN_ANNOTATION`] for `given` (entries without a digest left out).
+pub fn annotation(given: &[(ObjectKey, Option<Digest>)]) -> String {
+    let entries: Vec<String> = given
+        .iter()
+        .filter_map(|(key, digest)| {
+            let kind = match key.kind {
+                Kind::ConfigMap => "ConfigMap",
+                Kind::Secret => "Secret",
+            };
+            digest.map(|d| format!("{kind}/{}={}", key.name, hex::encode(d)))
+        })
+        .collect();
+    entries.join(",")
+}
+
+/// What `pod`'s [`GIVEN_ANNOTATION`] records, by kind and name; malformed entries are skipped.
+fn recorded(pod: &Pod) -> HashMap<(Kind, String), Digest> {
+    let Some(value) = pod.annotations().get(GIVEN_ANNOTATION) else { return HashMap::new() };
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (object, digest) = entry.rsplit_once('=')?;
+            let (kind, name) = object.split_once('/')?;
+            let kind = match kind {
+                "ConfigMap" => Kind::ConfigMap,
+                "Secret" => Kind::Secret,
+                _ => return None,
+            };
+            let digest: Digest = hex::decode(digest).ok()?.try_into().ok()?;
+            Some(((kind, name.to_string()), digest))
         })
         .collect()
 }
@@ -631,6 +676,28 @@ mod tests {
         t.track("u2", pref("u2"), &[(cm_key("b"), Some(d(1)))]);
         assert_eq!(t.retain(|uid| uid == "u2"), [cm_key("a")]);
         assert_eq!(t.watches(), 1);
+    }
+
+    #[test]
+    fn what_an_instance_was_given_survives_a_restart_in_the_pods_annotation() {
+        let spec = json!({"containers": [{"name": "c", "image": "x", "envFrom": [{"secretRef": {"name": "s"}}]}],
+                          "volumes": [{"name": "v", "configMap": {"name": "cfg"}}]});
+        let given_before = [(cm_key("cfg"), Some(d(1))), (secret_key("s"), Some(d(2)))];
+        let value = annotation(&given_before);
+        assert_eq!(value, format!("ConfigMap/cfg={},Secret/s={}", "01".repeat(16), "02".repeat(16)));
+        let mut p = pod("u1", spec);
+        p.metadata.annotations = Some([(GIVEN_ANNOTATION.to_string(), value)].into());
+        assert_eq!(given(&p, None), given_before);
+
+        // After the restart the watch answers with other contents: a change, not the new normal.
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &given(&p, None));
+        assert!(t.observed(&secret_key("s"), d(2)).is_empty());
+        assert_eq!(t.observed(&cm_key("cfg"), d(3)), [pref("u1")]);
+
+        // A malformed or foreign entry is ignored.
+        p.metadata.annotations = Some([(GIVEN_ANNOTATION.to_string(), "ConfigMap/cfg=zz,Pod/x=00,junk".into())].into());
+        assert_eq!(given(&p, None), [(cm_key("cfg"), None), (secret_key("s"), None)]);
     }
 
     #[test]
