@@ -86,6 +86,12 @@ impl fmt::Display for CheckReport {
             self.info.contract_version,
             self.host_contracts.join(", ")
         )?;
+        if l.contract.starts_with("0.1.") {
+            writeln!(
+                f,
+                "            runs through the 0.1 adapter: plan, finalize and port-forward answer unsupported; update is not told what changed"
+            )?;
+        }
         let origin = match l.origin {
             crate::plugin::cache::Origin::Compiled => "compiled",
             crate::plugin::cache::Origin::Cache => "from cache",

@@ -605,12 +605,24 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
     changes.extend(changed.iter().map(PodChange::from));
     let outcome = match update(pod, ctx, &resolution.pod, &changes).await {
         Ok(outcome) => Some(outcome),
-        // The provider cannot apply these changes at all, nor would a retry: the pod says so and
-        // the changes go, as a not-applied answer would.
-        Err(SyncError::Provider { source: CallError::Unsupported(message), .. }) if !changed.is_empty() => {
-            ctx.event(pod, true, "ChangeNotApplied", format!("{}: {message}", describe(&changed))).await;
+        // The provider cannot update instances at all: said once, never asked again for this
+        // pod's token (its instance keeps the one it has) nor these changes.
+        Err(SyncError::Provider { source: CallError::Unsupported(why), .. }) => {
+            if token_due && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
+                r.refresh_at = None;
+            }
+            let mut what = Vec::new();
+            if token_due {
+                what.push("service-account token not renewed".to_string());
+            }
+            if !changed.is_empty() {
+                what.push(describe(&changed));
+            }
+            ctx.event(pod, true, "ProviderUpdateUnsupported", format!("{}: {why}", what.join("; "))).await;
             None
         }
+        // The provider refuses the pod as it is now (say, mounted data grew past a limit): a retry
+        // would not do better; the pod says so and the changes go, as a not-applied answer would.
         Err(SyncError::Provider { source: CallError::Provider(ProviderError::Invalid(inv)), .. })
             if !changed.is_empty() =>
         {
@@ -625,9 +637,11 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
         tracing::info!(pod = %k, changes = ?changed, applied = outcome.is_some(), "told the provider what changed");
         record_given(pod, ctx, &refs).await;
     }
-    let refresh_at = token_refresh_at(&resolution.pod.tokens);
-    if token_due && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
-        r.refresh_at = refresh_at;
+    if token_due
+        && outcome.is_some()
+        && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid)
+    {
+        r.refresh_at = token_refresh_at(&resolution.pod.tokens);
     }
     if token_due && outcome.is_some() {
         ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
