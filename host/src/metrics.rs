@@ -1,7 +1,8 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
 //! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
-//! refused by a node's fence. Served on the admin endpoint.
+//! refused by a node's fence, ConfigMaps and Secrets watched for running pods. Served on the
+//! admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,6 +56,7 @@ pub struct Metrics {
     plugin_reloads: Family<Labels, Counter>,
     plugin_counters: Family<Labels, Counter>,
     fenced_writes: Family<Labels, Counter>,
+    reference_watches: Family<Labels, Gauge>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -99,6 +101,12 @@ impl Metrics {
             "Writes refused because the node's election lease lapsed, by node and target (api, cloud)",
             fenced_writes.clone(),
         );
+        let reference_watches = Family::<Labels, Gauge>::default();
+        registry.register(
+            "reference_watches",
+            "ConfigMaps and Secrets watched for changes on behalf of the running pods, by node",
+            reference_watches.clone(),
+        );
         Self {
             registry,
             sync_seconds,
@@ -109,6 +117,7 @@ impl Metrics {
             plugin_reloads,
             plugin_counters,
             fenced_writes,
+            reference_watches,
             known_phases: Mutex::new(HashMap::new()),
         }
     }
@@ -127,6 +136,11 @@ impl Metrics {
     /// A write for `node` to `target` (`api`, `cloud`) refused by the node's fence.
     pub fn fenced_write(&self, node: &str, target: &str) {
         self.fenced_writes.get_or_create(&labels([("node", node), ("target", target)])).inc();
+    }
+
+    /// The number of ConfigMaps and Secrets `node` watches for its running pods.
+    pub fn set_reference_watches(&self, node: &str, n: usize) {
+        self.reference_watches.get_or_create(&labels([("node", node)])).set(n as i64);
     }
 
     /// Sets the instance count per phase of one node (phases that disappeared drop to 0).
@@ -185,7 +199,9 @@ mod tests {
         m.observe_sync(Duration::from_millis(20), true);
         m.reload(false);
         m.set_phases("n1", &HashMap::from([("Running".to_string(), 3)]));
+        m.set_reference_watches("n1", 2);
         let text = m.render();
+        assert!(text.contains("vkhost_reference_watches{node=\"n1\"} 2"), "{text}");
         assert!(text.contains("vkhost_pod_sync_duration_seconds_count 1"), "{text}");
         assert!(text.contains("vkhost_plugin_reloads_total{result=\"refused\"} 1"), "{text}");
         assert!(text.contains("vkhost_instances_by_phase{node=\"n1\",phase=\"Running\"} 3"), "{text}");

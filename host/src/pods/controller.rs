@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::deletions::{self, Progress};
+use super::references::{self, Change, ReferenceWatches};
 use super::resolve::{self, Missing};
 use super::status;
 use crate::config::PodSettings;
@@ -76,6 +77,8 @@ pub struct NodeContext {
     pub records: Arc<NodeRecords>,
     /// Backoff of the failed `finalize` calls of deletions in progress.
     finalize_retries: deletions::Retries,
+    /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes.
+    pub references: ReferenceWatches,
 }
 
 impl NodeContext {
@@ -93,6 +96,8 @@ impl NodeContext {
     ) -> Arc<Self> {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
+        // Watched with the node's identity, which reads them to resolve its pods.
+        let references = ReferenceWatches::new(client.clone(), &node_name);
         Arc::new(Self {
             call: CallContext { node_name: node_name.clone(), config: config_json },
             client,
@@ -112,6 +117,7 @@ impl NodeContext {
             services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
             records,
             finalize_retries: deletions::Retries::default(),
+            references,
         })
     }
 
@@ -254,9 +260,13 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
             }
         }
     });
-    let controller = Controller::for_stream(pods, store.clone())
+    let mut controller = Controller::for_stream(pods, store.clone())
         .reconcile_all_on(reloads)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
+    // A changed ConfigMap or Secret reconciles the pods referencing it (changes queued for them).
+    if let Some(changed) = ctx.references.triggers() {
+        controller = controller.reconcile_on(changed);
+    }
     *ctx.store.lock().unwrap() = Some(store.clone());
     let sync_ctx = ctx.clone();
     let sync_shutdown = shutdown.clone();
@@ -287,6 +297,7 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         _ = deadline => tracing::info!(node = %ctx.node_name, "pod controller stopped without waiting for the rest of its syncs"),
     }
     let _ = sync.await;
+    ctx.references.stop();
 }
 
 /// At start: learn the instances the provider already holds, so no pod gets a second one.
@@ -329,8 +340,16 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let known = ctx.instances.lock().unwrap().get(&uid).cloned();
     if let Some(record) = known {
-        if record.refresh_at.is_some_and(|t| t <= Instant::now()) {
-            return refresh(pod, ctx).await;
+        if phase == "Succeeded" || phase == "Failed" {
+            ctx.references.untrack(&uid);
+        } else {
+            // Adopted or recovered instances too: what they were given is taken from the watches.
+            ctx.references.track(pod, None);
+        }
+        let token_due = record.refresh_at.is_some_and(|t| t <= Instant::now());
+        let changed = ctx.references.pending(&uid);
+        if token_due || !changed.is_empty() {
+            return refresh(pod, ctx, token_due, changed).await;
         }
         return refresh_status(pod, ctx).await;
     }
@@ -471,8 +490,14 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             refresh_at,
         },
     );
+    // From now on a change of what the pod references is told to the provider.
+    ctx.references.track(pod, Some(&refs));
     let mut annotations = serde_json::Map::new();
     annotations.insert(INSTANCE_ANNOTATION.into(), json!(outcome.instance_id));
+    let given = references::annotation(&references::given(pod, Some(&refs)));
+    if !given.is_empty() {
+        annotations.insert(references::GIVEN_ANNOTATION.into(), json!(given));
+    }
     for kv in &outcome.annotations {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
@@ -552,8 +577,10 @@ fn token_refresh_at(tokens: &[crate::plugin::ServiceAccountToken]) -> Option<Ins
         .min()
 }
 
-/// Fresh tokens (and whatever else changed) pushed to the instance through `update`.
-async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
+/// What changed pushed to the instance through `update`: fresh tokens when they are due
+/// (`token_due`), and the `changed` ConfigMaps and Secrets the pod references. The changes stay
+/// queued until `update` succeeds (a failure is retried as any other).
+async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Change>) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
     let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
@@ -563,32 +590,84 @@ async fn refresh(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let mut changes: Vec<PodChange> = Vec::new();
-    for token in &resolution.pod.tokens {
-        let change = PodChange::Token(token.volume_name.clone());
-        if !changes.contains(&change) {
-            changes.push(change);
+    if token_due {
+        for token in &resolution.pod.tokens {
+            let change = PodChange::Token(token.volume_name.clone());
+            if !changes.contains(&change) {
+                changes.push(change);
+            }
         }
     }
+    changes.extend(changed.iter().map(PodChange::from));
     let outcome = match update(pod, ctx, &resolution.pod, &changes).await {
-        Ok(outcome) => outcome,
+        Ok(outcome) => Some(outcome),
         // The provider cannot update instances at all: said once, never asked again for this
-        // pod (its instance keeps the token it has).
+        // pod's token (its instance keeps the one it has) nor these changes.
         Err(SyncError::Provider { source: CallError::Unsupported(why), .. }) => {
-            if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
+            if token_due && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
                 r.refresh_at = None;
             }
-            ctx.event(pod, true, "ProviderUpdateUnsupported", format!("service-account token not renewed: {why}"))
-                .await;
-            return Ok(Action::requeue(Duration::from_secs(ctx.settings.status_sync_seconds)));
+            let mut what = Vec::new();
+            if token_due {
+                what.push("service-account token not renewed".to_string());
+            }
+            if !changed.is_empty() {
+                what.push(describe(&changed));
+            }
+            ctx.event(pod, true, "ProviderUpdateUnsupported", format!("{}: {why}", what.join("; "))).await;
+            None
+        }
+        // The provider refuses the pod as it is now (say, mounted data grew past a limit): a retry
+        // would not do better; the pod says so and the changes go, as a not-applied answer would.
+        Err(SyncError::Provider { source: CallError::Provider(ProviderError::Invalid(inv)), .. })
+            if !changed.is_empty() =>
+        {
+            let message = format!("{}: {}: {}", describe(&changed), inv.field, inv.message);
+            ctx.event(pod, true, &inv.reason, message).await;
+            None
         }
         Err(e) => return Err(e),
     };
-    let refresh_at = token_refresh_at(&resolution.pod.tokens);
-    if let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid) {
-        r.refresh_at = refresh_at;
+    ctx.references.applied(pod, &changed, &refs);
+    if !changed.is_empty() {
+        tracing::info!(pod = %k, changes = ?changed, applied = outcome.is_some(), "told the provider what changed");
+        record_given(pod, ctx, &refs).await;
     }
-    ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
-    Ok(next_poll(&outcome.outcome.status.phase, refresh_at))
+    if token_due
+        && outcome.is_some()
+        && let Some(r) = ctx.instances.lock().unwrap().get_mut(&uid)
+    {
+        r.refresh_at = token_refresh_at(&resolution.pod.tokens);
+    }
+    if token_due && outcome.is_some() {
+        ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
+    }
+    let phase = outcome.map_or(PodPhase::Running, |o| o.outcome.status.phase);
+    Ok(next_poll(&phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
+}
+
+/// Records on the pod what its instance now has of the objects it references, so a restart or a
+/// failover compares the watches' first answers with that. A failure is logged: the next change
+/// records it again, and until then a restart misses at most the changes made meanwhile.
+async fn record_given(pod: &Pod, ctx: &NodeContext, fetched: &resolve::References) {
+    let given = references::annotation(&references::given(pod, Some(fetched)));
+    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {references::GIVEN_ANNOTATION: given}}});
+    if let Err(e) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        tracing::warn!(pod = %key(pod), error = %e, "could not record what the instance was given");
+    }
+}
+
+/// The changed objects, for a message: `ConfigMap app-config, Secret creds`.
+fn describe(changed: &[Change]) -> String {
+    let names: Vec<String> = changed
+        .iter()
+        .map(|c| match c {
+            Change::ConfigMap(n) => format!("ConfigMap {n}"),
+            Change::Secret(n) => format!("Secret {n}"),
+        })
+        .collect();
+    format!("the change of {} was not applied to the running instance", names.join(", "))
 }
 
 /// Tells the provider what changed in a running pod (`resolved` is the pod as it is now): each
@@ -754,6 +833,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
     }
     ctx.instances.lock().unwrap().remove(&uid);
+    ctx.references.untrack(&uid);
     ctx.reset_backoff(&uid);
     ctx.told_missing.lock().unwrap().remove(&uid);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -970,9 +1050,28 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
             continue;
         }
         ctx.instances.lock().unwrap().remove(&uid);
+        ctx.references.untrack(&uid);
         let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
         ctx.event(&pod, true, "ProviderInstanceLost", message.clone()).await;
         let _ = write_status(&pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await;
     }
+    // Watches are for running pods with an instance: let go of pods gone from the cache (deleted
+    // without a sync seeing it), finished, or without an instance any more.
+    let running: std::collections::HashSet<String> = {
+        let instances = ctx.instances.lock().unwrap();
+        store
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+                phase != "Succeeded" && phase != "Failed"
+            })
+            .filter_map(|p| p.uid())
+            .filter(|uid| instances.contains_key(uid))
+            .collect()
+    };
+    ctx.references.retain(|uid| running.contains(uid));
+    ctx.metrics.set_reference_watches(&ctx.node_name, ctx.references.watches());
     Ok(())
 }

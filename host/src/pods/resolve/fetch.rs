@@ -86,7 +86,10 @@ pub async fn fetch(client: &Client, services: &ServiceCache, pod: &Pod) -> Resul
         refs.config_maps.insert(name, got);
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for name in names.secrets {
+    for name in names.secrets.into_iter().chain(names.pull_secrets) {
+        if refs.secrets.contains_key(&name) {
+            continue;
+        }
         let got = secrets.get_opt(&name).await.map_err(api_err(format!("Secret {ns}/{name}")))?;
         refs.secrets.insert(name, got);
     }
@@ -136,7 +139,7 @@ pub fn offline_references(
     for name in names.config_maps {
         refs.config_maps.insert(name.clone(), config_maps.get(&name).cloned());
     }
-    for name in names.secrets {
+    for name in names.secrets.into_iter().chain(names.pull_secrets) {
         refs.secrets.insert(name.clone(), secrets.get(&name).cloned());
     }
     for name in names.claims {
@@ -176,8 +179,11 @@ async fn mint_token(
 
 #[derive(Default)]
 pub(crate) struct Names {
+    /// Referenced by volumes, projections and env.
     pub(crate) config_maps: BTreeSet<String>,
     pub(crate) secrets: BTreeSet<String>,
+    /// `spec.imagePullSecrets`: read for the pull, never watched for changes.
+    pub(crate) pull_secrets: BTreeSet<String>,
     pub(crate) claims: BTreeSet<String>,
     /// (volume name, token path, audience, expiration seconds)
     pub(crate) token_projections: Vec<(String, String, String, i64)>,
@@ -238,9 +244,17 @@ pub(crate) fn referenced_names(pod: &Pod) -> Names {
         }
     }
     for s in spec.image_pull_secrets.iter().flatten() {
-        n.secrets.insert(s.name.clone());
+        n.pull_secrets.insert(s.name.clone());
     }
     n
+}
+
+/// The ConfigMaps and Secrets whose contents reach a pod's containers (volumes, projections, env),
+/// by name: what a change of must be told to the provider. Image pull secrets are left out (a
+/// running instance has pulled already).
+pub fn watched_names(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
+    let n = referenced_names(pod);
+    (n.config_maps, n.secrets)
 }
 
 #[cfg(test)]

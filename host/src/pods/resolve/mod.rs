@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PersistentVolume, Persist
 use crate::plugin::{self, BinaryEntry, KeyValue, ResolvedPod};
 
 pub use downward::parse_quantity;
-pub use fetch::{SERVICE_TTL, ServiceCache, fetch, offline_references};
+pub use fetch::{SERVICE_TTL, ServiceCache, fetch, offline_references, watched_names};
 
 /// A referenced object the pod cannot start without.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,720 @@
+//! Change detection for what running pods reference, as the kubelet's Watch strategy does it: one
+//! watch per ConfigMap and Secret that a pod with an instance mounts or reads env from (field
+//! selector `metadata.name`: what the Node authorizer lets a node identity watch), shared by the
+//! pods that reference it and stopped when the last of them goes. A change of an object's contents
+//! queues a change for every pod whose instance was given other contents and asks the controller
+//! to reconcile that pod; the controller tells the provider (`update`) and drops the changes once
+//! that succeeded. Only a digest of each object is kept, never its data.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::resolve::{self, References};
+use crate::plugin::PodChange;
+
+/// What an object's contents hash to (a truncated SHA-256).
+pub type Digest = [u8; 16];
+
+/// The digest of an object that does not exist (an optional reference): its creation is a change.
+pub const ABSENT: Digest = [0; 16];
+
+/// Annotation on a pod recording the digests of the contents its instance was given, so a restart
+/// or a failover does not lose a change made meanwhile: `ConfigMap/<name>=<hex>,Secret/<name>=<hex>`.
+pub const GIVEN_ANNOTATION: &str = "vkcube.io/references-given";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    ConfigMap,
+    Secret,
+}
+
+/// One watched object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    fn change(&self) -> Change {
+        match self.kind {
+            Kind::ConfigMap => Change::ConfigMap(self.name.clone()),
+            Kind::Secret => Change::Secret(self.name.clone()),
+        }
+    }
+}
+
+/// A change of a referenced object's contents, to tell the pod's provider about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    ConfigMap(String),
+    Secret(String),
+}
+
+impl From<&Change> for PodChange {
+    fn from(c: &Change) -> PodChange {
+        match c {
+            Change::ConfigMap(name) => PodChange::ConfigMap(name.clone()),
+            Change::Secret(name) => PodChange::Secret(name.clone()),
+        }
+    }
+}
+
+/// The contents of a ConfigMap that reach a pod: `data` and `binaryData`.
+pub fn config_map_digest(cm: &ConfigMap) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"configmap");
+    for (k, v) in cm.data.iter().flatten() {
+        entry(&mut h, b'd', k, v.as_bytes());
+    }
+    for (k, v) in cm.binary_data.iter().flatten() {
+        entry(&mut h, b'b', k, &v.0);
+    }
+    truncate(h)
+}
+
+/// The contents of a Secret that reach a pod: its type and `data`.
+pub fn secret_digest(s: &Secret) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"secret");
+    entry(&mut h, b't', "type", s.type_.as_deref().unwrap_or_default().as_bytes());
+    for (k, v) in s.data.iter().flatten() {
+        entry(&mut h, b'd', k, &v.0);
+    }
+    truncate(h)
+}
+
+/// Length-prefixed, so no two different maps hash the same input.
+fn entry(h: &mut Sha256, tag: u8, key: &str, value: &[u8]) {
+    h.update([tag]);
+    h.update((key.len() as u64).to_le_bytes());
+    h.update(key.as_bytes());
+    h.update((value.len() as u64).to_le_bytes());
+    h.update(value);
+}
+
+fn truncate(h: Sha256) -> Digest {
+    let full = h.finalize();
+    let mut d = [0; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+/// The objects `pod` references whose changes its provider is told about.
+pub fn watched(pod: &Pod) -> Vec<ObjectKey> {
+    let ns = pod.namespace().unwrap_or_default();
+    let (config_maps, secrets) = resolve::watched_names(pod);
+    let key = |kind, name: String| ObjectKey { kind, namespace: ns.clone(), name };
+    config_maps
+        .into_iter()
+        .map(|n| key(Kind::ConfigMap, n))
+        .chain(secrets.into_iter().map(|n| key(Kind::Secret, n)))
+        .collect()
+}
+
+/// `pod`'s watched objects, each with the digest of the contents `fetched` read (which its
+/// instance was given); without `fetched`, what the pod's [`GIVEN_ANNOTATION`] says; `None` where
+/// neither tells.
+pub fn given(pod: &Pod, fetched: Option<&References>) -> Vec<(ObjectKey, Option<Digest>)> {
+    let recorded = if fetched.is_none() { recorded(pod) } else { HashMap::new() };
+    watched(pod)
+        .into_iter()
+        .map(|key| {
+            let digest = match fetched {
+                Some(f) => match key.kind {
+                    Kind::ConfigMap => {
+                        f.config_maps.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, config_map_digest))
+                    }
+                    Kind::Secret => f.secrets.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, secret_digest)),
+                },
+                None => recorded.get(&(key.kind, key.name.clone())).copied(),
+            };
+            (key, digest)
+        })
+        .collect()
+}
+
+/// The value of [`GIVEN_ANNOTATION`] for `given` (entries without a digest left out).
+pub fn annotation(given: &[(ObjectKey, Option<Digest>)]) -> String {
+    let entries: Vec<String> = given
+        .iter()
+        .filter_map(|(key, digest)| {
+            let kind = match key.kind {
+                Kind::ConfigMap => "ConfigMap",
+                Kind::Secret => "Secret",
+            };
+            digest.map(|d| format!("{kind}/{}={}", key.name, hex::encode(d)))
+        })
+        .collect();
+    entries.join(",")
+}
+
+/// What `pod`'s [`GIVEN_ANNOTATION`] records, by kind and name; malformed entries are skipped.
+fn recorded(pod: &Pod) -> HashMap<(Kind, String), Digest> {
+    let Some(value) = pod.annotations().get(GIVEN_ANNOTATION) else { return HashMap::new() };
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (object, digest) = entry.rsplit_once('=')?;
+            let (kind, name) = object.split_once('/')?;
+            let kind = match kind {
+                "ConfigMap" => Kind::ConfigMap,
+                "Secret" => Kind::Secret,
+                _ => return None,
+            };
+            let digest: Digest = hex::decode(digest).ok()?.try_into().ok()?;
+            Some(((kind, name.to_string()), digest))
+        })
+        .collect()
+}
+
+/// Watches to start and stop, and a pod to reconcile, after a change of the [`Table`].
+#[derive(Debug, Default, PartialEq)]
+pub struct Delta {
+    pub start: Vec<ObjectKey>,
+    pub stop: Vec<ObjectKey>,
+    pub trigger: Option<ObjectRef<Pod>>,
+}
+
+/// One watched object: what its watch saw last, and what each referencing pod's instance has.
+#[derive(Debug, Default)]
+struct Watched {
+    /// `None` until the watch first answers with the object.
+    latest: Option<Digest>,
+    /// By pod UID: the contents the pod's instance was given last; `None` when unknown (an
+    /// instance adopted after a restart), then the watch's first answer is taken as given.
+    given: HashMap<String, Option<Digest>>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    pod: ObjectRef<Pod>,
+    objects: BTreeSet<ObjectKey>,
+    /// Changes not yet applied by a successful `update`.
+    pending: BTreeSet<Change>,
+}
+
+/// The bookkeeping of one node's reference watches, without I/O: which pods reference which
+/// objects (the refcount of a watch), and the changes each pod has pending.
+#[derive(Debug, Default)]
+pub struct Table {
+    objects: HashMap<ObjectKey, Watched>,
+    pods: HashMap<String, Tracked>,
+}
+
+impl Table {
+    /// Pod `uid` has an instance and references `refs`, each with the digest its instance was
+    /// given (`None`: unknown, keep what is known). Objects it no longer references are let go.
+    pub fn track(&mut self, uid: &str, pod: ObjectRef<Pod>, refs: &[(ObjectKey, Option<Digest>)]) -> Delta {
+        let mut delta = Delta::default();
+        let wanted: BTreeSet<ObjectKey> = refs.iter().map(|(k, _)| k.clone()).collect();
+        let before = self.pods.get(uid).map(|t| t.objects.clone()).unwrap_or_default();
+        for gone in before.difference(&wanted) {
+            self.release(uid, gone, &mut delta.stop);
+        }
+        let tracked = self.pods.entry(uid.to_string()).or_insert_with(|| Tracked {
+            pod: pod.clone(),
+            objects: BTreeSet::new(),
+            pending: BTreeSet::new(),
+        });
+        tracked.pod = pod;
+        let mut queued = false;
+        for (key, seed) in refs {
+            let object = self.objects.entry(key.clone()).or_insert_with(|| {
+                delta.start.push(key.clone());
+                Watched::default()
+            });
+            let given = match (seed, object.latest) {
+                (Some(seed), Some(latest)) if *seed != latest => {
+                    queued |= tracked.pending.insert(key.change());
+                    Some(latest)
+                }
+                (Some(seed), _) => Some(*seed),
+                (None, latest) => object.given.get(uid).copied().flatten().or(latest),
+            };
+            object.given.insert(uid.to_string(), given);
+        }
+        tracked.objects = wanted;
+        if queued {
+            delta.trigger = Some(tracked.pod.clone());
+        }
+        delta
+    }
+
+    /// Whether pod `uid` is tracked with exactly the objects `refs` names.
+    pub fn tracks(&self, uid: &str, refs: &[ObjectKey]) -> bool {
+        self.pods.get(uid).is_some_and(|t| t.objects.len() == refs.len() && refs.iter().all(|k| t.objects.contains(k)))
+    }
+
+    /// The watch of `key` saw contents `digest`: the pods whose instance has other contents get
+    /// a change queued and are returned, to be reconciled.
+    pub fn observed(&mut self, key: &ObjectKey, digest: Digest) -> Vec<ObjectRef<Pod>> {
+        let Some(object) = self.objects.get_mut(key) else { return vec![] };
+        object.latest = Some(digest);
+        let mut triggered = Vec::new();
+        for (uid, given) in object.given.iter_mut() {
+            match given {
+                None => *given = Some(digest),
+                Some(g) if *g != digest => {
+                    *given = Some(digest);
+                    if let Some(t) = self.pods.get_mut(uid) {
+                        t.pending.insert(key.change());
+                        triggered.push(t.pod.clone());
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        triggered
+    }
+
+    /// The changes pod `uid` has pending.
+    pub fn pending(&self, uid: &str) -> Vec<Change> {
+        self.pods.get(uid).map(|t| t.pending.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// `update` applied `done` for pod `uid` with the contents `refs` (as in [`Table::track`]):
+    /// those changes go; one that came in since with other contents is queued again.
+    pub fn applied(&mut self, uid: &str, done: &[Change], refs: &[(ObjectKey, Option<Digest>)]) -> Delta {
+        let Some(tracked) = self.pods.get_mut(uid) else { return Delta::default() };
+        for c in done {
+            tracked.pending.remove(c);
+        }
+        let pod = tracked.pod.clone();
+        self.track(uid, pod, refs)
+    }
+
+    /// Pod `uid` has no instance any more (deleted, lost, finished): the watches it alone held stop.
+    pub fn untrack(&mut self, uid: &str) -> Vec<ObjectKey> {
+        let mut stop = Vec::new();
+        if let Some(t) = self.pods.remove(uid) {
+            for key in &t.objects {
+                self.release(uid, key, &mut stop);
+            }
+        }
+        stop
+    }
+
+    /// Untracks every pod `keep` refuses.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<ObjectKey> {
+        let gone: Vec<String> = self.pods.keys().filter(|uid| !keep(uid)).cloned().collect();
+        gone.iter().flat_map(|uid| self.untrack(uid)).collect()
+    }
+
+    fn release(&mut self, uid: &str, key: &ObjectKey, stop: &mut Vec<ObjectKey>) {
+        if let Some(object) = self.objects.get_mut(key) {
+            object.given.remove(uid);
+            if object.given.is_empty() {
+                self.objects.remove(key);
+                stop.push(key.clone());
+            }
+        }
+        if let Some(t) = self.pods.get_mut(uid) {
+            t.objects.remove(key);
+        }
+    }
+
+    /// Objects watched.
+    pub fn watches(&self) -> usize {
+        self.objects.len()
+    }
+}
+
+/// The reference watches of one node: the [`Table`], a watch task per object, and the stream of
+/// pods to reconcile that the controller takes.
+pub struct ReferenceWatches {
+    client: Client,
+    node: String,
+    table: Arc<Mutex<Table>>,
+    /// Held while the table changes and its watches start or stop, so the two never disagree.
+    tasks: Mutex<HashMap<ObjectKey, AbortOnDropHandle<()>>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
+}
+
+impl ReferenceWatches {
+    /// Watches with `client` (the node's identity, which reads what its pods reference).
+    pub fn new(client: Client, node: &str) -> Self {
+        let (triggers, receiver) = mpsc::unbounded_channel();
+        ReferenceWatches {
+            client,
+            node: node.to_string(),
+            table: Arc::default(),
+            tasks: Mutex::default(),
+            triggers,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// The pods to reconcile because something they reference changed; the first caller gets it.
+    pub fn triggers(&self) -> Option<impl Stream<Item = ObjectRef<Pod>> + Send + 'static> {
+        let mut rx = self.receiver.lock().unwrap().take()?;
+        Some(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    /// `pod` has an instance, given the contents `fetched` read (`None`: unknown, as for an
+    /// instance adopted after a restart). Cheap when nothing changed.
+    pub fn track(&self, pod: &Pod, fetched: Option<&References>) {
+        let uid = pod.uid().unwrap_or_default();
+        if fetched.is_none() && self.table.lock().unwrap().tracks(&uid, &watched(pod)) {
+            return;
+        }
+        let refs = given(pod, fetched);
+        self.change(|t| t.track(&uid, ObjectRef::from_obj(pod), &refs));
+    }
+
+    /// The changes `pod` has pending.
+    pub fn pending(&self, uid: &str) -> Vec<Change> {
+        self.table.lock().unwrap().pending(uid)
+    }
+
+    /// `update` applied `done` to `pod`'s instance with the contents `fetched` read.
+    pub fn applied(&self, pod: &Pod, done: &[Change], fetched: &References) {
+        let uid = pod.uid().unwrap_or_default();
+        let refs = given(pod, Some(fetched));
+        self.change(|t| t.applied(&uid, done, &refs));
+    }
+
+    /// Pod `uid` has no instance any more.
+    pub fn untrack(&self, uid: &str) {
+        self.change(|t| Delta { stop: t.untrack(uid), ..Delta::default() });
+    }
+
+    /// Untracks every pod `keep` refuses (pods gone from the cache, finished, without instance).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.change(|t| Delta { stop: t.retain(&keep), ..Delta::default() });
+    }
+
+    /// Objects watched now.
+    pub fn watches(&self) -> usize {
+        self.table.lock().unwrap().watches()
+    }
+
+    /// Stops every watch (acting for the node ended).
+    pub fn stop(&self) {
+        let mut tasks = self.tasks.lock().unwrap();
+        *self.table.lock().unwrap() = Table::default();
+        tasks.clear();
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Table) -> Delta) {
+        let mut tasks = self.tasks.lock().unwrap();
+        let delta = f(&mut self.table.lock().unwrap());
+        for key in delta.stop {
+            tasks.remove(&key);
+        }
+        for key in delta.start {
+            let watch = follow(self.client.clone(), key.clone(), self.table.clone(), self.triggers.clone());
+            tasks.insert(key, AbortOnDropHandle::new(tokio::spawn(watch)));
+        }
+        if tasks.len() != self.table.lock().unwrap().watches() {
+            tracing::warn!(node = %self.node, tasks = tasks.len(), "reference watches and their table disagree");
+        }
+        if let Some(pod) = delta.trigger {
+            let _ = self.triggers.send(pod);
+        }
+    }
+}
+
+/// Follows one object until aborted: every answer's digest goes to the table, and the pods it
+/// names are sent to be reconciled. A deletion changes nothing (the instance keeps what it had,
+/// as a kubelet keeps a deleted ConfigMap's files); a re-creation with other contents is a change.
+async fn follow(
+    client: Client,
+    key: ObjectKey,
+    table: Arc<Mutex<Table>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+    match key.kind {
+        Kind::ConfigMap => {
+            let api: Api<ConfigMap> = Api::namespaced(client, &key.namespace);
+            digests(watcher(api, config), config_map_digest, &key, &table, &triggers).await
+        }
+        Kind::Secret => {
+            let api: Api<Secret> = Api::namespaced(client, &key.namespace);
+            digests(watcher(api, config), secret_digest, &key, &table, &triggers).await
+        }
+    }
+}
+
+async fn digests<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    digest: fn(&K) -> Digest,
+    key: &ObjectKey,
+    table: &Mutex<Table>,
+    triggers: &mpsc::UnboundedSender<ObjectRef<Pod>>,
+) {
+    let mut events = std::pin::pin!(events.default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let pods = table.lock().unwrap().observed(key, digest(&o));
+                for pod in pods {
+                    tracing::info!(pod = %pod, object = ?key, "referenced object changed");
+                    let _ = triggers.send(pod);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(object = ?key, error = %e, "reference watch"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(uid: &str, spec: serde_json::Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": format!("p-{uid}"), "namespace": "ns", "uid": uid}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    fn cm_key(name: &str) -> ObjectKey {
+        ObjectKey { kind: Kind::ConfigMap, namespace: "ns".into(), name: name.into() }
+    }
+
+    fn secret_key(name: &str) -> ObjectKey {
+        ObjectKey { kind: Kind::Secret, namespace: "ns".into(), name: name.into() }
+    }
+
+    fn pref(uid: &str) -> ObjectRef<Pod> {
+        ObjectRef::new(&format!("p-{uid}")).within("ns")
+    }
+
+    fn d(n: u8) -> Digest {
+        [n; 16]
+    }
+
+    #[test]
+    fn a_pod_references_volumes_projections_and_env_but_not_its_image_pull_secrets() {
+        let p = pod(
+            "u1",
+            json!({
+                "imagePullSecrets": [{"name": "pull"}],
+                "initContainers": [{"name": "i", "image": "x", "envFrom": [{"secretRef": {"name": "init-env"}}]}],
+                "containers": [{"name": "c", "image": "x",
+                    "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "k"}}},
+                            {"name": "B", "valueFrom": {"secretKeyRef": {"name": "env-secret", "key": "k"}}},
+                            {"name": "C", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "envFrom": [{"configMapRef": {"name": "all-cm"}}]}],
+                "volumes": [
+                    {"name": "v1", "configMap": {"name": "vol-cm"}},
+                    {"name": "v2", "secret": {"secretName": "vol-secret"}},
+                    {"name": "v3", "projected": {"sources": [
+                        {"configMap": {"name": "proj-cm"}}, {"secret": {"name": "proj-secret"}},
+                        {"serviceAccountToken": {"path": "token"}}]}},
+                    {"name": "v4", "emptyDir": {}}]
+            }),
+        );
+        let keys = watched(&p);
+        let names = |kind| keys.iter().filter(|k| k.kind == kind).map(|k| k.name.as_str()).collect::<Vec<_>>();
+        assert_eq!(names(Kind::ConfigMap), ["all-cm", "env-cm", "proj-cm", "vol-cm"]);
+        assert_eq!(names(Kind::Secret), ["env-secret", "init-env", "proj-secret", "vol-secret"]);
+        assert!(keys.iter().all(|k| k.namespace == "ns"));
+    }
+
+    #[test]
+    fn a_pull_secret_also_mounted_is_watched() {
+        let p = pod(
+            "u1",
+            json!({"imagePullSecrets": [{"name": "creds"}], "containers": [{"name": "c", "image": "x"}],
+                   "volumes": [{"name": "v", "secret": {"secretName": "creds"}}]}),
+        );
+        assert_eq!(watched(&p), [secret_key("creds")]);
+    }
+
+    #[test]
+    fn digests_follow_the_contents_only() {
+        let cm = |v: serde_json::Value| -> ConfigMap { serde_json::from_value(v).unwrap() };
+        let a = cm(json!({"metadata": {"name": "a", "resourceVersion": "1"}, "data": {"k": "v"}}));
+        let relabelled =
+            cm(json!({"metadata": {"name": "a", "resourceVersion": "2", "labels": {"x": "y"}}, "data": {"k": "v"}}));
+        let changed = cm(json!({"metadata": {"name": "a"}, "data": {"k": "w"}}));
+        let moved = cm(json!({"metadata": {"name": "a"}, "binaryData": {"k": "dg=="}}));
+        assert_eq!(config_map_digest(&a), config_map_digest(&relabelled));
+        assert_ne!(config_map_digest(&a), config_map_digest(&changed));
+        assert_ne!(config_map_digest(&a), config_map_digest(&moved), "data and binaryData are told apart");
+        let s = |v: serde_json::Value| -> Secret { serde_json::from_value(v).unwrap() };
+        let opaque = s(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"pw": "aHVudGVyMg=="}}));
+        let rotated = s(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"pw": "aHVudGVyMw=="}}));
+        assert_ne!(secret_digest(&opaque), secret_digest(&rotated));
+        assert_ne!(config_map_digest(&a), ABSENT);
+    }
+
+    #[test]
+    fn one_watch_per_object_however_many_pods_reference_it_stopped_with_the_last() {
+        let mut t = Table::default();
+        let shared = cm_key("shared");
+        let first = t.track("u1", pref("u1"), &[(shared.clone(), Some(d(1))), (cm_key("own"), Some(d(2)))]);
+        assert_eq!(first.start, [shared.clone(), cm_key("own")]);
+        let second = t.track("u2", pref("u2"), &[(shared.clone(), Some(d(1)))]);
+        assert!(second.start.is_empty(), "{second:?}");
+        assert_eq!(t.watches(), 2);
+        assert_eq!(t.untrack("u1"), [cm_key("own")]);
+        assert_eq!(t.watches(), 1);
+        assert_eq!(t.untrack("u2"), [shared]);
+        assert_eq!(t.watches(), 0);
+        assert!(t.untrack("u2").is_empty(), "untracking twice is harmless");
+    }
+
+    #[test]
+    fn tracking_again_with_the_same_references_changes_nothing() {
+        let mut t = Table::default();
+        let refs = [(cm_key("a"), Some(d(1))), (secret_key("s"), Some(d(2)))];
+        t.track("u1", pref("u1"), &refs);
+        assert_eq!(t.track("u1", pref("u1"), &refs), Delta::default());
+        assert_eq!(t.track("u1", pref("u1"), &[(cm_key("a"), None), (secret_key("s"), None)]), Delta::default());
+        assert!(t.tracks("u1", &[secret_key("s"), cm_key("a")]));
+        assert!(!t.tracks("u1", &[cm_key("a")]));
+    }
+
+    #[test]
+    fn a_change_triggers_exactly_the_pods_referencing_the_object() {
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &[(cm_key("a"), Some(d(1)))]);
+        t.track("u2", pref("u2"), &[(cm_key("a"), Some(d(1))), (secret_key("s"), Some(d(5)))]);
+        t.track("u3", pref("u3"), &[(cm_key("b"), Some(d(1)))]);
+        // The watches' first answers: the contents the instances have.
+        assert!(t.observed(&cm_key("a"), d(1)).is_empty());
+        assert!(t.observed(&cm_key("b"), d(1)).is_empty());
+        assert!(t.observed(&secret_key("s"), d(5)).is_empty());
+
+        let mut triggered = t.observed(&cm_key("a"), d(2));
+        triggered.sort_by_key(|r| r.name.clone());
+        assert_eq!(triggered, [pref("u1"), pref("u2")]);
+        assert_eq!(t.pending("u1"), [Change::ConfigMap("a".into())]);
+        assert_eq!(t.pending("u2"), [Change::ConfigMap("a".into())]);
+        assert!(t.pending("u3").is_empty());
+
+        assert_eq!(t.observed(&secret_key("s"), d(6)), [pref("u2")]);
+        assert_eq!(t.pending("u2"), [Change::ConfigMap("a".into()), Change::Secret("s".into())]);
+    }
+
+    #[test]
+    fn an_unchanged_resync_triggers_nothing() {
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &[(cm_key("a"), Some(d(1)))]);
+        for _ in 0..3 {
+            // A relist (watch expired, apiserver restarted) answers the same contents again.
+            assert!(t.observed(&cm_key("a"), d(1)).is_empty());
+        }
+        assert!(t.pending("u1").is_empty());
+        // An object nobody tracks any more (its watch is stopping) triggers nothing either.
+        t.untrack("u1");
+        assert!(t.observed(&cm_key("a"), d(9)).is_empty());
+    }
+
+    #[test]
+    fn a_change_between_the_fetch_and_the_first_answer_is_not_missed() {
+        let mut t = Table::default();
+        // The pod was created with contents 1; its watch's first answer already shows 2.
+        t.track("u1", pref("u1"), &[(cm_key("a"), Some(d(1)))]);
+        assert_eq!(t.observed(&cm_key("a"), d(2)), [pref("u1")]);
+        // A second pod created from an older read than the watch has seen is triggered at once.
+        let late = t.track("u2", pref("u2"), &[(cm_key("a"), Some(d(1)))]);
+        assert_eq!(late.trigger, Some(pref("u2")));
+        assert_eq!(t.pending("u2"), [Change::ConfigMap("a".into())]);
+    }
+
+    #[test]
+    fn an_adopted_instance_takes_the_first_answer_as_given() {
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &[(cm_key("a"), None)]);
+        assert!(t.observed(&cm_key("a"), d(4)).is_empty());
+        assert_eq!(t.observed(&cm_key("a"), d(5)), [pref("u1")]);
+    }
+
+    #[test]
+    fn changes_stay_pending_until_applied_and_a_newer_one_is_queued_again() {
+        let mut t = Table::default();
+        let refs = |n| [(cm_key("a"), Some(d(n))), (secret_key("s"), Some(d(7)))];
+        t.track("u1", pref("u1"), &refs(1));
+        t.observed(&cm_key("a"), d(1));
+        t.observed(&cm_key("a"), d(2));
+        t.observed(&secret_key("s"), d(8));
+        let pending = t.pending("u1");
+        assert_eq!(pending.len(), 2);
+        // The update read the ConfigMap at 2 and the Secret at 8: both applied.
+        let done = t.applied("u1", &pending, &[(cm_key("a"), Some(d(2))), (secret_key("s"), Some(d(8)))]);
+        assert_eq!(done, Delta::default());
+        assert!(t.pending("u1").is_empty());
+
+        // Changed to 3 while an update that read 2 was running: applied, but queued again.
+        assert_eq!(t.observed(&cm_key("a"), d(3)), [pref("u1")]);
+        let pending = t.pending("u1");
+        let again = t.applied("u1", &pending, &[(cm_key("a"), Some(d(2))), (secret_key("s"), Some(d(8)))]);
+        assert_eq!(again.trigger, Some(pref("u1")));
+        assert_eq!(t.pending("u1"), [Change::ConfigMap("a".into())]);
+    }
+
+    #[test]
+    fn an_optional_object_created_later_is_a_change() {
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &[(cm_key("opt"), Some(ABSENT))]);
+        assert_eq!(t.observed(&cm_key("opt"), d(3)), [pref("u1")]);
+    }
+
+    #[test]
+    fn retain_lets_go_of_pods_without_an_instance() {
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &[(cm_key("a"), Some(d(1)))]);
+        t.track("u2", pref("u2"), &[(cm_key("b"), Some(d(1)))]);
+        assert_eq!(t.retain(|uid| uid == "u2"), [cm_key("a")]);
+        assert_eq!(t.watches(), 1);
+    }
+
+    #[test]
+    fn what_an_instance_was_given_survives_a_restart_in_the_pods_annotation() {
+        let spec = json!({"containers": [{"name": "c", "image": "x", "envFrom": [{"secretRef": {"name": "s"}}]}],
+                          "volumes": [{"name": "v", "configMap": {"name": "cfg"}}]});
+        let given_before = [(cm_key("cfg"), Some(d(1))), (secret_key("s"), Some(d(2)))];
+        let value = annotation(&given_before);
+        assert_eq!(value, format!("ConfigMap/cfg={},Secret/s={}", "01".repeat(16), "02".repeat(16)));
+        let mut p = pod("u1", spec);
+        p.metadata.annotations = Some([(GIVEN_ANNOTATION.to_string(), value)].into());
+        assert_eq!(given(&p, None), given_before);
+
+        // After the restart the watch answers with other contents: a change, not the new normal.
+        let mut t = Table::default();
+        t.track("u1", pref("u1"), &given(&p, None));
+        assert!(t.observed(&secret_key("s"), d(2)).is_empty());
+        assert_eq!(t.observed(&cm_key("cfg"), d(3)), [pref("u1")]);
+
+        // A malformed or foreign entry is ignored.
+        p.metadata.annotations = Some([(GIVEN_ANNOTATION.to_string(), "ConfigMap/cfg=zz,Pod/x=00,junk".into())].into());
+        assert_eq!(given(&p, None), [(cm_key("cfg"), None), (secret_key("s"), None)]);
+    }
+
+    #[test]
+    fn given_digests_come_from_what_was_fetched() {
+        let p = pod(
+            "u1",
+            json!({"containers": [{"name": "c", "image": "x"}],
+                   "volumes": [{"name": "v", "configMap": {"name": "cfg"}}, {"name": "o", "configMap": {"name": "opt", "optional": true}}]}),
+        );
+        let mut fetched = References::default();
+        let cfg: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"k": "v"}})).unwrap();
+        fetched.config_maps.insert("cfg".into(), Some(cfg.clone()));
+        fetched.config_maps.insert("opt".into(), None);
+        assert_eq!(
+            given(&p, Some(&fetched)),
+            [(cm_key("cfg"), Some(config_map_digest(&cfg))), (cm_key("opt"), Some(ABSENT))]
+        );
+        assert_eq!(given(&p, None), [(cm_key("cfg"), None), (cm_key("opt"), None)]);
+    }
+}
