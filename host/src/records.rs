@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::naming::election_lease_name;
 use crate::naming::{CLUSTER_LABEL, NODE_ID_LABEL};
-use crate::plugin::{DeleteReason, PodRef};
+use crate::plugin::{DeleteReason, MAX_FINALIZE_BYTES, PodRef, StoreError};
 
 /// At most this many plugin keys per node (a key per pod of a full node, with room to spare).
 pub const MAX_KEYS: usize = 1024;
@@ -35,8 +35,6 @@ pub const MAX_TOTAL_BYTES: usize = 128 * 1024;
 /// Pending deletions one node records: ten times the pods a node may have, and with the plugin's
 /// records well inside a ConfigMap's 1 MiB (1,000 deletions take about 196 KB).
 pub const MAX_DELETIONS: usize = 2000;
-/// The `finalize` work of one pending deletion is at most this many bytes (the contract's 1 KiB).
-pub const MAX_FINALIZE_BYTES: usize = 1024;
 /// The `finalize` work of all of a node's pending deletions together (base64 in the ConfigMap:
 /// 342 KB at most), so that with the deletions themselves and the plugin's records it stays
 /// inside a ConfigMap's 1 MiB.
@@ -535,44 +533,30 @@ fn check_key(key: &str) -> Result<(), RecordsError> {
     Ok(())
 }
 
-/// The records of the nodes this process acts for, by Node name: what the plugin's `store`
-/// import reaches through the call's context.
-#[derive(Default)]
-pub struct Registry {
-    by_node: Mutex<BTreeMap<String, Arc<NodeRecords>>>,
-}
-
-impl Registry {
-    pub fn get(&self, node_name: &str) -> Option<Arc<NodeRecords>> {
-        self.by_node.lock().unwrap().get(node_name).cloned()
+impl crate::plugin::NodeStore for NodeRecords {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        NodeRecords::get(self, key)
     }
 
-    /// Makes `records` the node's until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, node_name: &str, records: Arc<NodeRecords>) -> Registered {
-        self.by_node.lock().unwrap().insert(node_name.to_owned(), records.clone());
-        Registered { registry: self.clone(), node_name: node_name.to_owned(), records }
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        NodeRecords::keys(self, prefix)
     }
-}
 
-/// A node's records reachable by the plugin while this lives.
-pub struct Registered {
-    registry: Arc<Registry>,
-    node_name: String,
-    records: Arc<NodeRecords>,
-}
+    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { NodeRecords::set(self, key, value).await.map_err(RecordsError::into_store_error) })
+    }
 
-impl Registered {
-    pub fn records(&self) -> &Arc<NodeRecords> {
-        &self.records
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { NodeRecords::delete(self, key).await.map_err(RecordsError::into_store_error) })
     }
 }
 
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let mut map = self.registry.by_node.lock().unwrap();
-        // Only our own: a newer registration for the node (a new term) stays.
-        if map.get(&self.node_name).is_some_and(|r| Arc::ptr_eq(r, &self.records)) {
-            map.remove(&self.node_name);
+impl RecordsError {
+    /// As the `store` import reports it.
+    fn into_store_error(self) -> StoreError {
+        match self {
+            RecordsError::OverLimit(m) => StoreError::OverLimit(m),
+            RecordsError::Unavailable(m) => StoreError::Unavailable(m),
         }
     }
 }

@@ -269,7 +269,7 @@ async fn act(
     let records = NodeRecords::load_from_cluster(&client, &shared.config.ha.namespace, owner)
         .await
         .map_err(|message| NodeError::Records { node: name.clone(), message })?;
-    let _registered = shared.plugin.records().register(&name, records.clone());
+    let _registered = shared.plugin.stores().register(&name, records.clone());
     fence.name(&name);
     shared.plugin.fence_node(&name, fence.clone());
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.

@@ -121,7 +121,7 @@ pub async fn delete(
     let records = NodeRecords::load_from_cluster(client, &config.ha.namespace, owner)
         .await
         .map_err(|message| OpsError::Other { node: name.into(), message })?;
-    let _registered = plugin.records().register(name, records.clone());
+    let _registered = plugin.stores().register(name, records.clone());
     let mut report = DeleteReport { deletions_resumed: records.pending_deletions().len(), ..DeleteReport::default() };
 
     // Stop the daemon from acting for (and recreating) the node first.

@@ -15,7 +15,9 @@ use crate::plugin::v0_2_0::{
     CallContext, CreateAttempt, CreatePlan, DeleteReason, Deletion, ExecOptions, Instance, LogOptions, NodeOffer,
     PodChange, PodOutcome, PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, StreamTarget, UpdateOutcome,
 };
-use crate::records::MAX_FINALIZE_BYTES;
+
+/// The `finalize` work of one pending deletion is at most this many bytes (the contract's 1 KiB).
+pub const MAX_FINALIZE_BYTES: usize = 1024;
 
 /// Calls `$export` on the active version with the arguments of its contract line: `native` gives
 /// the 0.2 signature `($params) -> result<$ok, provider-error>` and the arguments; `v0_1` the 0.1

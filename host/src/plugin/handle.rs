@@ -78,9 +78,9 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// The durable node records the plugin's `store` import reaches (register a node's there).
-    pub fn records(&self) -> &Arc<crate::records::Registry> {
-        self.rt.records()
+    /// The durable node stores the plugin's `store` import reaches (register a node's there).
+    pub fn stores(&self) -> &Arc<crate::plugin::Stores> {
+        self.rt.stores()
     }
 
     /// Loads the plugin at `settings.path` and validates each `(node, config json)` with it; any

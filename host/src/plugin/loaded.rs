@@ -22,7 +22,6 @@ use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
 use crate::plugin::v0_1_2;
 use crate::plugin::v0_2_0::{self, PluginInfo, ProviderError, StreamTarget};
-use crate::records::Registry;
 
 /// How the load went, for `vkhost plugin check` and the reload events.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -52,7 +51,7 @@ pub struct Loaded {
     kv: Arc<KvStore>,
     pub(crate) counters: Arc<PluginCounters>,
     egress: Arc<Egress>,
-    records: Arc<Registry>,
+    stores: Arc<crate::plugin::Stores>,
     limits: Limits,
 }
 
@@ -233,7 +232,7 @@ pub(crate) async fn load_bytes(
         kv: Arc::new(KvStore::new(0)),
         counters: Arc::default(),
         egress,
-        records: rt.records().clone(),
+        stores: rt.stores().clone(),
         limits: settings.limits.clone(),
     };
     loaded.typecheck_exports().await.map_err(typecheck)?;
@@ -272,7 +271,7 @@ impl Loaded {
             self.kv.clone(),
             self.counters.clone(),
             self.egress.clone(),
-            StoreScope { records: self.records.clone(), node: node.map(str::to_owned) },
+            StoreScope { stores: self.stores.clone(), node: node.map(str::to_owned) },
             self.limits.memory_bytes(),
             cpu,
         );

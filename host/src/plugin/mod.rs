@@ -21,6 +21,7 @@ mod loaded;
 mod runtime;
 pub mod settings;
 mod stats;
+mod stores;
 pub mod v0_1_2;
 pub mod v0_2_0;
 mod watcher;
@@ -35,14 +36,17 @@ pub use loaded::{LoadReport, host_contracts};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};
 pub use stats::{CallCount, PluginStats, StatsSnapshot};
+pub use stores::{NodeStore, Registered, Stores};
 
 // The contract's types, so callers write `plugin::ResolvedPod`.
+pub use calls::MAX_FINALIZE_BYTES;
 pub use v0_2_0::{
     BinaryEntry, CallContext, ConfigMap, ContainerEnv, ContainerState, ContainerStatus, ContainerUsage, CreateAttempt,
     CreatePlan, DeleteReason, Deletion, Event, EventKind, ExecOptions, HttpRequest, Instance, InvalidInput, KeyValue,
     LogOptions, NodeCondition, NodeOffer, NotApplied, PendingDeletion, PluginInfo, PodChange, PodOutcome, PodPhase,
     PodRef, PodStatus, PodUsage, ProviderError, ResolvedPod, Secret, ServiceAccountToken, StateRunning,
-    StateTerminated, StateWaiting, StreamProtocol, StreamTarget, Taint, TaintEffect, UpdateOutcome, VolumeClaim,
+    StateTerminated, StateWaiting, StoreError, StreamProtocol, StreamTarget, Taint, TaintEffect, UpdateOutcome,
+    VolumeClaim,
 };
 
 /// How a plugin is named in annotations, Events and logs: `cube@1.4.0 (contract 0.1.2)`.

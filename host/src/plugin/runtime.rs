@@ -15,8 +15,8 @@ use crate::plugin::error::LoadError;
 use crate::plugin::imports::HostState;
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
+use crate::plugin::stores::Stores;
 use crate::plugin::{v0_1_2, v0_2_0};
-use crate::records::Registry;
 
 /// The epoch period: the granularity of CPU deadlines and of the guest's yields to tokio.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -38,8 +38,8 @@ pub struct PluginRuntime {
     pub(crate) baseline: Option<Tier>,
     kv: Mutex<HashMap<String, Arc<KvStore>>>,
     counters: Mutex<HashMap<String, Arc<PluginCounters>>>,
-    /// The durable records of the nodes this process acts for, by Node name.
-    records: Arc<Registry>,
+    /// The durable stores of the nodes this process acts for, by Node name.
+    stores: Arc<Stores>,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -88,7 +88,7 @@ impl PluginRuntime {
             baseline,
             kv: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
-            records: Arc::default(),
+            stores: Arc::default(),
             stop,
             ticker: Mutex::new(Some(ticker)),
         }))
@@ -105,9 +105,9 @@ impl PluginRuntime {
         self.counters.lock().unwrap().entry(plugin.to_owned()).or_default().clone()
     }
 
-    /// The durable node records the plugins' `store` import reaches.
-    pub fn records(&self) -> &Arc<Registry> {
-        &self.records
+    /// The durable node stores the plugins' `store` import reaches.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
     }
 
     /// The engine of the optimizing tier, the one the disk cache holds artefacts of.

@@ -19,7 +19,6 @@ pub mod manifest;
 pub mod node;
 pub mod registries;
 pub mod restrictions;
-pub mod service_account;
 pub mod sizes;
 pub mod status;
 pub mod streams;

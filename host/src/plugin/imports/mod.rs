@@ -23,12 +23,11 @@ use crate::fence::{Fence, Target};
 use crate::plugin::v0_2_0::StoreError;
 use crate::plugin::v0_2_0::vk::provider as wit;
 use crate::plugin::v0_2_0::{HttpError, HttpRequest, HttpResponse, KeyValue, LogLevel};
-use crate::records::Registry;
 
 /// What the `store` import of a call reaches: the durable node records, and the node of the
 /// call's context (none: no `store`).
 pub(crate) struct StoreScope {
-    pub records: Arc<Registry>,
+    pub stores: Arc<crate::plugin::Stores>,
     pub node: Option<String>,
 }
 
@@ -259,7 +258,7 @@ mod tests {
             Arc::new(KvStore::new(1 << 20)),
             Arc::new(PluginCounters::default()),
             egress,
-            StoreScope { records: Arc::new(crate::records::Registry::default()), node: None },
+            StoreScope { stores: Arc::default(), node: None },
             64 << 20,
             Duration::from_secs(1),
         );

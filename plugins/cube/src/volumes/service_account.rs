@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use super::{config_map_files, secret_files};
 use crate::error::{InvalidInput, TranslateError};
 use crate::k8s::{self, ProjectedSource};
-use crate::volumes::{config_map_files, secret_files};
 use vk_provider_sdk::ResolvedPod;
 
 fn unsupported(field: String, message: String) -> TranslateError {

@@ -1,5 +1,8 @@
 //! Volumes (P5, P7): Cube mounts UDisks (through PVCs), NFS, inline ConfigMap and Secret files and
-//! emptyDirs. Every other source is refused before anything is created.
+//! emptyDirs (`service_account` turns the token projection into such files). Every other source is
+//! refused before anything is created.
+
+mod service_account;
 
 use std::collections::BTreeMap;
 
@@ -9,7 +12,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use crate::cube_pod::{self, EmptyDir, Nfs, Udisk, VolumeSource};
 use crate::error::{InvalidInput, TranslateError};
 use crate::k8s::{self, KeyToPath};
-use crate::service_account;
 use vk_provider_sdk::{Event, ResolvedPod};
 
 /// The CSI driver whose volumes are UDisks.
