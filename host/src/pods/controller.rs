@@ -152,6 +152,21 @@ impl NodeContext {
         }
     }
 
+    /// Answers a volume expansion the node cannot do, on the claim and on the pod.
+    async fn refuse_expansion(&self, refusal: super::expansion::Refusal) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: super::expansion::REASON.into(),
+            note: Some(truncate(&refusal.note, 1000)),
+            action: "Expand".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &refusal.claim.object_ref(&())).await {
+            tracing::debug!(error = %e, "event on the claim not recorded");
+        }
+        self.event(&refusal.pod, true, super::expansion::REASON, refusal.note).await;
+    }
+
     /// An events.k8s.io/v1 Event of type Normal, as the `Recorder` would make it, without caching.
     async fn normal_event(&self, pod: &Pod, reason: &str, note: String) -> Result<(), kube::Error> {
         use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -943,7 +958,9 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
             last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
         if sweep_due {
             // Claims are read one by one (a node may not watch them): at the sweep's pace.
-            super::expansion::check(&ctx, &store.state(), &expansions).await;
+            for refusal in super::expansion::check(&ctx.client, &ctx.node_name, &store.state(), &expansions).await {
+                ctx.refuse_expansion(refusal).await;
+            }
         }
         if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
             tracing::warn!(node = %ctx.node_name, error = %e, "status sync failed");

@@ -7,12 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
-use super::controller::NodeContext;
 use super::resolve::parse_quantity;
 
 /// Reason of the Events, the kubelet's for a volume it could not expand.
@@ -29,8 +29,17 @@ pub fn growth(pvc: &PersistentVolumeClaim) -> Option<(String, String)> {
     (parse_quantity(&requested)? > parse_quantity(&capacity)?).then_some((requested, capacity))
 }
 
-/// Looks at every claim mounted by a running pod of the node and answers expansions.
-pub async fn check(ctx: &NodeContext, pods: &[std::sync::Arc<Pod>], answered: &Answered) {
+/// An expansion to answer: the Warning (reason [`REASON`]) goes on the claim and on the pod.
+pub struct Refusal {
+    pub pod: Arc<Pod>,
+    pub claim: PersistentVolumeClaim,
+    pub note: String,
+}
+
+/// Looks at every claim mounted by a running pod of the node and returns the expansions not
+/// answered yet (each is then taken as answered).
+pub async fn check(client: &Client, node_name: &str, pods: &[Arc<Pod>], answered: &Answered) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
     for pod in pods {
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
@@ -42,7 +51,7 @@ pub async fn check(ctx: &NodeContext, pods: &[std::sync::Arc<Pod>], answered: &A
             .iter()
             .flat_map(|s| s.volumes.iter().flatten())
             .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()));
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         for claim in claims {
             let Ok(Some(pvc)) = api.get_opt(&claim).await else { continue };
             let Some((requested, capacity)) = growth(&pvc) else { continue };
@@ -53,23 +62,14 @@ pub async fn check(ctx: &NodeContext, pods: &[std::sync::Arc<Pod>], answered: &A
             let note = format!(
                 "PersistentVolumeClaim {ns}/{claim} asks for {requested}, but its disk, mounted by pod {} on virtual node {}, stays {capacity}: the provider cannot expand a mounted volume (the guide: volume expansion is not supported). Create a larger claim and copy the data, and set allowVolumeExpansion: false on the StorageClass",
                 pod.name_any(),
-                ctx.node_name
+                node_name
             );
             tracing::info!(pvc = %format!("{ns}/{claim}"), %requested, %capacity, "volume expansion refused");
-            let event = Event {
-                type_: EventType::Warning,
-                reason: REASON.into(),
-                note: Some(note.clone()),
-                action: "Expand".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &pvc.object_ref(&())).await {
-                tracing::debug!(error = %e, "event on the claim not recorded");
-            }
-            ctx.event(pod, true, REASON, note).await;
             answered.0.lock().unwrap().insert(uid, requested);
+            refusals.push(Refusal { pod: pod.clone(), claim: pvc, note });
         }
     }
+    refusals
 }
 
 #[cfg(test)]
