@@ -236,7 +236,14 @@ impl ApiServer {
                 stored["metadata"]["resourceVersion"] = json!(version);
                 (200, stored.clone())
             }
-            ("DELETE", Target::Object(p)) => state.objects.remove(&p).map(|o| (200, o)).unwrap_or_else(not_found),
+            ("DELETE", Target::Object(p)) => {
+                let Some(stored) = state.objects.get(&p) else { return not_found() };
+                let wanted = body.as_ref().and_then(|b| b["preconditions"]["uid"].as_str().map(str::to_owned));
+                if wanted.is_some_and(|uid| stored["metadata"]["uid"] != json!(uid)) {
+                    return status(409, "Conflict", &format!("{p}: precondition failed: uid"));
+                }
+                (200, state.objects.remove(&p).unwrap())
+            }
             _ => status(405, "MethodNotAllowed", &format!("{method} {path}: not served by the mock apiserver")),
         }
     }
@@ -309,4 +316,51 @@ pub(crate) fn bound_pod(api: &ApiServer, name: &str, uid: &str) -> Pod {
     });
     api.put(&pod_path(name), pod);
     api.pod(&pod_path(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+
+    fn cm(name: &str) -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "uid": format!("uid-{name}")}, "data": {"a": "1"}}))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_mock_apiserver_serves_objects_as_an_apiserver_does_and_fails_on_demand() {
+        let server = ApiServer::new();
+        let api: Api<ConfigMap> = Api::namespaced(server.client("test"), "ns");
+        let created = api.create(&PostParams::default(), &cm("one")).await.unwrap();
+        let err = api.create(&PostParams::default(), &cm("one")).await.unwrap_err();
+        assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409), "{err}");
+        api.create(&PostParams::default(), &cm("two")).await.unwrap();
+        assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 2);
+        assert!(api.get_opt("three").await.unwrap().is_none());
+
+        // Merge patch: null removes a key.
+        let patch = json!({"data": {"a": null, "b": "2"}});
+        let patched = api.patch("one", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        assert_eq!(patched.data.unwrap(), [("b".to_string(), "2".to_string())].into());
+        // Replacing needs the current resourceVersion.
+        let err = api.replace("one", &PostParams::default(), &created).await.unwrap_err();
+        assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409), "{err}");
+
+        server.fail("GET", "/api/v1/namespaces/ns/configmaps/two", 500, 1);
+        assert!(api.get("two").await.is_err());
+        assert!(api.get("two").await.is_ok(), "failed once only");
+
+        let wrong_uid = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some("other".into()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        assert!(api.delete("two", &wrong_uid).await.is_err());
+        api.delete("two", &DeleteParams::default()).await.unwrap();
+        assert!(server.get("/api/v1/namespaces/ns/configmaps/two").is_none());
+        let recorded = server.requests_to("PATCH", "/api/v1/namespaces/ns/configmaps/one");
+        assert_eq!(recorded[0].identity, "test");
+        assert_eq!(recorded[0].body.as_ref().unwrap(), &patch);
+    }
 }
