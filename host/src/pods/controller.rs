@@ -1092,3 +1092,6 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
     ctx.metrics.set_reference_watches(&ctx.node_name, ctx.references.watches());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

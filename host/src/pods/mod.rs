@@ -5,6 +5,8 @@ pub mod backend;
 pub mod controller;
 pub mod deletions;
 pub mod expansion;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod references;
 pub mod resolve;
 pub mod status;

@@ -1,0 +1,244 @@
+//! The reconcile paths against a mock apiserver and the real example plugin: create, retry,
+//! recover, delete and the orphan sweep, each in milliseconds.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::watcher;
+
+use super::*;
+use crate::plugin::Export;
+use crate::pods::fixtures::{self, HOST_IP, TestNode, bound_pod, pod_path};
+
+fn status_path(name: &str) -> String {
+    format!("{}/status", pod_path(name))
+}
+
+async fn listed_ids(ctx: &NodeContext) -> Vec<String> {
+    ctx.plugin.list(&ctx.call).await.unwrap().into_iter().map(|i| i.instance_id).collect()
+}
+
+fn calls(ctx: &NodeContext, export: Export) -> u64 {
+    ctx.plugin.stats().calls(export, "ok")
+}
+
+/// `pod` through one reconcile, and its instance made: the pod as the apiserver now holds it.
+async fn created(api: &fixtures::ApiServer, ctx: &Arc<NodeContext>, name: &str, uid: &str) -> Pod {
+    let pod = bound_pod(api, name, uid);
+    reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    api.pod(&pod_path(name))
+}
+
+#[tokio::test]
+async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_status() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let pod = bound_pod(&api, "web", "uid-web-1");
+
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    // Running: the periodic status sync looks after it from now on.
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(calls(&ctx, Export::Create), 1);
+    let ids = listed_ids(&ctx).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = &ids[0];
+    assert_eq!(ctx.instances.lock().unwrap()["uid-web-1"].instance_id, *id);
+    // The annotations, with the daemon's identity (NodeRestriction refuses them to the node).
+    let patches = api.requests_to("PATCH", &pod_path("web"));
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(patches[0].identity, "daemon");
+    let annotations = &patches[0].body.as_ref().unwrap()["metadata"]["annotations"];
+    assert_eq!(annotations[INSTANCE_ANNOTATION], json!(id));
+    assert_eq!(annotations["example.vk.io/instance-id"], json!(id), "the provider's own annotations");
+    // The status, with the node's identity.
+    let writes = api.requests_to("PATCH", &status_path("web"));
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].identity, "node");
+    let status = &writes[0].body.as_ref().unwrap()["status"];
+    assert_eq!(status["phase"], "Running", "{status}");
+    assert_eq!(status["hostIP"], HOST_IP, "{status}");
+    assert!(status["podIP"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{status}");
+    assert_eq!(status["containerStatuses"][0]["name"], "app", "{status}");
+    let stored = api.pod(&pod_path("web"));
+    assert_eq!(stored.annotations()[INSTANCE_ANNOTATION], *id);
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    assert!(api.event_reasons().contains(&"ProviderCreateSuccess".to_string()), "{:?}", api.event_reasons());
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_retried_with_growing_backoff_and_makes_no_second_instance() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let pod = Arc::new(bound_pod(&api, "web", "uid-web-2"));
+    api.fail("PATCH", &status_path("web"), 500, 2);
+
+    // The instance is made and annotated, but its status cannot be written.
+    let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
+    assert!(matches!(err, SyncError::Kube { .. }), "{err}");
+    assert_eq!(error_policy(pod.clone(), &err, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+    // The retry sees the pod as the annotation write left it, and fails again: a longer wait.
+    let pod = Arc::new(api.pod(&pod_path("web")));
+    assert!(pod.annotations().contains_key(INSTANCE_ANNOTATION));
+    let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(error_policy(pod.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+
+    // The third sync writes the status; the backoff starts over.
+    reconcile(pod.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(api.requests_to("PATCH", &status_path("web")).len(), 3);
+    assert_eq!(calls(&ctx, Export::Create), 1, "no second create");
+    assert_eq!(listed_ids(&ctx).await.len(), 1);
+    assert!(ctx.attempts.lock().unwrap().is_empty(), "backoff reset after the success");
+    assert_eq!(api.requests_to("PATCH", &pod_path("web")).len(), 1, "annotated once");
+}
+
+#[tokio::test]
+async fn a_pod_annotated_with_an_instance_unknown_in_memory_is_adopted_without_a_create() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let pod = created(&api, &ctx, "web", "uid-web-3").await;
+    let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
+    // A restart: the instance map is empty, the provider's instance and the annotation remain.
+    ctx.instances.lock().unwrap().clear();
+    let before = api.requests().len();
+
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(calls(&ctx, Export::Create), 1, "only the first sync created");
+    assert_eq!(calls(&ctx, Export::Status), 1, "the provider was asked about the instance");
+    assert_eq!(ctx.instances.lock().unwrap()["uid-web-3"].instance_id, id);
+    assert_eq!(listed_ids(&ctx).await, vec![id]);
+    let after = &api.requests()[before..];
+    assert!(!after.iter().any(|r| r.method == "PATCH" && r.path == pod_path("web")), "no new annotations: {after:?}");
+    let created_events = api.event_reasons().iter().filter(|r| *r == "ProviderCreateSuccess").count();
+    assert_eq!(created_events, 1, "the first sync's only");
+}
+
+#[tokio::test]
+async fn a_pod_annotated_with_an_instance_the_provider_lost_is_failed_without_a_create() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let mut pod = bound_pod(&api, "web", "uid-web-4");
+    pod.annotations_mut().insert(INSTANCE_ANNOTATION.into(), "example-gone".into());
+    pod.status.as_mut().unwrap().phase = Some("Running".into());
+    api.put(&pod_path("web"), serde_json::to_value(&pod).unwrap());
+
+    let action = reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::await_change());
+    assert_eq!(calls(&ctx, Export::Create), 0);
+    assert!(listed_ids(&ctx).await.is_empty());
+    let status = api.pod(&pod_path("web")).status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("ProviderInstanceLost"));
+    assert!(api.event_reasons().contains(&"ProviderInstanceLost".to_string()));
+    assert!(ctx.instances.lock().unwrap().is_empty());
+}
+
+/// The pod as the apiserver shows it once deleted: a deletionTimestamp, still there.
+fn mark_deleted(api: &fixtures::ApiServer, name: &str) -> Pod {
+    let mut pod = api.pod(&pod_path(name));
+    pod.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    pod.metadata.deletion_grace_period_seconds = Some(30);
+    api.put(&pod_path(name), serde_json::to_value(&pod).unwrap());
+    api.pod(&pod_path(name))
+}
+
+#[tokio::test]
+async fn a_deleted_pod_has_its_instance_deleted_then_goes_at_once_with_grace_zero() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    created(&api, &ctx, "web", "uid-web-5").await;
+    let pod = mark_deleted(&api, "web");
+
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::await_change());
+    assert_eq!(calls(&ctx, Export::Delete), 1);
+    assert!(listed_ids(&ctx).await.is_empty(), "the instance is gone");
+    let deletes = api.requests_to("DELETE", &pod_path("web"));
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0].identity, "node");
+    let params = deletes[0].body.as_ref().unwrap();
+    assert_eq!(params["gracePeriodSeconds"], 0, "{params}");
+    assert_eq!(params["preconditions"]["uid"], "uid-web-5", "{params}");
+    assert!(api.get(&pod_path("web")).is_none(), "the pod object is gone");
+    assert!(ctx.instances.lock().unwrap().is_empty());
+    assert!(api.event_reasons().contains(&"ProviderDeleteSuccess".to_string()));
+    assert!(ctx.records.pending_deletions().is_empty(), "nothing left to see through");
+}
+
+#[tokio::test]
+async fn a_deletion_recorded_in_progress_is_not_asked_again_before_due_and_the_pod_waits() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let pod = created(&api, &ctx, "web", "uid-web-6").await;
+    let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
+    // An earlier sync (or run, or replica) asked for the deletion; the provider said to look
+    // again in a minute.
+    let mut pending = PendingDeletion::new(NodeContext::pod_ref(&pod), DeleteReason::PodDeleted, id.clone());
+    pending.poll_after_unix_ms = records::unix_ms_now() + 60_000;
+    ctx.records.record_deletion(pending).await.unwrap();
+    let records_path = "/api/v1/namespaces/kube-system/configmaps/vkcube-c1-n1-records";
+    let stored = api.get(records_path).expect("the records ConfigMap");
+    assert!(stored.to_string().contains("uid-web-6"), "the deletion is recorded: {stored}");
+    let pod = mark_deleted(&api, "web");
+
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    assert_ne!(action, Action::await_change(), "looked at again later");
+    assert_eq!(calls(&ctx, Export::Delete), 0, "not asked again before due");
+    assert!(api.requests_to("DELETE", &pod_path("web")).is_empty());
+    assert!(api.get(&pod_path("web")).is_some(), "the pod waits for its instance");
+    assert_eq!(listed_ids(&ctx).await, vec![id]);
+    assert!(ctx.records.is_deleting("uid-web-6"));
+}
+
+#[tokio::test]
+async fn an_instance_no_pod_owns_is_deleted_as_orphaned_once_past_the_protection_window() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let kept = created(&api, &ctx, "kept", "uid-kept").await;
+    let orphan = created(&api, &ctx, "orphan", "uid-orphan").await;
+    let orphan_id = orphan.annotations()[INSTANCE_ANNOTATION].clone();
+    // The controller's cache holds `kept` only: `orphan` went behind its back.
+    let (store, mut writer) = reflector::store::<Pod>();
+    writer.apply_watcher_event(&watcher::Event::Apply(kept.clone()));
+    let ids = listed_ids(&ctx).await;
+    assert_eq!(ids.len(), 2);
+
+    // Just created: protected from the sweep.
+    sync_all(&ctx, &store, true).await.unwrap();
+    assert_eq!(listed_ids(&ctx).await, ids);
+    // Past the window, but no sweep is due: only statuses are synced.
+    let long_ago = Instant::now() - Duration::from_secs(31);
+    for record in ctx.instances.lock().unwrap().values_mut() {
+        record.seen_at = long_ago;
+    }
+    sync_all(&ctx, &store, false).await.unwrap();
+    assert_eq!(listed_ids(&ctx).await, ids);
+    assert_eq!(calls(&ctx, Export::Delete), 0);
+
+    // The sweep deletes the orphan, and only it.
+    sync_all(&ctx, &store, true).await.unwrap();
+    let left = listed_ids(&ctx).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left[0], orphan_id);
+    assert_eq!(calls(&ctx, Export::Delete), 1);
+    assert_eq!(ctx.metrics.orphans_deleted.get(), 1);
+    assert!(!ctx.instances.lock().unwrap().contains_key("uid-orphan"));
+    assert!(ctx.instances.lock().unwrap().contains_key("uid-kept"));
+}
+
+/// Known gap, not fixed here (behaviour unchanged): when the annotation write fails after the
+/// instance was made, the retry goes through `refresh_status` (the instance is in memory), which
+/// writes the status but never the annotation; a restart whose first `list` fails then finds a
+/// pod with neither, and creates again (made safe only by the provider's idempotent create).
+#[tokio::test]
+#[ignore = "known gap: a failed instance-id annotation write is never retried"]
+async fn a_failed_annotation_write_is_retried() {
+    let TestNode { api, ctx } = fixtures::node().await;
+    let pod = Arc::new(bound_pod(&api, "web", "uid-web-7"));
+    api.fail("PATCH", &pod_path("web"), 500, 1);
+    let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
+    assert!(matches!(err, SyncError::Kube { .. }), "{err}");
+
+    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+
+    let id = ctx.instances.lock().unwrap()["uid-web-7"].instance_id.clone();
+    assert_eq!(api.pod(&pod_path("web")).annotations().get(INSTANCE_ANNOTATION), Some(&id));
+    assert_eq!(calls(&ctx, Export::Create), 1);
+}
