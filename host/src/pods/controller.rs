@@ -355,6 +355,11 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let known = ctx.instances.lock().unwrap().get(&uid).cloned();
     if let Some(record) = known {
+        if !pod.annotations().contains_key(INSTANCE_ANNOTATION) && phase != "Succeeded" && phase != "Failed" {
+            // The instance exists but writing its annotations failed (or the status sync adopted
+            // it first): ask create again, idempotent by UID, for the whole outcome to write.
+            return create(pod, ctx).await;
+        }
         if phase == "Succeeded" || phase == "Failed" {
             ctx.references.untrack(&uid);
         } else {
