@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -249,7 +249,10 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         // memory per pod (and the pod JSON handed to the plugin) small.
         .modify(|pod| pod.managed_fields_mut().clear())
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // The host's own writes (status, its annotations) are no reason to look at a pod again;
+        // the cache above still has them, for the status sync and for the next reconcile.
+        .predicate_filter(super::own_writes::others_writes, PredicateConfig::default());
     // A new plugin build may judge refused pods differently: look at every pod again.
     let reloads = futures::stream::unfold(ctx.plugin.subscribe(), |mut rx| async move {
         loop {
@@ -326,6 +329,7 @@ async fn adopt(ctx: &NodeContext) {
 
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
     let started = Instant::now();
+    ctx.metrics.reconciled(&ctx.node_name);
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
     let result = tracing::Instrument::instrument(sync(&pod, &ctx), span).await;
     ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
@@ -389,9 +393,9 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
 }
 
 /// Annotation marking a pod the provider refused (value: the reason).
-const REJECTED_ANNOTATION: &str = "vkcube.io/rejected";
+pub(super) const REJECTED_ANNOTATION: &str = "vkcube.io/rejected";
 /// Annotation recording what the refusal rested on ([`NodeContext::verdict_basis`]).
-const REJECTED_BY_ANNOTATION: &str = "vkcube.io/rejected-by";
+pub(super) const REJECTED_BY_ANNOTATION: &str = "vkcube.io/rejected-by";
 
 /// Clears a refusal made by another plugin build or node config, so the pod is judged again.
 async fn reevaluate(pod: &Pod, ctx: &NodeContext) -> Result<(), SyncError> {

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod controller;
 pub mod deletions;
 pub mod expansion;
+mod own_writes;
 pub mod references;
 pub mod resolve;
 pub mod status;
