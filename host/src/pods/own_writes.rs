@@ -93,13 +93,6 @@ mod tests {
                 },
                 false,
             ),
-            (
-                "refusal annotations cleared",
-                |p| {
-                    p.metadata.annotations.as_mut().unwrap().remove("none");
-                },
-                false,
-            ),
             ("a user's annotation", |p| annotate(p, "team", "b"), true),
             ("a provider's annotation", |p| annotate(p, "cube.io/eip", "1.2.3.4"), true),
             ("spec", |p| p.spec.as_mut().unwrap().containers[0].image = Some("nginx:2".into()), true),
