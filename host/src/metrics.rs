@@ -1,8 +1,8 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
 //! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
-//! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for running pods. Served on the
-//! admin endpoint.
+//! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
+//! running pods. Served on the admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
