@@ -1,8 +1,8 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
 //! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
-//! refused by a node's fence, ConfigMaps and Secrets watched for running pods. Served on the
-//! admin endpoint.
+//! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
+//! running pods. Served on the admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -50,6 +50,7 @@ pub struct Metrics {
     registry: Registry,
     sync_seconds: Histogram,
     sync_results: Family<Labels, Counter>,
+    pod_reconciles: Family<Labels, Counter>,
     pub orphans_deleted: Counter,
     pods_by_phase: Family<Labels, Gauge>,
     provider_calls: Family<Labels, Gauge>,
@@ -73,6 +74,8 @@ impl Metrics {
         registry.register("pod_sync_duration_seconds", "Time of one pod sync (reconcile)", sync_seconds.clone());
         let sync_results = Family::<Labels, Counter>::default();
         registry.register("pod_syncs", "Pod syncs by result", sync_results.clone());
+        let pod_reconciles = Family::<Labels, Counter>::default();
+        registry.register("pod_reconciles", "Reconcile calls of the pod controller, by node", pod_reconciles.clone());
         let orphans_deleted = Counter::default();
         registry.register("orphans_deleted", "Instances deleted because no pod owned them", orphans_deleted.clone());
         let pods_by_phase = Family::<Labels, Gauge>::default();
@@ -111,6 +114,7 @@ impl Metrics {
             registry,
             sync_seconds,
             sync_results,
+            pod_reconciles,
             orphans_deleted,
             pods_by_phase,
             provider_calls,
@@ -126,6 +130,11 @@ impl Metrics {
         self.sync_seconds.observe(took.as_secs_f64());
         let result = if ok { "ok" } else { "error" };
         self.sync_results.get_or_create(&labels([("result", result)])).inc();
+    }
+
+    /// One reconcile call of `node`'s pod controller.
+    pub fn reconciled(&self, node: &str) {
+        self.pod_reconciles.get_or_create(&labels([("node", node)])).inc();
     }
 
     pub fn reload(&self, ok: bool) {
@@ -200,7 +209,10 @@ mod tests {
         m.reload(false);
         m.set_phases("n1", &HashMap::from([("Running".to_string(), 3)]));
         m.set_reference_watches("n1", 2);
+        m.reconciled("n1");
+        m.reconciled("n1");
         let text = m.render();
+        assert!(text.contains("vkhost_pod_reconciles_total{node=\"n1\"} 2"), "{text}");
         assert!(text.contains("vkhost_reference_watches{node=\"n1\"} 2"), "{text}");
         assert!(text.contains("vkhost_pod_sync_duration_seconds_count 1"), "{text}");
         assert!(text.contains("vkhost_plugin_reloads_total{result=\"refused\"} 1"), "{text}");

@@ -471,6 +471,38 @@ impl Dist {
     }
 }
 
+/// The daemon's admin address, from its log line `admin endpoint (/metrics, …)` (the port is any
+/// free one); `None` for a daemon without one (upstream).
+fn admin_addr(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("admin endpoint"))?;
+    let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+    let port: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    Some(format!("127.0.0.1:{port}"))
+}
+
+/// The sum of the samples of `metric` (every label set) whose line contains all of `with`, from
+/// the daemon's `/metrics`; `None` when it cannot be read.
+async fn scrape(addr: Option<&str>, metric: &str, with: &[&str]) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", addr?)).await.ok()?.text().await.ok()?;
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = &line[..line.find(['{', ' ']).unwrap_or(line.len())];
+        if name == metric && with.iter().all(|w| line.contains(w)) {
+            sum += line.rsplit(' ').next()?.parse::<f64>().ok()?;
+        }
+    }
+    Some(sum)
+}
+
+/// Reconciles and provider `status` calls so far, as the daemon counts them.
+async fn counts(addr: Option<&str>) -> (Option<f64>, Option<f64>) {
+    (
+        scrape(addr, "vkhost_pod_reconciles_total", &[]).await,
+        scrape(addr, "vkhost_provider_calls", &["export=\"pods.status\""]).await,
+    )
+}
+
 fn ms_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
     Some(b?.saturating_duration_since(a?).as_secs_f64() * 1000.0)
 }
@@ -629,6 +661,8 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     }
     eprintln!("{} virtual node(s) Ready {:.1}s after the daemon started", args.nodes, started.elapsed().as_secs_f64());
 
+    let admin = admin_addr(&daemon_log);
+    let counts_before = counts(admin.as_deref()).await;
     let tck = clk_tck();
     let idle_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     let cpu_before = cpu_seconds(pid, tck).unwrap_or(0.0);
@@ -665,6 +699,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     daemon.ensure_alive(&daemon_log)?;
     let t_all_ready = t_all_ready.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
     let cpu_ready = cpu_seconds(pid, tck).unwrap_or(0.0);
+    let counts_ready = counts(admin.as_deref()).await;
     let rss_at_ready = rss_by_mapping(pid);
     eprintln!("all {want} pods Running+Ready after {:.2}s; scaling to 0", (t_all_ready - t_create).as_secs_f64());
 
@@ -681,6 +716,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let t_all_gone = t_all_gone.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
 
     let cpu_end = cpu_seconds(pid, tck).unwrap_or(0.0);
+    let counts_end = counts(admin.as_deref()).await;
     let hwm_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let sampled_peak_kib = sampler.stop();
     let load_after = loadavg();
@@ -771,6 +807,22 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     println!("{:<66} {:>9.2} s", "daemon CPU during create -> all Ready", cpu_ready - cpu_before);
     println!("{:<66} {:>9.2} s", "daemon CPU during scale to 0 -> all gone", cpu_end - cpu_ready);
     println!("{:<66} {:>9.2} s", "daemon CPU total", cpu_end);
+    // Per pod of the burst: from Deployment create to all Ready, and from scale to 0 to all gone.
+    let per_pod = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / want as f64);
+    let reconciles_up = per_pod(counts_before.0, counts_ready.0);
+    let reconciles_down = per_pod(counts_ready.0, counts_end.0);
+    let status_up = per_pod(counts_before.1, counts_ready.1);
+    let status_down = per_pod(counts_ready.1, counts_end.1);
+    for (label, v) in [
+        ("reconciles per pod, create -> all Ready", reconciles_up),
+        ("reconciles per pod, scale to 0 -> all gone", reconciles_down),
+        ("provider status calls per pod, create -> all Ready", status_up),
+        ("provider status calls per pod, scale to 0 -> all gone", status_down),
+    ] {
+        if let Some(v) = v {
+            println!("{label:<66} {v:>9.2}");
+        }
+    }
     println!();
     let round = |v: f64| (v * 10.0).round() / 10.0;
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
@@ -790,6 +842,10 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "sampled_peak_rss_mib": round(mib(sampled_peak_kib)),
         "cpu_s": round2(cpu_end),
         "cpu_burst_s": round2(cpu_end - cpu_before),
+        "reconciles_per_pod_up": reconciles_up.map(round2),
+        "reconciles_per_pod_down": reconciles_down.map(round2),
+        "status_calls_per_pod_up": status_up.map(round2),
+        "status_calls_per_pod_down": status_down.map(round2),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     });

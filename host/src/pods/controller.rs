@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,10 @@ use crate::records::{self, NodeRecords, PendingDeletion, RecordsError};
 
 /// Annotation recording the backend instance of a pod.
 pub const INSTANCE_ANNOTATION: &str = "vkcube.io/instance-id";
+
+/// The pod annotations only the host writes: a change of them alone is not a reason to reconcile.
+pub(super) const HOST_ANNOTATIONS: [&str; 4] =
+    [INSTANCE_ANNOTATION, references::GIVEN_ANNOTATION, REJECTED_ANNOTATION, REJECTED_BY_ANNOTATION];
 
 /// What the daemon knows about one instance.
 #[derive(Debug, Clone)]
@@ -264,7 +268,10 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         // memory per pod (and the pod JSON handed to the plugin) small.
         .modify(|pod| pod.managed_fields_mut().clear())
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // The host's own writes (status, its annotations) are no reason to look at a pod again;
+        // the cache above still has them, for the status sync and for the next reconcile.
+        .predicate_filter(|p: &Pod| super::own_writes::others_writes(p, &HOST_ANNOTATIONS), PredicateConfig::default());
     // A new plugin build may judge refused pods differently: look at every pod again.
     let reloads = futures::stream::unfold(ctx.plugin.subscribe(), |mut rx| async move {
         loop {
@@ -341,6 +348,7 @@ async fn adopt(ctx: &NodeContext) {
 
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
     let started = Instant::now();
+    ctx.metrics.reconciled(&ctx.node_name);
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
     let result = tracing::Instrument::instrument(sync(&pod, &ctx), span).await;
     ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
@@ -409,9 +417,9 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
 }
 
 /// Annotation marking a pod the provider refused (value: the reason).
-const REJECTED_ANNOTATION: &str = "vkcube.io/rejected";
+pub(super) const REJECTED_ANNOTATION: &str = "vkcube.io/rejected";
 /// Annotation recording what the refusal rested on ([`NodeContext::verdict_basis`]).
-const REJECTED_BY_ANNOTATION: &str = "vkcube.io/rejected-by";
+pub(super) const REJECTED_BY_ANNOTATION: &str = "vkcube.io/rejected-by";
 
 /// Clears a refusal made by another plugin build or node config, so the pod is judged again.
 async fn reevaluate(pod: &Pod, ctx: &NodeContext) -> Result<(), SyncError> {

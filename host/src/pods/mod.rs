@@ -7,6 +7,7 @@ pub mod deletions;
 pub mod expansion;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod own_writes;
 pub mod references;
 pub mod resolve;
 pub mod status;
