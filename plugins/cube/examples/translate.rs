@@ -1,5 +1,5 @@
-//! What `vkhost translate` does, standalone: `cargo run -p cube-provider --example translate --
-//! NODE CONFIG.json MANIFEST.yaml` prints the CreateCubePod request a pod would produce, or the error.
+//! What `vkhost plugin translate` shows, natively and standalone:
+//! `cargo run -p cube-provider --example translate -- NODE CONFIG.json MANIFEST.yaml` prints the CreateCubePod request a pod would produce, or the error.
 
 use std::process::ExitCode;
 

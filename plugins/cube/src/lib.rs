@@ -1,6 +1,7 @@
 //! The Cube provider: pods on a virtual node become UCloud Cube instances. The modules read like
 //! the user's guide: sizes, annotations, EIP, registries, volumes, service accounts, the cloud API
-//! client. The pure core (`translate`) is callable natively, e.g. by `vkhost translate`.
+//! client. The pure core (`translate`) is callable natively (its tests, `examples/translate.rs`);
+//! `vkhost plugin translate` reaches it through the component's `plan`.
 //!
 //! The component's face is [`CubeProvider`], a `vk_provider_sdk::Provider` over the contract's
 //! imports ([`host::WitHost`]); the logic lives in [`instances::Cube`] and [`streams`], generic

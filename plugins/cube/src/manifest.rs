@@ -1,4 +1,4 @@
-//! Reading a user's manifest for `vkhost translate`: the first Pod of a (multi-document) YAML file,
+//! Reading a user's manifest for the native `translate` example: the first Pod of a (multi-document) YAML file,
 //! or the pod template of a Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob, as the
 //! controller would create it.
 

@@ -1,5 +1,5 @@
 //! A resolved pod → the CreateCubePod request: a pure function of the pod, what it references and
-//! the node's config. `vkhost translate` calls it natively; `create` and `update` send its result.
+//! the node's config. `plan` returns its result unsent; `create` and `update` send it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,7 +40,7 @@ pub struct CreateRequest {
 }
 
 impl CreateRequest {
-    /// For people (`vkhost translate`): the parameters, then the pod YAML instead of its base64.
+    /// For people (the `translate` example): the parameters, then the pod YAML instead of its base64.
     pub fn render(&self) -> String {
         let mut out = String::from("Action: CreateCubePod\n");
         for (k, v) in &self.params {
