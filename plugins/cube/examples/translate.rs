@@ -1,5 +1,6 @@
 //! What `vkhost plugin translate` shows, natively and standalone:
-//! `cargo run -p cube-provider --example translate -- NODE CONFIG.json MANIFEST.yaml` prints the CreateCubePod request a pod would produce, or the error.
+//! `cargo run -p cube-provider --example translate -- NODE CONFIG.json MANIFEST.yaml` prints the
+//! CreateCubePod request a pod would produce, or the error.
 
 use std::process::ExitCode;
 
