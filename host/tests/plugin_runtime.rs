@@ -9,30 +9,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{ctx, plugin, pod_ref, resolved_pod, scratch_dir, settings};
+use support::{ctx, exec_opts, log_opts, plugin, pod_ref, resolved_pod, scratch_dir, settings};
 use vkhost::plugin::{
-    CallError, ContainerState, CreateAttempt, DeleteReason, Deletion, ExecOptions, Export, LoadError, LogOptions,
-    Origin, Plugin, PluginRuntime, PodChange, PodPhase, ProviderError,
+    CallError, ContainerState, CreateAttempt, DeleteReason, Deletion, Export, LoadError, Origin, Plugin, PluginRuntime,
+    PodChange, PodPhase, ProviderError,
 };
 
 const UID: &str = "6f1c7a7e-5b1d-4d3e-9a51-0c2f1e7d9a01";
 const MAY_EXIST: CreateAttempt = CreateAttempt { may_exist: true };
-
-fn log_opts() -> LogOptions {
-    LogOptions {
-        follow: false,
-        tail_lines: Some(10),
-        since_seconds: None,
-        since_time: None,
-        timestamps: false,
-        limit_bytes: None,
-        previous: false,
-    }
-}
-
-fn exec_opts() -> ExecOptions {
-    ExecOptions { command: vec!["sh".into()], stdin: true, stdout: true, stderr: true, tty: false }
-}
 
 fn annotation(outcome: &vkhost::plugin::PodOutcome, key: &str) -> String {
     outcome.annotations.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone()).unwrap_or_default()

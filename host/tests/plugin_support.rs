@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vkhost::plugin::{BinaryEntry, CallContext, ContainerEnv, KeyValue, PluginSettings, PodRef, ResolvedPod, Secret};
+use vkhost::plugin::{
+    BinaryEntry, CallContext, ContainerEnv, ExecOptions, KeyValue, LogOptions, PluginSettings, PodRef, ResolvedPod,
+    Secret,
+};
 
 /// `$VKCUBE_PLUGIN_DIR`, else `${CARGO_TARGET_DIR:-<repo>/target}/plugins`.
 pub fn plugin_dir() -> PathBuf {
@@ -59,6 +62,24 @@ pub fn pod_ref(name: &str, uid: &str) -> PodRef {
 
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue { key: key.into(), value: value.into() }
+}
+
+/// Log options as `kubectl logs --tail 10` sends them.
+pub fn log_opts() -> LogOptions {
+    LogOptions {
+        follow: false,
+        tail_lines: Some(10),
+        since_seconds: None,
+        since_time: None,
+        timestamps: false,
+        limit_bytes: None,
+        previous: false,
+    }
+}
+
+/// An interactive shell, as `kubectl exec -i -- sh` asks for it.
+pub fn exec_opts() -> ExecOptions {
+    ExecOptions { command: vec!["sh".into()], stdin: true, stdout: true, stderr: true, tty: false }
 }
 
 /// A pod the size of a real one: two containers, an init container, resolved env, a

@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::{ctx, install, plugin, pod_ref, resolved_pod, scratch_dir};
+use support::{ctx, exec_opts, install, log_opts, plugin, pod_ref, resolved_pod, scratch_dir};
 use vkhost::plugin::{
-    CallError, CreateAttempt, DeleteReason, Deletion, ExecOptions, LogOptions, Plugin, PluginRuntime, PluginSettings,
-    PodChange, PodPhase, ProviderError, StreamProtocol, StreamTarget,
+    CallError, CreateAttempt, DeleteReason, Deletion, Plugin, PluginRuntime, PluginSettings, PodChange, PodPhase,
+    ProviderError, StreamProtocol, StreamTarget,
 };
 
 /// A provider under test and what the suite needs to know about it.
@@ -107,22 +107,6 @@ fn cache_home() -> &'static Path {
 
 fn shared_cache() -> PathBuf {
     cache_home().join("vkcube").join("components")
-}
-
-fn log_opts() -> LogOptions {
-    LogOptions {
-        follow: false,
-        tail_lines: Some(10),
-        since_seconds: None,
-        since_time: None,
-        timestamps: false,
-        limit_bytes: None,
-        previous: false,
-    }
-}
-
-fn exec_opts() -> ExecOptions {
-    ExecOptions { command: vec!["sh".into()], stdin: true, stdout: true, stderr: true, tty: false }
 }
 
 /// A stream export answers a target the host vetted against the allowlist, or `unsupported`.
