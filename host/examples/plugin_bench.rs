@@ -8,55 +8,16 @@
 
 #[path = "../tests/plugin_support.rs"]
 mod support;
+#[path = "support/timing.rs"]
+mod timing;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::{ctx, install, plugin, plugin_dir, pod_ref, resolved_pod, scratch_dir, settings};
+use timing::{arg, row, time_calls};
 use tokio_util::sync::CancellationToken;
 use vkhost::plugin::{CreateAttempt, Plugin, PluginRuntime};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Median, p99 and max of `samples`, as a table row.
-fn row(label: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    let fmt = |d: Duration| {
-        if d < Duration::from_millis(1) {
-            format!("{:.1} µs", d.as_secs_f64() * 1e6)
-        } else {
-            format!("{:.1} ms", d.as_secs_f64() * 1e3)
-        }
-    };
-    println!(
-        "{label:<52} n={:<6} median {:>10}  p99 {:>10}  max {:>10}",
-        samples.len(),
-        fmt(at(0.5)),
-        fmt(at(0.99)),
-        fmt(*samples.last().unwrap())
-    );
-}
-
-async fn time_calls<F, Fut>(n: usize, mut call: F) -> Vec<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..(n / 10).max(10) {
-        call().await;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        call().await;
-        samples.push(t.elapsed());
-    }
-    samples
-}
 
 /// A copy of `wasm` with a unique custom section appended: different bytes (so a cache miss and a
 /// real compile, as for a new release), same behaviour.
