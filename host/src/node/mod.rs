@@ -284,6 +284,8 @@ async fn act(
         let listed = Listed::new(&shared, &name, id.clone());
         (listed, AbortOnDropHandle::new(tokio::spawn(id.keep_fresh(client.clone(), term.clone()))))
     });
+    // The pod cache exists before the context that reads it; `pods::run` fills it.
+    let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let ctx = NodeContext::new(
         clients.pods.clone(),
         client.clone(),
@@ -294,6 +296,7 @@ async fn act(
         shared.config.pods.clone(),
         shared.metrics.clone(),
         records,
+        pod_store,
     );
     ctx.max_pods.store(settings.max_pods, Ordering::Relaxed);
     let backend = Arc::new(NodeBackend(ctx.clone()));
@@ -328,7 +331,7 @@ async fn act(
         clients.pods.clone(),
         term.clone(),
     )));
-    pods::run(ctx, term.clone()).await;
+    pods::run(ctx, pod_writer, term.clone()).await;
     term.cancel();
     let _ = heartbeat.await;
     let _ = reloads.await;

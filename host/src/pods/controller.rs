@@ -2,6 +2,27 @@
 //! (kube-runtime's `Controller` runs it concurrently across pods and serially per pod), with an
 //! explicit error policy — transient provider failures retried with capped exponential backoff
 //! (upstream never retries), user errors shown on the pod and never retried.
+//!
+//! # Where "this pod has an instance" lives
+//! - **The truth is the pod's `vkcube.io/instance-id` annotation** ([`INSTANCE_ANNOTATION`]),
+//!   written by `create` once the provider made the instance. It is durable and travels with the
+//!   pod, so a restart or another replica taking over the node knows every instance at once.
+//! - **`NodeContext::instances` is a cache derived from it**, owned by reconcile: an entry is
+//!   made when `create`'s annotation is written, or when reconcile first sees an annotated pod
+//!   (after a restart or a failover: there is no separate adoption step, and no `recover`; the
+//!   annotated pod's status is simply observed, and a `not-found` fails it as lost). The cache
+//!   only adds what is this process's own: when the instance was made or first seen, when its
+//!   status was last observed, when its tokens are due. Create is asked again when the annotation
+//!   could not be written: it is idempotent by pod UID (`may_exist`), so no second instance.
+//! - **The provider's `list` feeds orphan detection and observation only**: a periodic task
+//!   lists the instances, keeps the answer as the last listing ([`Listing`]), deletes instances
+//!   no pod owns (after a protection window) and hands the pods whose status it saw change, or
+//!   whose instance it no longer saw, to the controller (`reconcile_on`). Reconcile reads the
+//!   listing instead of asking `status` when the listing is newer than what it last observed.
+//!   **Only reconcile writes pod status.**
+//! - Deletions in progress are in the node's durable records (`records`); reconcile sees a
+//!   deleted pod's deletion through with requeues (never waits inside a reconcile), the periodic
+//!   task those whose pod is gone (orphans, finished pods, a previous run's).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -9,11 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -26,8 +49,8 @@ use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{
-    CallContext, CallError, CreateAttempt, DeleteReason, Deletion, EventKind, Plugin, PodChange, PodPhase, PodRef,
-    ProviderError, ResolvedPod, UpdateOutcome,
+    CallContext, CallError, CreateAttempt, DeleteReason, Deletion, EventKind, Instance, Plugin, PodChange, PodPhase,
+    PodRef, PodStatus, ProviderError, ResolvedPod, UpdateOutcome,
 };
 use crate::records::{self, NodeRecords, PendingDeletion, RecordsError};
 
@@ -38,15 +61,63 @@ pub const INSTANCE_ANNOTATION: &str = "vkcube.io/instance-id";
 pub(super) const HOST_ANNOTATIONS: [&str; 4] =
     [INSTANCE_ANNOTATION, references::GIVEN_ANNOTATION, REJECTED_ANNOTATION, REJECTED_BY_ANNOTATION];
 
-/// What the daemon knows about one instance.
+/// The cached record of one pod's instance, derived from the pod's [`INSTANCE_ANNOTATION`]
+/// (see the module doc): the annotation's instance id and what this process adds to it.
 #[derive(Debug, Clone)]
 pub struct InstanceRecord {
     pub instance_id: String,
     pub pod: PodRef,
-    /// When we created or first saw it (protects fresh instances from the orphan sweep).
+    /// When this process created the instance or first saw the pod's annotation.
     pub seen_at: Instant,
+    /// Whether this process created it: a `not-found` shortly after is not yet a lost instance.
+    pub created_here: bool,
+    /// When its status was last taken (from `create`, `status` or a listing that began then); a
+    /// listing begun later is news.
+    pub observed_at: Option<Instant>,
     /// When the pod's minted service-account tokens need renewing.
     pub refresh_at: Option<Instant>,
+}
+
+/// The provider's last `list` answer, kept by the periodic listing task and read by reconcile.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// When the last successful `list` call began.
+    pub at: Option<Instant>,
+    /// The instances it listed, by pod UID.
+    pub instances: HashMap<String, Listed>,
+}
+
+/// One instance of the last listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub instance: Instance,
+    /// When a listing first showed it: an instance without a pod is an orphan only once it has
+    /// been listed for [`ORPHAN_GRACE`].
+    pub first_seen: Instant,
+}
+
+/// What reconcile learns of one instance from the last listing.
+enum Seen {
+    /// No listing newer than the last observation.
+    Unknown,
+    /// Listed, with this status, by a listing begun at that time.
+    Listed(PodStatus, Instant),
+    /// A newer listing did not show it.
+    Absent,
+}
+
+/// How long an instance without a pod is left alone: its pod may be on the way to the cache.
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// How long an instance this process created may be missing before it counts as lost (a
+/// provider's list may lag its create).
+const LOST_GRACE: Duration = Duration::from_secs(10);
+
+/// A deletion this reconcile is seeing through, in memory: how often its instance was polled
+/// (for the next requeue), and the provider's answer when the records had no room for it.
+#[derive(Debug, Default)]
+struct Deleting {
+    polls: u32,
+    unrecorded: Option<PendingDeletion>,
 }
 
 /// Everything the controller, the status sync and the kubelet API share for one node.
@@ -64,8 +135,10 @@ pub struct NodeContext {
     pub recorder: Recorder,
     pub settings: PodSettings,
     pub metrics: Arc<Metrics>,
-    /// Instances by pod UID.
+    /// Instances by pod UID: the cache derived from the pods' annotation (see the module doc).
     pub instances: Mutex<HashMap<String, InstanceRecord>>,
+    /// The provider's last `list` answer (see the module doc).
+    pub listing: Mutex<Listing>,
     /// Set while the node is disabled (N6): no new instances.
     pub disabled: AtomicBool,
     /// The node's pod capacity: a pod bound beyond it is refused `OutOfpods`, as a kubelet does.
@@ -74,7 +147,10 @@ pub struct NodeContext {
     attempts: Mutex<HashMap<String, u32>>,
     /// Pods already told about a missing object (one Event, not one per retry).
     told_missing: Mutex<HashMap<String, String>>,
-    store: Mutex<Option<Store<Pod>>>,
+    /// The pods bound to the node, as the controller's watch keeps them.
+    store: Store<Pod>,
+    /// Deletions in progress reconcile is seeing through, by pod UID.
+    deleting: Mutex<HashMap<String, Deleting>>,
     /// Services per namespace for service-link variables, shared by the pods' syncs.
     services: resolve::ServiceCache,
     /// The node's durable records: the deletions in progress are seen through from there.
@@ -97,6 +173,7 @@ impl NodeContext {
         settings: PodSettings,
         metrics: Arc<Metrics>,
         records: Arc<NodeRecords>,
+        store: Store<Pod>,
     ) -> Arc<Self> {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
@@ -113,11 +190,13 @@ impl NodeContext {
             settings,
             metrics,
             instances: Mutex::new(HashMap::new()),
+            listing: Mutex::new(Listing::default()),
             disabled: AtomicBool::new(false),
             max_pods: AtomicU32::new(crate::config::MAX_PODS_PER_NODE),
             attempts: Mutex::new(HashMap::new()),
             told_missing: Mutex::new(HashMap::new()),
-            store: Mutex::new(None),
+            store,
+            deleting: Mutex::new(HashMap::new()),
             services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
             records,
             finalize_retries: deletions::Retries::default(),
@@ -127,7 +206,7 @@ impl NodeContext {
 
     /// Pods bound to this node, as the controller's cache holds them.
     pub fn pods(&self) -> Vec<Arc<Pod>> {
-        self.store.lock().unwrap().as_ref().map(|s| s.state()).unwrap_or_default()
+        self.store.state()
     }
 
     /// Records an Event on a pod; failures to record are logged, never fatal.
@@ -225,6 +304,52 @@ impl NodeContext {
     fn reset_backoff(&self, uid: &str) {
         self.attempts.lock().unwrap().remove(uid);
     }
+
+    /// The cached record of `pod`'s instance, made from its annotation when not cached yet (a
+    /// pod annotated by an earlier run or another replica); `None` when the pod has no instance.
+    fn record_of(&self, pod: &Pod) -> Option<InstanceRecord> {
+        let uid = pod.uid().unwrap_or_default();
+        let Some(id) = pod.annotations().get(INSTANCE_ANNOTATION) else {
+            // A record is made once the annotation is written: the pod in the watch's cache
+            // may not show that write yet.
+            return self.instances.lock().unwrap().get(&uid).cloned();
+        };
+        let mut instances = self.instances.lock().unwrap();
+        let record = instances.entry(uid).or_insert_with(|| InstanceRecord {
+            instance_id: id.clone(),
+            pod: Self::pod_ref(pod),
+            seen_at: Instant::now(),
+            created_here: false,
+            observed_at: None,
+            refresh_at: None,
+        });
+        if record.instance_id != *id {
+            record.instance_id = id.clone();
+            record.observed_at = None;
+        }
+        Some(record.clone())
+    }
+
+    /// What the last listing says of the instance of pod `uid`, if it began after `since`.
+    fn seen(&self, uid: &str, since: Option<Instant>) -> Seen {
+        let listing = self.listing.lock().unwrap();
+        match listing.at {
+            Some(at) if since.is_none_or(|since| at > since) => match listing.instances.get(uid) {
+                Some(listed) => Seen::Listed(listed.instance.status.clone(), at),
+                None => Seen::Absent,
+            },
+            _ => Seen::Unknown,
+        }
+    }
+
+    /// The wait before looking again at a deletion whose instance still exists: 50 ms, doubling
+    /// up to 1 s.
+    fn deletion_poll(&self, uid: &str) -> Duration {
+        let mut deleting = self.deleting.lock().unwrap();
+        let d = deleting.entry(uid.to_owned()).or_default();
+        d.polls += 1;
+        Duration::from_millis(50u64.saturating_mul(1 << (d.polls - 1).min(5))).min(Duration::from_secs(1))
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -255,12 +380,11 @@ pub enum SyncError {
     Records { pod: String, source: RecordsError },
 }
 
-/// Runs the controller until `shutdown`; in-flight syncs finish first.
-pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
-    adopt(&ctx).await;
+/// Runs the controller until `shutdown`; in-flight syncs finish first. `writer` fills the store
+/// the context was made with.
+pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: CancellationToken) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
-    let (store, writer) = reflector::store();
     let pods = watcher(pods, wc)
         .default_backoff()
         // managedFields are the apiserver's field-ownership bookkeeping, about a third of a pod
@@ -270,7 +394,7 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         .reflect(writer)
         .applied_objects()
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
-        // the cache above still has them, for the status sync and for the next reconcile.
+        // the cache above still has them, for the listing task and for the next reconcile.
         .predicate_filter(|p: &Pod| super::own_writes::others_writes(p, &HOST_ANNOTATIONS), PredicateConfig::default());
     // A new plugin build may judge refused pods differently: look at every pod again.
     let reloads = futures::stream::unfold(ctx.plugin.subscribe(), |mut rx| async move {
@@ -282,18 +406,20 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
             }
         }
     });
-    let mut controller = Controller::for_stream(pods, store.clone())
+    // The pods the listing task saw change (or lose their instance) are reconciled.
+    let (listed_tx, listed_rx) = futures::channel::mpsc::unbounded();
+    let mut controller = Controller::for_stream(pods, ctx.store.clone())
         .reconcile_all_on(reloads)
+        .reconcile_on(listed_rx)
         .with_config(ControllerConfig::default().concurrency(ctx.settings.workers));
     // A changed ConfigMap or Secret reconciles the pods referencing it (changes queued for them).
     if let Some(changed) = ctx.references.triggers() {
         controller = controller.reconcile_on(changed);
     }
-    *ctx.store.lock().unwrap() = Some(store.clone());
-    let sync_ctx = ctx.clone();
-    let sync_shutdown = shutdown.clone();
-    let sync = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        status_sync_loop(sync_ctx, store, sync_shutdown).await
+    let list_ctx = ctx.clone();
+    let list_shutdown = shutdown.clone();
+    let listing = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        listing_loop(list_ctx, listed_tx, list_shutdown).await
     }));
     let token = shutdown.clone();
     let running = controller
@@ -306,10 +432,9 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         });
     // Graceful shutdown lets in-flight syncs finish; but kube-runtime's controller never ends
     // when stopped before its cache is ready, so bound the wait.
-    let ready_store = ctx.store.lock().unwrap().clone().expect("store set above");
     let deadline = async {
         shutdown.cancelled().await;
-        let ready = futures::FutureExt::now_or_never(ready_store.wait_until_ready()).is_some();
+        let ready = futures::FutureExt::now_or_never(ctx.store.wait_until_ready()).is_some();
         if ready {
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
@@ -318,32 +443,8 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
         _ = running => {}
         _ = deadline => tracing::info!(node = %ctx.node_name, "pod controller stopped without waiting for the rest of its syncs"),
     }
-    let _ = sync.await;
+    let _ = listing.await;
     ctx.references.stop();
-}
-
-/// At start: learn the instances the provider already holds, so no pod gets a second one.
-async fn adopt(ctx: &NodeContext) {
-    match ctx.plugin.list(&ctx.call).await {
-        Ok(list) => {
-            let mut map = ctx.instances.lock().unwrap();
-            for inst in list {
-                map.insert(
-                    inst.pod.uid.clone(),
-                    InstanceRecord {
-                        instance_id: inst.instance_id,
-                        pod: inst.pod,
-                        seen_at: Instant::now(),
-                        refresh_at: None,
-                    },
-                );
-            }
-            tracing::info!(node = %ctx.node_name, instances = map.len(), "adopted existing instances");
-        }
-        Err(e) => {
-            tracing::warn!(node = %ctx.node_name, error = %e, "listing instances at start failed; creates stay idempotent by pod UID")
-        }
-    }
 }
 
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
@@ -361,17 +462,14 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         return delete(pod, ctx).await;
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    let known = ctx.instances.lock().unwrap().get(&uid).cloned();
-    if let Some(record) = known {
-        if !pod.annotations().contains_key(INSTANCE_ANNOTATION) && phase != "Succeeded" && phase != "Failed" {
-            // The instance exists but writing its annotations failed (or the status sync adopted
-            // it first): ask create again, idempotent by UID, for the whole outcome to write.
-            return create(pod, ctx).await;
-        }
+    // An instance made before (by this process, an earlier run or another replica): observed.
+    // Without its annotation, an instance whose annotation write failed is found again by the
+    // create below, idempotent by UID.
+    if let Some(record) = ctx.record_of(pod) {
         if phase == "Succeeded" || phase == "Failed" {
             ctx.references.untrack(&uid);
         } else {
-            // Adopted or recovered instances too: what they were given is taken from the watches.
+            // Instances of an earlier run too: what they were given is taken from the watches.
             ctx.references.track(pod, None);
         }
         let token_due = record.refresh_at.is_some_and(|t| t <= Instant::now());
@@ -379,12 +477,7 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         if token_due || !changed.is_empty() {
             return refresh(pod, ctx, token_due, changed).await;
         }
-        return refresh_status(pod, ctx).await;
-    }
-    if let Some(instance) = pod.annotations().get(INSTANCE_ANNOTATION).cloned() {
-        // We made an instance for this pod before (another replica, or before a restart) but
-        // the provider's list did not show it: ask for it directly before deciding.
-        return recover(pod, ctx, instance).await;
+        return observe(pod, ctx, &record).await;
     }
     if phase == "Succeeded" || phase == "Failed" {
         return Ok(Action::await_change());
@@ -486,6 +579,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     // Whether an earlier attempt may have reached the backend is not tracked yet, so the
     // provider always looks for an existing instance first.
     let attempt = CreateAttempt { may_exist: true };
+    let asked = Instant::now();
     let outcome = match ctx.plugin.create(&ctx.call, &resolution.pod, attempt).await {
         Ok(o) => o,
         Err(CallError::Provider(ProviderError::Invalid(inv))) => {
@@ -509,15 +603,6 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     };
     ctx.reset_backoff(&uid);
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
-    ctx.instances.lock().unwrap().insert(
-        uid.clone(),
-        InstanceRecord {
-            instance_id: outcome.instance_id.clone(),
-            pod: NodeContext::pod_ref(pod),
-            seen_at: Instant::now(),
-            refresh_at,
-        },
-    );
     // From now on a change of what the pod references is told to the provider.
     ctx.references.track(pod, Some(&refs));
     let mut annotations = serde_json::Map::new();
@@ -537,6 +622,18 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     )
     .await
     .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+    // The annotation is written: the instance is the pod's, and cached as such.
+    ctx.instances.lock().unwrap().insert(
+        uid.clone(),
+        InstanceRecord {
+            instance_id: outcome.instance_id.clone(),
+            pod: NodeContext::pod_ref(pod),
+            seen_at: asked,
+            created_here: true,
+            observed_at: Some(asked),
+            refresh_at,
+        },
+    );
     ctx.event(
         pod,
         false,
@@ -726,141 +823,119 @@ pub async fn update(
     Ok(outcome)
 }
 
-async fn recover(pod: &Pod, ctx: &NodeContext, instance_id: String) -> Result<Action, SyncError> {
-    let k = key(pod);
+/// Brings the pod's status up to date with its instance: from the last listing when it is newer
+/// than what was last observed, else from the provider's `status`. An instance the provider no
+/// longer has is lost (unless this process made it moments ago: a listing may lag a create).
+async fn observe(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<Action, SyncError> {
     let uid = pod.uid().unwrap_or_default();
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    match ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await {
+    let young = record.created_here && record.seen_at.elapsed() < LOST_GRACE;
+    let not_found = || Err(CallError::Provider(ProviderError::NotFound(record.instance_id.clone())));
+    let (report, at) = match ctx.seen(&uid, record.observed_at) {
+        Seen::Listed(status, at) => (Ok(status), at),
+        Seen::Absent if !young => (not_found(), Instant::now()),
+        Seen::Absent | Seen::Unknown => {
+            let at = Instant::now();
+            (ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await, at)
+        }
+    };
+    match report {
         Ok(report) => {
-            ctx.instances.lock().unwrap().insert(
-                uid,
-                InstanceRecord {
-                    instance_id: instance_id.clone(),
-                    pod: NodeContext::pod_ref(pod),
-                    seen_at: Instant::now(),
-                    refresh_at: None,
-                },
-            );
-            let next = status::pod_status_json(&report, &ctx.host_ip, &instance_id, pod_status_value(pod).as_ref());
+            let next =
+                status::pod_status_json(&report, &ctx.host_ip, &record.instance_id, pod_status_value(pod).as_ref());
             write_status(pod, ctx, next).await?;
-            Ok(next_poll(&report.phase, None))
+            ctx.reset_backoff(&uid);
+            let mut instances = ctx.instances.lock().unwrap();
+            let refresh_at = instances.get_mut(&uid).and_then(|r| {
+                r.observed_at = Some(at);
+                r.refresh_at
+            });
+            Ok(next_poll(&report.phase, refresh_at))
         }
-        Err(CallError::Provider(ProviderError::NotFound(_))) => {
-            if phase != "Succeeded" && phase != "Failed" {
-                let message = format!("instance {instance_id} of this pod no longer exists in the provider");
-                ctx.event(pod, true, "ProviderInstanceLost", message.clone()).await;
-                write_status(pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await?;
-            }
-            Ok(Action::await_change())
+        // Made moments ago: looked at again once the listing has had time to show it.
+        Err(CallError::Provider(ProviderError::NotFound(_))) if young => {
+            Ok(Action::requeue(Duration::from_secs(ctx.settings.status_sync_seconds.max(1))))
         }
-        Err(source) => Err(SyncError::Provider { pod: k, source }),
+        Err(CallError::Provider(ProviderError::NotFound(_))) => lost(pod, ctx, record).await,
+        Err(source) => Err(SyncError::Provider { pod: key(pod), source }),
     }
 }
 
-async fn refresh_status(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
-    let k = key(pod);
+/// The provider no longer has the pod's instance: a pod not finished yet is failed (as a kubelet
+/// fails a pod whose sandbox vanished); nothing is made again for it.
+async fn lost(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<Action, SyncError> {
     let uid = pod.uid().unwrap_or_default();
-    let record = ctx.instances.lock().unwrap().get(&uid).cloned();
-    match ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await {
-        Ok(report) => {
-            let instance = record.map(|r| r.instance_id).unwrap_or_default();
-            let next = status::pod_status_json(&report, &ctx.host_ip, &instance, pod_status_value(pod).as_ref());
-            write_status(pod, ctx, next).await?;
-            ctx.reset_backoff(&uid);
-            Ok(next_poll(&report.phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
-        }
-        Err(CallError::Provider(ProviderError::NotFound(_))) => {
-            // The status sync decides about vanished instances (it sees the whole list at once).
-            Ok(Action::requeue(Duration::from_secs(ctx.settings.status_sync_seconds)))
-        }
-        Err(source) => Err(SyncError::Provider { pod: k, source }),
+    ctx.instances.lock().unwrap().remove(&uid);
+    ctx.references.untrack(&uid);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    if phase != "Succeeded" && phase != "Failed" {
+        let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
+        ctx.event(pod, true, "ProviderInstanceLost", message.clone()).await;
+        write_status(pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await?;
     }
+    Ok(Action::await_change())
 }
 
 /// Deletes the instance, then the pod object (grace 0, UID precondition) as soon as the provider
 /// says the instance is gone — not after the whole grace period. A deletion in progress is
 /// recorded first, with the work the provider hands over to finish once the instance is gone;
-/// once it is gone that work is tried at once, and on failure left to `finish_deletions` (the pod
-/// object goes regardless: what is left concerns the backend, not the pod).
+/// reconcile never waits for it: it requeues the pod and looks again (`status`) when the provider
+/// said to, then sooner and sooner up to every second. Once the instance is gone the handed-over
+/// work is tried at once, and on failure left to the listing task (the pod object goes
+/// regardless: what is left concerns the backend, not the pod).
 async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let had_instance =
-        ctx.instances.lock().unwrap().contains_key(&uid) || pod.annotations().contains_key(INSTANCE_ANNOTATION);
+    // The listing too: an instance whose annotation was never written is still this pod's.
+    let had_instance = ctx.record_of(pod).is_some() || ctx.listing.lock().unwrap().instances.contains_key(&uid);
     if had_instance {
         let pref = NodeContext::pod_ref(pod);
-        // A deletion recorded before (by an earlier sync, run or replica) is asked again only once
-        // its first poll is due, and keeps that time and its work unless the new answer has some.
-        let recorded = ctx.records.pending_deletions().into_iter().find(|d| d.pod.uid == uid);
-        let pending = match recorded {
-            Some(pending) if !pending.due() => Some(pending),
-            recorded => match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
-                Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => recorded,
+        // A deletion asked before (by an earlier sync, run or replica) is not asked again: its
+        // instance is looked at once due.
+        let asked = ctx
+            .records
+            .pending_deletions()
+            .into_iter()
+            .find(|d| d.pod.uid == uid)
+            .or_else(|| ctx.deleting.lock().unwrap().get(&uid).and_then(|d| d.unrecorded.clone()));
+        match asked {
+            Some(pending) if !pending.due() => {
+                let wait = pending.poll_after_unix_ms.saturating_sub(records::unix_ms_now());
+                return Ok(Action::requeue(Duration::from_millis(wait)));
+            }
+            Some(pending) => {
+                if !deletion_finished(ctx, &pending).await {
+                    return Ok(Action::requeue(ctx.deletion_poll(&uid)));
+                }
+            }
+            None => match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
+                Ok(Deletion::Gone) | Err(CallError::Provider(ProviderError::NotFound(_))) => {}
                 Ok(Deletion::InProgress(answer)) => {
-                    let instance_id = ctx
-                        .instances
-                        .lock()
-                        .unwrap()
-                        .get(&uid)
-                        .map(|r| r.instance_id.clone())
-                        .or_else(|| pod.annotations().get(INSTANCE_ANNOTATION).cloned())
-                        .unwrap_or_default();
-                    let mut pending =
+                    let instance_id = ctx.record_of(pod).map(|r| r.instance_id).unwrap_or_default();
+                    let pending =
                         PendingDeletion::new(pref.clone(), DeleteReason::PodDeleted, instance_id).with_pending(&answer);
-                    if let Some(before) = recorded {
-                        pending.poll_after_unix_ms = before.poll_after_unix_ms;
-                        if pending.finalize.is_empty() {
-                            pending.finalize = before.finalize;
-                        }
-                    }
                     // Recorded before waiting: a restart or a failover sees it through.
                     match ctx.records.record_deletion(pending.clone()).await {
                         Ok(()) => {}
                         // Too many at once: this one is seen through from memory only.
                         Err(RecordsError::OverLimit(why)) => {
-                            tracing::warn!(pod = %k, %why, "deletion in progress not recorded")
+                            tracing::warn!(pod = %k, %why, "deletion in progress not recorded");
+                            ctx.deleting.lock().unwrap().entry(uid.clone()).or_default().unrecorded = Some(pending);
                         }
                         Err(source) => return Err(SyncError::Records { pod: k, source }),
                     }
-                    Some(pending)
+                    let wait = u64::from(answer.poll_after_ms).max(ctx.deletion_poll(&uid).as_millis() as u64);
+                    return Ok(Action::requeue(Duration::from_millis(wait)));
                 }
                 Err(e) => {
                     ctx.event(pod, true, "ProviderDeleteFailed", format!("{e}; retrying")).await;
                     return Err(SyncError::Provider { pod: k, source: e });
                 }
             },
-        };
-        if let Some(pending) = pending {
-            // Polled here for a while so the pod goes as soon as its instance does.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let first = Duration::from_millis(pending.poll_after_unix_ms.saturating_sub(records::unix_ms_now()));
-            if Instant::now() + first > deadline {
-                return Ok(Action::requeue(first));
-            }
-            tokio::time::sleep(first).await;
-            let mut wait = Duration::from_millis(50);
-            loop {
-                match ctx.plugin.status(&ctx.call, &pref).await {
-                    Err(CallError::Provider(ProviderError::NotFound(_))) => break,
-                    _ if Instant::now() > deadline => return Ok(Action::requeue(Duration::from_secs(1))),
-                    _ => {
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
-            if ctx.records.is_deleting(&uid) {
-                finish_deletion(ctx, &pending).await;
-            } else if !pending.finalize.is_empty() {
-                // Not recorded (over the cap): finalized from memory, once.
-                if let Err(e) = ctx.plugin.finalize(&ctx.call, &pref, &pending.finalize).await {
-                    finalize_failed(ctx, &pending, &e, true).await;
-                }
-            }
         }
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
     }
     ctx.instances.lock().unwrap().remove(&uid);
+    ctx.deleting.lock().unwrap().remove(&uid);
     ctx.references.untrack(&uid);
     ctx.reset_backoff(&uid);
     ctx.told_missing.lock().unwrap().remove(&uid);
@@ -876,6 +951,28 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         Err(source) => return Err(SyncError::Kube { pod: k, source }),
     }
     Ok(Action::await_change())
+}
+
+/// One look at a deletion in progress that is due: whether its instance is gone (and its
+/// handed-over work tried). A recorded one is stepped as `deletions` does; one kept in memory
+/// only (the records were full) is finalized from there, once.
+async fn deletion_finished(ctx: &NodeContext, pending: &PendingDeletion) -> bool {
+    if ctx.records.is_deleting(&pending.pod.uid) {
+        return match finish_deletion(ctx, pending).await {
+            Progress::Waiting | Progress::StatusFailed(_) => false,
+            Progress::Finished | Progress::FinalizeFailed(_) | Progress::FinalizeAbandoned(_) => true,
+        };
+    }
+    match ctx.plugin.status(&ctx.call, &pending.pod).await {
+        Err(CallError::Provider(ProviderError::NotFound(_))) => {}
+        _ => return false,
+    }
+    if !pending.finalize.is_empty()
+        && let Err(e) = ctx.plugin.finalize(&ctx.call, &pending.pod, &pending.finalize).await
+    {
+        finalize_failed(ctx, pending, &e, true).await;
+    }
+    true
 }
 
 /// One step of a recorded deletion (see `deletions`), with its outcome logged and, when the
@@ -923,12 +1020,16 @@ async fn finalize_failed(ctx: &NodeContext, pending: &PendingDeletion, e: &CallE
     ctx.event(&stub, true, "ProviderFinalizeFailed", note).await;
 }
 
-/// Sees the recorded deletions through: those this process started and those a previous run
-/// or another replica left. A record goes once the provider's `status` says `not-found` and its
-/// `finalize`, if it handed over work, succeeded.
+/// Sees the recorded deletions through whose pod is not in the cache (reconcile sees the others
+/// through): orphans', and those a previous run or another replica left, or whose `finalize`
+/// failed after the pod went. A record goes once the provider's `status` says `not-found` and
+/// its `finalize`, if it handed over work, succeeded.
 async fn finish_deletions(ctx: &NodeContext) {
+    let pods: std::collections::HashSet<String> = ctx.pods().iter().filter_map(|p| p.uid()).collect();
     for pending in ctx.records.pending_deletions() {
-        finish_deletion(ctx, &pending).await;
+        if !pods.contains(&pending.pod.uid) {
+            finish_deletion(ctx, &pending).await;
+        }
     }
 }
 
@@ -956,10 +1057,11 @@ async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), S
     }
 }
 
-/// Every few seconds: one `list` call brings every pod's status up to date, marks pods whose
-/// instance vanished, and (less often) deletes instances no pod owns — they cost money.
-async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: CancellationToken) {
-    if !cache_ready(&store, &shutdown).await {
+/// Every few seconds: one `list` call, kept as the last listing for reconcile; the pods it shows
+/// a change for are handed to the controller (`reconcile_on`); instances no pod owns are deleted
+/// (less often) — they cost money. Writes no pod status.
+async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef<Pod>>, shutdown: CancellationToken) {
+    if !cache_ready(&ctx.store, &shutdown).await {
         return;
     }
     let mut last_sweep: Option<Instant> = None;
@@ -971,12 +1073,12 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
             last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(ctx.settings.orphan_sweep_seconds));
         if sweep_due {
             // Claims are read one by one (a node may not watch them): at the sweep's pace.
-            for refusal in super::expansion::check(&ctx.client, &ctx.node_name, &store.state(), &expansions).await {
+            for refusal in super::expansion::check(&ctx.client, &ctx.node_name, &ctx.pods(), &expansions).await {
                 ctx.refuse_expansion(refusal).await;
             }
         }
-        if let Err(e) = sync_all(&ctx, &store, sweep_due).await {
-            tracing::warn!(node = %ctx.node_name, error = %e, "status sync failed");
+        if let Err(e) = list_instances(&ctx, &triggers, sweep_due).await {
+            tracing::warn!(node = %ctx.node_name, error = %e, "listing instances failed");
         } else if sweep_due {
             last_sweep = Some(Instant::now());
         }
@@ -1003,94 +1105,74 @@ async fn cache_ready(store: &Store<Pod>, shutdown: &CancellationToken) -> bool {
     }
 }
 
-async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<(), CallError> {
+/// One listing: kept in [`NodeContext::listing`], the pods whose instance it shows changed or
+/// gone sent to `triggers`, and with `sweep` the orphans deleted.
+async fn list_instances(
+    ctx: &NodeContext,
+    triggers: &UnboundedSender<ObjectRef<Pod>>,
+    sweep: bool,
+) -> Result<(), CallError> {
     let listed_at = Instant::now();
     let instances = ctx.plugin.list(&ctx.call).await?;
-    let pods = store.state();
-    let by_uid: HashMap<String, Arc<Pod>> = pods.iter().map(|p| (p.uid().unwrap_or_default(), p.clone())).collect();
-    let mut seen = std::collections::HashSet::new();
     let mut phases: HashMap<String, u64> = HashMap::new();
-    for inst in &instances {
-        seen.insert(inst.pod.uid.clone());
-        *phases.entry(inst.status.phase.as_str().to_owned()).or_default() += 1;
-        match by_uid.get(&inst.pod.uid) {
-            Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
-                ctx.instances.lock().unwrap().entry(inst.pod.uid.clone()).or_insert_with(|| InstanceRecord {
-                    instance_id: inst.instance_id.clone(),
-                    pod: inst.pod.clone(),
-                    seen_at: Instant::now(),
-                    refresh_at: None,
-                });
+    let listed: HashMap<String, Listed> = {
+        let mut listing = ctx.listing.lock().unwrap();
+        let listed: HashMap<String, Listed> = instances
+            .into_iter()
+            .map(|instance| {
+                *phases.entry(instance.status.phase.as_str().to_owned()).or_default() += 1;
+                let first_seen = listing.instances.get(&instance.pod.uid).map_or(listed_at, |l| l.first_seen);
+                (instance.pod.uid.clone(), Listed { instance, first_seen })
+            })
+            .collect();
+        listing.instances = listed.clone();
+        listing.at = Some(listed_at);
+        listed
+    };
+    ctx.metrics.set_phases(&ctx.node_name, &phases);
+    let pods = ctx.pods();
+    // The pods to look at: the controller observes them and writes what it finds.
+    for pod in &pods {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+            continue;
+        }
+        let uid = pod.uid().unwrap_or_default();
+        let Some(record) = ctx.instances.lock().unwrap().get(&uid).cloned() else { continue };
+        let news = match listed.get(&uid) {
+            Some(l) => {
                 let next = status::pod_status_json(
-                    &inst.status,
+                    &l.instance.status,
                     &ctx.host_ip,
-                    &inst.instance_id,
+                    &record.instance_id,
                     pod_status_value(pod).as_ref(),
                 );
-                if let Err(e) = write_status(pod, ctx, next).await {
-                    tracing::debug!(error = %e, "status write");
-                }
+                status::differs(pod_status_value(pod).as_ref(), &next)
             }
-            Some(_) => {}
-            None if sweep => {
-                let fresh = ctx
-                    .instances
-                    .lock()
-                    .unwrap()
-                    .get(&inst.pod.uid)
-                    .is_some_and(|r| r.seen_at.elapsed() < Duration::from_secs(30));
-                if fresh {
-                    continue;
-                }
-                tracing::warn!(node = %ctx.node_name, instance = %inst.instance_id, pod = %format!("{}/{}", inst.pod.namespace, inst.pod.name), "deleting orphaned instance: no pod owns it");
-                let deleted = ctx.plugin.delete(&ctx.call, &inst.pod, DeleteReason::Orphaned).await;
-                if let Ok(Deletion::InProgress(answer)) = &deleted {
-                    let pending =
-                        PendingDeletion::new(inst.pod.clone(), DeleteReason::Orphaned, inst.instance_id.clone())
-                            .with_pending(answer);
-                    if let Err(e) = ctx.records.record_deletion(pending).await {
-                        tracing::warn!(instance = %inst.instance_id, error = %e, "orphan deletion in progress not recorded; the next sweep sees it again");
-                    }
-                }
-                match deleted {
-                    Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => {
-                        ctx.instances.lock().unwrap().remove(&inst.pod.uid);
-                        ctx.metrics.orphans_deleted.inc();
-                    }
-                    Err(e) => {
-                        tracing::warn!(instance = %inst.instance_id, error = %e, "orphan delete failed; next sweep retries")
-                    }
-                }
+            // Gone, unless made moments ago or observed since this listing began.
+            None => {
+                record.observed_at.is_none_or(|t| t < listed_at)
+                    && !(record.created_here && record.seen_at.elapsed() < LOST_GRACE)
             }
-            None => {}
+        };
+        if news {
+            let _ = triggers.unbounded_send(ObjectRef::from_obj(pod.as_ref()));
         }
     }
-    ctx.metrics.set_phases(&ctx.node_name, &phases);
-    // Pods whose instance vanished from the backend.
-    for pod in pods {
-        let uid = pod.uid().unwrap_or_default();
-        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-        if seen.contains(&uid) || pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed"
-        {
-            continue;
+    if sweep {
+        let owned: std::collections::HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+        for l in listed.values().filter(|l| !owned.contains(&l.instance.pod.uid)) {
+            if l.first_seen.elapsed() < ORPHAN_GRACE {
+                continue;
+            }
+            delete_orphan(ctx, &l.instance).await;
         }
-        let record = ctx.instances.lock().unwrap().get(&uid).cloned();
-        let Some(record) = record else { continue };
-        if record.seen_at >= listed_at || record.seen_at.elapsed() < Duration::from_secs(10) {
-            continue;
-        }
-        ctx.instances.lock().unwrap().remove(&uid);
-        ctx.references.untrack(&uid);
-        let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
-        ctx.event(&pod, true, "ProviderInstanceLost", message.clone()).await;
-        let _ = write_status(&pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await;
     }
     // Watches are for running pods with an instance: let go of pods gone from the cache (deleted
     // without a sync seeing it), finished, or without an instance any more.
     let running: std::collections::HashSet<String> = {
         let instances = ctx.instances.lock().unwrap();
-        store
-            .state()
+        ctx.pods()
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| {
@@ -1104,6 +1186,29 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
     ctx.references.retain(|uid| running.contains(uid));
     ctx.metrics.set_reference_watches(&ctx.node_name, ctx.references.watches());
     Ok(())
+}
+
+/// Deletes an instance no pod owns; a deletion in progress is recorded and seen through by
+/// [`finish_deletions`].
+async fn delete_orphan(ctx: &NodeContext, inst: &Instance) {
+    let pod = format!("{}/{}", inst.pod.namespace, inst.pod.name);
+    tracing::warn!(node = %ctx.node_name, instance = %inst.instance_id, %pod, "deleting orphaned instance: no pod owns it");
+    let deleted = ctx.plugin.delete(&ctx.call, &inst.pod, DeleteReason::Orphaned).await;
+    if let Ok(Deletion::InProgress(answer)) = &deleted {
+        let pending = PendingDeletion::new(inst.pod.clone(), DeleteReason::Orphaned, inst.instance_id.clone())
+            .with_pending(answer);
+        if let Err(e) = ctx.records.record_deletion(pending).await {
+            tracing::warn!(instance = %inst.instance_id, error = %e, "orphan deletion in progress not recorded; the next sweep sees it again");
+        }
+    }
+    match deleted {
+        Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => {
+            ctx.instances.lock().unwrap().remove(&inst.pod.uid);
+            ctx.listing.lock().unwrap().instances.remove(&inst.pod.uid);
+            ctx.metrics.orphans_deleted.inc();
+        }
+        Err(e) => tracing::warn!(instance = %inst.instance_id, error = %e, "orphan delete failed; next sweep retries"),
+    }
 }
 
 #[cfg(test)]

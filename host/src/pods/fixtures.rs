@@ -13,6 +13,8 @@ use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::NodeContext;
@@ -275,6 +277,15 @@ pub(crate) const HOST_IP: &str = "192.0.2.10";
 pub(crate) struct TestNode {
     pub api: Arc<ApiServer>,
     pub ctx: Arc<NodeContext>,
+    /// Fills the context's pod cache, as the controller's watch does.
+    pub pods: Writer<Pod>,
+}
+
+impl TestNode {
+    /// Puts `pod` in the controller's cache, as the watch would on its event.
+    pub(crate) fn cache(&mut self, pod: &Pod) {
+        self.pods.apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+    }
 }
 
 pub(crate) async fn node() -> TestNode {
@@ -286,6 +297,7 @@ pub(crate) async fn node() -> TestNode {
     let plugin: Arc<Plugin> = Plugin::load(rt, settings, vec![]).await.unwrap();
     let owner = Owner { cluster_id: "c1".into(), node_id: "n1".into(), node_name: NODE.into() };
     let records = NodeRecords::load_from_cluster(&api.client("daemon"), "kube-system", owner).await.unwrap();
+    let (store, writer) = reflector::store();
     let ctx = NodeContext::new(
         api.client("node"),
         api.client("daemon"),
@@ -296,8 +308,9 @@ pub(crate) async fn node() -> TestNode {
         PodSettings::default(),
         Arc::new(Metrics::new()),
         records,
+        store,
     );
-    TestNode { api, ctx }
+    TestNode { api, ctx, pods: writer }
 }
 
 /// The path of pod `name` in `default`.

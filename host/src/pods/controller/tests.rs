@@ -2,7 +2,6 @@
 //! recover, delete and the orphan sweep, each in milliseconds.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::watcher;
 
 use super::*;
 use crate::plugin::Export;
@@ -29,7 +28,7 @@ async fn created(api: &fixtures::ApiServer, ctx: &Arc<NodeContext>, name: &str, 
 
 #[tokio::test]
 async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_status() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = bound_pod(&api, "web", "uid-web-1");
 
     let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
@@ -65,7 +64,7 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
 
 #[tokio::test]
 async fn a_failed_status_write_is_retried_with_growing_backoff_and_makes_no_second_instance() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = Arc::new(bound_pod(&api, "web", "uid-web-2"));
     api.fail("PATCH", &status_path("web"), 500, 2);
 
@@ -91,7 +90,7 @@ async fn a_failed_status_write_is_retried_with_growing_backoff_and_makes_no_seco
 
 #[tokio::test]
 async fn a_pod_annotated_with_an_instance_unknown_in_memory_is_adopted_without_a_create() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = created(&api, &ctx, "web", "uid-web-3").await;
     let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
     // A restart: the instance map is empty, the provider's instance and the annotation remain.
@@ -113,7 +112,7 @@ async fn a_pod_annotated_with_an_instance_unknown_in_memory_is_adopted_without_a
 
 #[tokio::test]
 async fn a_pod_annotated_with_an_instance_the_provider_lost_is_failed_without_a_create() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     let mut pod = bound_pod(&api, "web", "uid-web-4");
     pod.annotations_mut().insert(INSTANCE_ANNOTATION.into(), "example-gone".into());
     pod.status.as_mut().unwrap().phase = Some("Running".into());
@@ -142,7 +141,7 @@ fn mark_deleted(api: &fixtures::ApiServer, name: &str) -> Pod {
 
 #[tokio::test]
 async fn a_deleted_pod_has_its_instance_deleted_then_goes_at_once_with_grace_zero() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     created(&api, &ctx, "web", "uid-web-5").await;
     let pod = mark_deleted(&api, "web");
 
@@ -165,7 +164,7 @@ async fn a_deleted_pod_has_its_instance_deleted_then_goes_at_once_with_grace_zer
 
 #[tokio::test]
 async fn a_deletion_recorded_in_progress_is_not_asked_again_before_due_and_the_pod_waits() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = created(&api, &ctx, "web", "uid-web-6").await;
     let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
     // An earlier sync (or run, or replica) asked for the deletion; the provider said to look
@@ -188,32 +187,57 @@ async fn a_deletion_recorded_in_progress_is_not_asked_again_before_due_and_the_p
     assert!(ctx.records.is_deleting("uid-web-6"));
 }
 
+/// A listing's channel to the controller, and what it was sent.
+struct Triggers {
+    tx: UnboundedSender<ObjectRef<Pod>>,
+    rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Pod>>,
+}
+
+impl Triggers {
+    fn new() -> Self {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        Self { tx, rx }
+    }
+
+    /// The names of the pods handed to the controller since the last call.
+    fn sent(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).map(|r| r.name).collect()
+    }
+}
+
+/// Every request that writes a pod's status.
+fn status_writes(api: &fixtures::ApiServer) -> usize {
+    api.requests().iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/status")).count()
+}
+
 #[tokio::test]
 async fn an_instance_no_pod_owns_is_deleted_as_orphaned_once_past_the_protection_window() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let mut node = fixtures::node().await;
+    let (api, ctx) = (node.api.clone(), node.ctx.clone());
     let kept = created(&api, &ctx, "kept", "uid-kept").await;
     let orphan = created(&api, &ctx, "orphan", "uid-orphan").await;
     let orphan_id = orphan.annotations()[INSTANCE_ANNOTATION].clone();
     // The controller's cache holds `kept` only: `orphan` went behind its back.
-    let (store, mut writer) = reflector::store::<Pod>();
-    writer.apply_watcher_event(&watcher::Event::Apply(kept.clone()));
+    node.cache(&kept);
     let ids = listed_ids(&ctx).await;
     assert_eq!(ids.len(), 2);
+    let mut triggers = Triggers::new();
 
-    // Just created: protected from the sweep.
-    sync_all(&ctx, &store, true).await.unwrap();
+    // Just listed for the first time: protected from the sweep.
+    list_instances(&ctx, &triggers.tx, true).await.unwrap();
     assert_eq!(listed_ids(&ctx).await, ids);
-    // Past the window, but no sweep is due: only statuses are synced.
-    let long_ago = Instant::now() - Duration::from_secs(31);
-    for record in ctx.instances.lock().unwrap().values_mut() {
-        record.seen_at = long_ago;
+    // Listed long enough, but no sweep is due: nothing is deleted.
+    let long_ago = Instant::now() - ORPHAN_GRACE - Duration::from_secs(1);
+    for listed in ctx.listing.lock().unwrap().instances.values_mut() {
+        listed.first_seen = long_ago;
     }
-    sync_all(&ctx, &store, false).await.unwrap();
+    list_instances(&ctx, &triggers.tx, false).await.unwrap();
     assert_eq!(listed_ids(&ctx).await, ids);
     assert_eq!(calls(&ctx, Export::Delete), 0);
 
-    // The sweep deletes the orphan, and only it.
-    sync_all(&ctx, &store, true).await.unwrap();
+    // The sweep deletes the orphan, and only it, and writes no pod status.
+    let writes = status_writes(&api);
+    list_instances(&ctx, &triggers.tx, true).await.unwrap();
     let left = listed_ids(&ctx).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_ne!(left[0], orphan_id);
@@ -221,13 +245,115 @@ async fn an_instance_no_pod_owns_is_deleted_as_orphaned_once_past_the_protection
     assert_eq!(ctx.metrics.orphans_deleted.get(), 1);
     assert!(!ctx.instances.lock().unwrap().contains_key("uid-orphan"));
     assert!(ctx.instances.lock().unwrap().contains_key("uid-kept"));
+    assert_eq!(status_writes(&api), writes);
+    assert_eq!(triggers.sent(), Vec::<String>::new(), "`kept` shows what its instance reports");
+}
+
+#[tokio::test]
+async fn a_status_change_the_listing_sees_reaches_the_pod_through_reconcile_without_a_status_call() {
+    let mut node = fixtures::node().await;
+    let (api, ctx) = (node.api.clone(), node.ctx.clone());
+    let running = created(&api, &ctx, "web", "uid-web-8").await;
+    let settled = created(&api, &ctx, "db", "uid-db-8").await;
+    // `web` shows something else than its instance reports (say, a write of it was lost).
+    let mut stale = running.clone();
+    stale.status = Some(serde_json::from_value(json!({"phase": "Pending"})).unwrap());
+    api.put(&pod_path("web"), serde_json::to_value(&stale).unwrap());
+    let stale = api.pod(&pod_path("web"));
+    node.cache(&stale);
+    node.cache(&settled);
+    let mut triggers = Triggers::new();
+    let (writes, status_calls) = (status_writes(&api), calls(&ctx, Export::Status));
+
+    list_instances(&ctx, &triggers.tx, false).await.unwrap();
+
+    // The listing writes nothing itself: it hands the pod to the controller.
+    assert_eq!(status_writes(&api), writes);
+    assert_eq!(triggers.sent(), ["web"]);
+    let action = reconcile(Arc::new(stale), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(status_writes(&api), writes + 1);
+    assert_eq!(calls(&ctx, Export::Status), status_calls, "the listing's status was used");
+    // Once the watch shows the write, the next listing has no news.
+    node.cache(&api.pod(&pod_path("web")));
+    list_instances(&ctx, &triggers.tx, false).await.unwrap();
+    assert_eq!(triggers.sent(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_instance_the_listing_no_longer_shows_fails_its_pod_through_reconcile() {
+    let mut node = fixtures::node().await;
+    let (api, ctx) = (node.api.clone(), node.ctx.clone());
+    let pod = created(&api, &ctx, "web", "uid-web-9").await;
+    node.cache(&pod);
+    let mut triggers = Triggers::new();
+    // The instance vanishes from the provider.
+    ctx.plugin.delete(&ctx.call, &NodeContext::pod_ref(&pod), DeleteReason::Orphaned).await.unwrap();
+
+    // Made moments ago: a listing may lag the create, so it is not lost yet.
+    list_instances(&ctx, &triggers.tx, false).await.unwrap();
+    assert_eq!(triggers.sent(), Vec::<String>::new());
+    let long_ago = Instant::now() - LOST_GRACE - Duration::from_secs(1);
+    {
+        let mut instances = ctx.instances.lock().unwrap();
+        let record = instances.get_mut("uid-web-9").unwrap();
+        (record.seen_at, record.observed_at) = (long_ago, Some(long_ago));
+    }
+    let writes = status_writes(&api);
+    list_instances(&ctx, &triggers.tx, false).await.unwrap();
+    assert_eq!(triggers.sent(), ["web"]);
+    assert_eq!(status_writes(&api), writes, "the listing writes no status");
+
+    let status_calls = calls(&ctx, Export::Status);
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::await_change());
+    assert_eq!(calls(&ctx, Export::Status), status_calls, "the listing said so");
+    let status = api.pod(&pod_path("web")).status.unwrap();
+    assert_eq!((status.phase.as_deref(), status.reason.as_deref()), (Some("Failed"), Some("ProviderInstanceLost")));
+    assert!(api.event_reasons().contains(&"ProviderInstanceLost".to_string()));
+    assert_eq!(calls(&ctx, Export::Create), 1, "nothing made again");
+}
+
+#[tokio::test]
+async fn a_deletion_in_progress_requeues_the_pod_and_a_later_reconcile_finishes_it() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let pod = created(&api, &ctx, "web", "uid-web-10").await;
+    let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
+    // Asked before; the provider's first poll is due, but the instance is still there.
+    let pending = PendingDeletion::new(NodeContext::pod_ref(&pod), DeleteReason::PodDeleted, id);
+    ctx.records.record_deletion(pending).await.unwrap();
+    let pod = Arc::new(mark_deleted(&api, "web"));
+
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let action = reconcile(pod.clone(), ctx.clone()).await.unwrap();
+        assert_ne!(action, Action::await_change());
+        waits.push(action);
+    }
+
+    // Each reconcile looked once and came back with a requeue, sooner first.
+    assert_eq!(waits, [50, 100, 200].map(|ms| Action::requeue(Duration::from_millis(ms))), "polls back off from 50 ms");
+    assert_eq!(calls(&ctx, Export::Status), 3);
+    assert_eq!(calls(&ctx, Export::Delete), 0, "not asked again");
+    assert!(api.get(&pod_path("web")).is_some(), "the pod waits for its instance");
+    assert!(ctx.records.is_deleting("uid-web-10"));
+
+    // The provider finishes; the next reconcile sees it and lets the pod go.
+    ctx.plugin.delete(&ctx.call, &NodeContext::pod_ref(&pod), DeleteReason::PodDeleted).await.unwrap();
+    assert_eq!(reconcile(pod.clone(), ctx.clone()).await.unwrap(), Action::await_change());
+    assert!(api.get(&pod_path("web")).is_none(), "the pod object is gone");
+    assert!(!ctx.records.is_deleting("uid-web-10"), "the record went");
+    assert!(api.event_reasons().contains(&"ProviderDeleteSuccess".to_string()));
+    assert!(ctx.deleting.lock().unwrap().is_empty() && ctx.instances.lock().unwrap().is_empty());
 }
 
 /// When the annotation write fails after the instance was made, the retry must still write it:
 /// without it a restart whose first `list` fails finds a pod with neither record nor annotation.
 #[tokio::test]
 async fn a_failed_annotation_write_is_retried_through_the_idempotent_create() {
-    let TestNode { api, ctx } = fixtures::node().await;
+    let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = Arc::new(bound_pod(&api, "web", "uid-web-7"));
     api.fail("PATCH", &pod_path("web"), 500, 1);
     let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
