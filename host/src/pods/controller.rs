@@ -120,7 +120,7 @@ struct Deleting {
     unrecorded: Option<PendingDeletion>,
 }
 
-/// Everything the controller, the status sync and the kubelet API share for one node.
+/// Everything the controller, its listing task and the kubelet API share for one node.
 pub struct NodeContext {
     /// The node's own identity: pods bound to it, what they reference, their status, events.
     pub client: Client,
@@ -681,7 +681,7 @@ async fn wait_for_missing(pod: &Pod, ctx: &NodeContext, missing: Missing) -> Res
 }
 
 /// The next look at a pod's status: soon while it is starting, rarely once it runs (the
-/// periodic status sync covers running pods).
+/// listing task hands over running pods whose status changed).
 fn next_poll(phase: &PodPhase, refresh_at: Option<Instant>) -> Action {
     let base = if *phase == PodPhase::Pending { Duration::from_millis(1000) } else { Duration::from_secs(300) };
     match refresh_at {

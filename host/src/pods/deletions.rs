@@ -1,8 +1,9 @@
 //! Seeing a recorded deletion through, one step at a time: once it is due, `status` until the
 //! provider answers `not-found`, then `finalize` with the work `delete` handed over (if any) until
 //! it succeeds, then the record goes. The record lives in the node's durable records, so a
-//! restart or another replica takes over where this one stopped. Used by the pod controller's
-//! status loop and by `vkhost node delete`.
+//! restart or another replica takes over where this one stopped. Used by the pod controller (a
+//! deleted pod's reconcile, and its listing task for deletions whose pod is gone) and by
+//! `vkhost node delete`.
 
 use std::collections::HashMap;
 use std::future::Future;

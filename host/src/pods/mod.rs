@@ -1,5 +1,5 @@
 //! The pod controller: resolves pods bound to a virtual node, drives the provider, writes status,
-//! deletes promptly, adopts and sweeps instances; and the kubelet API's view of those pods.
+//! deletes promptly, sweeps orphaned instances; and the kubelet API's view of those pods.
 
 pub mod backend;
 pub mod controller;

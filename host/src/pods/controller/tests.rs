@@ -33,7 +33,7 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
 
     let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
 
-    // Running: the periodic status sync looks after it from now on.
+    // Running: the listing task hands it over when its status changes.
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(calls(&ctx, Export::Create), 1);
     let ids = listed_ids(&ctx).await;
