@@ -108,8 +108,9 @@ enum Seen {
 
 /// How long an instance without a pod is left alone: its pod may be on the way to the cache.
 const ORPHAN_GRACE: Duration = Duration::from_secs(30);
-/// How long an instance this process created may be missing before it counts as lost (a
-/// provider's list may lag its create).
+/// How long after this process learned of an instance a listing that does not show it is
+/// believed (a provider's list may lag its create); a `status` answer is believed at once, but
+/// for an instance this process made within this time.
 const LOST_GRACE: Duration = Duration::from_secs(10);
 
 /// A deletion this reconcile is seeing through, in memory: how often its instance was polled
@@ -825,14 +826,17 @@ pub async fn update(
 
 /// Brings the pod's status up to date with its instance: from the last listing when it is newer
 /// than what was last observed, else from the provider's `status`. An instance the provider no
-/// longer has is lost (unless this process made it moments ago: a listing may lag a create).
+/// longer has is lost: when `status` says so, or a listing did not show it for [`LOST_GRACE`]
+/// after this process learned of it (a provider's list may lag its create); an instance this
+/// process made moments ago is asked about again later.
 async fn observe(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<Action, SyncError> {
     let uid = pod.uid().unwrap_or_default();
-    let young = record.created_here && record.seen_at.elapsed() < LOST_GRACE;
+    let known_long = record.seen_at.elapsed() >= LOST_GRACE;
+    let young = record.created_here && !known_long;
     let not_found = || Err(CallError::Provider(ProviderError::NotFound(record.instance_id.clone())));
     let (report, at) = match ctx.seen(&uid, record.observed_at) {
         Seen::Listed(status, at) => (Ok(status), at),
-        Seen::Absent if !young => (not_found(), Instant::now()),
+        Seen::Absent if known_long => (not_found(), Instant::now()),
         Seen::Absent | Seen::Unknown => {
             let at = Instant::now();
             (ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await, at)
@@ -1149,11 +1153,8 @@ async fn list_instances(
                 );
                 status::differs(pod_status_value(pod).as_ref(), &next)
             }
-            // Gone, unless made moments ago or observed since this listing began.
-            None => {
-                record.observed_at.is_none_or(|t| t < listed_at)
-                    && !(record.created_here && record.seen_at.elapsed() < LOST_GRACE)
-            }
+            // Gone, unless learned of moments ago or observed since this listing began.
+            None => record.observed_at.is_none_or(|t| t < listed_at) && record.seen_at.elapsed() >= LOST_GRACE,
         };
         if news {
             let _ = triggers.unbounded_send(ObjectRef::from_obj(pod.as_ref()));
