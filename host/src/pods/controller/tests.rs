@@ -316,6 +316,23 @@ async fn an_instance_the_listing_no_longer_shows_fails_its_pod_through_reconcile
     assert_eq!(calls(&ctx, Export::Create), 1, "nothing made again");
 }
 
+/// After a restart every record is new: a listing that lags the provider's creates must not fail
+/// the pods of instances made just before; `status` is asked instead.
+#[tokio::test]
+async fn a_listing_without_the_instance_of_a_pod_just_learned_of_is_checked_with_status() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let pod = created(&api, &ctx, "web", "uid-web-11").await;
+    ctx.instances.lock().unwrap().clear();
+    *ctx.listing.lock().unwrap() = Listing { at: Some(Instant::now()), instances: HashMap::new() };
+
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(calls(&ctx, Export::Status), 1);
+    assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
+    assert!(!api.event_reasons().contains(&"ProviderInstanceLost".to_string()));
+}
+
 #[tokio::test]
 async fn a_deletion_in_progress_requeues_the_pod_and_a_later_reconcile_finishes_it() {
     let TestNode { api, ctx, .. } = fixtures::node().await;
