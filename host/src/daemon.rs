@@ -144,6 +144,9 @@ async fn start_admin(
                             .map(|c| (c.export.to_string(), c.outcome.to_string(), c.count)),
                     );
                     m.set_plugin_counters(&p.info().name, p.counters());
+                    if let Some(stats) = p.budget_stats() {
+                        m.set_egress_budget(&p.info().name, stats);
+                    }
                     m.render()
                 }
             }),

@@ -2,7 +2,7 @@
 //! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
 //! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
-//! running pods. Served on the admin endpoint.
+//! running pods, waits for a plugin's cloud-API budget. Served on the admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::plugin::BudgetStats;
 
 type Labels = Vec<(String, String)>;
 
@@ -58,6 +60,9 @@ pub struct Metrics {
     plugin_counters: Family<Labels, Counter>,
     fenced_writes: Family<Labels, Counter>,
     reference_watches: Family<Labels, Gauge>,
+    egress_waited: Family<Labels, Counter>,
+    egress_wait_seconds: Family<Labels, Counter<f64>>,
+    egress_refused: Family<Labels, Counter>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -110,6 +115,24 @@ impl Metrics {
             "ConfigMaps and Secrets watched for changes on behalf of the running pods, by node",
             reference_watches.clone(),
         );
+        let egress_waited = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_egress_waited",
+            "Plugin HTTP requests that waited for the plugin's cloud-API budget ([plugin.egress])",
+            egress_waited.clone(),
+        );
+        let egress_wait_seconds = Family::<Labels, Counter<f64>>::default();
+        registry.register(
+            "plugin_egress_wait_seconds",
+            "Time plugin HTTP requests spent waiting for the plugin's cloud-API budget, summed",
+            egress_wait_seconds.clone(),
+        );
+        let egress_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_egress_refused",
+            "Plugin HTTP requests failed as timeouts because their turn in the budget came too late",
+            egress_refused.clone(),
+        );
         Self {
             registry,
             sync_seconds,
@@ -122,6 +145,9 @@ impl Metrics {
             plugin_counters,
             fenced_writes,
             reference_watches,
+            egress_waited,
+            egress_wait_seconds,
+            egress_refused,
             known_phases: Mutex::new(HashMap::new()),
         }
     }
@@ -188,6 +214,17 @@ impl Metrics {
             let counter = self.plugin_counters.get_or_create(&all);
             counter.inc_by(value.saturating_sub(counter.get()));
         }
+    }
+
+    /// Brings what the plugin's cloud-API budget did (cumulative, only ever growing) into the registry.
+    pub fn set_egress_budget(&self, plugin: &str, stats: BudgetStats) {
+        let set = labels([("plugin", plugin)]);
+        let waited = self.egress_waited.get_or_create(&set);
+        waited.inc_by(stats.waited.saturating_sub(waited.get()));
+        let seconds = self.egress_wait_seconds.get_or_create(&set);
+        seconds.inc_by((stats.wait_seconds - seconds.get()).max(0.0));
+        let refused = self.egress_refused.get_or_create(&set);
+        refused.inc_by(stats.refused.saturating_sub(refused.get()));
     }
 
     /// The Prometheus text exposition.

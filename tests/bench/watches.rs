@@ -1,8 +1,10 @@
 //! What watching running pods' ConfigMaps costs: N pods that all mount one ConfigMap, then N pods
 //! that each mount their own, on one virtual node (the example provider, in this process). For each
 //! case: the watches open (the daemon's count and the apiserver's), the ConfigMap requests the
-//! apiserver served by verb, the process's memory and sockets; then one change of the shared
-//! ConfigMap fanned out to every pod (`update` calls and how long until all were made).
+//! apiserver served by verb, every request the apiserver served per pod from bind to Ready by
+//! resource and verb (apiserver_request_total, less the harness's own), the process's memory and
+//! sockets; then one change of the shared ConfigMap fanned out to every pod (`update` calls and how
+//! long until all were made).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -67,7 +69,9 @@ async fn run(n: usize) -> Result<()> {
             pods.create(&PostParams::default(), &pod(&format!("{case}-{i}"), &node, name)).await?;
         }
         let distinct = names.iter().collect::<std::collections::BTreeSet<_>>().len() as u64;
+        let polls = std::sync::atomic::AtomicU64::new(0);
         wait(Duration::from_secs(600), "all Running and their ConfigMaps watched", || async {
+            polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let list = pods.list(&ListParams::default()).await.ok()?;
             let running = list
                 .items
@@ -78,6 +82,7 @@ async fn run(n: usize) -> Result<()> {
         })
         .await?;
         let running_after = started.elapsed();
+        let ready = Sample::take(&client, admin).await?;
         // The status sync and the watches' first answers settle.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let after = Sample::take(&client, admin).await?;
@@ -94,6 +99,20 @@ async fn run(n: usize) -> Result<()> {
             after.sockets,
             after.sockets as i64 - before.sockets as i64
         );
+        // The harness's own requests: the pods' creation and its polls while waiting.
+        let mut harness = BTreeMap::new();
+        harness.insert(("pods".to_string(), "POST".to_string()), n as u64);
+        harness.insert(("pods".to_string(), "LIST".to_string()), polls.into_inner());
+        let mut total = 0;
+        println!("  every request the apiserver served from the pods' creation to all Ready, less the harness's:");
+        for ((resource, verb), count) in ready.delta_all(&before) {
+            let count = count.saturating_sub(harness.get(&(resource.clone(), verb.clone())).copied().unwrap_or(0));
+            if count > 0 {
+                total += count;
+                println!("    {resource:<14} {verb:<6} {count:>6}  ({:.2} per pod)", count as f64 / n as f64);
+            }
+        }
+        println!("    all            {total:>13}  ({:.2} per pod)", total as f64 / n as f64);
         println!("  configmap requests served by the apiserver while the pods started, by verb:");
         for (verb, count) in after.delta(&before) {
             println!("    {verb:<6} {count:>6}  ({:.2} per pod)", count as f64 / n as f64);
@@ -147,6 +166,8 @@ fn pod(name: &str, node: &str, config_map: &str) -> Pod {
 struct Sample {
     /// apiserver_request_total for configmaps, by verb.
     requests: BTreeMap<String, f64>,
+    /// apiserver_request_total by resource and verb.
+    all: BTreeMap<(String, String), f64>,
     apiserver_watches: f64,
     watches: f64,
     rss_kib: u64,
@@ -157,8 +178,15 @@ impl Sample {
     async fn take(client: &Client, admin: std::net::SocketAddr) -> Result<Sample> {
         let text = client.request_text(http::Request::get("/metrics").body(vec![])?).await?;
         let mut requests = BTreeMap::new();
+        let mut all = BTreeMap::new();
         let mut apiserver_watches = 0.0;
         for line in text.lines() {
+            if line.starts_with("apiserver_request_total{") {
+                let resource = label(line, "resource").unwrap_or_default();
+                let subresource = label(line, "subresource").unwrap_or_default();
+                let resource = if subresource.is_empty() { resource } else { format!("{resource}/{subresource}") };
+                *all.entry((resource, label(line, "verb").unwrap_or_default())).or_default() += value(line);
+            }
             if line.starts_with("apiserver_request_total{") && line.contains(r#"resource="configmaps""#) {
                 let verb = label(line, "verb").unwrap_or_default();
                 *requests.entry(verb).or_default() += value(line);
@@ -181,7 +209,15 @@ impl Sample {
             .filter(|p| p.to_string_lossy().starts_with("socket:"))
             .count();
         let watches = daemon_metric(admin, "vkhost_reference_watches{").await.unwrap_or(0.0);
-        Ok(Sample { requests, apiserver_watches, watches, rss_kib, sockets })
+        Ok(Sample { requests, all, apiserver_watches, watches, rss_kib, sockets })
+    }
+
+    fn delta_all(&self, before: &Sample) -> Vec<((String, String), u64)> {
+        self.all
+            .iter()
+            .map(|(k, n)| (k.clone(), (n - before.all.get(k).copied().unwrap_or(0.0)) as u64))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     fn delta(&self, before: &Sample) -> Vec<(String, u64)> {

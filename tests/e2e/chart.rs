@@ -87,7 +87,7 @@ fn chart_values_render_objects_the_apiserver_accepts() {
 namespace: vkhost-chart
 replicas: 3
 image: registry.example.com/vkhost:0.2.0
-plugin: {file: other.wasm, existingClaim: my-plugins}
+plugin: {file: other.wasm, existingClaim: my-plugins, egress: {requestsPerSecond: 10, burst: 20}}
 credentials: {existingSecret: my-cube-keys}
 nodes:
   - {id: a, taintValue: cube, provider: {api_url: "https://api.example.com", region: cn-sh2, zone: cn-sh2-01, vpc_id: uvnet-1, subnet_id: subnet-1}}
@@ -116,6 +116,8 @@ securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true,
     );
     let config = &rendered["ConfigMap/vkhost-chart/vkhost-config"]["data"]["vkhost.toml"];
     assert_eq!(config["plugin"]["path"], "/var/lib/vkhost/plugins/other.wasm");
+    assert_eq!(config["plugin"]["egress"]["requests_per_second"], 10);
+    assert_eq!(config["plugin"]["egress"]["burst"], 20);
     assert_eq!(config["ha"]["namespace"], "vkhost-chart");
     let zones: Vec<_> =
         config["nodes"].as_array().unwrap().iter().map(|n| (&n["id"], &n["provider"]["zone"])).collect();

@@ -341,3 +341,62 @@ async fn a_vanished_instance_fails_its_pod_and_an_instance_no_pod_owns_is_delete
     daemon.stop().await;
     env.stop().await;
 }
+
+/// Starts `n` pods at once on a daemon whose `[plugin.egress]` is `budget` (empty: none) against a
+/// simulator whose gateway throttles past 5 calls/s (burst 5); returns how many calls the
+/// gateway throttled while they started, and the pods' Events.
+async fn burst_against_the_throttle(env: &CubeEnv, label: &str, budget: &str, n: usize) -> (u64, Vec<String>) {
+    let cluster = cluster();
+    let ns = cluster.namespace(label).await;
+    let cid = fresh_cluster_id();
+    let mut config = env.daemon_config(cluster, &cid, &ns.name, "");
+    if !budget.is_empty() {
+        config.push_str(&format!("\n[plugin.egress]\n{budget}\n"));
+    }
+    let daemon = start(&config).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+    env.set_faults(json!({"rate_limit": {"per_second": 5.0, "burst": 5}})).await;
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        pods.create(&PostParams::default(), &pod(&format!("burst-{i}"), &node, json!({}))).await.unwrap();
+    }
+    wait_for(Duration::from_secs(120), "every pod Running", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?;
+        (list.items.iter().filter(|p| running_ready(p)).count() == n).then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    let faults: Value = reqwest::get(format!("{}/_sim/faults", env.url())).await.unwrap().json().await.unwrap();
+    let admin = daemon.admin_addr.expect("the test config enables the admin endpoint");
+    let text = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    let waits: Vec<&str> = text.lines().filter(|l| l.starts_with("vkhost_plugin_egress_")).collect();
+    // Figures for BENCHMARKS.md (not asserted).
+    println!("{label}: {n} pods Running in {:.1}s, throttled {}, {waits:?}", took.as_secs_f64(), faults["throttled"]);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    let notes = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect();
+    env.set_faults(json!({})).await;
+    daemon.stop().await;
+    (faults["throttled"].as_u64().unwrap(), notes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_within_the_egress_budget_earns_no_throttling_code() {
+    let env = CubeEnv::start(cluster(), false).await;
+    // Without a budget the burst outruns the gateway: some calls are throttled (the plugin tries
+    // them again, so the pods still start).
+    let (throttled, _) = burst_against_the_throttle(&env, "nobudget", "", 10).await;
+    assert!(throttled > 0, "the burst was expected to outrun the throttle");
+    // With a budget under the gateway's rate, the same burst queues in the host instead.
+    let (throttled, notes) = burst_against_the_throttle(&env, "budget", "requests_per_second = 4\nburst = 2", 10).await;
+    assert_eq!(throttled, 0, "calls throttled despite the budget");
+    assert!(notes.iter().all(|n| !n.contains("153")), "a throttling code reached a pod: {notes:?}");
+    env.stop().await;
+}

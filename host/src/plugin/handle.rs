@@ -192,6 +192,11 @@ impl Plugin {
         self.active.load().counters.snapshot()
     }
 
+    /// What the plugin's cloud-API budget has done, if it has one (`[plugin.egress]`).
+    pub fn budget_stats(&self) -> Option<crate::plugin::BudgetStats> {
+        self.rt.budget_stats(&self.info().name)
+    }
+
     pub fn stats(&self) -> &PluginStats {
         &self.stats
     }

@@ -171,6 +171,7 @@ pub(crate) async fn load_bytes(
     };
 
     let allow = Allowlist::parse(&settings.allowed_urls).map_err(LoadError::Settings)?;
+    settings.egress.validate().map_err(LoadError::Settings)?;
     let egress = Arc::new(
         Egress::new(allow, settings.limits.call_timeout(), settings.limits.memory_bytes())
             .map_err(LoadError::Settings)?,
@@ -247,6 +248,9 @@ pub(crate) async fn load_bytes(
     loaded.identity = Arc::new(Identity { name: info.name.clone(), version: info.version.clone() });
     loaded.kv = rt.kv_for(&info.name, settings.limits.kv_max_bytes);
     loaded.counters = rt.counters_for(&info.name);
+    if let Some(budget) = rt.budget_for(&info.name, &settings.egress) {
+        loaded.egress = Arc::new(Egress { budget: Some(budget), ..(*loaded.egress).clone() });
+    }
     loaded.info = info;
     loaded.report.total_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(loaded)

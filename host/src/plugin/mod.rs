@@ -32,6 +32,7 @@ pub use check::{CheckReport, SmokeResult, check};
 pub use cli::{CheckArgs, run_check};
 pub use error::{CallError, Export, LoadError, describe_provider_error};
 pub use handle::{ActiveSummary, Plugin, ReloadEvent, ReloadTrigger};
+pub use imports::budget::{BudgetSettings, BudgetStats};
 pub use loaded::{LoadReport, host_contracts};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};

@@ -13,6 +13,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::plugin::error::LoadError;
 use crate::plugin::imports::HostState;
+use crate::plugin::imports::budget::{Budget, BudgetSettings, BudgetStats};
 use crate::plugin::imports::kv::KvStore;
 use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::stores::Stores;
@@ -38,6 +39,7 @@ pub struct PluginRuntime {
     pub(crate) baseline: Option<Tier>,
     kv: Mutex<HashMap<String, Arc<KvStore>>>,
     counters: Mutex<HashMap<String, Arc<PluginCounters>>>,
+    budgets: Mutex<HashMap<String, Arc<Budget>>>,
     /// The durable stores of the nodes this process acts for, by Node name.
     stores: Arc<Stores>,
     stop: Arc<AtomicBool>,
@@ -88,6 +90,7 @@ impl PluginRuntime {
             baseline,
             kv: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
             stores: Arc::default(),
             stop,
             ticker: Mutex::new(Some(ticker)),
@@ -103,6 +106,23 @@ impl PluginRuntime {
     /// The `metrics` counters of a plugin name; every version of the plugin adds to them.
     pub(crate) fn counters_for(&self, plugin: &str) -> Arc<PluginCounters> {
         self.counters.lock().unwrap().entry(plugin.to_owned()).or_default().clone()
+    }
+
+    /// The cloud-API budget of a plugin name, made on first use from `settings` (`None`: no
+    /// budget); every version of the plugin spends from it, so a reload does not refill it.
+    pub(crate) fn budget_for(&self, plugin: &str, settings: &BudgetSettings) -> Option<Arc<Budget>> {
+        let mut budgets = self.budgets.lock().unwrap();
+        if let Some(b) = budgets.get(plugin) {
+            return Some(b.clone());
+        }
+        let budget = Arc::new(Budget::new(settings)?);
+        budgets.insert(plugin.to_owned(), budget.clone());
+        Some(budget)
+    }
+
+    /// What the budget of a plugin name has done, if it has one.
+    pub fn budget_stats(&self, plugin: &str) -> Option<BudgetStats> {
+        self.budgets.lock().unwrap().get(plugin).map(|b| b.stats())
     }
 
     /// The durable node stores the plugins' `store` import reaches.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::plugin::imports::budget::BudgetSettings;
+
 /// How to load and confine one provider plugin.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +20,9 @@ pub struct PluginSettings {
     pub allowed_urls: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// The `[plugin.egress]` table: the plugin's cloud-API budget (none by default).
+    #[serde(default)]
+    pub egress: BudgetSettings,
     /// Where compiled components are cached; `$XDG_CACHE_HOME/vkcube/components` by default. Used
     /// only when owned by the daemon's user and not group/other-writable (see `cache`).
     #[serde(default)]
@@ -73,6 +78,7 @@ impl PluginSettings {
             path: path.into(),
             allowed_urls: Vec::new(),
             limits: Limits::default(),
+            egress: BudgetSettings::default(),
             cache_dir: None,
             baseline_compile: true,
         }

@@ -566,7 +566,7 @@ fn is_rejected(pod: &Pod) -> bool {
 async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
+    let refs = resolve::fetch(&ctx.client, &ctx.services, &ctx.references, pod)
         .await
         .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
     let resolution = match resolve::resolve(pod, &refs) {
@@ -709,7 +709,7 @@ fn token_refresh_at(tokens: &[crate::plugin::ServiceAccountToken]) -> Option<Ins
 async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Change>) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
+    let refs = resolve::fetch(&ctx.client, &ctx.services, &ctx.references, pod)
         .await
         .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
     let Ok(resolution) = resolve::resolve(pod, &refs) else {

@@ -4,18 +4,27 @@
 //! The apiserver is a `tower::service_fn` over a tiny in-memory object store keyed by path, not a
 //! scripted `tower_test` handle as in kube-rs' controller-rs: a reconcile makes a dozen requests
 //! (Events among them) whose order is an implementation detail, and a store answers them in any
-//! order, while the recorded requests are still there to assert on.
+//! order, while the recorded requests are still there to assert on. A watch request is answered
+//! with a stream that stays open and carries every later write of the objects it selects.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::StreamBody;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use super::NodeContext;
 use crate::config::PodSettings;
@@ -44,12 +53,48 @@ struct Failure {
     times: u32,
 }
 
+/// An open watch: the collection it watches, the name its field selector picks (if any), and
+/// where its events go.
+struct Watch {
+    collection: String,
+    name: Option<String>,
+    events: mpsc::UnboundedSender<Value>,
+}
+
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
     failures: Vec<Failure>,
     version: u64,
+    watches: Vec<Watch>,
+}
+
+impl State {
+    /// Tells the watches of `path`'s collection that selected it about a write.
+    fn notify(&mut self, path: &str, kind: &str, object: &Value) {
+        let Some((collection, name)) = path.rsplit_once('/') else { return };
+        let event = json!({"type": kind, "object": object});
+        self.watches.retain(|w| {
+            if w.collection != collection || w.name.as_deref().is_some_and(|n| n != name) {
+                return !w.events.is_closed();
+            }
+            w.events.send(event.clone()).is_ok()
+        });
+    }
+}
+
+/// The `metadata.name` a request's `fieldSelector` asks for.
+fn selected_name(query: &str) -> Option<String> {
+    let selector = query.split('&').find_map(|pair| pair.strip_prefix("fieldSelector="))?;
+    let selector = selector.replace("%3D", "=").replace("%3d", "=");
+    selector.strip_prefix("metadata.name=").map(str::to_owned)
+}
+
+type Streamed = StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
+
+fn whole(bytes: Vec<u8>) -> Streamed {
+    StreamBody::new(futures::stream::once(async move { Ok(Frame::data(Bytes::from(bytes))) }).boxed())
 }
 
 /// A mock apiserver: objects by path, create/get/list/replace/merge-patch/delete, failures on
@@ -127,11 +172,23 @@ impl ApiServer {
                     query: parts.uri.query().unwrap_or_default().to_string(),
                     body,
                 };
-                let (code, answer) = me.answer(recorded);
+                let watching = recorded.method == "GET" && recorded.query.split('&').any(|p| p == "watch=true");
+                let (code, body) = if watching {
+                    let events = me.watch(recorded);
+                    let lines = tokio_stream_of(events).map(|event| {
+                        let mut line = serde_json::to_vec(&event).unwrap();
+                        line.push(b'\n');
+                        Ok(Frame::data(Bytes::from(line)))
+                    });
+                    (200, StreamBody::new(lines.boxed()))
+                } else {
+                    let (code, answer) = me.answer(recorded);
+                    (code, whole(serde_json::to_vec(&answer).unwrap()))
+                };
                 let response = Response::builder()
                     .status(StatusCode::from_u16(code).unwrap())
                     .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .body(body)
                     .unwrap();
                 Ok::<_, kube::Error>(response)
             }
@@ -144,7 +201,20 @@ impl ApiServer {
         let mut state = self.state.lock().unwrap();
         state.version += 1;
         object["metadata"]["resourceVersion"] = json!(state.version.to_string());
+        let kind = if state.objects.contains_key(path) { "MODIFIED" } else { "ADDED" };
+        state.notify(path, kind, &object);
         state.objects.insert(path.to_string(), object);
+    }
+
+    /// Opens a watch of the collection `request` names: its events from now on.
+    fn watch(&self, request: Recorded) -> mpsc::UnboundedReceiver<Value> {
+        let mut state = self.state.lock().unwrap();
+        let (events, receiver) = mpsc::unbounded_channel();
+        let name = selected_name(&request.query);
+        let collection = request.path.trim_end_matches('/').to_string();
+        state.requests.push(request);
+        state.watches.push(Watch { collection, name, events });
+        receiver
     }
 
     pub(crate) fn get(&self, path: &str) -> Option<Value> {
@@ -184,6 +254,7 @@ impl ApiServer {
     fn answer(&self, request: Recorded) -> (u16, Value) {
         let mut state = self.state.lock().unwrap();
         state.requests.push(request.clone());
+        let selected = selected_name(&request.query);
         let Recorded { method, path, body, .. } = request;
         if let Some(f) = state.failures.iter_mut().find(|f| f.times > 0 && f.method == method && f.path == path) {
             f.times -= 1;
@@ -199,6 +270,7 @@ impl ApiServer {
                     .objects
                     .iter()
                     .filter(|(p, _)| p.strip_prefix(&format!("{prefix}/")).is_some_and(|name| !name.contains('/')))
+                    .filter(|(_, o)| selected.as_ref().is_none_or(|n| o["metadata"]["name"] == json!(n)))
                     .map(|(_, o)| o.clone())
                     .collect();
                 (
@@ -219,6 +291,7 @@ impl ApiServer {
                 }
                 object["metadata"]["name"] = json!(name);
                 object["metadata"]["resourceVersion"] = json!(version);
+                state.notify(&p, "ADDED", &object);
                 state.objects.insert(p, object.clone());
                 (201, object)
             }
@@ -229,6 +302,7 @@ impl ApiServer {
                     return status(409, "Conflict", &format!("{p} changed"));
                 }
                 object["metadata"]["resourceVersion"] = json!(version);
+                state.notify(&p, "MODIFIED", &object);
                 state.objects.insert(p, object.clone());
                 (200, object)
             }
@@ -236,7 +310,9 @@ impl ApiServer {
                 let Some(stored) = state.objects.get_mut(&p) else { return not_found() };
                 merge(stored, &body.unwrap_or_default());
                 stored["metadata"]["resourceVersion"] = json!(version);
-                (200, stored.clone())
+                let patched = stored.clone();
+                state.notify(&p, "MODIFIED", &patched);
+                (200, patched)
             }
             ("DELETE", Target::Object(p)) => {
                 let Some(stored) = state.objects.get(&p) else { return not_found() };
@@ -244,11 +320,18 @@ impl ApiServer {
                 if wanted.is_some_and(|uid| stored["metadata"]["uid"] != json!(uid)) {
                     return status(409, "Conflict", &format!("{p}: precondition failed: uid"));
                 }
-                (200, state.objects.remove(&p).unwrap())
+                let gone = state.objects.remove(&p).unwrap();
+                state.notify(&p, "DELETED", &gone);
+                (200, gone)
             }
             _ => status(405, "MethodNotAllowed", &format!("{method} {path}: not served by the mock apiserver")),
         }
     }
+}
+
+/// The events of a watch as a stream.
+fn tokio_stream_of(mut events: mpsc::UnboundedReceiver<Value>) -> impl futures::Stream<Item = Value> {
+    futures::stream::poll_fn(move |cx| events.poll_recv(cx))
 }
 
 /// `$VKCUBE_PLUGIN_DIR`, else `${CARGO_TARGET_DIR:-<repo>/target}/plugins` (as in

@@ -4,18 +4,24 @@
 //! pods that reference it and stopped when the last of them goes. A change of an object's contents
 //! queues a change for every pod whose instance was given other contents and asks the controller
 //! to reconcile that pod; the controller tells the provider (`update`) and drops the changes once
-//! that succeeded. Only a digest of each object is kept, never its data.
+//! that succeeded. The same watches are the node's cache of those objects for resolving pods
+//! (`read`): a pod whose objects are watched already costs no request, the first reader of an
+//! object is answered by its watch's initial list, and an object no pod references any more stays
+//! watched for [`LINGER`] (a burst, a recreated pod, a read before its instance exists). Of each
+//! object only what reaches a pod is kept (data, type, name), with a digest of it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::resolve::{self, References};
@@ -26,6 +32,45 @@ pub type Digest = [u8; 16];
 
 /// The digest of an object that does not exist (an optional reference): its creation is a change.
 pub const ABSENT: Digest = [0; 16];
+
+/// How long an object no pod references any more stays watched (and cached).
+pub const LINGER: Duration = Duration::from_secs(30);
+
+/// How long a read waits for a watch's first answer before the caller reads the object itself.
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a watch holds of its object, for resolving pods.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// No answer yet.
+    Unknown,
+    /// The watch failed before its first answer (it keeps trying): read the object directly.
+    Failed,
+    /// The object does not exist (or was deleted).
+    Absent,
+    ConfigMap(Arc<ConfigMap>),
+    Secret(Arc<Secret>),
+}
+
+/// What of a ConfigMap reaches a pod: its name and contents.
+fn kept_config_map(cm: &ConfigMap) -> Seen {
+    Seen::ConfigMap(Arc::new(ConfigMap {
+        metadata: ObjectMeta { name: cm.metadata.name.clone(), ..ObjectMeta::default() },
+        data: cm.data.clone(),
+        binary_data: cm.binary_data.clone(),
+        ..ConfigMap::default()
+    }))
+}
+
+/// What of a Secret reaches a pod: its name, type and contents.
+fn kept_secret(s: &Secret) -> Seen {
+    Seen::Secret(Arc::new(Secret {
+        metadata: ObjectMeta { name: s.metadata.name.clone(), ..ObjectMeta::default() },
+        type_: s.type_.clone(),
+        data: s.data.clone(),
+        ..Secret::default()
+    }))
+}
 
 /// Annotation on a pod recording the digests of the contents its instance was given, so a restart
 /// or a failover does not lose a change made meanwhile: `ConfigMap/<name>=<hex>,Secret/<name>=<hex>`.
@@ -194,6 +239,8 @@ struct Watched {
     /// By pod UID: the contents the pod's instance was given last; `None` when unknown (an
     /// instance adopted after a restart), then the watch's first answer is taken as given.
     given: HashMap<String, Option<Digest>>,
+    /// Since when no pod references it (it was only read, or its last pod went).
+    idle_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -210,9 +257,41 @@ struct Tracked {
 pub struct Table {
     objects: HashMap<ObjectKey, Watched>,
     pods: HashMap<String, Tracked>,
+    /// How long an object no pod references stays watched; zero: it stops with its last pod.
+    linger: Duration,
 }
 
 impl Table {
+    /// A table whose objects stay watched for `linger` after their last pod.
+    pub fn lingering(linger: Duration) -> Table {
+        Table { linger, ..Table::default() }
+    }
+
+    /// `key` is read for a pod that has no instance yet: watched from now on (idle until a pod is
+    /// tracked with it). Whether its watch must start.
+    pub fn read(&mut self, key: &ObjectKey) -> bool {
+        if self.objects.contains_key(key) {
+            return false;
+        }
+        self.objects.insert(key.clone(), Watched { idle_since: Some(Instant::now()), ..Watched::default() });
+        true
+    }
+
+    /// The objects idle for `linger` by `now`, no longer watched.
+    pub fn sweep(&mut self, now: Instant) -> Vec<ObjectKey> {
+        let linger = self.linger;
+        let idle: Vec<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o.idle_since.is_some_and(|at| now.saturating_duration_since(at) >= linger))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &idle {
+            self.objects.remove(key);
+        }
+        idle
+    }
+
     /// Pod `uid` has an instance and references `refs`, each with the digest its instance was
     /// given (`None`: unknown, keep what is known). Objects it no longer references are let go.
     pub fn track(&mut self, uid: &str, pod: ObjectRef<Pod>, refs: &[(ObjectKey, Option<Digest>)]) -> Delta {
@@ -234,6 +313,7 @@ impl Table {
                 delta.start.push(key.clone());
                 Watched::default()
             });
+            object.idle_since = None;
             let given = match (seed, object.latest) {
                 (Some(seed), Some(latest)) if *seed != latest => {
                     queued |= tracked.pending.insert(key.change());
@@ -315,8 +395,12 @@ impl Table {
         if let Some(object) = self.objects.get_mut(key) {
             object.given.remove(uid);
             if object.given.is_empty() {
-                self.objects.remove(key);
-                stop.push(key.clone());
+                if self.linger.is_zero() {
+                    self.objects.remove(key);
+                    stop.push(key.clone());
+                } else {
+                    object.idle_since = Some(Instant::now());
+                }
             }
         }
         if let Some(t) = self.pods.get_mut(uid) {
@@ -336,8 +420,9 @@ pub struct ReferenceWatches {
     client: Client,
     node: String,
     table: Arc<Mutex<Table>>,
-    /// Held while the table changes and its watches start or stop, so the two never disagree.
-    tasks: Mutex<HashMap<ObjectKey, AbortOnDropHandle<()>>>,
+    /// Held while the table changes and its watches start or stop, so the two never disagree;
+    /// with each watch, what it holds of its object.
+    tasks: Mutex<HashMap<ObjectKey, (AbortOnDropHandle<()>, watch::Sender<Seen>)>>,
     triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
 }
@@ -349,7 +434,7 @@ impl ReferenceWatches {
         ReferenceWatches {
             client,
             node: node.to_string(),
-            table: Arc::default(),
+            table: Arc::new(Mutex::new(Table::lingering(LINGER))),
             tasks: Mutex::default(),
             triggers,
             receiver: Mutex::new(Some(receiver)),
@@ -390,9 +475,27 @@ impl ReferenceWatches {
         self.change(|t| Delta { stop: t.untrack(uid), ..Delta::default() });
     }
 
-    /// Untracks every pod `keep` refuses (pods gone from the cache, finished, without instance).
+    /// Untracks every pod `keep` refuses (pods gone from the cache, finished, without instance),
+    /// and stops the watches idle for [`LINGER`].
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.change(|t| Delta { stop: t.retain(&keep), ..Delta::default() });
+        self.change(|t| {
+            let mut stop = t.retain(&keep);
+            stop.extend(t.sweep(Instant::now()));
+            Delta { stop, ..Delta::default() }
+        });
+    }
+
+    /// What the watch of `key` holds, for resolving a pod; a watch is started (and its first
+    /// answer awaited) when none runs. `None` when the watch cannot tell (it failed before its
+    /// first answer, or stopped meanwhile): the caller reads the object itself.
+    pub async fn read(&self, key: &ObjectKey) -> Option<Seen> {
+        self.change(|t| Delta { start: if t.read(key) { vec![key.clone()] } else { vec![] }, ..Delta::default() });
+        let mut seen = self.tasks.lock().unwrap().get(key)?.1.subscribe();
+        let answer = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, seen.wait_for(|s| !matches!(s, Seen::Unknown)));
+        match answer.await.ok()?.ok()?.clone() {
+            Seen::Failed | Seen::Unknown => None,
+            known => Some(known),
+        }
     }
 
     /// Objects watched now.
@@ -403,7 +506,7 @@ impl ReferenceWatches {
     /// Stops every watch (acting for the node ended).
     pub fn stop(&self) {
         let mut tasks = self.tasks.lock().unwrap();
-        *self.table.lock().unwrap() = Table::default();
+        *self.table.lock().unwrap() = Table::lingering(LINGER);
         tasks.clear();
     }
 
@@ -414,8 +517,10 @@ impl ReferenceWatches {
             tasks.remove(&key);
         }
         for key in delta.start {
-            let watch = follow(self.client.clone(), key.clone(), self.table.clone(), self.triggers.clone());
-            tasks.insert(key, AbortOnDropHandle::new(tokio::spawn(watch)));
+            let (seen, _) = watch::channel(Seen::Unknown);
+            let watch =
+                follow(self.client.clone(), key.clone(), self.table.clone(), self.triggers.clone(), seen.clone());
+            tasks.insert(key, (AbortOnDropHandle::new(tokio::spawn(watch)), seen));
         }
         if tasks.len() != self.table.lock().unwrap().watches() {
             tracing::warn!(node = %self.node, tasks = tasks.len(), "reference watches and their table disagree");
@@ -427,46 +532,87 @@ impl ReferenceWatches {
 }
 
 /// Follows one object until aborted: every answer's digest goes to the table, and the pods it
-/// names are sent to be reconciled. A deletion changes nothing (the instance keeps what it had,
-/// as a kubelet keeps a deleted ConfigMap's files); a re-creation with other contents is a change.
+/// names are sent to be reconciled; what a pod gets of the object goes to `seen`. For the pods
+/// running, a deletion changes nothing (the instance keeps what it had, as a kubelet keeps a
+/// deleted ConfigMap's files); a re-creation with other contents is a change. A pod resolved
+/// after the deletion finds the object absent.
 async fn follow(
     client: Client,
     key: ObjectKey,
     table: Arc<Mutex<Table>>,
     triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    seen: watch::Sender<Seen>,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
     match key.kind {
         Kind::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(client, &key.namespace);
-            digests(watcher(api, config), config_map_digest, &key, &table, &triggers).await
+            let kind = Follow { digest: config_map_digest, keep: kept_config_map };
+            digests(watcher(api, config), kind, &key, &table, &triggers, &seen).await
         }
         Kind::Secret => {
             let api: Api<Secret> = Api::namespaced(client, &key.namespace);
-            digests(watcher(api, config), secret_digest, &key, &table, &triggers).await
+            let kind = Follow { digest: secret_digest, keep: kept_secret };
+            digests(watcher(api, config), kind, &key, &table, &triggers, &seen).await
         }
     }
 }
 
-async fn digests<K>(
-    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+/// How one kind of object is followed: its digest and what of it is kept.
+struct Follow<K> {
     digest: fn(&K) -> Digest,
+    keep: fn(&K) -> Seen,
+}
+
+async fn digests<K: kube::Resource>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    kind: Follow<K>,
     key: &ObjectKey,
     table: &Mutex<Table>,
     triggers: &mpsc::UnboundedSender<ObjectRef<Pod>>,
+    seen: &watch::Sender<Seen>,
 ) {
     let mut events = std::pin::pin!(events.default_backoff());
+    // What a (re)list found, published once it is complete.
+    let mut listed = Seen::Absent;
     while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                let pods = table.lock().unwrap().observed(key, digest(&o));
-                for pod in pods {
-                    tracing::info!(pod = %pod, object = ?key, "referenced object changed");
-                    let _ = triggers.send(pod);
-                }
+        let o = match event {
+            Ok(watcher::Event::Init) => {
+                listed = Seen::Absent;
+                continue;
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(object = ?key, error = %e, "reference watch"),
+            Ok(watcher::Event::InitDone) => {
+                seen.send_replace(std::mem::replace(&mut listed, Seen::Absent));
+                continue;
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                seen.send_replace(Seen::Absent);
+                continue;
+            }
+            Err(e) => {
+                seen.send_if_modified(|s| matches!(s, Seen::Unknown).then(|| *s = Seen::Failed).is_some());
+                tracing::debug!(object = ?key, error = %e, "reference watch");
+                continue;
+            }
+            // The field selector names the object; anything else is not it.
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o))
+                if o.meta().name.as_deref() != Some(key.name.as_str()) =>
+            {
+                continue;
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                listed = (kind.keep)(&o);
+                o
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                seen.send_replace((kind.keep)(&o));
+                o
+            }
+        };
+        let pods = table.lock().unwrap().observed(key, (kind.digest)(&o));
+        for pod in pods {
+            tracing::info!(pod = %pod, object = ?key, "referenced object changed");
+            let _ = triggers.send(pod);
         }
     }
 }
@@ -716,5 +862,128 @@ mod tests {
             [(cm_key("cfg"), Some(config_map_digest(&cfg))), (cm_key("opt"), Some(ABSENT))]
         );
         assert_eq!(given(&p, None), [(cm_key("cfg"), None), (cm_key("opt"), None)]);
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::pods::fixtures::{ApiServer, NODE};
+    use crate::pods::resolve::{self, ServiceCache};
+
+    const CM: &str = "/api/v1/namespaces/default/configmaps/cfg";
+
+    fn config_map(value: &str) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "cfg", "namespace": "default", "annotations": {"big": "x".repeat(1000)}},
+               "data": {"app.conf": value}})
+    }
+
+    fn mounting(name: &str, uid: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": uid},
+            "spec": {"nodeName": NODE, "enableServiceLinks": false,
+                     "volumes": [{"name": "c", "configMap": {"name": "cfg"}}],
+                     "containers": [{"name": "app", "image": "nginx"}]}
+        }))
+        .unwrap()
+    }
+
+    fn value(refs: &References) -> Option<String> {
+        refs.config_maps["cfg"].as_ref().map(|cm| cm.data.as_ref().unwrap()["app.conf"].clone())
+    }
+
+    #[tokio::test]
+    async fn the_first_pod_reads_a_config_map_from_its_watch_list_and_the_next_makes_no_request() {
+        let api = ApiServer::new();
+        api.put(CM, config_map("v1"));
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+        let services = ServiceCache::new(resolve::SERVICE_TTL);
+
+        let first = mounting("a", "u1");
+        let refs = resolve::fetch(&client, &services, &watches, &first).await.unwrap();
+        assert_eq!(value(&refs).as_deref(), Some("v1"));
+        let cm = refs.config_maps["cfg"].as_ref().unwrap();
+        assert!(cm.metadata.annotations.is_none(), "only what reaches a pod is kept");
+        watches.track(&first, Some(&refs));
+        // The watch's list and the watch itself; no GET of the object.
+        assert!(api.requests_to("GET", CM).is_empty());
+        let collection = api.requests_to("GET", "/api/v1/namespaces/default/configmaps");
+        assert_eq!(collection.len(), 2, "{collection:?}");
+        assert!(collection.iter().all(|r| r.query.contains("fieldSelector=metadata.name%3Dcfg")), "{collection:?}");
+
+        let before = api.requests().len();
+        let second = mounting("b", "u2");
+        let refs = resolve::fetch(&client, &services, &watches, &second).await.unwrap();
+        assert_eq!(value(&refs).as_deref(), Some("v1"));
+        assert_eq!(api.requests().len(), before, "{:?}", &api.requests()[before..]);
+        assert_eq!(watches.watches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pod_resolved_after_a_change_gets_the_new_contents_and_after_a_deletion_none() {
+        let api = ApiServer::new();
+        api.put(CM, config_map("v1"));
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+        let mut changed = watches.triggers().unwrap();
+        let services = ServiceCache::new(resolve::SERVICE_TTL);
+        let first = mounting("a", "u1");
+        let refs = resolve::fetch(&client, &services, &watches, &first).await.unwrap();
+        watches.track(&first, Some(&refs));
+
+        api.put(CM, config_map("v2"));
+        // The watch saw the change: the running pod is to be told.
+        let told = tokio::time::timeout(Duration::from_secs(10), changed.next()).await.unwrap().unwrap();
+        assert_eq!(told.name, "a");
+        let refs = resolve::fetch(&client, &services, &watches, &mounting("b", "u2")).await.unwrap();
+        assert_eq!(value(&refs).as_deref(), Some("v2"), "a new pod was given the old contents");
+
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        cms.delete("cfg", &Default::default()).await.unwrap();
+        let mut seen = watches.tasks.lock().unwrap()
+            [&ObjectKey { kind: Kind::ConfigMap, namespace: "default".into(), name: "cfg".into() }]
+            .1
+            .subscribe();
+        tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|s| matches!(s, Seen::Absent)))
+            .await
+            .unwrap()
+            .unwrap();
+        let refs = resolve::fetch(&client, &services, &watches, &mounting("c", "u3")).await.unwrap();
+        assert!(refs.config_maps["cfg"].is_none(), "a deleted ConfigMap was handed to a new pod");
+    }
+
+    #[tokio::test]
+    async fn an_object_read_for_a_pod_not_yet_running_lingers_then_stops() {
+        let api = ApiServer::new();
+        api.put(CM, config_map("v1"));
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+        let services = ServiceCache::new(resolve::SERVICE_TTL);
+        resolve::fetch(&client, &services, &watches, &mounting("a", "u1")).await.unwrap();
+        assert_eq!(watches.watches(), 1, "watched from the first read");
+        watches.retain(|_| false);
+        assert_eq!(watches.watches(), 1, "kept for the pods that follow");
+        let mut table = watches.table.lock().unwrap();
+        assert_eq!(table.sweep(Instant::now() + LINGER).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_cannot_list_leaves_the_read_to_a_get() {
+        let api = ApiServer::new();
+        api.put(CM, config_map("v1"));
+        api.fail("GET", "/api/v1/namespaces/default/configmaps", 403, 1);
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+        let services = ServiceCache::new(resolve::SERVICE_TTL);
+        let refs = resolve::fetch(&client, &services, &watches, &mounting("a", "u1")).await.unwrap();
+        assert_eq!(value(&refs).as_deref(), Some("v1"));
+        assert_eq!(api.requests_to("GET", CM).len(), 1);
     }
 }

@@ -205,7 +205,8 @@ async fn reset_requests(State(sim): State<Shared>) -> StatusCode {
 
 async fn faults(State(sim): State<Shared>) -> Json<Value> {
     let live = sim.faults.lock();
-    Json(json!({"faults": live.faults, "burst_left": live.burst_left, "timeouts_left": live.timeouts_left}))
+    Json(json!({"faults": live.faults, "burst_left": live.burst_left, "timeouts_left": live.timeouts_left,
+                "throttled": live.throttled}))
 }
 
 /// Replaces the faults (and restarts the counted ones).

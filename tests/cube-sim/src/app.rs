@@ -28,18 +28,45 @@ pub struct Sim {
 }
 
 /// Faults plus what is left of the counted ones (bursts, create timeouts).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveFaults {
     pub faults: Faults,
     pub burst_left: u64,
     pub timeouts_left: u64,
+    /// The throttle's bucket: tokens and when they were counted.
+    pub throttle: (f64, std::time::Instant),
+    /// Calls the throttle answered with its code.
+    pub throttled: u64,
+}
+
+impl Default for LiveFaults {
+    fn default() -> Self {
+        LiveFaults::new(Faults::default())
+    }
 }
 
 impl LiveFaults {
+    /// Whether the throttle lets one more call through now (taking a token if so).
+    pub fn admit(&mut self) -> Option<i64> {
+        let r = self.faults.rate_limit.as_ref()?;
+        let now = std::time::Instant::now();
+        let (tokens, at) = self.throttle;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * r.per_second).min(f64::from(r.burst.max(1)));
+        if tokens >= 1.0 {
+            self.throttle = (tokens - 1.0, now);
+            None
+        } else {
+            self.throttle = (tokens, now);
+            self.throttled += 1;
+            Some(r.ret_code)
+        }
+    }
+
     pub fn new(faults: Faults) -> Self {
         let burst_left = faults.burst.as_ref().map_or(0, |b| b.count);
         let timeouts_left = faults.create_timeouts.as_ref().map_or(0, |t| t.count);
-        LiveFaults { faults, burst_left, timeouts_left }
+        let tokens = faults.rate_limit.as_ref().map_or(0.0, |r| f64::from(r.burst.max(1)));
+        LiveFaults { faults, burst_left, timeouts_left, throttle: (tokens, std::time::Instant::now()), throttled: 0 }
     }
 }
 

@@ -198,6 +198,27 @@ pub struct Faults {
     /// The next `count` CreateCubePod calls make the instance but the client never learns it
     /// in time: the connection is dropped (`mode = "drop"`) or the answer comes `delay_ms` late.
     pub create_timeouts: Option<CreateTimeouts>,
+    /// The gateway's throttle: calls past `per_second` (with a bucket of `burst`) answer
+    /// `ret_code` (153 by default), as a cloud's API gateway throttles an account.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    #[serde(default = "one")]
+    pub burst: u32,
+    #[serde(default = "default_throttle_code")]
+    pub ret_code: i64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_throttle_code() -> i64 {
+    153
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -57,8 +57,9 @@ pub async fn handle(
         let hit =
             |map_rate: Option<f64>, rng: &mut rand::rngs::ThreadRng| map_rate.is_some_and(|r| rng.random::<f64>() < r);
         let drop = hit(f.drop_rate.get(&action).or(f.drop_rate.get("*")).copied(), &mut rng);
-        let mut injected = None;
-        if let Some(b) = &f.burst
+        let mut injected = live.admit().map(burst_error);
+        if injected.is_none()
+            && let Some(b) = &f.burst
             && live.burst_left > 0
             && (b.actions.is_empty() || b.actions.contains(&action))
         {

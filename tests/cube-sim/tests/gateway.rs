@@ -167,6 +167,26 @@ async fn injects_retcode_bursts_then_recovers() {
 }
 
 #[tokio::test]
+async fn throttles_calls_past_the_rate_limit_with_153() {
+    let f = Fixture::start().await;
+    f.http
+        .post(format!("{}/_sim/faults", f.url()))
+        .json(&json!({"rate_limit": {"per_second": 0.001, "burst": 3}}))
+        .send()
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(f.call("ListCubePod", &[]).await["RetCode"].as_i64().unwrap());
+    }
+    assert_eq!(codes, [0, 0, 0, 153, 153]);
+    let faults: serde_json::Value =
+        f.http.get(format!("{}/_sim/faults", f.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(faults["throttled"], 2);
+    f.shutdown().await;
+}
+
+#[tokio::test]
 async fn drops_connections_when_asked() {
     let f = Fixture::start().await;
     f.http

@@ -2,10 +2,12 @@
 //! the operator granted it. The same allowlist vets the stream targets a plugin hands back.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
 
+use super::budget::Budget;
 use crate::error_chain;
 use crate::plugin::v0_2_0::{HttpError, HttpRequest, HttpResponse, KeyValue};
 
@@ -295,6 +297,8 @@ pub struct Egress {
     pub ceiling: Duration,
     /// The largest response body handed to the guest.
     pub max_body: usize,
+    /// The plugin's cloud-API budget, shared by its versions; `None`: unlimited.
+    pub budget: Option<Arc<Budget>>,
 }
 
 /// Why the host refused or failed a request, before it is folded into the WIT `http-error`.
@@ -312,7 +316,7 @@ impl Egress {
             .no_proxy()
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(Egress { allow, client, ceiling, max_body: MAX_RESPONSE_BYTES.min(guest_memory) })
+        Ok(Egress { allow, client, ceiling, max_body: MAX_RESPONSE_BYTES.min(guest_memory), budget: None })
     }
 
     /// Performs `req` if the allowlist grants it.
@@ -348,6 +352,15 @@ impl Egress {
                 REFUSED_PREFIXES.join("*, ")
             ))));
         }
+        // A request waits its turn within its own timeout; one whose turn would come later fails
+        // now as the timeout it would have become, without spending a token.
+        let timeout = match &self.budget {
+            Some(budget) => match budget.take(timeout).await {
+                Ok(waited) => timeout - waited,
+                Err(_) => return Err(Refusal::Other(HttpError::Timeout)),
+            },
+            None => timeout,
+        };
         let mut builder = self.client.request(method, url).body(req.body);
         for KeyValue { key, value } in req.headers {
             builder = builder.header(key, value);
@@ -712,6 +725,21 @@ mod tests {
             };
             assert_eq!(resp.status, 302);
             assert_eq!(admin_hits.load(Ordering::SeqCst), 0, "the host followed the redirect out of the allowlist");
+        }
+
+        #[tokio::test]
+        async fn a_request_whose_budget_turn_comes_after_its_timeout_fails_unsent() {
+            let (base, _) = server().await;
+            let settings = crate::plugin::BudgetSettings { requests_per_second: 1.0, burst: 1 };
+            let e = Egress { budget: Some(Arc::new(Budget::new(&settings).unwrap())), ..egress(&base, 64 << 20) };
+            assert!(e.send(get_req(format!("{base}/v1/host"), &[])).await.is_ok(), "the burst goes at once");
+            let mut impatient = get_req(format!("{base}/v1/host"), &[]);
+            impatient.timeout_ms = 200;
+            assert!(matches!(e.send(impatient).await, Err(Refusal::Other(HttpError::Timeout))));
+            // A patient one waits its turn and is sent.
+            assert!(e.send(get_req(format!("{base}/v1/host"), &[])).await.is_ok());
+            let stats = e.budget.as_ref().unwrap().stats();
+            assert_eq!((stats.waited, stats.refused), (1, 1));
         }
 
         #[tokio::test]

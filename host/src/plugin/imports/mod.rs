@@ -1,6 +1,8 @@
 //! What a plugin's guest code can reach: the state of one call's store and the host side of the
-//! contract's imports (`http`, `log`, `kv`, `metrics`, `store`), plus WASI with nothing granted.
+//! contract's imports (`http`, `log`, `kv`, `metrics`, `store`), plus WASI with nothing granted;
+//! the cloud-API budget `http` spends (`budget`).
 
+pub mod budget;
 pub mod http;
 pub mod kv;
 mod log;

@@ -1,5 +1,6 @@
-//! The I/O half of resolving: which objects a pod names, and reading them (with a per-namespace
-//! cache of Services for service links, and TokenRequests for projected tokens).
+//! The I/O half of resolving: which objects a pod names, and reading them (ConfigMaps and Secrets
+//! from the node's reference watches, a per-namespace cache of Services for service links,
+//! TokenRequests for projected tokens).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -15,6 +16,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use super::{FetchError, References, all_containers};
+use crate::pods::references::{Kind, ObjectKey, ReferenceWatches, Seen};
 
 /// How long a namespace's Services are reused for service-link variables.
 pub const SERVICE_TTL: Duration = Duration::from_secs(2);
@@ -73,25 +75,56 @@ impl ServiceCache {
 }
 
 /// Reads every object `pod` references. Missing objects are recorded as `None`, not errors.
-pub async fn fetch(client: &Client, services: &ServiceCache, pod: &Pod) -> Result<References, FetchError> {
+/// ConfigMaps and Secrets come from `watches` (no request once watched), or from a GET where the
+/// watch cannot tell.
+pub async fn fetch(
+    client: &Client,
+    services: &ServiceCache,
+    watches: &ReferenceWatches,
+    pod: &Pod,
+) -> Result<References, FetchError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let mut refs = References::default();
     let names = referenced_names(pod);
     let api_err = |what: String| move |source| FetchError::Api { what, source };
 
+    let key = |kind, name: &String| ObjectKey { kind, namespace: ns.clone(), name: name.clone() };
+    let secret_names: BTreeSet<String> = names.secrets.into_iter().chain(names.pull_secrets).collect();
+    let keys: Vec<ObjectKey> = names
+        .config_maps
+        .iter()
+        .map(|n| key(Kind::ConfigMap, n))
+        .chain(secret_names.iter().map(|n| key(Kind::Secret, n)))
+        .collect();
+    // First reads of several objects wait for their watches' first lists together.
+    let seen = futures::future::join_all(keys.iter().map(|k| watches.read(k))).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    for name in names.config_maps {
-        let got = cms.get_opt(&name).await.map_err(api_err(format!("ConfigMap {ns}/{name}")))?;
-        refs.config_maps.insert(name, got);
-    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for name in names.secrets.into_iter().chain(names.pull_secrets) {
-        if refs.secrets.contains_key(&name) {
-            continue;
+    for (key, seen) in keys.into_iter().zip(seen) {
+        let name = key.name;
+        match (key.kind, seen) {
+            (Kind::ConfigMap, Some(Seen::ConfigMap(cm))) => {
+                refs.config_maps.insert(name, Some(cm.as_ref().clone()));
+            }
+            (Kind::Secret, Some(Seen::Secret(s))) => {
+                refs.secrets.insert(name, Some(s.as_ref().clone()));
+            }
+            (Kind::ConfigMap, Some(Seen::Absent)) => {
+                refs.config_maps.insert(name, None);
+            }
+            (Kind::Secret, Some(Seen::Absent)) => {
+                refs.secrets.insert(name, None);
+            }
+            (Kind::ConfigMap, _) => {
+                let got = cms.get_opt(&name).await.map_err(api_err(format!("ConfigMap {ns}/{name}")))?;
+                refs.config_maps.insert(name, got);
+            }
+            (Kind::Secret, _) => {
+                let got = secrets.get_opt(&name).await.map_err(api_err(format!("Secret {ns}/{name}")))?;
+                refs.secrets.insert(name, got);
+            }
         }
-        let got = secrets.get_opt(&name).await.map_err(api_err(format!("Secret {ns}/{name}")))?;
-        refs.secrets.insert(name, got);
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
