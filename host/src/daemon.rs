@@ -144,6 +144,7 @@ async fn start_admin(
                             .map(|c| (c.export.to_string(), c.outcome.to_string(), c.count)),
                     );
                     m.set_plugin_counters(&p.info().name, p.counters());
+                    m.set_signature_refusals(p.stats().snapshot().signature_refusals);
                     m.render()
                 }
             }),
