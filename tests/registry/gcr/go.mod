@@ -1,5 +1,5 @@
-// Wrapper module: builds go-containerregistry's in-memory OCI registry of one release from the Go
-// module proxy, for the tests of OCI plugin sources.
+// Wrapper module: the tests' loopback OCI registry, on go-containerregistry's pkg/registry of one
+// release from the Go module proxy.
 module vkcube.local/registry/gcr
 
 go 1.26.0

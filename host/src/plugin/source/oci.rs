@@ -79,6 +79,9 @@ impl OciRef {
             protocol,
             connect_timeout: Some(std::time::Duration::from_secs(5)),
             read_timeout: Some(std::time::Duration::from_secs(30)),
+            // One request per blob: components are a few MiB, and not every registry answers
+            // the chunked protocol's intermediate steps with a Location.
+            use_monolithic_push: true,
             ..Default::default()
         });
         Ok(OciRef { reference, client, auth: auth_from_env() })
