@@ -5,52 +5,18 @@
 
 #[path = "plugin_support.rs"]
 mod plugin_support;
+#[path = "registry_support.rs"]
+mod registry_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use plugin_support::{plugin, scratch_dir, settings};
+use registry_support::Registry;
 use tokio_util::sync::CancellationToken;
 use vkhost::plugin::source::publish::{KeygenArgs, PushArgs, SignArgs, run_keygen, run_push, run_sign};
 use vkhost::plugin::{Plugin, PluginRuntime, PluginSettings, ReloadEvent, ReloadTrigger};
-
-/// The registry process, killed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/registry/build");
-        let out = Command::new("bash").arg(&build).stderr(Stdio::inherit()).output().expect("run tests/registry/build");
-        assert!(out.status.success(), "tests/registry/build failed");
-        let bin = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
-        let mut child = Command::new(bin)
-            .args(["-listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the registry");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        Registry { child, addr: line.trim().to_string() }
-    }
-
-    fn reference(&self, repo_tag: &str) -> String {
-        format!("oci://{}/{repo_tag}", self.addr)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A new key pair in `dir`: (private, public).
 fn keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {

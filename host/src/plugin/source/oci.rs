@@ -62,7 +62,9 @@ impl OciRef {
             return Err(bad("it names no repository after the registry"));
         }
         let reference: Reference = rest.parse().map_err(|e| bad(&format!("{e}")))?;
-        if reference.tag().is_none() && reference.digest().is_none() {
+        // No implicit `latest`: what runs is named.
+        let named = path.contains('@') || path.rsplit('/').next().is_some_and(|last| last.contains(':'));
+        if !named {
             return Err(bad("it names neither a tag (`:tag`) nor a digest (`@sha256:…`)"));
         }
         if let Some(digest) = reference.digest()
@@ -311,7 +313,8 @@ mod tests {
             ("127.0.0.1:5000/vk/cube:1", "oci://"),
             ("oci://cube:1", "repository"),
             ("oci://vk/cube:1", "registry must be"),
-            ("oci://r.example/vk/cube@sha256:abc", "64 hex"),
+            ("oci://r.example/vk/cube@sha256:abc", "invalid"),
+            ("oci://r.example/vk/cube", "neither a tag"),
         ] {
             let err = OciRef::parse(bad).unwrap_err().to_string();
             assert!(err.contains(says) && err.contains(bad), "{bad}: {err}");
