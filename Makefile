@@ -27,6 +27,7 @@ $(SDK_VENV)/.installed: tests/cube-sim/sdk/requirements.txt
 # binaries are built first.
 test: toolchain cluster-binaries plugins $(SDK_VENV)/.installed
 	@tests/chart/build >/dev/null
+	@tests/registry/build >/dev/null
 	cargo build -p vkhost -p cube-sim
 	cargo test --workspace --no-fail-fast
 	"$(SDK_VENV)/bin/python" -m pytest -q tests/cube-sim/sdk

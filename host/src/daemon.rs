@@ -147,6 +147,7 @@ async fn start_admin(
                     if let Some(stats) = p.budget_stats() {
                         m.set_egress_budget(&p.info().name, stats);
                     }
+                    m.set_signature_refusals(p.stats().snapshot().signature_refusals);
                     m.render()
                 }
             }),

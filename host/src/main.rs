@@ -48,6 +48,12 @@ enum PluginCommand {
     /// Print what a plugin's `create` would send for a pod manifest (its `plan`), or the error
     /// that would stop the pod, without any side effect.
     Translate(vkhost::translate::TranslateArgs),
+    /// Push a component to an OCI registry as a wasm artifact, signed with --key (cosign's format).
+    Push(vkhost::plugin::source::publish::PushArgs),
+    /// Write the detached signature FILE.sig of a component file.
+    Sign(vkhost::plugin::source::publish::SignArgs),
+    /// Write a new ECDSA P-256 signing key pair (PREFIX.key, PREFIX.pub).
+    Keygen(vkhost::plugin::source::publish::KeygenArgs),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +132,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command: PluginCommand::Translate(args) } | Command::Translate(args) => {
             let code = vkhost::translate::run_translate(args).await?;
             Ok(ExitCode::from(code as u8))
+        }
+        Command::Plugin { command: PluginCommand::Push(args) } => {
+            init_logging(LogFormat::Text, "warn");
+            let code = vkhost::plugin::source::publish::run_push(args).await?;
+            Ok(ExitCode::from(code as u8))
+        }
+        Command::Plugin { command: PluginCommand::Sign(args) } => {
+            Ok(ExitCode::from(vkhost::plugin::source::publish::run_sign(args)? as u8))
+        }
+        Command::Plugin { command: PluginCommand::Keygen(args) } => {
+            Ok(ExitCode::from(vkhost::plugin::source::publish::run_keygen(args)? as u8))
         }
         Command::Node { command } => {
             init_logging(LogFormat::Text, "warn");

@@ -57,6 +57,7 @@ pub struct Metrics {
     pods_by_phase: Family<Labels, Gauge>,
     provider_calls: Family<Labels, Gauge>,
     plugin_reloads: Family<Labels, Counter>,
+    plugin_signature_refusals: Counter,
     plugin_counters: Family<Labels, Counter>,
     fenced_writes: Family<Labels, Counter>,
     reference_watches: Family<Labels, Gauge>,
@@ -97,6 +98,12 @@ impl Metrics {
         );
         let plugin_reloads = Family::<Labels, Counter>::default();
         registry.register("plugin_reloads", "Plugin reload attempts by result", plugin_reloads.clone());
+        let plugin_signature_refusals = Counter::default();
+        registry.register(
+            "plugin_signature_refusals",
+            "Plugin versions refused because they were unsigned or not signed by the configured key",
+            plugin_signature_refusals.clone(),
+        );
         let plugin_counters = Family::<Labels, Counter>::default();
         registry.register(
             "plugin_counter",
@@ -142,6 +149,7 @@ impl Metrics {
             pods_by_phase,
             provider_calls,
             plugin_reloads,
+            plugin_signature_refusals,
             plugin_counters,
             fenced_writes,
             reference_watches,
@@ -166,6 +174,14 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
         self.plugin_reloads.get_or_create(&labels([("result", result)])).inc();
+    }
+
+    /// Brings the signature refusal counter up to the plugin's own count.
+    pub fn set_signature_refusals(&self, total: u64) {
+        let seen = self.plugin_signature_refusals.get();
+        if total > seen {
+            self.plugin_signature_refusals.inc_by(total - seen);
+        }
     }
 
     /// A write for `node` to `target` (`api`, `cloud`) refused by the node's fence.

@@ -366,7 +366,7 @@ async fn a_file_that_is_not_a_component_is_refused() {
     }
     let err =
         Plugin::load(PluginRuntime::new().unwrap(), settings(dir.join("absent.wasm")), vec![]).await.err().unwrap();
-    assert!(matches!(err, LoadError::Io { .. }), "{err:?}");
+    assert!(matches!(err, LoadError::Source(vkhost::plugin::SourceError::Io { .. })), "{err:?}");
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ async fn ninth_virtual_node_is_refused_naming_the_existing_ones() {
         address: "127.0.0.1".into(),
         kubelet_port: 10250,
         plugin: plugin.info(),
+        plugin_source: plugin.provenance(),
         offer: plugin.describe_node(&ctx).await.unwrap(),
     };
     let err = registration::find_or_name(&client, &shape).await.unwrap_err();

@@ -256,6 +256,7 @@ async fn act(
         address: kubelet_cfg.address.to_string(),
         kubelet_port: 0,
         plugin: plugin_info.clone(),
+        plugin_source: shared.plugin.provenance(),
         offer,
     };
     let (name, exists) = registration::find_or_name(&client, &shape).await?;
@@ -459,6 +460,11 @@ async fn report_reloads(shared: Arc<Shared>, daemon: Client, node: String, as_no
         };
         shared.metrics.reload(ev.is_ok());
         let (type_, reason, note) = match &ev.outcome {
+            Err(why) if ev.signature_refused => (
+                EventType::Warning,
+                "PluginSignatureRefused",
+                format!("new provider plugin refused, {} keeps serving: {why}", crate::plugin::label(&ev.old)),
+            ),
             Ok(new) => (
                 EventType::Normal,
                 "PluginReloaded",
@@ -476,7 +482,7 @@ async fn report_reloads(shared: Arc<Shared>, daemon: Client, node: String, as_no
             let _ = recorder.publish(&event, &n.object_ref(&())).await;
         }
         if let Ok(new) = &ev.outcome {
-            let _ = registration::annotate_plugin(&daemon, &node, new).await;
+            let _ = registration::annotate_plugin(&daemon, &node, new, ev.source.as_ref()).await;
         }
     }
 }

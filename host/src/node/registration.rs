@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 
 use crate::config::MAX_VIRTUAL_NODES;
 use crate::naming::{self, CLUSTER_LABEL, NODE_ID_LABEL, PROVIDER_TAINT, TYPE_LABEL};
-use crate::plugin::{NodeOffer, PluginInfo};
+use crate::plugin::{NodeOffer, PluginInfo, Provenance};
 
 /// Annotation on the Node naming the active provider plugin and its version.
 pub const PLUGIN_ANNOTATION: &str = "vkcube.io/plugin";
+/// Annotation on the Node naming what the active plugin version was loaded from, pinned: the OCI
+/// `oci://registry/repository@sha256:…` (or the file), and the key that verified it.
+pub const PLUGIN_SOURCE_ANNOTATION: &str = "vkcube.io/plugin-source";
 /// Annotation set while the node is disabled (N6): no new instances are created through it.
 pub const DISABLED_ANNOTATION: &str = "vkcube.io/disabled";
 /// The feature that lets a 1.36+ apiserver pass exec/attach WebSockets straight through.
@@ -42,6 +45,8 @@ pub struct NodeShape {
     pub address: String,
     pub kubelet_port: u16,
     pub plugin: PluginInfo,
+    /// Where the plugin version came from (`GET /plugin` shows the same).
+    pub plugin_source: Option<Provenance>,
     pub offer: NodeOffer,
 }
 
@@ -78,7 +83,7 @@ pub async fn create(client: &Client, name: &str, shape: &NodeShape) -> Result<()
         "metadata": {
             "name": name,
             "labels": desired_labels(name, shape),
-            "annotations": {PLUGIN_ANNOTATION: crate::plugin::label(&shape.plugin)},
+            "annotations": plugin_annotations(&shape.plugin, shape.plugin_source.as_ref()),
         },
         "spec": {"taints": desired_taints(shape, &[])},
     }))
@@ -109,7 +114,7 @@ pub async fn reconcile_metadata(client: &Client, name: &str, shape: &NodeShape) 
     let patch = json!({
         "metadata": {
             "labels": desired_labels(name, shape),
-            "annotations": {PLUGIN_ANNOTATION: crate::plugin::label(&shape.plugin)},
+            "annotations": plugin_annotations(&shape.plugin, shape.plugin_source.as_ref()),
         },
         "spec": {"taints": desired_taints(shape, &existing_taints)},
     });
@@ -124,12 +129,26 @@ pub async fn patch_status(client: &Client, name: &str, shape: &NodeShape) -> Res
     Ok(())
 }
 
-/// Sets the plugin annotation alone (after a hot reload).
-pub async fn annotate_plugin(client: &Client, name: &str, plugin: &PluginInfo) -> Result<(), kube::Error> {
+/// Sets the plugin annotations alone (after a hot reload).
+pub async fn annotate_plugin(
+    client: &Client,
+    name: &str,
+    plugin: &PluginInfo,
+    source: Option<&Provenance>,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = json!({"metadata": {"annotations": {PLUGIN_ANNOTATION: crate::plugin::label(plugin)}}});
+    let patch = json!({"metadata": {"annotations": plugin_annotations(plugin, source)}});
     nodes.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
+}
+
+/// The plugin's label and, when known, its pinned source (`oci://…@sha256:…, verified by KEY`).
+fn plugin_annotations(plugin: &PluginInfo, source: Option<&Provenance>) -> Value {
+    let source = source.map(|s| match &s.verified_by {
+        Some(key) => format!("{}, verified by {key}", s.pinned),
+        None => s.pinned.clone(),
+    });
+    json!({PLUGIN_ANNOTATION: crate::plugin::label(plugin), PLUGIN_SOURCE_ANNOTATION: source})
 }
 
 fn desired_labels(name: &str, shape: &NodeShape) -> BTreeMap<String, String> {

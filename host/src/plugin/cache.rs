@@ -123,7 +123,7 @@ fn store(dir: &Path, path: &Path, component: &Component) -> std::io::Result<()> 
 
 /// Creates `dir` (0700) if missing, then checks nobody but this process's user can write into
 /// it; the reason when someone can.
-fn private_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), String> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

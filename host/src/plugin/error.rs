@@ -139,6 +139,13 @@ pub enum CallError {
     Instantiate { plugin: String, version: String, export: Export, message: String },
 }
 
+impl LoadError {
+    /// Whether the version was refused for its signature (missing, or not the configured key's).
+    pub fn is_signature_refusal(&self) -> bool {
+        matches!(self, LoadError::Source(e) if e.is_signature())
+    }
+}
+
 impl CallError {
     /// Whether trying again later may succeed. User errors (`invalid`), `not-found`,
     /// `unsupported` and a stream target outside the allowlist are answers, not accidents;
@@ -184,8 +191,6 @@ impl CallError {
 /// the previous version stays active.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("plugin file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
     #[error("plugin file {path} is not a WebAssembly component: {reason}")]
     NotAComponent { path: PathBuf, reason: String },
     #[error("plugin file {path} is not a provider: {reason}")]
@@ -204,6 +209,9 @@ pub enum LoadError {
     ConfigRejected { plugin: String, version: String, node: String, source: CallError },
     #[error("plugin settings: {0}")]
     Settings(String),
+    /// The source offered no component, or one whose signature was refused.
+    #[error(transparent)]
+    Source(#[from] crate::plugin::source::SourceError),
     #[error("plugin runtime: {0}")]
     Runtime(String),
 }

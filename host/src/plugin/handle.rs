@@ -16,6 +16,7 @@ use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, Loaded};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::settings::PluginSettings;
+use crate::plugin::source::{Provenance, Source};
 use crate::plugin::stats::{PluginStats, StatsSnapshot};
 use crate::plugin::v0_2_0::PluginInfo;
 
@@ -29,6 +30,8 @@ pub enum ReloadTrigger {
     FileChanged,
     /// SIGHUP.
     Signal,
+    /// The polled OCI tag names a new digest.
+    TagMoved,
 }
 
 /// One reload attempt, successful or not, for node Events and annotations.
@@ -41,6 +44,10 @@ pub struct ReloadEvent {
     /// The new version's info, or why it was refused.
     pub outcome: Result<PluginInfo, String>,
     pub took_ms: f64,
+    /// Where the new version came from (`None` when refused).
+    pub source: Option<Provenance>,
+    /// The attempt was refused because the version is unsigned or not signed by the key.
+    pub signature_refused: bool,
 }
 
 impl ReloadEvent {
@@ -66,6 +73,8 @@ pub struct Plugin {
     me: Weak<Plugin>,
     pub(crate) rt: Arc<PluginRuntime>,
     pub(crate) settings: PluginSettings,
+    /// Where versions come from (a file or an OCI reference) and the key they must be signed by.
+    pub(crate) source: Source,
     smoke_configs: Mutex<Vec<(String, String)>>,
     pub(crate) active: ArcSwap<Loaded>,
     // Reloads are serialised: two racing reloads could otherwise swap in the older file last.
@@ -90,7 +99,8 @@ impl Plugin {
         settings: PluginSettings,
         smoke_configs: Vec<(String, String)>,
     ) -> Result<Arc<Plugin>, LoadError> {
-        let loaded = loaded::load(&rt, &settings, compile_mode(&settings)).await?;
+        let source = Source::new(&settings)?;
+        let loaded = loaded::load(&rt, &settings, source.fetch().await?, compile_mode(&settings)).await?;
         loaded.smoke_test(&smoke_configs).await?;
         tracing::info!(
             plugin = %loaded.info.name, version = %loaded.info.version, contract = %loaded.report.contract,
@@ -101,6 +111,7 @@ impl Plugin {
             me: me.clone(),
             rt,
             settings,
+            source,
             smoke_configs: Mutex::new(smoke_configs),
             active: ArcSwap::from_pointee(loaded),
             reloading: tokio::sync::Mutex::new(()),
@@ -119,9 +130,14 @@ impl Plugin {
         let Some(bytes) = baseline.baseline_source.clone() else { return };
         let (me, rt, settings) = (self.me.clone(), self.rt.clone(), self.settings.clone());
         let sha256 = baseline.report.sha256.clone();
+        let (path, provenance) = (baseline.report.path.clone(), baseline.report.source.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let built = loaded::load_bytes(&rt, &settings, &settings.path, bytes, started, Compile::Optimized).await;
+            let built =
+                loaded::load_bytes(&rt, &settings, &path, bytes, started, Compile::Optimized).await.map(|mut built| {
+                    built.report.source = provenance;
+                    built
+                });
             let Some(plugin) = me.upgrade() else { return };
             let _one_at_a_time = plugin.reloading.lock().await;
             let active = plugin.active.load_full();
@@ -205,6 +221,11 @@ impl Plugin {
         &self.settings
     }
 
+    /// Where the active version came from: the pinned OCI digest or the file, and its signer.
+    pub fn provenance(&self) -> Option<Provenance> {
+        self.active.load().report.source.clone()
+    }
+
     /// Replaces the node configs a reload must validate (nodes were added or reconfigured).
     pub fn set_smoke_configs(&self, configs: Vec<(String, String)>) {
         *self.smoke_configs.lock().unwrap() = configs;
@@ -227,8 +248,10 @@ impl Plugin {
         let started = Instant::now();
         let old = self.active.load_full();
         let attempt = async {
-            let new = loaded::load(&self.rt, &self.settings, compile_mode(&self.settings)).await?;
-            if trigger == ReloadTrigger::FileChanged && new.report.sha256 == old.report.sha256 {
+            let component = self.source.fetch().await?;
+            let new = loaded::load(&self.rt, &self.settings, component, compile_mode(&self.settings)).await?;
+            let unchanged = new.report.sha256 == old.report.sha256 && new.report.source == old.report.source;
+            if matches!(trigger, ReloadTrigger::FileChanged | ReloadTrigger::TagMoved) && unchanged {
                 return Ok(None);
             }
             let smoke = self.smoke_configs.lock().unwrap().clone();
@@ -258,12 +281,18 @@ impl Plugin {
             }
         };
         self.stats.record_reload(outcome.is_ok());
+        let signature_refused = outcome.as_ref().is_err_and(LoadError::is_signature_refusal);
+        if signature_refused {
+            self.stats.record_signature_refusal();
+        }
         let _ = self.events.send(ReloadEvent {
             at: SystemTime::now(),
             trigger,
             old: old.info.clone(),
             outcome: outcome.as_ref().map(Clone::clone).map_err(ToString::to_string),
             took_ms: started.elapsed().as_secs_f64() * 1e3,
+            source: outcome.is_ok().then(|| self.active.load().report.source.clone()).flatten(),
+            signature_refused,
         });
         outcome.map(Some)
     }

@@ -20,6 +20,7 @@ use crate::plugin::imports::metrics::PluginCounters;
 use crate::plugin::imports::{HostState, Identity, StoreScope};
 use crate::plugin::runtime::{self, PluginRuntime};
 use crate::plugin::settings::{Limits, PluginSettings};
+use crate::plugin::source::{Provenance, Verified};
 use crate::plugin::v0_1_2;
 use crate::plugin::v0_2_0::{self, PluginInfo, ProviderError, StreamTarget};
 
@@ -33,6 +34,8 @@ pub struct LoadReport {
     pub origin: Origin,
     pub compile_ms: f64,
     pub total_ms: f64,
+    /// Where the version came from and whose signature it carries.
+    pub source: Option<Provenance>,
 }
 
 /// A compiled, typechecked plugin version ready to be called. Immutable; shared by `Arc` with
@@ -130,17 +133,19 @@ pub(crate) enum Compile {
     Optimized,
 }
 
-/// Reads, checks, compiles and typechecks the file named by `settings`, then asks the plugin who
-/// it is. Nothing here touches the active version.
+/// Checks, compiles and typechecks a component its source verified, then asks the plugin who it
+/// is. Nothing here touches the active version.
 pub(crate) async fn load(
     rt: &Arc<PluginRuntime>,
     settings: &PluginSettings,
+    component: Verified,
     compile: Compile,
 ) -> Result<Loaded, LoadError> {
     let started = Instant::now();
-    let path = settings.path.clone();
-    let bytes = tokio::fs::read(&path).await.map_err(|source| LoadError::Io { path: path.clone(), source })?;
-    load_bytes(rt, settings, &path, bytes.into(), started, compile).await
+    let path = PathBuf::from(&component.provenance.pinned);
+    let mut loaded = load_bytes(rt, settings, &path, component.bytes, started, compile).await?;
+    loaded.report.source = Some(component.provenance);
+    Ok(loaded)
 }
 
 /// `load` of bytes already read, e.g. the optimized build of a baseline version's bytes.
@@ -223,6 +228,7 @@ pub(crate) async fn load_bytes(
             origin: compiled.origin,
             compile_ms: compiled.took.as_secs_f64() * 1e3,
             total_ms: 0.0,
+            source: None,
         },
         identity: Arc::new(Identity { name: path.display().to_string(), version: "?".into() }),
         engine: tier.engine.clone(),

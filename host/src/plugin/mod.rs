@@ -6,7 +6,8 @@
 //! `v0_2_0` (the native bindings of contract 0.2, whose types are the host's) and `v0_1_2` (the
 //! bindings of 0.1.2 and the adapter that runs every 0.1.x plugin on them), `check` + `cli`
 //! (`vkhost plugin check`),
-//! `admin` (HTTP routes), `stats` (counters), `settings` (the `[plugin]` table), `error`.
+//! `admin` (HTTP routes), `stats` (counters), `settings` (the `[plugin]` table), `error`,
+//! `source` (where versions come from: a file or an OCI artifact, and their signatures).
 
 mod admin;
 mod cache;
@@ -20,6 +21,7 @@ mod imports;
 mod loaded;
 mod runtime;
 pub mod settings;
+pub mod source;
 mod stats;
 mod stores;
 pub mod v0_1_2;
@@ -36,6 +38,7 @@ pub use imports::budget::{BudgetSettings, BudgetStats};
 pub use loaded::{LoadReport, host_contracts};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};
+pub use source::{Provenance, SourceError};
 pub use stats::{CallCount, PluginStats, StatsSnapshot};
 pub use stores::{NodeStore, Registered, Stores};
 

@@ -1,5 +1,5 @@
 //! The operator's settings for one provider plugin: the `[plugin]` table of the daemon's config.
-//! Every limit has a default so the smallest valid table is `path = "..."`.
+//! Every limit has a default so the smallest valid table is `path = "..."` (or `source = "oci://..."`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +12,23 @@ use crate::plugin::imports::budget::BudgetSettings;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSettings {
-    /// The component file (`cube.wasm`); watched for hot reload.
+    /// The component file (`cube.wasm`); watched for hot reload. Empty when `source` is set.
+    #[serde(default)]
     pub path: PathBuf,
+    /// The component as an OCI artifact instead of a file: `oci://registry/repository:tag` (the
+    /// tag is polled and a new digest hot-reloaded) or `oci://registry/repository@sha256:<hex>`
+    /// (pinned). Plain HTTP for loopback registries only.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// How often an OCI tag is asked for its digest, in milliseconds; 0 never asks (a reload
+    /// then comes from `POST /plugin/reload`).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// A PEM ECDSA P-256 public key (cosign's): when set, every version must be signed by it (an
+    /// OCI artifact with cosign's signature tag, a file with a detached `<path>.sig`) or it is
+    /// refused, and the running version stays.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
     /// URL prefixes the plugin may reach through the `http` import and hand back as stream targets,
     /// e.g. `https://api.example.com/` (scheme, host, port and path prefix are all compared).
     #[serde(default)]
@@ -36,6 +51,10 @@ pub struct PluginSettings {
 
 fn yes() -> bool {
     true
+}
+
+fn default_poll_interval_ms() -> u64 {
+    30_000
 }
 
 /// Resource limits applied to every call, each in a fresh instance.
@@ -76,6 +95,9 @@ impl PluginSettings {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         PluginSettings {
             path: path.into(),
+            source: None,
+            poll_interval_ms: default_poll_interval_ms(),
+            public_key: None,
             allowed_urls: Vec::new(),
             limits: Limits::default(),
             egress: BudgetSettings::default(),

@@ -31,6 +31,7 @@ pub struct PluginStats {
     reloads_failed: AtomicU64,
     optimized_swaps: AtomicU64,
     optimized_superseded: AtomicU64,
+    signature_refusals: AtomicU64,
     calls: [[AtomicU64; OUTCOMES.len()]; Export::ALL.len()],
     micros: [AtomicU64; Export::ALL.len()],
 }
@@ -45,6 +46,8 @@ pub struct StatsSnapshot {
     /// Cranelift builds that finished after a newer file had replaced their version, and were
     /// dropped.
     pub optimized_superseded: u64,
+    /// Versions refused because they were unsigned or not signed by the configured key.
+    pub signature_refusals: u64,
     /// Non-zero counters only.
     pub calls: Vec<CallCount>,
 }
@@ -76,6 +79,10 @@ impl PluginStats {
 
     pub(crate) fn record_reload(&self, ok: bool) {
         if ok { &self.reloads_ok } else { &self.reloads_failed }.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_signature_refusal(&self) {
+        self.signature_refusals.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn record_optimized_swap(&self) {
@@ -110,6 +117,7 @@ impl PluginStats {
             reloads_failed: self.reloads_failed.load(Relaxed),
             optimized_swaps: self.optimized_swaps.load(Relaxed),
             optimized_superseded: self.optimized_superseded.load(Relaxed),
+            signature_refusals: self.signature_refusals.load(Relaxed),
             calls,
         }
     }
