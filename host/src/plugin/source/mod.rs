@@ -128,7 +128,7 @@ impl Source {
             Kind::Path(path) => self.fetch_file(path).await,
             Kind::Oci(r) => match self.pull(r).await {
                 Err(e @ SourceError::Registry { unreachable: true, .. }) if self.cache.is_some() => {
-                    self.from_cache(r, e).await
+                    self.last_pulled(r, e).await
                 }
                 other => other,
             },
@@ -218,7 +218,7 @@ impl Source {
         Ok(Some(v.describe()))
     }
 
-    async fn from_cache(&self, r: &OciRef, error: SourceError) -> Result<Verified, SourceError> {
+    async fn last_pulled(&self, r: &OciRef, error: SourceError) -> Result<Verified, SourceError> {
         let dir = self.cache.as_deref().expect("called with a cache");
         let offline = |error| SourceError::Offline {
             reference: r.display(),
