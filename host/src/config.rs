@@ -287,6 +287,10 @@ impl DaemonConfig {
                 }
             }
         }
+        if let Some(rollout) = &self.plugin.rollout {
+            let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
+            rollout.check(&ids).map_err(|(key, message)| invalid(&key, message))?;
+        }
         if self.api.qps == 0 || self.api.burst == 0 {
             return Err(invalid("api", "qps and burst must be at least 1".into()));
         }

@@ -48,6 +48,12 @@ enum PluginCommand {
     /// Print what a plugin's `create` would send for a pod manifest (its `plan`), or the error
     /// that would stop the pod, without any side effect.
     Translate(vkhost::translate::TranslateArgs),
+    /// Show which plugin version each node of a running daemon runs, and the rollout.
+    Versions(vkhost::plugin::VersionsArgs),
+    /// Keep a node of a running daemon on a plugin version it holds, whatever rollouts do.
+    Pin(vkhost::plugin::PinArgs),
+    /// Release a node's pin.
+    Unpin(vkhost::plugin::UnpinArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +128,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command: PluginCommand::Check(args) } => {
             let code = vkhost::plugin::run_check(args).await?;
             Ok(ExitCode::from(code as u8))
+        }
+        Command::Plugin { command: PluginCommand::Versions(args) } => {
+            Ok(ExitCode::from(vkhost::plugin::run_versions(args).await? as u8))
+        }
+        Command::Plugin { command: PluginCommand::Pin(args) } => {
+            Ok(ExitCode::from(vkhost::plugin::run_pin(&args.node, Some(&args.version), &args.admin).await? as u8))
+        }
+        Command::Plugin { command: PluginCommand::Unpin(args) } => {
+            Ok(ExitCode::from(vkhost::plugin::run_pin(&args.node, None, &args.admin).await? as u8))
         }
         Command::Plugin { command: PluginCommand::Translate(args) } | Command::Translate(args) => {
             let code = vkhost::translate::run_translate(args).await?;

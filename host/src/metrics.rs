@@ -1,5 +1,5 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
-//! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
+//! plugin reloads and rollbacks, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
 //! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
 //! running pods. Served on the admin endpoint.
@@ -55,6 +55,7 @@ pub struct Metrics {
     pods_by_phase: Family<Labels, Gauge>,
     provider_calls: Family<Labels, Gauge>,
     plugin_reloads: Family<Labels, Counter>,
+    plugin_rollbacks: Family<Labels, Counter>,
     plugin_counters: Family<Labels, Counter>,
     fenced_writes: Family<Labels, Counter>,
     reference_watches: Family<Labels, Gauge>,
@@ -92,6 +93,12 @@ impl Metrics {
         );
         let plugin_reloads = Family::<Labels, Counter>::default();
         registry.register("plugin_reloads", "Plugin reload attempts by result", plugin_reloads.clone());
+        let plugin_rollbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_rollbacks",
+            "Automatic rollbacks of a new plugin version that exceeded its error budget, by node",
+            plugin_rollbacks.clone(),
+        );
         let plugin_counters = Family::<Labels, Counter>::default();
         registry.register(
             "plugin_counter",
@@ -119,6 +126,7 @@ impl Metrics {
             pods_by_phase,
             provider_calls,
             plugin_reloads,
+            plugin_rollbacks,
             plugin_counters,
             fenced_writes,
             reference_watches,
@@ -143,6 +151,11 @@ impl Metrics {
     }
 
     /// A write for `node` to `target` (`api`, `cloud`) refused by the node's fence.
+    /// A new plugin version was rolled back on `node`.
+    pub fn rollback(&self, node: &str) {
+        self.plugin_rollbacks.get_or_create(&labels([("node", node)])).inc();
+    }
+
     pub fn fenced_write(&self, node: &str, target: &str) {
         self.fenced_writes.get_or_create(&labels([("node", node), ("target", target)])).inc();
     }

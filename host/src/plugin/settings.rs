@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::plugin::rollout::RolloutSettings;
+
 /// How to load and confine one provider plugin.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +29,9 @@ pub struct PluginSettings {
     /// background. Off: every new file waits for Cranelift.
     #[serde(default = "yes")]
     pub baseline_compile: bool,
+    /// How a new version reaches the nodes (`[plugin.rollout]`); absent: every node at once.
+    #[serde(default)]
+    pub rollout: Option<RolloutSettings>,
 }
 
 fn yes() -> bool {
@@ -75,6 +80,7 @@ impl PluginSettings {
             limits: Limits::default(),
             cache_dir: None,
             baseline_compile: true,
+            rollout: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub struct PluginStats {
     reloads_failed: AtomicU64,
     optimized_swaps: AtomicU64,
     optimized_superseded: AtomicU64,
+    rollbacks: AtomicU64,
     calls: [[AtomicU64; OUTCOMES.len()]; Export::ALL.len()],
     micros: [AtomicU64; Export::ALL.len()],
 }
@@ -45,6 +46,8 @@ pub struct StatsSnapshot {
     /// Cranelift builds that finished after a newer file had replaced their version, and were
     /// dropped.
     pub optimized_superseded: u64,
+    /// Node version changes that were automatic rollbacks (one per node rolled back).
+    pub rollbacks: u64,
     /// Non-zero counters only.
     pub calls: Vec<CallCount>,
 }
@@ -82,6 +85,10 @@ impl PluginStats {
         self.optimized_swaps.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_rollback(&self) {
+        self.rollbacks.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn record_optimized_superseded(&self) {
         self.optimized_superseded.fetch_add(1, Relaxed);
     }
@@ -110,6 +117,7 @@ impl PluginStats {
             reloads_failed: self.reloads_failed.load(Relaxed),
             optimized_swaps: self.optimized_swaps.load(Relaxed),
             optimized_superseded: self.optimized_superseded.load(Relaxed),
+            rollbacks: self.rollbacks.load(Relaxed),
             calls,
         }
     }
