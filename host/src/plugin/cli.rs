@@ -141,21 +141,28 @@ pub struct UnpinArgs {
     pub admin: AdminArgs,
 }
 
+/// A daemon's `[admin]` settings, read from its config by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    pub listen: String,
+    pub token_file: Option<PathBuf>,
+}
+
 impl AdminArgs {
-    /// The endpoint's base URL and the token, if any.
-    fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
-        let config = self.config.as_deref().map(crate::config::DaemonConfig::load).transpose()?;
-        let base = match (&self.admin, &config) {
+    /// The endpoint's base URL and the token, if any: the flags, else `config` (the `--config`
+    /// file's `[admin]` table, which the caller read).
+    fn resolve(&self, config: Option<&AdminConfig>) -> anyhow::Result<(String, Option<String>)> {
+        let base = match (&self.admin, config) {
             (Some(url), _) => url.trim_end_matches('/').to_string(),
-            (None, Some(c)) if !c.admin.listen.is_empty() => {
+            (None, Some(c)) if !c.listen.is_empty() => {
                 // A daemon listening on every address is reached on loopback.
-                let listen = c.admin.listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
+                let listen = c.listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
                 format!("http://{listen}")
             }
             (None, Some(_)) => anyhow::bail!("the config's [admin] listen is empty: the daemon has no admin endpoint"),
             (None, None) => anyhow::bail!("give --config (the daemon's config) or --admin URL"),
         };
-        let token_file = self.token_file.clone().or_else(|| config.and_then(|c| c.admin.token_file));
+        let token_file = self.token_file.clone().or_else(|| config.and_then(|c| c.token_file.clone()));
         let token = match token_file {
             Some(path) => Some(
                 std::fs::read_to_string(&path)
@@ -171,10 +178,11 @@ impl AdminArgs {
 
 async fn admin_call(
     admin: &AdminArgs,
+    config: Option<&AdminConfig>,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
-    let (base, token) = admin.resolve()?;
+    let (base, token) = admin.resolve(config)?;
     let http = reqwest::Client::new();
     let url = format!("{base}{path}");
     let mut req = match &body {
@@ -191,8 +199,8 @@ async fn admin_call(
 }
 
 /// `vkhost plugin versions`: 0, or 1 when the daemon could not be asked.
-pub async fn run_versions(args: VersionsArgs) -> anyhow::Result<i32> {
-    let (status, view) = admin_call(&args.admin, "/plugin/versions", None).await?;
+pub async fn run_versions(args: VersionsArgs, config: Option<&AdminConfig>) -> anyhow::Result<i32> {
+    let (status, view) = admin_call(&args.admin, config, "/plugin/versions", None).await?;
     if !status.is_success() {
         eprintln!("error: {status}: {view}");
         return Ok(1);
@@ -206,12 +214,17 @@ pub async fn run_versions(args: VersionsArgs) -> anyhow::Result<i32> {
 }
 
 /// `vkhost plugin pin` and `unpin`: 0 done, 1 refused.
-pub async fn run_pin(node: &str, version: Option<&str>, admin: &AdminArgs) -> anyhow::Result<i32> {
+pub async fn run_pin(
+    node: &str,
+    version: Option<&str>,
+    admin: &AdminArgs,
+    config: Option<&AdminConfig>,
+) -> anyhow::Result<i32> {
     let (path, body) = match version {
         Some(v) => ("/plugin/pin", serde_json::json!({ "node": node, "version": v })),
         None => ("/plugin/unpin", serde_json::json!({ "node": node })),
     };
-    let (status, answer) = admin_call(admin, path, Some(body)).await?;
+    let (status, answer) = admin_call(admin, config, path, Some(body)).await?;
     if !status.is_success() {
         eprintln!("error: {}", answer["error"].as_str().unwrap_or(&answer.to_string()));
         return Ok(1);

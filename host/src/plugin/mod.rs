@@ -31,7 +31,7 @@ mod watcher;
 pub use admin::{AdminToken, AdminTokenError, admin_router};
 pub use cache::Origin;
 pub use check::{CheckReport, SmokeResult, check};
-pub use cli::{AdminArgs, CheckArgs, PinArgs, UnpinArgs, VersionsArgs, run_check, run_pin, run_versions};
+pub use cli::{AdminArgs, AdminConfig, CheckArgs, PinArgs, UnpinArgs, VersionsArgs, run_check, run_pin, run_versions};
 pub use error::{CallError, Export, LoadError, describe_provider_error};
 pub use handle::{
     ActiveSummary, CandidateView, NodeVersion, PinError, Plugin, ReloadEvent, ReloadTrigger, VersionEvent, VersionView,
