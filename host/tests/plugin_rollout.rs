@@ -164,8 +164,8 @@ async fn a_version_over_its_error_budget_on_the_canary_is_rolled_back_and_the_sa
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
-#[tokio::test]
-async fn the_admin_routes_show_every_nodes_version_and_pin_a_node() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_and_commands_show_every_nodes_version_and_pin_a_node() {
     let dir = scratch_dir("rollout-pin");
     let path = dir.join("provider.wasm");
     install(&plugin("faulty-v1.wasm"), &path);
@@ -218,4 +218,34 @@ async fn the_admin_routes_show_every_nodes_version_and_pin_a_node() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(answers(&p, "n2").await, "1.0.0");
+
+    // The same through the operator's commands.
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let vkhost = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vkhost"))
+            .args(args)
+            .args(["--admin", &base, "--token-file", token_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = tokio::task::block_in_place(|| vkhost(&["plugin", "pin", "n2", "2.0.0"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("node n2 pinned to 2.0.0"), "{out}");
+    let (code, out, err) = tokio::task::block_in_place(|| vkhost(&["plugin", "versions"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("in rollout  faulty@2.0.0") && out.contains("(canary for"), "{out}");
+    let n2 = out.lines().find(|l| l.starts_with("n2 ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(n2.contains("2.0.0") && n2.contains("pinned"), "{out}");
+    let (code, _, err) = tokio::task::block_in_place(|| vkhost(&["plugin", "pin", "n2", "7.7.7"]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no version 7.7.7 is held"), "{err}");
+    let (code, out, _) = tokio::task::block_in_place(|| vkhost(&["plugin", "unpin", "n2"]));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("node n2 runs 1.0.0"), "{out}");
 }
