@@ -508,6 +508,20 @@ id = "bj"
     }
 
     #[test]
+    fn a_rollout_naming_an_unknown_canary_node_is_refused_naming_the_key_and_the_ids() {
+        let with = |canaries: &str| {
+            MINIMAL.replace("[[nodes]]", &format!("[plugin.rollout]\ncanary_nodes = {canaries}\n[[nodes]]"))
+        };
+        let c = DaemonConfig::parse(&with("[\"bj\"]"), Path::new("t.toml")).unwrap();
+        assert_eq!(c.plugin.rollout.unwrap().canary_nodes, ["bj"]);
+        let err = DaemonConfig::parse(&with("[\"gz\"]"), Path::new("t.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("plugin.rollout.canary_nodes[0]") && err.contains("\"gz\"") && err.contains("\"bj\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn missing_secret_names_its_variable() {
         let text = format!("{MINIMAL}[nodes.secrets]\nprivate_key = {{ env = \"VKHOST_TEST_UNSET_VAR\" }}\n");
         let c = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap();

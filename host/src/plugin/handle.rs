@@ -619,11 +619,23 @@ impl Plugin {
 
     /// `Ok(None)` when the file turned out to be the version already in place (or in rollout).
     pub(crate) async fn reload_by(&self, trigger: ReloadTrigger) -> Result<Option<PluginInfo>, LoadError> {
+        self.admit(trigger, loaded::load(&self.rt, &self.settings, compile_mode(&self.settings))).await
+    }
+
+    /// The reload path for any source of a new version: `load` (awaited once the previous reload
+    /// finished) reads and compiles it; the result is judged by the rollout (in place already,
+    /// or rolled back before), smoke-tested with every node's config, and handed to the rollout.
+    /// Every attempt is reported through `subscribe`.
+    pub(crate) async fn admit(
+        &self,
+        trigger: ReloadTrigger,
+        load: impl std::future::Future<Output = Result<Loaded, LoadError>>,
+    ) -> Result<Option<PluginInfo>, LoadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let started = Instant::now();
         let old = self.info();
         let attempt = async {
-            let new = loaded::load(&self.rt, &self.settings, compile_mode(&self.settings)).await?;
+            let new = load.await?;
             // A version in place needs no more checking; one rolled back is refused before it.
             match self.versions.lock().unwrap().rollout.judge(&new.report.sha256) {
                 Some(Offer::Unchanged) => return Ok(None),
