@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -382,8 +382,10 @@ pub struct Window {
     counted: [bool; OUTCOMES.len()],
     ring: Box<[AtomicBool]>,
     calls: AtomicU64,
-    failures: AtomicU64,
-    max_failures: u64,
+    /// Failures in the ring. Signed: a slot's flag is swapped before the count follows, so a
+    /// racing call may see it one below for a moment.
+    failures: AtomicI64,
+    max_failures: i64,
     by_outcome: [AtomicU64; OUTCOMES.len()],
     tripped: AtomicBool,
     last_failure: Mutex<String>,
@@ -396,7 +398,7 @@ impl Window {
             counted,
             ring: (0..budget.window_calls.max(1)).map(|_| AtomicBool::new(false)).collect(),
             calls: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            failures: AtomicI64::new(0),
             max_failures: budget.max_failures.into(),
             by_outcome: Default::default(),
             tripped: AtomicBool::new(false),
@@ -442,7 +444,7 @@ impl Window {
             .collect();
         format!(
             "{} of the last {} calls failed, over the budget of {} ({}); last: {}",
-            self.failures.load(Relaxed),
+            self.failures.load(Relaxed).max(0),
             self.calls().min(self.ring.len() as u64),
             self.max_failures,
             by.join(", "),
