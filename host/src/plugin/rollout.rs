@@ -643,6 +643,77 @@ mod tests {
         assert_eq!(w.calls(), 8);
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Offer(usize),
+        Tick(u64, u64),
+        Exceeded(usize),
+        Pin(usize, usize),
+        Unpin(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4usize).prop_map(Op::Offer),
+            (0..130u64, 0..30u64).prop_map(|(s, c)| Op::Tick(s, c)),
+            (0..3usize).prop_map(Op::Exceeded),
+            (0..3usize, 0..4usize).prop_map(|(n, d)| Op::Pin(n, d)),
+            (0..3usize).prop_map(Op::Unpin),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of files, clock steps, blown budgets and pins: every node runs a version
+        /// that is held, the swaps reported are exactly the changes, a rolled-back version runs
+        /// on no unpinned node, and outside a rollout every unpinned node runs the stable one.
+        #[test]
+        fn any_sequence_keeps_the_assignment_consistent(
+            canaries in proptest::sample::subsequence(vec!["n1", "n2", "n3"], 0..3),
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let digests = ["a", "b", "c", "d"];
+            let t0 = Instant::now();
+            let mut elapsed = 0;
+            let mut r = Rollout::new(Some(policy(&canaries)), nodes(), "a".into());
+            for op in ops {
+                let before = r.assignment();
+                let swaps = match op {
+                    Op::Offer(d) => match r.offer(digests[d], t0 + Duration::from_secs(elapsed)) {
+                        Offer::Admitted(s) => s,
+                        _ => Vec::new(),
+                    },
+                    Op::Tick(secs, calls) => {
+                        elapsed += secs;
+                        r.tick(t0 + Duration::from_secs(elapsed), calls)
+                    }
+                    Op::Exceeded(n) => r.exceeded(&nodes()[n], "x", SystemTime::now()),
+                    Op::Pin(n, d) => {
+                        let held = r.retained();
+                        if !held.contains(digests[d]) { continue; }
+                        r.pin(&nodes()[n], digests[d])
+                    }
+                    Op::Unpin(n) => r.unpin(&nodes()[n]),
+                };
+                let after = r.assignment();
+                let held = r.retained();
+                proptest::prop_assert!(after.values().all(|d| held.contains(d)), "{after:?} not in {held:?}");
+                let changed: Vec<_> = before.iter().filter(|(n, d)| after[*n] != **d).map(|(n, _)| n.clone()).collect();
+                proptest::prop_assert_eq!(swaps.iter().map(|s| s.node.clone()).collect::<Vec<_>>(), changed);
+                proptest::prop_assert!(swaps.iter().all(|s| before[&s.node] == s.from && after[&s.node] == s.to));
+                for (node, digest) in &after {
+                    if r.pins().contains_key(node) { continue; }
+                    if let Some(bad) = r.rolled_back() {
+                        proptest::prop_assert_ne!(digest, &bad.digest);
+                    }
+                    if r.candidate().is_none() {
+                        proptest::prop_assert_eq!(digest.as_str(), r.stable());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn settings_are_checked_against_the_nodes_naming_the_key() {
         let ids = nodes();
