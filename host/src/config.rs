@@ -288,6 +288,10 @@ impl DaemonConfig {
                 }
             }
         }
+        if let Some(rollout) = &self.plugin.rollout {
+            let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
+            rollout.check(&ids).map_err(|(key, message)| invalid(&key, message))?;
+        }
         if self.api.qps == 0 || self.api.burst == 0 {
             return Err(invalid("api", "qps and burst must be at least 1".into()));
         }
@@ -502,6 +506,20 @@ id = "bj"
                 "{ok}"
             );
         }
+    }
+
+    #[test]
+    fn a_rollout_naming_an_unknown_canary_node_is_refused_naming_the_key_and_the_ids() {
+        let with = |canaries: &str| {
+            MINIMAL.replace("[[nodes]]", &format!("[plugin.rollout]\ncanary_nodes = {canaries}\n[[nodes]]"))
+        };
+        let c = DaemonConfig::parse(&with("[\"bj\"]"), Path::new("t.toml")).unwrap();
+        assert_eq!(c.plugin.rollout.unwrap().canary_nodes, ["bj"]);
+        let err = DaemonConfig::parse(&with("[\"gz\"]"), Path::new("t.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("plugin.rollout.canary_nodes[0]") && err.contains("\"gz\"") && err.contains("\"bj\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The daemon: loads the plugin, starts one runner per configured node, the plugin file watcher
-//! and the admin endpoint (Prometheus `/metrics`, plugin reload); stops them all on shutdown,
+//! The daemon: loads the plugin, starts one runner per configured node, the plugin file watcher,
+//! the rollout of new plugin versions and the admin endpoint (Prometheus `/metrics`, plugin reload); stops them all on shutdown,
 //! leaving instances running.
 
 use std::sync::Arc;
@@ -63,6 +63,7 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let mut tasks = vec![plugin.spawn_watcher(shutdown.clone())];
+        tasks.extend(plugin.spawn_rollout(shutdown.clone()));
         let (admin_addr, admin) = start_admin(&config, plugin.clone(), metrics.clone(), shutdown.clone()).await?;
         tasks.extend(admin);
         let shared = Arc::new(Shared {

@@ -54,6 +54,13 @@ enum PluginCommand {
     Sign(vkhost::plugin::source::publish::SignArgs),
     /// Write a new ECDSA P-256 signing key pair (PREFIX.key, PREFIX.pub).
     Keygen(vkhost::plugin::source::publish::KeygenArgs),
+
+    /// Show which plugin version each node of a running daemon runs, and the rollout.
+    Versions(vkhost::plugin::VersionsArgs),
+    /// Keep a node of a running daemon on a plugin version it holds, whatever rollouts do.
+    Pin(vkhost::plugin::PinArgs),
+    /// Release a node's pin.
+    Unpin(vkhost::plugin::UnpinArgs),
 }
 
 #[derive(Subcommand)]
@@ -92,6 +99,13 @@ fn load(config: &PathBuf) -> anyhow::Result<DaemonConfig> {
     Ok(DaemonConfig::load(config)?)
 }
 
+/// The `[admin]` table of the `--config` given to a command that talks to a running daemon.
+fn admin_config(args: &vkhost::plugin::AdminArgs) -> anyhow::Result<Option<vkhost::plugin::AdminConfig>> {
+    let Some(path) = &args.config else { return Ok(None) };
+    let admin = load(path)?.admin;
+    Ok(Some(vkhost::plugin::AdminConfig { listen: admin.listen, token_file: admin.token_file }))
+}
+
 async fn shutdown_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -128,6 +142,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command: PluginCommand::Check(args) } => {
             let code = vkhost::plugin::run_check(args).await?;
             Ok(ExitCode::from(code as u8))
+        }
+        Command::Plugin { command: PluginCommand::Versions(args) } => {
+            let admin = admin_config(&args.admin)?;
+            Ok(ExitCode::from(vkhost::plugin::run_versions(args, admin.as_ref()).await? as u8))
+        }
+        Command::Plugin { command: PluginCommand::Pin(args) } => {
+            let admin = admin_config(&args.admin)?;
+            let code = vkhost::plugin::run_pin(&args.node, Some(&args.version), &args.admin, admin.as_ref()).await?;
+            Ok(ExitCode::from(code as u8))
+        }
+        Command::Plugin { command: PluginCommand::Unpin(args) } => {
+            let admin = admin_config(&args.admin)?;
+            Ok(ExitCode::from(vkhost::plugin::run_pin(&args.node, None, &args.admin, admin.as_ref()).await? as u8))
         }
         Command::Plugin { command: PluginCommand::Translate(args) } | Command::Translate(args) => {
             let code = vkhost::translate::run_translate(args).await?;

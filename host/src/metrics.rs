@@ -1,5 +1,5 @@
 //! Prometheus metrics of the daemon: pod sync latency, provider calls by export and outcome,
-//! plugin reloads, pods by phase, instances held, orphans deleted, and the counters the plugin
+//! plugin reloads and rollbacks, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
 //! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
 //! running pods, waits for a plugin's cloud-API budget. Served on the admin endpoint.
@@ -58,6 +58,8 @@ pub struct Metrics {
     provider_calls: Family<Labels, Gauge>,
     plugin_reloads: Family<Labels, Counter>,
     plugin_signature_refusals: Counter,
+
+    plugin_rollbacks: Family<Labels, Counter>,
     plugin_counters: Family<Labels, Counter>,
     fenced_writes: Family<Labels, Counter>,
     reference_watches: Family<Labels, Gauge>,
@@ -103,6 +105,12 @@ impl Metrics {
             "plugin_signature_refusals",
             "Plugin versions refused because they were unsigned or not signed by the configured key",
             plugin_signature_refusals.clone(),
+
+        let plugin_rollbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "plugin_rollbacks",
+            "Automatic rollbacks of a new plugin version that exceeded its error budget, by node",
+            plugin_rollbacks.clone(),
         );
         let plugin_counters = Family::<Labels, Counter>::default();
         registry.register(
@@ -150,6 +158,8 @@ impl Metrics {
             provider_calls,
             plugin_reloads,
             plugin_signature_refusals,
+
+            plugin_rollbacks,
             plugin_counters,
             fenced_writes,
             reference_watches,
@@ -182,6 +192,11 @@ impl Metrics {
         if total > seen {
             self.plugin_signature_refusals.inc_by(total - seen);
         }
+    }
+
+    /// A new plugin version was rolled back on `node`.
+    pub fn rollback(&self, node: &str) {
+        self.plugin_rollbacks.get_or_create(&labels([("node", node)])).inc();
     }
 
     /// A write for `node` to `target` (`api`, `cloud`) refused by the node's fence.

@@ -236,7 +236,7 @@ async fn act(
         .validate_config(&settings.id, &config_json)
         .await
         .map_err(|source| NodeError::Provider { node: settings.id.clone(), source })?;
-    let plugin_info = shared.plugin.info();
+    let plugin_info = shared.plugin.info_for(&settings.id);
 
     // The name is needed for the call context, but the offer is needed to create the node: ask
     // the provider with the config id first, then with the real name.
@@ -273,6 +273,7 @@ async fn act(
     let _registered = shared.plugin.stores().register(&name, records.clone());
     fence.name(&name);
     shared.plugin.fence_node(&name, fence.clone());
+    shared.plugin.name_node(&settings.id, &name);
     // From here on the node acts as itself where the Node authorizer and NodeRestriction let it.
     let lanes = identity::LaneLimits {
         pods: shared.config.api.clone(),
@@ -388,7 +389,7 @@ async fn heartbeat(
                 if let Ok(offer) = shared.plugin.describe_node(&ctx.call).await {
                     shape.offer = offer;
                 }
-                shape.plugin = shared.plugin.info();
+                shape.plugin = shared.plugin.info_for(&ctx.node_name);
                 // Status on every beat is cheap for at most 8 nodes and keeps the conditions'
                 // heartbeat times honest; the Lease is what liveness rests on.
                 if let Err(e) = registration::patch_status(&beat, &ctx.node_name, &shape).await {
@@ -441,48 +442,51 @@ async fn node_deleted_by_someone(
     ops::delete_instances(&shared.plugin, &ctx.call, &ctx.records).await
 }
 
-/// Turns plugin reload attempts into Node Events (as the node), the plugin annotation (as the
+/// Turns plugin reload refusals and this node's version changes (a reload, a canary, a
+/// promotion, a rollback, a pin) into Node Events (as the node), the plugin annotation (as the
 /// daemon, fenced as the node: node metadata) and metrics.
 async fn report_reloads(shared: Arc<Shared>, daemon: Client, node: String, as_node: Client, term: CancellationToken) {
-    let mut events = shared.plugin.subscribe();
+    let mut reloads = shared.plugin.subscribe();
+    let mut versions = shared.plugin.subscribe_versions();
     let recorder =
         Recorder::new(as_node.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });
     let nodes: Api<Node> = Api::all(as_node);
     loop {
-        let ev = tokio::select! {
+        let (type_, reason, note, new) = tokio::select! {
             _ = term.cancelled() => return,
-            ev = events.recv() => ev,
-        };
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(_) => return,
-        };
-        shared.metrics.reload(ev.is_ok());
-        let (type_, reason, note) = match &ev.outcome {
-            Err(why) if ev.signature_refused => (
-                EventType::Warning,
-                "PluginSignatureRefused",
-                format!("new provider plugin refused, {} keeps serving: {why}", crate::plugin::label(&ev.old)),
-            ),
-            Ok(new) => (
-                EventType::Normal,
-                "PluginReloaded",
-                format!("provider plugin {} replaced by {}", crate::plugin::label(&ev.old), crate::plugin::label(new)),
-            ),
-            Err(why) => (
-                EventType::Warning,
-                "PluginReloadRefused",
-                format!("new provider plugin refused, {} keeps serving: {why}", crate::plugin::label(&ev.old)),
-            ),
+            ev = reloads.recv() => match ev {
+                Ok(ev) => {
+                    shared.metrics.reload(ev.is_ok());
+                    // An admitted version is reported by the nodes it reaches, as it reaches them.
+                    let Err(why) = &ev.outcome else { continue };
+                    let note = format!("new provider plugin refused, {} keeps serving: {why}", crate::plugin::label(&ev.old));
+                    let reason = if ev.signature_refused { "PluginSignatureRefused" } else { "PluginReloadRefused" };
+                    (EventType::Warning, reason, note, None)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+            ev = versions.recv() => match ev {
+                Ok(ev) if ev.concerns(&node) => {
+                    if matches!(ev.step, crate::plugin::Step::RolledBack { .. }) {
+                        shared.metrics.rollback(&node);
+                    }
+                    let (warning, reason, note) = ev.node_event();
+                    let type_ = if warning { EventType::Warning } else { EventType::Normal };
+                    (type_, reason, note, Some(ev.to))
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
         };
         if let Ok(Some(n)) = nodes.get_opt(&node).await {
             let event =
                 Event { type_, reason: reason.into(), note: Some(note), action: "Reload".into(), secondary: None };
             let _ = recorder.publish(&event, &n.object_ref(&())).await;
         }
-        if let Ok(new) = &ev.outcome {
-            let _ = registration::annotate_plugin(&daemon, &node, new, ev.source.as_ref()).await;
+        if let Some(new) = &new {
+            let source = shared.plugin.provenance_for(&node);
+            let _ = registration::annotate_plugin(&daemon, &node, new, source.as_ref()).await;
         }
     }
 }

@@ -1,8 +1,9 @@
-//! The plugin's admin HTTP routes: `GET /plugin` shows the active version, `POST /plugin/reload`
-//! reloads it now. Reading is open (it shows versions and counters, no config); anything that
-//! triggers work needs the operator's bearer token (`[admin] token_file`), and without a token
-//! file the mutating routes are off: anyone who can reach the port must not be able to make the
-//! daemon swap code.
+//! The plugin's admin HTTP routes: `GET /plugin` shows the stable version, `GET /plugin/versions`
+//! every node's version and the rollout, `POST /plugin/reload` reloads the file now,
+//! `POST /plugin/pin` and `/plugin/unpin` hold a node on a version or release it. Reading is open
+//! (it shows versions and counters, no config); anything that triggers work needs the operator's
+//! bearer token (`[admin] token_file`), and without a token file the mutating routes are off:
+//! anyone who can reach the port must not be able to make the daemon swap code.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +86,9 @@ pub fn admin_router(plugin: Arc<Plugin>, token: Option<AdminToken>) -> Router {
     Router::new()
         .route("/plugin", get(active))
         .route("/plugin/reload", post(reload))
+        .route("/plugin/versions", get(versions))
+        .route("/plugin/pin", post(pin))
+        .route("/plugin/unpin", post(unpin))
         .with_state(Arc::new(AdminState { plugin, token }))
 }
 
@@ -92,29 +96,75 @@ async fn active(State(state): State<Arc<AdminState>>) -> Json<Value> {
     Json(json!(state.plugin.summary()))
 }
 
+async fn versions(State(state): State<Arc<AdminState>>) -> Json<Value> {
+    Json(json!(state.plugin.versions()))
+}
+
+/// The body of `POST /plugin/pin` (`version` unused by `/plugin/unpin`).
+#[derive(serde::Deserialize)]
+struct PinRequest {
+    node: String,
+    #[serde(default)]
+    version: String,
+}
+
+async fn pin(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(req): Json<PinRequest>,
+) -> (StatusCode, Json<Value>) {
+    if let Err(refusal) = authorize(&state, &headers, "/plugin/pin") {
+        return refusal;
+    }
+    pinned(&state, state.plugin.pin(&req.node, &req.version))
+}
+
+async fn unpin(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Json(req): Json<PinRequest>,
+) -> (StatusCode, Json<Value>) {
+    if let Err(refusal) = authorize(&state, &headers, "/plugin/unpin") {
+        return refusal;
+    }
+    pinned(&state, state.plugin.unpin(&req.node))
+}
+
+/// The answer to a pin or unpin: the node's version now, or why nothing changed.
+fn pinned(state: &AdminState, result: Result<String, crate::plugin::PinError>) -> (StatusCode, Json<Value>) {
+    match result {
+        Ok(node) => {
+            let now = state.plugin.versions().nodes.into_iter().find(|n| n.node == node);
+            (StatusCode::OK, Json(json!({ "node": now })))
+        }
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": e.to_string() }))),
+    }
+}
+
 /// Refuses a mutating request that does not carry the token, saying what would be accepted.
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), (StatusCode, Json<Value>)> {
-    match &state.token {
-        None => Err((
+fn authorize(state: &AdminState, headers: &HeaderMap, route: &str) -> Result<(), (StatusCode, Json<Value>)> {
+    let refused = match &state.token {
+        Some(token) if token.admits(headers) => return Ok(()),
+        None => (
             StatusCode::FORBIDDEN,
             Json(json!({
-                "error": "POST /plugin/reload is disabled: set [admin] token_file to enable it \
-                          (SIGHUP and the file watcher reload without it)"
+                "error": format!("POST {route} is disabled: set [admin] token_file to enable it \
+                                  (SIGHUP and the file watcher reload without it)")
             })),
-        )),
-        Some(token) if token.admits(headers) => Ok(()),
-        Some(_) => Err((
+        ),
+        Some(_) => (
             StatusCode::UNAUTHORIZED,
             Json(
                 json!({ "error": "missing or wrong `Authorization: Bearer <token>` (the token in [admin] token_file)" }),
             ),
-        )),
-    }
+        ),
+    };
+    tracing::warn!(route, "admin: unauthenticated POST refused");
+    Err(refused)
 }
 
 async fn reload(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
-    if let Err(refusal) = authorize(&state, &headers) {
-        tracing::warn!("admin: unauthenticated POST /plugin/reload refused");
+    if let Err(refusal) = authorize(&state, &headers, "/plugin/reload") {
         return refusal;
     }
     match state.plugin.reload().await {

@@ -207,6 +207,8 @@ pub enum LoadError {
     Info { path: PathBuf, source: CallError },
     #[error("plugin {plugin} version {version} rejects the config of node {node}: {source}")]
     ConfigRejected { plugin: String, version: String, node: String, source: CallError },
+    #[error("plugin {plugin} version {version}: {message}")]
+    RolledBack { plugin: String, version: String, message: String },
     #[error("plugin settings: {0}")]
     Settings(String),
     /// The source offered no component, or one whose signature was refused.

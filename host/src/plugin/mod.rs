@@ -2,7 +2,8 @@
 //!
 //! Rooms: `runtime` (engine, epoch ticker, linker), `contract` (version read before compiling),
 //! `cache` (compiled components on disk), `loaded` (one checked version and how a call runs),
-//! `handle` + `calls` + `watcher` (the hot-swappable `Plugin`), `imports` (what a guest can reach),
+//! `handle` + `calls` + `watcher` (the hot-swappable `Plugin`), `rollout` (which node runs which
+//! version: canaries, promotion, rollback on a blown error budget, pins), `imports` (what a guest can reach),
 //! `v0_2_0` (the native bindings of contract 0.2, whose types are the host's) and `v0_1_2` (the
 //! bindings of 0.1.2 and the adapter that runs every 0.1.x plugin on them), `check` + `cli`
 //! (`vkhost plugin check`),
@@ -19,6 +20,7 @@ mod error;
 mod handle;
 mod imports;
 mod loaded;
+pub mod rollout;
 mod runtime;
 pub mod settings;
 pub mod source;
@@ -31,11 +33,17 @@ mod watcher;
 pub use admin::{AdminToken, AdminTokenError, admin_router};
 pub use cache::Origin;
 pub use check::{CheckReport, SmokeResult, check};
-pub use cli::{CheckArgs, run_check};
+pub use cli::{AdminArgs, AdminConfig, CheckArgs, PinArgs, UnpinArgs, VersionsArgs, run_check, run_pin, run_versions};
 pub use error::{CallError, Export, LoadError, describe_provider_error};
 pub use handle::{ActiveSummary, Plugin, ReloadEvent, ReloadTrigger};
 pub use imports::budget::{BudgetSettings, BudgetStats};
+
+pub use handle::{
+    ActiveSummary, CandidateView, NodeVersion, PinError, Plugin, ReloadEvent, ReloadTrigger, VersionEvent, VersionView,
+    VersionsView,
+};
 pub use loaded::{LoadReport, host_contracts};
+pub use rollout::{Budget, RolloutSettings, Step};
 pub use runtime::PluginRuntime;
 pub use settings::{Limits, PluginSettings};
 pub use source::{Provenance, SourceError};

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::plugin::imports::budget::BudgetSettings;
 
+use crate::plugin::rollout::RolloutSettings;
+
 /// How to load and confine one provider plugin.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +49,9 @@ pub struct PluginSettings {
     /// background. Off: every new file waits for Cranelift.
     #[serde(default = "yes")]
     pub baseline_compile: bool,
+    /// How a new version reaches the nodes (`[plugin.rollout]`); absent: every node at once.
+    #[serde(default)]
+    pub rollout: Option<RolloutSettings>,
 }
 
 fn yes() -> bool {
@@ -103,6 +108,7 @@ impl PluginSettings {
             egress: BudgetSettings::default(),
             cache_dir: None,
             baseline_compile: true,
+            rollout: None,
         }
     }
 

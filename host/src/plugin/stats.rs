@@ -32,6 +32,8 @@ pub struct PluginStats {
     optimized_swaps: AtomicU64,
     optimized_superseded: AtomicU64,
     signature_refusals: AtomicU64,
+
+    rollbacks: AtomicU64,
     calls: [[AtomicU64; OUTCOMES.len()]; Export::ALL.len()],
     micros: [AtomicU64; Export::ALL.len()],
 }
@@ -48,6 +50,9 @@ pub struct StatsSnapshot {
     pub optimized_superseded: u64,
     /// Versions refused because they were unsigned or not signed by the configured key.
     pub signature_refusals: u64,
+
+    /// Node version changes that were automatic rollbacks (one per node rolled back).
+    pub rollbacks: u64,
     /// Non-zero counters only.
     pub calls: Vec<CallCount>,
 }
@@ -89,6 +94,10 @@ impl PluginStats {
         self.optimized_swaps.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn record_rollback(&self) {
+        self.rollbacks.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn record_optimized_superseded(&self) {
         self.optimized_superseded.fetch_add(1, Relaxed);
     }
@@ -118,6 +127,8 @@ impl PluginStats {
             optimized_swaps: self.optimized_swaps.load(Relaxed),
             optimized_superseded: self.optimized_superseded.load(Relaxed),
             signature_refusals: self.signature_refusals.load(Relaxed),
+
+            rollbacks: self.rollbacks.load(Relaxed),
             calls,
         }
     }

@@ -280,7 +280,7 @@ impl NodeContext {
     /// node's config. A refusal stamped with another is judged again.
     pub fn verdict_basis(&self) -> String {
         use sha2::Digest;
-        let summary = self.plugin.summary();
+        let summary = self.plugin.summary_for(&self.node_name);
         let config = hex::encode(sha2::Sha256::digest(self.call.config.as_bytes()));
         let build: String = summary.load.sha256.chars().take(12).collect();
         format!("{}@{} {build} config {}", summary.info.name, summary.info.version, &config[..12])
@@ -397,11 +397,12 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
         // the cache above still has them, for the listing task and for the next reconcile.
         .predicate_filter(|p: &Pod| super::own_writes::others_writes(p, &HOST_ANNOTATIONS), PredicateConfig::default());
-    // A new plugin build may judge refused pods differently: look at every pod again.
-    let reloads = futures::stream::unfold(ctx.plugin.subscribe(), |mut rx| async move {
+    // A new plugin build on this node may judge refused pods differently: look at every pod again.
+    let versions = (ctx.plugin.subscribe_versions(), ctx.node_name.clone());
+    let reloads = futures::stream::unfold(versions, |(mut rx, node)| async move {
         loop {
             match rx.recv().await {
-                Ok(ev) if ev.is_ok() => return Some(((), rx)),
+                Ok(ev) if ev.concerns(&node) => return Some(((), (rx, node))),
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return None,
             }
@@ -639,7 +640,11 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         pod,
         false,
         "ProviderCreateSuccess",
-        format!("created instance {} with {}", outcome.instance_id, crate::plugin::label(&ctx.plugin.info())),
+        format!(
+            "created instance {} with {}",
+            outcome.instance_id,
+            crate::plugin::label(&ctx.plugin.info_for(&ctx.node_name))
+        ),
     )
     .await;
     for ev in &outcome.events {

@@ -4,8 +4,10 @@
 //! The behaviour comes from the pod name (pod exports) or the config's `mode` (validate-config,
 //! node.describe): `trap`, `unreachable`, `loop`, `oom`, `denied` (HTTP outside the allowlist),
 //! `echo` (HTTP to the config's `echo_url`), `sleep-http` (HTTP to `echo_url` + `/sleep`),
-//! anything else behaves. Build-time switches: `FAULTY_VERSION` (the reported version) and
-//! `FAULTY_BROKEN` (validate-config always traps: a bad release for reload tests).
+//! anything else behaves. Build-time switches: `FAULTY_VERSION` (the reported version),
+//! `FAULTY_BROKEN` (validate-config always traps: a bad release for reload tests) and
+//! `FAULTY_BROKEN_PODS` (validate-config passes, node and pod exports trap: a bad release only
+//! its calls reveal, for rollout tests).
 
 wit_bindgen::generate!({ path: "../../wit/v0.1.0", world: "provider" });
 
@@ -28,6 +30,7 @@ const VERSION: &str = match option_env!("FAULTY_VERSION") {
     None => "0.0.0-dev",
 };
 const BROKEN: bool = option_env!("FAULTY_BROKEN").is_some();
+const BROKEN_PODS: bool = option_env!("FAULTY_BROKEN_PODS").is_some();
 
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue { key: key.into(), value: value.into() }
@@ -49,6 +52,9 @@ fn pod_name(pod: &ResolvedPod) -> String {
 
 /// Does what `mode` says; returns an annotation value for the modes that return at all.
 fn misbehave(mode: &str, ctx: &CallContext) -> Result<String, ProviderError> {
+    if BROKEN_PODS {
+        panic!("faulty {VERSION} is a broken build: every node and pod export traps");
+    }
     match mode {
         "trap" => panic!("faulty provider asked to trap"),
         #[cfg(target_arch = "wasm32")]
@@ -126,6 +132,9 @@ impl metadata::Guest for Faulty {
                 message: "mode is reject, so this config is rejected".into(),
             }));
         }
+        if BROKEN_PODS {
+            return Ok(config);
+        }
         let ctx = CallContext { node_name: node, config: config.clone() };
         misbehave(&mode, &ctx)?;
         Ok(config)
@@ -172,7 +181,10 @@ impl pods::Guest for Faulty {
         Ok(status())
     }
 
-    fn list(_: CallContext) -> Result<Vec<Instance>, ProviderError> {
+    fn list(ctx: CallContext) -> Result<Vec<Instance>, ProviderError> {
+        if BROKEN_PODS {
+            misbehave("", &ctx)?;
+        }
         Ok(vec![])
     }
 
