@@ -99,6 +99,7 @@ async fn a_tag_is_pulled_pinned_by_digest_and_a_tag_move_hot_reloads() {
     assert_eq!(pinned.info().version, "1.0.0");
     shutdown.cancel();
     watcher.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,6 +147,7 @@ async fn unsigned_and_wrongly_signed_versions_are_refused_and_the_running_one_st
     assert_eq!(ev.outcome.as_ref().map(|i| i.version.as_str()), Ok("2.0.0"), "{ev:?}");
     shutdown.cancel();
     watcher.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,6 +175,7 @@ async fn a_daemon_starts_from_the_cache_when_the_registry_is_down() {
     // Without a cached copy the error says the registry is unreachable and nothing is cached.
     let err = load(oci_settings(&tag, Some(&public), &dir.join("empty"))).await.err().unwrap().to_string();
     assert!(err.contains("cannot be reached") && err.contains("no pulled copy is cached"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,4 +200,5 @@ async fn a_file_source_needs_its_detached_signature_when_a_key_is_configured() {
     assert_eq!(plugin.info().version, "1.0.0");
     assert_eq!(run_sign(SignArgs { file: file.clone(), key }).unwrap(), 0);
     assert_eq!(plugin.reload().await.unwrap().version, "2.0.0");
+    let _ = std::fs::remove_dir_all(&dir);
 }
