@@ -105,7 +105,7 @@ impl Metrics {
             "plugin_signature_refusals",
             "Plugin versions refused because they were unsigned or not signed by the configured key",
             plugin_signature_refusals.clone(),
-
+        );
         let plugin_rollbacks = Family::<Labels, Counter>::default();
         registry.register(
             "plugin_rollbacks",

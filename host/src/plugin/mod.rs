@@ -35,7 +35,6 @@ pub use cache::Origin;
 pub use check::{CheckReport, SmokeResult, check};
 pub use cli::{AdminArgs, AdminConfig, CheckArgs, PinArgs, UnpinArgs, VersionsArgs, run_check, run_pin, run_versions};
 pub use error::{CallError, Export, LoadError, describe_provider_error};
-pub use handle::{ActiveSummary, Plugin, ReloadEvent, ReloadTrigger};
 pub use imports::budget::{BudgetSettings, BudgetStats};
 
 pub use handle::{
