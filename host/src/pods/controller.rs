@@ -22,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 use super::deletions::{self, Progress};
 use super::references::{self, Change, ReferenceWatches};
 use super::resolve::{self, Missing};
+use super::startup::Stage;
 use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{
-    CallContext, CallError, CreateAttempt, DeleteReason, Deletion, EventKind, Plugin, PodChange, PodPhase, PodRef,
-    ProviderError, ResolvedPod, UpdateOutcome,
+    CallContext, CallError, DeleteReason, Deletion, EventKind, Plugin, PodChange, PodPhase, PodRef, ProviderError,
+    ResolvedPod, UpdateOutcome,
 };
 use crate::records::{self, NodeRecords, PendingDeletion, RecordsError};
 
@@ -83,6 +84,10 @@ pub struct NodeContext {
     finalize_retries: deletions::Retries,
     /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes.
     pub references: ReferenceWatches,
+    /// Where the time of each pod's start goes (`vkhost_pod_start_seconds`).
+    pub startups: super::startup::Startups,
+    /// The pods a create was sent for, for `create-attempt.may-exist`.
+    create_attempts: super::attempts::CreateAttempts,
 }
 
 impl NodeContext {
@@ -122,6 +127,8 @@ impl NodeContext {
             records,
             finalize_retries: deletions::Retries::default(),
             references,
+            startups: Default::default(),
+            create_attempts: Default::default(),
         })
     }
 
@@ -261,12 +268,16 @@ pub async fn run(ctx: Arc<NodeContext>, shutdown: CancellationToken) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let (store, writer) = reflector::store();
+    let seen = ctx.clone();
     let pods = watcher(pods, wc)
         .default_backoff()
         // managedFields are the apiserver's field-ownership bookkeeping, about a third of a pod
         // object; nothing here reads them. Dropping them before the cache keeps the daemon's
         // memory per pod (and the pod JSON handed to the plugin) small.
-        .modify(|pod| pod.managed_fields_mut().clear())
+        .modify(move |pod| {
+            pod.managed_fields_mut().clear();
+            seen.startups.seen(pod);
+        })
         .reflect(writer)
         .applied_objects()
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
@@ -349,6 +360,7 @@ async fn adopt(ctx: &NodeContext) {
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
     let started = Instant::now();
     ctx.metrics.reconciled(&ctx.node_name);
+    ctx.startups.reconciling(&pod);
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
     let result = tracing::Instrument::instrument(sync(&pod, &ctx), span).await;
     ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
@@ -475,6 +487,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let refs = resolve::fetch(&ctx.client, &ctx.services, pod)
         .await
         .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
+    ctx.startups.lap(pod, Stage::Fetch);
     let resolution = match resolve::resolve(pod, &refs) {
         Ok(r) => r,
         Err(missing) => return wait_for_missing(pod, ctx, missing).await,
@@ -483,9 +496,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     for (reason, note) in &resolution.warnings {
         ctx.event(pod, true, reason, note.clone()).await;
     }
-    // Whether an earlier attempt may have reached the backend is not tracked yet, so the
-    // provider always looks for an existing instance first.
-    let attempt = CreateAttempt { may_exist: true };
+    let attempt = ctx.create_attempts.begin(pod, ctx.plugin.fence_of(&ctx.node_name).as_ref());
     let outcome = match ctx.plugin.create(&ctx.call, &resolution.pod, attempt).await {
         Ok(o) => o,
         Err(CallError::Provider(ProviderError::Invalid(inv))) => {
@@ -507,6 +518,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             return Err(SyncError::Provider { pod: k, source: e });
         }
     };
+    ctx.startups.lap(pod, Stage::Create);
     ctx.reset_backoff(&uid);
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     ctx.instances.lock().unwrap().insert(
@@ -537,6 +549,11 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     )
     .await
     .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+    ctx.startups.lap(pod, Stage::Annotate);
+    // The status first: it is what makes the pod Ready; the events say how it got there.
+    let next =
+        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+    write_status(pod, ctx, next).await?;
     ctx.event(
         pod,
         false,
@@ -547,9 +564,6 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     for ev in &outcome.events {
         ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone()).await;
     }
-    let next =
-        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
-    write_status(pod, ctx, next).await?;
     Ok(next_poll(&outcome.status.phase, refresh_at))
 }
 
@@ -761,7 +775,9 @@ async fn refresh_status(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncErro
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
     let record = ctx.instances.lock().unwrap().get(&uid).cloned();
-    match ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await {
+    let report = ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await;
+    ctx.startups.lap(pod, Stage::ProviderStatus);
+    match report {
         Ok(report) => {
             let instance = record.map(|r| r.instance_id).unwrap_or_default();
             let next = status::pod_status_json(&report, &ctx.host_ip, &instance, pod_status_value(pod).as_ref());
@@ -861,6 +877,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
     }
     ctx.instances.lock().unwrap().remove(&uid);
+    ctx.create_attempts.forget(&uid);
     ctx.references.untrack(&uid);
     ctx.reset_backoff(&uid);
     ctx.told_missing.lock().unwrap().remove(&uid);
@@ -949,12 +966,18 @@ async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), S
         return Ok(());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": next}))).await {
-        Ok(_) => Ok(()),
+    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": &next}))).await {
+        Ok(_) => {
+            ctx.startups.status_written(pod, &next, &ctx.node_name, &ctx.metrics);
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(source) => Err(SyncError::Kube { pod: key(pod), source }),
     }
 }
+
+/// How often the status sync lists the instances while some are starting.
+const STARTING_SYNC: Duration = Duration::from_millis(250);
 
 /// Every few seconds: one `list` call brings every pod's status up to date, marks pods whose
 /// instance vanished, and (less often) deletes instances no pod owns — they cost money.
@@ -980,9 +1003,13 @@ async fn status_sync_loop(ctx: Arc<NodeContext>, store: Store<Pod>, shutdown: Ca
         } else if sweep_due {
             last_sweep = Some(Instant::now());
         }
+        // While instances start, their statuses come from the list every STARTING_SYNC: one
+        // call per page of instances, where polling each pod would be a call per pod.
+        let wait = if ctx.startups.instances_starting() { STARTING_SYNC } else { period };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = ctx.startups.instance_started(), if wait == period => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -1027,6 +1054,7 @@ async fn sync_all(ctx: &NodeContext, store: &Store<Pod>, sweep: bool) -> Result<
                     &inst.instance_id,
                     pod_status_value(pod).as_ref(),
                 );
+                ctx.startups.lap(pod, Stage::Requeue);
                 if let Err(e) = write_status(pod, ctx, next).await {
                     tracing::debug!(error = %e, "status write");
                 }
