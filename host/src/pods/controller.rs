@@ -542,18 +542,19 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
     let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-    api.patch(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
-    )
-    .await
-    .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
-    ctx.startups.lap(pod, Stage::Annotate);
-    // The status first: it is what makes the pod Ready; the events say how it got there.
+    let annotate = async {
+        let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
+        let written = api.patch(&pod.name_any(), &PatchParams::default(), &patch).await;
+        ctx.startups.lap(pod, Stage::Annotate);
+        written.map_err(|source| SyncError::Kube { pod: k.clone(), source })
+    };
+    // The annotations and the status at once, each finished whatever the other's outcome
+    // (neither needs the other: annotations that fail are written by the next, idempotent,
+    // create), then the events: the status makes the pod Ready, the events say how it got there.
     let next =
         status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
-    write_status(pod, ctx, next).await?;
+    let (annotated, written) = tokio::join!(annotate, write_status(pod, ctx, next));
+    annotated.and(written)?;
     ctx.event(
         pod,
         false,
