@@ -96,7 +96,8 @@ pub struct PodSettings {
     /// Pods synced at once per node (each pod is always synced serially).
     #[serde(default = "default_workers")]
     pub workers: u16,
-    /// Seconds between full status syncs with the provider's instance list.
+    /// Seconds between full status syncs with the provider's instance list (every 250 ms while
+    /// an instance made in the last minute is starting).
     #[serde(default = "default_status_sync")]
     pub status_sync_seconds: u64,
     /// Seconds between orphan sweeps (instances no pod owns are deleted: they cost money).
