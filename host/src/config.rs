@@ -97,7 +97,7 @@ pub struct PodSettings {
     #[serde(default = "default_workers")]
     pub workers: u16,
     /// Seconds between listings of the provider's instances (status news for the controller,
-    /// the orphan sweep's input).
+    /// the orphan sweep's input); every 250 ms while an instance made in the last minute is starting.
     #[serde(default = "default_status_sync")]
     pub status_sync_seconds: u64,
     /// Seconds between orphan sweeps (instances no pod owns are deleted: they cost money).

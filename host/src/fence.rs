@@ -88,6 +88,9 @@ struct State {
     claim: Option<Claim>,
     /// The current term of acting, ended when a check finds the fence lapsed.
     term: Option<CancellationToken>,
+    /// The wall-clock time the current term began (when the fence was armed), after the claim
+    /// that won the Lease was answered.
+    acting_since: Option<SystemTime>,
 }
 
 /// The fence of one node in this replica; cheap to clone, shared by its runner (which arms and
@@ -109,7 +112,7 @@ impl Fence {
     /// A fence for node `node` (its config id until [`Fence::name`] tells its name) whose
     /// election Lease lasts `lease`; closed until [`Fence::arm`].
     pub fn new(node: &str, lease: Duration, metrics: Arc<Metrics>) -> Self {
-        let state = State { node: node.into(), claim: None, term: None };
+        let state = State { node: node.into(), claim: None, term: None, acting_since: None };
         Fence { lease, state: Arc::new(Mutex::new(state)), metrics }
     }
 
@@ -128,6 +131,7 @@ impl Fence {
         let mut s = self.state.lock().unwrap();
         s.claim = Some(Claim { sent, sent_wall: wall_at(sent) });
         s.term = Some(term);
+        s.acting_since = Some(SystemTime::now());
     }
 
     /// A renewal whose request was sent at `sent` succeeded: the fence holds until
@@ -144,6 +148,19 @@ impl Fence {
         let mut s = self.state.lock().unwrap();
         s.claim = None;
         s.term = None;
+        s.acting_since = None;
+    }
+
+    /// When (wall clock) this replica's current term of acting for the node began; `None` while
+    /// not acting. No other replica wrote for the node after this less [`Fence::clock_margin`]:
+    /// its fence had lapsed by then (module rule), clocks agreeing within the margin.
+    pub fn acting_since(&self) -> Option<SystemTime> {
+        self.state.lock().unwrap().acting_since
+    }
+
+    /// The difference between replicas' (and the apiserver's) clocks the fence allows for.
+    pub fn clock_margin(&self) -> Duration {
+        margin(self.lease)
     }
 
     /// Whether writes may go out now.
@@ -257,6 +274,20 @@ mod tests {
         assert!(!f.holds());
         f.renewed(Instant::now() - Duration::from_secs(1));
         assert!(f.holds());
+    }
+
+    #[test]
+    fn acting_since_is_when_the_term_began_and_not_moved_by_renewals() {
+        let (f, _) = fence();
+        assert_eq!(f.acting_since(), None);
+        let before = SystemTime::now();
+        f.arm(Instant::now(), CancellationToken::new());
+        let since = f.acting_since().unwrap();
+        assert!(since >= before);
+        f.renewed(Instant::now());
+        assert_eq!(f.acting_since(), Some(since));
+        f.disarm();
+        assert_eq!(f.acting_since(), None);
     }
 
     #[test]

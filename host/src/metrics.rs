@@ -2,7 +2,8 @@
 //! plugin reloads and rollbacks, pods by phase, instances held, orphans deleted, and the counters the plugin
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
 //! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
-//! running pods, waits for a plugin's cloud-API budget. Served on the admin endpoint.
+//! running pods, waits for a plugin's cloud-API budget, each started pod's time by stage
+//! (`pods/startup.rs`). Served on the admin endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,6 +67,7 @@ pub struct Metrics {
     egress_waited: Family<Labels, Counter>,
     egress_wait_seconds: Family<Labels, Counter<f64>>,
     egress_refused: Family<Labels, Counter>,
+    pod_start: Family<Labels, Histogram>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -148,6 +150,14 @@ impl Metrics {
             "Plugin HTTP requests failed as timeouts because their turn in the budget came too late",
             egress_refused.clone(),
         );
+        let pod_start = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "pod_start_seconds",
+            "Pods started by this daemon: first sight on the node to the status write showing them Ready (stage=\"total\"), and the time of each stage of that (pods/startup.rs)",
+            pod_start.clone(),
+        );
         Self {
             registry,
             sync_seconds,
@@ -166,6 +176,7 @@ impl Metrics {
             egress_waited,
             egress_wait_seconds,
             egress_refused,
+            pod_start,
             known_phases: Mutex::new(HashMap::new()),
         }
     }
@@ -174,6 +185,11 @@ impl Metrics {
         self.sync_seconds.observe(took.as_secs_f64());
         let result = if ok { "ok" } else { "error" };
         self.sync_results.get_or_create(&labels([("result", result)])).inc();
+    }
+
+    /// One started pod's time in `stage` (`None`: its whole start).
+    pub fn observe_start(&self, stage: Option<&str>, took: Duration) {
+        self.pod_start.get_or_create(&labels([("stage", stage.unwrap_or("total"))])).observe(took.as_secs_f64());
     }
 
     /// One reconcile call of `node`'s pod controller.

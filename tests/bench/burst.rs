@@ -1,7 +1,9 @@
 //! The pod-burst benchmark: one real control plane, `vkhost` (or the upstream Go virtual-kubelet,
 //! the baseline) as a subprocess, `cube-sim` for the Cube provider, N replicas created at once and
 //! every pod followed by a watch; prints startup latency percentiles, burst and teardown times, and
-//! the daemon's memory and CPU.
+//! the daemon's memory and CPU; for vkhost, where each pod's start went (the daemon's per-pod
+//! `pod started` lines, `host/src/pods/startup.rs`); for Cube, the daemon's share of each start
+//! apart from the cloud's (its latency per call, the instance's own start).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -28,21 +30,28 @@ pod-burst benchmark: vkhost (a subprocess) against a real control plane on loopb
 usage:
   cargo build --release -p vkhost -p cube-sim && plugins/build example cube
   cargo run --release -p vkcube-e2e --example burst -- [--pods N] [--provider example|cube] [--nodes N]
-                                                       [--timeout SECS] [--daemon vkhost|upstream]
+                                                       [--timeout SECS] [--daemon vkhost|upstream|upstream-tuned]
                                                        [--against-upstream] [--max-in-flight N]
+                                                       [--cloud-latency-ms MS] [--instance-start-ms MIN-MAX]
 
   --pods N        replicas in the burst (default 200; at most 200 per node)
-  --provider P    example (instances in memory, Running at once) or cube (cube-sim with zero
-                  provisioning delay) (default example)
+  --provider P    example (instances in memory, Running at once) or cube (cube-sim, by default
+                  answering at once with instances Running at once) (default example)
+  --cloud-latency-ms MS  cube: the simulator waits MS before every answer (default 0)
+  --instance-start-ms MIN-MAX  cube: each instance takes MIN to MAX ms (fixed per instance) from its
+                  create to Running (default 0-0)
   --nodes N       virtual nodes (1..=8); one Deployment of pods/N replicas per node (default 1)
   --timeout SECS  bound on each phase: nodes Ready, all Running, all gone (default 600)
   --daemon D      vkhost (default), or upstream: the Go virtual-kubelet v1.14.1 with an in-memory
                   mock provider, the baseline (build it with tests/bench/upstream-vk/build;
                   binary ~/.cache/vkcube/upstream-vk/virtual-kubelet, or --upstream-bin PATH);
-                  upstream implies --provider example semantics (pods Running at once)
+                  upstream implies --provider example semantics (pods Running at once); it keeps
+                  the stock binary's client-go defaults (5 requests/s, burst 10, 10 workers);
+                  upstream-tuned is the same with vkhost's defaults (500 requests/s, burst 1000,
+                  64 pod sync workers per node)
   --max-in-flight N  the daemon's `[api] max_in_flight` (default: the daemon's own default, 64)
-  --against-upstream  after the vkhost burst, the same burst with the upstream daemon on the same
-                  control plane, then the ratios (vkhost over upstream)
+  --against-upstream  after the vkhost burst, the same burst with upstream stock and upstream tuned
+                  on the same control plane, then the ratios (vkhost over each)
 
 VKCUBE_BENCH_VKHOST=PATH measures another vkhost build, e.g. the shipped one:
   cargo build --profile dist -p vkhost && VKCUBE_BENCH_VKHOST=$CARGO_TARGET_DIR/dist/vkhost cargo run ...
@@ -64,7 +73,16 @@ enum Provider {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum DaemonKind {
     Vkhost,
+    /// The Go virtual-kubelet with the stock binary's budget.
     Upstream,
+    /// The same with vkhost's API budget and workers.
+    UpstreamTuned,
+}
+
+impl DaemonKind {
+    fn is_upstream(self) -> bool {
+        self != DaemonKind::Vkhost
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +97,9 @@ struct Args {
     timeout: Duration,
     /// `[api] max_in_flight` for the daemon; its default when unset.
     max_in_flight: Option<usize>,
+    /// Cube: the simulator's latency per call, and each instance's start (min, max).
+    cloud_latency_ms: u64,
+    instance_start_ms: (u64, u64),
 }
 
 fn parse_args() -> Result<Args> {
@@ -91,6 +112,8 @@ fn parse_args() -> Result<Args> {
         provider: Provider::Example,
         timeout: Duration::from_secs(600),
         max_in_flight: None,
+        cloud_latency_ms: 0,
+        instance_start_ms: (0, 0),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -112,12 +135,25 @@ fn parse_args() -> Result<Args> {
                 args.daemon = match value("--daemon")?.as_str() {
                     "vkhost" => DaemonKind::Vkhost,
                     "upstream" => DaemonKind::Upstream,
-                    other => bail!("--daemon is {other:?}, but must be vkhost or upstream"),
+                    "upstream-tuned" => DaemonKind::UpstreamTuned,
+                    other => bail!("--daemon is {other:?}, but must be vkhost, upstream or upstream-tuned"),
                 }
             }
             "--max-in-flight" => {
                 args.max_in_flight =
                     Some(value("--max-in-flight")?.parse().context("--max-in-flight must be a positive integer")?)
+            }
+            "--cloud-latency-ms" => {
+                args.cloud_latency_ms = value("--cloud-latency-ms")?.parse().context("--cloud-latency-ms must be ms")?
+            }
+            "--instance-start-ms" => {
+                let v = value("--instance-start-ms")?;
+                let (lo, hi) = v.split_once('-').unwrap_or((&v, &v));
+                let ms = |s: &str| s.parse::<u64>().with_context(|| format!("--instance-start-ms {v}: MIN-MAX in ms"));
+                args.instance_start_ms = (ms(lo)?, ms(hi)?);
+                if args.instance_start_ms.0 > args.instance_start_ms.1 {
+                    bail!("--instance-start-ms {v}: MIN is above MAX");
+                }
             }
             "--against-upstream" => args.against_upstream = true,
             "--upstream-bin" => args.upstream_bin = Some(PathBuf::from(value("--upstream-bin")?)),
@@ -139,7 +175,7 @@ fn parse_args() -> Result<Args> {
             args.nodes
         );
     }
-    if args.daemon == DaemonKind::Upstream && args.provider == Provider::Cube {
+    if args.daemon.is_upstream() && args.provider == Provider::Cube {
         bail!("--daemon upstream runs the upstream mock provider only; leave out --provider cube");
     }
     Ok(args)
@@ -161,8 +197,10 @@ fn upstream_binary(args: &Args) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts cube-sim with no provisioning delay; returns it and its URL (`http://127.0.0.1:PORT`).
-fn start_sim(run_dir: &Path) -> Result<(Proc, String)> {
+/// Starts cube-sim with instances starting in `args.instance_start_ms` (zero: at once); returns
+/// it and its URL (`http://127.0.0.1:PORT`). The latency is set once it listens.
+fn start_sim(run_dir: &Path, args: &Args) -> Result<(Proc, String)> {
+    let (start_min, start_max) = args.instance_start_ms;
     let bin = release_binary("cube-sim")?;
     let log = std::fs::File::create(run_dir.join("cube-sim.log"))?;
     let mut child = Command::new(&bin)
@@ -174,7 +212,9 @@ fn start_sim(run_dir: &Path) -> Result<(Proc, String)> {
             "--pending-ms",
             "0",
             "--creating-ms",
-            "0",
+            &start_min.to_string(),
+            "--creating-jitter-ms",
+            &(start_max - start_min).to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(log)
@@ -212,6 +252,8 @@ fn daemon_config(args: &Args, kubeconfig: &Path, cluster_id: &str, run: &str, si
     if let Some(n) = args.max_in_flight {
         cfg.push_str(&format!("\n[api]\nmax_in_flight = {n}\n"));
     }
+    // JSON lines, with each pod's start (`pod started`, debug) for the per-stage breakdown.
+    cfg.push_str("\n[log]\nformat = \"json\"\nlevel = \"info,vkhost::pods::startup=debug\"\n");
     cfg.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     for i in 0..args.nodes {
         let share = pods_on_node(args, i);
@@ -456,15 +498,15 @@ fn clk_tck() -> f64 {
 }
 
 struct Dist {
-    label: &'static str,
+    label: String,
     unit: &'static str,
     values: Vec<f64>,
 }
 
 impl Dist {
-    fn new(label: &'static str, unit: &'static str, mut values: Vec<f64>) -> Self {
+    fn new(label: impl Into<String>, unit: &'static str, mut values: Vec<f64>) -> Self {
         values.sort_by(|a, b| a.total_cmp(b));
-        Dist { label, unit, values }
+        Dist { label: label.into(), unit, values }
     }
     fn p(&self, p: f64) -> f64 {
         percentile(&self.values, p)
@@ -503,6 +545,45 @@ async fn counts(addr: Option<&str>) -> (Option<f64>, Option<f64>) {
     )
 }
 
+/// The stages of a pod's start in the daemon's `pod started` lines, and how they are shown.
+const STAGE_FIELDS: [(&str, &str); 9] = [
+    ("total_ms", "daemon's own log: first sight -> Ready written"),
+    ("queue_ms", "  queue: first sight -> first reconcile"),
+    ("fetch_ms", "  fetch: referenced objects"),
+    ("create_ms", "  provider create"),
+    ("annotate_ms", "  annotations PATCH"),
+    ("status_write_ms", "  status PATCH(es)"),
+    ("requeue_ms", "  waiting for a requeue"),
+    ("provider_status_ms", "  provider status (polls)"),
+    ("reconciles", "  reconciles (count)"),
+];
+
+/// Each pod's start as the daemon logged it (`pod started`, JSON lines): field → value.
+fn pod_starts(log: &Path) -> Vec<HashMap<&'static str, f64>> {
+    let Ok(text) = std::fs::read_to_string(log) else { return Vec::new() };
+    text.lines()
+        .filter(|l| l.contains("\"pod started\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| STAGE_FIELDS.iter().filter_map(|(k, _)| Some((*k, v["fields"][*k].as_f64()?))).collect())
+        .collect()
+}
+
+/// What the simulator saw: calls by action, and each instance's start (ms to Running) by pod UID.
+struct CloudView {
+    requests: std::collections::BTreeMap<String, u64>,
+    start_ms: HashMap<String, u64>,
+}
+
+async fn cloud_view(url: &str) -> Result<CloudView> {
+    let http = reqwest::Client::new();
+    let requests = http.get(format!("{url}/_sim/requests")).send().await?.error_for_status()?.json().await?;
+    let instances: Vec<serde_json::Value> =
+        http.get(format!("{url}/_sim/instances")).send().await?.error_for_status()?.json().await?;
+    let start_ms =
+        instances.iter().filter_map(|i| Some((i["uid"].as_str()?.to_string(), i["start_ms"].as_u64()?))).collect();
+    Ok(CloudView { requests, start_ms })
+}
+
 fn ms_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
     Some(b?.saturating_duration_since(a?).as_secs_f64() * 1000.0)
 }
@@ -515,12 +596,12 @@ fn main() -> Result<()> {
             let _ = plugin_path(if args.provider == Provider::Cube { "cube" } else { "example" });
             release_binary("vkhost")?
         }
-        DaemonKind::Upstream => upstream_binary(&args)?,
+        DaemonKind::Upstream | DaemonKind::UpstreamTuned => upstream_binary(&args)?,
     };
     if args.provider == Provider::Cube {
         release_binary("cube-sim")?;
     }
-    let baseline = match args.against_upstream && args.daemon == DaemonKind::Vkhost {
+    let baseline = match args.against_upstream && !args.daemon.is_upstream() {
         true => Some(upstream_binary(&args)?),
         false => None,
     };
@@ -530,46 +611,59 @@ fn main() -> Result<()> {
     rt.block_on(async {
         let ours = run(args.clone(), daemon_bin, cluster).await?;
         let Some(upstream_bin) = baseline else { return Ok(()) };
-        let upstream_args = Args { daemon: DaemonKind::Upstream, provider: Provider::Example, ..args };
-        let theirs = run(upstream_args, upstream_bin, cluster).await?;
+        let mut theirs = Vec::new();
+        for daemon in [DaemonKind::Upstream, DaemonKind::UpstreamTuned] {
+            let upstream_args = Args { daemon, provider: Provider::Example, ..args.clone() };
+            theirs.push(run(upstream_args, upstream_bin.clone(), cluster).await?);
+        }
         print_ratios(&ours, &theirs);
         Ok(())
     })
 }
 
-/// vkhost against upstream from two run summaries on the same control plane.
-fn print_ratios(ours: &serde_json::Value, theirs: &serde_json::Value) {
+/// vkhost against each upstream run (stock, tuned) from the run summaries, same control plane.
+fn print_ratios(ours: &serde_json::Value, theirs: &[serde_json::Value]) {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let pods = f(ours, "pods");
-    println!("vkhost ({}) against upstream virtual-kubelet (mock), same control plane:", ours["provider"]);
-    println!(
-        "{:<66} {:>9.1} / {:.1} pods/s = {:.1}x",
-        "  pods/s to all Running+Ready",
-        pods / f(ours, "all_running_s"),
-        pods / f(theirs, "all_running_s"),
-        f(theirs, "all_running_s") / f(ours, "all_running_s")
-    );
-    println!(
-        "{:<66} {:>9.2} / {:.2} s = {:.1}x faster",
-        "  scale to 0 -> all gone",
-        f(ours, "all_gone_s"),
-        f(theirs, "all_gone_s"),
-        f(theirs, "all_gone_s") / f(ours, "all_gone_s")
-    );
-    println!(
-        "{:<66} {:>9.0} / {:.0} ms = {:.1}x lower",
-        "  startup p99 (watch)",
-        f(ours, "startup_p99_ms"),
-        f(theirs, "startup_p99_ms"),
-        f(theirs, "startup_p99_ms") / f(ours, "startup_p99_ms")
-    );
-    println!(
-        "{:<66} {:>9.1} / {:.1} MiB = {:.2}x",
-        "  peak RSS",
-        f(ours, "peak_rss_mib"),
-        f(theirs, "peak_rss_mib"),
-        f(ours, "peak_rss_mib") / f(theirs, "peak_rss_mib")
-    );
+    for t in theirs {
+        println!(
+            "vkhost ({}) against upstream virtual-kubelet (mock, {}), same control plane:",
+            ours["provider"], t["budget"]
+        );
+        println!(
+            "{:<66} {:>9.1} / {:.1} pods/s = {:.1}x",
+            "  pods/s to all Running+Ready",
+            pods / f(ours, "all_running_s"),
+            pods / f(t, "all_running_s"),
+            f(t, "all_running_s") / f(ours, "all_running_s")
+        );
+        println!(
+            "{:<66} {:>9.2} / {:.2} s = {:.1}x faster",
+            "  scale to 0 -> all gone",
+            f(ours, "all_gone_s"),
+            f(t, "all_gone_s"),
+            f(t, "all_gone_s") / f(ours, "all_gone_s")
+        );
+        for (label, key) in [
+            ("  startup p99 (watch, scheduling included)", "startup_p99_ms"),
+            ("  the daemon's part, bound -> Ready, p50", "bound_ready_p50_ms"),
+            ("  the daemon's part, bound -> Ready, p99", "bound_ready_p99_ms"),
+        ] {
+            println!(
+                "{label:<66} {:>9.0} / {:.0} ms = {:.1}x lower",
+                f(ours, key),
+                f(t, key),
+                f(t, key) / f(ours, key)
+            );
+        }
+        println!(
+            "{:<66} {:>9.1} / {:.1} MiB = {:.2}x",
+            "  peak RSS",
+            f(ours, "peak_rss_mib"),
+            f(t, "peak_rss_mib"),
+            f(ours, "peak_rss_mib") / f(t, "peak_rss_mib")
+        );
+    }
     println!("{}", serde_json::json!({"bench": "burst-ratio", "vkhost": ours, "upstream": theirs}));
 }
 
@@ -584,8 +678,18 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
 
     let mut sim = None;
     let sim_url = if args.provider == Provider::Cube {
-        let (proc, url) = start_sim(&run_dir)?;
+        let (proc, url) = start_sim(&run_dir, &args)?;
         eprintln!("cube-sim at {url} (pid {})", proc.pid());
+        if args.cloud_latency_ms > 0 {
+            let faults = json!({"latency_ms": args.cloud_latency_ms});
+            reqwest::Client::new()
+                .post(format!("{url}/_sim/faults"))
+                .json(&faults)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .context("set the simulator's latency")?;
+        }
         sim = Some(proc);
         Some(url)
     } else {
@@ -604,14 +708,22 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
             cmd.env("CUBE_PUBLIC_KEY", SIM_PUBLIC).env("CUBE_PRIVATE_KEY", SIM_PRIVATE);
             eprintln!("vkhost config {}", config_path.display());
         }
-        DaemonKind::Upstream => {
+        DaemonKind::Upstream | DaemonKind::UpstreamTuned => {
             cmd.arg("--kubeconfig").arg(&cluster.kubeconfig);
+            if args.daemon == DaemonKind::UpstreamTuned {
+                // vkhost's defaults: `[api] qps`, `burst` and `[pods] workers`.
+                let api = vkhost::apiclient::ApiLimits::default();
+                let pods = vkhost::config::PodSettings::default();
+                cmd.args(["--qps", &api.qps.to_string(), "--burst", &api.burst.to_string()]);
+                cmd.args(["--pod-sync-workers", &pods.workers.to_string()]);
+            }
             cmd.args((0..args.nodes).map(|i| format!("{cluster_id}-up-{i}={run_label}-{i}")));
         }
     }
     let daemon_name = match args.daemon {
         DaemonKind::Vkhost => "vkhost",
-        DaemonKind::Upstream => "virtual-kubelet (upstream)",
+        DaemonKind::Upstream => "virtual-kubelet (upstream, stock budget)",
+        DaemonKind::UpstreamTuned => "virtual-kubelet (upstream, vkhost's budget)",
     };
     let mut daemon = Proc {
         name: daemon_name,
@@ -660,6 +772,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("{} virtual node(s) Ready {:.1}s after the daemon started", args.nodes, started.elapsed().as_secs_f64());
+    // The burst measures a daemon in its stride: a pod created within the fence's clock margin of
+    // the daemon's start (3 s for the default 15 s lease, plus a second for creationTimestamp's
+    // whole seconds) may have an instance from an earlier actor, so its create looks first.
+    let stride = Duration::from_secs(5).saturating_sub(started.elapsed());
+    tokio::time::sleep(stride).await;
 
     let admin = admin_addr(&daemon_log);
     let counts_before = counts(admin.as_deref()).await;
@@ -701,6 +818,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let cpu_ready = cpu_seconds(pid, tck).unwrap_or(0.0);
     let counts_ready = counts(admin.as_deref()).await;
     let rss_at_ready = rss_by_mapping(pid);
+    // The cloud's side of the starts: its calls by action, each instance's start.
+    let cloud = match &sim_url {
+        Some(url) => Some(cloud_view(url).await.context("read the simulator's requests and instances")?),
+        None => None,
+    };
     eprintln!("all {want} pods Running+Ready after {:.2}s; scaling to 0", (t_all_ready - t_create).as_secs_f64());
 
     let t_scale = Instant::now();
@@ -758,9 +880,37 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "ms",
         seen.pods.values().filter_map(|t| ms_between(t.deleting, t.gone)).collect(),
     );
+    // Where the daemon's part went, as the daemon saw it (vkhost only).
+    let stages = pod_starts(&daemon_log);
+    let stage_dists: Vec<Dist> = STAGE_FIELDS
+        .iter()
+        .map(|(field, label)| {
+            Dist::new(format!("  {label}"), "ms", stages.iter().filter_map(|p| p.get(*field).copied()).collect())
+        })
+        .collect();
+    // Cube: the cloud's part of each start is its latency on the create and on the status call
+    // that finds the instance Running, and the instance's own start; the rest is the daemon's.
+    let daemon_share = cloud.as_ref().map(|c| {
+        let latency = args.cloud_latency_ms as f64;
+        Dist::new(
+            "  daemon's share of bound -> Ready (less 2 x latency + instance start)",
+            "ms",
+            seen.pods
+                .iter()
+                .filter_map(|(uid, t)| {
+                    Some(ms_between(t.bound, t.ready)? - 2.0 * latency - *c.start_ms.get(uid)? as f64)
+                })
+                .collect(),
+        )
+    });
+    // Lookups before create: GetCubePod calls that were not `status` polls (the rest of them).
+    let lookups_per_pod = cloud.as_ref().and_then(|c| {
+        let gets = *c.requests.get("GetCubePod").unwrap_or(&0) as f64;
+        Some((gets - (counts_ready.1? - counts_before.1?)) / want as f64)
+    });
     let burst_s = (t_all_ready - t_create).as_secs_f64();
     let provider = match (args.daemon, args.provider) {
-        (DaemonKind::Upstream, _) => "mock",
+        (DaemonKind::Upstream | DaemonKind::UpstreamTuned, _) => "mock",
         (_, Provider::Cube) => "cube",
         (_, Provider::Example) => "example",
     };
@@ -778,7 +928,13 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     println!("load average (1/5/15 min): before {load_before}, after {load_after}");
     println!();
     println!("{:<66} {:>9} {:>9} {:>9} {:>9}  {}", "per pod", "p50", "p90", "p99", "max", "n");
-    for d in [&startup, &scheduling, &on_node, &from_create, &server, &deletes] {
+    let mut shown = vec![&startup, &scheduling, &on_node];
+    if let Some(d) = &daemon_share {
+        shown.push(d);
+    }
+    shown.extend(stage_dists.iter().filter(|d| !d.values.is_empty()));
+    shown.extend([&from_create, &server, &deletes]);
+    for d in shown {
         let f = |v: f64| if d.unit == "s" { format!("{v:.0} s") } else { format!("{v:.0} ms") };
         println!(
             "{:<66} {:>9} {:>9} {:>9} {:>9}  {}",
@@ -813,7 +969,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let reconciles_down = per_pod(counts_ready.0, counts_end.0);
     let status_up = per_pod(counts_before.1, counts_ready.1);
     let status_down = per_pod(counts_ready.1, counts_end.1);
+    if let Some(c) = &cloud {
+        println!("{:<66} {:>9}", "cloud calls, create -> all Ready", format!("{:?}", c.requests));
+    }
     for (label, v) in [
+        ("simulator lookups before create per pod (GetCubePod less status polls)", lookups_per_pod),
         ("reconciles per pod, create -> all Ready", reconciles_up),
         ("reconciles per pod, scale to 0 -> all gone", reconciles_down),
         ("provider status calls per pod, create -> all Ready", status_up),
@@ -828,7 +988,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
     let summary = json!({
         "bench": "burst",
-        "daemon": if args.daemon == DaemonKind::Upstream { "upstream-vk-v1.14.1" } else { "vkhost" },
+        "daemon": if args.daemon.is_upstream() { "upstream-vk-v1.14.1" } else { "vkhost" },
         "provider": provider,
         "pods": args.pods,
         "nodes": args.nodes,
@@ -846,6 +1006,24 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "reconciles_per_pod_down": reconciles_down.map(round2),
         "status_calls_per_pod_up": status_up.map(round2),
         "status_calls_per_pod_down": status_down.map(round2),
+        "budget": match args.daemon {
+            DaemonKind::Upstream => "stock: 5 requests/s, burst 10, 10 workers",
+            DaemonKind::UpstreamTuned => "tuned: 500 requests/s, burst 1000, 64 workers",
+            DaemonKind::Vkhost => "vkhost defaults",
+        },
+        "scheduling_p99_ms": round(scheduling.p(99.0)),
+        "bound_ready_p50_ms": round(on_node.p(50.0)),
+        "bound_ready_p90_ms": round(on_node.p(90.0)),
+        "bound_ready_p99_ms": round(on_node.p(99.0)),
+        "bound_ready_max_ms": round(on_node.p(100.0)),
+        "stages_p99_ms": stage_dists.iter().filter(|d| !d.values.is_empty())
+            .map(|d| (d.label.trim().to_string(), json!(round(d.p(99.0))))).collect::<serde_json::Map<_, _>>(),
+        "daemon_share_p50_ms": daemon_share.as_ref().map(|d| round(d.p(50.0))),
+        "daemon_share_p99_ms": daemon_share.as_ref().map(|d| round(d.p(99.0))),
+        "cloud_latency_ms": args.cloud_latency_ms,
+        "instance_start_ms": [args.instance_start_ms.0, args.instance_start_ms.1],
+        "cloud_requests": cloud.as_ref().map(|c| json!(c.requests)),
+        "lookups_before_create_per_pod": lookups_per_pod.map(round2),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     });

@@ -2,7 +2,7 @@
 //! exactly the expected instance, EIP and firewall binding; a wrong annotation fails the pod and
 //! creates nothing; `vkhost node delete` leaves nothing billed; a daemon crash mid-burst and a
 //! replica failover leave exactly one instance per pod; the cloud's error codes reach the
-//! daemon's `/metrics`. (How the node admits pods is in `cube_admission.rs`: this binary's
+//! daemon's `/metrics`; a fresh pod's first create sends no lookup. (How the node admits pods is in `cube_admission.rs`: this binary's
 //! cluster holds at most 8 virtual nodes.)
 
 use std::collections::BTreeMap;
@@ -272,6 +272,43 @@ async fn cloud_api_errors_reach_the_metrics_endpoint_by_action_and_ret_code() {
     let line = text.lines().find(|l| l.starts_with(series)).unwrap();
     assert_eq!(line.rsplit(' ').next(), Some("2"), "{line}");
     assert!(text.contains(r#"vkhost_provider_calls{export="pods.create",outcome="ok"} 1"#), "{text}");
+    daemon.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_pods_first_create_sends_no_lookup_so_failing_lookups_do_not_hold_it_up() {
+    let cluster = cluster();
+    let ns = cluster.namespace("nolookup").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let daemon = start(&env.daemon_config(cluster, &cid, &ns.name, "")).await;
+    let node = node_of(&ns.client, &cid).await.name_any();
+    // The host vouches that no instance exists only for pods created after it began acting for
+    // the node (before the node was Ready) by more than its fence's clock margin: 1.2 s for the
+    // test config's 6 s lease, plus a second as creationTimestamp has whole seconds. This waits
+    // for that time itself; no event stands for it.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // Every lookup fails: a create that looked first would fail and be retried, looking again.
+    env.set_faults(json!({"errors": {"GetCubePod": {"rate": 1.0, "ret_code": 150}}})).await;
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod("fresh", &node, json!({}))).await.unwrap();
+    let annotated = wait_for(Duration::from_secs(60), "the pod's instance id annotation", || async {
+        pods.get("fresh").await.ok().filter(|p| p.annotations().contains_key(vkhost::pods::INSTANCE_ANNOTATION))
+    })
+    .await;
+    assert!(annotated.annotations()[vkhost::pods::INSTANCE_ANNOTATION].starts_with("cube-"), "{annotated:?}");
+    let calls = env.requests_of(vkcube_e2e::cube::PUBLIC_KEY).await;
+    assert_eq!(calls.get("CreateCubePod"), Some(&1), "{calls:?}");
+    let admin = daemon.admin_addr.expect("the test config enables the admin endpoint");
+    let text = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"vkhost_provider_calls{export="pods.create",outcome="ok"} 1"#), "{text}");
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(r#"vkhost_provider_calls{export="pods.create""#))
+        .filter(|l| !l.contains(r#"outcome="ok""#) && !l.ends_with(" 0"))
+        .collect();
+    assert!(failed.is_empty(), "a create failed first: {failed:?}");
     daemon.stop().await;
     env.stop().await;
 }

@@ -45,11 +45,12 @@ use tokio_util::sync::CancellationToken;
 use super::deletions::{self, Progress};
 use super::references::{self, Change, ReferenceWatches};
 use super::resolve::{self, Missing};
+use super::startup::Stage;
 use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{
-    CallContext, CallError, CreateAttempt, DeleteReason, Deletion, EventKind, Instance, Plugin, PodChange, PodPhase,
+    CallContext, CallError, DeleteReason, Deletion, EventKind, Instance, Plugin, PodChange, PodPhase,
     PodRef, PodStatus, ProviderError, ResolvedPod, UpdateOutcome,
 };
 use crate::records::{self, NodeRecords, PendingDeletion, RecordsError};
@@ -160,6 +161,10 @@ pub struct NodeContext {
     finalize_retries: deletions::Retries,
     /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes.
     pub references: ReferenceWatches,
+    /// Where the time of each pod's start goes (`vkhost_pod_start_seconds`).
+    pub startups: super::startup::Startups,
+    /// The pods a create was sent for, for `create-attempt.may-exist`.
+    create_attempts: super::attempts::CreateAttempts,
 }
 
 impl NodeContext {
@@ -202,6 +207,8 @@ impl NodeContext {
             records,
             finalize_retries: deletions::Retries::default(),
             references,
+            startups: Default::default(),
+            create_attempts: Default::default(),
         })
     }
 
@@ -386,12 +393,16 @@ pub enum SyncError {
 pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: CancellationToken) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let seen = ctx.clone();
     let pods = watcher(pods, wc)
         .default_backoff()
         // managedFields are the apiserver's field-ownership bookkeeping, about a third of a pod
         // object; nothing here reads them. Dropping them before the cache keeps the daemon's
         // memory per pod (and the pod JSON handed to the plugin) small.
-        .modify(|pod| pod.managed_fields_mut().clear())
+        .modify(move |pod| {
+            pod.managed_fields_mut().clear();
+            seen.startups.seen(pod);
+        })
         .reflect(writer)
         .applied_objects()
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
@@ -452,6 +463,7 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
     let started = Instant::now();
     ctx.metrics.reconciled(&ctx.node_name);
+    ctx.startups.reconciling(&pod);
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
     let result = tracing::Instrument::instrument(sync(&pod, &ctx), span).await;
     ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
@@ -570,6 +582,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let refs = resolve::fetch(&ctx.client, &ctx.services, &ctx.references, pod)
         .await
         .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
+    ctx.startups.lap(pod, Stage::Fetch);
     let resolution = match resolve::resolve(pod, &refs) {
         Ok(r) => r,
         Err(missing) => return wait_for_missing(pod, ctx, missing).await,
@@ -578,9 +591,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     for (reason, note) in &resolution.warnings {
         ctx.event(pod, true, reason, note.clone()).await;
     }
-    // Whether an earlier attempt may have reached the backend is not tracked yet, so the
-    // provider always looks for an existing instance first.
-    let attempt = CreateAttempt { may_exist: true };
+    let attempt = ctx.create_attempts.begin(pod, ctx.plugin.fence_of(&ctx.node_name).as_ref());
     let asked = Instant::now();
     let outcome = match ctx.plugin.create(&ctx.call, &resolution.pod, attempt).await {
         Ok(o) => o,
@@ -603,6 +614,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             return Err(SyncError::Provider { pod: k, source: e });
         }
     };
+    ctx.startups.lap(pod, Stage::Create);
     ctx.reset_backoff(&uid);
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     // From now on a change of what the pod references is told to the provider.
@@ -617,13 +629,20 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
     let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-    api.patch(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
-    )
-    .await
-    .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
+    let annotate = async {
+        let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
+        let written = api.patch(&pod.name_any(), &PatchParams::default(), &patch).await;
+        ctx.startups.lap(pod, Stage::Annotate);
+        written.map_err(|source| SyncError::Kube { pod: k.clone(), source })
+    };
+    // The annotations and the status at once, each finished whatever the other's outcome
+    // (neither needs the other: annotations that fail are written by the next, idempotent,
+    // create; the instance is cached only once they are), then the events: the status makes the
+    // pod Ready, the events say how it got there.
+    let next =
+        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+    let (annotated, written) = tokio::join!(annotate, write_status(pod, ctx, next));
+    annotated?;
     // The annotation is written: the instance is the pod's, and cached as such.
     ctx.instances.lock().unwrap().insert(
         uid.clone(),
@@ -647,12 +666,10 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         ),
     )
     .await;
+    written?;
     for ev in &outcome.events {
         ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone()).await;
     }
-    let next =
-        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
-    write_status(pod, ctx, next).await?;
     Ok(next_poll(&outcome.status.phase, refresh_at))
 }
 
@@ -844,7 +861,9 @@ async fn observe(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Resul
         Seen::Absent if known_long => (not_found(), Instant::now()),
         Seen::Absent | Seen::Unknown => {
             let at = Instant::now();
-            (ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await, at)
+            let report = ctx.plugin.status(&ctx.call, &NodeContext::pod_ref(pod)).await;
+            ctx.startups.lap(pod, Stage::ProviderStatus);
+            (report, at)
         }
     };
     match report {
@@ -945,6 +964,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     }
     ctx.instances.lock().unwrap().remove(&uid);
     ctx.deleting.lock().unwrap().remove(&uid);
+    ctx.create_attempts.forget(&uid);
     ctx.references.untrack(&uid);
     ctx.reset_backoff(&uid);
     ctx.told_missing.lock().unwrap().remove(&uid);
@@ -1059,14 +1079,21 @@ async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), S
         return Ok(());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": next}))).await {
-        Ok(_) => Ok(()),
+    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": &next}))).await {
+        Ok(_) => {
+            ctx.startups.status_written(pod, &next, &ctx.node_name, &ctx.metrics);
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(source) => Err(SyncError::Kube { pod: key(pod), source }),
     }
 }
 
-/// Every few seconds: one `list` call, kept as the last listing for reconcile; the pods it shows
+/// How often the instances are listed while some are starting.
+const STARTING_SYNC: Duration = Duration::from_millis(250);
+
+/// Every few seconds (every [`STARTING_SYNC`] while instances start: one call per page of
+/// instances, where polling each pod would be a call per pod): one `list` call, kept as the last listing for reconcile; the pods it shows
 /// a change for are handed to the controller (`reconcile_on`); instances no pod owns are deleted
 /// (less often) — they cost money. Writes no pod status.
 async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef<Pod>>, shutdown: CancellationToken) {
@@ -1091,9 +1118,11 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
         } else if sweep_due {
             last_sweep = Some(Instant::now());
         }
+        let wait = if ctx.startups.instances_starting() { STARTING_SYNC } else { period };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = ctx.startups.instance_started(), if wait == period => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -1162,6 +1191,7 @@ async fn list_instances(
             None => record.observed_at.is_none_or(|t| t < listed_at) && record.seen_at.elapsed() >= LOST_GRACE,
         };
         if news {
+            ctx.startups.lap(pod, Stage::Requeue);
             let _ = triggers.unbounded_send(ObjectRef::from_obj(pod.as_ref()));
         }
     }

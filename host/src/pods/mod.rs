@@ -1,6 +1,7 @@
 //! The pod controller: resolves pods bound to a virtual node, drives the provider, writes status,
 //! deletes promptly, sweeps orphaned instances; and the kubelet API's view of those pods.
 
+mod attempts;
 pub mod backend;
 pub mod controller;
 pub mod deletions;
@@ -10,6 +11,7 @@ pub(crate) mod fixtures;
 mod own_writes;
 pub mod references;
 pub mod resolve;
+pub mod startup;
 pub mod status;
 
 pub use backend::NodeBackend;

@@ -32,6 +32,10 @@ pub fn router() -> Router<Shared> {
 fn instance_json(sim: &Shared, i: &Instance) -> Value {
     let now = Utc::now();
     let view = observe(i, &sim.cfg, now);
+    let start_ms = {
+        let (pending, creating) = crate::lifecycle::start_ms(i, &sim.cfg);
+        pending + creating
+    };
     json!({
         "cube_id": i.cube_id,
         "uid": i.uid,
@@ -47,6 +51,9 @@ fn instance_json(sim: &Shared, i: &Instance) -> Value {
         "deleted": !i.live(),
         "deleted_at": i.deleted_at,
         "created_at": i.created_at,
+        "started_at": i.started_at,
+        // Milliseconds from `started_at` to the containers running (Pending, ContainerCreating).
+        "start_ms": start_ms,
         "billing_seconds": i.billing_seconds(now),
         "eip_id": i.eip_id,
         "cpu_millis": i.pod.cpu_millis,

@@ -105,6 +105,9 @@ pub struct Lifecycle {
     pub pending_ms: u64,
     /// Time it then reports `ContainerCreating` before `Running`.
     pub creating_ms: u64,
+    /// Up to this much more `ContainerCreating`, a share fixed per instance (from its CubeId), so
+    /// instances start in `pending_ms + creating_ms` to that plus this, as a real cloud's do.
+    pub creating_jitter_ms: u64,
     /// Containers (by name, or `*`) that crash one second after each start.
     pub crash_containers: Vec<String>,
     /// Seconds between restarts of a crashing container (the back-off, kept flat).
@@ -118,6 +121,7 @@ impl Default for Lifecycle {
         Lifecycle {
             pending_ms: 200,
             creating_ms: 800,
+            creating_jitter_ms: 0,
             crash_containers: Vec::new(),
             crash_interval_secs: 10,
             deleting_ms: 0,

@@ -49,6 +49,21 @@ pub fn crashes(cfg: &Config, c: &Container) -> bool {
     cfg.lifecycle.crash_containers.iter().any(|n| n == "*" || *n == c.name)
 }
 
+/// Milliseconds from an instance's (re)start to its containers running: `pending_ms`, then
+/// `creating_ms` plus the instance's own share of `creating_jitter_ms`.
+pub fn start_ms(inst: &Instance, cfg: &Config) -> (u64, u64) {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let jitter = match cfg.lifecycle.creating_jitter_ms {
+        0 => 0,
+        j => {
+            let mut h = DefaultHasher::new();
+            inst.cube_id.hash(&mut h);
+            h.finish() % (j + 1)
+        }
+    };
+    (cfg.lifecycle.pending_ms, cfg.lifecycle.creating_ms + jitter)
+}
+
 pub fn observe(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
     let mut view = observe_running(inst, cfg, now);
     if inst.deleting_since.is_some() {
@@ -59,7 +74,7 @@ pub fn observe(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
 
 fn observe_running(inst: &Instance, cfg: &Config, now: DateTime<Utc>) -> PodView {
     let since = (now - inst.started_at).num_milliseconds().max(0) as u64;
-    let (pending, creating) = (cfg.lifecycle.pending_ms, cfg.lifecycle.creating_ms);
+    let (pending, creating) = start_ms(inst, cfg);
     let waiting = |reason: &str| -> Vec<ContainerView> {
         inst.pod
             .spec

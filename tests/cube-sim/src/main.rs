@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Milliseconds it then reports ContainerCreating before Running (default 800).
     #[arg(long, value_name = "MS")]
     creating_ms: Option<u64>,
+    /// Up to this many more milliseconds of ContainerCreating, a share fixed per instance
+    /// (default 0: every instance starts alike).
+    #[arg(long, value_name = "MS")]
+    creating_jitter_ms: Option<u64>,
     /// Give instances addresses of this loopback network and serve their nginx containers
     /// there (`[network] pod_cidr` with `serve = true`), e.g. 127.77.0.0/16.
     #[arg(long, value_name = "CIDR")]
@@ -93,6 +97,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.pending_ms {
         cfg.lifecycle.pending_ms = ms;
+    }
+    if let Some(ms) = args.creating_jitter_ms {
+        cfg.lifecycle.creating_jitter_ms = ms;
     }
     if let Some(ms) = args.creating_ms {
         cfg.lifecycle.creating_ms = ms;
