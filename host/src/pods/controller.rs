@@ -50,8 +50,8 @@ use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{
-    CallContext, CallError, DeleteReason, Deletion, EventKind, Instance, Plugin, PodChange, PodPhase,
-    PodRef, PodStatus, ProviderError, ResolvedPod, UpdateOutcome,
+    CallContext, CallError, DeleteReason, Deletion, EventKind, Instance, Plugin, PodChange, PodPhase, PodRef,
+    PodStatus, ProviderError, ResolvedPod, UpdateOutcome,
 };
 use crate::records::{self, NodeRecords, PendingDeletion, RecordsError};
 
