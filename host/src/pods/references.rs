@@ -34,7 +34,7 @@ pub type Digest = [u8; 16];
 pub const ABSENT: Digest = [0; 16];
 
 /// How long an object no pod references any more stays watched (and cached).
-pub const LINGER: Duration = Duration::from_secs(30);
+pub const LINGER: Duration = Duration::from_secs(10);
 
 /// How long a read waits for a watch's first answer before the caller reads the object itself.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
