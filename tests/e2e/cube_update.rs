@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use vkcube_e2e::cube::{CubeEnv, pod_on_node};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
 use vkcube_e2e::{cluster, running_ready, wait_for};
+use vkhost::pods::references::LINGER;
 
 /// How long a change may take to reach the instance: the test config's status period is 2 s; the
 /// watch usually brings it far sooner. Generous for a loaded 2-core machine.
@@ -160,9 +161,9 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
     let p = pods.get("app").await.unwrap();
     assert!(running_ready(&p), "the pod still runs: {:?}", p.status);
 
-    // The pod goes: so do its watches.
+    // The pod goes: so do its watches, once they lingered for the pods that might follow.
     pods.delete("app", &DeleteParams::default()).await.unwrap();
-    wait_for(CHANGE_ARRIVES, "no object watched once the pod is gone", || async {
+    wait_for(CHANGE_ARRIVES + LINGER, "no object watched once the pod is gone", || async {
         (reference_watches(admin).await == Some(0)).then_some(())
     })
     .await;

@@ -34,7 +34,7 @@ pub type Digest = [u8; 16];
 pub const ABSENT: Digest = [0; 16];
 
 /// How long an object no pod references any more stays watched (and cached).
-pub const LINGER: Duration = Duration::from_secs(30);
+pub const LINGER: Duration = Duration::from_secs(10);
 
 /// How long a read waits for a watch's first answer before the caller reads the object itself.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -414,6 +414,12 @@ impl Table {
     }
 }
 
+/// One running watch and what it holds of its object.
+struct Watching {
+    _task: AbortOnDropHandle<()>,
+    seen: watch::Sender<Seen>,
+}
+
 /// The reference watches of one node: the [`Table`], a watch task per object, and the stream of
 /// pods to reconcile that the controller takes.
 pub struct ReferenceWatches {
@@ -422,7 +428,7 @@ pub struct ReferenceWatches {
     table: Arc<Mutex<Table>>,
     /// Held while the table changes and its watches start or stop, so the two never disagree;
     /// with each watch, what it holds of its object.
-    tasks: Mutex<HashMap<ObjectKey, (AbortOnDropHandle<()>, watch::Sender<Seen>)>>,
+    tasks: Mutex<HashMap<ObjectKey, Watching>>,
     triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
 }
@@ -490,7 +496,7 @@ impl ReferenceWatches {
     /// first answer, or stopped meanwhile): the caller reads the object itself.
     pub async fn read(&self, key: &ObjectKey) -> Option<Seen> {
         self.change(|t| Delta { start: if t.read(key) { vec![key.clone()] } else { vec![] }, ..Delta::default() });
-        let mut seen = self.tasks.lock().unwrap().get(key)?.1.subscribe();
+        let mut seen = self.tasks.lock().unwrap().get(key)?.seen.subscribe();
         let answer = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, seen.wait_for(|s| !matches!(s, Seen::Unknown)));
         match answer.await.ok()?.ok()?.clone() {
             Seen::Failed | Seen::Unknown => None,
@@ -520,7 +526,7 @@ impl ReferenceWatches {
             let (seen, _) = watch::channel(Seen::Unknown);
             let watch =
                 follow(self.client.clone(), key.clone(), self.table.clone(), self.triggers.clone(), seen.clone());
-            tasks.insert(key, (AbortOnDropHandle::new(tokio::spawn(watch)), seen));
+            tasks.insert(key, Watching { _task: AbortOnDropHandle::new(tokio::spawn(watch)), seen });
         }
         if tasks.len() != self.table.lock().unwrap().watches() {
             tracing::warn!(node = %self.node, tasks = tasks.len(), "reference watches and their table disagree");
@@ -949,7 +955,7 @@ mod cache_tests {
         cms.delete("cfg", &Default::default()).await.unwrap();
         let mut seen = watches.tasks.lock().unwrap()
             [&ObjectKey { kind: Kind::ConfigMap, namespace: "default".into(), name: "cfg".into() }]
-            .1
+            .seen
             .subscribe();
         tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|s| matches!(s, Seen::Absent)))
             .await
