@@ -146,7 +146,7 @@ async fn start_admin(
                     );
                     m.set_plugin_counters(&p.info().name, p.counters());
                     if let Some(stats) = p.budget_stats() {
-                        m.set_egress_budget(&p.info().name, stats);
+                        m.set_egress_budget(&p.info().name, stats.waited, stats.wait_seconds, stats.refused);
                     }
                     m.set_signature_refusals(p.stats().snapshot().signature_refusals);
                     m.render()

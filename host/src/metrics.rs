@@ -16,8 +16,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::plugin::BudgetStats;
-
 type Labels = Vec<(String, String)>;
 
 /// A label set as the text exposition needs it. prometheus-client writes label values verbatim, so
@@ -264,14 +262,14 @@ impl Metrics {
     }
 
     /// Brings what the plugin's cloud-API budget did (cumulative, only ever growing) into the registry.
-    pub fn set_egress_budget(&self, plugin: &str, stats: BudgetStats) {
+    pub fn set_egress_budget(&self, plugin: &str, waited_total: u64, wait_seconds: f64, refused_total: u64) {
         let set = labels([("plugin", plugin)]);
         let waited = self.egress_waited.get_or_create(&set);
-        waited.inc_by(stats.waited.saturating_sub(waited.get()));
+        waited.inc_by(waited_total.saturating_sub(waited.get()));
         let seconds = self.egress_wait_seconds.get_or_create(&set);
-        seconds.inc_by((stats.wait_seconds - seconds.get()).max(0.0));
+        seconds.inc_by((wait_seconds - seconds.get()).max(0.0));
         let refused = self.egress_refused.get_or_create(&set);
-        refused.inc_by(stats.refused.saturating_sub(refused.get()));
+        refused.inc_by(refused_total.saturating_sub(refused.get()));
     }
 
     /// The Prometheus text exposition.

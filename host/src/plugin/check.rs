@@ -11,7 +11,6 @@ use crate::plugin::error::LoadError;
 use crate::plugin::loaded::{self, Compile, LoadReport, host_contracts};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::settings::PluginSettings;
-use crate::plugin::source::Source;
 use crate::plugin::v0_2_0::PluginInfo;
 
 /// What `check` found about a plugin that loaded.
@@ -46,7 +45,7 @@ pub async fn check_with(
 ) -> Result<CheckReport, LoadError> {
     let rt = PluginRuntime::new()?;
     // The compile time shown is Cranelift's: the build that serves.
-    let component = Source::new(&settings)?.fetch().await?;
+    let component = settings.source()?.fetch().await?;
     let loaded = loaded::load(&rt, &settings, component, Compile::Optimized).await?;
     let smoke = match config {
         None => None,

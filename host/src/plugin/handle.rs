@@ -274,7 +274,7 @@ impl Plugin {
         settings: PluginSettings,
         smoke_configs: Vec<(String, String)>,
     ) -> Result<Arc<Plugin>, LoadError> {
-        let source = Source::new(&settings)?;
+        let source = settings.source()?;
         let loaded = loaded::load(&rt, &settings, source.fetch().await?, compile_mode(&settings)).await?;
         loaded.smoke_test(&smoke_configs).await?;
         tracing::info!(

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::plugin::imports::budget::BudgetSettings;
 
 use crate::plugin::rollout::RolloutSettings;
+use crate::plugin::source::{Source, SourceError};
 
 /// How to load and confine one provider plugin.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -110,6 +111,17 @@ impl PluginSettings {
             baseline_compile: true,
             rollout: None,
         }
+    }
+
+    /// Where this plugin's versions come from (`path` or `source`, the key, the cache).
+    pub fn source(&self) -> Result<Source, SourceError> {
+        Source::new(
+            &self.path,
+            self.source.as_deref(),
+            self.public_key.as_deref(),
+            self.effective_cache_dir(),
+            self.poll_interval_ms,
+        )
     }
 
     /// The cache directory in effect: the configured one, else the XDG cache home.

@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::resolve::{self, References};
+use super::resolve::{self, HeldObjects, Kind, ObjectKey, References, Seen};
 use crate::plugin::PodChange;
 
 /// What an object's contents hash to (a truncated SHA-256).
@@ -38,19 +38,6 @@ pub const LINGER: Duration = Duration::from_secs(10);
 
 /// How long a read waits for a watch's first answer before the caller reads the object itself.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a watch holds of its object, for resolving pods.
-#[derive(Debug, Clone)]
-pub enum Seen {
-    /// No answer yet.
-    Unknown,
-    /// The watch failed before its first answer (it keeps trying): read the object directly.
-    Failed,
-    /// The object does not exist (or was deleted).
-    Absent,
-    ConfigMap(Arc<ConfigMap>),
-    Secret(Arc<Secret>),
-}
 
 /// What of a ConfigMap reaches a pod: its name and contents.
 fn kept_config_map(cm: &ConfigMap) -> Seen {
@@ -75,20 +62,6 @@ fn kept_secret(s: &Secret) -> Seen {
 /// Annotation on a pod recording the digests of the contents its instance was given, so a restart
 /// or a failover does not lose a change made meanwhile: `ConfigMap/<name>=<hex>,Secret/<name>=<hex>`.
 pub const GIVEN_ANNOTATION: &str = "vkcube.io/references-given";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    ConfigMap,
-    Secret,
-}
-
-/// One watched object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
 
 impl ObjectKey {
     fn change(&self) -> Change {
@@ -431,6 +404,12 @@ pub struct ReferenceWatches {
     tasks: Mutex<HashMap<ObjectKey, Watching>>,
     triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
+}
+
+impl HeldObjects for ReferenceWatches {
+    fn read(&self, key: &ObjectKey) -> impl std::future::Future<Output = Option<Seen>> + Send {
+        ReferenceWatches::read(self, key)
+    }
 }
 
 impl ReferenceWatches {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::plugin::settings::PluginSettings;
 use oci::OciRef;
 use signature::{CosignSignature, SignatureError, Verifier};
 
@@ -86,15 +85,24 @@ enum Kind {
 }
 
 impl Source {
-    pub fn new(settings: &PluginSettings) -> Result<Self, SourceError> {
-        let kind = match (&settings.source, settings.path.as_os_str().is_empty()) {
+    /// A source from `[plugin]`: `path` (empty: unset) or `source`, exactly one; the key versions
+    /// must be signed by; the cache dir (pulled versions go under `oci/`); the tag poll interval.
+    /// `PluginSettings::source` passes its fields.
+    pub fn new(
+        path: &Path,
+        source: Option<&str>,
+        public_key: Option<&Path>,
+        cache_dir: Option<PathBuf>,
+        poll_interval_ms: u64,
+    ) -> Result<Self, SourceError> {
+        let kind = match (source, path.as_os_str().is_empty()) {
             (Some(source), true) => Kind::Oci(OciRef::parse(source)?),
-            (None, false) => Kind::Path(settings.path.clone()),
+            (None, false) => Kind::Path(path.to_path_buf()),
             _ => return Err(SourceError::PathOrSource),
         };
-        let verifier = settings.public_key.as_deref().map(Verifier::from_file).transpose()?;
-        let cache = settings.effective_cache_dir().map(|d| d.join("oci"));
-        Ok(Source { kind, verifier, cache, poll: Duration::from_millis(settings.poll_interval_ms) })
+        let verifier = public_key.map(Verifier::from_file).transpose()?;
+        let cache = cache_dir.map(|d| d.join("oci"));
+        Ok(Source { kind, verifier, cache, poll: Duration::from_millis(poll_interval_ms) })
     }
 
     /// How often to ask the registry for the tag's digest: for a tag with polling on only.
@@ -347,19 +355,20 @@ fn write_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::settings::PluginSettings;
 
     #[test]
     fn exactly_one_of_path_and_source_is_accepted() {
         let mut s = PluginSettings::new("cube.wasm");
-        assert!(Source::new(&s).unwrap().path().is_some());
+        assert!(s.source().unwrap().path().is_some());
         s.source = Some("oci://127.0.0.1:5000/vk/cube:1".into());
-        assert!(matches!(Source::new(&s), Err(SourceError::PathOrSource)));
+        assert!(matches!(s.source(), Err(SourceError::PathOrSource)));
         s.path = PathBuf::new();
-        let source = Source::new(&s).unwrap();
+        let source = s.source().unwrap();
         assert_eq!(source.poll_interval(), Some(Duration::from_millis(30_000)));
         s.poll_interval_ms = 0;
-        assert_eq!(Source::new(&s).unwrap().poll_interval(), None);
+        assert_eq!(s.source().unwrap().poll_interval(), None);
         s.source = None;
-        assert!(matches!(Source::new(&s), Err(SourceError::PathOrSource)));
+        assert!(matches!(s.source(), Err(SourceError::PathOrSource)));
     }
 }

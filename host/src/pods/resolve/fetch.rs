@@ -15,8 +15,8 @@ use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
+use super::watched::{HeldObjects, Kind, ObjectKey, Seen};
 use super::{FetchError, References, all_containers};
-use crate::pods::references::{Kind, ObjectKey, ReferenceWatches, Seen};
 
 /// How long a namespace's Services are reused for service-link variables.
 pub const SERVICE_TTL: Duration = Duration::from_secs(2);
@@ -80,7 +80,7 @@ impl ServiceCache {
 pub async fn fetch(
     client: &Client,
     services: &ServiceCache,
-    watches: &ReferenceWatches,
+    watches: &impl HeldObjects,
     pod: &Pod,
 ) -> Result<References, FetchError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();

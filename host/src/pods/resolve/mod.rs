@@ -10,6 +10,7 @@ mod env;
 mod fetch;
 mod service_links;
 mod volumes;
+mod watched;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +20,7 @@ use crate::plugin::{self, BinaryEntry, KeyValue, ResolvedPod};
 
 pub use downward::parse_quantity;
 pub use fetch::{SERVICE_TTL, ServiceCache, fetch, offline_references, watched_names};
+pub use watched::{HeldObjects, Kind, ObjectKey, Seen};
 
 /// A referenced object the pod cannot start without.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
