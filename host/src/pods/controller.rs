@@ -113,6 +113,10 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// believed (a provider's list may lag its create); a `status` answer is believed at once, but
 /// for an instance this process made within this time.
 const LOST_GRACE: Duration = Duration::from_secs(10);
+/// How long a deletion the provider answered `in-progress` may stay in progress before `delete`
+/// is asked again (idempotent): a backend that accepted a delete and dropped it must not keep
+/// the instance, billed, and the pod Terminating for ever.
+const DELETE_REASK: Duration = Duration::from_secs(30);
 
 /// A deletion this reconcile is seeing through, in memory: how often its instance was polled
 /// (for the next requeue), and the provider's answer when the records had no room for it.
@@ -120,6 +124,8 @@ const LOST_GRACE: Duration = Duration::from_secs(10);
 struct Deleting {
     polls: u32,
     unrecorded: Option<PendingDeletion>,
+    /// When this process last asked `delete`, or first saw the deletion in progress.
+    asked_at: Option<Instant>,
 }
 
 /// Everything the controller, its listing task and the kubelet API share for one node.
@@ -352,6 +358,24 @@ impl NodeContext {
 
     /// The wait before looking again at a deletion whose instance still exists: 50 ms, doubling
     /// up to 1 s.
+    /// Whether `delete` is to be asked again for the deletion in progress of `uid`: once it has
+    /// been in progress [`DELETE_REASK`] since this process asked or first saw it.
+    fn reask_due(&self, uid: &str) -> bool {
+        let mut deleting = self.deleting.lock().unwrap();
+        let asked_at = &mut deleting.entry(uid.to_owned()).or_default().asked_at;
+        match asked_at {
+            Some(at) if at.elapsed() < DELETE_REASK => false,
+            Some(at) => {
+                *at = Instant::now();
+                true
+            }
+            None => {
+                *asked_at = Some(Instant::now());
+                false
+            }
+        }
+    }
+
     fn deletion_poll(&self, uid: &str) -> Duration {
         let mut deleting = self.deleting.lock().unwrap();
         let d = deleting.entry(uid.to_owned()).or_default();
@@ -932,6 +956,12 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             }
             Some(pending) => {
                 if !deletion_finished(ctx, &pending).await {
+                    if ctx.reask_due(&uid) {
+                        match ctx.plugin.delete(&ctx.call, &pref, DeleteReason::PodDeleted).await {
+                            Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => {}
+                            Err(e) => tracing::debug!(pod = %k, error = %e, "delete asked again"),
+                        }
+                    }
                     return Ok(Action::requeue(ctx.deletion_poll(&uid)));
                 }
             }
@@ -951,6 +981,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
                         }
                         Err(source) => return Err(SyncError::Records { pod: k, source }),
                     }
+                    ctx.deleting.lock().unwrap().entry(uid.clone()).or_default().asked_at = Some(Instant::now());
                     let wait = u64::from(answer.poll_after_ms).max(ctx.deletion_poll(&uid).as_millis() as u64);
                     return Ok(Action::requeue(Duration::from_millis(wait)));
                 }

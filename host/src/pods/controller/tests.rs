@@ -366,6 +366,31 @@ async fn a_deletion_in_progress_requeues_the_pod_and_a_later_reconcile_finishes_
     assert!(ctx.deleting.lock().unwrap().is_empty() && ctx.instances.lock().unwrap().is_empty());
 }
 
+/// A backend that accepted a delete and dropped it is asked again once the deletion has been in
+/// progress for a while, not on every poll.
+#[tokio::test]
+async fn a_deletion_in_progress_too_long_is_asked_again() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let pod = created(&api, &ctx, "web", "uid-web-11").await;
+    let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
+    let pending = PendingDeletion::new(NodeContext::pod_ref(&pod), DeleteReason::PodDeleted, id);
+    ctx.records.record_deletion(pending).await.unwrap();
+    let pod = Arc::new(mark_deleted(&api, "web"));
+
+    reconcile(pod.clone(), ctx.clone()).await.unwrap();
+    reconcile(pod.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(calls(&ctx, Export::Delete), 0, "first seen now: not asked again yet");
+
+    // The deletion has been in progress since long ago; the instance is still there.
+    ctx.deleting.lock().unwrap().get_mut("uid-web-11").unwrap().asked_at = Some(Instant::now() - DELETE_REASK);
+    reconcile(pod.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(calls(&ctx, Export::Delete), 1, "asked again");
+
+    // That delete went through: the next reconcile sees the instance gone and lets the pod go.
+    assert_eq!(reconcile(pod.clone(), ctx.clone()).await.unwrap(), Action::await_change());
+    assert!(api.get(&pod_path("web")).is_none());
+}
+
 /// When the annotation write fails after the instance was made, the retry must still write it:
 /// without it a restart whose first `list` fails finds a pod with neither record nor annotation.
 #[tokio::test]
