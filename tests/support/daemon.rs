@@ -100,6 +100,14 @@ pub async fn start(config: &str) -> Daemon {
     Daemon::start(cfg, Some(shared_runtime())).await.expect("daemon start")
 }
 
+/// [`start`] with a plugin runtime of its own: for a test whose daemon must not share what the
+/// runtime keeps per plugin (the plugin's counters, its `[plugin.egress]` budget) with the other
+/// daemons of the test binary running in parallel.
+pub async fn start_alone(config: &str) -> Daemon {
+    let cfg = DaemonConfig::parse(config, std::path::Path::new("test.toml")).expect("test config");
+    Daemon::start(cfg, None).await.expect("daemon start")
+}
+
 /// The node a daemon registered for config node `n1` of `cluster_id`, once it is Ready.
 pub async fn node_of(client: &Client, cluster_id: &str) -> Node {
     let nodes: Api<Node> = Api::all(client.clone());
