@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use vkcube_e2e::cube::{CubeEnv, pod_on_node as pod};
-use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
+use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start, start_alone};
 use vkcube_e2e::{cluster, deployment, running_ready, wait_for};
 use vkhost::config::DaemonConfig;
 
