@@ -19,25 +19,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use registry_support::Registry;
-use support::{plugin, scratch_dir, settings};
+use support::{plugin, scratch_dir, settings, unique_copy};
 use timing::{arg, row};
 use tokio_util::sync::CancellationToken;
 use vkhost::plugin::source::publish::{KeygenArgs, PushArgs, run_keygen, run_push};
 use vkhost::plugin::{Plugin, PluginRuntime, ReloadTrigger};
-
-/// A copy of `wasm` with a unique custom section appended: new bytes, same behaviour.
-fn unique_copy(wasm: &Path, dir: &Path, i: usize) -> PathBuf {
-    let mut bytes = std::fs::read(wasm).unwrap();
-    let name = b"vkcube-bench";
-    let payload = format!("{i}-{:?}", Instant::now());
-    let size = 1 + name.len() + payload.len();
-    bytes.extend_from_slice(&[0, size as u8, name.len() as u8]);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload.as_bytes());
-    let path = dir.join(format!("candidate-{i}.wasm"));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
 
 async fn push(file: &Path, reference: &str, key: &Path) {
     let args = PushArgs { file: file.into(), reference: reference.into(), key: Some(key.into()) };

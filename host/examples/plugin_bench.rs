@@ -14,26 +14,10 @@ mod timing;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{ctx, install, plugin, plugin_dir, pod_ref, resolved_pod, scratch_dir, settings};
+use support::{ctx, install, plugin, plugin_dir, pod_ref, resolved_pod, scratch_dir, settings, unique_copy};
 use timing::{arg, row, time_calls};
 use tokio_util::sync::CancellationToken;
 use vkhost::plugin::{CreateAttempt, Plugin, PluginRuntime};
-
-/// A copy of `wasm` with a unique custom section appended: different bytes (so a cache miss and a
-/// real compile, as for a new release), same behaviour.
-fn unique_copy(wasm: &Path, dir: &Path, i: usize) -> std::path::PathBuf {
-    let mut bytes = std::fs::read(wasm).unwrap();
-    let name = b"vkcube-bench";
-    let payload = format!("{i}-{:?}", Instant::now());
-    let size = 1 + name.len() + payload.len();
-    assert!(size < 128 && name.len() < 128);
-    bytes.extend_from_slice(&[0, size as u8, name.len() as u8]);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload.as_bytes());
-    let path = dir.join(format!("candidate-{i}.wasm"));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
 
 /// Waits for the background Cranelift build of the active version, so every measurement starts
 /// on a quiet machine and calls run optimized code; returns how long it took.

@@ -1,8 +1,11 @@
 //! Rollouts on a real plugin runtime, without a cluster: a new version reaches the canary node
 //! first and the other nodes after the healthy period; a version that blows its error budget on
 //! the canary is rolled back while the other node's calls never touch it, and the same file is
-//! refused afterwards; pins through the admin routes.
+//! refused afterwards; the same with the broken version pushed to the OCI tag the daemon polls
+//! (a real registry on loopback); pins through the admin routes.
 
+#[path = "registry_support.rs"]
+mod registry_support;
 #[path = "plugin_support.rs"]
 mod support;
 
@@ -10,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use registry_support::Registry;
 use support::{ctx, install, plugin, resolved_pod, scratch_dir, settings};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use vkhost::plugin::source::publish::{KeygenArgs, PushArgs, run_keygen, run_push};
 use vkhost::plugin::{Budget, CreateAttempt, Plugin, PluginRuntime, RolloutSettings, Step, VersionEvent};
 
 const NODES: [&str; 2] = ["n1", "n2"];
@@ -159,6 +164,78 @@ async fn a_version_over_its_error_budget_on_the_canary_is_rolled_back_and_the_sa
     stop.store(true, Ordering::Relaxed);
     assert!(steady.await.unwrap() > 0);
     shutdown.cancel();
+    driver.await.unwrap();
+}
+
+/// The rollout gate behind an OCI source: a signed but broken release pushed to the polled tag
+/// reaches the canary only, is rolled back there by its error budget, and the other node keeps
+/// answering on the version it had, pinned by digest, throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_release_pushed_to_the_tag_is_rolled_back_on_the_canary_and_never_reaches_the_other_node() {
+    let registry = Registry::start();
+    let dir = scratch_dir("rollout-oci");
+    let prefix = dir.join("author");
+    assert_eq!(run_keygen(KeygenArgs { prefix: prefix.clone() }).unwrap(), 0);
+    let (key, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    let tag = registry.reference("vk/faulty:stable");
+    let push = |file: &'static str| {
+        let args = PushArgs { file: plugin(file), reference: tag.clone(), key: Some(key.clone()) };
+        async move { assert_eq!(run_push(args).await.unwrap(), 0, "push {file}") }
+    };
+    push("faulty-v1.wasm").await;
+
+    let mut s = settings("");
+    s.path = std::path::PathBuf::new();
+    s.source = Some(tag.clone());
+    s.public_key = Some(public);
+    s.cache_dir = Some(dir.join("cache"));
+    s.poll_interval_ms = 50;
+    s.rollout = Some(RolloutSettings {
+        canary_nodes: vec!["n1".into()],
+        healthy_seconds: 3600,
+        min_calls: 1,
+        budget: Budget { window_calls: 10, max_failures: 2, outcomes: vec!["trap".into()] },
+    });
+    let smoke = NODES.iter().map(|n| (n.to_string(), "{}".to_string())).collect();
+    let p = Plugin::load(PluginRuntime::new().unwrap(), s, smoke).await.unwrap();
+    let v1 = p.provenance_for("n2").and_then(|s| s.digest).expect("an OCI version has a digest");
+    let shutdown = CancellationToken::new();
+    let watcher = p.spawn_watcher(shutdown.clone());
+    let driver = p.spawn_rollout(shutdown.clone()).unwrap();
+    let mut events = p.subscribe_versions();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let (p, stop) = (p.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut answered = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(answers(&p, "n2").await, "1.0.0");
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answered
+        })
+    };
+
+    push("faulty-broken-pods.wasm").await;
+    let canary = next_for(&mut events, "n1").await;
+    assert_eq!((canary.step, canary.to.version.as_str()), (Step::Canary, "4.0.0"));
+    assert_ne!(p.provenance_for("n1").and_then(|s| s.digest), Some(v1.clone()), "the canary pulled the new digest");
+    for _ in 0..3 {
+        let e = p.describe_node(&ctx("n1", "{}")).await.unwrap_err();
+        assert_eq!(e.outcome(), "trap", "{e}");
+    }
+    let back = next_for(&mut events, "n1").await;
+    assert!(matches!(back.step, Step::RolledBack { .. }), "{back:?}");
+    assert_eq!(answers(&p, "n1").await, "1.0.0");
+    assert_eq!(p.provenance_for("n1").and_then(|s| s.digest), Some(v1.clone()), "back on the pinned digest");
+
+    stop.store(true, Ordering::Relaxed);
+    assert!(steady.await.unwrap() > 0);
+    assert_eq!(p.provenance_for("n2").and_then(|s| s.digest), Some(v1), "n2 never left its version");
+    shutdown.cancel();
+    let _ = watcher.await;
     driver.await.unwrap();
 }
 

@@ -153,3 +153,19 @@ pub fn install(from: &Path, path: &Path) {
     std::fs::copy(from, &tmp).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// A copy of `wasm` in `dir` with a unique custom section appended: different bytes (so a cache
+/// miss and a real compile, as for a new release), same behaviour. `i` names the copy.
+pub fn unique_copy(wasm: &Path, dir: &Path, i: usize) -> PathBuf {
+    let mut bytes = std::fs::read(wasm).unwrap();
+    let name = b"vkcube-bench";
+    let payload = format!("{i}-{:?}", std::time::Instant::now());
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128 && name.len() < 128);
+    bytes.extend_from_slice(&[0, size as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload.as_bytes());
+    let path = dir.join(format!("candidate-{i}.wasm"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
