@@ -97,7 +97,8 @@ pub struct PodSettings {
     #[serde(default = "default_workers")]
     pub workers: u16,
     /// Seconds between listings of the provider's instances (status news for the controller,
-    /// the orphan sweep's input); every 250 ms while an instance made in the last minute is starting.
+    /// the orphan sweep's input); every 250 ms while an instance made in the last minute is starting
+    /// (every second while the plugin's calls wait for its `[plugin.egress]` budget).
     #[serde(default = "default_status_sync")]
     pub status_sync_seconds: u64,
     /// Seconds between orphan sweeps (instances no pod owns are deleted: they cost money).

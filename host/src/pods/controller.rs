@@ -1122,11 +1122,26 @@ async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), S
 
 /// How often the instances are listed while some are starting.
 const STARTING_SYNC: Duration = Duration::from_millis(250);
+/// The same while the plugin's calls wait for its cloud-API budget (`[plugin.egress]`): every
+/// node listing four times a second would spend a small budget on listings and leave creates
+/// waiting behind them.
+const STARTING_SYNC_UNDER_BUDGET: Duration = Duration::from_secs(1);
+
+/// The wait before the next listing: `period`, quicker while instances start (`starting`), less
+/// quick while calls waited for the plugin's budget since the last listing (`budget_waited`).
+fn next_listing(period: Duration, starting: bool, budget_waited: bool) -> Duration {
+    match (starting, budget_waited) {
+        (false, _) => period,
+        (true, false) => STARTING_SYNC.min(period),
+        (true, true) => STARTING_SYNC_UNDER_BUDGET.min(period),
+    }
+}
 
 /// Every few seconds (every [`STARTING_SYNC`] while instances start: one call per page of
-/// instances, where polling each pod would be a call per pod): one `list` call, kept as the last listing for reconcile; the pods it shows
-/// a change for are handed to the controller (`reconcile_on`); instances no pod owns are deleted
-/// (less often) — they cost money. Writes no pod status.
+/// instances, where polling each pod would be a call per pod): one `list` call, kept as the last
+/// listing for reconcile; the pods it shows a change for are handed to the controller
+/// (`reconcile_on`); instances no pod owns are deleted (less often) — they cost money. Writes no
+/// pod status.
 async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef<Pod>>, shutdown: CancellationToken) {
     if !cache_ready(&ctx.store, &shutdown).await {
         return;
@@ -1134,6 +1149,7 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
     let mut last_sweep: Option<Instant> = None;
     let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
     let expansions = super::expansion::Answered::default();
+    let mut budget_waits = ctx.plugin.budget_stats().map(|b| b.waited);
     loop {
         finish_deletions(&ctx).await;
         let sweep_due =
@@ -1149,7 +1165,9 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
         } else if sweep_due {
             last_sweep = Some(Instant::now());
         }
-        let wait = if ctx.startups.instances_starting() { STARTING_SYNC } else { period };
+        let waits = ctx.plugin.budget_stats().map(|b| b.waited);
+        let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits);
+        budget_waits = waits;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ctx.startups.instance_started(), if wait == period => {}

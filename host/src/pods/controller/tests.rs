@@ -411,3 +411,14 @@ async fn a_failed_annotation_write_is_retried_through_the_idempotent_create() {
     let instances = ctx.plugin.list(&ctx.call).await.unwrap();
     assert_eq!(instances.iter().map(|i| i.instance_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 }
+
+#[test]
+fn the_listing_is_quick_while_instances_start_and_less_so_while_the_plugins_budget_has_waiters() {
+    let period = Duration::from_secs(10);
+    assert_eq!(next_listing(period, false, false), period);
+    assert_eq!(next_listing(period, false, true), period);
+    assert_eq!(next_listing(period, true, false), STARTING_SYNC);
+    assert_eq!(next_listing(period, true, true), STARTING_SYNC_UNDER_BUDGET);
+    // Never slower than the configured period.
+    assert_eq!(next_listing(Duration::from_millis(100), true, true), Duration::from_millis(100));
+}
