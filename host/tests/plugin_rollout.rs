@@ -51,6 +51,24 @@ async fn next_for(events: &mut broadcast::Receiver<VersionEvent>, node: &str) ->
     .unwrap_or_else(|_| panic!("no version change on {node} within 60 s"))
 }
 
+/// Calls `node` steadily until the flag is set, each call answered by version 1.0.0 (a failed or
+/// other answer fails the test); the task returns how many calls were answered.
+fn steady_on_v1(p: &Arc<Plugin>, node: &'static str) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, flag) = (p.clone(), stop.clone());
+    let steady = tokio::spawn(async move {
+        let mut answered = 0u64;
+        while !flag.load(Ordering::Relaxed) {
+            assert_eq!(answers(&p, node).await, "1.0.0");
+            answered += 1;
+            // A pause, so the steady caller leaves the runtime to the rollout and the tag poll.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        answered
+    });
+    (stop, steady)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_reaches_the_canary_first_and_the_other_nodes_after_the_healthy_period() {
     let dir = scratch_dir("rollout-promote");
@@ -120,19 +138,7 @@ async fn a_version_over_its_error_budget_on_the_canary_is_rolled_back_and_the_sa
     let mut events = p.subscribe_versions();
 
     // n2 is called steadily throughout: none of its calls may fail.
-    let stop = Arc::new(AtomicBool::new(false));
-    let steady = {
-        let (p, stop) = (p.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut answered = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                assert_eq!(answers(&p, "n2").await, "1.0.0");
-                answered += 1;
-                tokio::task::yield_now().await;
-            }
-            answered
-        })
-    };
+    let (stop, steady) = steady_on_v1(&p, "n2");
 
     // A release whose validate-config passes but whose node and pod exports trap.
     install(&plugin("faulty-broken-pods.wasm"), &path);
@@ -204,19 +210,7 @@ async fn a_broken_release_pushed_to_the_tag_is_rolled_back_on_the_canary_and_nev
     let driver = p.spawn_rollout(shutdown.clone()).unwrap();
     let mut events = p.subscribe_versions();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let steady = {
-        let (p, stop) = (p.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut answered = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                assert_eq!(answers(&p, "n2").await, "1.0.0");
-                answered += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            answered
-        })
-    };
+    let (stop, steady) = steady_on_v1(&p, "n2");
 
     push("faulty-broken-pods.wasm").await;
     let canary = next_for(&mut events, "n1").await;

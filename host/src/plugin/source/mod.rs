@@ -68,6 +68,22 @@ pub struct Verified {
     pub provenance: Provenance,
 }
 
+impl Verified {
+    /// Version `digest` of `r` (pulled now, or from the cache when `offline`), checked.
+    fn pulled(r: &OciRef, digest: String, bytes: Vec<u8>, verified_by: Option<String>, offline: bool) -> Verified {
+        Verified {
+            bytes: bytes.into(),
+            provenance: Provenance {
+                source: r.display(),
+                pinned: r.pinned(&digest),
+                digest: Some(digest),
+                verified_by,
+                offline,
+            },
+        }
+    }
+}
+
 /// The configured source of the plugin's versions.
 #[derive(Debug)]
 pub struct Source {
@@ -198,16 +214,7 @@ impl Source {
         {
             tracing::warn!(dir = %dir.display(), error = %e, "could not keep the pulled plugin for offline starts");
         }
-        Ok(Verified {
-            bytes: bytes.into(),
-            provenance: Provenance {
-                source: r.display(),
-                pinned: r.pinned(&digest),
-                digest: Some(digest),
-                verified_by,
-                offline: false,
-            },
-        })
+        Ok(Verified::pulled(r, digest, bytes, verified_by, false))
     }
 
     fn verify(&self, r: &OciRef, digest: &str, signatures: &[CosignSignature]) -> Result<Option<String>, SourceError> {
@@ -244,16 +251,7 @@ impl Source {
             source = %r.display(), %digest, %error,
             "registry unreachable: starting the plugin version last pulled, from the cache"
         );
-        Ok(Verified {
-            bytes: bytes.into(),
-            provenance: Provenance {
-                source: r.display(),
-                pinned: r.pinned(&digest),
-                digest: Some(digest),
-                verified_by,
-                offline: true,
-            },
-        })
+        Ok(Verified::pulled(r, digest, bytes, verified_by, true))
     }
 }
 
