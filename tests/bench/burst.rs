@@ -545,6 +545,55 @@ async fn counts(addr: Option<&str>) -> (Option<f64>, Option<f64>) {
     )
 }
 
+/// The apiserver's own count of what it served, from its `/metrics` (read with the harness's
+/// admin credentials).
+#[derive(Default)]
+struct ApiserverRequests {
+    /// `apiserver_request_total` by (resource[/subresource], verb), every client together.
+    by_resource: std::collections::BTreeMap<(String, String), f64>,
+    /// Requests dispatched for the node identities (`system:nodes`: the flow schemas
+    /// `system-nodes` and `system-node-high`), which is vkhost's pod and node work and nothing
+    /// else in this harness: the controllers, the scheduler and the harness use other identities.
+    by_nodes: f64,
+}
+
+impl ApiserverRequests {
+    async fn take(client: &kube::Client) -> Result<Self> {
+        let text = client.request_text(http::Request::get("/metrics").body(vec![])?).await?;
+        let label = |line: &str, name: &str| -> String {
+            let Some(at) = line.find(&format!("{name}=\"")) else { return String::new() };
+            line[at + name.len() + 2..].split('"').next().unwrap_or_default().to_string()
+        };
+        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let mut sample = ApiserverRequests::default();
+        for line in text.lines() {
+            if line.starts_with("apiserver_request_total{") {
+                let (resource, sub) = (label(line, "resource"), label(line, "subresource"));
+                let resource = if sub.is_empty() { resource } else { format!("{resource}/{sub}") };
+                *sample.by_resource.entry((resource, label(line, "verb"))).or_default() += value(line);
+            } else if line.starts_with("apiserver_flowcontrol_dispatched_requests_total{") {
+                let flow = label(line, "flow_schema");
+                if flow == "system-nodes" || flow == "system-node-high" {
+                    sample.by_nodes += value(line);
+                }
+            }
+        }
+        Ok(sample)
+    }
+
+    /// What was served between `before` and `self`, by resource and verb, largest first.
+    fn since(&self, before: &ApiserverRequests) -> Vec<((String, String), f64)> {
+        let mut d: Vec<_> = self
+            .by_resource
+            .iter()
+            .map(|(k, n)| (k.clone(), n - before.by_resource.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, n)| *n > 0.0)
+            .collect();
+        d.sort_by(|a, b| b.1.total_cmp(&a.1));
+        d
+    }
+}
+
 /// The stages of a pod's start in the daemon's `pod started` lines, and how they are shown.
 const STAGE_FIELDS: [(&str, &str); 9] = [
     ("total_ms", "daemon's own log: first sight -> Ready written"),
@@ -780,6 +829,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
 
     let admin = admin_addr(&daemon_log);
     let counts_before = counts(admin.as_deref()).await;
+    let requests_before = ApiserverRequests::take(&client).await.context("read the apiserver's /metrics")?;
     let tck = clk_tck();
     let idle_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     let cpu_before = cpu_seconds(pid, tck).unwrap_or(0.0);
@@ -817,6 +867,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let t_all_ready = t_all_ready.with_context(|| format!("daemon log: {}", daemon_log.display()))?;
     let cpu_ready = cpu_seconds(pid, tck).unwrap_or(0.0);
     let counts_ready = counts(admin.as_deref()).await;
+    let requests_ready = ApiserverRequests::take(&client).await.context("read the apiserver's /metrics")?;
     let rss_at_ready = rss_by_mapping(pid);
     // The cloud's side of the starts: its calls by action, each instance's start.
     let cloud = match &sim_url {
@@ -983,6 +1034,17 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
             println!("{label:<66} {v:>9.2}");
         }
     }
+    // The apiserver's count, create -> all Ready: every client's requests by resource (the
+    // controllers', the scheduler's and the harness's too), and those of the node identities.
+    let node_requests =
+        (!args.daemon.is_upstream()).then(|| (requests_ready.by_nodes - requests_before.by_nodes) / want as f64);
+    if let Some(n) = node_requests {
+        println!("{:<66} {n:>9.2}", "apiserver requests per pod by the nodes' identities, create -> all Ready");
+    }
+    println!("apiserver requests per pod, create -> all Ready, every client (the ten largest):");
+    for ((resource, verb), n) in requests_ready.since(&requests_before).into_iter().take(10) {
+        println!("{:<66} {:>9.2}", format!("  {verb} {resource}"), n / want as f64);
+    }
     println!();
     let round = |v: f64| (v * 10.0).round() / 10.0;
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
@@ -1006,6 +1068,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "reconciles_per_pod_down": reconciles_down.map(round2),
         "status_calls_per_pod_up": status_up.map(round2),
         "status_calls_per_pod_down": status_down.map(round2),
+        "node_requests_per_pod_up": node_requests.map(round2),
         "budget": match args.daemon {
             DaemonKind::Upstream => "stock: 5 requests/s, burst 10, 10 workers",
             DaemonKind::UpstreamTuned => "tuned: 500 requests/s, burst 1000, 64 workers",
