@@ -1,19 +1,32 @@
 //! Components as OCI artifacts, in the layout wasm components use (the CNCF TAG Runtime wasm
 //! artifact: an OCI image manifest whose config is `application/vnd.wasm.config.v0+json` and whose
 //! one layer is the component, `application/wasm`), and cosign's signature artifacts beside them.
-//! A thin layer over `oci-client`: resolve a tag, pull by digest (checking every digest), push.
+//! Resolve a tag, pull by digest (checking every digest), push. Pushes go through `oci-client`;
+//! pulls are plain GETs whose bodies are read against a bound, since oci-client reads manifests
+//! and error answers whole (`res.bytes()` in its `pull_manifest_raw`, `fetch_manifest_digest` and
+//! `pull_blob`), so a registry could make the daemon allocate whatever it sends. Its token
+//! exchange authorizes them.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::HeaderValue;
+use http::header::{ACCEPT, AUTHORIZATION};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+    OciDescriptor, OciImageManifest,
+};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::plugin::cache::sha256_hex;
-use crate::plugin::source::SourceError;
 use crate::plugin::source::signature::{CosignSignature, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
+use crate::plugin::source::{Bound, MAX_SMALL_BLOB, SourceError};
 
 /// The wasm artifact's config media type.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -23,13 +36,24 @@ pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
 const SIGNATURE_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 /// The scheme of an OCI source.
 pub const SCHEME: &str = "oci://";
-/// The largest manifest or signature payload read.
-const MAX_SMALL_BLOB: usize = 4 << 20;
+/// A manifest is read up to this bound.
+const MANIFEST: Bound = Bound { limit: MAX_SMALL_BLOB, what: "its manifest", by: "a manifest may have" };
+/// The signature layers read from one signature artifact (cosign writes one per signature).
+const MAX_SIGNATURES: usize = 16;
+/// How much of a registry's error answer is kept for the message.
+const MAX_ERROR_TEXT: usize = 1024;
 
-/// One artifact reference and a client for its registry.
+/// One artifact reference and the clients for its registry.
 pub struct OciRef {
     reference: Reference,
+    /// Pushes, and the registry's token exchange.
     client: Client,
+    /// Pulls, each body read against a bound.
+    http: reqwest::Client,
+    /// `scheme://registry/v2/repository`, where pulls go.
+    base: String,
+    /// The `Authorization` of pulls, once the registry asked for one (a 401).
+    authorization: Mutex<Option<HeaderValue>>,
     auth: RegistryAuth,
 }
 
@@ -72,21 +96,29 @@ impl OciRef {
         {
             return Err(bad("the digest must be sha256:<64 hex digits>"));
         }
-        let protocol = if is_loopback(reference.registry()) {
-            ClientProtocol::HttpsExcept(vec![reference.registry().to_string()])
+        let (protocol, scheme) = if is_loopback(reference.registry()) {
+            (ClientProtocol::HttpsExcept(vec![reference.registry().to_string()]), "http")
         } else {
-            ClientProtocol::Https
+            (ClientProtocol::Https, "https")
         };
+        let (connect_timeout, read_timeout) = (std::time::Duration::from_secs(5), std::time::Duration::from_secs(30));
         let client = Client::new(ClientConfig {
             protocol,
-            connect_timeout: Some(std::time::Duration::from_secs(5)),
-            read_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(connect_timeout),
+            read_timeout: Some(read_timeout),
             // One request per blob: components are a few MiB, and not every registry answers
             // the chunked protocol's intermediate steps with a Location.
             use_monolithic_push: true,
             ..Default::default()
         });
-        Ok(OciRef { reference, client, auth: auth_from_env() })
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout)
+            .user_agent(concat!("vkhost/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| bad(&format!("cannot build its HTTP client: {e}")))?;
+        let base = format!("{scheme}://{}/v2/{}", reference.resolve_registry(), reference.repository());
+        Ok(OciRef { reference, client, http, base, authorization: Mutex::new(None), auth: auth_from_env() })
     }
 
     /// The reference as configured, `oci://…`.
@@ -109,14 +141,6 @@ impl OciRef {
         format!("{SCHEME}{}@{digest}", self.repository())
     }
 
-    fn by_digest(&self, digest: &str) -> Reference {
-        Reference::with_digest(
-            self.reference.registry().to_string(),
-            self.reference.repository().to_string(),
-            digest.to_string(),
-        )
-    }
-
     fn by_tag(&self, tag: &str) -> Reference {
         Reference::with_tag(self.reference.registry().to_string(), self.reference.repository().to_string(), tag.into())
     }
@@ -127,12 +151,139 @@ impl OciRef {
         SourceError::Registry { reference: self.display(), unreachable, message: format!("{e}") }
     }
 
+    fn http_error(&self, e: &reqwest::Error) -> SourceError {
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        SourceError::Registry {
+            reference: self.display(),
+            unreachable: e.is_connect() || e.is_timeout() || e.is_request(),
+            message,
+        }
+    }
+
+    /// Sends a pull request for `path` (`manifests/<ref>`, `blobs/<digest>`) in the repository;
+    /// when the registry answers 401, authorizes and sends it once more.
+    async fn request(&self, method: Method, path: &str, accept: &str) -> Result<reqwest::Response, SourceError> {
+        let url = format!("{}/{path}", self.base);
+        let response = self.send(&method, &url, accept).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        self.authorize().await?;
+        self.send(&method, &url, accept).await
+    }
+
+    async fn send(&self, method: &Method, url: &str, accept: &str) -> Result<reqwest::Response, SourceError> {
+        let authorization = self.authorization.lock().unwrap().clone();
+        let mut request = self.http.request(method.clone(), url).header(ACCEPT, accept);
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.send().await.map_err(|e| self.http_error(&e))
+    }
+
+    /// The registry's token for pulls (oci-client follows its challenge), or the Basic
+    /// credentials when it challenges for those: the `Authorization` of the requests that follow.
+    async fn authorize(&self) -> Result<(), SourceError> {
+        let token =
+            self.client.auth(&self.reference, &self.auth, RegistryOperation::Pull).await.map_err(|e| self.error(e))?;
+        let value = match (token, &self.auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, RegistryAuth::Basic(user, password)) => {
+                Some(format!("Basic {}", B64.encode(format!("{user}:{password}"))))
+            }
+            (None, _) => None,
+        };
+        *self.authorization.lock().unwrap() = value.and_then(|v| HeaderValue::from_str(&v).ok()).map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        Ok(())
+    }
+
+    /// A registry's answer other than success, with the start of what it said.
+    async fn refused(&self, mut response: reqwest::Response) -> SourceError {
+        let head = format!("{} answered {}", response.url(), response.status());
+        let mut text = Vec::new();
+        while text.len() < MAX_ERROR_TEXT
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            text.extend_from_slice(&chunk);
+        }
+        text.truncate(MAX_ERROR_TEXT);
+        let text = String::from_utf8_lossy(&text);
+        let message = if text.trim().is_empty() { head } else { format!("{head}: {}", text.trim()) };
+        SourceError::Registry { reference: self.display(), unreachable: false, message }
+    }
+
+    /// GETs `path` and reads the body within `bound`: refused by a declared length over it before
+    /// a byte is read, and as soon as the bytes sent go past it (`reference` names what is
+    /// refused). `None`: the registry has no such thing (404).
+    async fn get(
+        &self,
+        path: &str,
+        accept: &str,
+        bound: Bound,
+        reference: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        let mut response = self.request(Method::GET, path, accept).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            s if !s.is_success() => return Err(self.refused(response).await),
+            _ => {}
+        }
+        let declared = response.content_length();
+        if let Some(length) = declared
+            && length > bound.limit
+        {
+            return Err(bound.refuse(reference.into(), Some(length)));
+        }
+        let mut body = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.http_error(&e))? {
+            if (body.len() + chunk.len()) as u64 > bound.limit {
+                return Err(bound.refuse(reference.into(), None));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+
+    /// `get`, where a 404 is an error.
+    async fn get_found(&self, path: &str, accept: &str, bound: Bound, reference: &str) -> Result<Vec<u8>, SourceError> {
+        self.get(path, accept, bound, reference).await?.ok_or_else(|| SourceError::Registry {
+            reference: self.display(),
+            unreachable: false,
+            message: format!("{}/{path} answered 404 Not Found", self.base),
+        })
+    }
+
     /// The manifest digest the reference names now: the pinned one, or the tag's current one.
     pub async fn resolve(&self) -> Result<String, SourceError> {
         if let Some(digest) = self.reference.digest() {
             return Ok(digest.to_string());
         }
-        let digest = self.client.fetch_manifest_digest(&self.reference, &self.auth).await.map_err(|e| self.error(e))?;
+        let path = format!("manifests/{}", self.reference.tag().unwrap_or("latest"));
+        let accept = [
+            OCI_IMAGE_MEDIA_TYPE,
+            OCI_IMAGE_INDEX_MEDIA_TYPE,
+            IMAGE_MANIFEST_MEDIA_TYPE,
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+        ]
+        .join(", ");
+        let head = self.request(Method::HEAD, &path, &accept).await?;
+        if !head.status().is_success() {
+            return Err(self.refused(head).await);
+        }
+        let header = head.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let digest = match header {
+            Some(digest) => digest,
+            // A registry that does not name it: the digest of the manifest's bytes.
+            None => format!("sha256:{}", sha256_hex(&self.get_found(&path, &accept, MANIFEST, &self.display()).await?)),
+        };
         if !is_sha256_digest(&digest) {
             return Err(SourceError::Artifact {
                 reference: self.display(),
@@ -143,15 +294,13 @@ impl OciRef {
     }
 
     /// Pulls the manifest at `digest` and its component layer, checking both digests and the
-    /// wasm artifact layout.
-    pub async fn pull(&self, digest: &str) -> Result<Vec<u8>, SourceError> {
-        let reference = self.by_digest(digest);
-        let artifact = |why: String| SourceError::Artifact { reference: self.pinned(digest), why };
-        let (raw, _) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
-            .await
-            .map_err(|e| self.error(e))?;
+    /// wasm artifact layout. A layer larger than `max` is refused by its declared size before it
+    /// is pulled, and its bytes are read up to that declared size only, whatever the registry
+    /// sends.
+    pub(crate) async fn pull(&self, digest: &str, max: Bound) -> Result<Vec<u8>, SourceError> {
+        let pinned = self.pinned(digest);
+        let artifact = |why: String| SourceError::Artifact { reference: pinned.clone(), why };
+        let raw = self.get_found(&format!("manifests/{digest}"), OCI_IMAGE_MEDIA_TYPE, MANIFEST, &pinned).await?;
         if format!("sha256:{}", sha256_hex(&raw)) != digest {
             return Err(artifact("the manifest's bytes do not have the digest they were asked by".into()));
         }
@@ -168,8 +317,17 @@ impl OciRef {
         let [layer] = layers.as_slice() else {
             return Err(artifact(format!("it has {} {WASM_LAYER_MEDIA_TYPE} layers, not one", layers.len())));
         };
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0).min(256 << 20));
-        self.client.pull_blob(&reference, *layer, &mut bytes).await.map_err(|e| self.error(e))?;
+        if !is_sha256_digest(&layer.digest) {
+            return Err(artifact(format!("its layer's digest {:?} is not sha256:<hex>", layer.digest)));
+        }
+        let declared =
+            u64::try_from(layer.size).map_err(|_| artifact(format!("its layer declares the size {}", layer.size)))?;
+        if declared > max.limit {
+            return Err(max.refuse(pinned, Some(declared)));
+        }
+        // A registry may send more than it declared: no more than that is read.
+        let sent = Bound { limit: declared, by: "its manifest declares", ..max };
+        let bytes = self.get_found(&format!("blobs/{}", layer.digest), "*/*", sent, &pinned).await?;
         if format!("sha256:{}", sha256_hex(&bytes)) != layer.digest {
             return Err(artifact(format!("the component layer does not have its digest {}", layer.digest)));
         }
@@ -177,28 +335,33 @@ impl OciRef {
     }
 
     /// The cosign signatures stored for `digest` (`sha256-<hex>.sig`); none when the tag is absent.
+    /// Their payloads are read up to the sizes their manifest declares, MAX_SMALL_BLOB in all.
     pub async fn signatures(&self, digest: &str) -> Result<Vec<CosignSignature>, SourceError> {
         let tag = signature_tag(digest);
-        let reference = self.by_tag(&tag);
-        let raw = match self.client.pull_manifest_raw(&reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE]).await {
-            Ok((raw, _)) => raw,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(self.error(e)),
+        let name = format!("{}:{tag}", self.repository());
+        let artifact = |why: String| SourceError::Artifact { reference: name.clone(), why };
+        let Some(raw) = self.get(&format!("manifests/{tag}"), OCI_IMAGE_MEDIA_TYPE, MANIFEST, &name).await? else {
+            return Ok(Vec::new());
         };
-        let manifest: OciImageManifest = serde_json::from_slice(&raw).map_err(|e| SourceError::Artifact {
-            reference: format!("{}:{tag}", self.repository()),
-            why: format!("not an OCI image manifest: {e}"),
-        })?;
+        let manifest: OciImageManifest =
+            serde_json::from_slice(&raw).map_err(|e| artifact(format!("not an OCI image manifest: {e}")))?;
         let mut out = Vec::new();
-        for layer in manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE) {
+        let mut budget = MAX_SMALL_BLOB;
+        let layers = manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE);
+        for layer in layers.take(MAX_SIGNATURES) {
             let Some(signature) = layer.annotations.as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)) else {
                 continue;
             };
-            if layer.size > MAX_SMALL_BLOB as i64 {
+            let Some(size) = u64::try_from(layer.size).ok().filter(|s| *s <= budget) else { continue };
+            if !is_sha256_digest(&layer.digest) {
                 continue;
             }
-            let mut payload = Vec::new();
-            self.client.pull_blob(&reference, layer, &mut payload).await.map_err(|e| self.error(e))?;
+            let bound = Bound { limit: size, what: "a signature payload", by: "its manifest declares" };
+            let payload = self.get_found(&format!("blobs/{}", layer.digest), "*/*", bound, &name).await?;
+            if format!("sha256:{}", sha256_hex(&payload)) != layer.digest {
+                return Err(artifact(format!("a signature payload does not have its digest {}", layer.digest)));
+            }
+            budget -= size;
             out.push(CosignSignature { payload, signature: signature.clone() });
         }
         Ok(out)
@@ -273,18 +436,6 @@ pub fn is_sha256_digest(digest: &str) -> bool {
     digest
         .strip_prefix("sha256:")
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
-
-fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::ImageManifestNotFoundError(_) => true,
-        E::ServerError { code, .. } => *code == 404,
-        E::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, oci_client::errors::OciErrorCode::ManifestUnknown))
-        }
-        _ => false,
-    }
 }
 
 /// Registry credentials from `VKHOST_REGISTRY_USERNAME` and `VKHOST_REGISTRY_PASSWORD`
