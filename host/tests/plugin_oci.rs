@@ -267,12 +267,13 @@ async fn a_file_over_max_component_mib_is_refused_and_the_running_one_stays() {
 
 /// A registry on loopback that lies: its manifests name a 10-byte layer, and the layer (or a
 /// manifest itself) is an endless stream. Each stream reports, when it is dropped because the
-/// reader hung up, how much it had sent.
+/// reader hung up, how much it had sent. `vk/liar` is pulled with a token from its `/token`
+/// realm, as public registries ask.
 mod liar {
     use std::time::Duration;
 
     use axum::body::Body;
-    use axum::http::{Method, StatusCode, Uri, header};
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
     use axum::response::Response;
     use sha2::{Digest, Sha256};
     use tokio::sync::mpsc;
@@ -340,9 +341,36 @@ mod liar {
         Body::from_stream(stream)
     }
 
-    async fn answer(report: mpsc::UnboundedSender<u64>, method: Method, uri: Uri) -> Response {
+    const TOKEN: &str = "t0k3n";
+
+    async fn answer(
+        report: mpsc::UnboundedSender<u64>,
+        addr: String,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Response {
         let manifest = manifest();
         let path = uri.path();
+        let status = |code: StatusCode| Response::builder().status(code).body(Body::empty()).unwrap();
+        if path == "/token" {
+            let query: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap();
+            let asked = |k: &str, v: &str| query.iter().any(|(key, value)| key == k && value == v);
+            if !(asked("scope", "repository:vk/liar:pull") && asked("service", "liar")) {
+                return status(StatusCode::FORBIDDEN);
+            }
+            return Response::new(Body::from(format!(r#"{{"token":"{TOKEN}"}}"#)));
+        }
+        let bearer = format!("Bearer {TOKEN}");
+        if path.starts_with("/v2/vk/liar/")
+            && headers.get(header::AUTHORIZATION).is_none_or(|v| v.as_bytes() != bearer.as_bytes())
+        {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(header::WWW_AUTHENTICATE, format!(r#"Bearer realm="http://{addr}/token",service="liar""#))
+                .body(Body::empty())
+                .unwrap();
+        }
         let ok = |digest: String, body: Body| {
             Response::builder()
                 .header(header::CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json")
@@ -366,14 +394,17 @@ mod liar {
             let body = if method == Method::HEAD { Body::empty() } else { endless(report) };
             return ok(digest, body);
         }
-        Response::builder().status(StatusCode::NOT_FOUND).body(Body::empty()).unwrap()
+        status(StatusCode::NOT_FOUND)
     }
 
     pub async fn start() -> Liar {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, hangups) = mpsc::unbounded_channel();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri| answer(tx.clone(), method, uri));
+        let at = addr.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+            answer(tx.clone(), at.clone(), method, uri, headers)
+        });
         let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Liar { addr, hangups, _server: server }
     }

@@ -1,11 +1,11 @@
 //! Components as OCI artifacts, in the layout wasm components use (the CNCF TAG Runtime wasm
 //! artifact: an OCI image manifest whose config is `application/vnd.wasm.config.v0+json` and whose
 //! one layer is the component, `application/wasm`), and cosign's signature artifacts beside them.
-//! Resolve a tag, pull by digest (checking every digest), push. Pushes go through `oci-client`;
-//! pulls are plain GETs whose bodies are read against a bound, since oci-client reads manifests
-//! and error answers whole (`res.bytes()` in its `pull_manifest_raw`, `fetch_manifest_digest` and
-//! `pull_blob`), so a registry could make the daemon allocate whatever it sends. Its token
-//! exchange authorizes them.
+//! Resolve a tag, pull by digest (checking every digest), push. Pushes (the authors' side) go
+//! through `oci-client`; the daemon's pulls are plain GETs, the registry's token exchange
+//! included, whose bodies are read against a bound: oci-client reads manifests, tokens and error
+//! answers whole (`res.bytes()`/`text()` in its `pull_manifest_raw`, `fetch_manifest_digest`,
+//! `pull_blob` and `auth`), so a registry could make it allocate whatever it sends.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -20,7 +20,7 @@ use oci_client::manifest::{
     OciDescriptor, OciImageManifest,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::{Client, Reference};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -42,6 +42,9 @@ const MANIFEST: Bound = Bound { limit: MAX_SMALL_BLOB, what: "its manifest", by:
 const MAX_SIGNATURES: usize = 16;
 /// How much of a registry's error answer is kept for the message.
 const MAX_ERROR_TEXT: usize = 1024;
+/// A token answer is read up to this bound.
+const TOKEN: Bound =
+    Bound { limit: MAX_SMALL_BLOB, what: "its registry's token answer", by: "a token answer may have" };
 
 /// One artifact reference and the clients for its registry.
 pub struct OciRef {
@@ -173,7 +176,10 @@ impl OciRef {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        self.authorize().await?;
+        let challenge = response.headers().get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        let challenge = challenge.and_then(Challenge::parse);
+        drop(response);
+        self.authorize(challenge).await?;
         self.send(&method, &url, accept).await
     }
 
@@ -186,23 +192,61 @@ impl OciRef {
         request.send().await.map_err(|e| self.http_error(&e))
     }
 
-    /// The registry's token for pulls (oci-client follows its challenge), or the Basic
-    /// credentials when it challenges for those: the `Authorization` of the requests that follow.
-    async fn authorize(&self) -> Result<(), SourceError> {
-        let token =
-            self.client.auth(&self.reference, &self.auth, RegistryOperation::Pull).await.map_err(|e| self.error(e))?;
-        let value = match (token, &self.auth) {
-            (Some(token), _) => Some(format!("Bearer {token}")),
-            (None, RegistryAuth::Basic(user, password)) => {
-                Some(format!("Basic {}", B64.encode(format!("{user}:{password}"))))
-            }
-            (None, _) => None,
+    /// The `Authorization` of the requests that follow a 401: a token from the realm a Bearer
+    /// challenge names (asked with the Basic credentials, if any), else the Basic credentials.
+    async fn authorize(&self, challenge: Option<Challenge>) -> Result<(), SourceError> {
+        let basic = match &self.auth {
+            RegistryAuth::Basic(user, password) => Some((user.as_str(), password.as_str())),
+            _ => None,
+        };
+        let value = match challenge {
+            Some(challenge) => Some(format!("Bearer {}", self.token(&challenge, basic).await?)),
+            None => basic.map(|(user, password)| format!("Basic {}", B64.encode(format!("{user}:{password}")))),
         };
         *self.authorization.lock().unwrap() = value.and_then(|v| HeaderValue::from_str(&v).ok()).map(|mut v| {
             v.set_sensitive(true);
             v
         });
         Ok(())
+    }
+
+    /// A pull token from the challenge's realm (the distribution spec's token exchange).
+    async fn token(&self, challenge: &Challenge, basic: Option<(&str, &str)>) -> Result<String, SourceError> {
+        let refused =
+            |message: String| SourceError::Registry { reference: self.display(), unreachable: false, message };
+        let mut url = reqwest::Url::parse(&challenge.realm)
+            .map_err(|e| refused(format!("its token realm {:?} is not a URL: {e}", challenge.realm)))?;
+        // Credentials go over TLS, or to this machine.
+        if url.scheme() != "https" && !(url.scheme() == "http" && url.host_str().is_some_and(is_loopback)) {
+            return Err(refused(format!("its token realm {} is neither https nor on this machine", challenge.realm)));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("scope", &format!("repository:{}:pull", self.reference.repository()));
+            if let Some(service) = &challenge.service {
+                query.append_pair("service", service);
+            }
+        }
+        let mut request = self.http.get(url);
+        if let Some((user, password)) = basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| self.http_error(&e))?;
+        if !response.status().is_success() {
+            return Err(self.refused(response).await);
+        }
+        let body = self.read_body(response, TOKEN, &self.display()).await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("its token realm {} answered no JSON token: {e}", challenge.realm)))?;
+        answer
+            .token
+            .or(answer.access_token)
+            .ok_or_else(|| refused(format!("its token realm {} answered no token", challenge.realm)))
     }
 
     /// A registry's answer other than success, with the start of what it said.
@@ -220,9 +264,8 @@ impl OciRef {
         SourceError::Registry { reference: self.display(), unreachable: false, message }
     }
 
-    /// GETs `path` and reads the body within `bound`: refused by a declared length over it before
-    /// a byte is read, and as soon as the bytes sent go past it (`reference` names what is
-    /// refused). `None`: the registry has no such thing (404).
+    /// GETs `path` and reads the body within `bound` (`reference` names what is refused).
+    /// `None`: the registry has no such thing (404).
     async fn get(
         &self,
         path: &str,
@@ -230,12 +273,23 @@ impl OciRef {
         bound: Bound,
         reference: &str,
     ) -> Result<Option<Vec<u8>>, SourceError> {
-        let mut response = self.request(Method::GET, path, accept).await?;
+        let response = self.request(Method::GET, path, accept).await?;
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             s if !s.is_success() => return Err(self.refused(response).await),
             _ => {}
         }
+        self.read_body(response, bound, reference).await.map(Some)
+    }
+
+    /// A body within `bound`: refused by a declared length over it before a byte is read, and as
+    /// soon as the bytes sent go past it.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        bound: Bound,
+        reference: &str,
+    ) -> Result<Vec<u8>, SourceError> {
         let declared = response.content_length();
         if let Some(length) = declared
             && length > bound.limit
@@ -249,7 +303,7 @@ impl OciRef {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(body))
+        Ok(body)
     }
 
     /// `get`, where a 404 is an error.
@@ -427,6 +481,56 @@ impl OciRef {
     }
 }
 
+/// A registry's `WWW-Authenticate: Bearer realm="…",service="…"` challenge.
+#[derive(Debug, PartialEq)]
+struct Challenge {
+    realm: String,
+    service: Option<String>,
+}
+
+impl Challenge {
+    /// The Bearer challenge of a `WWW-Authenticate` value (RFC 7235 parameters, quoted or not);
+    /// none for another scheme or without a realm.
+    fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, mut rest) = header.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let (mut realm, mut service) = (None, None);
+        loop {
+            rest = rest.trim_start().trim_start_matches(',').trim_start();
+            if rest.is_empty() {
+                break;
+            }
+            let (key, after) = rest.split_once('=')?;
+            let after = after.trim_start();
+            let value = if let Some(quoted) = after.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (_, '\\') => value.push(chars.next()?.1),
+                        (i, '"') => break i + 1,
+                        (_, c) => value.push(c),
+                    }
+                };
+                rest = &quoted[end..];
+                value
+            } else {
+                let end = after.find(',').unwrap_or(after.len());
+                rest = &after[end..];
+                after[..end].trim().to_string()
+            };
+            match key.trim().to_ascii_lowercase().as_str() {
+                "realm" => realm = Some(value),
+                "service" => service = Some(value),
+                _ => {}
+            }
+        }
+        Some(Challenge { realm: realm?, service })
+    }
+}
+
 /// The tag cosign stores the signatures of `digest` under: `sha256-<hex>.sig`.
 pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
@@ -479,6 +583,22 @@ mod tests {
         }
         for host in ["10.0.0.1:5000", "registry.example.com", "localhost.example.com:5000", "[::2]:80"] {
             assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn bearer_challenges_name_their_realm_and_service() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:vk/cube:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.realm, "https://auth.example.com/token");
+        assert_eq!(c.service.as_deref(), Some("registry.example.com"));
+        let c = Challenge::parse(r#"bearer  service=reg, realm="https://a.example/t\"x""#).unwrap();
+        assert_eq!((c.realm.as_str(), c.service.as_deref()), (r#"https://a.example/t"x"#, Some("reg")));
+        for other in [r#"Basic realm="registry""#, r#"Bearer service="reg""#, r#"Bearer realm="unterminated"#, "Bearer"]
+        {
+            assert_eq!(Challenge::parse(other), None, "{other}");
         }
     }
 
