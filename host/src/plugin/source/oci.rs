@@ -49,7 +49,7 @@ const TOKEN: Bound =
 /// One artifact reference and the clients for its registry.
 pub struct OciRef {
     reference: Reference,
-    /// Pushes, and the registry's token exchange.
+    /// Pushes (the authors' side).
     client: Client,
     /// Pulls, each body read against a bound.
     http: reqwest::Client,
