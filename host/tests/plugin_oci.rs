@@ -221,7 +221,7 @@ async fn a_layer_over_max_component_mib_is_refused_by_its_declared_size_and_the_
 
     // Whoever can move the tag pushes a 3 MiB layer (what it holds does not matter: it is never read).
     let big = vec![0u8; 3 << 20];
-    OciRef::parse(&tag).unwrap().push(&big, "big.wasm").await.unwrap();
+    OciRef::parse(&tag).unwrap().push(&big, "big.wasm", None).await.unwrap();
     let ev = next_tag_reload(&mut events).await;
     let why = ev.outcome.as_ref().unwrap_err();
     assert!(

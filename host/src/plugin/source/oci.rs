@@ -144,6 +144,14 @@ impl OciRef {
         format!("{SCHEME}{}@{digest}", self.repository())
     }
 
+    fn by_digest(&self, digest: &str) -> Reference {
+        Reference::with_digest(
+            self.reference.registry().to_string(),
+            self.reference.repository().to_string(),
+            digest.to_string(),
+        )
+    }
+
     fn by_tag(&self, tag: &str) -> Reference {
         Reference::with_tag(self.reference.registry().to_string(), self.reference.repository().to_string(), tag.into())
     }
@@ -422,7 +430,15 @@ impl OciRef {
     }
 
     /// Pushes `component` as a wasm artifact under the reference's tag; returns its manifest digest.
-    pub async fn push(&self, component: &[u8], title: &str) -> Result<String, SourceError> {
+    /// With `sign` (the cosign signature of a manifest digest), the manifest goes up by digest and
+    /// is signed before the tag names it: a daemon polling the tag never sees the version unsigned
+    /// (and refuses it for good).
+    pub async fn push(
+        &self,
+        component: &[u8],
+        title: &str,
+        sign: Option<&dyn Fn(&str) -> CosignSignature>,
+    ) -> Result<String, SourceError> {
         let layer_digest = format!("sha256:{}", sha256_hex(component));
         let config = serde_json::to_vec(&json!({
             "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -443,6 +459,11 @@ impl OciRef {
         });
         self.push_blob(component.to_vec(), &layer_digest).await?;
         self.push_blob(config, &config_digest).await?;
+        if let Some(sign) = sign {
+            let digest = format!("sha256:{}", sha256_hex(&serde_json::to_vec(&manifest).expect("json")));
+            self.push_manifest(&self.by_digest(&digest), &manifest).await?;
+            self.push_signature(&digest, &sign(&digest)).await?;
+        }
         self.push_manifest(&self.reference, &manifest).await
     }
 
