@@ -164,7 +164,7 @@ pub struct Source {
 #[derive(Debug)]
 enum Kind {
     Path(PathBuf),
-    Oci(OciRef),
+    Oci(Box<OciRef>),
 }
 
 impl Source {
@@ -180,7 +180,7 @@ impl Source {
         max_component_mib: u64,
     ) -> Result<Self, SourceError> {
         let kind = match (source, path.as_os_str().is_empty()) {
-            (Some(source), true) => Kind::Oci(OciRef::parse(source)?),
+            (Some(source), true) => Kind::Oci(Box::new(OciRef::parse(source)?)),
             (None, false) => Kind::Path(path.to_path_buf()),
             _ => return Err(SourceError::PathOrSource),
         };
