@@ -1,7 +1,8 @@
 //! Plugins from a real OCI registry on loopback (go-containerregistry's, built by
 //! `tests/registry/build`): pulled and pinned by digest, a tag move hot-reloaded, unsigned and
 //! wrongly signed versions refused while the running one stays, an offline start from the cache,
-//! and detached signatures of file sources.
+//! detached signatures of file sources, and components over `max_component_mib` refused (by their
+//! declared size, and from a lying registry on loopback by what it sends).
 
 #[path = "plugin_support.rs"]
 mod plugin_support;
@@ -15,8 +16,9 @@ use std::time::Duration;
 use plugin_support::{plugin, scratch_dir, settings};
 use registry_support::Registry;
 use tokio_util::sync::CancellationToken;
+use vkhost::plugin::source::oci::OciRef;
 use vkhost::plugin::source::publish::{KeygenArgs, PushArgs, SignArgs, run_keygen, run_push, run_sign};
-use vkhost::plugin::{Plugin, PluginRuntime, PluginSettings, ReloadEvent, ReloadTrigger};
+use vkhost::plugin::{LoadError, Plugin, PluginRuntime, PluginSettings, ReloadEvent, ReloadTrigger, SourceError};
 
 /// A new key pair in `dir`: (private, public).
 fn keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -200,5 +202,232 @@ async fn a_file_source_needs_its_detached_signature_when_a_key_is_configured() {
     assert_eq!(plugin.info().version, "1.0.0");
     assert_eq!(run_sign(SignArgs { file: file.clone(), key }).unwrap(), 0);
     assert_eq!(plugin.reload().await.unwrap().version, "2.0.0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_over_max_component_mib_is_refused_by_its_declared_size_and_the_running_one_stays() {
+    let registry = Registry::start();
+    let dir = scratch_dir("oci-too-large");
+    let tag = registry.reference("vk/faulty:stable");
+    push("faulty-v1.wasm", &tag, None).await;
+    let mut s = oci_settings(&tag, None, &dir.join("cache"));
+    s.max_component_mib = 1;
+    let plugin = load(s).await.unwrap();
+    let v1 = digest_of(&plugin);
+    let shutdown = CancellationToken::new();
+    let mut events = plugin.subscribe();
+    let watcher = plugin.spawn_watcher(shutdown.clone());
+
+    // Whoever can move the tag pushes a 3 MiB layer (what it holds does not matter: it is never read).
+    let big = vec![0u8; 3 << 20];
+    OciRef::parse(&tag).unwrap().push(&big, "big.wasm", None).await.unwrap();
+    let ev = next_tag_reload(&mut events).await;
+    let why = ev.outcome.as_ref().unwrap_err();
+    assert!(
+        why.contains("refused: its component layer is 3145728 bytes, more than the 1048576 bytes [plugin] max_component_mib allows"),
+        "{why}"
+    );
+    assert!(!ev.signature_refused, "{ev:?}");
+    assert_eq!((plugin.info().version.as_str(), digest_of(&plugin)), ("1.0.0", v1));
+
+    // A version within the bound still goes in after it.
+    push("faulty-v2.wasm", &tag, None).await;
+    let ev = next_tag_reload(&mut events).await;
+    assert_eq!(ev.outcome.as_ref().map(|i| i.version.as_str()), Ok("2.0.0"), "{ev:?}");
+    shutdown.cancel();
+    watcher.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_max_component_mib_is_refused_and_the_running_one_stays() {
+    let dir = scratch_dir("file-too-large");
+    let file = dir.join("faulty.wasm");
+    std::fs::copy(plugin("faulty-v1.wasm"), &file).unwrap();
+    let mut s = settings(&file);
+    s.max_component_mib = 1;
+    let plugin = load(s).await.unwrap();
+
+    std::fs::write(&file, vec![0u8; 2 << 20]).unwrap();
+    let err = plugin.reload().await.unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Source(SourceError::TooLarge { size: Some(2097152), limit: 1048576, .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(
+            "refused: the file is 2097152 bytes, more than the 1048576 bytes [plugin] max_component_mib allows"
+        ),
+        "{err}"
+    );
+    assert_eq!(plugin.info().version, "1.0.0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A registry on loopback that lies: its manifests name a 10-byte layer, and the layer (or a
+/// manifest itself) is an endless stream. Each stream reports, when it is dropped because the
+/// reader hung up, how much it had sent. `vk/liar` is pulled with a token from its `/token`
+/// realm, as public registries ask.
+mod liar {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+    use axum::response::Response;
+    use sha2::{Digest, Sha256};
+    use tokio::sync::mpsc;
+
+    /// More than any bound: what an endless stream sends when nobody hangs up.
+    pub const ENDLESS: u64 = 1 << 30;
+
+    pub struct Liar {
+        pub addr: String,
+        /// Bytes each endless stream had sent when it was dropped.
+        pub hangups: mpsc::UnboundedReceiver<u64>,
+        _server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Liar {
+        /// What the next endless stream had sent when the reader hung up.
+        pub async fn hangup(&mut self) -> u64 {
+            tokio::time::timeout(Duration::from_secs(60), self.hangups.recv())
+                .await
+                .expect("the endless stream is dropped once the daemon stops reading")
+                .unwrap()
+        }
+    }
+
+    fn sha256(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The manifest of `vk/liar`: one `application/wasm` layer said to be 10 bytes.
+    pub fn manifest() -> Vec<u8> {
+        let config = b"{}";
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": sha256(config), "size": 2},
+            "layers": [{"mediaType": "application/wasm", "digest": sha256(b"0123456789"), "size": 10}],
+        }))
+        .unwrap()
+    }
+
+    /// What an endless stream has sent, reported when it is dropped.
+    struct Hangup {
+        sent: u64,
+        report: mpsc::UnboundedSender<u64>,
+    }
+
+    impl Drop for Hangup {
+        fn drop(&mut self) {
+            let _ = self.report.send(self.sent);
+        }
+    }
+
+    fn endless(report: mpsc::UnboundedSender<u64>) -> Body {
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+        let stream = futures::stream::unfold(Hangup { sent: 0, report }, move |mut state| {
+            let chunk = chunk.clone();
+            async move {
+                if state.sent >= ENDLESS {
+                    return None;
+                }
+                state.sent += chunk.len() as u64;
+                Some((Ok::<_, std::io::Error>(chunk), state))
+            }
+        });
+        Body::from_stream(stream)
+    }
+
+    const TOKEN: &str = "t0k3n";
+
+    async fn answer(
+        report: mpsc::UnboundedSender<u64>,
+        addr: String,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Response {
+        let manifest = manifest();
+        let path = uri.path();
+        let status = |code: StatusCode| Response::builder().status(code).body(Body::empty()).unwrap();
+        if path == "/token" {
+            let query: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap();
+            let asked = |k: &str, v: &str| query.iter().any(|(key, value)| key == k && value == v);
+            if !(asked("scope", "repository:vk/liar:pull") && asked("service", "liar")) {
+                return status(StatusCode::FORBIDDEN);
+            }
+            return Response::new(Body::from(format!(r#"{{"token":"{TOKEN}"}}"#)));
+        }
+        let bearer = format!("Bearer {TOKEN}");
+        if path.starts_with("/v2/vk/liar/")
+            && headers.get(header::AUTHORIZATION).is_none_or(|v| v.as_bytes() != bearer.as_bytes())
+        {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(header::WWW_AUTHENTICATE, format!(r#"Bearer realm="http://{addr}/token",service="liar""#))
+                .body(Body::empty())
+                .unwrap();
+        }
+        let ok = |digest: String, body: Body| {
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json")
+                .header("docker-content-digest", digest)
+                .body(body)
+                .unwrap()
+        };
+        if path == "/v2/" {
+            return Response::new(Body::empty());
+        }
+        if path.starts_with("/v2/vk/liar/manifests/") {
+            let body = if method == Method::HEAD { Body::empty() } else { Body::from(manifest.clone()) };
+            return ok(sha256(&manifest), body);
+        }
+        if path.starts_with("/v2/vk/liar/blobs/") {
+            return Response::new(endless(report));
+        }
+        // A tag whose manifest never ends.
+        if path.starts_with("/v2/vk/endless/manifests/") {
+            let digest = format!("sha256:{}", "a".repeat(64));
+            let body = if method == Method::HEAD { Body::empty() } else { endless(report) };
+            return ok(digest, body);
+        }
+        status(StatusCode::NOT_FOUND)
+    }
+
+    pub async fn start() -> Liar {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, hangups) = mpsc::unbounded_channel();
+        let at = addr.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+            answer(tx.clone(), at.clone(), method, uri, headers)
+        });
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Liar { addr, hangups, _server: server }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_sending_more_than_it_declared_is_cut_off_at_the_declared_size() {
+    let mut liar = liar::start().await;
+    let dir = scratch_dir("oci-liar");
+    // The layer is said to be 10 bytes and never ends: nothing past 10 bytes is kept.
+    let tag = format!("oci://{}/vk/liar:v1", liar.addr);
+    let err = load(oci_settings(&tag, None, &dir.join("cache"))).await.err().unwrap();
+    assert!(matches!(&err, LoadError::Source(SourceError::TooLarge { size: None, limit: 10, .. })), "{err:?}");
+    assert!(err.to_string().contains("its component layer is longer than the 10 bytes its manifest declares"), "{err}");
+    // The daemon hung up: the registry got to send a few socket buffers, not the gigabyte.
+    let sent = liar.hangup().await;
+    assert!(sent < 64 << 20, "the registry sent {sent} bytes before the daemon hung up");
+
+    // A manifest that never ends is cut off at the manifest bound.
+    let tag = format!("oci://{}/vk/endless:v1", liar.addr);
+    let err = load(oci_settings(&tag, None, &dir.join("cache2"))).await.err().unwrap();
+    assert!(err.to_string().contains("its manifest is longer than the 4194304 bytes a manifest may have"), "{err}");
+    let sent = liar.hangup().await;
+    assert!(sent < 64 << 20, "the registry sent {sent} bytes before the daemon hung up");
     let _ = std::fs::remove_dir_all(&dir);
 }

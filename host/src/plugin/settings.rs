@@ -32,6 +32,11 @@ pub struct PluginSettings {
     /// refused, and the running version stays.
     #[serde(default)]
     pub public_key: Option<PathBuf>,
+    /// The largest component accepted, MiB: a file or OCI layer over it is refused before it is
+    /// read (a registry cannot make the daemon allocate what it names), and the running version
+    /// stays.
+    #[serde(default = "default_max_component_mib")]
+    pub max_component_mib: u64,
     /// URL prefixes the plugin may reach through the `http` import and hand back as stream targets,
     /// e.g. `https://api.example.com/` (scheme, host, port and path prefix are all compared).
     #[serde(default)]
@@ -61,6 +66,10 @@ fn yes() -> bool {
 
 fn default_poll_interval_ms() -> u64 {
     30_000
+}
+
+fn default_max_component_mib() -> u64 {
+    crate::plugin::source::MAX_COMPONENT_MIB
 }
 
 /// Resource limits applied to every call, each in a fresh instance.
@@ -104,6 +113,7 @@ impl PluginSettings {
             source: None,
             poll_interval_ms: default_poll_interval_ms(),
             public_key: None,
+            max_component_mib: default_max_component_mib(),
             allowed_urls: Vec::new(),
             limits: Limits::default(),
             egress: BudgetSettings::default(),
@@ -121,6 +131,7 @@ impl PluginSettings {
             self.public_key.as_deref(),
             self.effective_cache_dir(),
             self.poll_interval_ms,
+            self.max_component_mib,
         )
     }
 

@@ -2,7 +2,9 @@
 //! artifact (`source = "oci://…"`), each checked against the configured public key before it
 //! reaches the loader. `Source::fetch` yields a verified component (bytes and provenance); the
 //! handle compiles and swaps it in through its one reload path. Pulled artifacts are kept by
-//! digest in the cache directory, so a daemon starts when the registry is down.
+//! digest in the cache directory, so a daemon starts when the registry is down. Every read is
+//! bounded (`Bound`): what a registry, a tag's owner or a file names or sends beyond it is refused
+//! before it is held in memory.
 
 pub mod oci;
 pub mod publish;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::io::AsyncReadExt as _;
 
 use oci::OciRef;
 use signature::{CosignSignature, SignatureError, Verifier};
@@ -36,6 +39,17 @@ pub enum SourceError {
     Signature { reference: String, error: SignatureError },
     #[error("plugin {reference}: {error}; and no pulled copy is cached to start from ({cache})")]
     Offline { reference: String, error: Box<SourceError>, cache: String },
+    /// More bytes than a `Bound` allows: `size` as declared (or found on disk), none when they
+    /// went on past it.
+    #[error("plugin {reference} refused: {}", too_large(what, *size, *limit, by))]
+    TooLarge { reference: String, what: &'static str, size: Option<u64>, limit: u64, by: &'static str },
+}
+
+fn too_large(what: &str, size: Option<u64>, limit: u64, by: &str) -> String {
+    match size {
+        Some(size) => format!("{what} is {size} bytes, more than the {limit} bytes {by}"),
+        None => format!("{what} is longer than the {limit} bytes {by}"),
+    }
 }
 
 impl SourceError {
@@ -43,6 +57,57 @@ impl SourceError {
     pub fn is_signature(&self) -> bool {
         matches!(self, SourceError::Signature { .. })
     }
+}
+
+/// The largest component a source hands to the loader unless `[plugin] max_component_mib` says
+/// otherwise. A version is held in memory whole (then compiled), so a layer or file over the bound
+/// is refused before it is read: a registry, or whoever moves the tag, cannot make the daemon
+/// allocate what it names. Components are a few MiB (the Python example, an interpreter inside,
+/// is 18 MiB), so this leaves room for far larger ones.
+pub const MAX_COMPONENT_MIB: u64 = 256;
+
+/// The largest manifest, cosign signature payload or detached signature read (they are a few
+/// hundred bytes).
+pub(crate) const MAX_SMALL_BLOB: u64 = 4 << 20;
+
+/// A limit on the bytes of one thing read, and how a refusal names it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    pub limit: u64,
+    /// What is read: `its component layer`.
+    pub what: &'static str,
+    /// Whose limit it is: `[plugin] max_component_mib allows`.
+    pub by: &'static str,
+}
+
+impl Bound {
+    /// A component of at most `bytes`, the operator's bound.
+    fn component(what: &'static str, bytes: u64) -> Bound {
+        Bound { limit: bytes, what, by: "[plugin] max_component_mib allows" }
+    }
+
+    /// `reference` refused: `size` is what it declared (or was found to be), none when the bytes
+    /// went on past the limit.
+    pub(crate) fn refuse(&self, reference: String, size: Option<u64>) -> SourceError {
+        SourceError::TooLarge { reference, what: self.what, size, limit: self.limit, by: self.by }
+    }
+}
+
+/// The bytes of `path`, up to `bound`: a file over it is refused by its size before a byte is read,
+/// and the read stops past the limit should the file grow meanwhile.
+async fn read_file(path: &Path, bound: Bound) -> Result<Vec<u8>, SourceError> {
+    let io = |source| SourceError::Io { path: path.into(), source };
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let size = file.metadata().await.map_err(io)?.len();
+    if size > bound.limit {
+        return Err(bound.refuse(path.display().to_string(), Some(size)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(bound.limit + 1).read_to_end(&mut bytes).await.map_err(io)?;
+    if bytes.len() as u64 > bound.limit {
+        return Err(bound.refuse(path.display().to_string(), None));
+    }
+    Ok(bytes)
 }
 
 /// What a version was loaded from: shown by `GET /plugin`, on the node annotation and in Events.
@@ -89,6 +154,8 @@ impl Verified {
 pub struct Source {
     kind: Kind,
     verifier: Option<Verifier>,
+    /// The largest component accepted, bytes.
+    max_component: u64,
     /// Where pulled artifacts are kept by digest (`<cache_dir>/oci`), when the cache is usable.
     cache: Option<PathBuf>,
     poll: Duration,
@@ -97,28 +164,35 @@ pub struct Source {
 #[derive(Debug)]
 enum Kind {
     Path(PathBuf),
-    Oci(OciRef),
+    Oci(Box<OciRef>),
 }
 
 impl Source {
     /// A source from `[plugin]`: `path` (empty: unset) or `source`, exactly one; the key versions
-    /// must be signed by; the cache dir (pulled versions go under `oci/`); the tag poll interval.
-    /// `PluginSettings::source` passes its fields.
+    /// must be signed by; the cache dir (pulled versions go under `oci/`); the tag poll interval;
+    /// the largest component accepted. `PluginSettings::source` passes its fields.
     pub fn new(
         path: &Path,
         source: Option<&str>,
         public_key: Option<&Path>,
         cache_dir: Option<PathBuf>,
         poll_interval_ms: u64,
+        max_component_mib: u64,
     ) -> Result<Self, SourceError> {
         let kind = match (source, path.as_os_str().is_empty()) {
-            (Some(source), true) => Kind::Oci(OciRef::parse(source)?),
+            (Some(source), true) => Kind::Oci(Box::new(OciRef::parse(source)?)),
             (None, false) => Kind::Path(path.to_path_buf()),
             _ => return Err(SourceError::PathOrSource),
         };
         let verifier = public_key.map(Verifier::from_file).transpose()?;
         let cache = cache_dir.map(|d| d.join("oci"));
-        Ok(Source { kind, verifier, cache, poll: Duration::from_millis(poll_interval_ms) })
+        Ok(Source {
+            kind,
+            verifier,
+            max_component: max_component_mib.saturating_mul(1 << 20),
+            cache,
+            poll: Duration::from_millis(poll_interval_ms),
+        })
     }
 
     /// How often to ask the registry for the tag's digest: for a tag with polling on only.
@@ -160,22 +234,24 @@ impl Source {
     }
 
     async fn fetch_file(&self, path: &Path) -> Result<Verified, SourceError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| SourceError::Io { path: path.into(), source })?;
+        let bytes = read_file(path, Bound::component("the file", self.max_component)).await?;
         let verified_by = match &self.verifier {
             None => None,
             Some(v) => {
                 let sig_path = signature::detached_signature_path(path);
                 let refused = |error| SourceError::Signature { reference: path.display().to_string(), error };
-                let sig = match tokio::fs::read_to_string(&sig_path).await {
+                let bound = Bound { limit: MAX_SMALL_BLOB, what: "the detached signature", by: "a signature may have" };
+                let sig = match read_file(&sig_path, bound).await {
                     Ok(sig) => sig,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(SourceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                         return Err(refused(SignatureError::Missing(format!(
                             "no detached signature {} (write it with `vkhost plugin sign`)",
                             sig_path.display()
                         ))));
                     }
-                    Err(source) => return Err(SourceError::Io { path: sig_path, source }),
+                    Err(e) => return Err(e),
                 };
+                let sig = String::from_utf8_lossy(&sig);
                 v.verify_blob(&bytes, &sig).map_err(refused)?;
                 Some(v.describe())
             }
@@ -197,13 +273,13 @@ impl Source {
         let digest = r.resolve().await?;
         // A version pulled before is not downloaded again (a restart, a tag moved back).
         let cached = match &self.cache {
-            Some(dir) => read_cached(dir, &digest).await,
+            Some(dir) => read_cached(dir, &digest, self.max_component).await,
             None => None,
         };
         let (bytes, signatures) = match cached {
             Some((bytes, sigs)) if self.verifier.is_none() || !sigs.is_empty() => (bytes, sigs),
             _ => {
-                let bytes = r.pull(&digest).await?;
+                let bytes = r.pull(&digest, Bound::component("its component layer", self.max_component)).await?;
                 let sigs = if self.verifier.is_some() { r.signatures(&digest).await? } else { Vec::new() };
                 (bytes, sigs)
             }
@@ -245,7 +321,9 @@ impl Source {
             None => std::fs::read_to_string(ref_path(dir, &r.display())).ok().map(|d| d.trim().to_string()),
         };
         let Some(digest) = digest.filter(|d| oci::is_sha256_digest(d)) else { return Err(offline(error)) };
-        let Some((bytes, signatures)) = read_cached(dir, &digest).await else { return Err(offline(error)) };
+        let Some((bytes, signatures)) = read_cached(dir, &digest, self.max_component).await else {
+            return Err(offline(error));
+        };
         let verified_by = self.verify(r, &digest, &signatures)?;
         tracing::warn!(
             source = %r.display(), %digest, %error,
@@ -308,14 +386,18 @@ fn ref_path(dir: &Path, reference: &str) -> PathBuf {
     dir.join("refs").join(&crate::plugin::cache::sha256_hex(reference.as_bytes())[..32])
 }
 
-/// The component and signatures kept for `digest`, if the cache has them intact.
-async fn read_cached(dir: &Path, digest: &str) -> Option<(Vec<u8>, Vec<CosignSignature>)> {
+/// The component and signatures kept for `digest`, if the cache has them intact (and within
+/// `max_component` bytes).
+async fn read_cached(dir: &Path, digest: &str, max_component: u64) -> Option<(Vec<u8>, Vec<CosignSignature>)> {
     if crate::plugin::cache::private_dir(dir).is_err() {
         return None;
     }
     let hex = hex_of(digest);
-    let bytes = tokio::fs::read(dir.join(format!("{hex}.wasm"))).await.ok()?;
-    let sigs = match tokio::fs::read(dir.join(format!("{hex}.sig.json"))).await {
+    let bytes =
+        read_file(&dir.join(format!("{hex}.wasm")), Bound::component("the cached copy", max_component)).await.ok()?;
+    // The payloads (at most MAX_SMALL_BLOB in all) in base64, in JSON.
+    let bound = Bound { limit: 2 * MAX_SMALL_BLOB, what: "its cached signatures", by: "signatures may have" };
+    let sigs = match read_file(&dir.join(format!("{hex}.sig.json")), bound).await {
         Ok(raw) => serde_json::from_slice(&raw).ok()?,
         Err(_) => Vec::new(),
     };
@@ -368,5 +450,33 @@ mod tests {
         assert_eq!(s.source().unwrap().poll_interval(), None);
         s.source = None;
         assert!(matches!(s.source(), Err(SourceError::PathOrSource)));
+    }
+
+    #[test]
+    fn the_component_bound_is_256_mib_unless_configured() {
+        let s: PluginSettings = toml::from_str(r#"path = "c.wasm""#).unwrap();
+        assert_eq!(s.source().unwrap().max_component, 256 << 20);
+        let s: PluginSettings = toml::from_str("path = \"c.wasm\"\nmax_component_mib = 8\n").unwrap();
+        assert_eq!(s.source().unwrap().max_component, 8 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_file_over_its_bound_is_refused_by_its_size() {
+        let dir = std::env::temp_dir().join(format!("vkhost-source-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.wasm");
+        std::fs::write(&path, vec![1u8; 100]).unwrap();
+        let bound = |limit| Bound::component("the file", limit);
+        assert_eq!(read_file(&path, bound(100)).await.unwrap().len(), 100);
+        let err = read_file(&path, bound(99)).await.unwrap_err();
+        assert!(matches!(err, SourceError::TooLarge { size: Some(100), limit: 99, .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "plugin {} refused: the file is 100 bytes, more than the 99 bytes [plugin] max_component_mib allows",
+                path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

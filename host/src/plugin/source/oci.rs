@@ -1,19 +1,32 @@
 //! Components as OCI artifacts, in the layout wasm components use (the CNCF TAG Runtime wasm
 //! artifact: an OCI image manifest whose config is `application/vnd.wasm.config.v0+json` and whose
 //! one layer is the component, `application/wasm`), and cosign's signature artifacts beside them.
-//! A thin layer over `oci-client`: resolve a tag, pull by digest (checking every digest), push.
+//! Resolve a tag, pull by digest (checking every digest), push. Pushes (the authors' side) go
+//! through `oci-client`; the daemon's pulls are plain GETs, the registry's token exchange
+//! included, whose bodies are read against a bound: oci-client reads manifests, tokens and error
+//! answers whole (`res.bytes()`/`text()` in its `pull_manifest_raw`, `fetch_manifest_digest`,
+//! `pull_blob` and `auth`), so a registry could make it allocate whatever it sends.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::HeaderValue;
+use http::header::{ACCEPT, AUTHORIZATION};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+    OciDescriptor, OciImageManifest,
+};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::plugin::cache::sha256_hex;
-use crate::plugin::source::SourceError;
 use crate::plugin::source::signature::{CosignSignature, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
+use crate::plugin::source::{Bound, MAX_SMALL_BLOB, SourceError};
 
 /// The wasm artifact's config media type.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -23,13 +36,27 @@ pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
 const SIGNATURE_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 /// The scheme of an OCI source.
 pub const SCHEME: &str = "oci://";
-/// The largest manifest or signature payload read.
-const MAX_SMALL_BLOB: usize = 4 << 20;
+/// A manifest is read up to this bound.
+const MANIFEST: Bound = Bound { limit: MAX_SMALL_BLOB, what: "its manifest", by: "a manifest may have" };
+/// The signature layers read from one signature artifact (cosign writes one per signature).
+const MAX_SIGNATURES: usize = 16;
+/// How much of a registry's error answer is kept for the message.
+const MAX_ERROR_TEXT: usize = 1024;
+/// A token answer is read up to this bound.
+const TOKEN: Bound =
+    Bound { limit: MAX_SMALL_BLOB, what: "its registry's token answer", by: "a token answer may have" };
 
-/// One artifact reference and a client for its registry.
+/// One artifact reference and the clients for its registry.
 pub struct OciRef {
     reference: Reference,
+    /// Pushes (the authors' side).
     client: Client,
+    /// Pulls, each body read against a bound.
+    http: reqwest::Client,
+    /// `scheme://registry/v2/repository`, where pulls go.
+    base: String,
+    /// The `Authorization` of pulls, once the registry asked for one (a 401).
+    authorization: Mutex<Option<HeaderValue>>,
     auth: RegistryAuth,
 }
 
@@ -72,21 +99,29 @@ impl OciRef {
         {
             return Err(bad("the digest must be sha256:<64 hex digits>"));
         }
-        let protocol = if is_loopback(reference.registry()) {
-            ClientProtocol::HttpsExcept(vec![reference.registry().to_string()])
+        let (protocol, scheme) = if is_loopback(reference.registry()) {
+            (ClientProtocol::HttpsExcept(vec![reference.registry().to_string()]), "http")
         } else {
-            ClientProtocol::Https
+            (ClientProtocol::Https, "https")
         };
+        let (connect_timeout, read_timeout) = (std::time::Duration::from_secs(5), std::time::Duration::from_secs(30));
         let client = Client::new(ClientConfig {
             protocol,
-            connect_timeout: Some(std::time::Duration::from_secs(5)),
-            read_timeout: Some(std::time::Duration::from_secs(30)),
+            connect_timeout: Some(connect_timeout),
+            read_timeout: Some(read_timeout),
             // One request per blob: components are a few MiB, and not every registry answers
             // the chunked protocol's intermediate steps with a Location.
             use_monolithic_push: true,
             ..Default::default()
         });
-        Ok(OciRef { reference, client, auth: auth_from_env() })
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout)
+            .user_agent(concat!("vkhost/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| bad(&format!("cannot build its HTTP client: {e}")))?;
+        let base = format!("{scheme}://{}/v2/{}", reference.resolve_registry(), reference.repository());
+        Ok(OciRef { reference, client, http, base, authorization: Mutex::new(None), auth: auth_from_env() })
     }
 
     /// The reference as configured, `oci://…`.
@@ -127,12 +162,190 @@ impl OciRef {
         SourceError::Registry { reference: self.display(), unreachable, message: format!("{e}") }
     }
 
+    fn http_error(&self, e: &reqwest::Error) -> SourceError {
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        SourceError::Registry {
+            reference: self.display(),
+            unreachable: e.is_connect() || e.is_timeout() || e.is_request(),
+            message,
+        }
+    }
+
+    /// Sends a pull request for `path` (`manifests/<ref>`, `blobs/<digest>`) in the repository;
+    /// when the registry answers 401, authorizes and sends it once more.
+    async fn request(&self, method: Method, path: &str, accept: &str) -> Result<reqwest::Response, SourceError> {
+        let url = format!("{}/{path}", self.base);
+        let response = self.send(&method, &url, accept).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = response.headers().get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        let challenge = challenge.and_then(Challenge::parse);
+        drop(response);
+        self.authorize(challenge).await?;
+        self.send(&method, &url, accept).await
+    }
+
+    async fn send(&self, method: &Method, url: &str, accept: &str) -> Result<reqwest::Response, SourceError> {
+        let authorization = self.authorization.lock().unwrap().clone();
+        let mut request = self.http.request(method.clone(), url).header(ACCEPT, accept);
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.send().await.map_err(|e| self.http_error(&e))
+    }
+
+    /// The `Authorization` of the requests that follow a 401: a token from the realm a Bearer
+    /// challenge names (asked with the Basic credentials, if any), else the Basic credentials.
+    async fn authorize(&self, challenge: Option<Challenge>) -> Result<(), SourceError> {
+        let basic = match &self.auth {
+            RegistryAuth::Basic(user, password) => Some((user.as_str(), password.as_str())),
+            _ => None,
+        };
+        let value = match challenge {
+            Some(challenge) => Some(format!("Bearer {}", self.token(&challenge, basic).await?)),
+            None => basic.map(|(user, password)| format!("Basic {}", B64.encode(format!("{user}:{password}")))),
+        };
+        *self.authorization.lock().unwrap() = value.and_then(|v| HeaderValue::from_str(&v).ok()).map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        Ok(())
+    }
+
+    /// A pull token from the challenge's realm (the distribution spec's token exchange).
+    async fn token(&self, challenge: &Challenge, basic: Option<(&str, &str)>) -> Result<String, SourceError> {
+        let refused =
+            |message: String| SourceError::Registry { reference: self.display(), unreachable: false, message };
+        let mut url = reqwest::Url::parse(&challenge.realm)
+            .map_err(|e| refused(format!("its token realm {:?} is not a URL: {e}", challenge.realm)))?;
+        // Credentials go over TLS, or to this machine.
+        if url.scheme() != "https" && !(url.scheme() == "http" && url.host_str().is_some_and(is_loopback)) {
+            return Err(refused(format!("its token realm {} is neither https nor on this machine", challenge.realm)));
+        }
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("scope", &format!("repository:{}:pull", self.reference.repository()));
+            if let Some(service) = &challenge.service {
+                query.append_pair("service", service);
+            }
+        }
+        let mut request = self.http.get(url);
+        if let Some((user, password)) = basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| self.http_error(&e))?;
+        if !response.status().is_success() {
+            return Err(self.refused(response).await);
+        }
+        let body = self.read_body(response, TOKEN, &self.display()).await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|e| refused(format!("its token realm {} answered no JSON token: {e}", challenge.realm)))?;
+        answer
+            .token
+            .or(answer.access_token)
+            .ok_or_else(|| refused(format!("its token realm {} answered no token", challenge.realm)))
+    }
+
+    /// A registry's answer other than success, with the start of what it said.
+    async fn refused(&self, mut response: reqwest::Response) -> SourceError {
+        let head = format!("{} answered {}", response.url(), response.status());
+        let mut text = Vec::new();
+        while text.len() < MAX_ERROR_TEXT
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            text.extend_from_slice(&chunk);
+        }
+        text.truncate(MAX_ERROR_TEXT);
+        let text = String::from_utf8_lossy(&text);
+        let message = if text.trim().is_empty() { head } else { format!("{head}: {}", text.trim()) };
+        SourceError::Registry { reference: self.display(), unreachable: false, message }
+    }
+
+    /// GETs `path` and reads the body within `bound` (`reference` names what is refused).
+    /// `None`: the registry has no such thing (404).
+    async fn get(
+        &self,
+        path: &str,
+        accept: &str,
+        bound: Bound,
+        reference: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        let response = self.request(Method::GET, path, accept).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            s if !s.is_success() => return Err(self.refused(response).await),
+            _ => {}
+        }
+        self.read_body(response, bound, reference).await.map(Some)
+    }
+
+    /// A body within `bound`: refused by a declared length over it before a byte is read, and as
+    /// soon as the bytes sent go past it.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        bound: Bound,
+        reference: &str,
+    ) -> Result<Vec<u8>, SourceError> {
+        let declared = response.content_length();
+        if let Some(length) = declared
+            && length > bound.limit
+        {
+            return Err(bound.refuse(reference.into(), Some(length)));
+        }
+        let mut body = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.http_error(&e))? {
+            if (body.len() + chunk.len()) as u64 > bound.limit {
+                return Err(bound.refuse(reference.into(), None));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// `get`, where a 404 is an error.
+    async fn get_found(&self, path: &str, accept: &str, bound: Bound, reference: &str) -> Result<Vec<u8>, SourceError> {
+        self.get(path, accept, bound, reference).await?.ok_or_else(|| SourceError::Registry {
+            reference: self.display(),
+            unreachable: false,
+            message: format!("{}/{path} answered 404 Not Found", self.base),
+        })
+    }
+
     /// The manifest digest the reference names now: the pinned one, or the tag's current one.
     pub async fn resolve(&self) -> Result<String, SourceError> {
         if let Some(digest) = self.reference.digest() {
             return Ok(digest.to_string());
         }
-        let digest = self.client.fetch_manifest_digest(&self.reference, &self.auth).await.map_err(|e| self.error(e))?;
+        let path = format!("manifests/{}", self.reference.tag().unwrap_or("latest"));
+        let accept = [
+            OCI_IMAGE_MEDIA_TYPE,
+            OCI_IMAGE_INDEX_MEDIA_TYPE,
+            IMAGE_MANIFEST_MEDIA_TYPE,
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+        ]
+        .join(", ");
+        let head = self.request(Method::HEAD, &path, &accept).await?;
+        if !head.status().is_success() {
+            return Err(self.refused(head).await);
+        }
+        let header = head.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let digest = match header {
+            Some(digest) => digest,
+            // A registry that does not name it: the digest of the manifest's bytes.
+            None => format!("sha256:{}", sha256_hex(&self.get_found(&path, &accept, MANIFEST, &self.display()).await?)),
+        };
         if !is_sha256_digest(&digest) {
             return Err(SourceError::Artifact {
                 reference: self.display(),
@@ -143,15 +356,13 @@ impl OciRef {
     }
 
     /// Pulls the manifest at `digest` and its component layer, checking both digests and the
-    /// wasm artifact layout.
-    pub async fn pull(&self, digest: &str) -> Result<Vec<u8>, SourceError> {
-        let reference = self.by_digest(digest);
-        let artifact = |why: String| SourceError::Artifact { reference: self.pinned(digest), why };
-        let (raw, _) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
-            .await
-            .map_err(|e| self.error(e))?;
+    /// wasm artifact layout. A layer larger than `max` is refused by its declared size before it
+    /// is pulled, and its bytes are read up to that declared size only, whatever the registry
+    /// sends.
+    pub(crate) async fn pull(&self, digest: &str, max: Bound) -> Result<Vec<u8>, SourceError> {
+        let pinned = self.pinned(digest);
+        let artifact = |why: String| SourceError::Artifact { reference: pinned.clone(), why };
+        let raw = self.get_found(&format!("manifests/{digest}"), OCI_IMAGE_MEDIA_TYPE, MANIFEST, &pinned).await?;
         if format!("sha256:{}", sha256_hex(&raw)) != digest {
             return Err(artifact("the manifest's bytes do not have the digest they were asked by".into()));
         }
@@ -168,8 +379,17 @@ impl OciRef {
         let [layer] = layers.as_slice() else {
             return Err(artifact(format!("it has {} {WASM_LAYER_MEDIA_TYPE} layers, not one", layers.len())));
         };
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0).min(256 << 20));
-        self.client.pull_blob(&reference, *layer, &mut bytes).await.map_err(|e| self.error(e))?;
+        if !is_sha256_digest(&layer.digest) {
+            return Err(artifact(format!("its layer's digest {:?} is not sha256:<hex>", layer.digest)));
+        }
+        let declared =
+            u64::try_from(layer.size).map_err(|_| artifact(format!("its layer declares the size {}", layer.size)))?;
+        if declared > max.limit {
+            return Err(max.refuse(pinned, Some(declared)));
+        }
+        // A registry may send more than it declared: no more than that is read.
+        let sent = Bound { limit: declared, by: "its manifest declares", ..max };
+        let bytes = self.get_found(&format!("blobs/{}", layer.digest), "*/*", sent, &pinned).await?;
         if format!("sha256:{}", sha256_hex(&bytes)) != layer.digest {
             return Err(artifact(format!("the component layer does not have its digest {}", layer.digest)));
         }
@@ -177,35 +397,48 @@ impl OciRef {
     }
 
     /// The cosign signatures stored for `digest` (`sha256-<hex>.sig`); none when the tag is absent.
+    /// Their payloads are read up to the sizes their manifest declares, MAX_SMALL_BLOB in all.
     pub async fn signatures(&self, digest: &str) -> Result<Vec<CosignSignature>, SourceError> {
         let tag = signature_tag(digest);
-        let reference = self.by_tag(&tag);
-        let raw = match self.client.pull_manifest_raw(&reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE]).await {
-            Ok((raw, _)) => raw,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(self.error(e)),
+        let name = format!("{}:{tag}", self.repository());
+        let artifact = |why: String| SourceError::Artifact { reference: name.clone(), why };
+        let Some(raw) = self.get(&format!("manifests/{tag}"), OCI_IMAGE_MEDIA_TYPE, MANIFEST, &name).await? else {
+            return Ok(Vec::new());
         };
-        let manifest: OciImageManifest = serde_json::from_slice(&raw).map_err(|e| SourceError::Artifact {
-            reference: format!("{}:{tag}", self.repository()),
-            why: format!("not an OCI image manifest: {e}"),
-        })?;
+        let manifest: OciImageManifest =
+            serde_json::from_slice(&raw).map_err(|e| artifact(format!("not an OCI image manifest: {e}")))?;
         let mut out = Vec::new();
-        for layer in manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE) {
+        let mut budget = MAX_SMALL_BLOB;
+        let layers = manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE);
+        for layer in layers.take(MAX_SIGNATURES) {
             let Some(signature) = layer.annotations.as_ref().and_then(|a| a.get(SIGNATURE_ANNOTATION)) else {
                 continue;
             };
-            if layer.size > MAX_SMALL_BLOB as i64 {
+            let Some(size) = u64::try_from(layer.size).ok().filter(|s| *s <= budget) else { continue };
+            if !is_sha256_digest(&layer.digest) {
                 continue;
             }
-            let mut payload = Vec::new();
-            self.client.pull_blob(&reference, layer, &mut payload).await.map_err(|e| self.error(e))?;
+            let bound = Bound { limit: size, what: "a signature payload", by: "its manifest declares" };
+            let payload = self.get_found(&format!("blobs/{}", layer.digest), "*/*", bound, &name).await?;
+            if format!("sha256:{}", sha256_hex(&payload)) != layer.digest {
+                return Err(artifact(format!("a signature payload does not have its digest {}", layer.digest)));
+            }
+            budget -= size;
             out.push(CosignSignature { payload, signature: signature.clone() });
         }
         Ok(out)
     }
 
     /// Pushes `component` as a wasm artifact under the reference's tag; returns its manifest digest.
-    pub async fn push(&self, component: &[u8], title: &str) -> Result<String, SourceError> {
+    /// With `sign` (the cosign signature of a manifest digest), the manifest goes up by digest and
+    /// is signed before the tag names it: a daemon polling the tag never sees the version unsigned
+    /// (and refuses it for good).
+    pub async fn push(
+        &self,
+        component: &[u8],
+        title: &str,
+        sign: Option<&dyn Fn(&str) -> CosignSignature>,
+    ) -> Result<String, SourceError> {
         let layer_digest = format!("sha256:{}", sha256_hex(component));
         let config = serde_json::to_vec(&json!({
             "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -226,6 +459,11 @@ impl OciRef {
         });
         self.push_blob(component.to_vec(), &layer_digest).await?;
         self.push_blob(config, &config_digest).await?;
+        if let Some(sign) = sign {
+            let digest = format!("sha256:{}", sha256_hex(&serde_json::to_vec(&manifest).expect("json")));
+            self.push_manifest(&self.by_digest(&digest), &manifest).await?;
+            self.push_signature(&digest, &sign(&digest)).await?;
+        }
         self.push_manifest(&self.reference, &manifest).await
     }
 
@@ -264,6 +502,56 @@ impl OciRef {
     }
 }
 
+/// A registry's `WWW-Authenticate: Bearer realm="…",service="…"` challenge.
+#[derive(Debug, PartialEq)]
+struct Challenge {
+    realm: String,
+    service: Option<String>,
+}
+
+impl Challenge {
+    /// The Bearer challenge of a `WWW-Authenticate` value (RFC 7235 parameters, quoted or not);
+    /// none for another scheme or without a realm.
+    fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, mut rest) = header.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let (mut realm, mut service) = (None, None);
+        loop {
+            rest = rest.trim_start().trim_start_matches(',').trim_start();
+            if rest.is_empty() {
+                break;
+            }
+            let (key, after) = rest.split_once('=')?;
+            let after = after.trim_start();
+            let value = if let Some(quoted) = after.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (_, '\\') => value.push(chars.next()?.1),
+                        (i, '"') => break i + 1,
+                        (_, c) => value.push(c),
+                    }
+                };
+                rest = &quoted[end..];
+                value
+            } else {
+                let end = after.find(',').unwrap_or(after.len());
+                rest = &after[end..];
+                after[..end].trim().to_string()
+            };
+            match key.trim().to_ascii_lowercase().as_str() {
+                "realm" => realm = Some(value),
+                "service" => service = Some(value),
+                _ => {}
+            }
+        }
+        Some(Challenge { realm: realm?, service })
+    }
+}
+
 /// The tag cosign stores the signatures of `digest` under: `sha256-<hex>.sig`.
 pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
@@ -273,18 +561,6 @@ pub fn is_sha256_digest(digest: &str) -> bool {
     digest
         .strip_prefix("sha256:")
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
-
-fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::ImageManifestNotFoundError(_) => true,
-        E::ServerError { code, .. } => *code == 404,
-        E::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, oci_client::errors::OciErrorCode::ManifestUnknown))
-        }
-        _ => false,
-    }
 }
 
 /// Registry credentials from `VKHOST_REGISTRY_USERNAME` and `VKHOST_REGISTRY_PASSWORD`
@@ -328,6 +604,22 @@ mod tests {
         }
         for host in ["10.0.0.1:5000", "registry.example.com", "localhost.example.com:5000", "[::2]:80"] {
             assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn bearer_challenges_name_their_realm_and_service() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:vk/cube:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.realm, "https://auth.example.com/token");
+        assert_eq!(c.service.as_deref(), Some("registry.example.com"));
+        let c = Challenge::parse(r#"bearer  service=reg, realm="https://a.example/t\"x""#).unwrap();
+        assert_eq!((c.realm.as_str(), c.service.as_deref()), (r#"https://a.example/t"x"#, Some("reg")));
+        for other in [r#"Basic realm="registry""#, r#"Bearer service="reg""#, r#"Bearer realm="unterminated"#, "Bearer"]
+        {
+            assert_eq!(Challenge::parse(other), None, "{other}");
         }
     }
 

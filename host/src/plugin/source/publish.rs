@@ -58,14 +58,19 @@ pub async fn run_push(args: PushArgs) -> anyhow::Result<i32> {
         return Ok(2);
     }
     let title = args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let digest = target.push(&bytes, &title).await?;
-    println!("pushed  {} ({} bytes)", target.pinned(&digest), bytes.len());
-    if let Some(signer) = signer {
-        let payload = simple_signing_payload(&target.repository(), &digest);
-        let signature = CosignSignature { signature: signer.sign(&payload), payload };
-        target.push_signature(&digest, &signature).await?;
-        println!("signed  {}:{}", target.repository(), crate::plugin::source::oci::signature_tag(&digest));
+    let repository = target.repository();
+    let sign = |digest: &str| {
+        let payload = simple_signing_payload(&repository, digest);
+        let signer = signer.as_ref().expect("called with a key");
+        CosignSignature { signature: signer.sign(&payload), payload }
+    };
+    // Signed before the tag moves, so no daemon polling it sees the version unsigned.
+    let digest =
+        target.push(&bytes, &title, signer.as_ref().map(|_| &sign as &dyn Fn(&str) -> CosignSignature)).await?;
+    if signer.is_some() {
+        println!("signed  {repository}:{}", crate::plugin::source::oci::signature_tag(&digest));
     }
+    println!("pushed  {} ({} bytes)", target.pinned(&digest), bytes.len());
     Ok(0)
 }
 
