@@ -3,7 +3,8 @@
 //! keeps through the `metrics` import (the Cube plugin's cloud API errors by RetCode), writes
 //! refused by a node's fence, reconcile calls per node, ConfigMaps and Secrets watched for
 //! running pods, waits for a plugin's cloud-API budget, each started pod's time by stage
-//! (`pods/startup.rs`). Served on the admin endpoint.
+//! (`pods/startup.rs`), Events dropped because a node's event queue was full. Served on the admin
+//! endpoint.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,6 +67,7 @@ pub struct Metrics {
     egress_wait_seconds: Family<Labels, Counter<f64>>,
     egress_refused: Family<Labels, Counter>,
     pod_start: Family<Labels, Histogram>,
+    events_dropped: Family<Labels, Counter>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
 
@@ -156,6 +158,12 @@ impl Metrics {
             "Pods started by this daemon: first sight on the node to the status write showing them Ready (stage=\"total\"), and the time of each stage of that (pods/startup.rs)",
             pod_start.clone(),
         );
+        let events_dropped = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_dropped",
+            "Events not recorded because the node's event queue was full (pods/events.rs), by node",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             sync_seconds,
@@ -175,6 +183,7 @@ impl Metrics {
             egress_wait_seconds,
             egress_refused,
             pod_start,
+            events_dropped,
             known_phases: Mutex::new(HashMap::new()),
         }
     }
@@ -216,6 +225,11 @@ impl Metrics {
     /// A write for `node` to `target` (`api`, `cloud`) refused by the node's fence.
     pub fn fenced_write(&self, node: &str, target: &str) {
         self.fenced_writes.get_or_create(&labels([("node", node), ("target", target)])).inc();
+    }
+
+    /// An Event of `node` dropped: its queue was full.
+    pub fn event_dropped(&self, node: &str) {
+        self.events_dropped.get_or_create(&labels([("node", node)])).inc();
     }
 
     /// The number of ConfigMaps and Secrets `node` watches for its running pods.

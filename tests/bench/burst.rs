@@ -595,13 +595,12 @@ impl ApiserverRequests {
 }
 
 /// The stages of a pod's start in the daemon's `pod started` lines, and how they are shown.
-const STAGE_FIELDS: [(&str, &str); 9] = [
+const STAGE_FIELDS: [(&str, &str); 8] = [
     ("total_ms", "daemon's own log: first sight -> Ready written"),
     ("queue_ms", "  queue: first sight -> first reconcile"),
     ("fetch_ms", "  fetch: referenced objects"),
     ("create_ms", "  provider create"),
-    ("annotate_ms", "  annotations PATCH"),
-    ("status_write_ms", "  status PATCH(es)"),
+    ("status_write_ms", "  status PATCH(es), the first with the annotations"),
     ("requeue_ms", "  waiting for a requeue"),
     ("provider_status_ms", "  provider status (polls)"),
     ("reconciles", "  reconciles (count)"),

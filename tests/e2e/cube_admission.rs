@@ -96,7 +96,11 @@ async fn a_pod_bound_beyond_max_pods_fails_out_of_pods_and_gets_no_instance() {
     assert_eq!(status.phase.as_deref(), Some("Failed"));
     assert!(status.message.as_deref().unwrap_or_default().contains("used: 2, capacity: 2"), "{status:?}");
     assert!(!refused.annotations().contains_key("vkcube.io/instance-id"));
-    assert!(!pod_warnings(&ns.client, &ns.name, "three", "OutOfpods").await.is_empty());
+    // Events are posted apart from the status write: the Warning may follow it.
+    wait_for(Duration::from_secs(30), "the OutOfpods warning", || async {
+        pod_warnings(&ns.client, &ns.name, "three", "OutOfpods").await.into_iter().next()
+    })
+    .await;
     let uid = refused.uid().unwrap();
     assert!(env.live_instances().await.iter().all(|i| i["uid"] != uid.as_str()), "no instance for the refused pod");
     assert_eq!(env.live_instances().await.len(), 2);

@@ -142,7 +142,6 @@ fn the_daemon_identity_holds_exactly_the_listed_permissions() {
         "core nodes list",
         "core nodes create",
         "core nodes patch",
-        "core pods patch",
         "certificates.k8s.io certificatesigningrequests create",
         "certificates.k8s.io certificatesigningrequests get",
         "certificates.k8s.io certificatesigningrequests/nodeclient create",
@@ -200,6 +199,7 @@ fn the_daemon_identity_holds_exactly_the_listed_permissions() {
     assert!(!can(&["create", "serviceaccounts/default", "--subresource=token", "-n", "default"]));
     assert!(!can(&["list", "pods", "-A"]));
     assert!(!can(&["patch", "pods", "--subresource=status", "-n", "default"]));
+    assert!(!can(&["patch", "pods", "-n", "default"]), "pod annotations are the nodes' own writes");
     assert!(!can(&["update", "leases.coordination.k8s.io", "-n", "kube-node-lease"]));
     assert!(!can(&["delete", "nodes"]));
     assert!(!can(&["update", "certificatesigningrequests", "--subresource=approval"]), "never approves a CSR");
@@ -245,7 +245,7 @@ async fn a_daemon_with_only_the_deploy_rbac_runs_pods_through_its_node_identity(
     let running =
         wait_for(Duration::from_secs(60), "pod Running", || async { pods.get("web").await.ok().filter(running_ready) })
             .await;
-    assert!(running.annotations().contains_key("vkcube.io/instance-id"), "the daemon wrote the instance annotation");
+    assert!(running.annotations().contains_key("vkcube.io/instance-id"), "the node wrote the instance annotation");
     pods.delete("web", &Default::default()).await.unwrap();
     wait_for(Duration::from_secs(30), "pod deleted by the node", || async {
         matches!(pods.get_opt("web").await, Ok(None)).then_some(())

@@ -165,8 +165,8 @@ async fn a_node_identity_reaches_its_own_pods_secrets_and_tokens_and_nothing_of_
         sas_a.create_subresource("token", "sa-b", &PostParams::default(), &token_request(pod_b)).await;
     assert!(forbidden(other), "node A minted a token for a ServiceAccount with no pod on it");
 
-    // Nodes: its own status, yes; another Node, no (NodeRestriction); nor pod metadata, which is
-    // why pod annotations stay with the daemon's identity.
+    // Nodes: its own status, yes; another Node, no (NodeRestriction); nor pod metadata through
+    // the pod itself.
     let nodes_a: Api<Node> = Api::all(as_a.clone());
     let status = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Test"}]}});
     nodes_a.patch_status(&node_a, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
@@ -177,6 +177,18 @@ async fn a_node_identity_reaches_its_own_pods_secrets_and_tokens_and_nothing_of_
     let pods_a: Api<Pod> = Api::namespaced(as_a.clone(), &ns.name);
     let note = json!({"metadata": {"annotations": {"x": "y"}}});
     assert!(forbidden(pods_a.patch("pod-a", &PatchParams::default(), &Patch::Merge(&note)).await));
+    // Its pods' annotations through their status, with the status, yes: how the pod controller
+    // writes the instance id in one write (NodeRestriction refuses labels there, and another
+    // node's pods).
+    let annotated_status = json!({"metadata": {"annotations": {"x": "y"}}, "status": {"message": "annotated"}});
+    let written =
+        pods_a.patch_status("pod-a", &PatchParams::default(), &Patch::Merge(&annotated_status)).await.unwrap();
+    assert_eq!(written.annotations().get("x").map(String::as_str), Some("y"));
+    assert_eq!(written.status.and_then(|s| s.message).as_deref(), Some("annotated"));
+    assert_eq!(pods.get("pod-a").await.unwrap().annotations().get("x").map(String::as_str), Some("y"), "stored");
+    let labelled = json!({"metadata": {"labels": {"x": "y"}}});
+    assert!(forbidden(pods_a.patch_status("pod-a", &PatchParams::default(), &Patch::Merge(&labelled)).await));
+    assert!(forbidden(pods_a.patch_status("pod-b", &PatchParams::default(), &Patch::Merge(&note)).await));
     assert!(forbidden(pods_a.list(&ListParams::default()).await), "node A listed pods of every node");
 
     // The same, asked with kubectl: as the certificate itself, and impersonated by an admin.

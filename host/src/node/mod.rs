@@ -37,7 +37,8 @@ pub const DELETED_ANNOTATION: &str = "vkcube.io/node-deleted";
 /// Everything the node runners share.
 pub struct Shared {
     /// The daemon's own (bootstrap) identity: election Leases, node discovery and metadata,
-    /// certificate requests, pod annotations; node work goes through each node's own identity.
+    /// certificate requests, the nodes' records; node work (pods, their status and annotations,
+    /// Events) goes through each node's own identity.
     pub client: Client,
     /// The bootstrap connection settings, which node identities reuse (apiserver URL and CA).
     pub base: kube::Config,
@@ -223,7 +224,7 @@ async fn act(
     fence: Fence,
     term: CancellationToken,
 ) -> Result<(), NodeError> {
-    // The daemon's identity for the node's metadata and pod annotations, fenced as the node.
+    // The daemon's identity for the node's metadata and records, fenced as the node.
     let client =
         crate::apiclient::fenced_within(shared.base.clone(), &shared.config.api, &shared.api_in_flight, &fence)
             .map_err(|source| identity::IdentityError::Client { node: settings.id.clone(), source })?;
@@ -290,7 +291,6 @@ async fn act(
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let ctx = NodeContext::new(
         clients.pods.clone(),
-        client.clone(),
         shared.plugin.clone(),
         name.clone(),
         normalised.clone(),

@@ -5,15 +5,16 @@
 //!
 //! # Where "this pod has an instance" lives
 //! - **The truth is the pod's `vkcube.io/instance-id` annotation** ([`INSTANCE_ANNOTATION`]),
-//!   written by `create` once the provider made the instance. It is durable and travels with the
-//!   pod, so a restart or another replica taking over the node knows every instance at once.
+//!   written by `create` once the provider made the instance, in one write with the status the
+//!   instance reports. It is durable and travels with the pod, so a restart or another replica
+//!   taking over the node knows every instance at once.
 //! - **`NodeContext::instances` is a cache derived from it**, owned by reconcile: an entry is
-//!   made when `create`'s annotation is written, or when reconcile first sees an annotated pod
+//!   made when `create`'s write succeeded, or when reconcile first sees an annotated pod
 //!   (after a restart or a failover: there is no separate adoption step, and no `recover`; the
 //!   annotated pod's status is simply observed, and a `not-found` fails it as lost). The cache
 //!   only adds what is this process's own: when the instance was made or first seen, when its
-//!   status was last observed, when its tokens are due. Create is asked again when the annotation
-//!   could not be written: it is idempotent by pod UID (`may_exist`), so no second instance.
+//!   status was last observed, when its tokens are due. Create is asked again when its write
+//!   failed: it is idempotent by pod UID (`may_exist`), so no second instance.
 //! - **The provider's `list` feeds orphan detection and observation only**: a periodic task
 //!   lists the instances, keeps the answer as the last listing ([`Listing`]), deletes instances
 //!   no pod owns (after a protection window) and hands the pods whose status it saw change, or
@@ -23,6 +24,17 @@
 //! - Deletions in progress are in the node's durable records (`records`); reconcile sees a
 //!   deleted pod's deletion through with requeues (never waits inside a reconcile), the periodic
 //!   task those whose pod is gone (orphans, finished pods, a previous run's).
+//!
+//! # Who writes what
+//! Every write of a pod is the node's own identity (`NodeContext::client`), as a kubelet's: its
+//! status, the annotations the host keeps on it (the instance id, a refusal and what it rested
+//! on, what the instance was given, the provider's own such as an EIP address) and its deletion.
+//! The annotations go through the status subresource, with the status when there is one to
+//! write: NodeRestriction refuses a node any change of its pods through the pod itself, but
+//! through `pods/status` only a change of their labels (and of resource-claim statuses), and the
+//! status strategy keeps the metadata a merge patch brings there but for owner references and the
+//! deletion timestamp. So a pod's start is one write. Events go through the node's event queue
+//! (`events`), posted by a task of their own: a reconcile never waits on one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -32,9 +44,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
@@ -43,6 +54,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::deletions::{self, Progress};
+use super::events::Events;
 use super::references::{self, Change, ReferenceWatches};
 use super::resolve::{self, Missing};
 use super::startup::Stage;
@@ -130,17 +142,16 @@ struct Deleting {
 
 /// Everything the controller, its listing task and the kubelet API share for one node.
 pub struct NodeContext {
-    /// The node's own identity: pods bound to it, what they reference, their status, events.
+    /// The node's own identity: pods bound to it, what they reference, their status and
+    /// annotations, events.
     pub client: Client,
-    /// The daemon's identity, for the one write NodeRestriction refuses a node: pod annotations
-    /// (the instance id, a refusal, the provider's own annotations such as an EIP address).
-    pub metadata_client: Client,
     pub plugin: Arc<Plugin>,
     pub node_name: String,
     pub call: CallContext,
     /// The node's InternalIP, shown as the pods' hostIP.
     pub host_ip: String,
-    pub recorder: Recorder,
+    /// The Events recorded on the node's pods, posted by [`run`]'s event task.
+    pub events: Events,
     pub settings: PodSettings,
     pub metrics: Arc<Metrics>,
     /// Instances by pod UID: the cache derived from the pods' annotation (see the module doc).
@@ -177,7 +188,6 @@ impl NodeContext {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        metadata_client: Client,
         plugin: Arc<Plugin>,
         node_name: String,
         config_json: String,
@@ -187,18 +197,16 @@ impl NodeContext {
         records: Arc<NodeRecords>,
         store: Store<Pod>,
     ) -> Arc<Self> {
-        let recorder =
-            Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node_name.clone()) });
+        let events = Events::new(client.clone(), node_name.clone(), metrics.clone());
         // Watched with the node's identity, which reads them to resolve its pods.
         let references = ReferenceWatches::new(client.clone(), &node_name);
         Arc::new(Self {
             call: CallContext { node_name: node_name.clone(), config: config_json },
             client,
-            metadata_client,
             plugin,
             node_name,
             host_ip,
-            recorder,
+            events,
             settings,
             metrics,
             instances: Mutex::new(HashMap::new()),
@@ -223,70 +231,17 @@ impl NodeContext {
         self.store.state()
     }
 
-    /// Records an Event on a pod; failures to record are logged, never fatal.
-    ///
-    /// Warnings go through kube-runtime's `Recorder`, which folds a repeated warning (a retried
-    /// failure) into one Event with a series count; it caches every Event it sent for six
-    /// minutes to do so. Normal events here happen once per pod and transition (created,
-    /// deleted, token renewed), so they are created directly: after a 1,000-pod burst the cache
-    /// held 7 MiB of Events nothing would ever fold into.
-    pub async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
-        let note = truncate(&note, 1000);
-        let result = if warning {
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: reason.into(),
-                note: Some(note),
-                action: reason.into(),
-                secondary: None,
-            };
-            self.recorder.publish(&ev, &pod.object_ref(&())).await
-        } else {
-            self.normal_event(pod, reason, note).await
-        };
-        if let Err(e) = result {
-            tracing::debug!(pod = %key(pod), error = %e, "event not recorded");
-        }
+    /// Records an Event on a pod: queued for the node's event task, never waited for (see
+    /// `events`); a failure to post it is logged there, never fatal.
+    pub fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        self.events.record(pod.object_ref(&()), warning, reason, reason, truncate(&note, 1000));
     }
 
     /// Answers a volume expansion the node cannot do, on the claim and on the pod.
-    async fn refuse_expansion(&self, refusal: super::expansion::Refusal) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: super::expansion::REASON.into(),
-            note: Some(truncate(&refusal.note, 1000)),
-            action: "Expand".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &refusal.claim.object_ref(&())).await {
-            tracing::debug!(error = %e, "event on the claim not recorded");
-        }
-        self.event(&refusal.pod, true, super::expansion::REASON, refusal.note).await;
-    }
-
-    /// An events.k8s.io/v1 Event of type Normal, as the `Recorder` would make it, without caching.
-    async fn normal_event(&self, pod: &Pod, reason: &str, note: String) -> Result<(), kube::Error> {
-        use k8s_openapi::api::events::v1::Event as K8sEvent;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let ns = pod.namespace().unwrap_or_else(|| "default".into());
-        let event = K8sEvent {
-            metadata: ObjectMeta {
-                namespace: Some(ns.clone()),
-                name: Some(format!("{}.{:x}", pod.name_any(), now.as_nanosecond())),
-                ..Default::default()
-            },
-            action: Some(reason.into()),
-            reason: Some(reason.into()),
-            note: Some(note),
-            type_: Some("Normal".into()),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(pod.object_ref(&())),
-            reporting_controller: Some("vkhost".into()),
-            reporting_instance: Some(self.node_name.clone()),
-            ..Default::default()
-        };
-        Api::<K8sEvent>::namespaced(self.client.clone(), &ns).create(&PostParams::default(), &event).await.map(|_| ())
+    fn refuse_expansion(&self, refusal: super::expansion::Refusal) {
+        let note = truncate(&refusal.note, 1000);
+        self.events.record(refusal.claim.object_ref(&()), true, super::expansion::REASON, "Expand", note);
+        self.event(&refusal.pod, true, super::expansion::REASON, refusal.note);
     }
 
     /// What a provider's verdict on a pod rests on besides the pod: the plugin build and the
@@ -412,9 +367,18 @@ pub enum SyncError {
     Records { pod: String, source: RecordsError },
 }
 
-/// Runs the controller until `shutdown`; in-flight syncs finish first. `writer` fills the store
-/// the context was made with.
+/// Runs the controller until `shutdown`; in-flight syncs finish first, then the Events they
+/// recorded are posted (for a few seconds at most). `writer` fills the store the context was made
+/// with.
 pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: CancellationToken) {
+    // The node's Events: posted until the controller and its listing task are done.
+    let events_stop = CancellationToken::new();
+    let events_ctx = ctx.clone();
+    let events_token = events_stop.clone();
+    let events =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            async move { events_ctx.events.run(events_token).await },
+        ));
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let seen = ctx.clone();
@@ -482,6 +446,8 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
     }
     let _ = listing.await;
     ctx.references.stop();
+    events_stop.cancel();
+    let _ = events.await;
 }
 
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
@@ -540,7 +506,7 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     if let Some(message) = out_of_pods(pod, ctx) {
         // Admission as the kubelet does it: the pod is failed, no instance is made.
         tracing::info!(pod = %key(pod), %message, "pod refused: the node is full");
-        ctx.event(pod, true, "OutOfpods", message.clone()).await;
+        ctx.event(pod, true, "OutOfpods", message.clone());
         write_status(pod, ctx, status::waiting_status("Failed", "OutOfpods", &message)).await?;
         return Ok(Action::await_change());
     }
@@ -555,16 +521,16 @@ pub(super) const REJECTED_BY_ANNOTATION: &str = "vkcube.io/rejected-by";
 /// Clears a refusal made by another plugin build or node config, so the pod is judged again.
 async fn reevaluate(pod: &Pod, ctx: &NodeContext) -> Result<(), SyncError> {
     let reason = pod.annotations().get(REJECTED_ANNOTATION).cloned().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {REJECTED_ANNOTATION: null, REJECTED_BY_ANNOTATION: null}}});
-    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| SyncError::Kube { pod: key(pod), source })?;
+    let cleared = Annotations::from_iter([
+        (REJECTED_ANNOTATION.into(), Value::Null),
+        (REJECTED_BY_ANNOTATION.into(), Value::Null),
+    ]);
+    write_pod(pod, ctx, cleared, None).await.map_err(|source| SyncError::Kube { pod: key(pod), source })?;
     let note = format!(
         "refused before ({reason}) by another provider plugin build or node config; judging the pod again with {}",
         ctx.verdict_basis()
     );
-    ctx.event(pod, false, "ProviderRefusalReevaluated", note).await;
+    ctx.event(pod, false, "ProviderRefusalReevaluated", note);
     Ok(())
 }
 
@@ -613,7 +579,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     };
     ctx.told_missing.lock().unwrap().remove(&uid);
     for (reason, note) in &resolution.warnings {
-        ctx.event(pod, true, reason, note.clone()).await;
+        ctx.event(pod, true, reason, note.clone());
     }
     let attempt = ctx.create_attempts.begin(pod, ctx.plugin.fence_of(&ctx.node_name).as_ref());
     let asked = Instant::now();
@@ -633,17 +599,16 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
                 }
                 _ => ("ProviderCreateFailed", "ProviderFailed"),
             };
-            ctx.event(pod, true, reason, format!("{e}; retrying")).await;
+            ctx.event(pod, true, reason, format!("{e}; retrying"));
             write_status(pod, ctx, status::waiting_status("Pending", phase_reason, &e.to_string())).await?;
             return Err(SyncError::Provider { pod: k, source: e });
         }
     };
     ctx.startups.lap(pod, Stage::Create);
-    ctx.reset_backoff(&uid);
     let refresh_at = token_refresh_at(&resolution.pod.tokens);
     // From now on a change of what the pod references is told to the provider.
     ctx.references.track(pod, Some(&refs));
-    let mut annotations = serde_json::Map::new();
+    let mut annotations = Annotations::new();
     annotations.insert(INSTANCE_ANNOTATION.into(), json!(outcome.instance_id));
     let given = references::annotation(&references::given(pod, Some(&refs)));
     if !given.is_empty() {
@@ -652,21 +617,13 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     for kv in &outcome.annotations {
         annotations.insert(kv.key.clone(), json!(kv.value));
     }
-    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-    let annotate = async {
-        let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
-        let written = api.patch(&pod.name_any(), &PatchParams::default(), &patch).await;
-        ctx.startups.lap(pod, Stage::Annotate);
-        written.map_err(|source| SyncError::Kube { pod: k.clone(), source })
-    };
-    // The annotations and the status at once, each finished whatever the other's outcome
-    // (neither needs the other: annotations that fail are written by the next, idempotent,
-    // create; the instance is cached only once they are), then the events: the status makes the
-    // pod Ready, the events say how it got there.
+    // The annotations and the status in one write (see the module doc), then the events, which
+    // say how the pod got there. A failed write is the next, idempotent, create's to make again
+    // (a pod gone meanwhile leaves an orphan, which the listing task deletes).
     let next =
         status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
-    let (annotated, written) = tokio::join!(annotate, write_status(pod, ctx, next));
-    annotated?;
+    write_pod(pod, ctx, annotations, Some(next)).await.map_err(|source| SyncError::Kube { pod: k, source })?;
+    ctx.reset_backoff(&uid);
     // The annotation is written: the instance is the pod's, and cached as such.
     ctx.instances.lock().unwrap().insert(
         uid.clone(),
@@ -688,30 +645,24 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             outcome.instance_id,
             crate::plugin::label(&ctx.plugin.info_for(&ctx.node_name))
         ),
-    )
-    .await;
-    written?;
+    );
     for ev in &outcome.events {
-        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone()).await;
+        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone());
     }
     Ok(next_poll(&outcome.status.phase, refresh_at))
 }
 
-/// The provider refused the pod for good (`invalid`, `unsupported`): an Event, the refusal and
-/// what it rested on in annotations, the pod failed with `reason` and `message`.
+/// The provider refused the pod for good (`invalid`, `unsupported`): an Event, and in one write
+/// the refusal and what it rested on in annotations and the pod failed with `reason` and
+/// `message`.
 async fn refuse(pod: &Pod, ctx: &NodeContext, reason: &str, message: String) -> Result<Action, SyncError> {
-    let k = key(pod);
-    tracing::info!(pod = %k, %reason, %message, "provider refused the pod");
-    ctx.event(pod, true, reason, message.clone()).await;
-    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {
-        REJECTED_ANNOTATION: reason,
-        REJECTED_BY_ANNOTATION: ctx.verdict_basis(),
-    }}});
-    api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| SyncError::Kube { pod: k.clone(), source })?;
-    write_status(pod, ctx, status::rejected_status(pod, reason, &message)).await?;
+    tracing::info!(pod = %key(pod), %reason, %message, "provider refused the pod");
+    ctx.event(pod, true, reason, message.clone());
+    let annotations = Annotations::from_iter([
+        (REJECTED_ANNOTATION.into(), json!(reason)),
+        (REJECTED_BY_ANNOTATION.into(), json!(ctx.verdict_basis())),
+    ]);
+    unless_gone(pod, write_pod(pod, ctx, annotations, Some(status::rejected_status(pod, reason, &message))).await)?;
     Ok(Action::await_change())
 }
 
@@ -721,7 +672,7 @@ async fn wait_for_missing(pod: &Pod, ctx: &NodeContext, missing: Missing) -> Res
     let message = missing.to_string();
     let first = ctx.told_missing.lock().unwrap().insert(uid, message.clone()).as_ref() != Some(&message);
     if first {
-        ctx.event(pod, true, &missing.reason(), message.clone()).await;
+        ctx.event(pod, true, &missing.reason(), message.clone());
         write_status(pod, ctx, status::waiting_status("Pending", "CreateContainerConfigError", &message)).await?;
     }
     Ok(Action::requeue(Duration::from_secs(2)))
@@ -786,7 +737,7 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
             if !changed.is_empty() {
                 what.push(describe(&changed));
             }
-            ctx.event(pod, true, "ProviderUpdateUnsupported", format!("{}: {why}", what.join("; "))).await;
+            ctx.event(pod, true, "ProviderUpdateUnsupported", format!("{}: {why}", what.join("; ")));
             None
         }
         // The provider refuses the pod as it is now (say, mounted data grew past a limit): a retry
@@ -795,7 +746,7 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
             if !changed.is_empty() =>
         {
             let message = format!("{}: {}: {}", describe(&changed), inv.field, inv.message);
-            ctx.event(pod, true, &inv.reason, message).await;
+            ctx.event(pod, true, &inv.reason, message);
             None
         }
         Err(e) => return Err(e),
@@ -812,7 +763,7 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
         r.refresh_at = token_refresh_at(&resolution.pod.tokens);
     }
     if token_due && outcome.is_some() {
-        ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into()).await;
+        ctx.event(pod, false, "TokenRefreshed", "service-account token renewed on the instance".into());
     }
     let phase = outcome.map_or(PodPhase::Running, |o| o.outcome.status.phase);
     Ok(next_poll(&phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
@@ -823,9 +774,8 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
 /// records it again, and until then a restart misses at most the changes made meanwhile.
 async fn record_given(pod: &Pod, ctx: &NodeContext, fetched: &resolve::References) {
     let given = references::annotation(&references::given(pod, Some(fetched)));
-    let api: Api<Pod> = Api::namespaced(ctx.metadata_client.clone(), &pod.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {references::GIVEN_ANNOTATION: given}}});
-    if let Err(e) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let annotations = Annotations::from_iter([(references::GIVEN_ANNOTATION.into(), json!(given))]);
+    if let Err(e) = write_pod(pod, ctx, annotations, None).await {
         tracing::warn!(pod = %key(pod), error = %e, "could not record what the instance was given");
     }
 }
@@ -859,10 +809,10 @@ pub async fn update(
         .map_err(|source| SyncError::Provider { pod: key(pod), source })?;
     for not_applied in &outcome.not_applied {
         tracing::info!(pod = %key(pod), change = ?not_applied.change, reason = %not_applied.reason, "provider did not apply a change");
-        ctx.event(pod, true, &not_applied.reason, not_applied.message.clone()).await;
+        ctx.event(pod, true, &not_applied.reason, not_applied.message.clone());
     }
     for ev in &outcome.outcome.events {
-        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone()).await;
+        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone());
     }
     let o = &outcome.outcome;
     let next = status::pod_status_json(&o.status, &ctx.host_ip, &o.instance_id, pod_status_value(pod).as_ref());
@@ -921,7 +871,7 @@ async fn lost(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<A
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     if phase != "Succeeded" && phase != "Failed" {
         let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
-        ctx.event(pod, true, "ProviderInstanceLost", message.clone()).await;
+        ctx.event(pod, true, "ProviderInstanceLost", message.clone());
         write_status(pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await?;
     }
     Ok(Action::await_change())
@@ -986,12 +936,12 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
                     return Ok(Action::requeue(Duration::from_millis(wait)));
                 }
                 Err(e) => {
-                    ctx.event(pod, true, "ProviderDeleteFailed", format!("{e}; retrying")).await;
+                    ctx.event(pod, true, "ProviderDeleteFailed", format!("{e}; retrying"));
                     return Err(SyncError::Provider { pod: k, source: e });
                 }
             },
         }
-        ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into()).await;
+        ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into());
     }
     ctx.instances.lock().unwrap().remove(&uid);
     ctx.deleting.lock().unwrap().remove(&uid);
@@ -1077,7 +1027,7 @@ async fn finalize_failed(ctx: &NodeContext, pending: &PendingDeletion, e: &CallE
         "the provider could not finish deleting instance {} and gave up, which may leave resources behind: {e}",
         pending.instance_id
     );
-    ctx.event(&stub, true, "ProviderFinalizeFailed", note).await;
+    ctx.event(&stub, true, "ProviderFinalizeFailed", note);
 }
 
 /// Sees the recorded deletions through whose pod is not in the cache (reconcile sees the others
@@ -1103,20 +1053,48 @@ fn pod_status_value(pod: &Pod) -> Option<Value> {
     pod.status.as_ref().and_then(|s| serde_json::to_value(s).ok())
 }
 
-/// Writes `next` to the pod's status subresource unless it shows nothing new.
-async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), SyncError> {
-    let current = pod_status_value(pod);
-    if !status::differs(current.as_ref(), &next) {
+/// Annotations to merge into a pod's: a null value removes the key.
+type Annotations = serde_json::Map<String, Value>;
+
+/// Writes to the pod as the node, in one merge patch of its status subresource (see the module
+/// doc): `annotations`, and `status` unless it shows nothing new; nothing when neither has
+/// anything to write.
+async fn write_pod(
+    pod: &Pod,
+    ctx: &NodeContext,
+    annotations: Annotations,
+    status: Option<Value>,
+) -> Result<(), kube::Error> {
+    let status = status.filter(|next| status::differs(pod_status_value(pod).as_ref(), next));
+    let mut patch = serde_json::Map::new();
+    if !annotations.is_empty() {
+        patch.insert("metadata".into(), json!({"annotations": annotations}));
+    }
+    if let Some(next) = status {
+        patch.insert("status".into(), next);
+    }
+    if patch.is_empty() {
         return Ok(());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": &next}))).await {
-        Ok(_) => {
-            ctx.startups.status_written(pod, &next, &ctx.node_name, &ctx.metrics);
-            Ok(())
-        }
+    let patch = Value::Object(patch);
+    api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    if let Some(next) = patch.get("status") {
+        ctx.startups.status_written(pod, next, &ctx.node_name, &ctx.metrics);
+    }
+    Ok(())
+}
+
+/// Writes `next` to the pod's status unless it shows nothing new.
+async fn write_status(pod: &Pod, ctx: &NodeContext, next: Value) -> Result<(), SyncError> {
+    unless_gone(pod, write_pod(pod, ctx, Annotations::new(), Some(next)).await)
+}
+
+/// A write's outcome, where a pod gone meanwhile has nothing left to write.
+fn unless_gone(pod: &Pod, written: Result<(), kube::Error>) -> Result<(), SyncError> {
+    match written {
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(SyncError::Kube { pod: key(pod), source }),
+        written => written.map_err(|source| SyncError::Kube { pod: key(pod), source }),
     }
 }
 
@@ -1157,7 +1135,7 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
         if sweep_due {
             // Claims are read one by one (a node may not watch them): at the sweep's pace.
             for refusal in super::expansion::check(&ctx.client, &ctx.node_name, &ctx.pods(), &expansions).await {
-                ctx.refuse_expansion(refusal).await;
+                ctx.refuse_expansion(refusal);
             }
         }
         if let Err(e) = list_instances(&ctx, &triggers, sweep_due).await {

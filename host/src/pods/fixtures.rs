@@ -5,7 +5,8 @@
 //! scripted `tower_test` handle as in kube-rs' controller-rs: a reconcile makes a dozen requests
 //! (Events among them) whose order is an implementation detail, and a store answers them in any
 //! order, while the recorded requests are still there to assert on. A watch request is answered
-//! with a stream that stays open and carries every later write of the objects it selects.
+//! with a stream that stays open and carries every later write of the objects it selects. Some
+//! requests can be held unanswered (say, Event POSTs), to show what does not wait for them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -98,10 +99,14 @@ fn whole(bytes: Vec<u8>) -> Streamed {
 }
 
 /// A mock apiserver: objects by path, create/get/list/replace/merge-patch/delete, failures on
-/// demand, every request recorded.
+/// demand, requests held on demand, every request recorded.
 #[derive(Default)]
 pub(crate) struct ApiServer {
     state: Mutex<State>,
+    /// The requests held (method, path suffix) until [`ApiServer::release`].
+    held: Mutex<Vec<(String, String)>>,
+    /// Goes up on each release: what waits for it looks again.
+    released: tokio::sync::watch::Sender<u64>,
 }
 
 /// Where a request path points.
@@ -172,6 +177,7 @@ impl ApiServer {
                     query: parts.uri.query().unwrap_or_default().to_string(),
                     body,
                 };
+                me.wait_if_held(&recorded).await;
                 let watching = recorded.method == "GET" && recorded.query.split('&').any(|p| p == "watch=true");
                 let (code, body) = if watching {
                     let events = me.watch(recorded);
@@ -230,6 +236,31 @@ impl ApiServer {
     pub(crate) fn fail(&self, method: &str, path: &str, code: u16, times: u32) {
         let failure = Failure { method: method.into(), path: path.into(), code, times };
         self.state.lock().unwrap().failures.push(failure);
+    }
+
+    /// The next requests `method` to a path ending in `suffix` wait, unanswered and unrecorded,
+    /// until [`ApiServer::release`].
+    pub(crate) fn hold(&self, method: &str, suffix: &str) {
+        self.held.lock().unwrap().push((method.into(), suffix.into()));
+    }
+
+    /// Answers the held requests, and holds none from now on.
+    pub(crate) fn release(&self) {
+        self.held.lock().unwrap().clear();
+        self.released.send_modify(|n| *n += 1);
+    }
+
+    async fn wait_if_held(&self, request: &Recorded) {
+        let mut released = self.released.subscribe();
+        let is_held = || {
+            let held = self.held.lock().unwrap();
+            held.iter().any(|(method, suffix)| *method == request.method && request.path.ends_with(suffix.as_str()))
+        };
+        while is_held() {
+            if released.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Every request so far, in the order answered.
@@ -356,7 +387,9 @@ pub(crate) const NODE: &str = "vk-test";
 pub(crate) const HOST_IP: &str = "192.0.2.10";
 
 /// A node of the example plugin on a mock apiserver. The pod controller's requests come from
-/// two clients: `node` (the node's identity) and `daemon` (the metadata writes).
+/// the client `node` (the node's identity); `daemon` loads the node's records. Its Events are
+/// posted as the controller's event task does, by a task the test's runtime ends with the test
+/// (tests take the node apart, so no field of it can own that task).
 pub(crate) struct TestNode {
     pub api: Arc<ApiServer>,
     pub ctx: Arc<NodeContext>,
@@ -383,7 +416,6 @@ pub(crate) async fn node() -> TestNode {
     let (store, writer) = reflector::store();
     let ctx = NodeContext::new(
         api.client("node"),
-        api.client("daemon"),
         plugin,
         NODE.into(),
         "{}".into(),
@@ -393,6 +425,8 @@ pub(crate) async fn node() -> TestNode {
         records,
         store,
     );
+    let events = ctx.clone();
+    tokio::spawn(async move { events.events.run(tokio_util::sync::CancellationToken::new()).await });
     TestNode { api, ctx, pods: writer }
 }
 

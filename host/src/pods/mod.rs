@@ -5,6 +5,7 @@ mod attempts;
 pub mod backend;
 pub mod controller;
 pub mod deletions;
+pub mod events;
 pub mod expansion;
 #[cfg(test)]
 pub(crate) mod fixtures;

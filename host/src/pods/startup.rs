@@ -29,21 +29,13 @@ pub enum Stage {
     Create,
     /// The provider's `status` (a poll of a starting instance).
     ProviderStatus,
-    /// The pod's annotations (instance id, what it was given, the provider's own).
-    Annotate,
-    /// The status write.
+    /// The status write (with the pod's annotations, after a create: the instance id, what it
+    /// was given, the provider's own).
     StatusWrite,
 }
 
-const STAGES: [Stage; 7] = [
-    Stage::Queue,
-    Stage::Requeue,
-    Stage::Fetch,
-    Stage::Create,
-    Stage::ProviderStatus,
-    Stage::Annotate,
-    Stage::StatusWrite,
-];
+const STAGES: [Stage; 6] =
+    [Stage::Queue, Stage::Requeue, Stage::Fetch, Stage::Create, Stage::ProviderStatus, Stage::StatusWrite];
 
 impl Stage {
     pub fn label(self) -> &'static str {
@@ -53,7 +45,6 @@ impl Stage {
             Stage::Fetch => "fetch",
             Stage::Create => "create",
             Stage::ProviderStatus => "provider_status",
-            Stage::Annotate => "annotate",
             Stage::StatusWrite => "status_write",
         }
     }
@@ -179,7 +170,6 @@ impl Startups {
             fetch_ms = ms(Stage::Fetch),
             create_ms = ms(Stage::Create),
             provider_status_ms = ms(Stage::ProviderStatus),
-            annotate_ms = ms(Stage::Annotate),
             status_write_ms = ms(Stage::StatusWrite),
             reconciles = trace.reconciles,
             "pod started"

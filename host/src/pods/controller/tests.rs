@@ -19,6 +19,17 @@ fn calls(ctx: &NodeContext, export: Export) -> u64 {
     ctx.plugin.stats().calls(export, "ok")
 }
 
+/// The reasons of the Events posted once the node's event queue is empty.
+async fn posted_events(api: &fixtures::ApiServer, ctx: &NodeContext) -> Vec<String> {
+    ctx.events.idle().await;
+    api.event_reasons()
+}
+
+/// Every request that writes a pod (its status, or the pod itself).
+fn pod_writes(api: &fixtures::ApiServer) -> Vec<fixtures::Recorded> {
+    api.requests().into_iter().filter(|r| r.method == "PATCH" && r.path.contains("/pods/")).collect()
+}
+
 /// `pod` through one reconcile, and its instance made: the pod as the apiserver now holds it.
 async fn created(api: &fixtures::ApiServer, ctx: &Arc<NodeContext>, name: &str, uid: &str) -> Pod {
     let pod = bound_pod(api, name, uid);
@@ -27,7 +38,7 @@ async fn created(api: &fixtures::ApiServer, ctx: &Arc<NodeContext>, name: &str, 
 }
 
 #[tokio::test]
-async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_status() {
+async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_status_in_one_write_as_the_node() {
     let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = bound_pod(&api, "web", "uid-web-1");
 
@@ -40,17 +51,14 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = &ids[0];
     assert_eq!(ctx.instances.lock().unwrap()["uid-web-1"].instance_id, *id);
-    // The annotations, with the daemon's identity (NodeRestriction refuses them to the node).
-    let patches = api.requests_to("PATCH", &pod_path("web"));
-    assert_eq!(patches.len(), 1, "{patches:?}");
-    assert_eq!(patches[0].identity, "daemon");
-    let annotations = &patches[0].body.as_ref().unwrap()["metadata"]["annotations"];
+    // One write of the pod, to its status subresource, with the node's identity: the annotations
+    // and the status together (NodeRestriction lets a node change its pods' annotations there).
+    let writes = pod_writes(&api);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].path.as_str(), writes[0].identity), (status_path("web").as_str(), "node"));
+    let annotations = &writes[0].body.as_ref().unwrap()["metadata"]["annotations"];
     assert_eq!(annotations[INSTANCE_ANNOTATION], json!(id));
     assert_eq!(annotations["example.vk.io/instance-id"], json!(id), "the provider's own annotations");
-    // The status, with the node's identity.
-    let writes = api.requests_to("PATCH", &status_path("web"));
-    assert_eq!(writes.len(), 1, "{writes:?}");
-    assert_eq!(writes[0].identity, "node");
     let status = &writes[0].body.as_ref().unwrap()["status"];
     assert_eq!(status["phase"], "Running", "{status}");
     assert_eq!(status["hostIP"], HOST_IP, "{status}");
@@ -59,33 +67,47 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
     let stored = api.pod(&pod_path("web"));
     assert_eq!(stored.annotations()[INSTANCE_ANNOTATION], *id);
     assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
-    assert!(api.event_reasons().contains(&"ProviderCreateSuccess".to_string()), "{:?}", api.event_reasons());
+    let events = posted_events(&api, &ctx).await;
+    assert_eq!(events, ["ProviderCreateSuccess", "InstanceCreated"], "ours, then the provider's");
+    assert!(api.requests().iter().filter(|r| r.path.ends_with("/events")).all(|r| r.identity == "node"));
 }
 
+/// A failed write of a new instance's annotations and status leaves the instance unowned until
+/// the retry's create, idempotent by UID, answers with it again and the write succeeds: without
+/// the annotation a restart whose first `list` fails would find a pod with neither record nor
+/// annotation.
 #[tokio::test]
-async fn a_failed_status_write_is_retried_with_growing_backoff_and_makes_no_second_instance() {
+async fn a_failed_write_is_retried_with_growing_backoff_through_the_idempotent_create() {
     let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = Arc::new(bound_pod(&api, "web", "uid-web-2"));
     api.fail("PATCH", &status_path("web"), 500, 2);
 
-    // The instance is made and annotated, but its status cannot be written.
+    // The instance is made, but the pod cannot be written: neither annotated nor cached.
     let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
     assert!(matches!(err, SyncError::Kube { .. }), "{err}");
     assert_eq!(error_policy(pod.clone(), &err, ctx.clone()), Action::requeue(Duration::from_millis(500)));
-    // The retry sees the pod as the annotation write left it, and fails again: a longer wait.
     let pod = Arc::new(api.pod(&pod_path("web")));
-    assert!(pod.annotations().contains_key(INSTANCE_ANNOTATION));
+    assert!(!pod.annotations().contains_key(INSTANCE_ANNOTATION));
+    assert!(ctx.instances.lock().unwrap().is_empty(), "cached only once written");
+    // The retry fails again: a longer wait.
     let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
     assert_eq!(error_policy(pod.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
 
-    // The third sync writes the status; the backoff starts over.
+    // The third sync writes the pod; the backoff starts over.
     reconcile(pod.clone(), ctx.clone()).await.unwrap();
-    assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
+    let stored = api.pod(&pod_path("web"));
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    let id = ctx.instances.lock().unwrap()["uid-web-2"].instance_id.clone();
+    assert_eq!(stored.metadata.annotations.unwrap().get(INSTANCE_ANNOTATION), Some(&id));
     assert_eq!(api.requests_to("PATCH", &status_path("web")).len(), 3);
-    assert_eq!(calls(&ctx, Export::Create), 1, "no second create");
-    assert_eq!(listed_ids(&ctx).await.len(), 1);
+    // Create was asked each time (its answer carries the provider's annotations too) and, being
+    // idempotent by UID, made no second instance.
+    assert_eq!(calls(&ctx, Export::Create), 3);
+    assert_eq!(listed_ids(&ctx).await, [id]);
     assert!(ctx.attempts.lock().unwrap().is_empty(), "backoff reset after the success");
-    assert_eq!(api.requests_to("PATCH", &pod_path("web")).len(), 1, "annotated once");
+    assert!(api.requests_to("PATCH", &pod_path("web")).is_empty(), "no write of the pod itself");
+    let created = posted_events(&api, &ctx).await.iter().filter(|r| *r == "ProviderCreateSuccess").count();
+    assert_eq!(created, 1, "told once, when the pod was written");
 }
 
 #[tokio::test]
@@ -105,8 +127,10 @@ async fn a_pod_annotated_with_an_instance_unknown_in_memory_is_adopted_without_a
     assert_eq!(ctx.instances.lock().unwrap()["uid-web-3"].instance_id, id);
     assert_eq!(listed_ids(&ctx).await, vec![id]);
     let after = &api.requests()[before..];
-    assert!(!after.iter().any(|r| r.method == "PATCH" && r.path == pod_path("web")), "no new annotations: {after:?}");
-    let created_events = api.event_reasons().iter().filter(|r| *r == "ProviderCreateSuccess").count();
+    let annotated =
+        after.iter().any(|r| r.method == "PATCH" && r.body.as_ref().is_some_and(|b| b.get("metadata").is_some()));
+    assert!(!annotated, "no new annotations: {after:?}");
+    let created_events = posted_events(&api, &ctx).await.iter().filter(|r| *r == "ProviderCreateSuccess").count();
     assert_eq!(created_events, 1, "the first sync's only");
 }
 
@@ -126,7 +150,7 @@ async fn a_pod_annotated_with_an_instance_the_provider_lost_is_failed_without_a_
     let status = api.pod(&pod_path("web")).status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Failed"));
     assert_eq!(status.reason.as_deref(), Some("ProviderInstanceLost"));
-    assert!(api.event_reasons().contains(&"ProviderInstanceLost".to_string()));
+    assert!(posted_events(&api, &ctx).await.contains(&"ProviderInstanceLost".to_string()));
     assert!(ctx.instances.lock().unwrap().is_empty());
 }
 
@@ -158,7 +182,7 @@ async fn a_deleted_pod_has_its_instance_deleted_then_goes_at_once_with_grace_zer
     assert_eq!(params["preconditions"]["uid"], "uid-web-5", "{params}");
     assert!(api.get(&pod_path("web")).is_none(), "the pod object is gone");
     assert!(ctx.instances.lock().unwrap().is_empty());
-    assert!(api.event_reasons().contains(&"ProviderDeleteSuccess".to_string()));
+    assert!(posted_events(&api, &ctx).await.contains(&"ProviderDeleteSuccess".to_string()));
     assert!(ctx.records.pending_deletions().is_empty(), "nothing left to see through");
 }
 
@@ -312,7 +336,7 @@ async fn an_instance_the_listing_no_longer_shows_fails_its_pod_through_reconcile
     assert_eq!(calls(&ctx, Export::Status), status_calls, "the listing said so");
     let status = api.pod(&pod_path("web")).status.unwrap();
     assert_eq!((status.phase.as_deref(), status.reason.as_deref()), (Some("Failed"), Some("ProviderInstanceLost")));
-    assert!(api.event_reasons().contains(&"ProviderInstanceLost".to_string()));
+    assert!(posted_events(&api, &ctx).await.contains(&"ProviderInstanceLost".to_string()));
     assert_eq!(calls(&ctx, Export::Create), 1, "nothing made again");
 }
 
@@ -330,7 +354,7 @@ async fn a_listing_without_the_instance_of_a_pod_just_learned_of_is_checked_with
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(calls(&ctx, Export::Status), 1);
     assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
-    assert!(!api.event_reasons().contains(&"ProviderInstanceLost".to_string()));
+    assert!(!posted_events(&api, &ctx).await.contains(&"ProviderInstanceLost".to_string()));
 }
 
 #[tokio::test]
@@ -362,7 +386,7 @@ async fn a_deletion_in_progress_requeues_the_pod_and_a_later_reconcile_finishes_
     assert_eq!(reconcile(pod.clone(), ctx.clone()).await.unwrap(), Action::await_change());
     assert!(api.get(&pod_path("web")).is_none(), "the pod object is gone");
     assert!(!ctx.records.is_deleting("uid-web-10"), "the record went");
-    assert!(api.event_reasons().contains(&"ProviderDeleteSuccess".to_string()));
+    assert!(posted_events(&api, &ctx).await.contains(&"ProviderDeleteSuccess".to_string()));
     assert!(ctx.deleting.lock().unwrap().is_empty() && ctx.instances.lock().unwrap().is_empty());
 }
 
@@ -391,27 +415,6 @@ async fn a_deletion_in_progress_too_long_is_asked_again() {
     assert!(api.get(&pod_path("web")).is_none());
 }
 
-/// When the annotation write fails after the instance was made, the retry must still write it:
-/// without it a restart whose first `list` fails finds a pod with neither record nor annotation.
-#[tokio::test]
-async fn a_failed_annotation_write_is_retried_through_the_idempotent_create() {
-    let TestNode { api, ctx, .. } = fixtures::node().await;
-    let pod = Arc::new(bound_pod(&api, "web", "uid-web-7"));
-    api.fail("PATCH", &pod_path("web"), 500, 1);
-    let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
-    assert!(matches!(err, SyncError::Kube { .. }), "{err}");
-
-    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
-
-    let id = ctx.instances.lock().unwrap()["uid-web-7"].instance_id.clone();
-    assert_eq!(api.pod(&pod_path("web")).annotations().get(INSTANCE_ANNOTATION), Some(&id));
-    // Create was asked again (its answer carries the provider's annotations too) and, being
-    // idempotent by UID, made no second instance.
-    assert_eq!(calls(&ctx, Export::Create), 2);
-    let instances = ctx.plugin.list(&ctx.call).await.unwrap();
-    assert_eq!(instances.iter().map(|i| i.instance_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
-}
-
 #[test]
 fn the_listing_is_quick_while_instances_start_and_less_so_while_the_plugins_budget_has_waiters() {
     let period = Duration::from_secs(10);
@@ -421,4 +424,98 @@ fn the_listing_is_quick_while_instances_start_and_less_so_while_the_plugins_budg
     assert_eq!(next_listing(period, true, true), STARTING_SYNC_UNDER_BUDGET);
     // Never slower than the configured period.
     assert_eq!(next_listing(Duration::from_millis(100), true, true), Duration::from_millis(100));
+}
+
+/// A pod the provider refuses for good is one write: the refusal and what it rested on, with the
+/// status that shows it, through the status subresource as the node.
+#[tokio::test]
+async fn a_refused_pod_gets_its_refusal_annotated_and_shown_in_one_write() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    // The example provider refuses a pod without a UID as invalid.
+    let pod = bound_pod(&api, "bad", "");
+
+    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::await_change(), "not tried again until the pod changes");
+    assert!(listed_ids(&ctx).await.is_empty());
+    let writes = pod_writes(&api);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].path.as_str(), writes[0].identity), (status_path("bad").as_str(), "node"));
+    let body = writes[0].body.as_ref().unwrap();
+    assert_eq!(body["metadata"]["annotations"][REJECTED_ANNOTATION], "InvalidPod", "{body}");
+    assert_eq!(body["metadata"]["annotations"][REJECTED_BY_ANNOTATION], json!(ctx.verdict_basis()), "{body}");
+    assert_eq!((&body["status"]["phase"], &body["status"]["reason"]), (&json!("Failed"), &json!("InvalidPod")));
+    let stored = api.pod(&pod_path("bad"));
+    assert_eq!(stored.annotations().get(REJECTED_BY_ANNOTATION), Some(&ctx.verdict_basis()));
+    assert_eq!(stored.status.unwrap().reason.as_deref(), Some("InvalidPod"));
+    assert_eq!(posted_events(&api, &ctx).await, ["InvalidPod"]);
+}
+
+/// A refusal made by another plugin build or node config is cleared (annotations only, through
+/// the status subresource as the node) and the pod judged again.
+#[tokio::test]
+async fn a_refusal_resting_on_another_plugin_build_is_cleared_and_the_pod_created() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let mut pod = bound_pod(&api, "web", "uid-web-14");
+    pod.annotations_mut().insert(REJECTED_ANNOTATION.into(), "ImageRegistryNotAllowed".into());
+    pod.annotations_mut()
+        .insert(REJECTED_BY_ANNOTATION.into(), "example@0.0.1 000000000000 config 000000000000".into());
+    api.put(&pod_path("web"), serde_json::to_value(&pod).unwrap());
+
+    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+
+    let writes = pod_writes(&api);
+    assert_eq!(writes.len(), 2, "the refusal cleared, then the create's one write: {writes:?}");
+    assert!(writes.iter().all(|w| w.path == status_path("web") && w.identity == "node"), "{writes:?}");
+    let cleared = writes[0].body.as_ref().unwrap();
+    assert_eq!(cleared["metadata"]["annotations"][REJECTED_ANNOTATION], Value::Null, "{cleared}");
+    assert!(cleared.get("status").is_none(), "{cleared}");
+    let stored = api.pod(&pod_path("web"));
+    assert!(!is_rejected(&stored) && !stored.annotations().contains_key(REJECTED_BY_ANNOTATION));
+    assert!(stored.annotations().contains_key(INSTANCE_ANNOTATION));
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    let events = posted_events(&api, &ctx).await;
+    assert_eq!(events, ["ProviderRefusalReevaluated", "ProviderCreateSuccess", "InstanceCreated"]);
+}
+
+/// Events are posted by the node's event task: a reconcile whose Events the apiserver does not
+/// answer yet still writes the pod and finishes, and its Events follow, in order.
+#[tokio::test]
+async fn a_reconcile_finishes_without_waiting_for_its_events_which_follow_in_order() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    api.hold("POST", "/events");
+    let pod = bound_pod(&api, "web", "uid-web-12");
+
+    // Bounded only so that a reconcile that does wait fails instead of hanging the test.
+    let reconciled = tokio::time::timeout(Duration::from_secs(60), reconcile(Arc::new(pod), ctx.clone())).await;
+
+    let action = reconciled.expect("the reconcile waited for its Events").unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let stored = api.pod(&pod_path("web"));
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    assert!(stored.metadata.annotations.unwrap().contains_key(INSTANCE_ANNOTATION));
+    assert!(api.event_reasons().is_empty(), "none answered yet");
+    api.release();
+    assert_eq!(posted_events(&api, &ctx).await, ["ProviderCreateSuccess", "InstanceCreated"]);
+}
+
+/// A node's event queue is bounded: an Event recorded while it is full is dropped and counted,
+/// and once the queue has been posted it takes Events again.
+#[tokio::test]
+async fn an_event_recorded_while_the_queue_is_full_is_dropped_and_counted() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    api.hold("POST", "/events");
+    let pod = bound_pod(&api, "web", "uid-web-13");
+    let dropped = |n: usize| format!("vkhost_events_dropped_total{{node=\"{}\"}} {n}\n", fixtures::NODE);
+
+    for i in 0..crate::pods::events::CAPACITY + 3 {
+        ctx.event(&pod, false, "Tick", format!("tick {i}"));
+    }
+
+    assert!(ctx.metrics.render().contains(&dropped(3)), "{}", ctx.metrics.render());
+    api.release();
+    ctx.events.idle().await;
+    ctx.event(&pod, true, "Tock", "once posted, room again".into());
+    assert_eq!(posted_events(&api, &ctx).await.len(), crate::pods::events::CAPACITY + 1);
+    assert!(ctx.metrics.render().contains(&dropped(3)), "{}", ctx.metrics.render());
 }
