@@ -636,20 +636,26 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
             refresh_at,
         },
     );
-    ctx.event(
-        pod,
-        false,
-        "ProviderCreateSuccess",
-        format!(
-            "created instance {} with {}",
-            outcome.instance_id,
-            crate::plugin::label(&ctx.plugin.info_for(&ctx.node_name))
-        ),
-    );
-    for ev in &outcome.events {
-        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone());
-    }
+    tell_created(pod, ctx, &outcome);
     Ok(next_poll(&outcome.status.phase, refresh_at))
+}
+
+/// One Normal Event tells of a create: the provider's first Normal one (its words for what it
+/// made, such as a Cube's size) with the instance and the plugin build that made it added, or
+/// `ProviderCreateSuccess` when the provider said nothing; the provider's other Events follow as
+/// they are. An Event is a write to the apiserver as costly as the pod's status: at 1,600 pods
+/// over 8 nodes the two Events every start used to post were half of the daemon's writes.
+fn tell_created(pod: &Pod, ctx: &NodeContext, outcome: &crate::plugin::PodOutcome) {
+    let made =
+        format!("instance {} with {}", outcome.instance_id, crate::plugin::label(&ctx.plugin.info_for(&ctx.node_name)));
+    let first_normal = outcome.events.iter().position(|ev| ev.kind == EventKind::Normal);
+    if first_normal.is_none() {
+        ctx.event(pod, false, "ProviderCreateSuccess", format!("created {made}"));
+    }
+    for (i, ev) in outcome.events.iter().enumerate() {
+        let note = if Some(i) == first_normal { format!("{} ({made})", ev.message) } else { ev.message.clone() };
+        ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, note);
+    }
 }
 
 /// The provider refused the pod for good (`invalid`, `unsupported`): an Event, and in one write

@@ -67,8 +67,16 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
     let stored = api.pod(&pod_path("web"));
     assert_eq!(stored.annotations()[INSTANCE_ANNOTATION], *id);
     assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    // One Event: the provider's, naming the instance and the plugin build that made it.
     let events = posted_events(&api, &ctx).await;
-    assert_eq!(events, ["ProviderCreateSuccess", "InstanceCreated"], "ours, then the provider's");
+    assert_eq!(events, ["InstanceCreated"]);
+    let note = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/events"))
+        .find_map(|r| Some(r.body?.get("note")?.as_str()?.to_owned()))
+        .unwrap();
+    assert!(note.starts_with("example instance") && note.contains(&format!("(instance {id} with example@")), "{note}");
     assert!(api.requests().iter().filter(|r| r.path.ends_with("/events")).all(|r| r.identity == "node"));
 }
 
@@ -106,8 +114,10 @@ async fn a_failed_write_is_retried_with_growing_backoff_through_the_idempotent_c
     assert_eq!(listed_ids(&ctx).await, [id]);
     assert!(ctx.attempts.lock().unwrap().is_empty(), "backoff reset after the success");
     assert!(api.requests_to("PATCH", &pod_path("web")).is_empty(), "no write of the pod itself");
-    let created = posted_events(&api, &ctx).await.iter().filter(|r| *r == "ProviderCreateSuccess").count();
-    assert_eq!(created, 1, "told once, when the pod was written");
+    // Told once, when the pod was written: by the provider's answer to that create (the example
+    // tells only of the create that made the instance), else by the host.
+    let told = posted_events(&api, &ctx).await;
+    assert_eq!(told, ["ProviderCreateSuccess"], "told once, when the pod was written");
 }
 
 #[tokio::test]
@@ -130,7 +140,7 @@ async fn a_pod_annotated_with_an_instance_unknown_in_memory_is_adopted_without_a
     let annotated =
         after.iter().any(|r| r.method == "PATCH" && r.body.as_ref().is_some_and(|b| b.get("metadata").is_some()));
     assert!(!annotated, "no new annotations: {after:?}");
-    let created_events = posted_events(&api, &ctx).await.iter().filter(|r| *r == "ProviderCreateSuccess").count();
+    let created_events = posted_events(&api, &ctx).await.iter().filter(|r| *r == "InstanceCreated").count();
     assert_eq!(created_events, 1, "the first sync's only");
 }
 
@@ -475,7 +485,7 @@ async fn a_refusal_resting_on_another_plugin_build_is_cleared_and_the_pod_create
     assert!(stored.annotations().contains_key(INSTANCE_ANNOTATION));
     assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
     let events = posted_events(&api, &ctx).await;
-    assert_eq!(events, ["ProviderRefusalReevaluated", "ProviderCreateSuccess", "InstanceCreated"]);
+    assert_eq!(events, ["ProviderRefusalReevaluated", "InstanceCreated"]);
 }
 
 /// Events are posted by the node's event task: a reconcile whose Events the apiserver does not
@@ -496,7 +506,7 @@ async fn a_reconcile_finishes_without_waiting_for_its_events_which_follow_in_ord
     assert!(stored.metadata.annotations.unwrap().contains_key(INSTANCE_ANNOTATION));
     assert!(api.event_reasons().is_empty(), "none answered yet");
     api.release();
-    assert_eq!(posted_events(&api, &ctx).await, ["ProviderCreateSuccess", "InstanceCreated"]);
+    assert_eq!(posted_events(&api, &ctx).await, ["InstanceCreated"]);
 }
 
 /// A node's event queue is bounded: an Event recorded while it is full is dropped and counted,
@@ -518,4 +528,42 @@ async fn an_event_recorded_while_the_queue_is_full_is_dropped_and_counted() {
     ctx.event(&pod, true, "Tock", "once posted, room again".into());
     assert_eq!(posted_events(&api, &ctx).await.len(), crate::pods::events::CAPACITY + 1);
     assert!(ctx.metrics.render().contains(&dropped(3)), "{}", ctx.metrics.render());
+}
+
+/// A provider that tells nothing of its create gets the host's `ProviderCreateSuccess`; its
+/// Warnings are posted as they are, after it.
+#[tokio::test]
+async fn a_create_the_provider_tells_nothing_of_gets_the_hosts_event_and_its_warnings_follow() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let pod = bound_pod(&api, "web", "uid-web-told");
+    let outcome = crate::plugin::PodOutcome {
+        instance_id: "inst-1".into(),
+        status: PodStatus {
+            phase: PodPhase::Pending,
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+            pod_ip: None,
+            start_time: None,
+            init_container_statuses: vec![],
+            container_statuses: vec![],
+        },
+        annotations: vec![],
+        events: vec![crate::plugin::Event {
+            kind: EventKind::Warning,
+            reason: "AnnotationHasNoEffect".into(),
+            message: "ignored".into(),
+        }],
+    };
+
+    tell_created(&pod, &ctx, &outcome);
+
+    assert_eq!(posted_events(&api, &ctx).await, ["ProviderCreateSuccess", "AnnotationHasNoEffect"]);
+    let notes: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/events"))
+        .filter_map(|r| Some(r.body?.get("note")?.as_str()?.to_owned()))
+        .collect();
+    assert!(notes[0].starts_with("created instance inst-1 with example@"), "{notes:?}");
+    assert_eq!(notes[1], "ignored", "a Warning is the provider's words alone");
 }
