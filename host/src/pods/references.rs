@@ -763,7 +763,7 @@ mod tests {
         let later = t0 + Duration::from_secs(6);
         assert!(!t.read(&ns, later), "the next reader finds it");
         assert!(t.sweep(t0 + LINGER).is_empty(), "read again, it lingers from that read");
-        assert_eq!(t.sweep(later + LINGER), [ns.clone()]);
+        assert_eq!(t.sweep(later + LINGER), std::slice::from_ref(&ns));
 
         // Held by a pod with an instance it stays however long; after the pod it lingers.
         assert!(t.read(&ns, Instant::now()));
