@@ -63,6 +63,7 @@ pub struct Metrics {
     plugin_counters: Family<Labels, Counter>,
     fenced_writes: Family<Labels, Counter>,
     reference_watches: Family<Labels, Gauge>,
+    service_watches: Family<Labels, Gauge>,
     egress_waited: Family<Labels, Counter>,
     egress_wait_seconds: Family<Labels, Counter<f64>>,
     egress_refused: Family<Labels, Counter>,
@@ -132,6 +133,12 @@ impl Metrics {
             "ConfigMaps and Secrets watched for changes on behalf of the running pods, by node",
             reference_watches.clone(),
         );
+        let service_watches = Family::<Labels, Gauge>::default();
+        registry.register(
+            "service_watches",
+            "Namespaces whose Services are watched for the service-link variables of the node's pods, by node",
+            service_watches.clone(),
+        );
         let egress_waited = Family::<Labels, Counter>::default();
         registry.register(
             "plugin_egress_waited",
@@ -179,6 +186,7 @@ impl Metrics {
             plugin_counters,
             fenced_writes,
             reference_watches,
+            service_watches,
             egress_waited,
             egress_wait_seconds,
             egress_refused,
@@ -235,6 +243,11 @@ impl Metrics {
     /// The number of ConfigMaps and Secrets `node` watches for its running pods.
     pub fn set_reference_watches(&self, node: &str, n: usize) {
         self.reference_watches.get_or_create(&labels([("node", node)])).set(n as i64);
+    }
+
+    /// The number of namespaces whose Services `node` watches for its pods' service links.
+    pub fn set_service_watches(&self, node: &str, n: usize) {
+        self.service_watches.get_or_create(&labels([("node", node)])).set(n as i64);
     }
 
     /// Sets the instance count per phase of one node (phases that disappeared drop to 0).
@@ -305,11 +318,13 @@ mod tests {
         m.reload(false);
         m.set_phases("n1", &HashMap::from([("Running".to_string(), 3)]));
         m.set_reference_watches("n1", 2);
+        m.set_service_watches("n1", 1);
         m.reconciled("n1");
         m.reconciled("n1");
         let text = m.render();
         assert!(text.contains("vkhost_pod_reconciles_total{node=\"n1\"} 2"), "{text}");
         assert!(text.contains("vkhost_reference_watches{node=\"n1\"} 2"), "{text}");
+        assert!(text.contains("vkhost_service_watches{node=\"n1\"} 1"), "{text}");
         assert!(text.contains("vkhost_pod_sync_duration_seconds_count 1"), "{text}");
         assert!(text.contains("vkhost_plugin_reloads_total{result=\"refused\"} 1"), "{text}");
         assert!(text.contains("vkhost_instances_by_phase{node=\"n1\",phase=\"Running\"} 3"), "{text}");

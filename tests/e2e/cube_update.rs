@@ -2,13 +2,17 @@
 //! ConfigMap or Secret reaches the instance (`update` → RenewCubePod with the new files); a change
 //! of one read only as env is not applied and the pod says so, once (`EnvChangeNotApplied`), as a
 //! kubelet leaves a running container's environment alone; a change made while the daemon was down
-//! reaches it after the restart. (A binary of its own: one cluster holds at most 8 virtual nodes.)
+//! reaches it after the restart. Its service-link variables come from the node's watch of its
+//! namespace's Services: a Service created before the pod is in them, and pods started while the
+//! namespace is watched list no Service. (A binary of its own: one cluster holds at most 8 virtual
+//! nodes.)
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use k8s_openapi::api::flowcontrol::v1::FlowSchema;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use vkcube_e2e::cube::{CubeEnv, pod_on_node};
 use vkcube_e2e::daemon::{fresh_cluster_id, node_of, start};
@@ -46,10 +50,59 @@ async fn warnings(events: &Api<Event>, uid: &str, reason: &str) -> Vec<i32> {
         .collect()
 }
 
-async fn reference_watches(admin: std::net::SocketAddr) -> Option<u64> {
+/// The daemon's gauge `name` (its first series).
+async fn gauge(admin: std::net::SocketAddr, name: &str) -> Option<u64> {
     let text = reqwest::get(format!("http://{admin}/metrics")).await.ok()?.text().await.ok()?;
-    let line = text.lines().find(|l| l.starts_with("vkhost_reference_watches{"))?;
+    let line = text.lines().find(|l| l.starts_with(&format!("{name}{{")))?;
     line.rsplit(' ').next()?.parse().ok()
+}
+
+async fn reference_watches(admin: std::net::SocketAddr) -> Option<u64> {
+    gauge(admin, "vkhost_reference_watches").await
+}
+
+/// The Service LISTs one user makes, as the apiserver counts them: a FlowSchema of their own
+/// (ahead of `system-nodes`, in the same priority level) whose dispatched requests the apiserver's
+/// metrics count apart from everyone else's.
+struct ServiceLists {
+    admin: Client,
+    schema: String,
+}
+
+impl ServiceLists {
+    async fn of(admin: &Client, user: &str, name: &str) -> ServiceLists {
+        let schema: FlowSchema = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "priorityLevelConfiguration": {"name": "system"},
+                "matchingPrecedence": 100,
+                "distinguisherMethod": {"type": "ByUser"},
+                "rules": [{
+                    "subjects": [{"kind": "User", "user": {"name": user}}],
+                    "resourceRules": [{"verbs": ["list"], "apiGroups": [""], "resources": ["services"],
+                                       "namespaces": ["*"]}],
+                }],
+            },
+        }))
+        .unwrap();
+        Api::<FlowSchema>::all(admin.clone()).create(&PostParams::default(), &schema).await.unwrap();
+        ServiceLists { admin: admin.clone(), schema: name.to_string() }
+    }
+
+    /// The LISTs counted so far.
+    async fn count(&self) -> u64 {
+        let request = http::Request::get("/metrics").body(vec![]).unwrap();
+        let text = self.admin.request_text(request).await.unwrap();
+        let series = format!("apiserver_flowcontrol_dispatched_requests_total{{flow_schema=\"{}\"", self.schema);
+        text.lines()
+            .filter(|l| l.starts_with(&series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    async fn remove(self) {
+        let _ = Api::<FlowSchema>::all(self.admin).delete(&self.schema, &DeleteParams::default()).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -167,6 +220,76 @@ async fn a_changed_mounted_configmap_or_secret_reaches_the_instance_and_an_env_o
         (reference_watches(admin).await == Some(0)).then_some(())
     })
     .await;
+    daemon.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_get_the_links_of_services_created_before_them_from_one_service_watch_per_namespace() {
+    const BURST: usize = 8;
+    let cluster = cluster();
+    let ns = cluster.namespace("svclinks").await;
+    let env = CubeEnv::start(cluster, false).await;
+    let cid = fresh_cluster_id();
+    let daemon = start(&env.daemon_config(cluster, &cid, &ns.name, "")).await;
+    let admin = daemon.admin_addr.expect("the test config enables the admin endpoint");
+    let node = node_of(&ns.client, &cid).await.name_any();
+    // The node's own identity reads the Services (Node,RBAC authorizers, NodeRestriction).
+    let lists = ServiceLists::of(&ns.client, &format!("system:node:{node}"), &format!("svclinks-{cid}")).await;
+
+    let services: Api<Service> = Api::namespaced(ns.client.clone(), &ns.name);
+    let service = |name: &str, port: u16| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "main", "port": port}]}}))
+        .unwrap()
+    };
+    let ip = |s: Service| s.spec.and_then(|s| s.cluster_ip).expect("a cluster IP");
+    let db = ip(services.create(&PostParams::default(), &service("db", 5432)).await.unwrap());
+    let master = ip(Api::<Service>::namespaced(ns.client.clone(), "default").get("kubernetes").await.unwrap());
+
+    // The first pod of the namespace: its links come from the watches' first lists.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod_on_node("first", &node, json!({}))).await.unwrap();
+    let uid = wait_for(Duration::from_secs(90), "first Running", || async {
+        pods.get("first").await.ok().filter(running_ready).and_then(|p| p.uid())
+    })
+    .await;
+    assert_eq!(instance_env(&env, &uid, "DB_SERVICE_HOST").await, Some(db.clone()));
+    assert_eq!(instance_env(&env, &uid, "DB_SERVICE_PORT_MAIN").await.as_deref(), Some("5432"));
+    assert_eq!(instance_env(&env, &uid, "KUBERNETES_SERVICE_HOST").await, Some(master));
+    let listed = lists.count().await;
+    assert!(listed >= 2, "the watches of the namespace and of `default` list once each: {listed}");
+    wait_for(CHANGE_ARRIVES, "the namespace's and `default`'s Services watched", || async {
+        (gauge(admin, "vkhost_service_watches").await == Some(2)).then_some(())
+    })
+    .await;
+
+    // A Service created while the namespace is watched reaches the pods started after it, and a
+    // burst of them lists no Service.
+    let cache = ip(services.create(&PostParams::default(), &service("cache", 6379)).await.unwrap());
+    for i in 0..BURST {
+        pods.create(&PostParams::default(), &pod_on_node(&format!("burst-{i}"), &node, json!({}))).await.unwrap();
+    }
+    let uids = wait_for(Duration::from_secs(120), "the burst Running", || async {
+        let all = pods.list(&ListParams::default()).await.ok()?.items;
+        let running: Vec<String> = all.iter().filter(|p| running_ready(p)).filter_map(|p| p.uid()).collect();
+        (running.len() == BURST + 1).then_some(running)
+    })
+    .await;
+    for started in &uids {
+        assert_eq!(instance_env(&env, started, "DB_SERVICE_HOST").await, Some(db.clone()));
+        let want = (*started != uid).then(|| cache.clone());
+        assert_eq!(instance_env(&env, started, "CACHE_SERVICE_HOST").await, want, "env is fixed at a pod's start");
+    }
+    assert_eq!(lists.count().await, listed, "pods started while their namespace was watched listed Services");
+
+    // The pods go: the namespaces stay watched a while for the pods that might follow, then not.
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    wait_for(CHANGE_ARRIVES + LINGER, "no Service watched once the pods are gone", || async {
+        (gauge(admin, "vkhost_service_watches").await == Some(0)).then_some(())
+    })
+    .await;
+    lists.remove().await;
     daemon.stop().await;
     env.stop().await;
 }

@@ -1,7 +1,8 @@
 //! Node identities under the apiserver's Node authorizer and NodeRestriction admission (both on
 //! in the harness): a certificate from the kubelet client signer makes `system:node:<name>`,
 //! which reaches only its own Node and the Secrets and ServiceAccount tokens of pods bound to
-//! it; the daemon's nodes act with such certificates and rotate them.
+//! it (and reads Services, for service links); the daemon's nodes act with such certificates and
+//! rotate them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -200,6 +201,12 @@ async fn a_node_identity_reaches_its_own_pods_secrets_and_tokens_and_nothing_of_
     assert!(can_i(cluster, as_cert, &["create", "serviceaccounts/sa-a", "--subresource=token", "-n", n]));
     assert!(!can_i(cluster, as_cert, &["create", "serviceaccounts/sa-b", "--subresource=token", "-n", n]));
     assert!(!can_i(cluster, as_cert, &["get", &format!("nodes/{node_b}")]));
+    // Services, for service-link variables: the node watches its pods' namespaces and `default`.
+    for verb in ["get", "list", "watch"] {
+        assert!(can_i(cluster, as_cert, &[verb, "services", "-n", n]), "{verb} services");
+        assert!(can_i(cluster, as_cert, &[verb, "services", "-n", "default"]), "{verb} services in default");
+    }
+    assert!(!can_i(cluster, as_cert, &["create", "services", "-n", n]));
     let user = format!("system:node:{node_a}");
     assert!(can_i_as(cluster, &user, &["get", "secret/secret-a", "-n", n]));
     assert!(!can_i_as(cluster, &user, &["get", "secret/secret-b", "-n", n]));

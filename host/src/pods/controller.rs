@@ -170,13 +170,12 @@ pub struct NodeContext {
     store: Store<Pod>,
     /// Deletions in progress reconcile is seeing through, by pod UID.
     deleting: Mutex<HashMap<String, Deleting>>,
-    /// Services per namespace for service-link variables, shared by the pods' syncs.
-    services: resolve::ServiceCache,
     /// The node's durable records: the deletions in progress are seen through from there.
     pub records: Arc<NodeRecords>,
     /// Backoff of the failed `finalize` calls of deletions in progress.
     finalize_retries: deletions::Retries,
-    /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes.
+    /// The ConfigMaps and Secrets the pods with an instance reference, watched for changes, and
+    /// the Services their service-link variables read.
     pub references: ReferenceWatches,
     /// Where the time of each pod's start goes (`vkhost_pod_start_seconds`).
     pub startups: super::startup::Startups,
@@ -217,7 +216,6 @@ impl NodeContext {
             told_missing: Mutex::new(HashMap::new()),
             store,
             deleting: Mutex::new(HashMap::new()),
-            services: resolve::ServiceCache::new(resolve::SERVICE_TTL),
             records,
             finalize_retries: deletions::Retries::default(),
             references,
@@ -569,7 +567,7 @@ fn is_rejected(pod: &Pod) -> bool {
 async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let refs = resolve::fetch(&ctx.client, &ctx.services, &ctx.references, pod)
+    let refs = resolve::fetch(&ctx.client, &ctx.references, pod)
         .await
         .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
     ctx.startups.lap(pod, Stage::Fetch);
@@ -712,7 +710,7 @@ fn token_refresh_at(tokens: &[crate::plugin::ServiceAccountToken]) -> Option<Ins
 async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Change>) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    let refs = resolve::fetch(&ctx.client, &ctx.services, &ctx.references, pod)
+    let refs = resolve::fetch(&ctx.client, &ctx.references, pod)
         .await
         .map_err(|source| SyncError::Fetch { pod: k.clone(), source })?;
     let Ok(resolution) = resolve::resolve(pod, &refs) else {
@@ -1254,6 +1252,7 @@ async fn list_instances(
     };
     ctx.references.retain(|uid| running.contains(uid));
     ctx.metrics.set_reference_watches(&ctx.node_name, ctx.references.watches());
+    ctx.metrics.set_service_watches(&ctx.node_name, ctx.references.service_watches());
     Ok(())
 }
 

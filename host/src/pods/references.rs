@@ -9,13 +9,22 @@
 //! object is answered by its watch's initial list, and an object no pod references any more stays
 //! watched for [`LINGER`] (a burst, a recreated pod, a read before its instance exists). Of each
 //! object only what reaches a pod is kept (data, type, name), with a digest of it.
+//!
+//! The Services that service-link variables read are held the same way, one watch per namespace
+//! (the pods' own when they want links, and `default` for the master service): started by the
+//! first pod of the namespace to be resolved, held while a pod of the node there has an instance
+//! (a token renewal or a ConfigMap change resolves it again), lingering as the others do. Of each
+//! Service only what the variables read is kept (`resolve::linked_service`). No change of a Service
+//! is told to a running pod: a container's environment is fixed at its start, as with the kubelet.
+//! Like the kubelet's Service informer, the watch is eventually consistent: a pod resolved a moment
+//! after a Service was created sees it once the watch's event arrived.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -64,10 +73,12 @@ fn kept_secret(s: &Secret) -> Seen {
 pub const GIVEN_ANNOTATION: &str = "vkcube.io/references-given";
 
 impl ObjectKey {
-    fn change(&self) -> Change {
+    /// The change to tell a pod when the object changed; none for Services.
+    fn change(&self) -> Option<Change> {
         match self.kind {
-            Kind::ConfigMap => Change::ConfigMap(self.name.clone()),
-            Kind::Secret => Change::Secret(self.name.clone()),
+            Kind::ConfigMap => Some(Change::ConfigMap(self.name.clone())),
+            Kind::Secret => Some(Change::Secret(self.name.clone())),
+            Kind::Services => None,
         }
     }
 }
@@ -128,7 +139,8 @@ fn truncate(h: Sha256) -> Digest {
     d
 }
 
-/// The objects `pod` references whose changes its provider is told about.
+/// What `pod` holds watched while it has an instance: the objects it references whose changes its
+/// provider is told about, and the namespaces whose Services give its service-link variables.
 pub fn watched(pod: &Pod) -> Vec<ObjectKey> {
     let ns = pod.namespace().unwrap_or_default();
     let (config_maps, secrets) = resolve::watched_names(pod);
@@ -137,6 +149,7 @@ pub fn watched(pod: &Pod) -> Vec<ObjectKey> {
         .into_iter()
         .map(|n| key(Kind::ConfigMap, n))
         .chain(secrets.into_iter().map(|n| key(Kind::Secret, n)))
+        .chain(resolve::service_namespaces(pod).iter().map(|n| ObjectKey::services(n)))
         .collect()
 }
 
@@ -154,6 +167,7 @@ pub fn given(pod: &Pod, fetched: Option<&References>) -> Vec<(ObjectKey, Option<
                         f.config_maps.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, config_map_digest))
                     }
                     Kind::Secret => f.secrets.get(&key.name).map(|o| o.as_ref().map_or(ABSENT, secret_digest)),
+                    Kind::Services => None,
                 },
                 None => recorded.get(&(key.kind, key.name.clone())).copied(),
             };
@@ -170,6 +184,7 @@ pub fn annotation(given: &[(ObjectKey, Option<Digest>)]) -> String {
             let kind = match key.kind {
                 Kind::ConfigMap => "ConfigMap",
                 Kind::Secret => "Secret",
+                Kind::Services => return None,
             };
             digest.map(|d| format!("{kind}/{}={}", key.name, hex::encode(d)))
         })
@@ -240,13 +255,18 @@ impl Table {
         Table { linger, ..Table::default() }
     }
 
-    /// `key` is read for a pod that has no instance yet: watched from now on (idle until a pod is
-    /// tracked with it). Whether its watch must start.
-    pub fn read(&mut self, key: &ObjectKey) -> bool {
-        if self.objects.contains_key(key) {
+    /// `key` is read at `now` for a pod that has no instance yet: watched from then on (idle until
+    /// a pod is tracked with it; an idle one read again lingers from this read, so pods that keep
+    /// being resolved without an instance, waiting for a missing object, do not restart its
+    /// watch). Whether its watch must start.
+    pub fn read(&mut self, key: &ObjectKey, now: Instant) -> bool {
+        if let Some(object) = self.objects.get_mut(key) {
+            if object.idle_since.is_some() {
+                object.idle_since = Some(now);
+            }
             return false;
         }
-        self.objects.insert(key.clone(), Watched { idle_since: Some(Instant::now()), ..Watched::default() });
+        self.objects.insert(key.clone(), Watched { idle_since: Some(now), ..Watched::default() });
         true
     }
 
@@ -289,7 +309,9 @@ impl Table {
             object.idle_since = None;
             let given = match (seed, object.latest) {
                 (Some(seed), Some(latest)) if *seed != latest => {
-                    queued |= tracked.pending.insert(key.change());
+                    if let Some(change) = key.change() {
+                        queued |= tracked.pending.insert(change);
+                    }
                     Some(latest)
                 }
                 (Some(seed), _) => Some(*seed),
@@ -320,8 +342,8 @@ impl Table {
                 None => *given = Some(digest),
                 Some(g) if *g != digest => {
                     *given = Some(digest);
-                    if let Some(t) = self.pods.get_mut(uid) {
-                        t.pending.insert(key.change());
+                    if let (Some(t), Some(change)) = (self.pods.get_mut(uid), key.change()) {
+                        t.pending.insert(change);
                         triggered.push(t.pod.clone());
                     }
                 }
@@ -381,8 +403,18 @@ impl Table {
         }
     }
 
-    /// Objects watched.
+    /// ConfigMaps and Secrets watched.
     pub fn watches(&self) -> usize {
+        self.objects.keys().filter(|k| k.kind != Kind::Services).count()
+    }
+
+    /// Namespaces whose Services are watched.
+    pub fn service_watches(&self) -> usize {
+        self.objects.keys().filter(|k| k.kind == Kind::Services).count()
+    }
+
+    /// Watches of any kind.
+    fn len(&self) -> usize {
         self.objects.len()
     }
 }
@@ -474,7 +506,8 @@ impl ReferenceWatches {
     /// answer awaited) when none runs. `None` when the watch cannot tell (it failed before its
     /// first answer, or stopped meanwhile): the caller reads the object itself.
     pub async fn read(&self, key: &ObjectKey) -> Option<Seen> {
-        self.change(|t| Delta { start: if t.read(key) { vec![key.clone()] } else { vec![] }, ..Delta::default() });
+        let now = Instant::now();
+        self.change(|t| Delta { start: if t.read(key, now) { vec![key.clone()] } else { vec![] }, ..Delta::default() });
         let mut seen = self.tasks.lock().unwrap().get(key)?.seen.subscribe();
         let answer = tokio::time::timeout(FIRST_ANSWER_TIMEOUT, seen.wait_for(|s| !matches!(s, Seen::Unknown)));
         match answer.await.ok()?.ok()?.clone() {
@@ -483,9 +516,14 @@ impl ReferenceWatches {
         }
     }
 
-    /// Objects watched now.
+    /// ConfigMaps and Secrets watched now.
     pub fn watches(&self) -> usize {
         self.table.lock().unwrap().watches()
+    }
+
+    /// Namespaces whose Services are watched now.
+    pub fn service_watches(&self) -> usize {
+        self.table.lock().unwrap().service_watches()
     }
 
     /// Stops every watch (acting for the node ended).
@@ -507,7 +545,7 @@ impl ReferenceWatches {
                 follow(self.client.clone(), key.clone(), self.table.clone(), self.triggers.clone(), seen.clone());
             tasks.insert(key, Watching { _task: AbortOnDropHandle::new(tokio::spawn(watch)), seen });
         }
-        if tasks.len() != self.table.lock().unwrap().watches() {
+        if tasks.len() != self.table.lock().unwrap().len() {
             tracing::warn!(node = %self.node, tasks = tasks.len(), "reference watches and their table disagree");
         }
         if let Some(pod) = delta.trigger {
@@ -520,7 +558,7 @@ impl ReferenceWatches {
 /// names are sent to be reconciled; what a pod gets of the object goes to `seen`. For the pods
 /// running, a deletion changes nothing (the instance keeps what it had, as a kubelet keeps a
 /// deleted ConfigMap's files); a re-creation with other contents is a change. A pod resolved
-/// after the deletion finds the object absent.
+/// after the deletion finds the object absent. A namespace's Services only go to `seen`.
 async fn follow(
     client: Client,
     key: ObjectKey,
@@ -530,6 +568,10 @@ async fn follow(
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
     match key.kind {
+        Kind::Services => {
+            let api: Api<Service> = Api::namespaced(client, &key.namespace);
+            services(watcher(api, watcher::Config::default()), &key, &seen).await
+        }
         Kind::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(client, &key.namespace);
             let kind = Follow { digest: config_map_digest, keep: kept_config_map };
@@ -602,6 +644,52 @@ async fn digests<K: kube::Resource>(
     }
 }
 
+/// Keeps what the variables read of a namespace's Services ([`resolve::linked_service`]) in
+/// `seen`, after each complete (re)list and each change.
+async fn services(
+    events: impl Stream<Item = Result<watcher::Event<Service>, watcher::Error>> + Send,
+    key: &ObjectKey,
+    seen: &watch::Sender<Seen>,
+) {
+    let mut events = std::pin::pin!(events.default_backoff());
+    let mut held: BTreeMap<String, Service> = BTreeMap::new();
+    // What a (re)list found so far, published once it is complete.
+    let mut listed: BTreeMap<String, Service> = BTreeMap::new();
+    let publish = |held: &BTreeMap<String, Service>| {
+        seen.send_replace(Seen::Services(Arc::new(held.values().cloned().collect())));
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(s)) => {
+                if let Some(kept) = resolve::linked_service(&s) {
+                    listed.insert(s.name_any(), kept);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                held = std::mem::take(&mut listed);
+                publish(&held);
+            }
+            Ok(watcher::Event::Apply(s)) => {
+                // One that no longer gives variables (made headless or ExternalName) goes.
+                match resolve::linked_service(&s) {
+                    Some(kept) => held.insert(s.name_any(), kept),
+                    None => held.remove(&s.name_any()),
+                };
+                publish(&held);
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                held.remove(&s.name_any());
+                publish(&held);
+            }
+            Err(e) => {
+                seen.send_if_modified(|s| matches!(s, Seen::Unknown).then(|| *s = Seen::Failed).is_some());
+                tracing::debug!(services = %key.namespace, error = %e, "service watch");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -631,6 +719,60 @@ mod tests {
         [n; 16]
     }
 
+    /// What a pod of `ns` with service links holds besides its objects: its namespace's Services
+    /// and `default`'s.
+    fn services_held() -> Vec<(ObjectKey, Option<Digest>)> {
+        vec![(ObjectKey::services("ns"), None), (ObjectKey::services("default"), None)]
+    }
+
+    #[test]
+    fn a_pod_holds_its_namespaces_services_when_it_wants_links_and_defaults_for_the_master_service() {
+        let namespaces = |p: &Pod| -> Vec<String> {
+            watched(p).into_iter().filter(|k| k.kind == Kind::Services).map(|k| k.namespace).collect()
+        };
+        let containers = json!([{"name": "c", "image": "x"}]);
+        assert_eq!(namespaces(&pod("u1", json!({"containers": containers}))), ["ns", "default"]);
+        let unlinked = pod("u2", json!({"enableServiceLinks": false, "containers": containers}));
+        assert_eq!(namespaces(&unlinked), ["default"]);
+        let mut in_default = pod("u3", json!({"containers": containers}));
+        in_default.metadata.namespace = Some("default".into());
+        assert_eq!(namespaces(&in_default), ["default"]);
+    }
+
+    #[test]
+    fn a_namespaces_services_are_held_by_its_pods_with_an_instance_and_never_a_change_to_tell() {
+        let mut t = Table::default();
+        let first = t.track("u1", pref("u1"), &services_held());
+        assert_eq!(first.start, [ObjectKey::services("ns"), ObjectKey::services("default")]);
+        assert_eq!(t.track("u2", pref("u2"), &services_held()), Delta::default(), "one watch per namespace");
+        assert_eq!((t.watches(), t.service_watches()), (0, 2));
+        assert!(t.observed(&ObjectKey::services("ns"), d(1)).is_empty());
+        assert!(t.observed(&ObjectKey::services("ns"), d(2)).is_empty(), "a Service change is not told");
+        assert!(t.pending("u1").is_empty());
+        assert!(t.untrack("u1").is_empty());
+        assert_eq!(t.untrack("u2"), [ObjectKey::services("default"), ObjectKey::services("ns")]);
+        assert_eq!(t.service_watches(), 0);
+    }
+
+    #[test]
+    fn an_idle_watch_lingers_from_its_last_read_and_after_its_last_pod() {
+        let mut t = Table::lingering(LINGER);
+        let ns = ObjectKey::services("ns");
+        let t0 = Instant::now();
+        assert!(t.read(&ns, t0), "the first reader starts the watch");
+        let later = t0 + Duration::from_secs(6);
+        assert!(!t.read(&ns, later), "the next reader finds it");
+        assert!(t.sweep(t0 + LINGER).is_empty(), "read again, it lingers from that read");
+        assert_eq!(t.sweep(later + LINGER), std::slice::from_ref(&ns));
+
+        // Held by a pod with an instance it stays however long; after the pod it lingers.
+        assert!(t.read(&ns, Instant::now()));
+        assert!(t.track("u1", pref("u1"), &[(ns.clone(), None)]).start.is_empty());
+        assert!(t.sweep(Instant::now() + LINGER * 100).is_empty());
+        assert!(t.untrack("u1").is_empty(), "kept for the pods that follow");
+        assert_eq!(t.sweep(Instant::now() + LINGER), [ns]);
+    }
+
     #[test]
     fn a_pod_references_volumes_projections_and_env_but_not_its_image_pull_secrets() {
         let p = pod(
@@ -656,7 +798,7 @@ mod tests {
         let names = |kind| keys.iter().filter(|k| k.kind == kind).map(|k| k.name.as_str()).collect::<Vec<_>>();
         assert_eq!(names(Kind::ConfigMap), ["all-cm", "env-cm", "proj-cm", "vol-cm"]);
         assert_eq!(names(Kind::Secret), ["env-secret", "init-env", "proj-secret", "vol-secret"]);
-        assert!(keys.iter().all(|k| k.namespace == "ns"));
+        assert!(keys.iter().filter(|k| k.kind != Kind::Services).all(|k| k.namespace == "ns"));
     }
 
     #[test]
@@ -666,7 +808,8 @@ mod tests {
             json!({"imagePullSecrets": [{"name": "creds"}], "containers": [{"name": "c", "image": "x"}],
                    "volumes": [{"name": "v", "secret": {"secretName": "creds"}}]}),
         );
-        assert_eq!(watched(&p), [secret_key("creds")]);
+        assert_eq!(watched(&p)[0], secret_key("creds"));
+        assert!(watched(&p)[1..].iter().all(|k| k.kind == Kind::Services), "{:?}", watched(&p));
     }
 
     #[test]
@@ -818,7 +961,7 @@ mod tests {
         assert_eq!(value, format!("ConfigMap/cfg={},Secret/s={}", "01".repeat(16), "02".repeat(16)));
         let mut p = pod("u1", spec);
         p.metadata.annotations = Some([(GIVEN_ANNOTATION.to_string(), value)].into());
-        assert_eq!(given(&p, None), given_before);
+        assert_eq!(given(&p, None), [given_before.to_vec(), services_held()].concat());
 
         // After the restart the watch answers with other contents: a change, not the new normal.
         let mut t = Table::default();
@@ -828,7 +971,7 @@ mod tests {
 
         // A malformed or foreign entry is ignored.
         p.metadata.annotations = Some([(GIVEN_ANNOTATION.to_string(), "ConfigMap/cfg=zz,Pod/x=00,junk".into())].into());
-        assert_eq!(given(&p, None), [(cm_key("cfg"), None), (secret_key("s"), None)]);
+        assert_eq!(given(&p, None), [vec![(cm_key("cfg"), None), (secret_key("s"), None)], services_held()].concat());
     }
 
     #[test]
@@ -844,9 +987,11 @@ mod tests {
         fetched.config_maps.insert("opt".into(), None);
         assert_eq!(
             given(&p, Some(&fetched)),
-            [(cm_key("cfg"), Some(config_map_digest(&cfg))), (cm_key("opt"), Some(ABSENT))]
+            [vec![(cm_key("cfg"), Some(config_map_digest(&cfg))), (cm_key("opt"), Some(ABSENT))], services_held()]
+                .concat()
         );
-        assert_eq!(given(&p, None), [(cm_key("cfg"), None), (cm_key("opt"), None)]);
+        assert_eq!(given(&p, None), [vec![(cm_key("cfg"), None), (cm_key("opt"), None)], services_held()].concat());
+        assert!(!annotation(&given(&p, Some(&fetched))).contains("Services"), "nothing recorded of Services");
     }
 }
 
@@ -859,7 +1004,7 @@ mod cache_tests {
 
     use super::*;
     use crate::pods::fixtures::{ApiServer, NODE};
-    use crate::pods::resolve::{self, ServiceCache};
+    use crate::pods::resolve;
 
     const CM: &str = "/api/v1/namespaces/default/configmaps/cfg";
 
@@ -889,10 +1034,9 @@ mod cache_tests {
         api.put(CM, config_map("v1"));
         let client = api.client("node");
         let watches = ReferenceWatches::new(client.clone(), NODE);
-        let services = ServiceCache::new(resolve::SERVICE_TTL);
 
         let first = mounting("a", "u1");
-        let refs = resolve::fetch(&client, &services, &watches, &first).await.unwrap();
+        let refs = resolve::fetch(&client, &watches, &first).await.unwrap();
         assert_eq!(value(&refs).as_deref(), Some("v1"));
         let cm = refs.config_maps["cfg"].as_ref().unwrap();
         assert!(cm.metadata.annotations.is_none(), "only what reaches a pod is kept");
@@ -905,7 +1049,7 @@ mod cache_tests {
 
         let before = api.requests().len();
         let second = mounting("b", "u2");
-        let refs = resolve::fetch(&client, &services, &watches, &second).await.unwrap();
+        let refs = resolve::fetch(&client, &watches, &second).await.unwrap();
         assert_eq!(value(&refs).as_deref(), Some("v1"));
         assert_eq!(api.requests().len(), before, "{:?}", &api.requests()[before..]);
         assert_eq!(watches.watches(), 1);
@@ -918,16 +1062,15 @@ mod cache_tests {
         let client = api.client("node");
         let watches = ReferenceWatches::new(client.clone(), NODE);
         let mut changed = watches.triggers().unwrap();
-        let services = ServiceCache::new(resolve::SERVICE_TTL);
         let first = mounting("a", "u1");
-        let refs = resolve::fetch(&client, &services, &watches, &first).await.unwrap();
+        let refs = resolve::fetch(&client, &watches, &first).await.unwrap();
         watches.track(&first, Some(&refs));
 
         api.put(CM, config_map("v2"));
         // The watch saw the change: the running pod is to be told.
         let told = tokio::time::timeout(Duration::from_secs(10), changed.next()).await.unwrap().unwrap();
         assert_eq!(told.name, "a");
-        let refs = resolve::fetch(&client, &services, &watches, &mounting("b", "u2")).await.unwrap();
+        let refs = resolve::fetch(&client, &watches, &mounting("b", "u2")).await.unwrap();
         assert_eq!(value(&refs).as_deref(), Some("v2"), "a new pod was given the old contents");
 
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -940,7 +1083,7 @@ mod cache_tests {
             .await
             .unwrap()
             .unwrap();
-        let refs = resolve::fetch(&client, &services, &watches, &mounting("c", "u3")).await.unwrap();
+        let refs = resolve::fetch(&client, &watches, &mounting("c", "u3")).await.unwrap();
         assert!(refs.config_maps["cfg"].is_none(), "a deleted ConfigMap was handed to a new pod");
     }
 
@@ -950,13 +1093,13 @@ mod cache_tests {
         api.put(CM, config_map("v1"));
         let client = api.client("node");
         let watches = ReferenceWatches::new(client.clone(), NODE);
-        let services = ServiceCache::new(resolve::SERVICE_TTL);
-        resolve::fetch(&client, &services, &watches, &mounting("a", "u1")).await.unwrap();
+        resolve::fetch(&client, &watches, &mounting("a", "u1")).await.unwrap();
         assert_eq!(watches.watches(), 1, "watched from the first read");
         watches.retain(|_| false);
         assert_eq!(watches.watches(), 1, "kept for the pods that follow");
         let mut table = watches.table.lock().unwrap();
-        assert_eq!(table.sweep(Instant::now() + LINGER).len(), 1);
+        let swept = table.sweep(Instant::now() + LINGER);
+        assert_eq!(swept.iter().filter(|k| k.kind == Kind::ConfigMap).count(), 1, "{swept:?}");
     }
 
     #[tokio::test]
@@ -966,9 +1109,154 @@ mod cache_tests {
         api.fail("GET", "/api/v1/namespaces/default/configmaps", 403, 1);
         let client = api.client("node");
         let watches = ReferenceWatches::new(client.clone(), NODE);
-        let services = ServiceCache::new(resolve::SERVICE_TTL);
-        let refs = resolve::fetch(&client, &services, &watches, &mounting("a", "u1")).await.unwrap();
+        let refs = resolve::fetch(&client, &watches, &mounting("a", "u1")).await.unwrap();
         assert_eq!(value(&refs).as_deref(), Some("v1"));
         assert_eq!(api.requests_to("GET", CM).len(), 1);
+    }
+
+    const NS1_SERVICES: &str = "/api/v1/namespaces/ns1/services";
+    const DEFAULT_SERVICES: &str = "/api/v1/namespaces/default/services";
+
+    fn put_service(api: &ApiServer, ns: &str, name: &str, ip: &str) {
+        api.put(
+            &format!("/api/v1/namespaces/{ns}/services/{name}"),
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": name, "namespace": ns, "annotations": {"big": "x".repeat(1000)}},
+                   "spec": {"clusterIP": ip, "selector": {"app": name},
+                            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}),
+        );
+    }
+
+    fn linking(ns: &str, name: &str, uid: &str, links: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "uid": uid},
+            "spec": {"nodeName": NODE, "enableServiceLinks": links, "containers": [{"name": "app", "image": "nginx"}]}
+        }))
+        .unwrap()
+    }
+
+    /// `namespace/name` of the Services read for a pod, sorted.
+    fn service_names(refs: &References) -> Vec<String> {
+        let mut names: Vec<String> =
+            refs.services.iter().map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())).collect();
+        names.sort();
+        names
+    }
+
+    fn is_watch(r: &crate::pods::fixtures::Recorded) -> bool {
+        r.query.split('&').any(|p| p == "watch=true")
+    }
+
+    /// The LISTs of `path` (its watches left out).
+    fn lists(api: &ApiServer, path: &str) -> usize {
+        api.requests_to("GET", path).iter().filter(|r| !is_watch(r)).count()
+    }
+
+    /// Waits until the watch of `namespace`'s Services holds what `held` accepts.
+    async fn held(watches: &ReferenceWatches, namespace: &str, accept: impl Fn(&[Service]) -> bool) {
+        let mut seen = watches.tasks.lock().unwrap()[&ObjectKey::services(namespace)].seen.subscribe();
+        let wait = seen.wait_for(|s| matches!(s, Seen::Services(list) if accept(list)));
+        tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_pod_of_a_namespace_reads_its_services_from_the_watch_list_and_the_next_make_no_request() {
+        let api = ApiServer::new();
+        put_service(&api, "ns1", "db", "10.0.0.9");
+        put_service(&api, "default", "kubernetes", "10.0.0.1");
+        put_service(&api, "default", "other", "10.0.0.2");
+        put_service(&api, "ns1", "headless", "None");
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+
+        let first = linking("ns1", "a", "u1", true);
+        let refs = resolve::fetch(&client, &watches, &first).await.unwrap();
+        assert_eq!(service_names(&refs), ["default/kubernetes", "ns1/db"]);
+        for s in &refs.services {
+            let spec = s.spec.as_ref().unwrap();
+            assert!(s.metadata.annotations.is_none() && spec.selector.is_none(), "only what links read is kept: {s:?}");
+            assert_eq!(spec.ports.as_ref().unwrap()[0].target_port, None);
+        }
+        assert_eq!((lists(&api, NS1_SERVICES), lists(&api, DEFAULT_SERVICES)), (1, 1), "the watches' lists");
+        assert_eq!((watches.service_watches(), watches.watches()), (2, 0));
+        watches.track(&first, Some(&refs));
+
+        let before = api.requests().iter().filter(|r| !is_watch(r)).count();
+        for (i, uid) in ["u2", "u3", "u4"].into_iter().enumerate() {
+            let refs = resolve::fetch(&client, &watches, &linking("ns1", &format!("p{i}"), uid, true)).await.unwrap();
+            assert_eq!(service_names(&refs), ["default/kubernetes", "ns1/db"]);
+        }
+        let after: Vec<_> = api.requests().into_iter().filter(|r| !is_watch(r)).skip(before).collect();
+        assert!(after.is_empty(), "{after:?}");
+
+        // Its last pod gone, the namespace stays watched for the pods that follow, a while.
+        watches.retain(|_| false);
+        assert_eq!(watches.service_watches(), 2);
+        assert_eq!(watches.table.lock().unwrap().sweep(Instant::now() + LINGER).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_service_created_or_deleted_while_watched_is_seen_by_the_next_pod() {
+        let api = ApiServer::new();
+        put_service(&api, "ns1", "db", "10.0.0.9");
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+        let refs = resolve::fetch(&client, &watches, &linking("ns1", "a", "u1", true)).await.unwrap();
+        assert_eq!(service_names(&refs), ["ns1/db"]);
+
+        put_service(&api, "ns1", "cache", "10.0.0.10");
+        held(&watches, "ns1", |list| list.len() == 2).await;
+        let refs = resolve::fetch(&client, &watches, &linking("ns1", "b", "u2", true)).await.unwrap();
+        assert_eq!(service_names(&refs), ["ns1/cache", "ns1/db"]);
+
+        let api_services: Api<Service> = Api::namespaced(client.clone(), "ns1");
+        api_services.delete("db", &Default::default()).await.unwrap();
+        held(&watches, "ns1", |list| list.len() == 1).await;
+        let refs = resolve::fetch(&client, &watches, &linking("ns1", "c", "u3", true)).await.unwrap();
+        assert_eq!(service_names(&refs), ["ns1/cache"]);
+        assert_eq!(lists(&api, NS1_SERVICES), 1, "all from the one watch");
+    }
+
+    #[tokio::test]
+    async fn without_links_only_the_master_service_is_read_and_a_namespaces_own_kubernetes_service_wins() {
+        let api = ApiServer::new();
+        put_service(&api, "default", "kubernetes", "10.0.0.1");
+        put_service(&api, "default", "other", "10.0.0.2");
+        put_service(&api, "ns1", "db", "10.0.0.9");
+        put_service(&api, "ns2", "kubernetes", "10.0.0.77");
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+
+        let refs = resolve::fetch(&client, &watches, &linking("ns1", "a", "u1", false)).await.unwrap();
+        assert_eq!(service_names(&refs), ["default/kubernetes"]);
+        assert_eq!(lists(&api, NS1_SERVICES), 0, "a namespace no pod wants links of is not read");
+        // Every pod gets the master service's variables, one of `default` too.
+        let refs = resolve::fetch(&client, &watches, &linking("default", "b", "u2", false)).await.unwrap();
+        assert_eq!(service_names(&refs), ["default/kubernetes"]);
+        let refs = resolve::fetch(&client, &watches, &linking("default", "c", "u3", true)).await.unwrap();
+        assert_eq!(service_names(&refs), ["default/kubernetes", "default/other"]);
+        assert_eq!(watches.service_watches(), 1);
+
+        let pod = linking("ns2", "d", "u4", true);
+        let refs = resolve::fetch(&client, &watches, &pod).await.unwrap();
+        assert_eq!(service_names(&refs), ["ns2/kubernetes"]);
+        let env = &resolve::resolve(&pod, &refs).unwrap().pod.env[0].vars;
+        let host: Vec<&str> =
+            env.iter().filter(|kv| kv.key == "KUBERNETES_SERVICE_HOST").map(|kv| kv.value.as_str()).collect();
+        assert_eq!(host, ["10.0.0.77"], "as the kubelet: the namespace's own Service of that name wins");
+        assert_eq!(watches.service_watches(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_service_watch_that_cannot_list_leaves_the_read_to_a_list() {
+        let api = ApiServer::new();
+        put_service(&api, "ns1", "db", "10.0.0.9");
+        api.fail("GET", NS1_SERVICES, 403, 1);
+        let client = api.client("node");
+        let watches = ReferenceWatches::new(client.clone(), NODE);
+        let refs = resolve::fetch(&client, &watches, &linking("ns1", "a", "u1", true)).await.unwrap();
+        assert_eq!(service_names(&refs), ["ns1/db"]);
+        assert!(refs.services[0].metadata.annotations.is_none(), "a listed Service is kept as a watched one");
+        assert!(lists(&api, NS1_SERVICES) >= 2, "the watch's refused list, then the read's own");
     }
 }

@@ -1,11 +1,8 @@
-//! The I/O half of resolving: which objects a pod names, and reading them (ConfigMaps and Secrets
-//! from the node's reference watches, a per-namespace cache of Services for service links,
-//! TokenRequests for projected tokens).
+//! The I/O half of resolving: which objects a pod names, and reading them (ConfigMaps, Secrets
+//! and the Services for service links from the node's reference watches, TokenRequests for
+//! projected tokens).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
@@ -15,74 +12,16 @@ use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
+use super::service_links::{MASTER_SERVICE, linked_service};
 use super::watched::{HeldObjects, Kind, ObjectKey, Seen};
 use super::{FetchError, References, all_containers};
 
-/// How long a namespace's Services are reused for service-link variables.
-pub const SERVICE_TTL: Duration = Duration::from_secs(2);
-
-/// Services per namespace, for service-link variables: read once per TTL however many pods of the
-/// namespace start at once (a 200-pod burst used to list them 200 times, plus 200 reads of
-/// `default/kubernetes`). The kubelet takes Services from an informer: just as eventually
-/// consistent.
-pub struct ServiceCache {
-    ttl: Duration,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<Service>>)>>>>>,
-}
-
-impl ServiceCache {
-    pub fn new(ttl: Duration) -> Self {
-        ServiceCache { ttl, slots: Mutex::new(HashMap::new()) }
-    }
-
-    /// The namespace's Services: the cached list while younger than the TTL, else `load`'s.
-    /// Concurrent callers for one namespace wait for a single load; a failed load is not kept.
-    pub async fn get_or_load<F, Fut, E>(&self, namespace: &str, load: F) -> Result<Arc<Vec<Service>>, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<Service>, E>>,
-    {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap();
-            if !slots.contains_key(namespace) {
-                // Forget namespaces not asked about for a TTL (deleted ones, finished bursts),
-                // so the map holds only what is in use.
-                let ttl = self.ttl;
-                slots.retain(|_, slot| {
-                    Arc::strong_count(slot) > 1
-                        || slot.try_lock().map_or(true, |s| s.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl))
-                });
-            }
-            slots.entry(namespace.to_owned()).or_default().clone()
-        };
-        let mut slot = slot.lock().await;
-        if let Some((at, services)) = slot.as_ref()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(services.clone());
-        }
-        let services = Arc::new(load().await?);
-        *slot = Some((Instant::now(), services.clone()));
-        Ok(services)
-    }
-
-    async fn list(&self, client: &Client, namespace: &str) -> Result<Arc<Vec<Service>>, kube::Error> {
-        self.get_or_load(namespace, || async {
-            Ok(Api::<Service>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items)
-        })
-        .await
-    }
-}
-
 /// Reads every object `pod` references. Missing objects are recorded as `None`, not errors.
-/// ConfigMaps and Secrets come from `watches` (no request once watched), or from a GET where the
-/// watch cannot tell.
-pub async fn fetch(
-    client: &Client,
-    services: &ServiceCache,
-    watches: &impl HeldObjects,
-    pod: &Pod,
-) -> Result<References, FetchError> {
+/// ConfigMaps, Secrets and the Services of the namespaces service links read come from `watches`
+/// (no request once watched), or from a GET (a LIST for Services) where the watch cannot tell.
+/// Like the kubelet's informer, the watches are eventually consistent: a Service created a moment
+/// before the pod is seen once its event arrived, which is normally before the pod's own.
+pub async fn fetch(client: &Client, watches: &impl HeldObjects, pod: &Pod) -> Result<References, FetchError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let mut refs = References::default();
@@ -91,14 +30,19 @@ pub async fn fetch(
 
     let key = |kind, name: &String| ObjectKey { kind, namespace: ns.clone(), name: name.clone() };
     let secret_names: BTreeSet<String> = names.secrets.into_iter().chain(names.pull_secrets).collect();
+    let links = spec.enable_service_links.unwrap_or(true);
     let keys: Vec<ObjectKey> = names
         .config_maps
         .iter()
         .map(|n| key(Kind::ConfigMap, n))
         .chain(secret_names.iter().map(|n| key(Kind::Secret, n)))
         .collect();
+    let service_keys: Vec<ObjectKey> = service_namespaces(pod).iter().map(|n| ObjectKey::services(n)).collect();
     // First reads of several objects wait for their watches' first lists together.
-    let seen = futures::future::join_all(keys.iter().map(|k| watches.read(k))).await;
+    let (seen, services_seen) = futures::join!(
+        futures::future::join_all(keys.iter().map(|k| watches.read(k))),
+        futures::future::join_all(service_keys.iter().map(|k| watches.read(k))),
+    );
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for (key, seen) in keys.into_iter().zip(seen) {
@@ -124,6 +68,8 @@ pub async fn fetch(
                 let got = secrets.get_opt(&name).await.map_err(api_err(format!("Secret {ns}/{name}")))?;
                 refs.secrets.insert(name, got);
             }
+            // Not among `keys`: the Services are read below.
+            (Kind::Services, _) => {}
         }
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -137,17 +83,19 @@ pub async fn fetch(
         }
         refs.claims.insert(name, got);
     }
-    if spec.enable_service_links.unwrap_or(true) {
-        refs.services =
-            services.list(client, &ns).await.map_err(api_err(format!("Services in {ns}")))?.as_ref().clone();
-    }
-    // The `kubernetes` service's variables are injected into every pod.
-    if ns != "default"
-        && let Ok(default) = services.list(client, "default").await
-        && let Some(k) = default.iter().find(|s| s.metadata.name.as_deref() == Some("kubernetes"))
-    {
-        refs.services.retain(|s| s.metadata.name.as_deref() != Some("kubernetes"));
-        refs.services.push(k.clone());
+    // The pod's namespace first (read when the pod wants links), then `default`, read for the
+    // master service alone: a Service of the pod's namespace with its name wins, as in the
+    // kubelet; unreadable, the master service is left out.
+    for (key, seen) in service_keys.into_iter().zip(services_seen) {
+        let namespace = key.namespace;
+        let read = services_of(client, &namespace, seen).await;
+        if links && namespace == ns {
+            refs.services.extend(read.map_err(api_err(format!("Services in {ns}")))?);
+        } else if let Ok(default) = read
+            && !refs.services.iter().any(|s| s.metadata.name.as_deref() == Some(MASTER_SERVICE))
+        {
+            refs.services.extend(default.into_iter().filter(|s| s.metadata.name.as_deref() == Some(MASTER_SERVICE)));
+        }
     }
     for (volume, path, audience, seconds) in names.token_projections {
         let sa = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
@@ -157,6 +105,27 @@ pub async fn fetch(
         refs.tokens.insert(volume, (path, token, expiry, audience));
     }
     Ok(refs)
+}
+
+/// The namespaces whose Services `pod` reads for its service-link variables: its own when it
+/// wants links (`enableServiceLinks`, true unless set false), then `default` for the master
+/// service, which every pod gets.
+pub fn service_namespaces(pod: &Pod) -> Vec<String> {
+    let links = pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+    match (links, pod.metadata.namespace.as_deref().unwrap_or_default()) {
+        (true, "default") | (false, _) => vec!["default".to_string()],
+        (true, ns) => vec![ns.to_string(), "default".to_string()],
+    }
+}
+
+/// The Services of `namespace` that give service-link variables, each as [`linked_service`]
+/// keeps it: what its watch holds, else a LIST.
+async fn services_of(client: &Client, namespace: &str, seen: Option<Seen>) -> Result<Vec<Service>, kube::Error> {
+    if let Some(Seen::Services(held)) = seen {
+        return Ok(held.as_ref().clone());
+    }
+    let listed = Api::<Service>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?;
+    Ok(listed.items.iter().filter_map(linked_service).collect())
 }
 
 /// What `pod` references, taken from objects at hand instead of the cluster (for a dry run of a
@@ -288,60 +257,4 @@ pub(crate) fn referenced_names(pod: &Pod) -> Names {
 pub fn watched_names(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
     let n = referenced_names(pod);
     (n.config_maps, n.secrets)
-}
-
-#[cfg(test)]
-mod service_cache_tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    fn svc(name: &str) -> Service {
-        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
-    }
-
-    #[tokio::test]
-    async fn concurrent_pods_of_a_namespace_share_one_list() {
-        let cache = ServiceCache::new(Duration::from_secs(60));
-        let loads = AtomicU32::new(0);
-        let load = || async {
-            loads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok::<_, ()>(vec![svc("web")])
-        };
-        let all = futures::future::join_all((0..20).map(|_| cache.get_or_load("ns1", load))).await;
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
-        assert!(all.iter().all(|r| r.as_ref().unwrap()[0].metadata.name.as_deref() == Some("web")));
-        // Another namespace is its own entry.
-        cache.get_or_load("ns2", load).await.unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_stale_list_is_read_again_an_idle_namespace_forgotten_and_a_failure_not_kept() {
-        let cache = ServiceCache::new(Duration::from_millis(50));
-        let loads = AtomicU32::new(0);
-        let ok = || async {
-            loads.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, &str>(vec![svc("a")])
-        };
-        cache.get_or_load("ns", ok).await.unwrap();
-        cache.get_or_load("ns", ok).await.unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        cache.get_or_load("ns", ok).await.unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 2);
-        // A namespace not asked about for a TTL is forgotten when another one is first asked.
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        cache.get_or_load("other", ok).await.unwrap();
-        assert_eq!(cache.slots.lock().unwrap().keys().collect::<Vec<_>>(), ["other"]);
-
-        let failing = ServiceCache::new(Duration::from_secs(60));
-        assert_eq!(
-            failing.get_or_load("ns", || async { Err::<Vec<Service>, _>("apiserver down") }).await.unwrap_err(),
-            "apiserver down"
-        );
-        failing.get_or_load("ns", ok).await.unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 4, "the failure was not cached");
-    }
 }

@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, PersistentVolume, Persist
 use crate::plugin::{self, BinaryEntry, KeyValue, ResolvedPod};
 
 pub use downward::parse_quantity;
-pub use fetch::{SERVICE_TTL, ServiceCache, fetch, offline_references, watched_names};
+pub use fetch::{fetch, offline_references, service_namespaces, watched_names};
+pub use service_links::linked_service;
 pub use watched::{HeldObjects, Kind, ObjectKey, Seen};
 
 /// A referenced object the pod cannot start without.

@@ -1,7 +1,42 @@
 //! Service links: the docker-style variables the kubelet injects for every Service of the pod's
-//! namespace (and `default/kubernetes` always).
+//! namespace (and `default/kubernetes` always), and what of a Service they read.
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The name of the master service, in `default`, whose variables every pod gets.
+pub const MASTER_SERVICE: &str = "kubernetes";
+
+/// What [`service_link_env`] reads of `service` (name, namespace, cluster IP, each port's name,
+/// number and protocol), or `None` when it gives no variables (headless, no cluster IP, no ports):
+/// what a node keeps of the Services it watches.
+pub fn linked_service(service: &Service) -> Option<Service> {
+    let spec = service.spec.as_ref()?;
+    let ip = spec.cluster_ip.as_ref().filter(|ip| !ip.is_empty() && *ip != "None")?;
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| ServicePort {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: p.protocol.clone(),
+            ..ServicePort::default()
+        })
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    Some(Service {
+        metadata: ObjectMeta {
+            name: service.metadata.name.clone(),
+            namespace: service.metadata.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec { cluster_ip: Some(ip.clone()), ports: Some(ports), ..ServiceSpec::default() }),
+        status: None,
+    })
+}
 
 /// Service link variables (`NAME_SERVICE_HOST`, docker-style `NAME_PORT_80_TCP…`), as the
 /// kubelet injects them.
@@ -11,10 +46,10 @@ pub(super) fn service_link_env(services: &[Service], links: bool, ns: &str) -> V
         .iter()
         .filter(|s| {
             links
-                || (s.metadata.name.as_deref() == Some("kubernetes")
+                || (s.metadata.name.as_deref() == Some(MASTER_SERVICE)
                     && s.metadata.namespace.as_deref() == Some("default"))
         })
-        .filter(|s| s.metadata.namespace.as_deref() == Some(ns) || s.metadata.name.as_deref() == Some("kubernetes"))
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns) || s.metadata.name.as_deref() == Some(MASTER_SERVICE))
         .collect();
     sorted.sort_by_key(|s| s.metadata.name.clone());
     for svc in sorted {
@@ -98,5 +133,35 @@ mod tests {
         let off = service_link_env(&services, false, "ns1");
         assert!(keys(&off).iter().all(|k| k.starts_with("KUBERNETES_")), "{off:?}");
         assert!(keys(&off).contains(&"KUBERNETES_SERVICE_PORT_HTTPS"));
+    }
+
+    #[test]
+    fn a_kept_service_gives_the_same_variables_and_holds_nothing_else() {
+        let full: Service = serde_json::from_value(json!({
+            "metadata": {"name": "my-db", "namespace": "ns1", "uid": "u", "resourceVersion": "7",
+                         "labels": {"app": "db"}, "annotations": {"big": "x".repeat(1000)},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"clusterIP": "10.0.0.9", "clusterIPs": ["10.0.0.9"], "type": "ClusterIP",
+                     "selector": {"app": "db"}, "sessionAffinity": "None",
+                     "ports": [{"name": "sql", "port": 5432, "protocol": "TCP", "targetPort": 15432},
+                               {"port": 9000, "protocol": "UDP", "targetPort": "metrics"}]},
+            "status": {"loadBalancer": {}}
+        }))
+        .unwrap();
+        let kept = linked_service(&full).unwrap();
+        assert_eq!(service_link_env(std::slice::from_ref(&kept), true, "ns1"), service_link_env(&[full], true, "ns1"));
+        assert_eq!(
+            serde_json::to_value(&kept).unwrap(),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "my-db", "namespace": "ns1"},
+                   "spec": {"clusterIP": "10.0.0.9",
+                            "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}, {"port": 9000, "protocol": "UDP"}]}})
+        );
+        for gives_nothing in [
+            svc("ns1", "headless", "None", json!([{"port": 80}])),
+            svc("ns1", "portless", "10.0.0.2", json!([])),
+            svc("ns1", "pending", "", json!([{"port": 80}])),
+        ] {
+            assert!(linked_service(&gives_nothing).is_none(), "{:?} kept", gives_nothing.metadata.name);
+        }
     }
 }
