@@ -403,7 +403,8 @@ async fn a_node_client_speaks_http2_and_carries_its_requests_and_a_watch_on_one_
     let pods: Api<Pod> = Api::all(client.clone());
     let mine = format!("spec.nodeName={node}");
     let watch = pods.watch(&WatchParams::default().fields(&mine), "0").await.unwrap();
-    let lists = futures::future::join_all((0..32).map(|_| pods.list(&ListParams::default().fields(&mine)))).await;
+    let listing = ListParams::default().fields(&mine);
+    let lists = futures::future::join_all((0..32).map(|_| pods.list(&listing))).await;
     assert!(lists.iter().all(|l| l.as_ref().is_ok_and(|l| l.items.is_empty())), "{lists:?}");
     // What the node authorizer allows it: its own Node (absent here), not another's Secrets.
     let own = Api::<Node>::all(client.clone()).get_opt(&node).await.unwrap();
