@@ -197,9 +197,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// spans, and the expiry of an exec plugin's client certificate (kube does not expose it; the
 /// daemon never reads a client's `valid_until`). Proxies are refused as kube (built without
 /// `http-proxy`/`socks5`) refuses them.
-fn builder(
-    config: Config,
-) -> Result<ClientBuilder<BoxService<http::Request<Body>, http::Response<Counted>, BoxError>>, ClientError> {
+fn builder(config: Config) -> Result<ClientBuilder<Stack>, ClientError> {
     let build = |e: kube::Error| ClientError::Build(e.to_string());
     if let Some(proxy) = &config.proxy_url {
         return Err(ClientError::Build(format!("proxy {proxy}: proxies are not supported")));
@@ -240,6 +238,9 @@ fn lanes(config: &Config) -> Result<Lanes, ClientError> {
         .http2_keep_alive_timeout(PING_TIMEOUT);
     Ok(Lanes { hyper: pool, connector, lanes: Arc::default() })
 }
+
+/// The service [`builder`] gives a client's own layers.
+type Stack = BoxService<http::Request<Body>, http::Response<Counted>, BoxError>;
 
 type Connector = TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
 type Hyper = hyper_util::client::legacy::Client<Connector, Body>;
