@@ -190,6 +190,14 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How much an HTTP/2 stream, and a whole connection, may receive ahead of the daemon reading it
+/// (hyper's defaults: 2 and 5 MiB). Over HTTP/1.1 the kernel's socket buffers held what was not
+/// read yet; over HTTP/2 the connection's task reads it into the daemon's heap, so a watch whose
+/// reader falls behind in a burst costs up to this much memory. A list of a node's pods is read
+/// at once and needs no more than a few round trips on loopback.
+const STREAM_WINDOW: u32 = 512 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// The service under a client's own layers: what `kube::Client::try_from` builds (base URI,
 /// kube's retry of 429/503/504, the credentials' auth layer and extra headers, rustls with the
 /// config's CA, client certificate and `tls_server_name`, the connect/read/write timeouts) over
@@ -235,7 +243,9 @@ fn lanes(config: &Config) -> Result<Lanes, ClientError> {
     pool.timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .http2_keep_alive_interval(PING_INTERVAL)
-        .http2_keep_alive_timeout(PING_TIMEOUT);
+        .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_initial_stream_window_size(STREAM_WINDOW)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW);
     Ok(Lanes { hyper: pool, connector, lanes: Arc::default() })
 }
 
