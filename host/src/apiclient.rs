@@ -1,20 +1,34 @@
 //! The daemon's Kubernetes client: kubeconfig or in-cluster credentials, with a client-side rate
 //! limit (a burst, then a steady rate) so a pod burst cannot flood the apiserver, and for a node's
 //! clients the node's fence, which refuses writes once its election lease lapsed.
+//!
+//! Each client speaks HTTP/2 when the apiserver offers it (ALPN `h2`, then `http/1.1`), so its
+//! requests and watches share one TLS connection instead of holding one each. A connection
+//! carries at most [`STREAMS_PER_CONNECTION`] of them; beyond that the client opens another
+//! (hyper would otherwise queue requests behind watches that never end).
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{Either, Ready};
+use futures::future::{BoxFuture, Either, Ready};
 
-use kube::client::ClientBuilder;
+use hyper_timeout::TimeoutConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use kube::client::retry::RetryPolicy;
+use kube::client::{Body, ClientBuilder, ConfigExt};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower::limit::{GlobalConcurrencyLimitLayer, RateLimitLayer};
+use tower::retry::RetryLayer;
+use tower::util::BoxService;
+use tower::{BoxError, ServiceBuilder};
 
 use crate::fence::{Fence, Lapsed, Target};
 
@@ -39,8 +53,10 @@ pub struct ApiLimits {
     #[serde(default = "default_burst")]
     pub burst: u32,
     /// Requests waiting for their answer at once (watch streams count only until their headers
-    /// arrive). Over HTTP/1.1 each needs a connection, and idle ones stay pooled: this bounds the
-    /// connections, and their memory, on both sides.
+    /// arrive): this bounds the work the daemon puts on the apiserver, and the memory of answers
+    /// being received. Over HTTP/2 a client's requests are streams of one connection; over
+    /// HTTP/1.1 (an apiserver without `h2`) each needs a connection, and idle ones stay pooled, so
+    /// it then bounds the connections too.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
     /// Whose credentials each virtual node acts with: its own `system:node:<name>` client
@@ -131,11 +147,11 @@ pub fn in_flight_budget(limits: &ApiLimits) -> Arc<Semaphore> {
 
 /// A client for `config` with the rate limit of `limits`, whose requests in flight count against
 /// `in_flight`, which other clients may share: the daemon's own client and every node's pod lane
-/// share one, so `[api] max_in_flight` bounds the daemon's connections however many nodes it has.
+/// share one, so `[api] max_in_flight` bounds the daemon's requests in flight however many nodes
+/// it has.
 pub fn limited_within(config: Config, limits: &ApiLimits, in_flight: &Arc<Semaphore>) -> Result<Client, ClientError> {
     let window = Duration::from_secs_f64(limits.burst as f64 / limits.qps.max(1) as f64);
-    let builder = ClientBuilder::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
-    Ok(builder
+    Ok(builder(config)?
         .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
         .with_layer(&GlobalConcurrencyLimitLayer::with_semaphore(in_flight.clone()))
         .build())
@@ -151,8 +167,7 @@ pub fn fenced_within(
     fence: &Fence,
 ) -> Result<Client, ClientError> {
     let window = Duration::from_secs_f64(limits.burst as f64 / limits.qps.max(1) as f64);
-    let builder = ClientBuilder::try_from(config).map_err(|e| ClientError::Build(e.to_string()))?;
-    Ok(builder
+    Ok(builder(config)?
         .with_layer(&FenceLayer(fence.clone()))
         .with_layer(&RateLimitLayer::new(limits.burst as u64, window))
         .with_layer(&GlobalConcurrencyLimitLayer::with_semaphore(in_flight.clone()))
@@ -162,6 +177,169 @@ pub fn fenced_within(
 /// [`fenced_within`] with a budget of its own.
 pub fn fenced(config: Config, limits: &ApiLimits, fence: &Fence) -> Result<Client, ClientError> {
     fenced_within(config, limits, &in_flight_budget(limits), fence)
+}
+
+/// Streams one connection carries before requests go to another: kube-apiserver's limit when
+/// `--http2-max-streams-per-connection` is unset (100; Go's default would be 250). A node's
+/// reference watches alone (one per watched ConfigMap and Secret) can reach it.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// How often an HTTP/2 connection with streams open is pinged, and how long the answer may take
+/// before the connection (and its streams) count as dead: a watch then ends and is restarted
+/// rather than waiting on a connection that went away silently.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How much an HTTP/2 stream, and a whole connection, may receive ahead of the daemon reading it
+/// (hyper's defaults: 2 and 5 MiB). Over HTTP/1.1 the kernel's socket buffers held what was not
+/// read yet; over HTTP/2 the connection's task reads it into the daemon's heap, so a watch whose
+/// reader falls behind in a burst costs up to this much memory. A list of a node's pods is read
+/// at once and needs no more than a few round trips on loopback.
+const STREAM_WINDOW: u32 = 512 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The service under a client's own layers: what `kube::Client::try_from` builds (base URI,
+/// kube's retry of 429/503/504, the credentials' auth layer and extra headers, rustls with the
+/// config's CA, client certificate and `tls_server_name`, the connect/read/write timeouts) over
+/// [`Lanes`] whose connections offer `h2`. Not kept from kube's stack: its debug-level tracing
+/// spans, and the expiry of an exec plugin's client certificate (kube does not expose it; the
+/// daemon never reads a client's `valid_until`). Proxies are refused as kube (built without
+/// `http-proxy`/`socks5`) refuses them.
+fn builder(config: Config) -> Result<ClientBuilder<Stack>, ClientError> {
+    let build = |e: kube::Error| ClientError::Build(e.to_string());
+    if let Some(proxy) = &config.proxy_url {
+        return Err(ClientError::Build(format!("proxy {proxy}: proxies are not supported")));
+    }
+    let lanes = lanes(&config)?;
+
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.default_retry.then(|| RetryLayer::new(RetryPolicy::server_retry())))
+        .option_layer(config.auth_layer().map_err(build)?)
+        .layer(config.extra_headers_layer().map_err(build)?)
+        .map_err(BoxError::from)
+        .service(lanes);
+    Ok(ClientBuilder::new(BoxService::new(service), config.default_namespace))
+}
+
+/// [`Lanes`] to `config`'s apiserver, none open yet: rustls with the config's CA, client
+/// certificate and `tls_server_name`, offering `h2` then `http/1.1`, within the config's timeouts.
+fn lanes(config: &Config) -> Result<Lanes, ClientError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let mut tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.rustls_client_config().map_err(|e| ClientError::Build(e.to_string()))?)
+        .https_or_http();
+    if let Some(name) = &config.tls_server_name {
+        let name = name.clone().try_into().map_err(|e| ClientError::Build(format!("tls_server_name {name}: {e}")))?;
+        tls = tls.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
+    let mut connector = TimeoutConnector::new(tls.enable_all_versions().wrap_connector(http));
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    connector.set_reset_reader_on_write(config.reset_reader_on_write);
+    let mut pool = hyper_util::client::legacy::Builder::new(TokioExecutor::new());
+    pool.timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .http2_keep_alive_interval(PING_INTERVAL)
+        .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_initial_stream_window_size(STREAM_WINDOW)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW);
+    Ok(Lanes { hyper: pool, connector, lanes: Arc::default() })
+}
+
+/// The service [`builder`] gives a client's own layers.
+type Stack = BoxService<http::Request<Body>, http::Response<Counted>, BoxError>;
+
+type Connector = TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
+type Hyper = hyper_util::client::legacy::Client<Connector, Body>;
+
+/// A client's connections to the apiserver: hyper's pooled client puts all of a client's
+/// requests on one HTTP/2 connection and, once the server's stream limit is reached, queues new
+/// ones until a stream ends; the streams of watches end only after minutes. So each lane is a
+/// client of its own (its own pool, hence its own connection) taking at most
+/// [`STREAMS_PER_CONNECTION`] streams, a request goes to the first lane with room, and a lane
+/// is added when none has. Over HTTP/1.1 a lane pools connections as before.
+#[derive(Clone)]
+struct Lanes {
+    hyper: hyper_util::client::legacy::Builder,
+    connector: Connector,
+    lanes: Arc<std::sync::Mutex<Vec<Lane>>>,
+}
+
+struct Lane {
+    client: Hyper,
+    open: Arc<AtomicUsize>,
+}
+
+impl Lanes {
+    /// A stream on the first lane with room, adding a lane when none has.
+    fn take(&self) -> (Hyper, Slot) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let lane = match lanes.iter().position(|l| l.open.load(Ordering::SeqCst) < STREAMS_PER_CONNECTION) {
+            Some(i) => &lanes[i],
+            None => {
+                lanes.push(Lane { client: self.hyper.build(self.connector.clone()), open: Arc::default() });
+                lanes.last().expect("just pushed")
+            }
+        };
+        lane.open.fetch_add(1, Ordering::SeqCst);
+        (lane.client.clone(), Slot(lane.open.clone()))
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Lanes {
+    type Response = http::Response<Counted>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let (client, slot) = self.take();
+        Box::pin(async move {
+            let response = client.request(request).await?;
+            Ok(response.map(|body| Counted { body, _slot: slot }))
+        })
+    }
+}
+
+/// A stream counted on its lane until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body, whose stream counts on its lane until the body is dropped.
+pub struct Counted {
+    body: hyper::body::Incoming,
+    _slot: Slot,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Whether a request changes state: everything but reads (watches are reads).
@@ -374,6 +552,25 @@ mod tests {
         // Reads go on: a stepped-down replica's caches wind down on their own.
         pods.get("web").await.unwrap();
         assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_connection_sends_further_streams_to_another_and_freed_streams_are_reused() {
+        let lanes = lanes(&Config::new("https://127.0.0.1:6443".parse().unwrap())).unwrap();
+        let open = |lanes: &Lanes| -> Vec<usize> {
+            lanes.lanes.lock().unwrap().iter().map(|l| l.open.load(Ordering::SeqCst)).collect()
+        };
+        let mut first: Vec<Slot> = (0..STREAMS_PER_CONNECTION).map(|_| lanes.take().1).collect();
+        assert_eq!(open(&lanes), [STREAMS_PER_CONNECTION]);
+        let (_, second) = lanes.take();
+        assert_eq!(open(&lanes), [STREAMS_PER_CONNECTION, 1]);
+        // A stream of the first connection ends (a watch closed, a body read): the next request
+        // goes there again, and no third connection is made.
+        first.pop();
+        let (_, again) = lanes.take();
+        assert_eq!(open(&lanes), [STREAMS_PER_CONNECTION, 1]);
+        drop((first, second, again));
+        assert_eq!(open(&lanes), [0, 0]);
     }
 
     /// A temporary directory removed on drop.

@@ -5,13 +5,15 @@
 //! rotate them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start, with_bootstrap};
@@ -374,4 +376,59 @@ async fn shared_credentials_keep_the_daemons_identity_for_clusters_without_the_s
     wait_for(Duration::from_secs(60), "pod Running", || async { pods.get("web").await.ok().filter(running_ready) })
         .await;
     daemon.stop().await;
+}
+
+/// A loopback relay to the apiserver at `apiserver` (`https://host:port`): its URL, and how
+/// many connections it accepted.
+async fn counting_relay(apiserver: &str) -> (String, Arc<AtomicUsize>) {
+    let upstream = apiserver.trim_start_matches("https://").trim_end_matches('/').to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_node_client_speaks_http2_and_carries_its_requests_and_a_watch_on_one_connection() {
+    let cluster = cluster();
+    let ns = cluster.namespace("h2").await;
+    let node = format!("h2-{}", fresh_cluster_id().trim_start_matches("uk8s-"));
+    let cert = node_certificate(&ns.client, &node).await;
+    // The node's client as the daemon builds it, reaching the apiserver through a relay that
+    // counts its connections (the apiserver's certificate names 127.0.0.1, whatever the port).
+    let (relay, connections) = counting_relay(&cluster.apiserver).await;
+    let mut base = vkhost::apiclient::bootstrap_config(Some(&cluster.kubeconfig)).await.unwrap();
+    base.cluster_url = relay.parse().unwrap();
+    let config = vkhost::apiclient::with_client_certificate(&base, &cert.cert_pem, &cert.key_pem).unwrap();
+    let client = vkhost::apiclient::limited(config, &vkhost::apiclient::ApiLimits::default()).unwrap();
+
+    let version = client.send(http::Request::get("/version").body(kube::client::Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(version.version(), http::Version::HTTP_2, "ALPN did not give h2");
+    drop(version);
+
+    // The node's pod watch stays open while 32 listings run at once, all on that one connection.
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mine = format!("spec.nodeName={node}");
+    let watch = pods.watch(&WatchParams::default().fields(&mine), "0").await.unwrap();
+    let listing = ListParams::default().fields(&mine);
+    let lists = futures::future::join_all((0..32).map(|_| pods.list(&listing))).await;
+    assert!(lists.iter().all(|l| l.as_ref().is_ok_and(|l| l.items.is_empty())), "{lists:?}");
+    // What the node authorizer allows it: its own Node (absent here), not another's Secrets.
+    let own = Api::<Node>::all(client.clone()).get_opt(&node).await.unwrap();
+    assert!(own.is_none());
+    assert!(forbidden(Api::<Secret>::namespaced(client.clone(), &ns.name).list(&ListParams::default()).await));
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "requests and the watch took connections of their own");
+    drop(watch);
 }
