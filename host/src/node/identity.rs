@@ -19,6 +19,10 @@ use crate::kubelet::csr::{self, ClientCert, CsrError};
 /// The heartbeat lane's own limits: a beat is three requests every 10 s; this lane exists so they
 /// never queue behind the pod controller's requests.
 const HEARTBEAT_LIMITS: (u32, u32, u32) = (20, 40, 4);
+/// The events lane's requests per second, burst and requests in flight: the kubelet's own event
+/// budget (`eventRecordQPS` 50, `eventBurst` 100), and as many in flight as the node's event
+/// task posts at once (`pods::events`).
+const EVENT_LIMITS: (u32, u32, u32) = (50, 100, 4);
 /// How soon to try again after a failed rotation (the old certificate still has time left).
 const ROTATION_RETRY: Duration = Duration::from_secs(30);
 
@@ -36,8 +40,11 @@ pub enum IdentityError {
 /// The clients a node runner acts with.
 #[derive(Clone)]
 pub struct NodeClients {
-    /// Pods bound to the node, the objects they reference, their status and events.
+    /// Pods bound to the node, the objects they reference, their status.
     pub pods: Client,
+    /// The node's Events: a lane of its own with the kubelet's event budget, so the Events of a
+    /// burst of starts never hold the requests in flight the pods' status writes wait for.
+    pub events: Client,
     /// The node's Lease and status: a lane of its own, so a burst of pod work never delays a
     /// heartbeat past the controller-manager's grace period.
     pub heartbeat: Client,
@@ -62,20 +69,22 @@ pub async fn node_clients(
         }
         NodeCredentials::Shared => {
             let client_err = |source| IdentityError::Client { node: node.into(), source };
-            let (pods, heartbeat) = match &limits.fence {
+            let (pods, heartbeat, events) = match &limits.fence {
                 // The daemon's credentials, but a client of the node's own so its fence applies.
                 Some(fence) => (
                     apiclient::fenced_within(base.clone(), &limits.pods, &limits.pods_in_flight, fence)
                         .map_err(client_err)?,
                     apiclient::fenced(base.clone(), &heartbeat_limits(&limits.pods), fence).map_err(client_err)?,
+                    apiclient::fenced(base.clone(), &event_limits(&limits.pods), fence).map_err(client_err)?,
                 ),
                 None => (
                     bootstrap.clone(),
                     apiclient::limited(base.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?,
+                    apiclient::limited(base.clone(), &event_limits(&limits.pods)).map_err(client_err)?,
                 ),
             };
             let reviews = apiclient::limited(base.clone(), &limits.reviews).map_err(client_err)?;
-            Ok((NodeClients { pods, heartbeat, reviews }, None))
+            Ok((NodeClients { pods, events, heartbeat, reviews }, None))
         }
     }
 }
@@ -97,10 +106,16 @@ fn heartbeat_limits(limits: &ApiLimits) -> ApiLimits {
     ApiLimits { qps, burst, max_in_flight, ..limits.clone() }
 }
 
+fn event_limits(limits: &ApiLimits) -> ApiLimits {
+    let (qps, burst, max_in_flight) = EVENT_LIMITS;
+    ApiLimits { qps, burst, max_in_flight, ..limits.clone() }
+}
+
 /// The node's current certificate and the clients that use it.
 struct Lanes {
     cert: ClientCert,
     pods: Client,
+    events: Client,
     heartbeat: Client,
     reviews: Client,
 }
@@ -143,26 +158,33 @@ impl NodeIdentity {
             .map_err(|source| IdentityError::Certificate { node: node.into(), source })?;
         let client_err = |source| IdentityError::Client { node: node.into(), source };
         let config = apiclient::with_client_certificate(base, &cert.cert_pem, &cert.key_pem).map_err(client_err)?;
-        let (pods, heartbeat) = match &limits.fence {
+        let (pods, heartbeat, events) = match &limits.fence {
             Some(fence) => (
                 apiclient::fenced_within(config.clone(), &limits.pods, &limits.pods_in_flight, fence)
                     .map_err(client_err)?,
                 apiclient::fenced(config.clone(), &heartbeat_limits(&limits.pods), fence).map_err(client_err)?,
+                apiclient::fenced(config.clone(), &event_limits(&limits.pods), fence).map_err(client_err)?,
             ),
             None => (
                 apiclient::limited_within(config.clone(), &limits.pods, &limits.pods_in_flight).map_err(client_err)?,
                 apiclient::limited(config.clone(), &heartbeat_limits(&limits.pods)).map_err(client_err)?,
+                apiclient::limited(config.clone(), &event_limits(&limits.pods)).map_err(client_err)?,
             ),
         };
         let reviews = apiclient::limited(config, &limits.reviews).map_err(client_err)?;
-        Ok(Lanes { cert, pods, heartbeat, reviews })
+        Ok(Lanes { cert, pods, events, heartbeat, reviews })
     }
 
     /// Clients acting as the node; they follow rotations.
     pub fn clients(&self) -> NodeClients {
         let ns = self.base.default_namespace.clone();
         let lane = |lane| Client::new(Rotating { lanes: self.lanes.clone(), lane }, ns.clone());
-        NodeClients { pods: lane(Lane::Pods), heartbeat: lane(Lane::Heartbeat), reviews: lane(Lane::Reviews) }
+        NodeClients {
+            pods: lane(Lane::Pods),
+            events: lane(Lane::Events),
+            heartbeat: lane(Lane::Heartbeat),
+            reviews: lane(Lane::Reviews),
+        }
     }
 
     /// The certificate in use.
@@ -226,6 +248,7 @@ struct Rotating {
 #[derive(Debug, Clone, Copy)]
 enum Lane {
     Pods,
+    Events,
     Heartbeat,
     Reviews,
 }
@@ -244,6 +267,7 @@ impl tower::Service<http::Request<kube::client::Body>> for Rotating {
         let lanes = self.lanes.load();
         let client = match self.lane {
             Lane::Pods => lanes.pods.clone(),
+            Lane::Events => lanes.events.clone(),
             Lane::Heartbeat => lanes.heartbeat.clone(),
             Lane::Reviews => lanes.reviews.clone(),
         };
@@ -294,8 +318,9 @@ mod tests {
         (Config::new(format!("http://{addr}").parse().unwrap()), node_reads)
     }
 
-    #[tokio::test]
-    async fn heartbeats_do_not_wait_behind_a_burst_of_pod_requests() {
+    /// A node's clients against [`apiserver`] with slow ConfigMap reads, the pod lane holding 2
+    /// requests in flight.
+    async fn shared_clients() -> NodeClients {
         let (base, _) = apiserver(Duration::from_secs(2)).await;
         let limits = ApiLimits { max_in_flight: 2, node_credentials: NodeCredentials::Shared, ..ApiLimits::default() };
         let bootstrap = apiclient::limited(base.clone(), &limits).unwrap();
@@ -307,8 +332,13 @@ mod tests {
         };
         let (clients, identity) = node_clients(&bootstrap, &base, "n", &lanes).await.unwrap();
         assert!(identity.is_none());
-        // 20 slow pod-side requests hold every slot of the pod lane for seconds.
-        let cms: Api<ConfigMap> = Api::namespaced(clients.pods.clone(), "default");
+        clients
+    }
+
+    /// 20 slow requests on `lane`, holding every request it may have in flight for seconds; then
+    /// how long a quick read on `other` took.
+    async fn quick_read_beside_a_burst(lane: &Client, other: &Client) -> Duration {
+        let cms: Api<ConfigMap> = Api::namespaced(lane.clone(), "default");
         let burst: Vec<_> = (0..20)
             .map(|i| {
                 let cms = cms.clone();
@@ -317,12 +347,27 @@ mod tests {
             .collect();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let started = Instant::now();
-        let nodes: Api<Node> = Api::all(clients.heartbeat.clone());
+        let nodes: Api<Node> = Api::all(other.clone());
         assert!(nodes.get_opt("n").await.unwrap().is_none());
-        assert!(started.elapsed() < Duration::from_millis(500), "heartbeat waited {:?}", started.elapsed());
+        let took = started.elapsed();
         for b in burst {
             b.abort();
         }
+        took
+    }
+
+    #[tokio::test]
+    async fn heartbeats_do_not_wait_behind_a_burst_of_pod_requests() {
+        let clients = shared_clients().await;
+        let took = quick_read_beside_a_burst(&clients.pods, &clients.heartbeat).await;
+        assert!(took < Duration::from_millis(500), "heartbeat waited {took:?}");
+    }
+
+    #[tokio::test]
+    async fn pod_requests_do_not_wait_behind_a_burst_of_events() {
+        let clients = shared_clients().await;
+        let took = quick_read_beside_a_burst(&clients.events, &clients.pods).await;
+        assert!(took < Duration::from_millis(500), "the pod lane waited {took:?}");
     }
 
     #[tokio::test]
@@ -338,6 +383,7 @@ mod tests {
                 csr: "test".into(),
             },
             pods: apiclient::limited(config.clone(), &limits).unwrap(),
+            events: apiclient::limited(config.clone(), &limits).unwrap(),
             heartbeat: apiclient::limited(config.clone(), &limits).unwrap(),
             reviews: apiclient::limited(config.clone(), &limits).unwrap(),
         };

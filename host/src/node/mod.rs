@@ -291,6 +291,7 @@ async fn act(
     let (pod_store, pod_writer) = kube::runtime::reflector::store();
     let ctx = NodeContext::new(
         clients.pods.clone(),
+        clients.events.clone(),
         shared.plugin.clone(),
         name.clone(),
         normalised.clone(),

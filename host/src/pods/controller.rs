@@ -143,7 +143,7 @@ struct Deleting {
 /// Everything the controller, its listing task and the kubelet API share for one node.
 pub struct NodeContext {
     /// The node's own identity: pods bound to it, what they reference, their status and
-    /// annotations, events.
+    /// annotations. Its Events go through their own lane of the same identity ([`Events`]).
     pub client: Client,
     pub plugin: Arc<Plugin>,
     pub node_name: String,
@@ -187,6 +187,7 @@ impl NodeContext {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
+        events_client: Client,
         plugin: Arc<Plugin>,
         node_name: String,
         config_json: String,
@@ -196,7 +197,7 @@ impl NodeContext {
         records: Arc<NodeRecords>,
         store: Store<Pod>,
     ) -> Arc<Self> {
-        let events = Events::new(client.clone(), node_name.clone(), metrics.clone());
+        let events = Events::new(events_client, node_name.clone(), metrics.clone());
         // Watched with the node's identity, which reads them to resolve its pods.
         let references = ReferenceWatches::new(client.clone(), &node_name);
         Arc::new(Self {

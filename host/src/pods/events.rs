@@ -64,7 +64,8 @@ pub struct Events {
 }
 
 impl Events {
-    /// A queue for `node`, posting with `client` (the node's identity).
+    /// A queue for `node`, posting with `client` (the node's identity, on its events lane: see
+    /// `node::identity::NodeClients::events`).
     pub fn new(client: Client, node: String, metrics: Arc<Metrics>) -> Self {
         let recorder =
             Recorder::new(client.clone(), Reporter { controller: "vkhost".into(), instance: Some(node.clone()) });

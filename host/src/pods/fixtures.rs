@@ -416,6 +416,7 @@ pub(crate) async fn node() -> TestNode {
     let (store, writer) = reflector::store();
     let ctx = NodeContext::new(
         api.client("node"),
+        api.client("node"),
         plugin,
         NODE.into(),
         "{}".into(),
