@@ -293,6 +293,12 @@ impl DaemonConfig {
             let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
             rollout.check(&ids).map_err(|(key, message)| invalid(&key, message))?;
         }
+        if self.plugin.max_component_mib == 0 {
+            return Err(invalid(
+                "plugin.max_component_mib",
+                "is 0, which refuses every component: leave it out for the 256 MiB default".into(),
+            ));
+        }
         if self.api.qps == 0 || self.api.burst == 0 {
             return Err(invalid("api", "qps and burst must be at least 1".into()));
         }
@@ -521,6 +527,14 @@ id = "bj"
             err.contains("plugin.rollout.canary_nodes[0]") && err.contains("\"gz\"") && err.contains("\"bj\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_component_bound_of_zero_is_refused_at_load_naming_the_key() {
+        let with = |mib: u64| MINIMAL.replace("[[nodes]]", &format!("max_component_mib = {mib}\n[[nodes]]"));
+        assert_eq!(DaemonConfig::parse(&with(8), Path::new("t.toml")).unwrap().plugin.max_component_mib, 8);
+        let err = DaemonConfig::parse(&with(0), Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("plugin.max_component_mib") && err.contains("refuses every component"), "{err}");
     }
 
     #[test]
