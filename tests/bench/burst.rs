@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::json;
-use vkcube_e2e::bench::{Proc, loadavg, percentile, release_binary};
+use vkcube_e2e::bench::{Proc, loadavg, metric_label, metric_value, percentile, release_binary};
 use vkcube_e2e::daemon::{fresh_cluster_id, plugin_path};
 
 const USAGE: &str = "\
@@ -560,21 +560,17 @@ struct ApiserverRequests {
 impl ApiserverRequests {
     async fn take(client: &kube::Client) -> Result<Self> {
         let text = client.request_text(http::Request::get("/metrics").body(vec![])?).await?;
-        let label = |line: &str, name: &str| -> String {
-            let Some(at) = line.find(&format!("{name}=\"")) else { return String::new() };
-            line[at + name.len() + 2..].split('"').next().unwrap_or_default().to_string()
-        };
-        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let label = |line: &str, name: &str| metric_label(line, name).unwrap_or_default();
         let mut sample = ApiserverRequests::default();
         for line in text.lines() {
             if line.starts_with("apiserver_request_total{") {
                 let (resource, sub) = (label(line, "resource"), label(line, "subresource"));
                 let resource = if sub.is_empty() { resource } else { format!("{resource}/{sub}") };
-                *sample.by_resource.entry((resource, label(line, "verb"))).or_default() += value(line);
+                *sample.by_resource.entry((resource, label(line, "verb"))).or_default() += metric_value(line);
             } else if line.starts_with("apiserver_flowcontrol_dispatched_requests_total{") {
                 let flow = label(line, "flow_schema");
                 if flow == "system-nodes" || flow == "system-node-high" {
-                    sample.by_nodes += value(line);
+                    sample.by_nodes += metric_value(line);
                 }
             }
         }

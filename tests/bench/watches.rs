@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use vkcube_e2e::bench::{metric_label, metric_value};
 use vkcube_e2e::daemon::{example_config, fresh_cluster_id, node_of, start};
 
 const USAGE: &str = "\
@@ -182,20 +183,21 @@ impl Sample {
         let mut apiserver_watches = 0.0;
         for line in text.lines() {
             if line.starts_with("apiserver_request_total{") {
-                let resource = label(line, "resource").unwrap_or_default();
-                let subresource = label(line, "subresource").unwrap_or_default();
+                let resource = metric_label(line, "resource").unwrap_or_default();
+                let subresource = metric_label(line, "subresource").unwrap_or_default();
                 let resource = if subresource.is_empty() { resource } else { format!("{resource}/{subresource}") };
-                *all.entry((resource, label(line, "verb").unwrap_or_default())).or_default() += value(line);
+                *all.entry((resource, metric_label(line, "verb").unwrap_or_default())).or_default() +=
+                    metric_value(line);
             }
             if line.starts_with("apiserver_request_total{") && line.contains(r#"resource="configmaps""#) {
-                let verb = label(line, "verb").unwrap_or_default();
-                *requests.entry(verb).or_default() += value(line);
+                let verb = metric_label(line, "verb").unwrap_or_default();
+                *requests.entry(verb).or_default() += metric_value(line);
             }
             if line.starts_with("apiserver_longrunning_requests{")
                 && line.contains(r#"resource="configmaps""#)
                 && line.contains(r#"verb="WATCH""#)
             {
-                apiserver_watches += value(line);
+                apiserver_watches += metric_value(line);
             }
         }
         let status = std::fs::read_to_string("/proc/self/status")?;
@@ -229,19 +231,10 @@ impl Sample {
     }
 }
 
-fn label(line: &str, name: &str) -> Option<String> {
-    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-    Some(line[start..].split('"').next()?.to_string())
-}
-
-fn value(line: &str) -> f64 {
-    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
-}
-
 /// The value of the first series of the daemon's /metrics starting with `prefix`.
 async fn daemon_metric(admin: std::net::SocketAddr, prefix: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{admin}/metrics")).await.ok()?.text().await.ok()?;
-    text.lines().find(|l| l.starts_with(prefix)).map(value)
+    text.lines().find(|l| l.starts_with(prefix)).map(metric_value)
 }
 
 async fn wait<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<T>

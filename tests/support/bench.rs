@@ -1,5 +1,5 @@
 //! Helpers shared by the benchmark harnesses (`tests/bench/*.rs`): release binaries, subprocesses
-//! that stop when dropped, the machine's load, percentiles.
+//! that stop when dropped, the machine's load, percentiles, Prometheus text lines.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -83,4 +83,15 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The value of label `name` in a Prometheus text line (`metric{a="x",b="y"} 3`).
+pub fn metric_label(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(line[start..].split('"').next()?.to_string())
+}
+
+/// The sample value of a Prometheus text line; 0 when it has none.
+pub fn metric_value(line: &str) -> f64 {
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
