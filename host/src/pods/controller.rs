@@ -265,8 +265,7 @@ impl NodeContext {
         let mut attempts = self.attempts.lock().unwrap();
         let n = attempts.entry(uid.to_string()).or_insert(0);
         *n += 1;
-        let secs = 2u64.saturating_pow((*n).min(16) - 1).min(self.settings.max_backoff_seconds.max(1));
-        Duration::from_millis(if *n == 1 { 500 } else { secs * 1000 })
+        retry_wait(*n, self.settings.max_backoff_seconds, rand::random())
     }
 
     fn reset_backoff(&self, uid: &str) {
@@ -336,6 +335,20 @@ impl NodeContext {
         d.polls += 1;
         Duration::from_millis(50u64.saturating_mul(1 << (d.polls - 1).min(5))).min(Duration::from_secs(1))
     }
+}
+
+/// The wait before a failed pod's `attempt`th retry (from 1): 0.5 s, then doubling from 2 s up to
+/// `max_seconds`, less up to half of it by `jitter` (0..1). Without the jitter the pods of a burst
+/// that one throttling gateway failed together come back together, and the same few win again
+/// while the rest double their waits, up to minutes.
+fn retry_wait(attempt: u32, max_seconds: u64, jitter: f64) -> Duration {
+    let attempt = attempt.max(1);
+    let full = if attempt == 1 {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2u64.saturating_pow(attempt.min(16) - 1).min(max_seconds.max(1)))
+    };
+    full.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -1111,13 +1124,18 @@ const STARTING_SYNC: Duration = Duration::from_millis(250);
 const STARTING_SYNC_UNDER_BUDGET: Duration = Duration::from_secs(1);
 
 /// The wait before the next listing: `period`, quicker while instances start (`starting`), less
-/// quick while calls waited for the plugin's budget since the last listing (`budget_waited`).
-fn next_listing(period: Duration, starting: bool, budget_waited: bool) -> Duration {
-    match (starting, budget_waited) {
+/// quick while calls waited for the plugin's budget since the last listing (`budget_waited`), and
+/// slower with each listing in a row that failed (`failures`: doubling from [`STARTING_SYNC`]), so
+/// a cloud that throttles or fails is not asked four times a second by listings that take the
+/// calls its creates need; never slower than `period`.
+fn next_listing(period: Duration, starting: bool, budget_waited: bool, failures: u32) -> Duration {
+    let wait = match (starting, budget_waited) {
         (false, _) => period,
-        (true, false) => STARTING_SYNC.min(period),
-        (true, true) => STARTING_SYNC_UNDER_BUDGET.min(period),
-    }
+        (true, false) => STARTING_SYNC,
+        (true, true) => STARTING_SYNC_UNDER_BUDGET,
+    };
+    let backoff = if failures == 0 { Duration::ZERO } else { STARTING_SYNC.saturating_mul(1 << failures.min(16)) };
+    wait.max(backoff).min(period)
 }
 
 /// Every few seconds (every [`STARTING_SYNC`] while instances start: one call per page of
@@ -1133,6 +1151,7 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
     let period = Duration::from_secs(ctx.settings.status_sync_seconds.max(1));
     let expansions = super::expansion::Answered::default();
     let mut budget_waits = ctx.plugin.budget_stats().map(|b| b.waited);
+    let mut failures = 0u32;
     loop {
         finish_deletions(&ctx).await;
         let sweep_due =
@@ -1143,13 +1162,20 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
                 ctx.refuse_expansion(refusal);
             }
         }
-        if let Err(e) = list_instances(&ctx, &triggers, sweep_due).await {
-            tracing::warn!(node = %ctx.node_name, error = %e, "listing instances failed");
-        } else if sweep_due {
-            last_sweep = Some(Instant::now());
+        match list_instances(&ctx, &triggers, sweep_due).await {
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(node = %ctx.node_name, error = %e, failures, "listing instances failed");
+            }
+            Ok(()) => {
+                failures = 0;
+                if sweep_due {
+                    last_sweep = Some(Instant::now());
+                }
+            }
         }
         let waits = ctx.plugin.budget_stats().map(|b| b.waited);
-        let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits);
+        let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits, failures);
         budget_waits = waits;
         tokio::select! {
             _ = shutdown.cancelled() => return,

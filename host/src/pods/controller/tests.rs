@@ -93,13 +93,15 @@ async fn a_failed_write_is_retried_with_growing_backoff_through_the_idempotent_c
     // The instance is made, but the pod cannot be written: neither annotated nor cached.
     let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
     assert!(matches!(err, SyncError::Kube { .. }), "{err}");
-    assert_eq!(error_policy(pod.clone(), &err, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+    assert_ne!(error_policy(pod.clone(), &err, ctx.clone()), Action::await_change());
+    assert_eq!(ctx.attempts.lock().unwrap()["uid-web-2"], 1, "first retry: retry_wait(1) = 0.25-0.5 s");
     let pod = Arc::new(api.pod(&pod_path("web")));
     assert!(!pod.annotations().contains_key(INSTANCE_ANNOTATION));
     assert!(ctx.instances.lock().unwrap().is_empty(), "cached only once written");
     // The retry fails again: a longer wait.
     let err = reconcile(pod.clone(), ctx.clone()).await.unwrap_err();
-    assert_eq!(error_policy(pod.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+    assert_ne!(error_policy(pod.clone(), &err, ctx.clone()), Action::await_change());
+    assert_eq!(ctx.attempts.lock().unwrap()["uid-web-2"], 2, "second retry: retry_wait(2) = 1-2 s");
 
     // The third sync writes the pod; the backoff starts over.
     reconcile(pod.clone(), ctx.clone()).await.unwrap();
@@ -428,12 +430,29 @@ async fn a_deletion_in_progress_too_long_is_asked_again() {
 #[test]
 fn the_listing_is_quick_while_instances_start_and_less_so_while_the_plugins_budget_has_waiters() {
     let period = Duration::from_secs(10);
-    assert_eq!(next_listing(period, false, false), period);
-    assert_eq!(next_listing(period, false, true), period);
-    assert_eq!(next_listing(period, true, false), STARTING_SYNC);
-    assert_eq!(next_listing(period, true, true), STARTING_SYNC_UNDER_BUDGET);
+    assert_eq!(next_listing(period, false, false, 0), period);
+    assert_eq!(next_listing(period, false, true, 0), period);
+    assert_eq!(next_listing(period, true, false, 0), STARTING_SYNC);
+    assert_eq!(next_listing(period, true, true, 0), STARTING_SYNC_UNDER_BUDGET);
     // Never slower than the configured period.
-    assert_eq!(next_listing(Duration::from_millis(100), true, true), Duration::from_millis(100));
+    assert_eq!(next_listing(Duration::from_millis(100), true, true, 0), Duration::from_millis(100));
+}
+
+/// A listing that fails (a throttling gateway, a cloud down) is not repeated four times a second:
+/// those calls would take the gateway's rate from the creates that are waiting.
+#[test]
+fn failed_listings_in_a_row_slow_the_listing_down_to_the_period() {
+    let period = Duration::from_secs(10);
+    let waits: Vec<Duration> = (0..8).map(|n| next_listing(period, true, false, n)).collect();
+    assert_eq!(waits[0], STARTING_SYNC);
+    assert_eq!(waits[1], STARTING_SYNC * 2);
+    assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+    assert_eq!(*waits.last().unwrap(), period, "capped at the period");
+    // Under a budget the slower cadence stays until the backoff passes it.
+    assert_eq!(next_listing(period, true, true, 1), STARTING_SYNC_UNDER_BUDGET);
+    // Without instances starting a failure does not list any sooner than the period.
+    assert_eq!(next_listing(period, false, false, 1), period);
+    assert_eq!(next_listing(period, true, false, u32::MAX), period);
 }
 
 /// A pod the provider refuses for good is one write: the refusal and what it rested on, with the
@@ -566,4 +585,18 @@ async fn a_create_the_provider_tells_nothing_of_gets_the_hosts_event_and_its_war
         .collect();
     assert!(notes[0].starts_with("created instance inst-1 with example@"), "{notes:?}");
     assert_eq!(notes[1], "ignored", "a Warning is the provider's words alone");
+}
+
+/// Retries double up to the configured maximum, and pods failed together do not all come back
+/// together: the jitter takes up to half of each wait off.
+#[test]
+fn retries_double_up_to_the_maximum_and_are_spread_by_the_jitter() {
+    let full: Vec<Duration> = (1..=9).map(|n| retry_wait(n, 60, 0.0)).collect();
+    assert_eq!(full[0], Duration::from_millis(500));
+    assert_eq!(full[1], Duration::from_secs(2));
+    assert_eq!(full[2], Duration::from_secs(4));
+    assert_eq!(full[8], Duration::from_secs(60), "capped at max_backoff_seconds");
+    assert_eq!(retry_wait(3, 60, 1.0), Duration::from_secs(2), "the jitter takes at most half");
+    assert_eq!(retry_wait(3, 60, 0.5), Duration::from_secs(3));
+    assert_eq!(retry_wait(u32::MAX, 60, 0.0), Duration::from_secs(60));
 }
