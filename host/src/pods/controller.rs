@@ -233,13 +233,18 @@ impl NodeContext {
     /// Records an Event on a pod: queued for the node's event task, never waited for (see
     /// `events`); a failure to post it is logged there, never fatal.
     pub fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
-        self.events.record(pod.object_ref(&()), warning, reason, reason, truncate(&note, 1000));
+        self.events.record(pod.object_ref(&()), warning, reason, reason, note);
     }
 
     /// Answers a volume expansion the node cannot do, on the claim and on the pod.
     fn refuse_expansion(&self, refusal: super::expansion::Refusal) {
-        let note = truncate(&refusal.note, 1000);
-        self.events.record(refusal.claim.object_ref(&()), true, super::expansion::REASON, "Expand", note);
+        self.events.record(
+            refusal.claim.object_ref(&()),
+            true,
+            super::expansion::REASON,
+            "Expand",
+            refusal.note.clone(),
+        );
         self.event(&refusal.pod, true, super::expansion::REASON, refusal.note);
     }
 
@@ -309,8 +314,6 @@ impl NodeContext {
         }
     }
 
-    /// The wait before looking again at a deletion whose instance still exists: 50 ms, doubling
-    /// up to 1 s.
     /// Whether `delete` is to be asked again for the deletion in progress of `uid`: once it has
     /// been in progress [`DELETE_REASK`] since this process asked or first saw it.
     fn reask_due(&self, uid: &str) -> bool {
@@ -329,6 +332,8 @@ impl NodeContext {
         }
     }
 
+    /// The wait before looking again at a deletion whose instance still exists: 50 ms, doubling
+    /// up to 1 s.
     fn deletion_poll(&self, uid: &str) -> Duration {
         let mut deleting = self.deleting.lock().unwrap();
         let d = deleting.entry(uid.to_owned()).or_default();
@@ -349,17 +354,6 @@ fn retry_wait(attempt: u32, max_seconds: u64, jitter: f64) -> Duration {
         Duration::from_secs(2u64.saturating_pow(attempt.min(16) - 1).min(max_seconds.max(1)))
     };
     full.mul_f64(1.0 - 0.5 * jitter.clamp(0.0, 1.0))
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 pub fn key(pod: &Pod) -> String {

@@ -26,6 +26,9 @@ pub const CAPACITY: usize = 4096;
 /// other, so they reach the apiserver in the order they were recorded, and the `Recorder` folds a
 /// repeated Warning into the Event it posted before instead of racing it.
 const LANES: usize = 4;
+/// The longest note an Event keeps (bytes; a longer one is cut at a character boundary and ends
+/// with `…`): a provider's message or an error chain can be any length.
+const MAX_NOTE: usize = 1000;
 /// How long the Events still queued when the node stops are posted.
 const FLUSH: Duration = Duration::from_secs(5);
 
@@ -82,7 +85,8 @@ impl Events {
         }
     }
 
-    /// Queues an Event on `regarding`, stamped now; when the queue is full it is dropped, counted
+    /// Queues an Event on `regarding`, stamped now, its note cut to [`MAX_NOTE`] bytes; when the
+    /// queue is full it is dropped, counted
     /// (`vkhost_events_dropped_total`) and logged at debug level. Never waits.
     pub fn record(&self, regarding: ObjectReference, warning: bool, reason: &str, action: &str, note: String) {
         let Ok(room) = self.room.clone().try_acquire_owned() else {
@@ -97,7 +101,7 @@ impl Events {
             warning,
             reason: reason.into(),
             action: action.into(),
-            note,
+            note: truncate(note, MAX_NOTE),
             at: Timestamp::now(),
             _room: room,
         };
@@ -197,6 +201,19 @@ impl Events {
     }
 }
 
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
 /// The lane of an object's Events: by its UID (by namespace and name without one).
 fn lane_of(regarding: &ObjectReference) -> usize {
     let mut hasher = DefaultHasher::new();
@@ -237,6 +254,36 @@ mod tests {
 
     fn queue(api: &Arc<ApiServer>) -> Arc<Events> {
         Arc::new(Events::new(api.client("node"), "vk-1".into(), Arc::new(Metrics::new())))
+    }
+
+    #[tokio::test]
+    async fn a_long_note_is_cut_at_a_character_boundary_for_pods_and_claims_alike() {
+        let api = ApiServer::new();
+        let events = queue(&api);
+        let stop = CancellationToken::new();
+        let posting = tokio::spawn({
+            let (events, stop) = (events.clone(), stop.clone());
+            async move { events.run(stop).await }
+        });
+        // 999 ASCII bytes then two-byte characters: byte 1,000 falls inside one.
+        let long = format!("{}{}", "a".repeat(999), "é".repeat(600));
+        events.record(regarding("web"), false, "Created", "Created", long.clone());
+        let mut claim = regarding("data");
+        claim.kind = Some("PersistentVolumeClaim".into());
+        events.record(claim, true, "VolumeResizeFailed", "Expand", long);
+        events.idle().await;
+        let notes: Vec<String> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+            .filter_map(|r| Some(r.body?["note"].as_str()?.to_owned()))
+            .collect();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        for note in notes {
+            assert_eq!(note, format!("{}…", "a".repeat(999)));
+        }
+        stop.cancel();
+        posting.await.unwrap();
     }
 
     #[tokio::test]
