@@ -43,7 +43,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Print a plugin's metadata, contract version and compile time, and smoke-test it.
+    /// Print a plugin's metadata, contract version and compile time, and smoke-test it: a file or
+    /// an `oci://` reference, pulled and verified as the daemon does.
     Check(vkhost::plugin::CheckArgs),
     /// Print what a plugin's `create` would send for a pod manifest (its `plan`), or the error
     /// that would stop the pod, without any side effect.

@@ -91,7 +91,7 @@ pub async fn run_translate(args: TranslateArgs) -> anyhow::Result<i32> {
     let plugin = match Plugin::load(runtime, PluginSettings::new(&args.plugin), vec![]).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {}", crate::plugin::check::describe_failure(&args.plugin, &e));
+            eprintln!("error: {}", crate::plugin::check::describe_failure(&args.plugin.display().to_string(), &e));
             return Ok(FAILED);
         }
     };

@@ -1,8 +1,9 @@
 //! Plugins from a real OCI registry on loopback (go-containerregistry's, built by
 //! `tests/registry/build`): pulled and pinned by digest, a tag move hot-reloaded, unsigned and
 //! wrongly signed versions refused while the running one stays, an offline start from the cache,
-//! detached signatures of file sources, and components over `max_component_mib` refused (by their
-//! declared size, and from a lying registry on loopback by what it sends).
+//! detached signatures of file sources, components over `max_component_mib` refused (by their
+//! declared size, and from a lying registry on loopback by what it sends), and `vkhost plugin
+//! check` on a reference going through all of it.
 
 #[path = "plugin_support.rs"]
 mod plugin_support;
@@ -265,6 +266,84 @@ async fn a_file_over_max_component_mib_is_refused_and_the_running_one_stays() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `vkhost plugin check` run on `plugin` with `args`, its compile cache and pulled copies in
+/// `dir`: (exit code, stdout, stderr).
+fn plugin_check(dir: &Path, plugin: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vkhost"))
+        .args(["plugin", "check", plugin])
+        .args(args)
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .env_remove("VKHOST_REGISTRY_USERNAME")
+        .env_remove("VKHOST_REGISTRY_PASSWORD")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What an operator runs before putting a reference in `[plugin] source`: the same pull, size
+/// bound and signature check as the daemon's, then the same checks as a file gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_check_pulls_an_oci_reference_through_the_daemons_checks() {
+    let registry = Registry::start();
+    let dir = scratch_dir("oci-check");
+    let (key, public) = keys(&dir, "author");
+    let public = public.to_str().unwrap();
+
+    // Signed by the key: pulled, verified, loaded; the report names the digest that was checked.
+    let tag = registry.reference("vk/faulty:stable");
+    push("faulty-v1.wasm", &tag, Some(&key)).await;
+    let digest = OciRef::parse(&tag).unwrap().resolve().await.unwrap();
+    let (code, out, err) = plugin_check(&dir, &tag, &["--public-key", public]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("plugin      faulty 1.0.0"), "{out}");
+    assert!(out.contains(&format!("artifact    oci://{}/vk/faulty@{digest} (", registry.addr)), "{out}");
+    assert!(out.contains(&format!("pulled from {tag}")), "{out}");
+    assert!(out.contains("signature   verified with ") && out.contains("author.pub"), "{out}");
+    assert!(out.trim_end().ends_with("result      OK"), "{out}");
+    let (code, json, err) = plugin_check(&dir, &tag, &["--public-key", public, "--json"]);
+    assert_eq!(code, Some(0), "{json}{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["load"]["source"]["digest"], digest.as_str(), "{json}");
+
+    // Unsigned, with a key required: refused, saying why.
+    let unsigned = registry.reference("vk/faulty:unsigned");
+    push("faulty-v2.wasm", &unsigned, None).await;
+    let (code, out, err) = plugin_check(&dir, &unsigned, &["--public-key", public]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("refused: unsigned: no cosign signature at"), "{err}");
+    assert!(err.contains("result      REFUSED"), "{err}");
+    // Without a key it loads, and the report says nothing was verified.
+    let (code, out, err) = plugin_check(&dir, &unsigned, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("plugin      faulty 2.0.0") && out.contains("signature   not checked"), "{out}");
+
+    // A layer over --max-component-mib: refused by its declared size (it is not even a
+    // component, which nobody finds out: it is never pulled).
+    let big = registry.reference("vk/big:1");
+    OciRef::parse(&big).unwrap().push(&vec![0u8; 3 << 20], "big.wasm", None).await.unwrap();
+    let (code, out, err) = plugin_check(&dir, &big, &["--max-component-mib", "1"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("refused: its component layer is 3145728 bytes, more than the 1048576 bytes [plugin] max_component_mib allows"),
+        "{err}"
+    );
+
+    // A file gets the same key option: its detached signature is required.
+    let file = dir.join("faulty.wasm");
+    std::fs::copy(plugin("faulty-v1.wasm"), &file).unwrap();
+    let (code, out, err) = plugin_check(&dir, file.to_str().unwrap(), &["--public-key", public]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("faulty.wasm.sig"), "{err}");
+    assert_eq!(run_sign(SignArgs { file: file.clone(), key }).unwrap(), 0);
+    let (code, out, err) = plugin_check(&dir, file.to_str().unwrap(), &["--public-key", public]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("file        ") && out.contains("signature   verified with "), "{out}");
+}
+
 /// A registry on loopback that lies: its manifests name a 10-byte layer, and the layer (or a
 /// manifest itself) is an endless stream. Each stream reports, when it is dropped because the
 /// reader hung up, how much it had sent. `vk/liar` is pulled with a token from its `/token`
@@ -429,5 +508,13 @@ async fn a_registry_sending_more_than_it_declared_is_cut_off_at_the_declared_siz
     assert!(err.to_string().contains("its manifest is longer than the 4194304 bytes a manifest may have"), "{err}");
     let sent = liar.hangup().await;
     assert!(sent < 64 << 20, "the registry sent {sent} bytes before the daemon hung up");
+
+    // `vkhost plugin check` pulls through the same client: the token exchange, then the bound.
+    let tag = format!("oci://{}/vk/liar:v1", liar.addr);
+    let (code, out, err) = plugin_check(&dir, &tag, &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("its component layer is longer than the 10 bytes its manifest declares"), "{err}");
+    let sent = liar.hangup().await;
+    assert!(sent < 64 << 20, "the registry sent {sent} bytes before the check hung up");
     let _ = std::fs::remove_dir_all(&dir);
 }

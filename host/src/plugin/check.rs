@@ -1,5 +1,7 @@
-//! `vkhost plugin check`: everything a load does (contract, compile, typecheck, metadata, config
-//! validation) on one file, outside any daemon, with a report an author can read.
+//! `vkhost plugin check`: everything a load does (the source's size and signature checks, contract,
+//! compile, typecheck, metadata, config validation) on one file or OCI artifact, through the
+//! daemon's own source (`PluginSettings::source`), outside any daemon, with a report an author can
+//! read.
 
 use std::fmt;
 use std::path::Path;
@@ -79,7 +81,25 @@ impl fmt::Display for CheckReport {
         let l = &self.load;
         writeln!(f, "plugin      {} {}", self.info.name, self.info.version)?;
         writeln!(f, "            {}", self.info.description)?;
-        writeln!(f, "file        {} ({} bytes, sha256 {})", l.path.display(), l.size_bytes, &l.sha256[..16])?;
+        // A pulled artifact is named by the digest it was pulled at (`l.path` is that reference).
+        let pulled = l.source.as_ref().filter(|s| s.digest.is_some());
+        let label = if pulled.is_some() { "artifact" } else { "file" };
+        writeln!(f, "{label:<12}{} ({} bytes, sha256 {})", l.path.display(), l.size_bytes, &l.sha256[..16])?;
+        if let Some(s) = pulled {
+            if s.offline {
+                writeln!(
+                    f,
+                    "            the registry cannot be reached: the copy of {} last pulled, from the cache",
+                    s.source
+                )?;
+            } else if s.source != s.pinned {
+                writeln!(f, "            pulled from {}", s.source)?;
+            }
+        }
+        match l.source.as_ref().and_then(|s| s.verified_by.as_deref()) {
+            Some(key) => writeln!(f, "signature   verified with {key}")?,
+            None => writeln!(f, "signature   not checked (pass --public-key KEY.pub)")?,
+        }
         writeln!(
             f,
             "contract    vk:provider@{} (declared {}; host implements {})",
@@ -158,10 +178,11 @@ pub fn read_config_file(path: &Path) -> Result<serde_json::Value, String> {
     serde_json::to_value(value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Used by the CLI to say which file a failure concerns when the error itself does not.
-pub fn describe_failure(path: &Path, error: &LoadError) -> String {
+/// Used by the CLI to say which plugin (a file or a reference, as given) a failure concerns when
+/// the error itself does not.
+pub fn describe_failure(plugin: &str, error: &LoadError) -> String {
     match error {
-        LoadError::Settings(_) | LoadError::Runtime(_) => format!("{}: {error}", path.display()),
+        LoadError::Settings(_) | LoadError::Runtime(_) => format!("{plugin}: {error}"),
         _ => error.to_string(),
     }
 }

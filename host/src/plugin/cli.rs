@@ -7,24 +7,52 @@ use std::path::PathBuf;
 use crate::plugin::check::{CheckReport, check_with, describe_failure, read_config_file};
 use crate::plugin::settings::PluginSettings;
 
-/// Check a provider plugin file: contract version, compile, typecheck, metadata and (with
-/// --config) the plugin's verdict on a node config. Exits 1 when the plugin would be refused.
+/// Check a provider plugin, from a file or an OCI registry: source checks (size, signature),
+/// contract version, compile, typecheck, metadata and (with --config) the plugin's verdict on a
+/// node config. Exits 1 when the plugin would be refused.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The component file (`*.wasm`).
-    pub file: PathBuf,
+    /// The component: a file (`*.wasm`), or an OCI artifact as `[plugin] source` names it
+    /// (`oci://registry/repository:tag` or `…@sha256:<hex>`), pulled as the daemon pulls it
+    /// (credentials from VKHOST_REGISTRY_USERNAME and VKHOST_REGISTRY_PASSWORD).
+    #[arg(value_name = "FILE|oci://REFERENCE")]
+    pub plugin: String,
     /// A node's provider config to validate: a TOML file (the `[nodes.provider]` table) or JSON.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The node name passed to `validate-config`.
     #[arg(long, default_value = "check-node")]
     pub node: String,
-    /// Compile even if a cached compilation exists (to see the compile time).
+    /// As `[plugin] public_key`: a PEM public key (ECDSA P-256) the component must be signed by,
+    /// with cosign's signature for an OCI artifact, a detached `FILE.sig` for a file.
+    #[arg(long, value_name = "PEM")]
+    pub public_key: Option<PathBuf>,
+    /// As `[plugin] max_component_mib`: a larger file or OCI layer is refused before it is read.
+    #[arg(long, value_name = "MIB", default_value_t = crate::plugin::source::MAX_COMPONENT_MIB)]
+    pub max_component_mib: u64,
+    /// Compile (and pull) even if the cache holds the component (to see the compile time).
     #[arg(long)]
     pub no_cache: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl CheckArgs {
+    /// The `[plugin]` table the daemon would run this plugin with: `source` for a reference
+    /// (anything with a scheme, so `https://…` is refused naming what is accepted), else `path`.
+    fn settings(&self) -> PluginSettings {
+        let mut settings = if self.plugin.contains("://") {
+            let mut s = PluginSettings::new("");
+            s.source = Some(self.plugin.clone());
+            s
+        } else {
+            PluginSettings::new(&self.plugin)
+        };
+        settings.public_key = self.public_key.clone();
+        settings.max_component_mib = self.max_component_mib;
+        settings
+    }
 }
 
 /// Runs the check and prints the report (stdout) or the reason for refusal (stderr). Returns the
@@ -40,7 +68,7 @@ pub async fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
             }
         },
     };
-    let mut settings = PluginSettings::new(&args.file);
+    let mut settings = args.settings();
     if args.no_cache {
         // A fresh directory per run: nothing to hit, and nothing left behind that matters.
         settings.cache_dir = match fresh_private_dir() {
@@ -69,7 +97,7 @@ pub async fn run_check(args: CheckArgs) -> anyhow::Result<i32> {
             if args.json {
                 println!("{}", serde_json::json!({ "ok": false, "error": e.to_string() }));
             }
-            eprintln!("error: {}", describe_failure(&args.file, &e));
+            eprintln!("error: {}", describe_failure(&args.plugin, &e));
             eprintln!("result      REFUSED");
             Ok(1)
         }
@@ -306,6 +334,30 @@ fn render_versions(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check_args(plugin: &str) -> CheckArgs {
+        CheckArgs {
+            plugin: plugin.into(),
+            config: None,
+            node: "n".into(),
+            public_key: Some("author.pub".into()),
+            max_component_mib: 8,
+            no_cache: false,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn a_reference_is_checked_as_the_daemons_source_and_anything_else_as_its_path() {
+        let s = check_args("oci://127.0.0.1:5000/vk/cube:1").settings();
+        assert_eq!((s.path.as_os_str(), s.source.as_deref()), ("".as_ref(), Some("oci://127.0.0.1:5000/vk/cube:1")));
+        assert_eq!((s.public_key.as_deref(), s.max_component_mib), (Some("author.pub".as_ref()), 8));
+        let s = check_args("plugins/cube.wasm").settings();
+        assert_eq!((s.path.as_os_str(), s.source.as_deref()), ("plugins/cube.wasm".as_ref(), None));
+        // Another scheme is not taken for a file name: refused, saying what is accepted.
+        let err = check_args("https://registry.example.com/vk/cube:1").settings().source().unwrap_err();
+        assert!(err.to_string().contains("it must start with oci://"), "{err}");
+    }
 
     #[test]
     fn no_cache_scratch_directories_are_new_private_and_unguessable() {
