@@ -32,7 +32,10 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// A fresh, empty directory under the system temp dir, unique per call.
+/// A fresh, empty directory under the system temp dir, unique per call. It is removed when the
+/// thread that asked for it ends: for a test, when the test is done, passed or failed (libtest
+/// runs each test on a thread of its own), so callers may keep its paths (in settings, in files
+/// they write) for as long as the test runs. `VKCUBE_KEEP_SCRATCH=1` keeps them, to look inside.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -42,7 +45,26 @@ pub fn scratch_dir(label: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    SCRATCH.with(|dirs| dirs.0.borrow_mut().push(dir.clone()));
     dir
+}
+
+/// The scratch directories a thread made, removed when it ends.
+struct ScratchDirs(std::cell::RefCell<Vec<PathBuf>>);
+
+impl Drop for ScratchDirs {
+    fn drop(&mut self) {
+        if std::env::var_os("VKCUBE_KEEP_SCRATCH").is_some_and(|v| v == "1") {
+            return;
+        }
+        for dir in self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: ScratchDirs = const { ScratchDirs(std::cell::RefCell::new(Vec::new())) };
 }
 
 /// Settings for `path` with a private compile cache.
