@@ -474,7 +474,9 @@ id = "bj"
         );
         let c = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap();
         let env = |var: &str| (var == "VKHOST_TEST_PUBLIC_KEY").then(|| "pub".to_string());
-        let json = c.nodes[0].provider_json_with(env).unwrap();
+        let json = c.nodes[0].provider_json_with(env);
+        let _ = std::fs::remove_dir_all(&dir);
+        let json = json.unwrap();
         assert_eq!(json["public_key"], "pub");
         assert_eq!(json["private_key"], "s3cret");
         assert_eq!(json["region"], "cn-bj2");
