@@ -1110,7 +1110,8 @@ fn unless_gone(pod: &Pod, written: Result<(), kube::Error>) -> Result<(), SyncEr
     }
 }
 
-/// How often the instances are listed while some are starting.
+/// How often the instances are listed while some are starting (from one listing's start to the
+/// next).
 const STARTING_SYNC: Duration = Duration::from_millis(250);
 /// The same while the plugin's calls wait for its cloud-API budget (`[plugin.egress]`): every
 /// node listing four times a second would spend a small budget on listings and leave creates
@@ -1156,6 +1157,7 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
                 ctx.refuse_expansion(refusal);
             }
         }
+        let began = Instant::now();
         match list_instances(&ctx, &triggers, sweep_due).await {
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -1171,10 +1173,12 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
         let waits = ctx.plugin.budget_stats().map(|b| b.waited);
         let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits, failures);
         budget_waits = waits;
+        // Counted from when the listing began: with a cloud that takes 100 ms per page, a
+        // listing every 250 ms after the last one ended would be one every 350 ms or more.
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ctx.startups.instance_started(), if wait == period => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until((began + wait).into()) => {}
         }
     }
 }
