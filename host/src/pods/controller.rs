@@ -129,6 +129,18 @@ const LOST_GRACE: Duration = Duration::from_secs(10);
 /// is asked again (idempotent): a backend that accepted a delete and dropped it must not keep
 /// the instance, billed, and the pod Terminating for ever.
 const DELETE_REASK: Duration = Duration::from_secs(30);
+/// How long a status this node wrote stands in for the pod cache's, which has not shown the write
+/// yet (see [`NodeContext::shown_status`]). The cache is normally a watch event behind: under a
+/// burst a second or more.
+const WRITTEN_TRUST: Duration = Duration::from_secs(5);
+
+/// A status this node wrote to a pod, as the pod shows it after the write.
+struct Written {
+    status: Value,
+    /// The pod's resourceVersion the write returned: once the cache holds it, the cache is right.
+    resource_version: Option<String>,
+    at: Instant,
+}
 
 /// A deletion this reconcile is seeing through, in memory: how often its instance was polled
 /// (for the next requeue), and the provider's answer when the records had no room for it.
@@ -181,6 +193,8 @@ pub struct NodeContext {
     pub startups: super::startup::Startups,
     /// The pods a create was sent for, for `create-attempt.may-exist`.
     create_attempts: super::attempts::CreateAttempts,
+    /// The last status written to each pod, by UID, while the pod cache may not show it yet.
+    written: Mutex<HashMap<String, Written>>,
 }
 
 impl NodeContext {
@@ -222,6 +236,7 @@ impl NodeContext {
             references,
             startups: Default::default(),
             create_attempts: Default::default(),
+            written: Mutex::new(HashMap::new()),
         })
     }
 
@@ -264,6 +279,49 @@ impl NodeContext {
             name: pod.name_any(),
             uid: pod.uid().unwrap_or_default(),
         }
+    }
+
+    /// What the pod's status shows: the cache's, or this node's last write to it while the cache
+    /// does not hold that write yet (for [`WRITTEN_TRUST`] at most). Without it, a listing every
+    /// 250 ms that compares an instance's status with a cache a second behind found the same
+    /// news again and again, and wrote it again each time: 6 status writes per Cube start under
+    /// a burst, where 2 say everything, and the extra writes slowed the apiserver further.
+    fn shown_status(&self, pod: &Pod) -> Option<Value> {
+        let uid = pod.uid().unwrap_or_default();
+        let mut written = self.written.lock().unwrap();
+        if let Some(w) = written.get(&uid) {
+            // The cache is behind the write when its resourceVersion is older (comparable since
+            // Kubernetes 1.35, KEP-5504); an apiserver whose versions do not compare is trusted to
+            // be behind while the version differs.
+            let behind = match compare_versions(pod.metadata.resource_version.as_deref(), w.resource_version.as_deref())
+            {
+                Some(order) => order.is_lt(),
+                None => pod.metadata.resource_version != w.resource_version,
+            };
+            if behind && w.at.elapsed() < WRITTEN_TRUST {
+                return Some(w.status.clone());
+            }
+            written.remove(&uid);
+        }
+        pod_status_value(pod)
+    }
+
+    /// Remembers the status a write to `pod` left it with (`before` merged with `patch`, as the
+    /// apiserver merges it) and the resourceVersion the write returned.
+    fn wrote_status(&self, pod: &Pod, before: Option<Value>, patch: &Value, resource_version: Option<String>) {
+        let mut status = before.unwrap_or_else(|| json!({}));
+        if let (Some(status), Some(patch)) = (status.as_object_mut(), patch.as_object()) {
+            for (k, v) in patch {
+                if v.is_null() {
+                    status.remove(k);
+                } else {
+                    status.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let mut written = self.written.lock().unwrap();
+        written.retain(|_, w| w.at.elapsed() < WRITTEN_TRUST);
+        written.insert(pod.uid().unwrap_or_default(), Written { status, resource_version, at: Instant::now() });
     }
 
     fn backoff(&self, uid: &str) -> Duration {
@@ -340,6 +398,14 @@ impl NodeContext {
         d.polls += 1;
         Duration::from_millis(50u64.saturating_mul(1 << (d.polls - 1).min(5))).min(Duration::from_secs(1))
     }
+}
+
+/// The order of two resourceVersions of one resource, when both are what Kubernetes 1.35 made
+/// comparable (KEP-5504): positive decimal integers without leading zeros, of any length.
+fn compare_versions(a: Option<&str>, b: Option<&str>) -> Option<std::cmp::Ordering> {
+    let valid = |v: &str| !v.is_empty() && !v.starts_with('0') && v.bytes().all(|c| c.is_ascii_digit());
+    let (a, b) = (a.filter(|v| valid(v))?, b.filter(|v| valid(v))?);
+    Some(a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
 }
 
 /// The wait before a failed pod's `attempt`th retry (from 1): 0.5 s, then doubling from 2 s up to
@@ -627,7 +693,7 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     // say how the pod got there. A failed write is the next, idempotent, create's to make again
     // (a pod gone meanwhile leaves an orphan, which the listing task deletes).
     let next =
-        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, pod_status_value(pod).as_ref());
+        status::pod_status_json(&outcome.status, &ctx.host_ip, &outcome.instance_id, ctx.shown_status(pod).as_ref());
     write_pod(pod, ctx, annotations, Some(next)).await.map_err(|source| SyncError::Kube { pod: k, source })?;
     ctx.reset_backoff(&uid);
     // The annotation is written: the instance is the pod's, and cached as such.
@@ -827,7 +893,7 @@ pub async fn update(
         ctx.event(pod, ev.kind == EventKind::Warning, &ev.reason, ev.message.clone());
     }
     let o = &outcome.outcome;
-    let next = status::pod_status_json(&o.status, &ctx.host_ip, &o.instance_id, pod_status_value(pod).as_ref());
+    let next = status::pod_status_json(&o.status, &ctx.host_ip, &o.instance_id, ctx.shown_status(pod).as_ref());
     write_status(pod, ctx, next).await?;
     Ok(outcome)
 }
@@ -855,7 +921,7 @@ async fn observe(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Resul
     match report {
         Ok(report) => {
             let next =
-                status::pod_status_json(&report, &ctx.host_ip, &record.instance_id, pod_status_value(pod).as_ref());
+                status::pod_status_json(&report, &ctx.host_ip, &record.instance_id, ctx.shown_status(pod).as_ref());
             write_status(pod, ctx, next).await?;
             ctx.reset_backoff(&uid);
             let mut instances = ctx.instances.lock().unwrap();
@@ -1077,7 +1143,8 @@ async fn write_pod(
     annotations: Annotations,
     status: Option<Value>,
 ) -> Result<(), kube::Error> {
-    let status = status.filter(|next| status::differs(pod_status_value(pod).as_ref(), next));
+    let shown = ctx.shown_status(pod);
+    let status = status.filter(|next| status::differs(shown.as_ref(), next));
     let mut patch = serde_json::Map::new();
     if !annotations.is_empty() {
         patch.insert("metadata".into(), json!({"annotations": annotations}));
@@ -1090,8 +1157,9 @@ async fn write_pod(
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let patch = Value::Object(patch);
-    api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let stored = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     if let Some(next) = patch.get("status") {
+        ctx.wrote_status(pod, shown, next, stored.metadata.resource_version);
         ctx.startups.status_written(pod, next, &ctx.node_name, &ctx.metrics);
     }
     Ok(())
@@ -1110,7 +1178,8 @@ fn unless_gone(pod: &Pod, written: Result<(), kube::Error>) -> Result<(), SyncEr
     }
 }
 
-/// How often the instances are listed while some are starting.
+/// How often the instances are listed while some are starting (from one listing's start to the
+/// next).
 const STARTING_SYNC: Duration = Duration::from_millis(250);
 /// The same while the plugin's calls wait for its cloud-API budget (`[plugin.egress]`): every
 /// node listing four times a second would spend a small budget on listings and leave creates
@@ -1156,6 +1225,7 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
                 ctx.refuse_expansion(refusal);
             }
         }
+        let began = Instant::now();
         match list_instances(&ctx, &triggers, sweep_due).await {
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -1171,10 +1241,12 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
         let waits = ctx.plugin.budget_stats().map(|b| b.waited);
         let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits, failures);
         budget_waits = waits;
+        // Counted from when the listing began: with a cloud that takes 100 ms per page, a
+        // listing every 250 ms after the last one ended would be one every 350 ms or more.
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ctx.startups.instance_started(), if wait == period => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until((began + wait).into()) => {}
         }
     }
 }
@@ -1231,13 +1303,10 @@ async fn list_instances(
         let Some(record) = ctx.instances.lock().unwrap().get(&uid).cloned() else { continue };
         let news = match listed.get(&uid) {
             Some(l) => {
-                let next = status::pod_status_json(
-                    &l.instance.status,
-                    &ctx.host_ip,
-                    &record.instance_id,
-                    pod_status_value(pod).as_ref(),
-                );
-                status::differs(pod_status_value(pod).as_ref(), &next)
+                let shown = ctx.shown_status(pod);
+                let next =
+                    status::pod_status_json(&l.instance.status, &ctx.host_ip, &record.instance_id, shown.as_ref());
+                status::differs(shown.as_ref(), &next)
             }
             // Gone, unless learned of moments ago or observed since this listing began.
             None => record.observed_at.is_none_or(|t| t < listed_at) && record.seen_at.elapsed() >= LOST_GRACE,

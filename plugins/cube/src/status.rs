@@ -7,11 +7,13 @@ use vk_provider_sdk::{
 
 use crate::cube_pod::{Returned, ReturnedContainerStatus, ReturnedState};
 
-/// The Kubernetes phase and pod reason for a Cube status word.
+/// The Kubernetes phase and pod reason for a Cube status word. `ContainerCreating` is the
+/// containers' waiting reason only, as a kubelet shows it (`kubectl get pods` prints it from the
+/// containers): Cube's `Pending` and `ContainerCreating` then show the same pod status, and a
+/// start costs no apiserver write between the create and Running.
 pub fn phase_of(word: &str) -> (PodPhase, &'static str) {
     match word {
-        "Pending" => (PodPhase::Pending, ""),
-        "ContainerCreating" => (PodPhase::Pending, "ContainerCreating"),
+        "Pending" | "ContainerCreating" => (PodPhase::Pending, ""),
         "ErrImagePull" => (PodPhase::Pending, "ErrImagePull"),
         "ImagePullBackOff" => (PodPhase::Pending, "ImagePullBackOff"),
         "CreateContainerError" => (PodPhase::Pending, "CreateContainerError"),
@@ -162,11 +164,27 @@ mod tests {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
 
+    /// A starting instance shows one pod status from the create to Running, so the host has
+    /// nothing to write between them.
+    #[test]
+    fn pending_and_container_creating_show_the_same_pod_status() {
+        let status = |word: &str| {
+            pod_status(&returned(&format!(
+                "spec: {{containers: [{{name: app, image: uhub.service.ucloud.cn/a/b:1}}]}}\nstatus: {{phase: {word}}}"
+            )))
+        };
+        assert_eq!(status("Pending"), status("ContainerCreating"));
+        let ContainerState::Waiting(w) = &status("ContainerCreating").container_statuses[0].state else {
+            panic!("a creating container waits")
+        };
+        assert_eq!(w.reason, "ContainerCreating", "kubectl shows it from the container");
+    }
+
     #[test]
     fn every_status_word_maps_to_a_phase() {
         let cases = [
             ("Pending", "Pending", ""),
-            ("ContainerCreating", "Pending", "ContainerCreating"),
+            ("ContainerCreating", "Pending", ""),
             ("ErrImagePull", "Pending", "ErrImagePull"),
             ("ImagePullBackOff", "Pending", "ImagePullBackOff"),
             ("CreateContainerError", "Pending", "CreateContainerError"),
