@@ -800,7 +800,10 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
         }
     }
     changes.extend(changed.iter().map(PodChange::from));
-    let outcome = match update(pod, ctx, &resolution.pod, &changes).await {
+    // What the instance is given of the changed objects goes on the pod with the status the
+    // update answers, in one write.
+    let given = if changed.is_empty() { Annotations::new() } else { given_annotation(pod, &refs) };
+    let outcome = match update(pod, ctx, &resolution.pod, &changes, given.clone()).await {
         Ok(outcome) => Some(outcome),
         // The provider cannot update instances at all: said once, never asked again for this
         // pod's token (its instance keeps the one it has) nor these changes.
@@ -832,7 +835,9 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
     ctx.references.applied(pod, &changed, &refs);
     if !changed.is_empty() {
         tracing::info!(pod = %k, changes = ?changed, applied = outcome.is_some(), "told the provider what changed");
-        record_given(pod, ctx, &refs).await;
+        if outcome.is_none() {
+            record_given(pod, ctx, given).await;
+        }
     }
     if token_due
         && outcome.is_some()
@@ -847,12 +852,17 @@ async fn refresh(pod: &Pod, ctx: &NodeContext, token_due: bool, changed: Vec<Cha
     Ok(next_poll(&phase, ctx.instances.lock().unwrap().get(&uid).and_then(|r| r.refresh_at)))
 }
 
-/// Records on the pod what its instance now has of the objects it references, so a restart or a
-/// failover compares the watches' first answers with that. A failure is logged: the next change
-/// records it again, and until then a restart misses at most the changes made meanwhile.
-async fn record_given(pod: &Pod, ctx: &NodeContext, fetched: &resolve::References) {
+/// The annotation that records on the pod what its instance now has of the objects it references,
+/// so a restart or a failover compares the watches' first answers with that.
+fn given_annotation(pod: &Pod, fetched: &resolve::References) -> Annotations {
     let given = references::annotation(&references::given(pod, Some(fetched)));
-    let annotations = Annotations::from_iter([(references::GIVEN_ANNOTATION.into(), json!(given))]);
+    Annotations::from_iter([(references::GIVEN_ANNOTATION.into(), json!(given))])
+}
+
+/// Writes [`given_annotation`] alone, when no update answer carries it. A failure is logged: the
+/// next change records it again, and until then a restart misses at most the changes made
+/// meanwhile.
+async fn record_given(pod: &Pod, ctx: &NodeContext, annotations: Annotations) {
     if let Err(e) = write_pod(pod, ctx, annotations, None).await {
         tracing::warn!(pod = %key(pod), error = %e, "could not record what the instance was given");
     }
@@ -872,13 +882,14 @@ fn describe(changed: &[Change]) -> String {
 
 /// Tells the provider what changed in a running pod (`resolved` is the pod as it is now): each
 /// change it could not apply becomes a Warning Event on the pod with its reason and message, its
-/// events are recorded and the status it reports is written. A failed call is the caller's to
-/// retry with the same changes.
-pub async fn update(
+/// events are recorded and the status it reports is written, with `annotations` in the same
+/// write. A failed call is the caller's to retry with the same changes.
+async fn update(
     pod: &Pod,
     ctx: &NodeContext,
     resolved: &ResolvedPod,
     changes: &[PodChange],
+    annotations: Annotations,
 ) -> Result<UpdateOutcome, SyncError> {
     let outcome = ctx
         .plugin
@@ -894,7 +905,7 @@ pub async fn update(
     }
     let o = &outcome.outcome;
     let next = status::pod_status_json(&o.status, &ctx.host_ip, &o.instance_id, ctx.shown_status(pod).as_ref());
-    write_status(pod, ctx, next).await?;
+    unless_gone(pod, write_pod(pod, ctx, annotations, Some(next)).await)?;
     Ok(outcome)
 }
 
