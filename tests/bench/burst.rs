@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::json;
-use vkcube_e2e::bench::{Proc, loadavg, metric_label, metric_value, percentile, release_binary};
+use vkcube_e2e::bench::{Buckets, Proc, loadavg, metric_label, metric_value, percentile, release_binary};
 use vkcube_e2e::daemon::{fresh_cluster_id, plugin_path};
 
 const USAGE: &str = "\
@@ -555,6 +555,12 @@ struct ApiserverRequests {
     /// `system-nodes` and `system-node-high`), which is vkhost's pod and node work and nothing
     /// else in this harness: the controllers, the scheduler and the harness use other identities.
     by_nodes: f64,
+    /// `apiserver_request_duration_seconds` of `PATCH pods/status` (the nodes' status writes):
+    /// cumulative count by bucket bound, every other label summed.
+    status_patch: Buckets,
+    /// `apiserver_flowcontrol_request_wait_duration_seconds` of the node identities' requests
+    /// that ran: how long they queued in API Priority and Fairness before the apiserver took them.
+    node_queue_wait: Buckets,
 }
 
 impl ApiserverRequests {
@@ -571,6 +577,17 @@ impl ApiserverRequests {
                 let flow = label(line, "flow_schema");
                 if flow == "system-nodes" || flow == "system-node-high" {
                     sample.by_nodes += metric_value(line);
+                }
+            } else if line.starts_with("apiserver_request_duration_seconds_bucket{") {
+                if (label(line, "resource"), label(line, "subresource"), label(line, "verb"))
+                    == ("pods".into(), "status".into(), "PATCH".into())
+                {
+                    sample.status_patch.add(line);
+                }
+            } else if line.starts_with("apiserver_flowcontrol_request_wait_duration_seconds_bucket{") {
+                let flow = label(line, "flow_schema");
+                if (flow == "system-nodes" || flow == "system-node-high") && label(line, "execute") == "true" {
+                    sample.node_queue_wait.add(line);
                 }
             }
         }
@@ -1036,6 +1053,19 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     if let Some(n) = node_requests {
         println!("{:<66} {n:>9.2}", "apiserver requests per pod by the nodes' identities, create -> all Ready");
     }
+    // Where a status write's time goes on the apiserver's side: queued in API Priority and
+    // Fairness, then served (the daemon's own figure for the write adds its client's limits and
+    // the connection).
+    let status_patch = requests_ready.status_patch.since(&requests_before.status_patch);
+    let queue_wait = requests_ready.node_queue_wait.since(&requests_before.node_queue_wait);
+    for (label, h) in [
+        ("apiserver's own time, PATCH pods/status (its histogram)", &status_patch),
+        ("  of which queued in priority and fairness, node identities", &queue_wait),
+    ] {
+        if let (Some(p50), Some(p99)) = (h.quantile_ms(0.5), h.quantile_ms(0.99)) {
+            println!("{label:<66} p50 {p50:>6.0} ms  p99 {p99:>6.0} ms  n {:.0}", h.count());
+        }
+    }
     println!("apiserver requests per pod, create -> all Ready, every client (the ten largest):");
     for ((resource, verb), n) in requests_ready.since(&requests_before).into_iter().take(10) {
         println!("{:<66} {:>9.2}", format!("  {verb} {resource}"), n / want as f64);
@@ -1064,6 +1094,8 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "status_calls_per_pod_up": status_up.map(round2),
         "status_calls_per_pod_down": status_down.map(round2),
         "node_requests_per_pod_up": node_requests.map(round2),
+        "apiserver_status_patch_p99_ms": status_patch.quantile_ms(0.99).map(round),
+        "apiserver_node_queue_wait_p99_ms": queue_wait.quantile_ms(0.99).map(round),
         "budget": match args.daemon {
             DaemonKind::Upstream => "stock: 5 requests/s, burst 10, 10 workers",
             DaemonKind::UpstreamTuned => "tuned: 500 requests/s, burst 1000, 64 workers",

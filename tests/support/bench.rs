@@ -95,3 +95,86 @@ pub fn metric_label(line: &str, name: &str) -> Option<String> {
 pub fn metric_value(line: &str) -> f64 {
     line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
+
+/// A Prometheus histogram's cumulative counts by upper bound (`le`, `+Inf` as infinity), from its
+/// `_bucket` lines; lines with other labels for the same bound add up.
+#[derive(Default, Clone)]
+pub struct Buckets(std::collections::BTreeMap<u64, f64>);
+
+impl Buckets {
+    pub fn add(&mut self, line: &str) {
+        let Some(le) = metric_label(line, "le") else { return };
+        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+        *self.0.entry(bound.to_bits()).or_default() += metric_value(line);
+    }
+
+    /// The counts observed since `before`.
+    pub fn since(&self, before: &Buckets) -> Buckets {
+        Buckets(self.0.iter().map(|(b, n)| (*b, n - before.0.get(b).copied().unwrap_or(0.0))).collect())
+    }
+
+    pub fn count(&self) -> f64 {
+        self.0.values().copied().fold(0.0, f64::max)
+    }
+
+    /// The `q` quantile (0..1) in ms, interpolated within its bucket as PromQL's
+    /// `histogram_quantile` does; `None` without samples.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut bounds: Vec<(f64, f64)> = self.0.iter().map(|(b, n)| (f64::from_bits(*b), *n)).collect();
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for (upper, cumulative) in bounds {
+            if cumulative >= rank {
+                if upper.is_infinite() {
+                    return Some(lower * 1000.0);
+                }
+                let share = if cumulative > below { (rank - below) / (cumulative - below) } else { 1.0 };
+                return Some((lower + (upper - lower) * share) * 1000.0);
+            }
+            (lower, below) = (upper, cumulative);
+        }
+        Some(lower * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram(lines: &[(&str, f64)]) -> Buckets {
+        let mut h = Buckets::default();
+        for (le, n) in lines {
+            h.add(&format!("x_bucket{{verb=\"PATCH\",le=\"{le}\"}} {n}"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_quantile_is_interpolated_within_its_bucket_as_promql_does() {
+        // 100 samples: 50 under 0.1 s, 40 between 0.1 and 0.2 s, 10 between 0.2 and 0.4 s.
+        let h = histogram(&[("0.1", 50.0), ("0.2", 90.0), ("0.4", 100.0), ("+Inf", 100.0)]);
+        assert_eq!(h.count(), 100.0);
+        assert_eq!(h.quantile_ms(0.5), Some(100.0));
+        assert!((h.quantile_ms(0.7).unwrap() - 150.0).abs() < 1e-9);
+        assert!((h.quantile_ms(0.99).unwrap() - 380.0).abs() < 1e-9);
+        assert_eq!(Buckets::default().quantile_ms(0.99), None);
+    }
+
+    #[test]
+    fn counts_since_an_earlier_sample_and_other_labels_add_up() {
+        let before = histogram(&[("0.1", 10.0), ("+Inf", 10.0)]);
+        let mut after = histogram(&[("0.1", 10.0), ("+Inf", 12.0)]);
+        after.add("x_bucket{verb=\"PATCH\",scope=\"namespace\",le=\"0.1\"} 5");
+        after.add("x_bucket{verb=\"PATCH\",scope=\"namespace\",le=\"+Inf\"} 5");
+        let d = after.since(&before);
+        assert_eq!(d.count(), 7.0);
+        // 5 of the 7 new ones under 0.1 s, 2 above every bound: the top quantiles are the last
+        // finite bound, as PromQL answers.
+        assert_eq!(d.quantile_ms(0.99), Some(100.0));
+    }
+}
