@@ -20,6 +20,12 @@ pub fn others_writes(pod: &Pod, own: &[&str]) -> Option<u64> {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| !own.contains(&k.as_str()));
     }
+    // A pod without annotations before the host's first write has none of anybody else's after
+    // it: an empty map is no annotations (it hashed apart, and every start was reconciled again,
+    // with a provider `status` call, for its own write).
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
     // Both serialize in a fixed order (struct fields, sorted maps).
     let bytes = serde_json::to_vec(&(&meta, &pod.spec)).ok()?;
     let mut hasher = DefaultHasher::new();
@@ -117,6 +123,22 @@ mod tests {
             next.metadata.resource_version = Some("2".into());
             assert_eq!(passed(vec![first, next]).await, vec![true, passes], "{what}");
         }
+    }
+
+    /// Most pods (a Deployment's without annotations in its template) have no annotations until
+    /// the host writes the instance's.
+    #[tokio::test]
+    async fn the_hosts_first_annotation_on_a_pod_without_any_is_skipped_too() {
+        let mut first = pod();
+        first.metadata.annotations = None;
+        let mut own = first.clone();
+        annotate(&mut own, INSTANCE_ANNOTATION, "cube-1");
+        annotate(&mut own, GIVEN_ANNOTATION, "ConfigMap/kube-root-ca.crt=ab");
+        own.metadata.resource_version = Some("2".into());
+        let mut theirs = own.clone();
+        annotate(&mut theirs, "team", "a");
+        theirs.metadata.resource_version = Some("3".into());
+        assert_eq!(passed(vec![first, own, theirs]).await, vec![true, false, true]);
     }
 
     #[tokio::test]
