@@ -195,6 +195,9 @@ pub struct NodeContext {
     create_attempts: super::attempts::CreateAttempts,
     /// The last status written to each pod, by UID, while the pod cache may not show it yet.
     written: Mutex<HashMap<String, Written>>,
+    /// The annotations a provider asked for on a create, as the host wrote them, by pod UID: the
+    /// watch event of that write is not another reconcile ([`super::own_writes`]).
+    provider_annotations: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl NodeContext {
@@ -237,6 +240,7 @@ impl NodeContext {
             startups: Default::default(),
             create_attempts: Default::default(),
             written: Mutex::new(HashMap::new()),
+            provider_annotations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -304,6 +308,18 @@ impl NodeContext {
             written.remove(&uid);
         }
         pod_status_value(pod)
+    }
+
+    /// The provider's annotations the host wrote on `pod`'s create (empty when none or unknown).
+    fn provider_written(&self, pod: &Pod) -> Vec<(String, String)> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        self.provider_annotations.lock().unwrap().get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Forgets what is kept of pod `uid` once its instance is gone or let go.
+    fn forget_instance(&self, uid: &str) {
+        self.instances.lock().unwrap().remove(uid);
+        self.provider_annotations.lock().unwrap().remove(uid);
     }
 
     /// Remembers the status a write to `pod` left it with (`before` merged with `patch`, as the
@@ -454,6 +470,7 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let seen = ctx.clone();
+    let filter_ctx = ctx.clone();
     let pods = watcher(pods, wc)
         .default_backoff()
         // managedFields are the apiserver's field-ownership bookkeeping, about a third of a pod
@@ -467,7 +484,10 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
         .applied_objects()
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
         // the cache above still has them, for the listing task and for the next reconcile.
-        .predicate_filter(|p: &Pod| super::own_writes::others_writes(p, &HOST_ANNOTATIONS), PredicateConfig::default());
+        .predicate_filter(
+            move |p: &Pod| super::own_writes::others_writes(p, &HOST_ANNOTATIONS, &filter_ctx.provider_written(p)),
+            PredicateConfig::default(),
+        );
     // A new plugin build on this node may judge refused pods differently: look at every pod again.
     let versions = (ctx.plugin.subscribe_versions(), ctx.node_name.clone());
     let reloads = futures::stream::unfold(versions, |(mut rx, node)| async move {
@@ -534,6 +554,8 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncE
 
 async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let uid = pod.uid().unwrap_or_default();
+    // With kube-runtime's span, this says why: `RUST_LOG=vkhost::pods::sync=debug`.
+    tracing::debug!(target: "vkhost::pods::sync", resource_version = ?pod.metadata.resource_version, "reconcile");
     if pod.metadata.deletion_timestamp.is_some() {
         return delete(pod, ctx).await;
     }
@@ -688,6 +710,11 @@ async fn create(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     }
     for kv in &outcome.annotations {
         annotations.insert(kv.key.clone(), json!(kv.value));
+    }
+    // Known before the write is sent, so its watch event finds it.
+    if !outcome.annotations.is_empty() {
+        let written = outcome.annotations.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+        ctx.provider_annotations.lock().unwrap().insert(uid.clone(), written);
     }
     // The annotations and the status in one write (see the module doc), then the events, which
     // say how the pod got there. A failed write is the next, idempotent, create's to make again
@@ -955,7 +982,7 @@ async fn observe(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Resul
 /// fails a pod whose sandbox vanished); nothing is made again for it.
 async fn lost(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<Action, SyncError> {
     let uid = pod.uid().unwrap_or_default();
-    ctx.instances.lock().unwrap().remove(&uid);
+    ctx.forget_instance(&uid);
     ctx.references.untrack(&uid);
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     if phase != "Succeeded" && phase != "Failed" {
@@ -1032,7 +1059,7 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         }
         ctx.event(pod, false, "ProviderDeleteSuccess", "instance deleted".into());
     }
-    ctx.instances.lock().unwrap().remove(&uid);
+    ctx.forget_instance(&uid);
     ctx.deleting.lock().unwrap().remove(&uid);
     ctx.create_attempts.forget(&uid);
     ctx.references.untrack(&uid);
@@ -1352,6 +1379,7 @@ async fn list_instances(
             .collect()
     };
     ctx.references.retain(|uid| running.contains(uid));
+    ctx.provider_annotations.lock().unwrap().retain(|uid, _| running.contains(uid));
     ctx.metrics.set_reference_watches(&ctx.node_name, ctx.references.watches());
     ctx.metrics.set_service_watches(&ctx.node_name, ctx.references.service_watches());
     Ok(())
@@ -1372,7 +1400,7 @@ async fn delete_orphan(ctx: &NodeContext, inst: &Instance) {
     }
     match deleted {
         Ok(_) | Err(CallError::Provider(ProviderError::NotFound(_))) => {
-            ctx.instances.lock().unwrap().remove(&inst.pod.uid);
+            ctx.forget_instance(&inst.pod.uid);
             ctx.listing.lock().unwrap().instances.remove(&inst.pod.uid);
             ctx.metrics.orphans_deleted.inc();
         }

@@ -1,24 +1,26 @@
 //! The controller's filter of pod watch events: a change that is only the host's own writes — the
-//! pod's status, the annotations the host keeps on the pod — is not another reconcile (each one
-//! a provider `status` call). Everything else still reconciles: a change of the spec, labels,
-//! finalizers, owner references, the deletion timestamp, the generation, or any annotation the
-//! host does not own (including those a provider asks for: which keys those are is the
-//! provider's business, so they count as anybody's). A pod the filter has not seen passes.
+//! pod's status, the annotations the host keeps on the pod, and the annotations a provider asked
+//! for on a create, as long as they have the values the host wrote — is not another reconcile
+//! (each one a provider `status` call). Everything else still reconciles: a change of the spec,
+//! labels, finalizers, owner references, the deletion timestamp, the generation, or any other
+//! annotation (a provider's annotation another writer changed included). A pod the filter has
+//! not seen passes.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::core::v1::Pod;
 
 /// A hash of what of `pod` is not the host's own writing: the metadata without the
-/// resourceVersion, the managedFields and the host's annotations (`own`), and the spec. Two versions of a
+/// resourceVersion, the managedFields, the host's annotations (`own`) and the annotations it
+/// wrote for the provider with the values it wrote (`written`), and the spec. Two versions of a
 /// pod with the same hash differ only by what the host wrote (for kube-runtime's
 /// `predicate_filter`, which keys it by the pod's UID and passes a pod it has not seen).
-pub fn others_writes(pod: &Pod, own: &[&str]) -> Option<u64> {
+pub fn others_writes(pod: &Pod, own: &[&str], written: &[(String, String)]) -> Option<u64> {
     let mut meta = pod.metadata.clone();
     meta.resource_version = None;
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| !own.contains(&k.as_str()));
+        annotations.retain(|k, v| !own.contains(&k.as_str()) && !written.iter().any(|(wk, wv)| wk == k && wv == v));
     }
     // A pod without annotations before the host's first write has none of anybody else's after
     // it: an empty map is no annotations (it hashed apart, and every start was reconciled again,
@@ -66,9 +68,14 @@ mod tests {
 
     /// How many of `pods`, in this order, the controller's filter lets through.
     async fn passed(pods: Vec<Pod>) -> Vec<bool> {
+        passed_with(pods, vec![]).await
+    }
+
+    /// The same, with `written` the provider's annotations the host wrote.
+    async fn passed_with(pods: Vec<Pod>, written: Vec<(String, String)>) -> Vec<bool> {
         let uids: Vec<_> = pods.iter().map(|p| p.metadata.resource_version.clone()).collect();
         let out: Vec<Pod> = futures::stream::iter(pods.into_iter().map(Ok))
-            .predicate_filter(|p: &Pod| others_writes(p, &HOST_ANNOTATIONS), PredicateConfig::default())
+            .predicate_filter(move |p: &Pod| others_writes(p, &HOST_ANNOTATIONS, &written), PredicateConfig::default())
             .map(|r| r.unwrap())
             .collect()
             .await;
@@ -166,5 +173,24 @@ mod tests {
         deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         deleting.metadata.resource_version = Some("3".into());
         assert_eq!(passed(vec![first, own, deleting]).await, vec![true, false, true]);
+    }
+
+    /// A provider's annotation the host wrote on the create is the host's write; the same key
+    /// changed by someone else afterwards is not.
+    #[tokio::test]
+    async fn a_providers_annotation_is_the_hosts_write_only_with_the_value_the_host_wrote() {
+        let written = vec![("example.vk.io/instance-id".to_string(), "ex-1".to_string())];
+        let first = pod();
+        let mut own = first.clone();
+        annotate(&mut own, INSTANCE_ANNOTATION, "ex-1");
+        annotate(&mut own, "example.vk.io/instance-id", "ex-1");
+        own.metadata.resource_version = Some("2".into());
+        let mut changed = own.clone();
+        annotate(&mut changed, "example.vk.io/instance-id", "ex-2");
+        changed.metadata.resource_version = Some("3".into());
+        assert_eq!(passed_with(vec![first.clone(), own.clone(), changed], written).await, vec![true, false, true]);
+        // Without the host's record of it (written by an earlier run, or not by the host), it is
+        // anybody's.
+        assert_eq!(passed(vec![first, own]).await, vec![true, true]);
     }
 }
