@@ -198,6 +198,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const STREAM_WINDOW: u32 = 512 * 1024;
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// TLS sessions a client keeps for resumption. rustls's default cache is sized for 256 servers
+/// and allocated up front (~0.1 MiB); a client here talks to one apiserver, and the daemon holds
+/// several clients per node (issue 18: ~1 MiB of the 1,600-pod burst's heap).
+const TLS_SESSIONS: usize = 4;
+
 /// The service under a client's own layers: what `kube::Client::try_from` builds (base URI,
 /// kube's retry of 429/503/504, the credentials' auth layer and extra headers, rustls with the
 /// config's CA, client certificate and `tls_server_name`, the connect/read/write timeouts) over
@@ -227,9 +232,9 @@ fn builder(config: Config) -> Result<ClientBuilder<Stack>, ClientError> {
 fn lanes(config: &Config) -> Result<Lanes, ClientError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    let mut tls = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config.rustls_client_config().map_err(|e| ClientError::Build(e.to_string()))?)
-        .https_or_http();
+    let mut rustls = config.rustls_client_config().map_err(|e| ClientError::Build(e.to_string()))?;
+    rustls.resumption = rustls::client::Resumption::in_memory_sessions(TLS_SESSIONS);
+    let mut tls = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(rustls).https_or_http();
     if let Some(name) = &config.tls_server_name {
         let name = name.clone().try_into().map_err(|e| ClientError::Build(format!("tls_server_name {name}: {e}")))?;
         tls = tls.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));

@@ -1,7 +1,7 @@
 //! `GET /containerLogs/{ns}/{pod}/{container}`: asks the backend where the log stream is and
 //! pipes that HTTP body through, cutting it at `limitBytes` whatever the backend does.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,12 +23,20 @@ pub const MAX_ERROR_BODY: usize = 4 << 10;
 /// The client that fetches plugin-provided stream URLs. It never follows a redirect: the plugin's
 /// URL was vetted against its allowlist, the `Location` was not. It ignores ambient proxy
 /// settings for the same reason.
+///
+/// One per process, shared by every node's kubelet API: each built client held its own copy of
+/// the system's roots and its own pool (about 0.1 MiB a node; issue 18).
 pub fn stream_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    static SHARED: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = SHARED.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .build()
+        .build()?;
+    Ok(SHARED.get_or_init(|| client).clone())
 }
 
 pub async fn container_logs(

@@ -160,7 +160,7 @@ impl KubeletServer {
             ),
             node: node.clone(),
             http,
-            ws_tls: Arc::new(tls::client_config()),
+            ws_tls: tls::shared_client_config(),
             started: chrono::Utc::now(),
             sessions: sessions.clone(),
             counters: counters.clone(),

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -189,6 +189,13 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// [`client_config`], built once per process and shared by every node's kubelet API: the
+/// system's roots are a few hundred KiB a copy (issue 18).
+pub fn shared_client_config() -> Arc<rustls::ClientConfig> {
+    static SHARED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    SHARED.get_or_init(|| Arc::new(client_config())).clone()
+}
+
 /// The client configuration for `wss://` backend targets: the system's roots.
 pub fn client_config() -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
@@ -205,6 +212,11 @@ pub fn client_config() -> rustls::ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_node_shares_one_backend_client_configuration() {
+        assert!(Arc::ptr_eq(&shared_client_config(), &shared_client_config()));
+    }
 
     #[test]
     fn self_signed_certificate_names_the_node_and_its_address() {
