@@ -256,15 +256,21 @@ mod tests {
         Arc::new(Events::new(api.client("node"), "vk-1".into(), Arc::new(Metrics::new())))
     }
 
-    #[tokio::test]
-    async fn a_long_note_is_cut_at_a_character_boundary_for_pods_and_claims_alike() {
-        let api = ApiServer::new();
-        let events = queue(&api);
+    /// A queue for `api` with its posting task running until the token is cancelled.
+    fn posting(api: &Arc<ApiServer>) -> (Arc<Events>, CancellationToken, tokio::task::JoinHandle<()>) {
+        let events = queue(api);
         let stop = CancellationToken::new();
-        let posting = tokio::spawn({
+        let task = tokio::spawn({
             let (events, stop) = (events.clone(), stop.clone());
             async move { events.run(stop).await }
         });
+        (events, stop, task)
+    }
+
+    #[tokio::test]
+    async fn a_long_note_is_cut_at_a_character_boundary_for_pods_and_claims_alike() {
+        let api = ApiServer::new();
+        let (events, stop, posting) = posting(&api);
         // 999 ASCII bytes then two-byte characters: byte 1,000 falls inside one.
         let long = format!("{}{}", "a".repeat(999), "é".repeat(600));
         events.record(regarding("web"), false, "Created", "Created", long.clone());
@@ -289,12 +295,7 @@ mod tests {
     #[tokio::test]
     async fn each_objects_events_are_posted_in_the_order_they_were_recorded() {
         let api = ApiServer::new();
-        let events = queue(&api);
-        let stop = CancellationToken::new();
-        let posting = tokio::spawn({
-            let (events, stop) = (events.clone(), stop.clone());
-            async move { events.run(stop).await }
-        });
+        let (events, stop, posting) = posting(&api);
         let pods: Vec<String> = (0..16).map(|i| format!("pod-{i}")).collect();
         let steps: Vec<String> = (0..5).map(|i| format!("Step{i}")).collect();
         for (i, step) in steps.iter().enumerate() {
