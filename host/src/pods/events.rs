@@ -205,11 +205,7 @@ fn truncate(mut s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
+    s.truncate(s.floor_char_boundary(max));
     s.push('…');
     s
 }

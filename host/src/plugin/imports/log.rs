@@ -55,19 +55,21 @@ fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_boundary() {
+        // Byte 3 falls inside the second "é".
+        assert_eq!(truncate("aéé", 3), "aé");
+        assert_eq!(truncate("aéé", 4), "aé");
+        assert_eq!(truncate("aéé", 5), "aéé");
+        assert_eq!(truncate("short", 100), "short");
+    }
 
     #[test]
     fn control_characters_cannot_forge_a_log_line() {
