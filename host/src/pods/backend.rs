@@ -92,7 +92,7 @@ impl KubeletBackend for NodeBackend {
     }
 
     fn pods(&self) -> Vec<Pod> {
-        self.0.pods().into_iter().map(|p| (*p).clone()).collect()
+        self.0.pods().iter().map(|p| p.pod()).collect()
     }
 
     fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>> {

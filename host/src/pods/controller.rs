@@ -53,6 +53,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::cached::{CachedPod, PodView};
 use super::deletions::{self, Progress};
 use super::events::Events;
 use super::references::{self, Change, ReferenceWatches};
@@ -179,7 +180,7 @@ pub struct NodeContext {
     /// Pods already told about a missing object (one Event, not one per retry).
     told_missing: Mutex<HashMap<String, String>>,
     /// The pods bound to the node, as the controller's watch keeps them.
-    store: Store<Pod>,
+    store: Store<CachedPod>,
     /// Deletions in progress reconcile is seeing through, by pod UID.
     deleting: Mutex<HashMap<String, Deleting>>,
     /// The node's durable records: the deletions in progress are seen through from there.
@@ -212,7 +213,7 @@ impl NodeContext {
         settings: PodSettings,
         metrics: Arc<Metrics>,
         records: Arc<NodeRecords>,
-        store: Store<Pod>,
+        store: Store<CachedPod>,
     ) -> Arc<Self> {
         let events = Events::new(events_client, node_name.clone(), metrics.clone());
         // Watched with the node's identity, which reads them to resolve its pods.
@@ -245,13 +246,13 @@ impl NodeContext {
     }
 
     /// Pods bound to this node, as the controller's cache holds them.
-    pub fn pods(&self) -> Vec<Arc<Pod>> {
+    pub fn pods(&self) -> Vec<Arc<CachedPod>> {
         self.store.state()
     }
 
     /// Records an Event on a pod: queued for the node's event task, never waited for (see
     /// `events`); a failure to post it is logged there, never fatal.
-    pub fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+    pub fn event(&self, pod: &impl Resource<DynamicType = ()>, warning: bool, reason: &str, note: String) {
         self.events.record(pod.object_ref(&()), warning, reason, reason, note);
     }
 
@@ -264,7 +265,7 @@ impl NodeContext {
             "Expand",
             refusal.note.clone(),
         );
-        self.event(&refusal.pod, true, super::expansion::REASON, refusal.note);
+        self.event(refusal.pod.as_ref(), true, super::expansion::REASON, refusal.note);
     }
 
     /// What a provider's verdict on a pod rests on besides the pod: the plugin build and the
@@ -277,7 +278,7 @@ impl NodeContext {
         format!("{}@{} {build} config {}", summary.info.name, summary.info.version, &config[..12])
     }
 
-    fn pod_ref(pod: &Pod) -> PodRef {
+    fn pod_ref(pod: &impl ResourceExt) -> PodRef {
         PodRef {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
@@ -290,17 +291,17 @@ impl NodeContext {
     /// 250 ms that compares an instance's status with a cache a second behind found the same
     /// news again and again, and wrote it again each time: 6 status writes per Cube start under
     /// a burst, where 2 say everything, and the extra writes slowed the apiserver further.
-    fn shown_status(&self, pod: &Pod) -> Option<Value> {
-        let uid = pod.uid().unwrap_or_default();
+    fn shown_status(&self, pod: &impl PodView) -> Option<Value> {
+        let uid = pod.meta().uid.clone().unwrap_or_default();
         let mut written = self.written.lock().unwrap();
         if let Some(w) = written.get(&uid) {
             // The cache is behind the write when its resourceVersion is older (comparable since
             // Kubernetes 1.35, KEP-5504); an apiserver whose versions do not compare is trusted to
             // be behind while the version differs.
-            let behind = match compare_versions(pod.metadata.resource_version.as_deref(), w.resource_version.as_deref())
-            {
+            let rv = &pod.meta().resource_version;
+            let behind = match compare_versions(rv.as_deref(), w.resource_version.as_deref()) {
                 Some(order) => order.is_lt(),
-                None => pod.metadata.resource_version != w.resource_version,
+                None => *rv != w.resource_version,
             };
             if behind && w.at.elapsed() < WRITTEN_TRUST {
                 return Some(w.status.clone());
@@ -311,8 +312,8 @@ impl NodeContext {
     }
 
     /// The provider's annotations the host wrote on `pod`'s create (empty when none or unknown).
-    fn provider_written(&self, pod: &Pod) -> Vec<(String, String)> {
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    fn provider_written(&self, pod: &impl PodView) -> Vec<(String, String)> {
+        let uid = pod.meta().uid.as_deref().unwrap_or_default();
         self.provider_annotations.lock().unwrap().get(uid).cloned().unwrap_or_default()
     }
 
@@ -458,7 +459,7 @@ pub enum SyncError {
 /// Runs the controller until `shutdown`; in-flight syncs finish first, then the Events they
 /// recorded are posted (for a few seconds at most). `writer` fills the store the context was made
 /// with.
-pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: CancellationToken) {
+pub async fn run(ctx: Arc<NodeContext>, writer: Writer<CachedPod>, shutdown: CancellationToken) {
     // The node's Events: posted until the controller and its listing task are done.
     let events_stop = CancellationToken::new();
     let events_ctx = ctx.clone();
@@ -467,25 +468,23 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             async move { events_ctx.events.run(events_token).await },
         ));
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let pods: Api<CachedPod> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let seen = ctx.clone();
     let filter_ctx = ctx.clone();
     let pods = watcher(pods, wc)
         .default_backoff()
-        // managedFields are the apiserver's field-ownership bookkeeping, about a third of a pod
-        // object; nothing here reads them. Dropping them before the cache keeps the daemon's
-        // memory per pod (and the pod JSON handed to the plugin) small.
-        .modify(move |pod| {
-            pod.managed_fields_mut().clear();
-            seen.startups.seen(pod);
-        })
+        // Each pod arrives as the cache keeps it (`CachedPod`: managedFields dropped, the spec
+        // as JSON).
+        .modify(move |pod| seen.startups.seen(&*pod))
         .reflect(writer)
         .applied_objects()
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
         // the cache above still has them, for the listing task and for the next reconcile.
         .predicate_filter(
-            move |p: &Pod| super::own_writes::others_writes(p, &HOST_ANNOTATIONS, &filter_ctx.provider_written(p)),
+            move |p: &CachedPod| {
+                super::own_writes::others_writes(p, &HOST_ANNOTATIONS, &filter_ctx.provider_written(p))
+            },
             PredicateConfig::default(),
         );
     // A new plugin build on this node may judge refused pods differently: look at every pod again.
@@ -542,8 +541,9 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<Pod>, shutdown: Cancellat
     let _ = events.await;
 }
 
-async fn reconcile(pod: Arc<Pod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
+async fn reconcile(cached: Arc<CachedPod>, ctx: Arc<NodeContext>) -> Result<Action, SyncError> {
     let started = Instant::now();
+    let pod = cached.pod();
     ctx.metrics.reconciled(&ctx.node_name);
     ctx.startups.reconciling(&pod);
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
@@ -633,7 +633,8 @@ async fn reevaluate(pod: &Pod, ctx: &NodeContext) -> Result<(), SyncError> {
 /// instance, and older ones still waiting for theirs, count; finished and refused ones do not.
 fn out_of_pods(pod: &Pod, ctx: &NodeContext) -> Option<String> {
     let capacity = ctx.max_pods.load(Ordering::Relaxed) as usize;
-    let order = |p: &Pod| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.uid().unwrap_or_default());
+    let order =
+        |p: &dyn PodView| (p.meta().creation_timestamp.clone().map(|t| t.0), p.meta().uid.clone().unwrap_or_default());
     let mine = order(pod);
     let uid = pod.uid().unwrap_or_default();
     let instances = ctx.instances.lock().unwrap().keys().cloned().collect::<std::collections::HashSet<_>>();
@@ -646,7 +647,11 @@ fn out_of_pods(pod: &Pod, ctx: &NodeContext) -> Option<String> {
             let done = phase == "Succeeded" || phase == "Failed";
             let admitted =
                 instances.contains(&p.uid().unwrap_or_default()) || p.annotations().contains_key(INSTANCE_ANNOTATION);
-            admitted || (!done && !is_rejected(p) && p.metadata.deletion_timestamp.is_none() && order(p) < mine)
+            admitted
+                || (!done
+                    && !is_rejected(p.as_ref())
+                    && p.metadata.deletion_timestamp.is_none()
+                    && order(p.as_ref()) < mine)
         })
         .count();
     (used >= capacity).then(|| {
@@ -656,7 +661,7 @@ fn out_of_pods(pod: &Pod, ctx: &NodeContext) -> Option<String> {
     })
 }
 
-fn is_rejected(pod: &Pod) -> bool {
+fn is_rejected(pod: &impl ResourceExt) -> bool {
     pod.annotations().contains_key(REJECTED_ANNOTATION)
 }
 
@@ -1159,14 +1164,14 @@ async fn finish_deletions(ctx: &NodeContext) {
     }
 }
 
-fn error_policy(pod: Arc<Pod>, err: &SyncError, ctx: Arc<NodeContext>) -> Action {
+fn error_policy(pod: Arc<CachedPod>, err: &SyncError, ctx: Arc<NodeContext>) -> Action {
     let wait = ctx.backoff(&pod.uid().unwrap_or_default());
     tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "pod sync failed");
     Action::requeue(wait)
 }
 
-fn pod_status_value(pod: &Pod) -> Option<Value> {
-    pod.status.as_ref().and_then(|s| serde_json::to_value(s).ok())
+fn pod_status_value(pod: &impl PodView) -> Option<Value> {
+    pod.pod_status().and_then(|s| serde_json::to_value(s).ok())
 }
 
 /// Annotations to merge into a pod's: a null value removes the key.
@@ -1244,7 +1249,11 @@ fn next_listing(period: Duration, starting: bool, budget_waited: bool, failures:
 /// listing for reconcile; the pods it shows a change for are handed to the controller
 /// (`reconcile_on`); instances no pod owns are deleted (less often) — they cost money. Writes no
 /// pod status.
-async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef<Pod>>, shutdown: CancellationToken) {
+async fn listing_loop(
+    ctx: Arc<NodeContext>,
+    triggers: UnboundedSender<ObjectRef<CachedPod>>,
+    shutdown: CancellationToken,
+) {
     if !cache_ready(&ctx.store, &shutdown).await {
         return;
     }
@@ -1293,7 +1302,7 @@ async fn listing_loop(ctx: Arc<NodeContext>, triggers: UnboundedSender<ObjectRef
 /// awaited: kube-runtime's readiness signal is a oneshot channel underneath, which keeps one
 /// waker, and the controller is already waiting on it, so a second waiter may never be woken
 /// (which is how this loop once never ran at all).
-async fn cache_ready(store: &Store<Pod>, shutdown: &CancellationToken) -> bool {
+async fn cache_ready(store: &Store<CachedPod>, shutdown: &CancellationToken) -> bool {
     loop {
         if let Some(ready) = futures::FutureExt::now_or_never(store.wait_until_ready()) {
             return ready.is_ok();
@@ -1309,7 +1318,7 @@ async fn cache_ready(store: &Store<Pod>, shutdown: &CancellationToken) -> bool {
 /// gone sent to `triggers`, and with `sweep` the orphans deleted.
 async fn list_instances(
     ctx: &NodeContext,
-    triggers: &UnboundedSender<ObjectRef<Pod>>,
+    triggers: &UnboundedSender<ObjectRef<CachedPod>>,
     sweep: bool,
 ) -> Result<(), CallError> {
     let listed_at = Instant::now();

@@ -9,10 +9,11 @@ use std::sync::Mutex;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
+use super::cached::CachedPod;
 use super::resolve::parse_quantity;
 
 /// Reason of the Events, the kubelet's for a volume it could not expand.
@@ -31,14 +32,14 @@ pub fn growth(pvc: &PersistentVolumeClaim) -> Option<(String, String)> {
 
 /// An expansion to answer: the Warning (reason [`REASON`]) goes on the claim and on the pod.
 pub struct Refusal {
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     pub claim: PersistentVolumeClaim,
     pub note: String,
 }
 
 /// Looks at every claim mounted by a running pod of the node and returns the expansions not
 /// answered yet (each is then taken as answered).
-pub async fn check(client: &Client, node_name: &str, pods: &[Arc<Pod>], answered: &Answered) -> Vec<Refusal> {
+pub async fn check(client: &Client, node_name: &str, pods: &[Arc<CachedPod>], answered: &Answered) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     for pod in pods {
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
@@ -47,9 +48,9 @@ pub async fn check(client: &Client, node_name: &str, pods: &[Arc<Pod>], answered
         }
         let ns = pod.namespace().unwrap_or_default();
         let claims = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
+            .spec()
+            .into_iter()
+            .flat_map(|s| s.volumes.into_iter().flatten())
             .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()));
         let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
         for claim in claims {

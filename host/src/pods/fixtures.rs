@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::NodeContext;
+use super::cached::CachedPod;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
 use crate::plugin::{Plugin, PluginRuntime, PluginSettings};
@@ -394,13 +395,13 @@ pub(crate) struct TestNode {
     pub api: Arc<ApiServer>,
     pub ctx: Arc<NodeContext>,
     /// Fills the context's pod cache, as the controller's watch does.
-    pub pods: Writer<Pod>,
+    pub pods: Writer<CachedPod>,
 }
 
 impl TestNode {
     /// Puts `pod` in the controller's cache, as the watch would on its event.
     pub(crate) fn cache(&mut self, pod: &Pod) {
-        self.pods.apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+        self.pods.apply_watcher_event(&watcher::Event::Apply(CachedPod::from(pod.clone())));
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod attempts;
 pub mod backend;
+pub mod cached;
 pub mod controller;
 pub mod deletions;
 pub mod events;

@@ -8,14 +8,14 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use k8s_openapi::api::core::v1::Pod;
+use super::cached::CachedPod;
 
 /// A hash of what of `pod` is not the host's own writing: the metadata without the
 /// resourceVersion, the managedFields, the host's annotations (`own`) and the annotations it
 /// wrote for the provider with the values it wrote (`written`), and the spec. Two versions of a
 /// pod with the same hash differ only by what the host wrote (for kube-runtime's
 /// `predicate_filter`, which keys it by the pod's UID and passes a pod it has not seen).
-pub fn others_writes(pod: &Pod, own: &[&str], written: &[(String, String)]) -> Option<u64> {
+pub fn others_writes(pod: &CachedPod, own: &[&str], written: &[(String, String)]) -> Option<u64> {
     let mut meta = pod.metadata.clone();
     meta.resource_version = None;
     meta.managed_fields = None;
@@ -28,10 +28,12 @@ pub fn others_writes(pod: &Pod, own: &[&str], written: &[(String, String)]) -> O
     if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
         meta.annotations = None;
     }
-    // Both serialize in a fixed order (struct fields, sorted maps).
-    let bytes = serde_json::to_vec(&(&meta, &pod.spec)).ok()?;
+    // The metadata serializes in a fixed order (struct fields, sorted maps), and the cached spec
+    // was serialized so.
+    let bytes = serde_json::to_vec(&meta).ok()?;
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
+    pod.spec_json().hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -41,7 +43,7 @@ mod tests {
     use crate::pods::controller::{HOST_ANNOTATIONS, INSTANCE_ANNOTATION, REJECTED_ANNOTATION, REJECTED_BY_ANNOTATION};
     use crate::pods::references::GIVEN_ANNOTATION;
     use futures::StreamExt;
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::runtime::{PredicateConfig, WatchStreamExt};
 
@@ -74,8 +76,11 @@ mod tests {
     /// The same, with `written` the provider's annotations the host wrote.
     async fn passed_with(pods: Vec<Pod>, written: Vec<(String, String)>) -> Vec<bool> {
         let uids: Vec<_> = pods.iter().map(|p| p.metadata.resource_version.clone()).collect();
-        let out: Vec<Pod> = futures::stream::iter(pods.into_iter().map(Ok))
-            .predicate_filter(move |p: &Pod| others_writes(p, &HOST_ANNOTATIONS, &written), PredicateConfig::default())
+        let out: Vec<CachedPod> = futures::stream::iter(pods.into_iter().map(|p| Ok(CachedPod::from(p))))
+            .predicate_filter(
+                move |p: &CachedPod| others_writes(p, &HOST_ANNOTATIONS, &written),
+                PredicateConfig::default(),
+            )
             .map(|r| r.unwrap())
             .collect()
             .await;

@@ -33,6 +33,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::cached::CachedPod;
 use super::resolve::{self, HeldObjects, Kind, ObjectKey, References, Seen};
 use crate::plugin::PodChange;
 
@@ -216,7 +217,7 @@ fn recorded(pod: &Pod) -> HashMap<(Kind, String), Digest> {
 pub struct Delta {
     pub start: Vec<ObjectKey>,
     pub stop: Vec<ObjectKey>,
-    pub trigger: Option<ObjectRef<Pod>>,
+    pub trigger: Option<ObjectRef<CachedPod>>,
 }
 
 /// One watched object: what its watch saw last, and what each referencing pod's instance has.
@@ -233,7 +234,7 @@ struct Watched {
 
 #[derive(Debug)]
 struct Tracked {
-    pod: ObjectRef<Pod>,
+    pod: ObjectRef<CachedPod>,
     objects: BTreeSet<ObjectKey>,
     /// Changes not yet applied by a successful `update`.
     pending: BTreeSet<Change>,
@@ -287,7 +288,7 @@ impl Table {
 
     /// Pod `uid` has an instance and references `refs`, each with the digest its instance was
     /// given (`None`: unknown, keep what is known). Objects it no longer references are let go.
-    pub fn track(&mut self, uid: &str, pod: ObjectRef<Pod>, refs: &[(ObjectKey, Option<Digest>)]) -> Delta {
+    pub fn track(&mut self, uid: &str, pod: ObjectRef<CachedPod>, refs: &[(ObjectKey, Option<Digest>)]) -> Delta {
         let mut delta = Delta::default();
         let wanted: BTreeSet<ObjectKey> = refs.iter().map(|(k, _)| k.clone()).collect();
         let before = self.pods.get(uid).map(|t| t.objects.clone()).unwrap_or_default();
@@ -333,7 +334,7 @@ impl Table {
 
     /// The watch of `key` saw contents `digest`: the pods whose instance has other contents get
     /// a change queued and are returned, to be reconciled.
-    pub fn observed(&mut self, key: &ObjectKey, digest: Digest) -> Vec<ObjectRef<Pod>> {
+    pub fn observed(&mut self, key: &ObjectKey, digest: Digest) -> Vec<ObjectRef<CachedPod>> {
         let Some(object) = self.objects.get_mut(key) else { return vec![] };
         object.latest = Some(digest);
         let mut triggered = Vec::new();
@@ -434,8 +435,8 @@ pub struct ReferenceWatches {
     /// Held while the table changes and its watches start or stop, so the two never disagree;
     /// with each watch, what it holds of its object.
     tasks: Mutex<HashMap<ObjectKey, Watching>>,
-    triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<CachedPod>>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<CachedPod>>>>,
 }
 
 impl HeldObjects for ReferenceWatches {
@@ -459,7 +460,7 @@ impl ReferenceWatches {
     }
 
     /// The pods to reconcile because something they reference changed; the first caller gets it.
-    pub fn triggers(&self) -> Option<impl Stream<Item = ObjectRef<Pod>> + Send + 'static> {
+    pub fn triggers(&self) -> Option<impl Stream<Item = ObjectRef<CachedPod>> + Send + 'static> {
         let mut rx = self.receiver.lock().unwrap().take()?;
         Some(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
@@ -472,7 +473,7 @@ impl ReferenceWatches {
             return;
         }
         let refs = given(pod, fetched);
-        self.change(|t| t.track(&uid, ObjectRef::from_obj(pod), &refs));
+        self.change(|t| t.track(&uid, ObjectRef::from_obj(pod).into_kind_unchecked(()), &refs));
     }
 
     /// The changes `pod` has pending.
@@ -563,7 +564,7 @@ async fn follow(
     client: Client,
     key: ObjectKey,
     table: Arc<Mutex<Table>>,
-    triggers: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<CachedPod>>,
     seen: watch::Sender<Seen>,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
@@ -596,7 +597,7 @@ async fn digests<K: kube::Resource>(
     kind: Follow<K>,
     key: &ObjectKey,
     table: &Mutex<Table>,
-    triggers: &mpsc::UnboundedSender<ObjectRef<Pod>>,
+    triggers: &mpsc::UnboundedSender<ObjectRef<CachedPod>>,
     seen: &watch::Sender<Seen>,
 ) {
     let mut events = std::pin::pin!(events.default_backoff());
@@ -711,7 +712,7 @@ mod tests {
         ObjectKey { kind: Kind::Secret, namespace: "ns".into(), name: name.into() }
     }
 
-    fn pref(uid: &str) -> ObjectRef<Pod> {
+    fn pref(uid: &str) -> ObjectRef<CachedPod> {
         ObjectRef::new(&format!("p-{uid}")).within("ns")
     }
 

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::Value;
 
+use super::cached::PodView;
 use crate::metrics::Metrics;
 
 /// A stage of a pod's start; the time between two marks is the stage of the later one.
@@ -82,19 +83,19 @@ pub struct Startups {
 impl Startups {
     /// A pod event from the node's watch: a pod not Ready yet, not finished and not being deleted
     /// is followed from its first sight; one being deleted or finished is let go.
-    pub fn seen(&self, pod: &Pod) {
-        let Some(uid) = pod.metadata.uid.as_deref() else { return };
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+    pub fn seen(&self, pod: &impl PodView) {
+        let Some(uid) = pod.meta().uid.as_deref() else { return };
+        let phase = pod.pod_status().and_then(|s| s.phase.as_deref()).unwrap_or_default();
         let mut pods = self.pods.lock().unwrap();
-        if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+        if pod.meta().deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
             pods.remove(uid);
             return;
         }
         // A pod with an instance (annotated) started before, or is being followed already: a
         // later event of it (its annotations written, say) is no new start.
         if pods.contains_key(uid)
-            || pod.annotations().contains_key(super::INSTANCE_ANNOTATION)
-            || is_ready(pod.status.as_ref().and_then(|s| serde_json::to_value(s).ok()).as_ref())
+            || pod.meta().annotations.as_ref().is_some_and(|a| a.contains_key(super::INSTANCE_ANNOTATION))
+            || is_ready(pod.pod_status().and_then(|s| serde_json::to_value(s).ok()).as_ref())
         {
             return;
         }
@@ -110,18 +111,18 @@ impl Startups {
     }
 
     /// A reconcile of the pod begins: the wait before it is `queue` for the first, `requeue` after.
-    pub fn reconciling(&self, pod: &Pod) {
+    pub fn reconciling(&self, pod: &impl PodView) {
         let mut pods = self.pods.lock().unwrap();
-        let Some(t) = pod.metadata.uid.as_deref().and_then(|uid| pods.get_mut(uid)) else { return };
+        let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) else { return };
         let stage = if t.reconciles == 0 { Stage::Queue } else { Stage::Requeue };
         t.reconciles += 1;
         mark(t, stage);
     }
 
     /// `stage` of the pod's start ended now.
-    pub fn lap(&self, pod: &Pod, stage: Stage) {
+    pub fn lap(&self, pod: &impl PodView, stage: Stage) {
         let mut pods = self.pods.lock().unwrap();
-        if let Some(t) = pod.metadata.uid.as_deref().and_then(|uid| pods.get_mut(uid)) {
+        if let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) {
             mark(t, stage);
             t.created |= stage == Stage::Create;
         }

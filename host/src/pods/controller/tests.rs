@@ -7,6 +7,11 @@ use super::*;
 use crate::plugin::Export;
 use crate::pods::fixtures::{self, HOST_IP, TestNode, bound_pod, pod_path};
 
+/// `pod` as the controller's cache hands it to reconcile.
+fn cached(pod: Pod) -> Arc<CachedPod> {
+    Arc::new(CachedPod::from(pod))
+}
+
 fn status_path(name: &str) -> String {
     format!("{}/status", pod_path(name))
 }
@@ -33,7 +38,7 @@ fn pod_writes(api: &fixtures::ApiServer) -> Vec<fixtures::Recorded> {
 /// `pod` through one reconcile, and its instance made: the pod as the apiserver now holds it.
 async fn created(api: &fixtures::ApiServer, ctx: &Arc<NodeContext>, name: &str, uid: &str) -> Pod {
     let pod = bound_pod(api, name, uid);
-    reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    reconcile(cached(pod), ctx.clone()).await.unwrap();
     api.pod(&pod_path(name))
 }
 
@@ -42,7 +47,7 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
     let TestNode { api, ctx, .. } = fixtures::node().await;
     let pod = bound_pod(&api, "web", "uid-web-1");
 
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     // Running: the listing task hands it over when its status changes.
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
@@ -87,7 +92,7 @@ async fn a_bound_pod_without_instance_gets_one_its_id_annotated_and_running_stat
 #[tokio::test]
 async fn a_failed_write_is_retried_with_growing_backoff_through_the_idempotent_create() {
     let TestNode { api, ctx, .. } = fixtures::node().await;
-    let pod = Arc::new(bound_pod(&api, "web", "uid-web-2"));
+    let pod = cached(bound_pod(&api, "web", "uid-web-2"));
     api.fail("PATCH", &status_path("web"), 500, 2);
 
     // The instance is made, but the pod cannot be written: neither annotated nor cached.
@@ -95,7 +100,7 @@ async fn a_failed_write_is_retried_with_growing_backoff_through_the_idempotent_c
     assert!(matches!(err, SyncError::Kube { .. }), "{err}");
     assert_ne!(error_policy(pod.clone(), &err, ctx.clone()), Action::await_change());
     assert_eq!(ctx.attempts.lock().unwrap()["uid-web-2"], 1, "first retry: retry_wait(1) = 0.25-0.5 s");
-    let pod = Arc::new(api.pod(&pod_path("web")));
+    let pod = cached(api.pod(&pod_path("web")));
     assert!(!pod.annotations().contains_key(INSTANCE_ANNOTATION));
     assert!(ctx.instances.lock().unwrap().is_empty(), "cached only once written");
     // The retry fails again: a longer wait.
@@ -131,7 +136,7 @@ async fn a_pod_annotated_with_an_instance_unknown_in_memory_is_adopted_without_a
     ctx.instances.lock().unwrap().clear();
     let before = api.requests().len();
 
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(calls(&ctx, Export::Create), 1, "only the first sync created");
@@ -154,7 +159,7 @@ async fn a_pod_annotated_with_an_instance_the_provider_lost_is_failed_without_a_
     pod.status.as_mut().unwrap().phase = Some("Running".into());
     api.put(&pod_path("web"), serde_json::to_value(&pod).unwrap());
 
-    let action = reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::await_change());
     assert_eq!(calls(&ctx, Export::Create), 0);
@@ -181,7 +186,7 @@ async fn a_deleted_pod_has_its_instance_deleted_then_goes_at_once_with_grace_zer
     created(&api, &ctx, "web", "uid-web-5").await;
     let pod = mark_deleted(&api, "web");
 
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::await_change());
     assert_eq!(calls(&ctx, Export::Delete), 1);
@@ -213,7 +218,7 @@ async fn a_deletion_recorded_in_progress_is_not_asked_again_before_due_and_the_p
     assert!(stored.to_string().contains("uid-web-6"), "the deletion is recorded: {stored}");
     let pod = mark_deleted(&api, "web");
 
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     assert_ne!(action, Action::await_change(), "looked at again later");
     assert_eq!(calls(&ctx, Export::Delete), 0, "not asked again before due");
@@ -225,8 +230,8 @@ async fn a_deletion_recorded_in_progress_is_not_asked_again_before_due_and_the_p
 
 /// A listing's channel to the controller, and what it was sent.
 struct Triggers {
-    tx: UnboundedSender<ObjectRef<Pod>>,
-    rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Pod>>,
+    tx: UnboundedSender<ObjectRef<CachedPod>>,
+    rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<CachedPod>>,
 }
 
 impl Triggers {
@@ -306,7 +311,7 @@ async fn a_status_change_the_listing_sees_reaches_the_pod_through_reconcile_with
     // The listing writes nothing itself: it hands the pod to the controller.
     assert_eq!(status_writes(&api), writes);
     assert_eq!(triggers.sent(), ["web"]);
-    let action = reconcile(Arc::new(stale), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(stale), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
     assert_eq!(status_writes(&api), writes + 1);
@@ -342,7 +347,7 @@ async fn an_instance_the_listing_no_longer_shows_fails_its_pod_through_reconcile
     assert_eq!(status_writes(&api), writes, "the listing writes no status");
 
     let status_calls = calls(&ctx, Export::Status);
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::await_change());
     assert_eq!(calls(&ctx, Export::Status), status_calls, "the listing said so");
@@ -361,7 +366,7 @@ async fn a_listing_without_the_instance_of_a_pod_just_learned_of_is_checked_with
     ctx.instances.lock().unwrap().clear();
     *ctx.listing.lock().unwrap() = Listing { at: Some(Instant::now()), instances: HashMap::new() };
 
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(calls(&ctx, Export::Status), 1);
@@ -377,7 +382,7 @@ async fn a_deletion_in_progress_requeues_the_pod_and_a_later_reconcile_finishes_
     // Asked before; the provider's first poll is due, but the instance is still there.
     let pending = PendingDeletion::new(NodeContext::pod_ref(&pod), DeleteReason::PodDeleted, id);
     ctx.records.record_deletion(pending).await.unwrap();
-    let pod = Arc::new(mark_deleted(&api, "web"));
+    let pod = cached(mark_deleted(&api, "web"));
 
     let mut waits = Vec::new();
     for _ in 0..3 {
@@ -394,7 +399,7 @@ async fn a_deletion_in_progress_requeues_the_pod_and_a_later_reconcile_finishes_
     assert!(ctx.records.is_deleting("uid-web-10"));
 
     // The provider finishes; the next reconcile sees it and lets the pod go.
-    ctx.plugin.delete(&ctx.call, &NodeContext::pod_ref(&pod), DeleteReason::PodDeleted).await.unwrap();
+    ctx.plugin.delete(&ctx.call, &NodeContext::pod_ref(pod.as_ref()), DeleteReason::PodDeleted).await.unwrap();
     assert_eq!(reconcile(pod.clone(), ctx.clone()).await.unwrap(), Action::await_change());
     assert!(api.get(&pod_path("web")).is_none(), "the pod object is gone");
     assert!(!ctx.records.is_deleting("uid-web-10"), "the record went");
@@ -411,7 +416,7 @@ async fn a_deletion_in_progress_too_long_is_asked_again() {
     let id = pod.annotations()[INSTANCE_ANNOTATION].clone();
     let pending = PendingDeletion::new(NodeContext::pod_ref(&pod), DeleteReason::PodDeleted, id);
     ctx.records.record_deletion(pending).await.unwrap();
-    let pod = Arc::new(mark_deleted(&api, "web"));
+    let pod = cached(mark_deleted(&api, "web"));
 
     reconcile(pod.clone(), ctx.clone()).await.unwrap();
     reconcile(pod.clone(), ctx.clone()).await.unwrap();
@@ -463,7 +468,7 @@ async fn a_refused_pod_gets_its_refusal_annotated_and_shown_in_one_write() {
     // The example provider refuses a pod without a UID as invalid.
     let pod = bound_pod(&api, "bad", "");
 
-    let action = reconcile(Arc::new(pod), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(pod), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::await_change(), "not tried again until the pod changes");
     assert!(listed_ids(&ctx).await.is_empty());
@@ -491,7 +496,7 @@ async fn a_refusal_resting_on_another_plugin_build_is_cleared_and_the_pod_create
         .insert(REJECTED_BY_ANNOTATION.into(), "example@0.0.1 000000000000 config 000000000000".into());
     api.put(&pod_path("web"), serde_json::to_value(&pod).unwrap());
 
-    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+    reconcile(cached(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
 
     let writes = pod_writes(&api);
     assert_eq!(writes.len(), 2, "the refusal cleared, then the create's one write: {writes:?}");
@@ -516,7 +521,7 @@ async fn a_reconcile_finishes_without_waiting_for_its_events_which_follow_in_ord
     let pod = bound_pod(&api, "web", "uid-web-12");
 
     // Bounded only so that a reconcile that does wait fails instead of hanging the test.
-    let reconciled = tokio::time::timeout(Duration::from_secs(60), reconcile(Arc::new(pod), ctx.clone())).await;
+    let reconciled = tokio::time::timeout(Duration::from_secs(60), reconcile(cached(pod), ctx.clone())).await;
 
     let action = reconciled.expect("the reconcile waited for its Events").unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
@@ -609,14 +614,14 @@ async fn a_status_the_cache_does_not_show_yet_is_not_written_again() {
     let mut node = fixtures::node().await;
     let (api, ctx) = (node.api.clone(), node.ctx.clone());
     let before = bound_pod(&api, "web", "uid-web-20");
-    reconcile(Arc::new(before.clone()), ctx.clone()).await.unwrap();
+    reconcile(cached(before.clone()), ctx.clone()).await.unwrap();
     let writes = status_writes(&api);
     // The cache still holds the pod as it was before the create's write.
     node.cache(&before);
     let mut triggers = Triggers::new();
     list_instances(&ctx, &triggers.tx, false).await.unwrap();
     assert_eq!(triggers.sent(), Vec::<String>::new(), "the listing shows what was written");
-    reconcile(Arc::new(before.clone()), ctx.clone()).await.unwrap();
+    reconcile(cached(before.clone()), ctx.clone()).await.unwrap();
     assert_eq!(status_writes(&api), writes, "written once");
 
     // Another writer's change after it (a newer resourceVersion) is news again.
@@ -627,7 +632,7 @@ async fn a_status_the_cache_does_not_show_yet_is_not_written_again() {
     node.cache(&changed);
     list_instances(&ctx, &triggers.tx, false).await.unwrap();
     assert_eq!(triggers.sent(), ["web"]);
-    reconcile(Arc::new(changed), ctx.clone()).await.unwrap();
+    reconcile(cached(changed), ctx.clone()).await.unwrap();
     assert_eq!(status_writes(&api), writes + 1);
     assert_eq!(api.pod(&pod_path("web")).status.unwrap().phase.as_deref(), Some("Running"));
 }
