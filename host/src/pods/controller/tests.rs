@@ -1,6 +1,7 @@
 //! The reconcile paths against a mock apiserver and the real example plugin: create, retry,
 //! recover, delete and the orphan sweep, each in milliseconds.
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
@@ -642,4 +643,61 @@ fn resource_versions_compare_as_kubernetes_defines_them() {
     assert_eq!(compare_versions(Some("012"), Some("12")), None);
     assert_eq!(compare_versions(Some("abc"), Some("12")), None);
     assert_eq!(compare_versions(None, Some("12")), None);
+}
+
+/// A running pod whose mounted ConfigMap changed is told through `update`: what its instance was
+/// given now goes on the pod with the status the update answers, in one write of its status
+/// subresource as the node (not the status, then the annotation).
+#[tokio::test]
+async fn a_refresh_writes_what_the_instance_was_given_with_the_updates_status_in_one_write() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let config_map = |value: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "app-config", "namespace": "default"}, "data": {"app.conf": value}})
+    };
+    let cm_path = "/api/v1/namespaces/default/configmaps/app-config";
+    api.put(cm_path, config_map("v1"));
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web-30",
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": fixtures::NODE, "enableServiceLinks": false,
+                 "volumes": [{"name": "conf", "configMap": {"name": "app-config"}}],
+                 "containers": [{"name": "app", "image": "nginx:1.27",
+                                 "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}]}]},
+        "status": {"phase": "Pending"}
+    });
+    api.put(&pod_path("web"), pod);
+    let mut changed = ctx.references.triggers().unwrap();
+    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+    let given_at_create = api.pod(&pod_path("web")).annotations()[references::GIVEN_ANNOTATION].clone();
+
+    api.put(cm_path, config_map("v2"));
+    // Bounded only so that a watch that never tells fails instead of hanging the test.
+    let told = tokio::time::timeout(Duration::from_secs(10), changed.next()).await.unwrap().unwrap();
+    assert_eq!(told.name, "web");
+    // The pod shows an older status than its instance reports (say, still starting): the
+    // update's answer is news.
+    let mut stale = api.pod(&pod_path("web"));
+    stale.status = Some(serde_json::from_value(json!({"phase": "Pending"})).unwrap());
+    api.put(&pod_path("web"), serde_json::to_value(&stale).unwrap());
+    let before = pod_writes(&api).len();
+
+    let action = reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(calls(&ctx, Export::Update), 1);
+    let writes = &pod_writes(&api)[before..];
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].path.as_str(), writes[0].identity), (status_path("web").as_str(), "node"));
+    let body = writes[0].body.as_ref().unwrap();
+    let v2: ConfigMap = serde_json::from_value(config_map("v2")).unwrap();
+    let given = format!("ConfigMap/app-config={}", hex::encode(references::config_map_digest(&v2)));
+    assert_ne!(given, given_at_create);
+    assert_eq!(body["metadata"]["annotations"][references::GIVEN_ANNOTATION], json!(given), "{body}");
+    assert_eq!(body["status"]["phase"], "Running", "{body}");
+    let stored = api.pod(&pod_path("web"));
+    assert_eq!(stored.annotations()[references::GIVEN_ANNOTATION], given);
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    assert!(ctx.references.pending("uid-web-30").is_empty(), "the change was told");
 }
