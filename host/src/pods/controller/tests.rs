@@ -439,6 +439,28 @@ fn the_listing_is_quick_while_instances_start_and_less_so_while_the_plugins_budg
     assert_eq!(next_listing(Duration::from_millis(100), true, true, 0), Duration::from_millis(100));
 }
 
+/// With a cloud that takes 100 ms per page, the listings while instances start come every
+/// [`STARTING_SYNC`] from one's start to the next, not 100 ms later each; one that takes longer
+/// than that is followed at once.
+#[tokio::test(start_paused = true)]
+async fn the_quick_listing_is_counted_from_one_listings_start_to_the_next() {
+    let (startups, shutdown) = (Startups::default(), CancellationToken::new());
+    let period = Duration::from_secs(10);
+    let mut began = Vec::new();
+
+    for took_ms in [100, 100, 100, 400, 100] {
+        let listing = async {
+            began.push(tokio::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(took_ms)).await;
+            next_listing(period, true, false, 0)
+        };
+        assert!(listing_round(listing, period, &startups, &shutdown).await);
+    }
+
+    let gaps: Vec<Duration> = began.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [250, 250, 250, 400].map(Duration::from_millis), "with STARTING_SYNC = {STARTING_SYNC:?}");
+}
+
 /// A listing that fails (a throttling gateway, a cloud down) is not repeated four times a second:
 /// those calls would take the gateway's rate from the creates that are waiting.
 #[test]
