@@ -58,7 +58,7 @@ use super::deletions::{self, Progress};
 use super::events::Events;
 use super::references::{self, Change, ReferenceWatches};
 use super::resolve::{self, Missing};
-use super::startup::Stage;
+use super::startup::{Stage, Startups};
 use super::status;
 use crate::config::PodSettings;
 use crate::metrics::Metrics;
@@ -191,7 +191,7 @@ pub struct NodeContext {
     /// the Services their service-link variables read.
     pub references: ReferenceWatches,
     /// Where the time of each pod's start goes (`vkhost_pod_start_seconds`).
-    pub startups: super::startup::Startups,
+    pub startups: Startups,
     /// The pods a create was sent for, for `create-attempt.may-exist`.
     create_attempts: super::attempts::CreateAttempts,
     /// The last status written to each pod, by UID, while the pod cache may not show it yet.
@@ -1272,29 +1272,46 @@ async fn listing_loop(
                 ctx.refuse_expansion(refusal);
             }
         }
-        let began = Instant::now();
-        match list_instances(&ctx, &triggers, sweep_due).await {
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(node = %ctx.node_name, error = %e, failures, "listing instances failed");
-            }
-            Ok(()) => {
-                failures = 0;
-                if sweep_due {
-                    last_sweep = Some(Instant::now());
+        let listing = async {
+            match list_instances(&ctx, &triggers, sweep_due).await {
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(node = %ctx.node_name, error = %e, failures, "listing instances failed");
+                }
+                Ok(()) => {
+                    failures = 0;
+                    if sweep_due {
+                        last_sweep = Some(Instant::now());
+                    }
                 }
             }
+            let waits = ctx.plugin.budget_stats().map(|b| b.waited);
+            let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits, failures);
+            budget_waits = waits;
+            wait
+        };
+        if !listing_round(listing, period, &ctx.startups, &shutdown).await {
+            return;
         }
-        let waits = ctx.plugin.budget_stats().map(|b| b.waited);
-        let wait = next_listing(period, ctx.startups.instances_starting(), waits > budget_waits, failures);
-        budget_waits = waits;
-        // Counted from when the listing began: with a cloud that takes 100 ms per page, a
-        // listing every 250 ms after the last one ended would be one every 350 ms or more.
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ctx.startups.instance_started(), if wait == period => {}
-            _ = tokio::time::sleep_until((began + wait).into()) => {}
-        }
+    }
+}
+
+/// Runs one listing (`listing`, which answers the wait before the next) and waits until the next
+/// is due, counted from when this one began: with a cloud that takes 100 ms per page, a listing
+/// every 250 ms after the last one ended would be one every 350 ms or more. A wait of the whole
+/// `period` also ends when an instance starts. False on shutdown.
+async fn listing_round(
+    listing: impl Future<Output = Duration>,
+    period: Duration,
+    startups: &Startups,
+    shutdown: &CancellationToken,
+) -> bool {
+    let began = tokio::time::Instant::now();
+    let wait = listing.await;
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = startups.instance_started(), if wait == period => true,
+        _ = tokio::time::sleep_until(began + wait) => true,
     }
 }
 

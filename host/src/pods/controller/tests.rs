@@ -1,6 +1,7 @@
 //! The reconcile paths against a mock apiserver and the real example plugin: create, retry,
 //! recover, delete and the orphan sweep, each in milliseconds.
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
@@ -443,6 +444,28 @@ fn the_listing_is_quick_while_instances_start_and_less_so_while_the_plugins_budg
     assert_eq!(next_listing(Duration::from_millis(100), true, true, 0), Duration::from_millis(100));
 }
 
+/// With a cloud that takes 100 ms per page, the listings while instances start come every
+/// [`STARTING_SYNC`] from one's start to the next, not 100 ms later each; one that takes longer
+/// than that is followed at once.
+#[tokio::test(start_paused = true)]
+async fn the_quick_listing_is_counted_from_one_listings_start_to_the_next() {
+    let (startups, shutdown) = (Startups::default(), CancellationToken::new());
+    let period = Duration::from_secs(10);
+    let mut began = Vec::new();
+
+    for took_ms in [100, 100, 100, 400, 100] {
+        let listing = async {
+            began.push(tokio::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(took_ms)).await;
+            next_listing(period, true, false, 0)
+        };
+        assert!(listing_round(listing, period, &startups, &shutdown).await);
+    }
+
+    let gaps: Vec<Duration> = began.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [250, 250, 250, 400].map(Duration::from_millis), "with STARTING_SYNC = {STARTING_SYNC:?}");
+}
+
 /// A listing that fails (a throttling gateway, a cloud down) is not repeated four times a second:
 /// those calls would take the gateway's rate from the creates that are waiting.
 #[test]
@@ -647,4 +670,61 @@ fn resource_versions_compare_as_kubernetes_defines_them() {
     assert_eq!(compare_versions(Some("012"), Some("12")), None);
     assert_eq!(compare_versions(Some("abc"), Some("12")), None);
     assert_eq!(compare_versions(None, Some("12")), None);
+}
+
+/// A running pod whose mounted ConfigMap changed is told through `update`: what its instance was
+/// given now goes on the pod with the status the update answers, in one write of its status
+/// subresource as the node (not the status, then the annotation).
+#[tokio::test]
+async fn a_refresh_writes_what_the_instance_was_given_with_the_updates_status_in_one_write() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    let config_map = |value: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "app-config", "namespace": "default"}, "data": {"app.conf": value}})
+    };
+    let cm_path = "/api/v1/namespaces/default/configmaps/app-config";
+    api.put(cm_path, config_map("v1"));
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web-30",
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": fixtures::NODE, "enableServiceLinks": false,
+                 "volumes": [{"name": "conf", "configMap": {"name": "app-config"}}],
+                 "containers": [{"name": "app", "image": "nginx:1.27",
+                                 "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}]}]},
+        "status": {"phase": "Pending"}
+    });
+    api.put(&pod_path("web"), pod);
+    let mut changed = ctx.references.triggers().unwrap();
+    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+    let given_at_create = api.pod(&pod_path("web")).annotations()[references::GIVEN_ANNOTATION].clone();
+
+    api.put(cm_path, config_map("v2"));
+    // Bounded only so that a watch that never tells fails instead of hanging the test.
+    let told = tokio::time::timeout(Duration::from_secs(10), changed.next()).await.unwrap().unwrap();
+    assert_eq!(told.name, "web");
+    // The pod shows an older status than its instance reports (say, still starting): the
+    // update's answer is news.
+    let mut stale = api.pod(&pod_path("web"));
+    stale.status = Some(serde_json::from_value(json!({"phase": "Pending"})).unwrap());
+    api.put(&pod_path("web"), serde_json::to_value(&stale).unwrap());
+    let before = pod_writes(&api).len();
+
+    let action = reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(calls(&ctx, Export::Update), 1);
+    let writes = &pod_writes(&api)[before..];
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].path.as_str(), writes[0].identity), (status_path("web").as_str(), "node"));
+    let body = writes[0].body.as_ref().unwrap();
+    let v2: ConfigMap = serde_json::from_value(config_map("v2")).unwrap();
+    let given = format!("ConfigMap/app-config={}", hex::encode(references::config_map_digest(&v2)));
+    assert_ne!(given, given_at_create);
+    assert_eq!(body["metadata"]["annotations"][references::GIVEN_ANNOTATION], json!(given), "{body}");
+    assert_eq!(body["status"]["phase"], "Running", "{body}");
+    let stored = api.pod(&pod_path("web"));
+    assert_eq!(stored.annotations()[references::GIVEN_ANNOTATION], given);
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Running"));
+    assert!(ctx.references.pending("uid-web-30").is_empty(), "the change was told");
 }
