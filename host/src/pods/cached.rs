@@ -1,14 +1,17 @@
-//! A pod as the node's cache keeps it. The metadata and the status stay typed: every sync, every
-//! listing and the controller's filter read them. The spec is kept as the JSON the apiserver
-//! sent (compact, managedFields dropped), and typed again only when a sync or a kubelet call
-//! needs the whole pod ([`CachedPod::pod`]): k8s-openapi's types hold every optional part of a
-//! spec inline, so a one-container spec takes 5.6 KiB typed (a `Container` is 2.3 KiB before
-//! its strings, a `Volume` 3.2 KiB) and under 1 KiB as JSON. At the guide's 1,600 pods that is
-//! ~7 MiB of the daemon's peak memory.
+//! A pod as the node's cache keeps it. The metadata stays typed: kube-runtime keys and filters by
+//! it, and every sync, listing and the controller's filter read it. The spec and the status are
+//! kept as the JSON the apiserver sent (compact, managedFields dropped), with the status's phase
+//! beside it, and typed again only when a sync or a kubelet call needs the whole pod
+//! ([`CachedPod::pod`]) or the status is compared ([`PodView::status_value`]). k8s-openapi's
+//! types hold every optional part inline: a one-container spec takes 5.6 KiB typed (a `Container`
+//! is 2.3 KiB before its strings, a `Volume` 3.2 KiB) and under 1 KiB as JSON; a Running
+//! status 2.4 KiB typed and about 1 KiB as JSON. At the guide's 1,600 pods that is ~9 MiB of the
+//! daemon's peak memory.
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
+use serde_json::Value;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(from = "Pod")]
@@ -16,7 +19,15 @@ pub struct CachedPod {
     pub metadata: ObjectMeta,
     /// The spec as JSON; `None` when the pod had none.
     spec: Option<Box<str>>,
-    pub status: Option<PodStatus>,
+    /// The status as JSON; `None` when the pod had none.
+    status: Option<Box<str>>,
+    /// The status's phase.
+    phase: Option<Box<str>>,
+}
+
+/// A typed part of a pod as compact JSON (its struct fields in order, maps sorted).
+fn compact<T: serde::Serialize>(part: &T) -> Box<str> {
+    serde_json::to_string(part).expect("a typed pod part serializes").into_boxed_str()
 }
 
 impl From<Pod> for CachedPod {
@@ -25,21 +36,25 @@ impl From<Pod> for CachedPod {
         // The apiserver's field-ownership bookkeeping, about a third of a pod object: nothing
         // here reads it.
         metadata.managed_fields = None;
-        let spec = pod.spec.map(|s| serde_json::to_string(&s).expect("a typed spec serializes").into_boxed_str());
-        CachedPod { metadata, spec, status: pod.status }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).map(Box::from);
+        CachedPod { metadata, spec: pod.spec.as_ref().map(compact), status: pod.status.as_ref().map(compact), phase }
     }
 }
 
 impl CachedPod {
     /// The whole pod, typed.
     pub fn pod(&self) -> Pod {
-        Pod { metadata: self.metadata.clone(), spec: self.spec(), status: self.status.clone() }
+        Pod { metadata: self.metadata.clone(), spec: self.spec(), status: self.typed_status() }
     }
 
     /// The spec, typed.
     pub fn spec(&self) -> Option<PodSpec> {
-        // It was serialized from a `PodSpec` above, so it reads back as one.
+        // Serialized from a `PodSpec` above, so it reads back as one.
         self.spec.as_deref().map(|s| serde_json::from_str(s).expect("a cached spec reads back"))
+    }
+
+    fn typed_status(&self) -> Option<PodStatus> {
+        self.status.as_deref().map(|s| serde_json::from_str(s).expect("a cached status reads back"))
     }
 
     /// The spec as JSON, in the fixed order of its typed fields (for hashing).
@@ -48,27 +63,25 @@ impl CachedPod {
     }
 }
 
-/// The parts of a pod both the typed pod and the cached one have, for code that reads only those.
+/// What code that reads only a pod's metadata and status needs of it, from the typed pod or the
+/// cached one alike.
 pub trait PodView {
     fn meta(&self) -> &ObjectMeta;
-    fn pod_status(&self) -> Option<&PodStatus>;
+    /// The status's phase.
+    fn phase(&self) -> Option<&str>;
+    /// The status as JSON (as the host compares and writes statuses).
+    fn status_value(&self) -> Option<Value>;
 }
 
 impl PodView for Pod {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
-    fn pod_status(&self) -> Option<&PodStatus> {
-        self.status.as_ref()
+    fn phase(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.phase.as_deref())
     }
-}
-
-impl<P: PodView> PodView for std::sync::Arc<P> {
-    fn meta(&self) -> &ObjectMeta {
-        (**self).meta()
-    }
-    fn pod_status(&self) -> Option<&PodStatus> {
-        (**self).pod_status()
+    fn status_value(&self) -> Option<Value> {
+        self.status.as_ref().and_then(|s| serde_json::to_value(s).ok())
     }
 }
 
@@ -76,8 +89,23 @@ impl PodView for CachedPod {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
-    fn pod_status(&self) -> Option<&PodStatus> {
-        self.status.as_ref()
+    fn phase(&self) -> Option<&str> {
+        self.phase.as_deref()
+    }
+    fn status_value(&self) -> Option<Value> {
+        self.status.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+impl<P: PodView> PodView for std::sync::Arc<P> {
+    fn meta(&self) -> &ObjectMeta {
+        (**self).meta()
+    }
+    fn phase(&self) -> Option<&str> {
+        (**self).phase()
+    }
+    fn status_value(&self) -> Option<Value> {
+        (**self).status_value()
     }
 }
 
@@ -142,7 +170,9 @@ mod tests {
         assert!(cached.metadata.managed_fields.is_none());
         // What reads only the metadata and status sees the same through either.
         assert_eq!(PodView::meta(&cached), PodView::meta(&expected));
-        assert_eq!(cached.pod_status().and_then(|s| s.phase.as_deref()), Some("Running"));
+        assert_eq!(cached.phase(), Some("Running"));
+        assert_eq!(cached.status_value(), expected.status_value());
+        assert_eq!(cached.status_value().unwrap()["podIP"], "10.1.0.7");
     }
 
     #[test]
@@ -150,6 +180,7 @@ mod tests {
         let cached = CachedPod::from(Pod::default());
         assert_eq!(cached.spec(), None);
         assert_eq!(cached.spec_json(), None);
+        assert_eq!((cached.phase(), cached.status_value()), (None, None));
         assert_eq!(cached.pod(), Pod::default());
     }
 

@@ -308,7 +308,7 @@ impl NodeContext {
             }
             written.remove(&uid);
         }
-        pod_status_value(pod)
+        pod.status_value()
     }
 
     /// The provider's annotations the host wrote on `pod`'s create (empty when none or unknown).
@@ -643,7 +643,7 @@ fn out_of_pods(pod: &Pod, ctx: &NodeContext) -> Option<String> {
         .iter()
         .filter(|p| p.uid().unwrap_or_default() != uid)
         .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+            let phase = p.phase().unwrap_or_default();
             let done = phase == "Succeeded" || phase == "Failed";
             let admitted =
                 instances.contains(&p.uid().unwrap_or_default()) || p.annotations().contains_key(INSTANCE_ANNOTATION);
@@ -1170,10 +1170,6 @@ fn error_policy(pod: Arc<CachedPod>, err: &SyncError, ctx: Arc<NodeContext>) -> 
     Action::requeue(wait)
 }
 
-fn pod_status_value(pod: &impl PodView) -> Option<Value> {
-    pod.pod_status().and_then(|s| serde_json::to_value(s).ok())
-}
-
 /// Annotations to merge into a pod's: a null value removes the key.
 type Annotations = serde_json::Map<String, Value>;
 
@@ -1359,7 +1355,7 @@ async fn list_instances(
     let pods = ctx.pods();
     // The pods to look at: the controller observes them and writes what it finds.
     for pod in &pods {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        let phase = pod.phase().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
             continue;
         }
@@ -1397,7 +1393,7 @@ async fn list_instances(
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| {
-                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+                let phase = p.phase().unwrap_or_default();
                 phase != "Succeeded" && phase != "Failed"
             })
             .filter_map(|p| p.uid())

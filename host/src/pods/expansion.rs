@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use super::cached::CachedPod;
+use super::cached::{CachedPod, PodView};
 use super::resolve::parse_quantity;
 
 /// Reason of the Events, the kubelet's for a volume it could not expand.
@@ -42,7 +42,7 @@ pub struct Refusal {
 pub async fn check(client: &Client, node_name: &str, pods: &[Arc<CachedPod>], answered: &Answered) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     for pod in pods {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        let phase = pod.phase().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
             continue;
         }

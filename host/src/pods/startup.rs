@@ -85,7 +85,7 @@ impl Startups {
     /// is followed from its first sight; one being deleted or finished is let go.
     pub fn seen(&self, pod: &impl PodView) {
         let Some(uid) = pod.meta().uid.as_deref() else { return };
-        let phase = pod.pod_status().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        let phase = pod.phase().unwrap_or_default();
         let mut pods = self.pods.lock().unwrap();
         if pod.meta().deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
             pods.remove(uid);
@@ -95,7 +95,7 @@ impl Startups {
         // later event of it (its annotations written, say) is no new start.
         if pods.contains_key(uid)
             || pod.meta().annotations.as_ref().is_some_and(|a| a.contains_key(super::INSTANCE_ANNOTATION))
-            || is_ready(pod.pod_status().and_then(|s| serde_json::to_value(s).ok()).as_ref())
+            || is_ready(pod.status_value().as_ref())
         {
             return;
         }

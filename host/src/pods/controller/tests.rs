@@ -696,7 +696,7 @@ async fn a_refresh_writes_what_the_instance_was_given_with_the_updates_status_in
     });
     api.put(&pod_path("web"), pod);
     let mut changed = ctx.references.triggers().unwrap();
-    reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+    reconcile(cached(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
     let given_at_create = api.pod(&pod_path("web")).annotations()[references::GIVEN_ANNOTATION].clone();
 
     api.put(cm_path, config_map("v2"));
@@ -710,7 +710,7 @@ async fn a_refresh_writes_what_the_instance_was_given_with_the_updates_status_in
     api.put(&pod_path("web"), serde_json::to_value(&stale).unwrap());
     let before = pod_writes(&api).len();
 
-    let action = reconcile(Arc::new(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
+    let action = reconcile(cached(api.pod(&pod_path("web"))), ctx.clone()).await.unwrap();
 
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     assert_eq!(calls(&ctx, Export::Update), 1);
