@@ -978,6 +978,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         (_, Provider::Example) => "example",
     };
     let teardown_s = (t_all_gone - t_scale).as_secs_f64();
+    // The controller-manager deletes the pods at its own client rate (`--kube-api-qps` 200 in the
+    // harness: 8 s or more for 1,600 pods); what follows its last deletion is the nodes' part.
+    let last_deleting = seen.pods.values().filter_map(|t| t.deleting).max();
+    let deleting_s = last_deleting.map(|t| (t - t_scale).as_secs_f64());
+    let gone_after_s = last_deleting.map(|t| (t_all_gone - t).as_secs_f64());
     let mib = |kib: u64| kib as f64 / 1024.0;
 
     println!();
@@ -1012,6 +1017,10 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     println!();
     println!("{:<66} {:>9.2} s", "Deployment create -> all Running+Ready", burst_s);
     println!("{:<66} {:>9.2} s", "scale to 0 -> all pod objects gone", teardown_s);
+    if let (Some(asked), Some(after)) = (deleting_s, gone_after_s) {
+        println!("{:<66} {:>9.2} s", "  scale to 0 -> the last pod's deletion seen (controller-manager)", asked);
+        println!("{:<66} {:>9.2} s", "  the last pod's deletion seen -> all gone (the nodes)", after);
+    }
     println!("{:<66} {:>9.1} MiB", "daemon peak RSS (VmHWM, whole life)", mib(hwm_kib));
     println!(
         "{:<66} {:>9.1} MiB",
@@ -1085,6 +1094,8 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "startup_server_p99_s": server.p(99.0),
         "all_running_s": round2(burst_s),
         "all_gone_s": round2(teardown_s),
+        "last_deletion_s": deleting_s.map(round2),
+        "gone_after_last_deletion_s": gone_after_s.map(round2),
         "peak_rss_mib": round(mib(hwm_kib)),
         "sampled_peak_rss_mib": round(mib(sampled_peak_kib)),
         "cpu_s": round2(cpu_end),

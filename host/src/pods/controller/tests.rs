@@ -204,6 +204,28 @@ async fn a_deleted_pod_has_its_instance_deleted_then_goes_at_once_with_grace_zer
     assert!(ctx.records.pending_deletions().is_empty(), "nothing left to see through");
 }
 
+/// The node's DELETE (grace 0) of a pod already deleting updates the pod before it goes, and the
+/// watch shows that update: it is no second deletion (no provider call, Event or DELETE).
+#[tokio::test]
+async fn the_update_the_nodes_own_delete_makes_is_not_deleted_again() {
+    let TestNode { api, ctx, .. } = fixtures::node().await;
+    created(&api, &ctx, "web", "uid-web-31").await;
+    let pod = mark_deleted(&api, "web");
+    reconcile(cached(pod.clone()), ctx.clone()).await.unwrap();
+    assert!(api.get(&pod_path("web")).is_none(), "the pod object is gone");
+
+    let mut shortened = pod;
+    shortened.metadata.deletion_grace_period_seconds = Some(0);
+    shortened.metadata.resource_version = Some("999".into());
+    let action = reconcile(cached(shortened), ctx.clone()).await.unwrap();
+
+    assert_eq!(action, Action::await_change());
+    assert_eq!(calls(&ctx, Export::Delete), 1, "the instance was deleted once");
+    assert_eq!(api.requests_to("DELETE", &pod_path("web")).len(), 1, "the pod object was deleted once");
+    let events = posted_events(&api, &ctx).await;
+    assert_eq!(events.iter().filter(|r| *r == "ProviderDeleteSuccess").count(), 1, "{events:?}");
+}
+
 #[tokio::test]
 async fn a_deletion_recorded_in_progress_is_not_asked_again_before_due_and_the_pod_waits() {
     let TestNode { api, ctx, .. } = fixtures::node().await;
