@@ -902,6 +902,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
 
     let cpu_end = cpu_seconds(pid, tck).unwrap_or(0.0);
     let counts_end = counts(admin.as_deref()).await;
+    let requests_gone = ApiserverRequests::take(&client).await.context("read the apiserver's /metrics")?;
     let hwm_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let sampled_peak_kib = sampler.stop();
     let load_after = loadavg();
@@ -1059,8 +1060,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     // controllers', the scheduler's and the harness's too), and those of the node identities.
     let node_requests =
         (!args.daemon.is_upstream()).then(|| (requests_ready.by_nodes - requests_before.by_nodes) / want as f64);
-    if let Some(n) = node_requests {
-        println!("{:<66} {n:>9.2}", "apiserver requests per pod by the nodes' identities, create -> all Ready");
+    let node_requests_down =
+        (!args.daemon.is_upstream()).then(|| (requests_gone.by_nodes - requests_ready.by_nodes) / want as f64);
+    if let (Some(up), Some(down)) = (node_requests, node_requests_down) {
+        println!("{:<66} {up:>9.2}", "apiserver requests per pod by the nodes' identities, create -> all Ready");
+        println!("{:<66} {down:>9.2}", "apiserver requests per pod by the nodes' identities, scale to 0 -> all gone");
     }
     // Where a status write's time goes on the apiserver's side: queued in API Priority and
     // Fairness, then served (the daemon's own figure for the write adds its client's limits and
@@ -1105,6 +1109,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "status_calls_per_pod_up": status_up.map(round2),
         "status_calls_per_pod_down": status_down.map(round2),
         "node_requests_per_pod_up": node_requests.map(round2),
+        "node_requests_per_pod_down": node_requests_down.map(round2),
         "apiserver_status_patch_p99_ms": status_patch.quantile_ms(0.99).map(round),
         "apiserver_node_queue_wait_p99_ms": queue_wait.quantile_ms(0.99).map(round),
         "budget": match args.daemon {

@@ -235,7 +235,9 @@ struct Watched {
 #[derive(Debug)]
 struct Tracked {
     pod: ObjectRef<CachedPod>,
-    objects: BTreeSet<ObjectKey>,
+    /// Sorted. A pod holds two or three (its namespace's Services and `default`'s, and what it
+    /// mounts): a `BTreeSet` of them took a 0.7 KiB node per pod, 1 MiB at 1,600 pods.
+    objects: Vec<ObjectKey>,
     /// Changes not yet applied by a successful `update`.
     pending: BTreeSet<Change>,
 }
@@ -291,13 +293,14 @@ impl Table {
     pub fn track(&mut self, uid: &str, pod: ObjectRef<CachedPod>, refs: &[(ObjectKey, Option<Digest>)]) -> Delta {
         let mut delta = Delta::default();
         let wanted: BTreeSet<ObjectKey> = refs.iter().map(|(k, _)| k.clone()).collect();
-        let before = self.pods.get(uid).map(|t| t.objects.clone()).unwrap_or_default();
+        let before: BTreeSet<ObjectKey> =
+            self.pods.get(uid).map(|t| t.objects.iter().cloned().collect()).unwrap_or_default();
         for gone in before.difference(&wanted) {
             self.release(uid, gone, &mut delta.stop);
         }
         let tracked = self.pods.entry(uid.to_string()).or_insert_with(|| Tracked {
             pod: pod.clone(),
-            objects: BTreeSet::new(),
+            objects: Vec::new(),
             pending: BTreeSet::new(),
         });
         tracked.pod = pod;
@@ -320,7 +323,7 @@ impl Table {
             };
             object.given.insert(uid.to_string(), given);
         }
-        tracked.objects = wanted;
+        tracked.objects = wanted.into_iter().collect();
         if queued {
             delta.trigger = Some(tracked.pod.clone());
         }
@@ -400,7 +403,7 @@ impl Table {
             }
         }
         if let Some(t) = self.pods.get_mut(uid) {
-            t.objects.remove(key);
+            t.objects.retain(|k| k != key);
         }
     }
 
