@@ -71,6 +71,10 @@ pub trait PodView {
     fn phase(&self) -> Option<&str>;
     /// The status as JSON (as the host compares and writes statuses).
     fn status_value(&self) -> Option<Value>;
+    /// Whether the pod ran to its end (phase Succeeded or Failed).
+    fn finished(&self) -> bool {
+        matches!(self.phase(), Some("Succeeded" | "Failed"))
+    }
 }
 
 impl PodView for Pod {
@@ -171,6 +175,7 @@ mod tests {
         // What reads only the metadata and status sees the same through either.
         assert_eq!(PodView::meta(&cached), PodView::meta(&expected));
         assert_eq!(cached.phase(), Some("Running"));
+        assert!(!cached.finished());
         assert_eq!(cached.status_value(), expected.status_value());
         assert_eq!(cached.status_value().unwrap()["podIP"], "10.1.0.7");
     }

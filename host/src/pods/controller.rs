@@ -564,12 +564,11 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     if pod.metadata.deletion_timestamp.is_some() {
         return delete(pod, ctx).await;
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     // An instance made before (by this process, an earlier run or another replica): observed.
     // Without its annotation, an instance whose annotation write failed is found again by the
     // create below, idempotent by UID.
     if let Some(record) = ctx.record_of(pod) {
-        if phase == "Succeeded" || phase == "Failed" {
+        if pod.finished() {
             ctx.references.untrack(&uid);
         } else {
             // Instances of an earlier run too: what they were given is taken from the watches.
@@ -582,14 +581,14 @@ async fn sync(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         }
         return observe(pod, ctx, &record).await;
     }
-    if phase == "Succeeded" || phase == "Failed" {
+    if pod.finished() {
         return Ok(Action::await_change());
     }
     if is_rejected(pod) {
         // The provider refused this pod as invalid: nothing to retry until the pod changes, or
         // (while it is still Pending) the plugin or the node's config the verdict rested on.
         let basis = ctx.verdict_basis();
-        if phase != "Pending" || pod.annotations().get(REJECTED_BY_ANNOTATION) == Some(&basis) {
+        if pod.phase() != Some("Pending") || pod.annotations().get(REJECTED_BY_ANNOTATION) == Some(&basis) {
             return Ok(Action::await_change());
         }
         reevaluate(pod, ctx).await?;
@@ -648,12 +647,10 @@ fn out_of_pods(pod: &Pod, ctx: &NodeContext) -> Option<String> {
         .iter()
         .filter(|p| p.uid().unwrap_or_default() != uid)
         .filter(|p| {
-            let phase = p.phase().unwrap_or_default();
-            let done = phase == "Succeeded" || phase == "Failed";
             let admitted =
                 instances.contains(&p.uid().unwrap_or_default()) || p.annotations().contains_key(INSTANCE_ANNOTATION);
             admitted
-                || (!done
+                || (!p.finished()
                     && !is_rejected(p.as_ref())
                     && p.metadata.deletion_timestamp.is_none()
                     && order(p.as_ref()) < mine)
@@ -994,8 +991,7 @@ async fn lost(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<A
     let uid = pod.uid().unwrap_or_default();
     ctx.forget_instance(&uid);
     ctx.references.untrack(&uid);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    if phase != "Succeeded" && phase != "Failed" {
+    if !pod.finished() {
         let message = format!("instance {} of this pod no longer exists in the provider", record.instance_id);
         ctx.event(pod, true, "ProviderInstanceLost", message.clone());
         write_status(pod, ctx, status::waiting_status("Failed", "ProviderInstanceLost", &message)).await?;
@@ -1373,8 +1369,7 @@ async fn list_instances(
     let pods = ctx.pods();
     // The pods to look at: the controller observes them and writes what it finds.
     for pod in &pods {
-        let phase = pod.phase().unwrap_or_default();
-        if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+        if pod.metadata.deletion_timestamp.is_some() || pod.finished() {
             continue;
         }
         let uid = pod.uid().unwrap_or_default();
@@ -1409,11 +1404,7 @@ async fn list_instances(
         let instances = ctx.instances.lock().unwrap();
         ctx.pods()
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                let phase = p.phase().unwrap_or_default();
-                phase != "Succeeded" && phase != "Failed"
-            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && !p.finished())
             .filter_map(|p| p.uid())
             .filter(|uid| instances.contains_key(uid))
             .collect()

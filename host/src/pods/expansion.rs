@@ -42,8 +42,7 @@ pub struct Refusal {
 pub async fn check(client: &Client, node_name: &str, pods: &[Arc<CachedPod>], answered: &Answered) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     for pod in pods {
-        let phase = pod.phase().unwrap_or_default();
-        if pod.metadata.deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+        if pod.metadata.deletion_timestamp.is_some() || pod.finished() {
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();

@@ -85,9 +85,8 @@ impl Startups {
     /// is followed from its first sight; one being deleted or finished is let go.
     pub fn seen(&self, pod: &impl PodView) {
         let Some(uid) = pod.meta().uid.as_deref() else { return };
-        let phase = pod.phase().unwrap_or_default();
         let mut pods = self.pods.lock().unwrap();
-        if pod.meta().deletion_timestamp.is_some() || phase == "Succeeded" || phase == "Failed" {
+        if pod.meta().deletion_timestamp.is_some() || pod.finished() {
             pods.remove(uid);
             return;
         }
