@@ -68,6 +68,7 @@ pub struct Metrics {
     egress_wait_seconds: Family<Labels, Counter<f64>>,
     egress_refused: Family<Labels, Counter>,
     pod_start: Family<Labels, Histogram>,
+    pod_delete: Family<Labels, Histogram>,
     events_dropped: Family<Labels, Counter>,
     known_phases: Mutex<HashMap<String, Vec<String>>>,
 }
@@ -165,6 +166,14 @@ impl Metrics {
             "Pods started by this daemon: first sight on the node to the status write showing them Ready (stage=\"total\"), and the time of each stage of that (pods/startup.rs)",
             pod_start.clone(),
         );
+        let pod_delete = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "pod_delete_seconds",
+            "Pods deleted by this daemon: first sight of the deletion on the node to its DELETE of the pod object (stage=\"total\"), and the time of each stage of that (pods/teardown.rs)",
+            pod_delete.clone(),
+        );
         let events_dropped = Family::<Labels, Counter>::default();
         registry.register(
             "events_dropped",
@@ -191,6 +200,7 @@ impl Metrics {
             egress_wait_seconds,
             egress_refused,
             pod_start,
+            pod_delete,
             events_dropped,
             known_phases: Mutex::new(HashMap::new()),
         }
@@ -205,6 +215,11 @@ impl Metrics {
     /// One started pod's time in `stage` (`None`: its whole start).
     pub fn observe_start(&self, stage: Option<&str>, took: Duration) {
         self.pod_start.get_or_create(&labels([("stage", stage.unwrap_or("total"))])).observe(took.as_secs_f64());
+    }
+
+    /// One deleted pod's time in `stage` (`None`: its whole deletion).
+    pub fn observe_delete(&self, stage: Option<&str>, took: Duration) {
+        self.pod_delete.get_or_create(&labels([("stage", stage.unwrap_or("total"))])).observe(took.as_secs_f64());
     }
 
     /// One reconcile call of `node`'s pod controller.

@@ -5,6 +5,9 @@
 //! `pod started` lines, `host/src/pods/startup.rs`); for Cube, the daemon's share of each start
 //! apart from the cloud's (its latency per call, the instance's own start).
 
+// The run summary is one `json!` of some fifty fields.
+#![recursion_limit = "256"]
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,14 +27,16 @@ use serde_json::json;
 use vkcube_e2e::bench::{Buckets, Proc, loadavg, metric_label, metric_value, percentile, release_binary};
 use vkcube_e2e::daemon::{fresh_cluster_id, plugin_path};
 
+mod floor;
+
 const USAGE: &str = "\
 pod-burst benchmark: vkhost (a subprocess) against a real control plane on loopback
 
 usage:
   cargo build --release -p vkhost -p cube-sim && plugins/build example cube
   cargo run --release -p vkcube-e2e --example burst -- [--pods N] [--provider example|cube] [--nodes N]
-                                                       [--timeout SECS] [--daemon vkhost|upstream|upstream-tuned]
-                                                       [--against-upstream] [--max-in-flight N]
+                                                       [--timeout SECS] [--daemon vkhost|upstream|upstream-tuned|floor]
+                                                       [--against-upstream] [--against-floor] [--max-in-flight N]
                                                        [--cloud-latency-ms MS] [--instance-start-ms MIN-MAX]
 
   --pods N        replicas in the burst (default 200; at most 200 per node)
@@ -52,6 +57,10 @@ usage:
   --max-in-flight N  the daemon's `[api] max_in_flight` (default: the daemon's own default, 64)
   --against-upstream  after the vkhost burst, the same burst with upstream stock and upstream tuned
                   on the same control plane, then the ratios (vkhost over each)
+  --against-floor  after the vkhost burst, the same with the floor agent (`--daemon floor`: nodes
+                  registered by this harness's own child, which writes each bound pod Running and
+                  Ready in one status PATCH at once and deletes each deleting pod, with no provider
+                  and no limits: the least any daemon can reach on this control plane), then the ratios
 
 VKCUBE_BENCH_VKHOST=PATH measures another vkhost build, e.g. the shipped one:
   cargo build --profile dist -p vkhost && VKCUBE_BENCH_VKHOST=$CARGO_TARGET_DIR/dist/vkhost cargo run ...
@@ -77,12 +86,9 @@ enum DaemonKind {
     Upstream,
     /// The same with vkhost's API budget and workers.
     UpstreamTuned,
-}
-
-impl DaemonKind {
-    fn is_upstream(self) -> bool {
-        self != DaemonKind::Vkhost
-    }
+    /// The least any node agent can do (`floor.rs`): this harness's own child, one status write
+    /// per pod at once, no provider, no limits.
+    Floor,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +96,8 @@ struct Args {
     daemon: DaemonKind,
     /// Then the same burst with the upstream daemon on the same control plane, and the ratios.
     against_upstream: bool,
+    /// Then the same burst with the floor agent, and the ratios.
+    against_floor: bool,
     upstream_bin: Option<PathBuf>,
     pods: usize,
     nodes: usize,
@@ -106,6 +114,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         daemon: DaemonKind::Vkhost,
         against_upstream: false,
+        against_floor: false,
         upstream_bin: None,
         pods: 200,
         nodes: 1,
@@ -136,7 +145,8 @@ fn parse_args() -> Result<Args> {
                     "vkhost" => DaemonKind::Vkhost,
                     "upstream" => DaemonKind::Upstream,
                     "upstream-tuned" => DaemonKind::UpstreamTuned,
-                    other => bail!("--daemon is {other:?}, but must be vkhost, upstream or upstream-tuned"),
+                    "floor" => DaemonKind::Floor,
+                    other => bail!("--daemon is {other:?}, but must be vkhost, upstream, upstream-tuned or floor"),
                 }
             }
             "--max-in-flight" => {
@@ -156,6 +166,7 @@ fn parse_args() -> Result<Args> {
                 }
             }
             "--against-upstream" => args.against_upstream = true,
+            "--against-floor" => args.against_floor = true,
             "--upstream-bin" => args.upstream_bin = Some(PathBuf::from(value("--upstream-bin")?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -175,8 +186,8 @@ fn parse_args() -> Result<Args> {
             args.nodes
         );
     }
-    if args.daemon.is_upstream() && args.provider == Provider::Cube {
-        bail!("--daemon upstream runs the upstream mock provider only; leave out --provider cube");
+    if args.daemon != DaemonKind::Vkhost && args.provider == Provider::Cube {
+        bail!("--daemon upstream and floor have no provider (pods Running at once); leave out --provider cube");
     }
     Ok(args)
 }
@@ -252,8 +263,11 @@ fn daemon_config(args: &Args, kubeconfig: &Path, cluster_id: &str, run: &str, si
     if let Some(n) = args.max_in_flight {
         cfg.push_str(&format!("\n[api]\nmax_in_flight = {n}\n"));
     }
-    // JSON lines, with each pod's start (`pod started`, debug) for the per-stage breakdown.
-    cfg.push_str("\n[log]\nformat = \"json\"\nlevel = \"info,vkhost::pods::startup=debug\"\n");
+    // JSON lines, with each pod's start and deletion (`pod started`, `pod deleted`, debug) for the
+    // per-stage breakdowns.
+    cfg.push_str(
+        "\n[log]\nformat = \"json\"\nlevel = \"info,vkhost::pods::startup=debug,vkhost::pods::teardown=debug\"\n",
+    );
     cfg.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     for i in 0..args.nodes {
         let share = pods_on_node(args, i);
@@ -558,6 +572,8 @@ struct ApiserverRequests {
     /// `apiserver_request_duration_seconds` of `PATCH pods/status` (the nodes' status writes):
     /// cumulative count by bucket bound, every other label summed.
     status_patch: Buckets,
+    /// The same of `DELETE pods`: the controller-manager's (graceful) and the nodes' (final).
+    pod_delete: Buckets,
     /// `apiserver_flowcontrol_request_wait_duration_seconds` of the node identities' requests
     /// that ran: how long they queued in API Priority and Fairness before the apiserver took them.
     node_queue_wait: Buckets,
@@ -579,10 +595,14 @@ impl ApiserverRequests {
                     sample.by_nodes += metric_value(line);
                 }
             } else if line.starts_with("apiserver_request_duration_seconds_bucket{") {
-                if (label(line, "resource"), label(line, "subresource"), label(line, "verb"))
-                    == ("pods".into(), "status".into(), "PATCH".into())
-                {
-                    sample.status_patch.add(line);
+                match (
+                    label(line, "resource").as_str(),
+                    label(line, "subresource").as_str(),
+                    label(line, "verb").as_str(),
+                ) {
+                    ("pods", "status", "PATCH") => sample.status_patch.add(line),
+                    ("pods", "", "DELETE") => sample.pod_delete.add(line),
+                    _ => {}
                 }
             } else if line.starts_with("apiserver_flowcontrol_request_wait_duration_seconds_bucket{") {
                 let flow = label(line, "flow_schema");
@@ -619,14 +639,83 @@ const STAGE_FIELDS: [(&str, &str); 8] = [
     ("reconciles", "  reconciles (count)"),
 ];
 
-/// Each pod's start as the daemon logged it (`pod started`, JSON lines): field → value.
-fn pod_starts(log: &Path) -> Vec<HashMap<&'static str, f64>> {
+/// The stages of a pod's deletion in the daemon's `pod deleted` lines, and how they are shown.
+const TEARDOWN_FIELDS: [(&str, &str); 6] = [
+    ("total_ms", "daemon's own log: first sight of the deletion -> its DELETE done"),
+    ("queue_ms", "  queue: first sight -> first reconcile"),
+    ("provider_ms", "  provider delete (and its polls)"),
+    ("requeue_ms", "  waiting for a requeue"),
+    ("api_delete_ms", "  DELETE of the pod object"),
+    ("reconciles", "  reconciles (count)"),
+];
+
+/// One pod's start or deletion as the daemon logged it (JSON lines).
+struct Traced {
+    uid: String,
+    /// Stage field → milliseconds (or the count of reconciles).
+    stages: HashMap<&'static str, f64>,
+    /// The wall clock of the node's first sight and of its last write (the status showing the
+    /// pod Ready, or the DELETE).
+    seen_unix_ms: Option<f64>,
+    done_unix_ms: Option<f64>,
+}
+
+/// The daemon's `message` lines (`pod started`, `pod deleted`): each pod's `fields`, and the
+/// wall clock of its end in `done_field`.
+fn traced(log: &Path, message: &str, fields: &[(&'static str, &str)], done_field: &str) -> Vec<Traced> {
     let Ok(text) = std::fs::read_to_string(log) else { return Vec::new() };
+    let quoted = format!("\"{message}\"");
     text.lines()
-        .filter(|l| l.contains("\"pod started\""))
+        .filter(|l| l.contains(&quoted))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| STAGE_FIELDS.iter().filter_map(|(k, _)| Some((*k, v["fields"][*k].as_f64()?))).collect())
+        .map(|v| {
+            let f = &v["fields"];
+            let done = f[done_field].as_f64();
+            Traced {
+                uid: f["uid"].as_str().unwrap_or_default().to_string(),
+                stages: fields.iter().filter_map(|(k, _)| Some((*k, f[*k].as_f64()?))).collect(),
+                seen_unix_ms: done.zip(f["total_ms"].as_f64()).map(|(d, total)| d - total),
+                done_unix_ms: done,
+            }
+        })
         .collect()
+}
+
+/// Distributions of `traced`'s stages as `fields` labels them, after the two deliveries: from
+/// this harness's watch (`from_watch`) to the node's first sight, and from the node's last write
+/// to this harness's watch (`to_watch`), each placed by the wall clock.
+fn breakdown(
+    traced: &[Traced],
+    fields: &[(&'static str, &str)],
+    seen: &Observed,
+    deliveries: [(&str, fn(&PodTimes) -> Option<Instant>); 2],
+) -> Vec<Dist> {
+    let [(first_label, first), (last_label, last)] = deliveries;
+    let delivered = |f: &dyn Fn(&Traced, &PodTimes) -> Option<f64>| -> Vec<f64> {
+        traced.iter().filter_map(|p| f(p, seen.pods.get(&p.uid)?)).collect()
+    };
+    let mut dists = vec![
+        Dist::new(first_label, "ms", delivered(&|p, t| Some(p.seen_unix_ms? - unix_ms(first(t)?)))),
+        Dist::new(last_label, "ms", delivered(&|p, t| Some(unix_ms(last(t)?) - p.done_unix_ms?))),
+    ];
+    dists.extend(fields.iter().map(|(field, label)| {
+        Dist::new(format!("  {label}"), "ms", traced.iter().filter_map(|p| p.stages.get(*field).copied()).collect())
+    }));
+    dists
+}
+
+/// The wall clock (ms since the epoch) at `at`, to set the harness's watch beside the daemon's log
+/// (one machine, one clock).
+fn unix_ms(at: Instant) -> f64 {
+    static ANCHOR: std::sync::OnceLock<(Instant, f64)> = std::sync::OnceLock::new();
+    let (i0, w0) = *ANCHOR.get_or_init(|| {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+        (Instant::now(), wall.as_secs_f64() * 1000.0)
+    });
+    match at.checked_duration_since(i0) {
+        Some(d) => w0 + d.as_secs_f64() * 1000.0,
+        None => w0 - i0.duration_since(at).as_secs_f64() * 1000.0,
+    }
 }
 
 /// What the simulator saw: calls by action, and each instance's start (ms to Running) by pod UID.
@@ -650,6 +739,11 @@ fn ms_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
 }
 
 fn main() -> Result<()> {
+    // The harness's own child for `--daemon floor`.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("floor-agent") {
+        return floor::main(&argv[2..]);
+    }
     let args = parse_args()?;
     let daemon_bin = match args.daemon {
         DaemonKind::Vkhost => {
@@ -658,39 +752,46 @@ fn main() -> Result<()> {
             release_binary("vkhost")?
         }
         DaemonKind::Upstream | DaemonKind::UpstreamTuned => upstream_binary(&args)?,
+        DaemonKind::Floor => std::env::current_exe()?,
     };
     if args.provider == Provider::Cube {
         release_binary("cube-sim")?;
     }
-    let baseline = match args.against_upstream && !args.daemon.is_upstream() {
+    let baseline = match args.against_upstream && args.daemon == DaemonKind::Vkhost {
         true => Some(upstream_binary(&args)?),
         false => None,
     };
+    let floor = args.against_floor && args.daemon == DaemonKind::Vkhost;
     eprintln!("starting the control plane (tests/cluster/up)…");
     let cluster = vkcube_e2e::cluster();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let ours = run(args.clone(), daemon_bin, cluster).await?;
-        let Some(upstream_bin) = baseline else { return Ok(()) };
         let mut theirs = Vec::new();
-        for daemon in [DaemonKind::Upstream, DaemonKind::UpstreamTuned] {
-            let upstream_args = Args { daemon, provider: Provider::Example, ..args.clone() };
-            theirs.push(run(upstream_args, upstream_bin.clone(), cluster).await?);
+        if let Some(upstream_bin) = baseline {
+            for daemon in [DaemonKind::Upstream, DaemonKind::UpstreamTuned] {
+                let upstream_args = Args { daemon, provider: Provider::Example, ..args.clone() };
+                theirs.push(run(upstream_args, upstream_bin.clone(), cluster).await?);
+            }
         }
-        print_ratios(&ours, &theirs);
+        if floor {
+            let floor_args = Args { daemon: DaemonKind::Floor, provider: Provider::Example, ..args.clone() };
+            theirs.push(run(floor_args, std::env::current_exe()?, cluster).await?);
+        }
+        if !theirs.is_empty() {
+            print_ratios(&ours, &theirs);
+        }
         Ok(())
     })
 }
 
-/// vkhost against each upstream run (stock, tuned) from the run summaries, same control plane.
+/// vkhost against each other run (upstream stock and tuned, the floor) from the run summaries,
+/// same control plane.
 fn print_ratios(ours: &serde_json::Value, theirs: &[serde_json::Value]) {
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let pods = f(ours, "pods");
     for t in theirs {
-        println!(
-            "vkhost ({}) against upstream virtual-kubelet (mock, {}), same control plane:",
-            ours["provider"], t["budget"]
-        );
+        println!("vkhost ({}) against {} ({}), same control plane:", ours["provider"], t["daemon"], t["budget"]);
         println!(
             "{:<66} {:>9.1} / {:.1} pods/s = {:.1}x",
             "  pods/s to all Running+Ready",
@@ -769,6 +870,10 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
             cmd.env("CUBE_PUBLIC_KEY", SIM_PUBLIC).env("CUBE_PRIVATE_KEY", SIM_PRIVATE);
             eprintln!("vkhost config {}", config_path.display());
         }
+        DaemonKind::Floor => {
+            cmd.arg("floor-agent").arg(&cluster.kubeconfig);
+            cmd.args((0..args.nodes).map(|i| format!("{cluster_id}-floor-{i}={run_label}-{i}")));
+        }
         DaemonKind::Upstream | DaemonKind::UpstreamTuned => {
             cmd.arg("--kubeconfig").arg(&cluster.kubeconfig);
             if args.daemon == DaemonKind::UpstreamTuned {
@@ -785,6 +890,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         DaemonKind::Vkhost => "vkhost",
         DaemonKind::Upstream => "virtual-kubelet (upstream, stock budget)",
         DaemonKind::UpstreamTuned => "virtual-kubelet (upstream, vkhost's budget)",
+        DaemonKind::Floor => "floor agent (one status write per pod, no limits)",
     };
     let mut daemon = Proc {
         name: daemon_name,
@@ -944,14 +1050,27 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "ms",
         seen.pods.values().filter_map(|t| ms_between(t.deleting, t.gone)).collect(),
     );
-    // Where the daemon's part went, as the daemon saw it (vkhost only).
-    let stages = pod_starts(&daemon_log);
-    let stage_dists: Vec<Dist> = STAGE_FIELDS
-        .iter()
-        .map(|(field, label)| {
-            Dist::new(format!("  {label}"), "ms", stages.iter().filter_map(|p| p.get(*field).copied()).collect())
-        })
-        .collect();
+    // Where the daemon's part went, as the daemon saw it (vkhost only). bound -> Ready is the
+    // binding's delivery to the node, the node's own part, and the Ready write's delivery to this
+    // watch; deletionTimestamp -> gone likewise.
+    let stage_dists = breakdown(
+        &traced(&daemon_log, "pod started", &STAGE_FIELDS, "written_unix_ms"),
+        &STAGE_FIELDS,
+        &seen,
+        [
+            ("  binding to the node: harness saw bound -> node's first sight", |t: &PodTimes| t.bound),
+            ("  Ready to the harness: node's write done -> harness saw Ready", |t: &PodTimes| t.ready),
+        ],
+    );
+    let teardown_dists = breakdown(
+        &traced(&daemon_log, "pod deleted", &TEARDOWN_FIELDS, "done_unix_ms"),
+        &TEARDOWN_FIELDS,
+        &seen,
+        [
+            ("  deletion to the node: harness saw deletionTimestamp -> node's first sight", |t: &PodTimes| t.deleting),
+            ("  gone to the harness: node's DELETE done -> harness saw it gone", |t: &PodTimes| t.gone),
+        ],
+    );
     // Cube: the cloud's part of each start is its latency on the create and on the status call
     // that finds the instance Running, and the instance's own start; the rest is the daemon's.
     let daemon_share = cloud.as_ref().map(|c| {
@@ -975,13 +1094,14 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let burst_s = (t_all_ready - t_create).as_secs_f64();
     let provider = match (args.daemon, args.provider) {
         (DaemonKind::Upstream | DaemonKind::UpstreamTuned, _) => "mock",
+        (DaemonKind::Floor, _) => "none",
         (_, Provider::Cube) => "cube",
         (_, Provider::Example) => "example",
     };
     let teardown_s = (t_all_gone - t_scale).as_secs_f64();
     // The controller-manager deletes the pods at its own client rate (`--kube-api-qps` 200 in the
     // harness, burst 400: 6 s or more for 1,600 pods); what follows its last deletion is the nodes' part.
-    let last_deleting = seen.pods.values().filter_map(|t| t.deleting).max();
+    let last_deleting = seen.pods.values().filter_map(|t: &PodTimes| t.deleting).max();
     let deleting_s = last_deleting.map(|t| (t - t_scale).as_secs_f64());
     let gone_after_s = last_deleting.map(|t| (t_all_gone - t).as_secs_f64());
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -1003,6 +1123,7 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     }
     shown.extend(stage_dists.iter().filter(|d| !d.values.is_empty()));
     shown.extend([&from_create, &server, &deletes]);
+    shown.extend(teardown_dists.iter().filter(|d| !d.values.is_empty()));
     for d in shown {
         let f = |v: f64| if d.unit == "s" { format!("{v:.0} s") } else { format!("{v:.0} ms") };
         println!(
@@ -1059,9 +1180,9 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     // The apiserver's count, create -> all Ready: every client's requests by resource (the
     // controllers', the scheduler's and the harness's too), and those of the node identities.
     let node_requests =
-        (!args.daemon.is_upstream()).then(|| (requests_ready.by_nodes - requests_before.by_nodes) / want as f64);
+        (args.daemon == DaemonKind::Vkhost).then(|| (requests_ready.by_nodes - requests_before.by_nodes) / want as f64);
     let node_requests_down =
-        (!args.daemon.is_upstream()).then(|| (requests_gone.by_nodes - requests_ready.by_nodes) / want as f64);
+        (args.daemon == DaemonKind::Vkhost).then(|| (requests_gone.by_nodes - requests_ready.by_nodes) / want as f64);
     if let (Some(up), Some(down)) = (node_requests, node_requests_down) {
         println!("{:<66} {up:>9.2}", "apiserver requests per pod by the nodes' identities, create -> all Ready");
         println!("{:<66} {down:>9.2}", "apiserver requests per pod by the nodes' identities, scale to 0 -> all gone");
@@ -1071,9 +1192,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     // the connection).
     let status_patch = requests_ready.status_patch.since(&requests_before.status_patch);
     let queue_wait = requests_ready.node_queue_wait.since(&requests_before.node_queue_wait);
+    let pod_delete = requests_gone.pod_delete.since(&requests_ready.pod_delete);
     for (label, h) in [
         ("apiserver's own time, PATCH pods/status (its histogram)", &status_patch),
         ("  of which queued in priority and fairness, node identities", &queue_wait),
+        ("apiserver's own time, DELETE pods, scale to 0 -> all gone (all clients)", &pod_delete),
     ] {
         if let (Some(p50), Some(p99)) = (h.quantile_ms(0.5), h.quantile_ms(0.99)) {
             println!("{label:<66} p50 {p50:>6.0} ms  p99 {p99:>6.0} ms  n {:.0}", h.count());
@@ -1088,7 +1211,11 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
     let round2 = |v: f64| (v * 100.0).round() / 100.0;
     let summary = json!({
         "bench": "burst",
-        "daemon": if args.daemon.is_upstream() { "upstream-vk-v1.14.1" } else { "vkhost" },
+        "daemon": match args.daemon {
+            DaemonKind::Vkhost => "vkhost",
+            DaemonKind::Upstream | DaemonKind::UpstreamTuned => "upstream-vk-v1.14.1",
+            DaemonKind::Floor => "floor",
+        },
         "provider": provider,
         "pods": args.pods,
         "nodes": args.nodes,
@@ -1112,10 +1239,13 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "node_requests_per_pod_down": node_requests_down.map(round2),
         "apiserver_status_patch_p99_ms": status_patch.quantile_ms(0.99).map(round),
         "apiserver_node_queue_wait_p99_ms": queue_wait.quantile_ms(0.99).map(round),
+        "apiserver_pod_delete_p50_ms": pod_delete.quantile_ms(0.5).map(round),
+        "apiserver_pod_delete_p99_ms": pod_delete.quantile_ms(0.99).map(round),
         "budget": match args.daemon {
             DaemonKind::Upstream => "stock: 5 requests/s, burst 10, 10 workers",
             DaemonKind::UpstreamTuned => "tuned: 500 requests/s, burst 1000, 64 workers",
             DaemonKind::Vkhost => "vkhost defaults",
+            DaemonKind::Floor => "no limits, no workers: a write per pod at once",
         },
         "scheduling_p99_ms": round(scheduling.p(99.0)),
         "bound_ready_p50_ms": round(on_node.p(50.0)),
@@ -1123,6 +1253,8 @@ async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> 
         "bound_ready_p99_ms": round(on_node.p(99.0)),
         "bound_ready_max_ms": round(on_node.p(100.0)),
         "stages_p99_ms": stage_dists.iter().filter(|d| !d.values.is_empty())
+            .map(|d| (d.label.trim().to_string(), json!(round(d.p(99.0))))).collect::<serde_json::Map<_, _>>(),
+        "teardown_stages_p99_ms": teardown_dists.iter().filter(|d| !d.values.is_empty())
             .map(|d| (d.label.trim().to_string(), json!(round(d.p(99.0))))).collect::<serde_json::Map<_, _>>(),
         "daemon_share_p50_ms": daemon_share.as_ref().map(|d| round(d.p(50.0))),
         "daemon_share_p99_ms": daemon_share.as_ref().map(|d| round(d.p(99.0))),

@@ -196,6 +196,8 @@ pub struct NodeContext {
     pub references: ReferenceWatches,
     /// Where the time of each pod's start goes (`vkhost_pod_start_seconds`).
     pub startups: Startups,
+    /// Where the time of each pod's deletion goes (`vkhost_pod_delete_seconds`).
+    teardowns: super::teardown::Teardowns,
     /// The pods a create was sent for, for `create-attempt.may-exist`.
     create_attempts: super::attempts::CreateAttempts,
     /// The last status written to each pod, by UID, while the pod cache may not show it yet.
@@ -244,6 +246,7 @@ impl NodeContext {
             finalize_retries: deletions::Retries::default(),
             references,
             startups: Default::default(),
+            teardowns: Default::default(),
             create_attempts: Default::default(),
             written: Mutex::new(HashMap::new()),
             provider_annotations: Mutex::new(HashMap::new()),
@@ -481,7 +484,10 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<CachedPod>, shutdown: Can
         .default_backoff()
         // Each pod arrives as the cache keeps it (`CachedPod`: managedFields dropped, the spec
         // as JSON).
-        .modify(move |pod| seen.startups.seen(&*pod))
+        .modify(move |pod| {
+            seen.startups.seen(&*pod);
+            seen.teardowns.seen(&*pod);
+        })
         .reflect(writer)
         .applied_objects()
         // The host's own writes (status, its annotations) are no reason to look at a pod again;
@@ -551,6 +557,7 @@ async fn reconcile(cached: Arc<CachedPod>, ctx: Arc<NodeContext>) -> Result<Acti
     let pod = cached.pod();
     ctx.metrics.reconciled(&ctx.node_name);
     ctx.startups.reconciling(&pod);
+    ctx.teardowns.reconciling(&pod);
     let span = tracing::info_span!("pod_sync", pod = %key(&pod), node = %ctx.node_name);
     let result = tracing::Instrument::instrument(sync(&pod, &ctx), span).await;
     ctx.metrics.observe_sync(started.elapsed(), result.is_ok());
@@ -1082,11 +1089,13 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
         ..DeleteParams::default()
     };
+    ctx.teardowns.lap(pod, super::teardown::Stage::Provider);
     match api.delete(&pod.name_any(), &dp).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(source) => return Err(SyncError::Kube { pod: k, source }),
     }
+    ctx.teardowns.deleted(pod, &ctx.node_name, &ctx.metrics);
     let mut deleted = ctx.deleted.lock().unwrap();
     deleted.retain(|_, at| at.elapsed() < DELETED_MEMORY);
     deleted.insert(uid, Instant::now());

@@ -15,6 +15,7 @@ pub mod references;
 pub mod resolve;
 pub mod startup;
 pub mod status;
+pub mod teardown;
 
 pub use backend::NodeBackend;
 pub use controller::{INSTANCE_ANNOTATION, NodeContext, run};

@@ -160,6 +160,9 @@ impl Startups {
             metrics.observe_start(Some(stage.label()), trace.stages[stage.index()]);
         }
         let ms = |s: Stage| trace.stages[s.index()].as_secs_f64() * 1000.0;
+        // The wall clock of the write, so a reader of the line can place the node's first sight
+        // and its write against what another watcher of the pod saw (the burst benchmark does).
+        let written_unix_ms = unix_ms_now();
         tracing::debug!(
             node,
             pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
@@ -172,6 +175,7 @@ impl Startups {
             provider_status_ms = ms(Stage::ProviderStatus),
             status_write_ms = ms(Stage::StatusWrite),
             reconciles = trace.reconciles,
+            written_unix_ms,
             "pod started"
         );
     }
@@ -180,6 +184,11 @@ impl Startups {
     pub fn followed(&self) -> usize {
         self.pods.lock().unwrap().len()
     }
+}
+
+/// The wall clock in milliseconds since the epoch, for the `pod started` and `pod deleted` lines.
+pub fn unix_ms_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 fn mark(t: &mut Trace, stage: Stage) {

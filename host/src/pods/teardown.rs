@@ -1,0 +1,203 @@
+//! Where a pod's deletion goes on this node: from the node's first sight of the pod being deleted
+//! (its deletionTimestamp) to the node's final DELETE of the pod object, the time of each stage
+//! between — waiting for a worker, the provider's delete and its polls, waiting for a requeue, the
+//! DELETE itself. Each deleted pod is one histogram sample per stage
+//! (`vkhost_pod_delete_seconds{stage}`) and one debug line (target `vkhost::pods::teardown`), which
+//! the burst benchmark reads for its teardown breakdown. The twin of `startup.rs` for the other
+//! end of a pod's life.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::cached::PodView;
+use super::startup::unix_ms_now;
+use crate::metrics::Metrics;
+
+/// A stage of a pod's deletion; the time between two marks is the stage of the later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// First sight of the deletion → the first reconcile of it starts.
+    Queue,
+    /// The end of a reconcile → the next: the provider's `poll-after`, the polls' backoff.
+    Requeue,
+    /// The provider's `delete`, its `status` polls and `finalize`: the reconcile up to the DELETE.
+    Provider,
+    /// The DELETE of the pod object (grace 0).
+    ApiDelete,
+}
+
+const STAGES: [Stage; 4] = [Stage::Queue, Stage::Requeue, Stage::Provider, Stage::ApiDelete];
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Requeue => "requeue",
+            Stage::Provider => "provider",
+            Stage::ApiDelete => "api_delete",
+        }
+    }
+
+    fn index(self) -> usize {
+        STAGES.iter().position(|s| *s == self).expect("every stage is listed")
+    }
+}
+
+/// Deletions followed at most at once (a node has at most 200 pods); one never finished (a
+/// provider that keeps failing) is let go after [`GIVE_UP`].
+const MAX_FOLLOWED: usize = 1024;
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+struct Trace {
+    seen: Instant,
+    last: Instant,
+    stages: [Duration; STAGES.len()],
+    reconciles: u32,
+}
+
+/// How long a finished deletion is remembered: the update the node's own DELETE makes (and any
+/// event after it) is no new deletion.
+const DONE_MEMORY: Duration = Duration::from_secs(60);
+
+/// The deletions in progress on one node, by pod UID.
+#[derive(Default)]
+pub struct Teardowns {
+    pods: Mutex<HashMap<String, Trace>>,
+    done: Mutex<HashMap<String, Instant>>,
+}
+
+impl Teardowns {
+    /// A pod event from the node's watch: a pod being deleted is followed from its first sight.
+    pub fn seen(&self, pod: &impl PodView) {
+        if pod.meta().deletion_timestamp.is_none() {
+            return;
+        }
+        let Some(uid) = pod.meta().uid.as_deref() else { return };
+        if self.done.lock().unwrap().get(uid).is_some_and(|at| at.elapsed() < DONE_MEMORY) {
+            return;
+        }
+        let mut pods = self.pods.lock().unwrap();
+        if pods.contains_key(uid) {
+            return;
+        }
+        let now = Instant::now();
+        if pods.len() >= MAX_FOLLOWED {
+            pods.retain(|_, t| now.duration_since(t.seen) < GIVE_UP);
+            if pods.len() >= MAX_FOLLOWED {
+                return;
+            }
+        }
+        pods.insert(uid.to_owned(), Trace { seen: now, last: now, stages: Default::default(), reconciles: 0 });
+    }
+
+    /// A reconcile of the pod begins: the wait before it is `queue` for the first, `requeue` after.
+    pub fn reconciling(&self, pod: &impl PodView) {
+        let mut pods = self.pods.lock().unwrap();
+        let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) else { return };
+        let stage = if t.reconciles == 0 { Stage::Queue } else { Stage::Requeue };
+        t.reconciles += 1;
+        mark(t, stage);
+    }
+
+    /// `stage` of the pod's deletion ended now.
+    pub fn lap(&self, pod: &impl PodView, stage: Stage) {
+        let mut pods = self.pods.lock().unwrap();
+        if let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) {
+            mark(t, stage);
+        }
+    }
+
+    /// The node's DELETE of the pod object was taken: its deletion is over and reported.
+    pub fn deleted(&self, pod: &impl PodView, node: &str, metrics: &Metrics) {
+        let Some(uid) = pod.meta().uid.as_deref() else { return };
+        let Some(mut trace) = self.pods.lock().unwrap().remove(uid) else { return };
+        {
+            let mut done = self.done.lock().unwrap();
+            done.retain(|_, at| at.elapsed() < DONE_MEMORY);
+            done.insert(uid.to_owned(), Instant::now());
+        }
+        mark(&mut trace, Stage::ApiDelete);
+        let total = trace.last.duration_since(trace.seen);
+        metrics.observe_delete(None, total);
+        for stage in STAGES {
+            metrics.observe_delete(Some(stage.label()), trace.stages[stage.index()]);
+        }
+        let ms = |s: Stage| trace.stages[s.index()].as_secs_f64() * 1000.0;
+        let done_unix_ms = unix_ms_now();
+        tracing::debug!(
+            node,
+            pod = %format!("{}/{}", pod.meta().namespace.as_deref().unwrap_or_default(), pod.meta().name.as_deref().unwrap_or_default()),
+            uid,
+            total_ms = total.as_secs_f64() * 1000.0,
+            queue_ms = ms(Stage::Queue),
+            requeue_ms = ms(Stage::Requeue),
+            provider_ms = ms(Stage::Provider),
+            api_delete_ms = ms(Stage::ApiDelete),
+            reconciles = trace.reconciles,
+            done_unix_ms,
+            "pod deleted"
+        );
+    }
+
+    /// How many deletions are followed now.
+    pub fn followed(&self) -> usize {
+        self.pods.lock().unwrap().len()
+    }
+}
+
+fn mark(t: &mut Trace, stage: Stage) {
+    let now = Instant::now();
+    t.stages[stage.index()] += now.duration_since(t.last);
+    t.last = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    fn pod(uid: &str, deleting: bool) -> Pod {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": uid},
+            "status": {"phase": "Running"},
+        }))
+        .unwrap();
+        if deleting {
+            p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        }
+        p
+    }
+
+    #[test]
+    fn a_deletion_is_followed_from_its_first_sight_and_reported_once_at_the_delete() {
+        let metrics = Metrics::new();
+        let teardowns = Teardowns::default();
+        // A pod not being deleted is no deletion to follow, even when reconciled.
+        let running = pod("u1", false);
+        teardowns.seen(&running);
+        teardowns.reconciling(&running);
+        assert_eq!(teardowns.followed(), 0);
+        let deleting = pod("u1", true);
+        teardowns.seen(&deleting);
+        teardowns.seen(&deleting);
+        assert_eq!(teardowns.followed(), 1);
+        teardowns.reconciling(&deleting);
+        teardowns.lap(&deleting, Stage::Provider);
+        teardowns.reconciling(&deleting);
+        teardowns.lap(&deleting, Stage::Provider);
+        teardowns.deleted(&deleting, "vk-1", &metrics);
+        assert_eq!(teardowns.followed(), 0);
+        let text = metrics.render();
+        assert!(text.contains(r#"vkhost_pod_delete_seconds_count{stage="total"} 1"#), "{text}");
+        assert!(text.contains(r#"vkhost_pod_delete_seconds_count{stage="requeue"} 1"#), "{text}");
+        // The update the DELETE itself makes, and a second DELETE, report nothing more.
+        teardowns.seen(&deleting);
+        assert_eq!(teardowns.followed(), 0, "the node's own DELETE's update is no new deletion");
+        teardowns.deleted(&deleting, "vk-1", &metrics);
+        teardowns.deleted(&pod("u2", true), "vk-1", &metrics);
+        assert!(metrics.render().contains(r#"vkhost_pod_delete_seconds_count{stage="total"} 1"#));
+    }
+}
