@@ -97,8 +97,10 @@ fn default_qps() -> u32 {
 fn default_burst() -> u32 {
     1000
 }
+/// 256: one budget for up to 8 nodes of 200 pods. With 64, a 1,600-pod teardown's DELETEs waited
+/// seconds in the daemon for a slot (BENCHMARKS.md, "The floor of this control plane").
 fn default_max_in_flight() -> u32 {
-    64
+    256
 }
 
 impl Default for ApiLimits {

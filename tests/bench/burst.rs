@@ -54,7 +54,7 @@ usage:
                   the stock binary's client-go defaults (5 requests/s, burst 10, 10 workers);
                   upstream-tuned is the same with vkhost's defaults (500 requests/s, burst 1000,
                   64 pod sync workers per node)
-  --max-in-flight N  the daemon's `[api] max_in_flight` (default: the daemon's own default, 64)
+  --max-in-flight N  the daemon's `[api] max_in_flight` (default: the daemon's own default, 256)
   --against-upstream  after the vkhost burst, the same burst with upstream stock and upstream tuned
                   on the same control plane, then the ratios (vkhost over each)
   --against-floor  after the vkhost burst, the same with the floor agent (`--daemon floor`: nodes
@@ -681,9 +681,9 @@ fn traced(log: &Path, message: &str, fields: &[(&'static str, &str)], done_field
         .collect()
 }
 
-/// Distributions of `traced`'s stages as `fields` labels them, after the two deliveries: from
-/// this harness's watch (`from_watch`) to the node's first sight, and from the node's last write
-/// to this harness's watch (`to_watch`), each placed by the wall clock.
+/// Distributions of `traced`'s stages as `fields` labels them, after the two `deliveries` (a label
+/// and when this harness's watch saw the pod's change): from that change to the node's first
+/// sight, and from the node's last write to that change, each placed by the wall clock.
 fn breakdown(
     traced: &[Traced],
     fields: &[(&'static str, &str)],
@@ -826,7 +826,7 @@ fn print_ratios(ours: &serde_json::Value, theirs: &[serde_json::Value]) {
             f(ours, "peak_rss_mib") / f(t, "peak_rss_mib")
         );
     }
-    println!("{}", serde_json::json!({"bench": "burst-ratio", "vkhost": ours, "upstream": theirs}));
+    println!("{}", serde_json::json!({"bench": "burst-ratio", "vkhost": ours, "others": theirs}));
 }
 
 async fn run(args: Args, daemon_bin: PathBuf, cluster: &vkcube_e2e::Cluster) -> Result<serde_json::Value> {

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -129,22 +129,35 @@ async fn pods(client: Client, node: String) {
                     preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
                     ..DeleteParams::default()
                 };
+                let seen = Instant::now();
                 tokio::spawn(async move {
-                    if let Err(e) = api.delete(&pod.name_any(), &params).await {
-                        eprintln!("floor agent: delete {}: {e}", pod.name_any());
+                    match api.delete(&pod.name_any(), &params).await {
+                        Ok(_) => trace("pod deleted", &pod, seen, "api_delete_ms", "done_unix_ms"),
+                        Err(e) => eprintln!("floor agent: delete {}: {e}", pod.name_any()),
                     }
                 });
             }
         } else if !is_ready(&pod) && written.lock().unwrap().insert(uid) {
             let patch = json!({"status": ready_status(&pod)});
+            let seen = Instant::now();
             tokio::spawn(async move {
-                if let Err(e) = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
-                {
-                    eprintln!("floor agent: status of {}: {e}", pod.name_any());
+                match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(_) => trace("pod started", &pod, seen, "status_write_ms", "written_unix_ms"),
+                    Err(e) => eprintln!("floor agent: status of {}: {e}", pod.name_any()),
                 }
             });
         }
     }
+}
+
+/// The line vkhost logs for a pod's start or deletion (`pods/startup.rs`, `pods/teardown.rs`), so
+/// the harness places the floor's first sight and write beside its own watch as it does vkhost's:
+/// the whole of it is the one write, `stage`; `done` is its wall clock.
+fn trace(message: &str, pod: &Pod, seen: Instant, stage: &str, done: &str) {
+    let ms = seen.elapsed().as_secs_f64() * 1000.0;
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let fields = json!({"uid": pod.uid(), "total_ms": ms, stage: ms, done: wall.as_secs_f64() * 1000.0});
+    eprintln!("{}", json!({"message": message, "fields": fields}));
 }
 
 fn is_ready(pod: &Pod) -> bool {
