@@ -12,6 +12,17 @@ pub trait KubeletBackend: Send + Sync + 'static {
     /// Pods bound to the node, as last seen by the host (`/pods`).
     fn pods(&self) -> Vec<Pod>;
 
+    /// Whether the node has pod `namespace/name` with UID `uid`: the check before every exec,
+    /// attach and port-forward session of a UID path. The default reads [`Self::pods`]; a backend
+    /// that can look one pod up should.
+    fn has_pod(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        self.pods().iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.metadata.name.as_deref() == Some(name)
+                && p.metadata.uid.as_deref() == Some(uid)
+        })
+    }
+
     /// The pods the provider runs, as its backend reports them (`/runningpods/`): what is there,
     /// which may differ from what should be (an instance left behind, a pod not started yet).
     fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>>;

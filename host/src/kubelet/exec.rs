@@ -63,11 +63,7 @@ pub async fn attach_with_uid(
 /// The UID form of a path names one incarnation of a pod: a pod deleted and recreated under the
 /// same name is another pod, and a session meant for the old one must not reach the new one.
 pub(super) fn other_pod(state: &ApiState, namespace: &str, pod: &str, uid: &str) -> Option<Response> {
-    let same = state.backend.pods().into_iter().any(|p| {
-        p.metadata.namespace.as_deref() == Some(namespace)
-            && p.metadata.name.as_deref() == Some(pod)
-            && p.metadata.uid.as_deref() == Some(uid)
-    });
+    let same = state.backend.has_pod(namespace, pod, uid);
     (!same).then(|| error_response(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} with UID {uid} not found")))
 }
 

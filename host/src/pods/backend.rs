@@ -95,6 +95,11 @@ impl KubeletBackend for NodeBackend {
         self.0.pods().iter().map(|p| p.pod()).collect()
     }
 
+    /// One lookup in the pod cache by name, where `pods` would read every pod back typed.
+    fn has_pod(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        self.0.cached_pod(namespace, name).is_some_and(|p| p.metadata.uid.as_deref() == Some(uid))
+    }
+
     fn running_pods(&self) -> BoxFuture<'_, Result<Vec<Pod>, BackendError>> {
         async move {
             let instances = self.0.plugin.list(&self.0.call).await.map_err(backend_error)?;
@@ -223,5 +228,22 @@ impl KubeletBackend for NodeBackend {
                 .collect())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::fixtures::{bound_pod, node};
+
+    #[tokio::test]
+    async fn a_session_path_reaches_only_the_pod_incarnation_its_uid_names() {
+        let mut n = node().await;
+        n.cache(&bound_pod(&n.api, "web", "uid-2"));
+        let backend = NodeBackend(n.ctx.clone());
+        assert!(backend.has_pod("default", "web", "uid-2"));
+        assert!(!backend.has_pod("default", "web", "uid-1"), "an earlier pod of the same name");
+        assert!(!backend.has_pod("other", "web", "uid-2"), "the same name in another namespace");
+        assert!(!backend.has_pod("default", "db", "uid-2"));
     }
 }

@@ -258,6 +258,11 @@ impl NodeContext {
         self.store.state()
     }
 
+    /// Pod `namespace/name` as the node's cache holds it.
+    pub fn cached_pod(&self, namespace: &str, name: &str) -> Option<Arc<CachedPod>> {
+        self.store.get(&ObjectRef::new(name).within(namespace))
+    }
+
     /// Records an Event on a pod: queued for the node's event task, never waited for (see
     /// `events`); a failure to post it is logged there, never fatal.
     pub fn event(&self, pod: &impl Resource<DynamicType = ()>, warning: bool, reason: &str, note: String) {
