@@ -16,6 +16,7 @@ pub mod resolve;
 pub mod startup;
 pub mod status;
 pub mod teardown;
+pub mod timeline;
 
 pub use backend::NodeBackend;
 pub use controller::{INSTANCE_ANNOTATION, NodeContext, run};

@@ -5,15 +5,14 @@
 //! (`vkhost_pod_start_seconds{stage}`) and one debug line (target `vkhost::pods::startup`), which
 //! the burst benchmark reads for its per-stage breakdown.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::Value;
 
 use super::cached::PodView;
+use super::timeline::{self, Timelines, unix_ms_now};
 use crate::metrics::Metrics;
 
 /// A stage of a pod's start; the time between two marks is the stage of the later one.
@@ -35,11 +34,13 @@ pub enum Stage {
     StatusWrite,
 }
 
-const STAGES: [Stage; 6] =
-    [Stage::Queue, Stage::Requeue, Stage::Fetch, Stage::Create, Stage::ProviderStatus, Stage::StatusWrite];
+impl timeline::Stage for Stage {
+    const ALL: &'static [Self] =
+        &[Stage::Queue, Stage::Requeue, Stage::Fetch, Stage::Create, Stage::ProviderStatus, Stage::StatusWrite];
+    const QUEUE: Self = Stage::Queue;
+    const REQUEUE: Self = Stage::Requeue;
 
-impl Stage {
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Stage::Queue => "queue",
             Stage::Requeue => "requeue",
@@ -49,33 +50,16 @@ impl Stage {
             Stage::StatusWrite => "status_write",
         }
     }
-
-    fn index(self) -> usize {
-        STAGES.iter().position(|s| *s == self).expect("every stage is listed")
-    }
 }
 
-/// Pods followed at most at once: a node has at most 200; a pod that never gets Ready (refused,
-/// failed, deleted unseen) is let go after [`GIVE_UP`].
-const MAX_FOLLOWED: usize = 1024;
-const GIVE_UP: Duration = Duration::from_secs(600);
 /// How long after its first sight a starting pod keeps the status sync quick.
 const QUICK_START: Duration = Duration::from_secs(60);
 
-struct Trace {
-    seen: Instant,
-    /// The last mark: a stage ends here and the next begins.
-    last: Instant,
-    stages: [Duration; STAGES.len()],
-    reconciles: u32,
-    /// The provider made its instance: it is starting.
-    created: bool,
-}
-
-/// The starts in progress on one node, by pod UID.
+/// The starts in progress on one node, by pod UID; beside each start's times, whether the
+/// provider made its instance (it is starting).
 #[derive(Default)]
 pub struct Startups {
-    pods: Mutex<HashMap<String, Trace>>,
+    pods: Timelines<Stage, bool>,
     /// Told when an instance is made and not Ready at once.
     starting: tokio::sync::Notify,
 }
@@ -85,52 +69,39 @@ impl Startups {
     /// is followed from its first sight; one being deleted or finished is let go.
     pub fn seen(&self, pod: &impl PodView) {
         let Some(uid) = pod.meta().uid.as_deref() else { return };
-        let mut pods = self.pods.lock().unwrap();
         if pod.meta().deletion_timestamp.is_some() || pod.finished() {
-            pods.remove(uid);
+            self.pods.forget(uid);
             return;
         }
         // A pod with an instance (annotated) started before, or is being followed already: a
         // later event of it (its annotations written, say) is no new start.
-        if pods.contains_key(uid)
+        if self.pods.contains(uid)
             || pod.meta().annotations.as_ref().is_some_and(|a| a.contains_key(super::INSTANCE_ANNOTATION))
             || is_ready(pod.status_value().as_ref())
         {
             return;
         }
-        let now = Instant::now();
-        if pods.len() >= MAX_FOLLOWED {
-            pods.retain(|_, t| now.duration_since(t.seen) < GIVE_UP);
-            if pods.len() >= MAX_FOLLOWED {
-                return;
-            }
-        }
-        let trace = Trace { seen: now, last: now, stages: Default::default(), reconciles: 0, created: false };
-        pods.insert(uid.to_owned(), trace);
+        self.pods.follow(uid);
     }
 
     /// A reconcile of the pod begins: the wait before it is `queue` for the first, `requeue` after.
     pub fn reconciling(&self, pod: &impl PodView) {
-        let mut pods = self.pods.lock().unwrap();
-        let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) else { return };
-        let stage = if t.reconciles == 0 { Stage::Queue } else { Stage::Requeue };
-        t.reconciles += 1;
-        mark(t, stage);
+        if let Some(uid) = pod.meta().uid.as_deref() {
+            self.pods.reconciling(uid);
+        }
     }
 
     /// `stage` of the pod's start ended now.
     pub fn lap(&self, pod: &impl PodView, stage: Stage) {
-        let mut pods = self.pods.lock().unwrap();
-        if let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) {
-            mark(t, stage);
-            t.created |= stage == Stage::Create;
+        if let Some(uid) = pod.meta().uid.as_deref() {
+            self.pods.lap(uid, stage, |t| t.extra |= stage == Stage::Create);
         }
     }
 
     /// Whether an instance of a pod not yet Ready is starting, made in the last [`QUICK_START`]
     /// (one that takes longer, say an image that does not pull, is left to the usual polls).
     pub fn instances_starting(&self) -> bool {
-        self.pods.lock().unwrap().values().any(|t| t.created && t.seen.elapsed() < QUICK_START)
+        self.pods.any(|t| t.extra && t.seen.elapsed() < QUICK_START)
     }
 
     /// Resolves when an instance was made whose pod is not Ready yet (see [`Startups::status_written`]).
@@ -142,24 +113,19 @@ impl Startups {
     /// and reported.
     pub fn status_written(&self, pod: &Pod, status: &Value, node: &str, metrics: &Metrics) {
         let Some(uid) = pod.metadata.uid.as_deref() else { return };
-        let trace = {
-            let mut pods = self.pods.lock().unwrap();
-            let Some(t) = pods.get_mut(uid) else { return };
-            mark(t, Stage::StatusWrite);
-            if !is_ready(Some(status)) {
-                if t.created {
-                    self.starting.notify_one();
-                }
-                return;
+        if !is_ready(Some(status)) {
+            if self.pods.lap(uid, Stage::StatusWrite, |t| t.extra) == Some(true) {
+                self.starting.notify_one();
             }
-            pods.remove(uid).expect("present above")
-        };
-        let total = trace.last.duration_since(trace.seen);
-        metrics.observe_start(None, total);
-        for stage in STAGES {
-            metrics.observe_start(Some(stage.label()), trace.stages[stage.index()]);
+            return;
         }
-        let ms = |s: Stage| trace.stages[s.index()].as_secs_f64() * 1000.0;
+        let Some(trace) = self.pods.finish(uid, Stage::StatusWrite) else { return };
+        let total = trace.total();
+        metrics.observe_start(None, total);
+        for &stage in <Stage as timeline::Stage>::ALL {
+            metrics.observe_start(Some(timeline::Stage::label(stage)), trace.took(stage));
+        }
+        let ms = |s: Stage| trace.took(s).as_secs_f64() * 1000.0;
         // The wall clock of the write, so a reader of the line can place the node's first sight
         // and its write against what another watcher of the pod saw (the burst benchmark does).
         let written_unix_ms = unix_ms_now();
@@ -182,19 +148,8 @@ impl Startups {
 
     /// How many starts are followed now.
     pub fn followed(&self) -> usize {
-        self.pods.lock().unwrap().len()
+        self.pods.len()
     }
-}
-
-/// The wall clock in milliseconds since the epoch, for the `pod started` and `pod deleted` lines.
-pub fn unix_ms_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
-fn mark(t: &mut Trace, stage: Stage) {
-    let now = Instant::now();
-    t.stages[stage.index()] += now.duration_since(t.last);
-    t.last = now;
 }
 
 /// Whether a pod status (as JSON) shows the pod Running with Ready=True.

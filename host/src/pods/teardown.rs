@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::cached::PodView;
-use super::startup::unix_ms_now;
+use super::timeline::{self, Timelines, unix_ms_now};
 use crate::metrics::Metrics;
 
 /// A stage of a pod's deletion; the time between two marks is the stage of the later one.
@@ -27,10 +27,12 @@ pub enum Stage {
     ApiDelete,
 }
 
-const STAGES: [Stage; 4] = [Stage::Queue, Stage::Requeue, Stage::Provider, Stage::ApiDelete];
+impl timeline::Stage for Stage {
+    const ALL: &'static [Self] = &[Stage::Queue, Stage::Requeue, Stage::Provider, Stage::ApiDelete];
+    const QUEUE: Self = Stage::Queue;
+    const REQUEUE: Self = Stage::Requeue;
 
-impl Stage {
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Stage::Queue => "queue",
             Stage::Requeue => "requeue",
@@ -38,32 +40,16 @@ impl Stage {
             Stage::ApiDelete => "api_delete",
         }
     }
-
-    fn index(self) -> usize {
-        STAGES.iter().position(|s| *s == self).expect("every stage is listed")
-    }
-}
-
-/// Deletions followed at most at once (a node has at most 200 pods); one never finished (a
-/// provider that keeps failing) is let go after [`GIVE_UP`].
-const MAX_FOLLOWED: usize = 1024;
-const GIVE_UP: Duration = Duration::from_secs(600);
-
-struct Trace {
-    seen: Instant,
-    last: Instant,
-    stages: [Duration; STAGES.len()],
-    reconciles: u32,
 }
 
 /// How long a finished deletion is remembered: the update the node's own DELETE makes (and any
 /// event after it) is no new deletion.
 const DONE_MEMORY: Duration = Duration::from_secs(60);
 
-/// The deletions in progress on one node, by pod UID.
+/// The deletions in progress on one node, by pod UID, and those it finished lately.
 #[derive(Default)]
 pub struct Teardowns {
-    pods: Mutex<HashMap<String, Trace>>,
+    pods: Timelines<Stage, ()>,
     done: Mutex<HashMap<String, Instant>>,
 }
 
@@ -77,54 +63,38 @@ impl Teardowns {
         if self.done.lock().unwrap().get(uid).is_some_and(|at| at.elapsed() < DONE_MEMORY) {
             return;
         }
-        let mut pods = self.pods.lock().unwrap();
-        if pods.contains_key(uid) {
-            return;
-        }
-        let now = Instant::now();
-        if pods.len() >= MAX_FOLLOWED {
-            pods.retain(|_, t| now.duration_since(t.seen) < GIVE_UP);
-            if pods.len() >= MAX_FOLLOWED {
-                return;
-            }
-        }
-        pods.insert(uid.to_owned(), Trace { seen: now, last: now, stages: Default::default(), reconciles: 0 });
+        self.pods.follow(uid);
     }
 
     /// A reconcile of the pod begins: the wait before it is `queue` for the first, `requeue` after.
     pub fn reconciling(&self, pod: &impl PodView) {
-        let mut pods = self.pods.lock().unwrap();
-        let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) else { return };
-        let stage = if t.reconciles == 0 { Stage::Queue } else { Stage::Requeue };
-        t.reconciles += 1;
-        mark(t, stage);
+        if let Some(uid) = pod.meta().uid.as_deref() {
+            self.pods.reconciling(uid);
+        }
     }
 
     /// `stage` of the pod's deletion ended now.
     pub fn lap(&self, pod: &impl PodView, stage: Stage) {
-        let mut pods = self.pods.lock().unwrap();
-        if let Some(t) = pod.meta().uid.as_deref().and_then(|uid| pods.get_mut(uid)) {
-            mark(t, stage);
+        if let Some(uid) = pod.meta().uid.as_deref() {
+            self.pods.lap(uid, stage, |_| ());
         }
     }
 
     /// The node's DELETE of the pod object was taken: its deletion is over and reported.
     pub fn deleted(&self, pod: &impl PodView, node: &str, metrics: &Metrics) {
         let Some(uid) = pod.meta().uid.as_deref() else { return };
-        let Some(mut trace) = self.pods.lock().unwrap().remove(uid) else { return };
+        let Some(trace) = self.pods.finish(uid, Stage::ApiDelete) else { return };
         {
             let mut done = self.done.lock().unwrap();
             done.retain(|_, at| at.elapsed() < DONE_MEMORY);
             done.insert(uid.to_owned(), Instant::now());
         }
-        mark(&mut trace, Stage::ApiDelete);
-        let total = trace.last.duration_since(trace.seen);
+        let total = trace.total();
         metrics.observe_delete(None, total);
-        for stage in STAGES {
-            metrics.observe_delete(Some(stage.label()), trace.stages[stage.index()]);
+        for &stage in <Stage as timeline::Stage>::ALL {
+            metrics.observe_delete(Some(timeline::Stage::label(stage)), trace.took(stage));
         }
-        let ms = |s: Stage| trace.stages[s.index()].as_secs_f64() * 1000.0;
-        let done_unix_ms = unix_ms_now();
+        let ms = |s: Stage| trace.took(s).as_secs_f64() * 1000.0;
         tracing::debug!(
             node,
             pod = %format!("{}/{}", pod.meta().namespace.as_deref().unwrap_or_default(), pod.meta().name.as_deref().unwrap_or_default()),
@@ -135,21 +105,15 @@ impl Teardowns {
             provider_ms = ms(Stage::Provider),
             api_delete_ms = ms(Stage::ApiDelete),
             reconciles = trace.reconciles,
-            done_unix_ms,
+            done_unix_ms = unix_ms_now(),
             "pod deleted"
         );
     }
 
     /// How many deletions are followed now.
     pub fn followed(&self) -> usize {
-        self.pods.lock().unwrap().len()
+        self.pods.len()
     }
-}
-
-fn mark(t: &mut Trace, stage: Stage) {
-    let now = Instant::now();
-    t.stages[stage.index()] += now.duration_since(t.last);
-    t.last = now;
 }
 
 #[cfg(test)]
