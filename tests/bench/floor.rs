@@ -1,7 +1,7 @@
 //! The floor of a burst on this control plane: the least any node agent can do for a pod. It
 //! registers the nodes as the daemons do (labels, taint, capacity, a lease renewed every 10 s),
 //! writes each pod its watch shows bound Running and Ready in one merge PATCH of `pods/status` —
-//! the write vkhost makes — at once, and deletes (grace 0) each pod it sees being deleted. No
+//! the status write vkhost makes — at once, and deletes (grace 0) each pod it sees being deleted. No
 //! provider, no cache, no Events, no client limits, no queue: what the burst measures of it is the
 //! apiserver's, the watches' and the scheduler's part alone, the least a daemon can reach here.
 //!

@@ -28,7 +28,7 @@ const GIVE_UP: Duration = Duration::from_secs(600);
 pub struct Trace<X> {
     pub seen: Instant,
     /// The last mark: a stage ends here and the next begins.
-    pub last: Instant,
+    last: Instant,
     stages: [Duration; MAX_STAGES],
     pub reconciles: u32,
     pub extra: X,
