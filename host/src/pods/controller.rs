@@ -183,10 +183,9 @@ pub struct NodeContext {
     store: Store<CachedPod>,
     /// Deletions in progress reconcile is seeing through, by pod UID.
     deleting: Mutex<HashMap<String, Deleting>>,
-    /// The pods whose final DELETE the apiserver took, by UID, for [`DELETED_MEMORY`]: that
-    /// DELETE (grace 0 on a pod already deleting) first updates the pod, and the watch shows the
-    /// update before the pod is gone, which is no reason to delete it again.
-    deleted: Mutex<HashMap<String, Instant>>,
+    /// The pods whose final DELETE the apiserver took lately: the update that DELETE makes is no
+    /// reason to delete them again.
+    deleted: super::teardown::DeletedLately,
     /// The node's durable records: the deletions in progress are seen through from there.
     pub records: Arc<NodeRecords>,
     /// Backoff of the failed `finalize` calls of deletions in progress.
@@ -241,7 +240,7 @@ impl NodeContext {
             told_missing: Mutex::new(HashMap::new()),
             store,
             deleting: Mutex::new(HashMap::new()),
-            deleted: Mutex::new(HashMap::new()),
+            deleted: Default::default(),
             records,
             finalize_retries: deletions::Retries::default(),
             references,
@@ -491,7 +490,7 @@ pub async fn run(ctx: Arc<NodeContext>, writer: Writer<CachedPod>, shutdown: Can
         // as JSON).
         .modify(move |pod| {
             seen.startups.seen(&*pod);
-            seen.teardowns.seen(&*pod);
+            seen.teardowns.seen(&*pod, &seen.deleted);
         })
         .reflect(writer)
         .applied_objects()
@@ -1021,7 +1020,7 @@ async fn lost(pod: &Pod, ctx: &NodeContext, record: &InstanceRecord) -> Result<A
 async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
     let k = key(pod);
     let uid = pod.uid().unwrap_or_default();
-    if ctx.deleted.lock().unwrap().get(&uid).is_some_and(|at| at.elapsed() < DELETED_MEMORY) {
+    if ctx.deleted.contains(&uid) {
         // Its instance and the pod object are deleted already: another provider call, Event
         // and DELETE would each be for nothing (0.4 per pod of a 1,600-pod teardown were).
         return Ok(Action::await_change());
@@ -1100,17 +1099,11 @@ async fn delete(pod: &Pod, ctx: &NodeContext) -> Result<Action, SyncError> {
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(source) => return Err(SyncError::Kube { pod: k, source }),
     }
+    // Remembered before the trace ends, so no watch event between sees an untimed deletion.
+    ctx.deleted.insert(&uid);
     ctx.teardowns.deleted(pod, &ctx.node_name, &ctx.metrics);
-    let mut deleted = ctx.deleted.lock().unwrap();
-    deleted.retain(|_, at| at.elapsed() < DELETED_MEMORY);
-    deleted.insert(uid, Instant::now());
     Ok(Action::await_change())
 }
-
-/// How long a pod whose final DELETE the apiserver took is not deleted again: its last watch
-/// events come well within it, and a pod object that outlives it (a finalizer another
-/// controller keeps) is looked at again as any other.
-const DELETED_MEMORY: Duration = Duration::from_secs(60);
 
 /// One look at a deletion in progress that is due: whether its instance is gone (and its
 /// handed-over work tried). A recorded one is stepped as `deletions` does; one kept in memory

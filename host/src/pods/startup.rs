@@ -148,7 +148,7 @@ impl Startups {
 
     /// How many starts are followed now.
     pub fn followed(&self) -> usize {
-        self.pods.len()
+        self.pods.followed()
     }
 }
 

@@ -42,25 +42,44 @@ impl timeline::Stage for Stage {
     }
 }
 
-/// How long a finished deletion is remembered: the update the node's own DELETE makes (and any
-/// event after it) is no new deletion.
-const DONE_MEMORY: Duration = Duration::from_secs(60);
+/// How long a pod whose final DELETE the apiserver took is remembered: its last watch events
+/// come well within it, and a pod object that outlives it (a finalizer another controller keeps)
+/// is looked at again as any other.
+const DELETED_MEMORY: Duration = Duration::from_secs(60);
 
-/// The deletions in progress on one node, by pod UID, and those it finished lately.
+/// The pods whose final DELETE this node made lately, by UID. That DELETE (grace 0 on a pod
+/// already deleting) first updates the pod, and the watch shows the update before the pod is gone:
+/// no reason to delete it again, nor a new deletion to time.
+#[derive(Default)]
+pub struct DeletedLately(Mutex<HashMap<String, Instant>>);
+
+impl DeletedLately {
+    pub fn contains(&self, uid: &str) -> bool {
+        self.0.lock().unwrap().get(uid).is_some_and(|at| at.elapsed() < DELETED_MEMORY)
+    }
+
+    pub fn insert(&self, uid: &str) {
+        let mut deleted = self.0.lock().unwrap();
+        deleted.retain(|_, at| at.elapsed() < DELETED_MEMORY);
+        deleted.insert(uid.to_owned(), Instant::now());
+    }
+}
+
+/// The deletions in progress on one node, by pod UID.
 #[derive(Default)]
 pub struct Teardowns {
     pods: Timelines<Stage, ()>,
-    done: Mutex<HashMap<String, Instant>>,
 }
 
 impl Teardowns {
-    /// A pod event from the node's watch: a pod being deleted is followed from its first sight.
-    pub fn seen(&self, pod: &impl PodView) {
+    /// A pod event from the node's watch: a pod being deleted is followed from its first sight,
+    /// unless the node deleted it already (`deleted`).
+    pub fn seen(&self, pod: &impl PodView, deleted: &DeletedLately) {
         if pod.meta().deletion_timestamp.is_none() {
             return;
         }
         let Some(uid) = pod.meta().uid.as_deref() else { return };
-        if self.done.lock().unwrap().get(uid).is_some_and(|at| at.elapsed() < DONE_MEMORY) {
+        if deleted.contains(uid) {
             return;
         }
         self.pods.follow(uid);
@@ -84,11 +103,6 @@ impl Teardowns {
     pub fn deleted(&self, pod: &impl PodView, node: &str, metrics: &Metrics) {
         let Some(uid) = pod.meta().uid.as_deref() else { return };
         let Some(trace) = self.pods.finish(uid, Stage::ApiDelete) else { return };
-        {
-            let mut done = self.done.lock().unwrap();
-            done.retain(|_, at| at.elapsed() < DONE_MEMORY);
-            done.insert(uid.to_owned(), Instant::now());
-        }
         let total = trace.total();
         metrics.observe_delete(None, total);
         for &stage in <Stage as timeline::Stage>::ALL {
@@ -112,7 +126,7 @@ impl Teardowns {
 
     /// How many deletions are followed now.
     pub fn followed(&self) -> usize {
-        self.pods.len()
+        self.pods.followed()
     }
 }
 
@@ -139,26 +153,29 @@ mod tests {
     fn a_deletion_is_followed_from_its_first_sight_and_reported_once_at_the_delete() {
         let metrics = Metrics::new();
         let teardowns = Teardowns::default();
+        let deleted = DeletedLately::default();
         // A pod not being deleted is no deletion to follow, even when reconciled.
         let running = pod("u1", false);
-        teardowns.seen(&running);
+        teardowns.seen(&running, &deleted);
         teardowns.reconciling(&running);
         assert_eq!(teardowns.followed(), 0);
         let deleting = pod("u1", true);
-        teardowns.seen(&deleting);
-        teardowns.seen(&deleting);
+        teardowns.seen(&deleting, &deleted);
+        teardowns.seen(&deleting, &deleted);
         assert_eq!(teardowns.followed(), 1);
         teardowns.reconciling(&deleting);
         teardowns.lap(&deleting, Stage::Provider);
         teardowns.reconciling(&deleting);
         teardowns.lap(&deleting, Stage::Provider);
+        // As the controller does it: remembered as deleted, then reported.
+        deleted.insert("u1");
         teardowns.deleted(&deleting, "vk-1", &metrics);
         assert_eq!(teardowns.followed(), 0);
         let text = metrics.render();
         assert!(text.contains(r#"vkhost_pod_delete_seconds_count{stage="total"} 1"#), "{text}");
         assert!(text.contains(r#"vkhost_pod_delete_seconds_count{stage="requeue"} 1"#), "{text}");
         // The update the DELETE itself makes, and a second DELETE, report nothing more.
-        teardowns.seen(&deleting);
+        teardowns.seen(&deleting, &deleted);
         assert_eq!(teardowns.followed(), 0, "the node's own DELETE's update is no new deletion");
         teardowns.deleted(&deleting, "vk-1", &metrics);
         teardowns.deleted(&pod("u2", true), "vk-1", &metrics);

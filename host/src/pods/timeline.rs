@@ -138,7 +138,7 @@ impl<S: Stage, X: Default> Timelines<S, X> {
     }
 
     /// How many pods are followed now.
-    pub fn len(&self) -> usize {
+    pub fn followed(&self) -> usize {
         self.pods.lock().unwrap().len()
     }
 }
